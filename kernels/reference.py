@@ -1,0 +1,65 @@
+"""Pure-PyTorch reference of the select + scatter hot path; also the engine's CPU path.
+
+Tie-break (the engine's definition, shared by every implementation): among equal activations the
+lower neuron index ranks first, i.e. the top-k of a row are the first ``k`` entries of a *stable*
+descending sort of that row.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` neurons of every row of ``acts`` ``[P, N]``.
+
+    Returns ``(values, indices)``, both ``[P, k]``; values are float32, indices int64. The set of
+    selected neurons follows the module's tie-break; the order inside a row is unspecified.
+    Rows must be finite (the caller checks).
+    """
+    if acts.dim() != 2:
+        raise ValueError(f"select_topk expects [positions, neurons], got shape {tuple(acts.shape)}")
+    n = acts.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    acts = acts.float()
+    p = acts.shape[0]
+    if k == n:
+        return acts, torch.arange(n, device=acts.device).expand(p, n)
+    if k == 1:  # torch.max returns the first maximal index: the tie-break above
+        values, indices = acts.max(dim=1, keepdim=True)
+        return values, indices
+    values, indices = acts.topk(k, dim=1, sorted=False)
+    # torch.topk breaks ties arbitrarily: rows with more than k entries >= the k-th value are
+    # ambiguous at the boundary; re-select those rows with a stable sort.
+    kth = values.min(dim=1, keepdim=True).values
+    ambiguous = torch.nonzero((acts >= kth).sum(dim=1) > k).squeeze(1)
+    if ambiguous.numel():
+        rows = acts.index_select(0, ambiguous)
+        v, i = torch.sort(rows, dim=1, descending=True, stable=True)
+        values = values.index_copy(0, ambiguous, v[:, :k].contiguous())
+        indices = indices.index_copy(0, ambiguous, i[:, :k].contiguous())
+    return values, indices
+
+
+def select_accumulate(acts: torch.Tensor, k: int,
+                      targets: Sequence[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select the top-``k`` neurons per row of ``acts`` ``[P, N]`` and scatter the events into
+    every target ``(features [P] int64, state)``; feature id ``-1`` means missing (no event).
+
+    Returns the selection ``(values, indices)`` so the caller can update per-neuron totals.
+    """
+    values, indices = select_topk(acts, k)
+    kk = indices.shape[1]
+    flat_n = indices.reshape(-1)
+    flat_v = values.reshape(-1)
+    for features, state in targets:
+        f = features.unsqueeze(1).expand(-1, kk).reshape(-1)
+        valid = f >= 0
+        if bool(valid.all()):
+            state.add_events(flat_n, f, flat_v)
+        else:
+            state.add_events(flat_n[valid], f[valid], flat_v[valid])
+    return values, indices

@@ -1,0 +1,220 @@
+"""``Accumulator``: the engine's in-memory state for all layers, fed by ``observe``.
+
+``observe(layer, activations, features, mask)`` is the low-level entry point for callers that
+already have activations (a training loop, another tool); the ``Collector`` feeds it from hooks.
+Each call is validated completely before any sum changes, so a bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError, NonFiniteError
+from ..features.streams import Stream
+from ..features.vocab import Vocabulary
+from .layer import LayerState
+from .state import DEFAULT_DENSE_BUDGET
+
+NONFINITE_POLICIES = ("error", "skip")
+
+
+@dataclass
+class Prepared:
+    """A validated observation: finite, unmasked positions flattened to ``[P, N]``."""
+
+    layer: str
+    acts: torch.Tensor
+    features: dict[str, torch.Tensor]
+    skipped_nonfinite: int
+
+
+class Accumulator:
+    """Top-k selection and exact accumulation for any number of layers and feature streams.
+
+    Parameters
+    ----------
+    streams : list of Stream, or dict name -> Vocabulary / list of str
+        The feature streams; each ``observe`` call gives ids for all of them.
+    k : int or "all"
+        Neurons kept per position (``1`` is the paper's max-1).
+    kind : "auto", "dense" or "sparse"
+        State kind per (layer, stream); ``auto`` picks dense when it fits ``dense_budget`` bytes.
+    nonfinite : "error" or "skip"
+        NaN/inf activations raise (default) or their positions are skipped and counted.
+    """
+
+    def __init__(self, streams, k: int | str = 1, kind: str = "auto",
+                 dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
+                 device: str | torch.device = "cpu"):
+        if isinstance(streams, dict):
+            streams = [Stream(n, v if isinstance(v, Vocabulary) else Vocabulary(v))
+                       for n, v in streams.items()]
+        if not streams:
+            raise InputError("no feature streams given: name at least one (e.g. token)")
+        names = [s.name for s in streams]
+        if len(set(names)) != len(names):
+            raise InputError(f"stream names must be unique, got {names}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if k != "all" and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise InputError(f"k must be a positive integer or 'all', got {k!r}")
+        self.streams: list[Stream] = list(streams)
+        self.k = k
+        self.kind = kind
+        self.dense_budget = int(dense_budget)
+        self.nonfinite = nonfinite
+        self.device = torch.device(device)
+        self.layers: dict[str, LayerState] = {}
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        return {s.name: len(s.vocab) for s in self.streams}
+
+    def k_for(self, n_neurons: int) -> int:
+        return n_neurons if self.k == "all" else int(self.k)
+
+    # -- the public entry point ------------------------------------------------------------------
+    def observe(self, layer: str, activations: torch.Tensor, features: dict[str, torch.Tensor],
+                mask: torch.Tensor | None = None) -> None:
+        """Add positions of ``activations`` ``[..., N]`` to ``layer``.
+
+        ``features[name]`` holds one id per position (shape ``[...]``, ``-1`` = missing) for every
+        stream; ``mask`` (shape ``[...]``, True = real position) drops padding.
+        """
+        self.commit(self.prepare(layer, activations, features, mask))
+
+    # -- two-phase form used by the collector (validate everything, then add) ----------------------
+    def prepare(self, layer, activations, features, mask=None) -> Prepared:
+        if not isinstance(activations, torch.Tensor) or not activations.is_floating_point():
+            raise InputError(f"layer {layer!r}: activations must be a floating-point tensor, got "
+                             f"{getattr(activations, 'dtype', type(activations).__name__)}")
+        if activations.dim() < 1 or activations.shape[-1] < 1:
+            raise InputError(f"layer {layer!r}: activations need a last (neuron) dimension, got "
+                             f"shape {tuple(activations.shape)}")
+        lead = tuple(activations.shape[:-1])
+        n = int(activations.shape[-1])
+        k = self.k_for(n)
+        if k > n:
+            raise InputError(f"layer {layer!r} has {n} neurons but k={k}: use k between 1 and {n} "
+                             f"(or 'all')")
+        if layer in self.layers and self.layers[layer].n_neurons != n:
+            raise InputError(f"layer {layer!r} had {self.layers[layer].n_neurons} neurons before "
+                             f"and now has {n}: one layer name must keep one width")
+        missing = [s.name for s in self.streams if s.name not in features]
+        if missing:
+            raise InputError(f"layer {layer!r}: no ids given for stream(s) {missing}")
+        extra = set(features) - {s.name for s in self.streams}
+        if extra:
+            raise InputError(f"unknown stream(s) {sorted(extra)}: the accumulator has "
+                             f"{[s.name for s in self.streams]}")
+        keep = None
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=activations.device)
+            if tuple(mask.shape) != lead:
+                raise InputError(f"layer {layer!r}: mask has shape {tuple(mask.shape)} but the "
+                                 f"activations have {lead} positions (shape {tuple(activations.shape)})")
+            keep = mask.reshape(-1).bool()
+        acts = activations.detach().reshape(-1, n)
+        flat = {}
+        for s in self.streams:
+            f = torch.as_tensor(features[s.name], device=activations.device)
+            if tuple(f.shape) != lead:
+                raise InputError(f"layer {layer!r}: stream {s.name!r} has shape {tuple(f.shape)} "
+                                 f"but the activations have {lead} positions (shape "
+                                 f"{tuple(activations.shape)}); give one id per position")
+            if f.dtype.is_floating_point or f.dtype == torch.bool or f.is_complex():
+                raise InputError(f"stream {s.name!r}: ids must be integers, got {f.dtype}")
+            f = f.reshape(-1).long()
+            if keep is not None:
+                f = f[keep]
+            if f.numel():
+                lo, hi = int(f.min()), int(f.max())
+                if lo < -1 or hi >= len(s.vocab):
+                    bad = lo if lo < -1 else hi
+                    raise InputError(f"stream {s.name!r}: feature id {bad} is outside its "
+                                     f"vocabulary of {len(s.vocab)} (valid: 0..{len(s.vocab) - 1}, "
+                                     f"or -1 for missing); extend the vocabulary or fix the ids")
+            flat[s.name] = f
+        index = torch.arange(acts.shape[0], device=acts.device)
+        if keep is not None:
+            acts, index = acts[keep], index[keep]
+        skipped = 0
+        bad_rows = self._nonfinite_rows(acts)
+        if bad_rows.numel():
+            if self.nonfinite == "error":
+                pos = tuple(int(x) for x in torch.unravel_index(index[bad_rows[0]], lead)) \
+                    if lead else ()
+                raise NonFiniteError(
+                    f"layer {layer!r}: non-finite activation (NaN or inf) at position {pos} "
+                    f"(index in shape {lead}), {bad_rows.numel()} position(s) in this call; fix "
+                    f"the model or inputs, or pass nonfinite='skip' (--skip-nonfinite) to skip "
+                    f"such positions and count them")
+            good = torch.ones(acts.shape[0], dtype=torch.bool, device=acts.device)
+            good[bad_rows] = False
+            acts = acts[good]
+            flat = {name: f[good] for name, f in flat.items()}
+            skipped = int(bad_rows.numel())
+        return Prepared(layer, acts, flat, skipped)
+
+    def commit(self, p: Prepared) -> None:
+        state = self.layers.get(p.layer)
+        if state is None:
+            state = self.layers[p.layer] = LayerState.create(
+                p.acts.shape[1], self.vocab_sizes, self.kind, self.dense_budget, self.device)
+        state.observe(p.acts.to(self.device), {n: f.to(self.device) for n, f in p.features.items()},
+                      self.k_for(state.n_neurons))
+        state.skipped_nonfinite += p.skipped_nonfinite
+
+    @staticmethod
+    def _nonfinite_rows(acts: torch.Tensor) -> torch.Tensor:
+        """Rows holding NaN/inf: a float32 row sum flags candidates, an exact check confirms."""
+        if acts.numel() == 0:
+            return torch.zeros(0, dtype=torch.long, device=acts.device)
+        cand = torch.nonzero(~torch.isfinite(acts.sum(dim=1, dtype=torch.float32))).squeeze(1)
+        if cand.numel() == 0:
+            return cand
+        exact = ~torch.isfinite(acts.index_select(0, cand)).all(dim=1)
+        return cand[exact]
+
+    # -- merging ------------------------------------------------------------------------------
+    def merge_(self, other: "Accumulator") -> "Accumulator":
+        """Add ``other`` into this accumulator (same streams and vocabulary sizes)."""
+        if other.vocab_sizes != self.vocab_sizes:
+            raise InputError("cannot merge accumulators with different streams or vocabularies")
+        for name, layer in other.layers.items():
+            if name in self.layers:
+                self.layers[name].merge_(layer)
+            else:
+                mine = LayerState.create(layer.n_neurons, self.vocab_sizes, self.kind,
+                                         self.dense_budget, self.device)
+                self.layers[name] = mine.merge_(layer)
+        return self
+
+    def empty_like(self) -> "Accumulator":
+        return Accumulator(self.streams, self.k, self.kind, self.dense_budget, self.nonfinite,
+                           self.device)
+
+
+def merge(a: Accumulator, b: Accumulator) -> Accumulator:
+    """A new accumulator holding the sums of ``a`` and ``b`` (neither is changed)."""
+    return a.empty_like().merge_(a).merge_(b)
+
+
+def same_sums(a: Accumulator, b: Accumulator, mass_rtol: float = 1e-12) -> bool:
+    """Whether two accumulators hold the same sums: counts, peaks and totals exactly, mass within
+    ``mass_rtol`` (float64 rounding of a different summation order)."""
+    if set(a.layers) != set(b.layers):
+        return False
+    for name, la in a.layers.items():
+        lb = b.layers[name]
+        if (la.tokens, la.skipped_nonfinite) != (lb.tokens, lb.skipped_nonfinite) or \
+                not torch.equal(la.neuron_count.cpu(), lb.neuron_count.cpu()) or \
+                not torch.allclose(la.neuron_mass.cpu(), lb.neuron_mass.cpu(), rtol=mass_rtol,
+                                   atol=0.0):
+            return False
+        sa, sb = la.stream_stats(), lb.stream_stats()
+        if not all(sa[s].equals(sb[s], mass_rtol) for s in sa):
+            return False
+    return True

@@ -1,0 +1,76 @@
+"""All the sums of one captured layer: one ``StreamState`` per feature stream plus per-neuron totals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import kernels
+
+from .state import DEFAULT_DENSE_BUDGET, StreamState, make_state
+from .stats import SparseStats
+
+
+@dataclass
+class LayerState:
+    """Sums of one layer.
+
+    ``neuron_count[n]`` is the number of positions where neuron ``n`` was in the top-k (alive iff
+    > 0), ``neuron_mass[n]`` the sum of its clamped activations there; ``tokens`` counts observed
+    positions and ``skipped_nonfinite`` positions skipped for NaN/inf activations (only when asked).
+    """
+
+    n_neurons: int
+    streams: dict[str, StreamState]
+    neuron_count: torch.Tensor = None
+    neuron_mass: torch.Tensor = None
+    tokens: int = 0
+    skipped_nonfinite: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        dev = next(iter(self.streams.values())).device if self.streams else torch.device("cpu")
+        if self.neuron_count is None:
+            self.neuron_count = torch.zeros(self.n_neurons, dtype=torch.int64, device=dev)
+        if self.neuron_mass is None:
+            self.neuron_mass = torch.zeros(self.n_neurons, dtype=torch.float64, device=dev)
+
+    @classmethod
+    def create(cls, n_neurons: int, vocab_sizes: dict[str, int], kind: str = "auto",
+               dense_budget: int = DEFAULT_DENSE_BUDGET, device="cpu") -> "LayerState":
+        streams = {name: make_state(n_neurons, v, kind, dense_budget, device)
+                   for name, v in vocab_sizes.items()}
+        return cls(n_neurons, streams)
+
+    def observe(self, acts: torch.Tensor, features: dict[str, torch.Tensor], k: int) -> None:
+        """Add positions ``acts`` ``[P, N]`` (finite, unmasked) with ``features[name]`` ``[P]``."""
+        targets = [(features[name], state) for name, state in self.streams.items()]
+        for f, state in targets:
+            state.add_positions(f)
+        if acts.shape[0] == 0:
+            return
+        values, indices = kernels.select_accumulate(acts, k, targets)
+        flat = indices.reshape(-1)
+        self.neuron_count.index_add_(0, flat, torch.ones_like(flat))
+        self.neuron_mass.index_add_(0, flat, values.reshape(-1).clamp(min=0).to(torch.float64))
+        self.tokens += int(acts.shape[0])
+
+    def merge_(self, other: "LayerState") -> "LayerState":
+        if other.n_neurons != self.n_neurons or set(other.streams) != set(self.streams):
+            raise ValueError("cannot merge layer states of different widths or streams")
+        for name, state in self.streams.items():
+            state.merge_(other.streams[name])
+        self.neuron_count += other.neuron_count.to(self.neuron_count.device)
+        self.neuron_mass += other.neuron_mass.to(self.neuron_mass.device)
+        self.tokens += other.tokens
+        self.skipped_nonfinite += other.skipped_nonfinite
+        return self
+
+    def stream_stats(self) -> dict[str, SparseStats]:
+        return {name: s.to_stats() for name, s in self.streams.items()}
+
+    def totals(self) -> dict[str, np.ndarray]:
+        return {"neuron_count": self.neuron_count.cpu().numpy(),
+                "neuron_mass": self.neuron_mass.cpu().numpy()}

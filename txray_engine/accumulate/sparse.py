@@ -1,0 +1,79 @@
+"""Sparse accumulator (sort-and-reduce), for shapes too large to hold densely.
+
+Events are keyed by ``neuron * n_features + feature``. Each batch is reduced by key at once; reduced
+runs wait in a pending list and are merged into the sorted master when they hold as many cells as the
+master (and at least ``min_compact`` cells), so the work per event stays amortised O(log) like an LSM
+tree and memory stays proportional to the number of distinct cells.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .state import StreamState
+from .stats import SparseStats
+
+
+def _reduce_by_key(keys, count, mass, peak):
+    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
+    n = uniq.numel()
+    c = torch.zeros(n, dtype=torch.int64, device=keys.device).index_add_(0, inv, count)
+    m = torch.zeros(n, dtype=torch.float64, device=keys.device).index_add_(0, inv, mass)
+    p = torch.full((n,), -torch.inf, dtype=torch.float32, device=keys.device)
+    p.scatter_reduce_(0, inv, peak, "amax", include_self=True)
+    return uniq, c, m, p
+
+
+class SparseState(StreamState):
+    """Sorted (key, count, mass, peak) master plus pending reduced runs."""
+
+    kind = "sparse"
+
+    def __init__(self, n_neurons: int, n_features: int, device="cpu", min_compact: int = 1 << 20):
+        super().__init__(n_neurons, n_features, device)
+        self.min_compact = int(min_compact)
+        empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._master = (empty, empty.clone(), empty.to(torch.float64), empty.to(torch.float32))
+        self._pending: list[tuple[torch.Tensor, ...]] = []
+        self._pending_cells = 0
+
+    def _push(self, run) -> None:
+        self._pending.append(run)
+        self._pending_cells += run[0].numel()
+        if self._pending_cells >= max(self.min_compact, self._master[0].numel()):
+            self._compact()
+
+    def _compact(self) -> None:
+        if not self._pending:
+            return
+        runs = [self._master, *self._pending]
+        self._master = _reduce_by_key(*(torch.cat([r[i] for r in runs]) for i in range(4)))
+        self._pending, self._pending_cells = [], 0
+
+    def add_events(self, neurons, features, values):
+        keys = neurons * self.n_features + features
+        ones = torch.ones_like(keys)
+        values = values.to(torch.float32)
+        self._push(_reduce_by_key(keys, ones, values.clamp(min=0).to(torch.float64), values))
+
+    def _merge_cells(self, other: SparseStats) -> None:
+        keys = torch.from_numpy(other.rows() * self.n_features + other.indices).to(self.device)
+        self._push((keys, torch.from_numpy(other.count).to(self.device),
+                    torch.from_numpy(other.mass).to(self.device),
+                    torch.from_numpy(other.peak).to(self.device)))
+
+    def to_stats(self) -> SparseStats:
+        self._compact()
+        keys, count, mass, peak = (t.cpu().numpy() for t in self._master)
+        rows, cols = keys // self.n_features, keys % self.n_features
+        indptr = np.zeros(self.n_neurons + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=self.n_neurons), out=indptr[1:])
+        return SparseStats(self.n_neurons, self.n_features, indptr, cols, count.copy(),
+                           mass.copy(), peak.copy(), **self._stats_counters())
+
+    @property
+    def nbytes(self) -> int:
+        runs = [self._master, *self._pending]
+        return sum(t.numel() * t.element_size() for r in runs for t in r) + \
+            self.feature_freq.numel() * 8

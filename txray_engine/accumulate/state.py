@@ -1,0 +1,114 @@
+"""The accumulator contract shared by the dense and the sparse state.
+
+A ``StreamState`` holds, for one (layer, stream), the exact sums of the TX-Ray method::
+
+    count[n, f] += 1
+    mass[n, f]  += max(a, 0)
+    peak[n, f]   = max(peak[n, f], a)
+
+for every selected (neuron ``n``, activation ``a``) at a position whose feature is ``f``, plus the
+stream's corpus frequencies. Counts are int64 (exact), mass is float64 (no drift over 10⁹ tokens: each
+event adds an fp32 value to a float64 sum), peak is float32 (exact: a max of fp32 values).
+States are mergeable: ``a.merge_(b)`` gives the state of the concatenated input.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from .stats import SparseStats
+
+#: Bytes per dense cell: int64 count + float64 mass + float32 peak.
+DENSE_CELL_BYTES = 20
+
+#: Default memory budget of one dense (layer, stream) state.
+DEFAULT_DENSE_BUDGET = 512 * 2**20
+
+
+class StreamState(ABC):
+    """Sums of one (layer, stream); see the module docstring for the definitions."""
+
+    kind: str = ""
+
+    def __init__(self, n_neurons: int, n_features: int, device: torch.device | str = "cpu"):
+        if n_neurons < 1 or n_features < 1:
+            raise ValueError(f"a state needs n_neurons ≥ 1 and n_features ≥ 1, got "
+                             f"{n_neurons} × {n_features}")
+        self.n_neurons = int(n_neurons)
+        self.n_features = int(n_features)
+        self.device = torch.device(device)
+        self.feature_freq = torch.zeros(n_features, dtype=torch.int64, device=self.device)
+        self.missing = 0
+
+    # -- updates ---------------------------------------------------------------------------------
+    def add_positions(self, features: torch.Tensor) -> None:
+        """Count observed positions: ``features`` holds one id per position, ``-1`` = missing."""
+        valid = features >= 0
+        self.feature_freq += torch.bincount(features[valid], minlength=self.n_features)
+        self.missing += int(features.numel() - int(valid.sum()))
+
+    @abstractmethod
+    def add_events(self, neurons: torch.Tensor, features: torch.Tensor,
+                   values: torch.Tensor) -> None:
+        """Add selection events: parallel 1-D tensors, features ≥ 0, values float32."""
+
+    @abstractmethod
+    def _merge_cells(self, other: SparseStats) -> None:
+        """Add the cells of ``other`` (same shape) into this state."""
+
+    @abstractmethod
+    def to_stats(self) -> SparseStats:
+        """The exact sums as ``SparseStats`` (cells with count > 0, rows sorted)."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Memory held by the state."""
+
+    # -- shared behaviour ------------------------------------------------------------------------
+    @property
+    def tokens(self) -> int:
+        return int(self.feature_freq.sum())
+
+    def _stats_counters(self) -> dict:
+        return {"feature_freq": self.feature_freq.cpu().numpy(), "tokens": self.tokens,
+                "missing": self.missing}
+
+    def merge_(self, other: "StreamState | SparseStats") -> "StreamState":
+        """Add ``other`` (a state of either kind, or ``SparseStats``) into this state, in place."""
+        stats = other.to_stats() if isinstance(other, StreamState) else other
+        if stats.shape != (self.n_neurons, self.n_features):
+            raise ValueError(f"cannot merge a {stats.shape[0]} × {stats.shape[1]} state into a "
+                             f"{self.n_neurons} × {self.n_features} one")
+        self._merge_cells(stats)
+        self.feature_freq += torch.from_numpy(stats.feature_freq).to(self.device)
+        self.missing += stats.missing
+        return self
+
+    @classmethod
+    def from_stats(cls, stats: SparseStats, device="cpu") -> "StreamState":
+        state = cls(stats.n_neurons, stats.n_features, device=device)
+        return state.merge_(stats)
+
+
+def dense_bytes(n_neurons: int, n_features: int) -> int:
+    """Memory a dense state of this shape needs."""
+    return n_neurons * n_features * DENSE_CELL_BYTES
+
+
+def make_state(n_neurons: int, n_features: int, kind: str = "auto",
+               dense_budget: int = DEFAULT_DENSE_BUDGET, device="cpu") -> StreamState:
+    """Create a state: ``kind`` is ``"dense"``, ``"sparse"`` or ``"auto"`` (dense when it fits
+    ``dense_budget`` bytes, else sparse)."""
+    from .dense import DenseState
+    from .sparse import SparseState
+
+    if kind == "auto":
+        kind = "dense" if dense_bytes(n_neurons, n_features) <= dense_budget else "sparse"
+    if kind == "dense":
+        return DenseState(n_neurons, n_features, device=device)
+    if kind == "sparse":
+        return SparseState(n_neurons, n_features, device=device)
+    raise ValueError(f"unknown state kind {kind!r}: use 'auto', 'dense' or 'sparse'")

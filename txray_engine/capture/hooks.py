@@ -1,0 +1,140 @@
+"""Capture: forward hooks on named modules of any ``torch.nn.Module``.
+
+Layers are named by their dotted module path (``model.named_modules()``), or by glob patterns such as
+``model.layers.*.mlp.act_fn``. A module's output is reduced to one activation tensor laid out
+batch-first ``[batch, time, neurons]``:
+
+- a tuple or list → its first element (``nn.LSTM`` returns ``(output, (h, c))``);
+- a ``PackedSequence`` → padded, batch-first;
+- a Hugging Face ``ModelOutput`` → its first field;
+- time-first modules (``nn.LSTM``/``nn.GRU``/``nn.RNN`` with ``batch_first=False``, or layers named
+  in ``time_first``) → transposed to batch-first.
+
+Hooks are removed when the context exits, also when the forward raised.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..errors import InputError, LayerNotFoundError
+
+
+def is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Module paths matching ``names`` (exact paths or glob patterns), in model order.
+
+    Raises ``LayerNotFoundError`` naming close matches when a name or pattern matches nothing.
+    """
+    names = list(names)
+    if not names:
+        raise InputError("no layers given: name at least one module path (see `txray layers`)")
+    modules = [n for n, _ in model.named_modules() if n]
+    chosen: list[str] = []
+    for name in names:
+        hits = [m for m in modules if fnmatch.fnmatchcase(m, name)] if is_pattern(name) else \
+            [m for m in modules if m == name]
+        if not hits:
+            close = difflib.get_close_matches(name, modules, n=5, cutoff=0.5)
+            hint = f"; did you mean: {', '.join(close)}" if close else \
+                f"; the model's modules include: {', '.join(modules[:8])}" + \
+                (", …" if len(modules) > 8 else "")
+            raise LayerNotFoundError(f"no module of {type(model).__name__} matches layer "
+                                     f"{name!r}{hint} (list them with `txray layers`)")
+        chosen.extend(h for h in hits if h not in chosen)
+    order = {m: i for i, m in enumerate(modules)}
+    return sorted(chosen, key=order.__getitem__)
+
+
+def output_tensor(output, module: nn.Module, time_first: bool | None = None) -> torch.Tensor:
+    """The activation tensor of a module output, batch-first (see the module docstring)."""
+    packed = False
+    x = output
+    while True:
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True)
+            packed = True
+        elif isinstance(x, torch.Tensor):
+            break
+        elif hasattr(x, "to_tuple"):
+            x = x.to_tuple()[0]
+        elif isinstance(x, (tuple, list)) and x:
+            x = x[0]
+        else:
+            raise InputError(f"{type(module).__name__} returned {type(output).__name__}, which "
+                             f"holds no tensor to capture: pick another module")
+    if time_first is None:
+        time_first = isinstance(module, nn.RNNBase) and not module.batch_first
+    if time_first and not packed and x.dim() >= 3:
+        x = x.transpose(0, 1)
+    return x
+
+
+class LayerCapture:
+    """Context manager that records the outputs of the named modules of ``model``.
+
+    After each forward, ``captured[name]`` holds the list of batch-first tensors the module produced
+    (one per call). Use :meth:`take` to fetch and clear them.
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[str],
+                 time_first: Iterable[str] = ()):
+        self.model = model
+        self.names = resolve_layers(model, layers)
+        self.time_first = set(time_first)
+        self.captured: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
+        self._handles: list = []
+
+    def __enter__(self) -> "LayerCapture":
+        modules = dict(self.model.named_modules())
+        try:
+            for name in self.names:
+                module = modules[name]
+                tf = True if name in self.time_first else None
+                self._handles.append(module.register_forward_hook(self._hook(name, module, tf)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def _hook(self, name: str, module: nn.Module, time_first):
+        def hook(_mod, _inputs, output):
+            self.captured[name].append(output_tensor(output, module, time_first).detach())
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def clear(self) -> None:
+        for v in self.captured.values():
+            v.clear()
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """One tensor per layer from the last forward; clears the record.
+
+        Raises ``InputError`` when a module ran more than once (a shared module) or not at all.
+        """
+        out = {}
+        try:
+            for name, got in self.captured.items():
+                if len(got) != 1:
+                    raise InputError(
+                        f"module {name!r} ran {len(got)} times in one forward pass; capture needs a "
+                        f"module that runs exactly once per forward (pick a per-layer module)")
+                out[name] = got[0]
+        finally:
+            self.clear()
+        return out

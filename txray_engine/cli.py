@@ -1,0 +1,167 @@
+"""The ``txray`` command line: collect, info, layers."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import TxRayError
+
+SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def _size(n: int) -> str:
+    f = float(n)
+    for u in SIZE_UNITS:
+        if f < 1024 or u == SIZE_UNITS[-1]:
+            return f"{f:.1f} {u}" if u != "B" else f"{int(f)} B"
+        f /= 1024
+    return str(n)
+
+
+class TxRayGroup(click.Group):
+    """Turns engine errors into one line on stderr and exit code 2 (``--debug`` shows tracebacks)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TxRayError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=TxRayGroup)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="txray_engine")
+def main(debug: bool) -> None:
+    """Neuron × feature statistics of PyTorch models (TX-Ray), streamed into a Zarr store."""
+
+
+def _k(value: str):
+    if value == "all":
+        return "all"
+    try:
+        k = int(value)
+    except ValueError:
+        raise click.BadParameter("use a positive integer or 'all'") from None
+    if k < 1:
+        raise click.BadParameter("use a positive integer or 'all'")
+    return k
+
+
+@main.command()
+@click.option("--model", "model_spec", required=True,
+              help="Hugging Face directory, torch checkpoint file (whole module), or 'smollm2'.")
+@click.option("--gguf-file", help="GGUF weights file inside the model directory.")
+@click.option("--tokenizer", help="Hugging Face tokenizer directory (for torch checkpoints).")
+@click.option("--vocab", type=click.Path(dir_okay=False),
+              help="Word vocabulary file, one token per line, with '<unk>' (word-level models).")
+@click.option("--lower", is_flag=True, help="Lower-case words before the --vocab lookup.")
+@click.option("--corpus", "corpus_paths", required=True, multiple=True,
+              type=click.Path(dir_okay=False), help="Text or JSONL file; repeat for several.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "text", "jsonl"]), default="auto",
+              show_default=True, help="Corpus format (auto: by file extension).")
+@click.option("--unit", type=click.Choice(["line", "file"]), default="line", show_default=True,
+              help="A text file's document: each non-empty line, or the whole file.")
+@click.option("--text-field", default="text", show_default=True, help="JSONL field with the text.")
+@click.option("--label-field", default="label", show_default=True,
+              help="JSONL field with the document label (label stream).")
+@click.option("--streams", default="token", show_default=True,
+              help="Comma-separated: token, pos, label, predicted.")
+@click.option("--layers", "-l", "layers", required=True, multiple=True,
+              help="Module path or glob pattern; repeat for several (see `txray layers`).")
+@click.option("-k", "k", default="1", show_default=True, callback=lambda c, p, v: _k(v),
+              help="Neurons kept per token: an integer or 'all'.")
+@click.option("--store", required=True, type=click.Path(file_okay=False), help="Store directory.")
+@click.option("--stage", required=True, help="Stage name (checkpoint, corpus, …).")
+@click.option("--resume", is_flag=True, help="Continue an unfinished stage (or start it).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing stage.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Tokens per window; longer documents are split.")
+@click.option("--max-documents", type=click.IntRange(min=1), help="Stop after this many documents.")
+@click.option("--state", "kind", type=click.Choice(["auto", "dense", "sparse"]), default="auto",
+              show_default=True, help="Accumulator kind per (layer, stream).")
+@click.option("--dense-budget-mb", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Largest dense state (MiB) before 'auto' goes sparse.")
+@click.option("--skip-nonfinite", is_flag=True,
+              help="Skip positions with NaN/inf activations (counted) instead of failing.")
+@click.option("--flush-every", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between atomic flushes to the store.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, unit, text_field,
+            label_field, streams, layers, k, store, stage, resume, overwrite, batch_size,
+            max_length, max_documents, kind, dense_budget_mb, skip_nonfinite, flush_every, device,
+            quiet, as_json):
+    """Run a model over a corpus and store the stage's statistics."""
+    from .collect import Corpus, collect_corpus, load_model
+
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other: pick one")
+    names = [s.strip() for s in streams.split(",") if s.strip()]
+    corpus = Corpus(corpus_paths, fmt, unit, text_field,
+                    label_field if "label" in names else None)
+    loaded = load_model(model_spec, gguf_file, tokenizer, vocab, lower, device)
+    summary = collect_corpus(
+        loaded, corpus, layers, names, k, store=store, stage=stage,
+        mode="resume" if resume else "overwrite" if overwrite else "new", batch_size=batch_size,
+        max_length=max_length, max_documents=max_documents, kind=kind,
+        dense_budget=dense_budget_mb * 2**20, nonfinite="skip" if skip_nonfinite else "error",
+        flush_every=flush_every, device=device, quiet=quiet)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"stage {stage!r} complete in {store}: {summary['documents']} documents, "
+                   f"{summary['tokens_this_run']} tokens this run "
+                   f"({summary['tokens_per_second']} tokens/s), layers: "
+                   f"{', '.join(summary['layers'])}")
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(store, as_json):
+    """Stages, layers, streams, tokens and size on disk of a store."""
+    from .store import open_store
+
+    data = open_store(store).info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{data['path']}  (format v{data['format_version']}, "
+               f"{_size(data['size_bytes'])} on disk)")
+    if not data["stages"]:
+        click.echo("  no stages")
+    for name, st in data["stages"].items():
+        click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, "
+                   f"{st['documents']} documents, k={st['k']}")
+        streams = ", ".join(f"{s} ({v['size']})" for s, v in st["streams"].items())
+        click.echo(f"    streams: {streams}")
+        for layer, n in st["layers"].items():
+            click.echo(f"    layer {layer}: {n} neurons")
+
+
+@main.command()
+@click.option("--model", "model_spec", required=True, help="As for `txray collect`.")
+@click.option("--gguf-file")
+@click.option("--pattern", default="*", show_default=True, help="Glob over module paths.")
+def layers(model_spec, gguf_file, pattern):
+    """List a model's module paths (the names `--layers` takes)."""
+    import fnmatch
+
+    from .collect.models import load_model
+
+    model = load_model(model_spec, gguf_file, require_tokenizer=False).model
+    for name, mod in model.named_modules():
+        if name and fnmatch.fnmatchcase(name, pattern):
+            click.echo(f"{name}\t{type(mod).__name__}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

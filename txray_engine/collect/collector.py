@@ -1,0 +1,149 @@
+"""``Collector``: run a model over batches, capture layers, select, accumulate, stream to a store."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..accumulate.accumulator import Accumulator
+from ..accumulate.state import DEFAULT_DENSE_BUDGET
+from ..capture.hooks import LayerCapture
+from ..errors import CorpusError
+from ..features.streams import Batch, Stream, stream_features
+from ..store.writer import StageWriter
+
+
+def default_forward(model: nn.Module, batch: Batch):
+    """Call ``model(**inputs)`` for a dict of inputs, else ``model(inputs)``."""
+    if isinstance(batch.inputs, dict):
+        return model(**batch.inputs)
+    return model(batch.inputs)
+
+
+def output_logits(output) -> torch.Tensor | None:
+    """Logits ``[B, T, V]`` of a model output: ``.logits``, a 3-D tensor, or a tuple's first."""
+    if hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
+        return output.logits
+    if isinstance(output, torch.Tensor):
+        return output if output.dim() == 3 else None
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0] if output[0].dim() == 3 else None
+    return None
+
+
+class Collector:
+    """Context manager around a model: every :meth:`step` runs one batch and adds its statistics.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any PyTorch model; it is run under ``torch.no_grad()`` and not modified.
+    layers : list of str
+        Module paths or glob patterns (``model.layers.*.mlp.act_fn``).
+    streams : list of Stream
+        Feature streams (token, POS, predicted token, label, …).
+    k : int or "all"
+        Neurons kept per position.
+    store, stage : path and name, optional
+        Stream the sums into this stage of a Zarr store, with periodic atomic flushes.
+    mode : "new", "resume" or "overwrite"
+        What to do when the stage exists (see :class:`StageWriter`). After a resume,
+        :attr:`cursor` tells how many corpus units were already counted: skip them.
+    identity : dict, optional
+        Model/corpus/options description stored with the stage and checked on resume.
+    flush_every : float
+        Seconds between flushes (0 = after every step).
+    forward : callable, optional
+        ``forward(model, batch) -> output``; defaults to :func:`default_forward`.
+
+    On leaving the context without an exception the stage is committed as complete. On an
+    exception nothing more is written: the store keeps its last flush, which a resume continues.
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[str], streams: list[Stream],
+                 k: int | str = 1, *, store=None, stage: str | None = None, mode: str = "new",
+                 identity: dict | None = None, kind: str = "auto",
+                 dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
+                 flush_every: float = 60.0, time_first: Iterable[str] = (),
+                 forward: Callable | None = None, device=None):
+        if (store is None) != (stage is None):
+            raise ValueError("give both store and stage, or neither")
+        self.model = model
+        if device is None:
+            p = next(model.parameters(), None)
+            device = p.device if p is not None else "cpu"
+        self.accumulator = Accumulator(streams, k=k, kind=kind, dense_budget=dense_budget,
+                                       nonfinite=nonfinite, device=device)
+        self.streams = self.accumulator.streams
+        self.capture = LayerCapture(model, layers, time_first)
+        self.writer = StageWriter(store, stage, mode, identity) if store is not None else None
+        self.flush_every = float(flush_every)
+        self.forward = forward or default_forward
+        self.cursor = {"units": 0, "documents": 0}
+        self._last_flush = time.monotonic()
+        self._dirty = False
+
+    @property
+    def layers(self) -> list[str]:
+        return self.capture.names
+
+    def __enter__(self) -> "Collector":
+        if self.writer is not None:
+            self.writer.open()
+            try:
+                if self.writer.resumed:
+                    self.writer.load_into(self.accumulator)
+                    self.cursor.update(self.writer.cursor)
+            except BaseException:
+                self.writer.close()
+                raise
+        try:
+            self.capture.__enter__()
+        except BaseException:
+            if self.writer is not None:
+                self.writer.close()
+            raise
+        return self
+
+    def step(self, batch: Batch, documents: int = 0) -> None:
+        """Run one batch and add it; ``documents`` = corpus documents it completes."""
+        try:
+            with torch.no_grad():
+                output = self.forward(self.model, batch)
+            acts = self.capture.take()
+        finally:
+            self.capture.clear()
+        features = stream_features(self.streams, batch, output_logits(output))
+        # validate every layer before adding any, so a bad batch changes nothing
+        prepared = [self.accumulator.prepare(name, a, features, batch.mask)
+                    for name, a in acts.items()]
+        for p in prepared:
+            self.accumulator.commit(p)
+        self.cursor["units"] += int(batch.n_units)
+        self.cursor["documents"] += int(documents)
+        self._dirty = True
+        if self.writer is not None and time.monotonic() - self._last_flush >= self.flush_every:
+            self.flush()
+
+    def flush(self, status: str = "in_progress") -> None:
+        """Commit the current sums and cursor to the store."""
+        if self.writer is None:
+            return
+        self.writer.commit(self.accumulator, self.cursor, status)
+        self._last_flush = time.monotonic()
+        self._dirty = False
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None and not self.accumulator.layers:
+                raise CorpusError("no positions were collected: the corpus is empty (or every "
+                                  "position was masked); check the corpus and the mask")
+            if exc_type is None and self.writer is not None:
+                self.flush(status="complete")
+        finally:
+            self.capture.remove()
+            if self.writer is not None:
+                self.writer.close()

@@ -1,0 +1,108 @@
+"""Corpora: documents from text files or JSONL, read lazily, with an identity for resume checks.
+
+- ``.txt`` (or ``--format text``): one document per non-empty line (``unit="line"``) or per file
+  (``unit="file"``).
+- ``.jsonl`` (or ``--format jsonl``): one JSON object per line; the text in ``text_field`` and,
+  when asked, a label in ``label_field``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ..errors import CorpusError
+
+FORMATS = ("auto", "text", "jsonl")
+
+
+@dataclass
+class Document:
+    text: str
+    label: str | None = None
+
+
+@dataclass
+class Corpus:
+    """Files making a corpus, read in the given order."""
+
+    paths: Sequence[Path]
+    format: str = "auto"
+    unit: str = "line"
+    text_field: str = "text"
+    label_field: str | None = None
+
+    def __post_init__(self):
+        self.paths = [Path(p) for p in self.paths]
+        if not self.paths:
+            raise CorpusError("no corpus files given: pass one or more text or JSONL files")
+        for p in self.paths:
+            if not p.is_file():
+                raise CorpusError(f"corpus file {str(p)!r} does not exist or is not a file")
+        if self.format not in FORMATS:
+            raise CorpusError(f"unknown corpus format {self.format!r}: use {', '.join(FORMATS)}")
+        if self.unit not in ("line", "file"):
+            raise CorpusError(f"unknown document unit {self.unit!r}: use 'line' or 'file'")
+
+    def _format(self, path: Path) -> str:
+        if self.format != "auto":
+            return self.format
+        return "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "text"
+
+    def __iter__(self) -> Iterator[Document]:
+        for path in self.paths:
+            fmt = self._format(path)
+            with open(path, encoding="utf-8-sig") as fh:
+                if fmt == "text" and self.unit == "file":
+                    text = fh.read().strip()
+                    if text:
+                        yield Document(text)
+                    continue
+                for lineno, line in enumerate(fh, 1):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    if fmt == "text":
+                        yield Document(line)
+                    else:
+                        yield self._json_doc(path, lineno, line)
+
+    def _json_doc(self, path: Path, lineno: int, line: str) -> Document:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix the line") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(self.text_field), str):
+            raise CorpusError(f"{path}:{lineno}: no string field {self.text_field!r}; set "
+                              f"--text-field to the field holding the text")
+        label = None
+        if self.label_field is not None:
+            if self.label_field not in obj:
+                raise CorpusError(f"{path}:{lineno}: no field {self.label_field!r} for the label "
+                                  f"stream; set --label-field or drop the label stream")
+            label = str(obj[self.label_field])
+        return Document(obj[self.text_field], label)
+
+    def labels(self) -> list[str]:
+        """The sorted set of labels (one pass over the files)."""
+        if self.label_field is None:
+            raise CorpusError("the label stream needs labels: use a JSONL corpus and --label-field")
+        if any(self._format(p) != "jsonl" for p in self.paths):
+            raise CorpusError("labels come from JSONL corpora only: convert the corpus to JSONL "
+                              "with a label field")
+        return sorted({d.label for d in self})
+
+    def identity(self) -> dict:
+        """Names, sizes and content hashes of the files, plus how they are read."""
+        files = []
+        for p in self.paths:
+            h = hashlib.sha256()
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            files.append({"name": p.name, "bytes": p.stat().st_size, "sha256": h.hexdigest()})
+        return {"files": files, "format": self.format, "unit": self.unit,
+                "text_field": self.text_field, "label_field": self.label_field}

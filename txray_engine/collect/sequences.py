@@ -1,0 +1,141 @@
+"""From documents to batches: tokenization (Hugging Face or word-level), POS alignment, windows of
+at most ``max_length`` tokens, and padded batches with masks.
+
+The sequence of windows is a pure function of the corpus, the tokenizer and ``max_length``; the
+resume cursor counts windows ("units").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from ..errors import InputError
+from ..features.pos import POS_VOCAB, Tagger, align_tags
+from ..features.streams import Batch
+from ..features.vocab import Vocabulary
+from .corpus import Document
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer (fast tokenizers give offsets for POS alignment)."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.vocab = Vocabulary.from_tokenizer(tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+
+    def encode(self, text: str, offsets: bool = False):
+        if offsets and not getattr(self.tok, "is_fast", False):
+            raise InputError("the pos stream needs a fast tokenizer (character offsets); this one "
+                             "is slow: use a tokenizer.json model or drop the pos stream")
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=offsets)
+        return enc["input_ids"], (enc["offset_mapping"] if offsets else None)
+
+    def identity(self) -> dict:
+        return {"kind": "hf", "name": getattr(self.tok, "name_or_path", ""), "size": len(self.vocab)}
+
+
+class WordTokenizer:
+    """Word-level tokenizer over a vocabulary file (one token per line).
+
+    Words are ``\\w+`` runs (with an inner apostrophe) and single punctuation marks; words missing
+    from the vocabulary map to ``<unk>``, which the file must contain.
+    """
+
+    PATTERN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
+
+    def __init__(self, vocab: Vocabulary, lower: bool = False):
+        self.vocab = vocab
+        self.lower = lower
+        self.unk = vocab.get("<unk>")
+        if self.unk is None:
+            raise InputError("the vocabulary has no '<unk>' entry: add one line '<unk>'")
+        self.pad_id = vocab.get("<pad>", 0)
+
+    @classmethod
+    def from_file(cls, path, lower: bool = False) -> "WordTokenizer":
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"vocabulary file {str(p)!r} does not exist")
+        words = [w for w in p.read_text(encoding="utf-8").splitlines() if w]
+        return cls(Vocabulary(words), lower)
+
+    def encode(self, text: str, offsets: bool = False):
+        ids, offs = [], []
+        for m in self.PATTERN.finditer(text):
+            w = m.group().lower() if self.lower else m.group()
+            ids.append(self.vocab.get(w, self.unk))
+            offs.append(m.span())
+        return ids, (offs if offsets else None)
+
+    def identity(self) -> dict:
+        return {"kind": "word", "size": len(self.vocab), "lower": self.lower}
+
+
+@dataclass
+class Unit:
+    """One window of one document."""
+
+    ids: list[int]
+    pos: list[int] | None
+    label: int | None
+    last: bool  # the document's final window
+
+
+def windows(docs: Iterable[Document], tokenizer, max_length: int, tagger: Tagger | None = None,
+            labels: Vocabulary | None = None) -> Iterator[Unit]:
+    """Split every document into windows of at most ``max_length`` tokens."""
+    if max_length < 1:
+        raise InputError(f"max_length must be ≥ 1, got {max_length}")
+    for doc in docs:
+        ids, offs = tokenizer.encode(doc.text, offsets=tagger is not None)
+        if not ids:
+            continue
+        pos = align_tags(doc.text, offs, tagger(doc.text), POS_VOCAB) if tagger else None
+        label = labels.id(doc.label) if labels is not None else None
+        for i in range(0, len(ids), max_length):
+            yield Unit(ids[i:i + max_length], pos[i:i + max_length] if pos else None, label,
+                       i + max_length >= len(ids))
+
+
+def batches(units: Iterable[Unit], batch_size: int, pad_id: int, hf_inputs: bool,
+            device="cpu") -> Iterator[tuple[Batch, int, int]]:
+    """Padded batches of ``batch_size`` units: ``(batch, documents completed, real tokens)``."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be ≥ 1, got {batch_size}")
+    buf: list[Unit] = []
+    for u in units:
+        buf.append(u)
+        if len(buf) == batch_size:
+            yield _collate(buf, pad_id, hf_inputs, device)
+            buf = []
+    if buf:
+        yield _collate(buf, pad_id, hf_inputs, device)
+
+
+def _collate(units: list[Unit], pad_id: int, hf_inputs: bool, device):
+    b, t = len(units), max(len(u.ids) for u in units)
+    ids = torch.full((b, t), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, t), dtype=torch.long)
+    pos = torch.full((b, t), -1, dtype=torch.long) if units[0].pos is not None else None
+    for i, u in enumerate(units):
+        n = len(u.ids)
+        ids[i, :n] = torch.tensor(u.ids)
+        mask[i, :n] = 1
+        if pos is not None:
+            pos[i, :n] = torch.tensor(u.pos)
+    ids, mask = ids.to(device), mask.to(device)
+    features = {"pos": pos.to(device)} if pos is not None else {}
+    labels = torch.tensor([u.label for u in units], device=device) \
+        if units[0].label is not None else None
+    inputs = {"input_ids": ids, "attention_mask": mask} if hf_inputs else ids
+    batch = Batch(input_ids=ids, inputs=inputs, mask=mask.bool(), labels=labels,
+                  features=features, n_units=b)
+    return batch, sum(u.last for u in units), int(mask.sum())
+

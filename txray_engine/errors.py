@@ -1,0 +1,43 @@
+"""Errors a user can cause.
+
+Every error raised on purpose by the engine derives from :class:`TxRayError` and carries one message
+that names the problem and says what to do. The CLI prints that message on one line and exits with
+code 2; Python callers can catch the class that fits.
+"""
+
+from __future__ import annotations
+
+
+class TxRayError(Exception):
+    """Base class of all errors raised on purpose by txray_engine."""
+
+
+class InputError(TxRayError, ValueError):
+    """Activations, features, masks or options that cannot be used as given."""
+
+
+class NonFiniteError(InputError):
+    """NaN or infinite activations (name the layer and position)."""
+
+
+class LayerNotFoundError(TxRayError, KeyError):
+    """A layer name or pattern that matches no module of the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(TxRayError):
+    """A store that is not ours, is damaged, or cannot be written as asked."""
+
+
+class StageExistsError(StoreError):
+    """Writing into an existing stage without resume or overwrite."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the stage."""
+
+
+class CorpusError(TxRayError):
+    """A corpus that is empty or cannot be read."""

@@ -1,0 +1,118 @@
+"""Feature streams: named integer features aligned with token positions.
+
+A ``Stream`` says where its ids come from for each batch the collector runs:
+
+- ``"input"``: the model's input token ids (the ``token`` stream);
+- ``"predicted"``: argmax of the model's logits at each position;
+- ``"label"``: one id per sequence, broadcast to its positions (a document's class);
+- ``"feature"``: ids the caller provides per position (e.g. POS tags) in ``Batch.features``.
+
+Id ``-1`` marks a position without a feature in that stream: it adds to no cell and is counted as
+``missing`` in the stream's metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .vocab import Vocabulary
+
+SOURCES = ("input", "predicted", "label", "feature")
+
+
+@dataclass
+class Stream:
+    """One feature stream: a name, its vocabulary and its source (see the module docstring)."""
+
+    name: str
+    vocab: Vocabulary
+    source: str = "feature"
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"stream {self.name!r}: unknown source {self.source!r}; "
+                             f"use one of {', '.join(SOURCES)}")
+        if not isinstance(self.vocab, Vocabulary):
+            self.vocab = Vocabulary(self.vocab)
+
+
+def token_stream(vocab: Vocabulary, name: str = "token") -> Stream:
+    return Stream(name, vocab, "input")
+
+
+def predicted_stream(vocab: Vocabulary, name: str = "predicted") -> Stream:
+    return Stream(name, vocab, "predicted")
+
+
+def label_stream(labels, name: str = "label") -> Stream:
+    return Stream(name, Vocabulary(labels), "label")
+
+
+def pos_stream(tags, name: str = "pos") -> Stream:
+    return Stream(name, Vocabulary(tags), "feature")
+
+
+@dataclass
+class Batch:
+    """One forward pass worth of sequences.
+
+    Attributes
+    ----------
+    inputs : Tensor or dict
+        What the model is called with: ``model(inputs)`` or ``model(**inputs)``.
+    input_ids : Tensor ``[B, T]``
+        Token ids (source of ``"input"`` streams and the position grid).
+    mask : Tensor ``[B, T]`` or None
+        1/True for real positions; padded positions never count.
+    labels : Tensor ``[B]`` or None
+        One id per sequence for ``"label"`` streams.
+    features : dict of Tensor ``[B, T]``
+        Ids per position for ``"feature"`` streams.
+    n_units : int
+        Corpus units (sequences) this batch consumes; the resume cursor advances by it.
+    """
+
+    input_ids: torch.Tensor
+    inputs: object = None
+    mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_units: int | None = None
+
+    def __post_init__(self):
+        if self.inputs is None:
+            self.inputs = self.input_ids
+        if self.n_units is None:
+            self.n_units = int(self.input_ids.shape[0])
+
+
+def stream_features(streams: list[Stream], batch: Batch, logits=None) -> dict[str, torch.Tensor]:
+    """Per-position ids ``[B, T]`` of every stream for ``batch``."""
+    out = {}
+    shape = tuple(batch.input_ids.shape)
+    for s in streams:
+        if s.source == "input":
+            ids = batch.input_ids
+        elif s.source == "predicted":
+            if logits is None:
+                raise _missing(s, "the model output has no logits (a tensor of shape "
+                                  "[batch, time, vocab] or an output with .logits)")
+            ids = logits.argmax(dim=-1)
+        elif s.source == "label":
+            if batch.labels is None:
+                raise _missing(s, "Batch.labels is None; give one label id per sequence")
+            ids = batch.labels.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+        else:
+            if s.name not in batch.features:
+                raise _missing(s, f"Batch.features has no {s.name!r}; "
+                                  f"give ids of shape {list(shape)}")
+            ids = batch.features[s.name]
+        out[s.name] = ids
+    return out
+
+
+def _missing(stream: Stream, why: str):
+    from ..errors import InputError
+    return InputError(f"stream {stream.name!r} (source {stream.source}): {why}")

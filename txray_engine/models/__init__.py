@@ -1,0 +1,5 @@
+"""Small models the engine ships for demos and tests (no download needed)."""
+
+from .lstm_lm import LSTMLanguageModel
+
+__all__ = ["LSTMLanguageModel"]

@@ -1,0 +1,121 @@
+"""Store format v1: names, attributes and the (de)serialisation of ``SparseStats``.
+
+The layout is documented for other tools in ``docs/FORMAT.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from ..accumulate.stats import SparseStats
+from ..errors import StoreError
+from ..version import FORMAT_VERSION, __version__
+
+#: Attribute key under which every txray group keeps its metadata.
+ATTR = "txray_engine"
+#: Prefix of snapshot groups inside a stage.
+SNAPSHOT_PREFIX = "snap-"
+#: Group inside a stage holding the vocabularies.
+VOCAB_GROUP = "vocab"
+#: Chunk length of the per-cell arrays (indices, count, mass, peak).
+CELL_CHUNK = 1 << 18
+#: Chunk length of per-neuron and per-feature arrays.
+VECTOR_CHUNK = 1 << 16
+
+CELL_ARRAYS = {"indices": np.int64, "count": np.int64, "mass": np.float64, "peak": np.float32}
+
+
+def check_name(kind: str, name: str) -> str:
+    """Stage, layer and stream names become group names: reject what Zarr cannot hold."""
+    if not isinstance(name, str) or not name or "/" in name or name.startswith((".", "__")) \
+            or name.startswith(SNAPSHOT_PREFIX) or name == VOCAB_GROUP:
+        raise StoreError(f"invalid {kind} name {name!r}: use a non-empty name without '/', not "
+                         f"starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not '{VOCAB_GROUP}'")
+    return name
+
+
+def fingerprint(obj) -> str:
+    """Stable hash of a JSON-able description (model, corpus, options) for resume checks."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def root_attrs() -> dict:
+    return {ATTR: {"kind": "store", "format": "txray-store", "format_version": FORMAT_VERSION,
+                   "engine_version": __version__}}
+
+
+def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    """Open the root group of a store, checking that it is ours and of a format we read.
+
+    ``mode`` is ``"r"`` (read) or ``"r+"`` (write an existing store).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no store at {str(path)!r}: check the path, or create one with "
+                         f"`txray collect`")
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{str(path)!r} is not a txray store (no zarr.json): point to a store "
+                         f"made by txray, or choose a new path")
+    try:
+        root = zarr.open_group(str(path), mode=mode)
+        meta = dict(root.attrs).get(ATTR)
+    except Exception as e:  # zarr raises many kinds on damaged metadata
+        raise StoreError(f"store {str(path)!r} is damaged or unreadable ({type(e).__name__}: {e})") \
+            from None
+    if not isinstance(meta, dict) or meta.get("format") != "txray-store":
+        raise StoreError(f"{str(path)!r} is a Zarr hierarchy but not a txray store: choose another "
+                         f"path")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise StoreError(f"store {str(path)!r} has format version {meta.get('format_version')}; "
+                         f"this engine ({__version__}) reads version {FORMAT_VERSION}: use a "
+                         f"matching txray_engine")
+    return root
+
+
+def group_attrs(group: zarr.Group) -> dict:
+    meta = dict(group.attrs).get(ATTR)
+    if not isinstance(meta, dict):
+        raise StoreError(f"group {group.path!r} has no {ATTR} attributes: the store is damaged")
+    return meta
+
+
+def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk: int) -> None:
+    data = np.ascontiguousarray(data)
+    group.create_array(name, data=data, chunks=(max(1, min(chunk, data.shape[0] or 1)),))
+
+
+def write_stats(group: zarr.Group, stats: SparseStats) -> None:
+    """Write one (layer, stream) as CSR arrays into ``group``."""
+    write_array(group, "indptr", stats.indptr.astype(np.int64), VECTOR_CHUNK)
+    for name, dtype in CELL_ARRAYS.items():
+        write_array(group, name, getattr(stats, name).astype(dtype), CELL_CHUNK)
+    write_array(group, "feature_freq", stats.feature_freq.astype(np.int64), VECTOR_CHUNK)
+    group.attrs.put({ATTR: {"kind": "stream", "n_neurons": stats.n_neurons,
+                            "n_features": stats.n_features, "nnz": stats.nnz,
+                            "tokens": stats.tokens, "missing": stats.missing}})
+
+
+def read_stats(group: zarr.Group) -> SparseStats:
+    """Read one (layer, stream) written by :func:`write_stats`, checking its consistency."""
+    meta = group_attrs(group)
+    try:
+        n, v, nnz = int(meta["n_neurons"]), int(meta["n_features"]), int(meta["nnz"])
+        arrays = {name: group[name][:] for name in ("indptr", *CELL_ARRAYS, "feature_freq")}
+    except Exception as e:
+        raise StoreError(f"stream group {group.path!r} is damaged ({type(e).__name__}: {e})") \
+            from None
+    ok = (arrays["indptr"].shape == (n + 1,) and arrays["feature_freq"].shape == (v,)
+          and all(arrays[c].shape == (nnz,) for c in CELL_ARRAYS)
+          and (n == 0 or int(arrays["indptr"][-1]) == nnz))
+    if not ok:
+        raise StoreError(f"stream group {group.path!r} is damaged: array shapes disagree with its "
+                         f"attributes")
+    return SparseStats(n, v, arrays["indptr"], arrays["indices"], arrays["count"], arrays["mass"],
+                       arrays["peak"], arrays["feature_freq"], int(meta["tokens"]),
+                       int(meta["missing"]))

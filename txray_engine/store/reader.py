@@ -1,0 +1,178 @@
+"""Readers: open a store, list its stages, read layers and streams as scipy/torch matrices."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..accumulate.stats import SparseStats
+from ..errors import StoreError
+from ..features.vocab import Vocabulary
+from .format import ATTR, VOCAB_GROUP, group_attrs, open_root, read_stats
+
+
+def open_store(path: str | os.PathLike) -> "Store":
+    """Open a txray store for reading."""
+    return Store(path)
+
+
+def _unknown(kind: str, name: str, known) -> StoreError:
+    return StoreError(f"unknown {kind} {name!r}: this store has {', '.join(map(repr, known)) or 'none'}")
+
+
+class Store:
+    """A txray store: a Zarr hierarchy with one group per stage."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.root = open_root(self.path, "r")
+        self.meta = group_attrs(self.root)
+
+    @property
+    def stages(self) -> list[str]:
+        return sorted(k for k in self.root.group_keys() if not k.startswith("."))
+
+    def stage(self, name: str) -> "Stage":
+        if name not in self.stages:
+            raise _unknown("stage", name, self.stages)
+        return Stage(self, name)
+
+    __getitem__ = stage
+
+    def size_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def info(self) -> dict:
+        """A summary: stages with status, tokens, layers and streams, and the size on disk."""
+        out = {"path": str(self.path), "format_version": self.meta.get("format_version"),
+               "engine_version": self.meta.get("engine_version"),
+               "size_bytes": self.size_on_disk(), "stages": {}}
+        for name in self.stages:
+            st = self.stage(name)
+            out["stages"][name] = {"status": st.status, "tokens": st.tokens, "k": st.k,
+                                   "documents": st.meta.get("cursor", {}).get("documents"),
+                                   "layers": st.meta.get("layers", {}),
+                                   "streams": st.meta.get("streams", {}),
+                                   "model": st.meta.get("model"), "corpus": st.meta.get("corpus")}
+        return out
+
+
+class Stage:
+    """One stage: metadata, vocabularies and layers of its committed snapshot."""
+
+    def __init__(self, store: Store, name: str):
+        self.store = store
+        self.name = name
+        self.group = store.root[name]
+        self.meta = group_attrs(self.group)
+        snap = self.meta.get("snapshot")
+        if not snap or snap not in set(self.group.group_keys()):
+            raise StoreError(f"stage {name!r} has no committed snapshot ({snap!r}): the store is "
+                             f"damaged; collect the stage again with --overwrite")
+        self.snapshot = self.group[snap]
+
+    status = property(lambda self: self.meta.get("status"))
+    tokens = property(lambda self: int(self.meta.get("tokens", 0)))
+    k = property(lambda self: self.meta.get("k"))
+    cursor = property(lambda self: dict(self.meta.get("cursor", {})))
+    layers = property(lambda self: list(self.meta.get("layers", {})))
+    streams = property(lambda self: list(self.meta.get("streams", {})))
+
+    @cached_property
+    def _vocabularies(self) -> dict:
+        return group_attrs(self.group[VOCAB_GROUP])["vocabularies"]
+
+    def vocab(self, stream: str) -> Vocabulary:
+        if stream not in self._vocabularies:
+            raise _unknown("stream", stream, list(self._vocabularies))
+        return Vocabulary(self._vocabularies[stream])
+
+    def layer(self, name: str) -> "LayerView":
+        if name not in self.layers:
+            raise _unknown("layer", name, self.layers)
+        return LayerView(self, name)
+
+    __getitem__ = layer
+
+
+class LayerView:
+    """One layer of a stage: per-neuron totals and its streams."""
+
+    def __init__(self, stage: Stage, name: str):
+        self.stage = stage
+        self.name = name
+        self.group = stage.snapshot[name]
+        self.meta = group_attrs(self.group)
+        self.n_neurons = int(self.meta["n_neurons"])
+        self.tokens = int(self.meta["tokens"])
+        self.skipped_nonfinite = int(self.meta.get("skipped_nonfinite", 0))
+
+    @cached_property
+    def neuron_count(self) -> np.ndarray:
+        """Positions where each neuron was in the top-k."""
+        return self.group["neuron_count"][:]
+
+    @cached_property
+    def neuron_mass(self) -> np.ndarray:
+        """Sum of each neuron's clamped activations where it was selected."""
+        return self.group["neuron_mass"][:]
+
+    @property
+    def alive(self) -> np.ndarray:
+        return self.neuron_count > 0
+
+    def stream(self, name: str) -> "StreamView":
+        if name not in self.stage.streams:
+            raise _unknown("stream", name, self.stage.streams)
+        return StreamView(self, name)
+
+    __getitem__ = stream
+
+
+class StreamView:
+    """One (layer, stream): the count/mass/peak matrices ``[n_neurons, n_features]``."""
+
+    def __init__(self, layer: LayerView, name: str):
+        self.layer = layer
+        self.name = name
+        self.group = layer.group[name]
+        self.meta = group_attrs(self.group)
+
+    @cached_property
+    def vocab(self) -> Vocabulary:
+        return self.layer.stage.vocab(self.name)
+
+    @cached_property
+    def stats(self) -> SparseStats:
+        return read_stats(self.group)
+
+    def csr(self, value: str = "count") -> sp.csr_matrix:
+        """``count``, ``mass`` or ``peak`` as a scipy CSR matrix (pattern: cells with count > 0)."""
+        return self.stats.csr(value)
+
+    def torch(self, value: str = "count") -> torch.Tensor:
+        """``count``, ``mass`` or ``peak`` as a torch sparse CSR tensor."""
+        return self.stats.torch_csr(value)
+
+    @property
+    def feature_freq(self) -> np.ndarray:
+        return self.group["feature_freq"][:]
+
+    def row(self, neuron: int) -> dict[str, np.ndarray]:
+        """One neuron's cells (``indices``, ``count``, ``mass``, ``peak``), reading only its chunks."""
+        if not 0 <= neuron < self.layer.n_neurons:
+            raise StoreError(f"neuron {neuron} is outside layer {self.layer.name!r} "
+                             f"(0..{self.layer.n_neurons - 1})")
+        a, b = (int(x) for x in self.group["indptr"][neuron:neuron + 2])
+        return {k: self.group[k][a:b] for k in ("indices", "count", "mass", "peak")}
+
+    def top_features(self, neuron: int, n: int = 10, by: str = "mass") -> list[tuple[str, float]]:
+        """The neuron's ``n`` strongest features as (string, value) by ``mass`` or ``count``."""
+        r = self.row(neuron)
+        order = np.argsort(-r[by], kind="stable")[:n]
+        return [(self.vocab[int(r["indices"][i])], float(r[by][i])) for i in order]
