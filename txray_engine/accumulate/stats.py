@@ -7,6 +7,7 @@ value arrays sharing one sparsity pattern (count, mass, peak), plus the stream's
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,8 +98,12 @@ class SparseStats:
     def torch_csr(self, value: str = "count") -> torch.Tensor:
         """One value array as a ``torch.sparse_csr_tensor``."""
         data = getattr(self, _check_value(value))
-        return torch.sparse_csr_tensor(torch.from_numpy(self.indptr), torch.from_numpy(self.indices),
-                                       torch.from_numpy(np.ascontiguousarray(data)), size=self.shape)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(self.indptr), torch.from_numpy(self.indices),
+                torch.from_numpy(np.ascontiguousarray(data)), size=self.shape,
+                check_invariants=False)
 
     def neuron_count(self) -> np.ndarray:
         """Events per neuron in this stream (row sums of count)."""

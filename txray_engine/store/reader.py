@@ -10,8 +10,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..accumulate.accumulator import Accumulator
+from ..accumulate.layer import LayerState
+from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..accumulate.stats import SparseStats
 from ..errors import StoreError
+from ..features.streams import Stream
 from ..features.vocab import Vocabulary
 from .format import ATTR, VOCAB_GROUP, group_attrs, open_root, read_stats
 
@@ -92,6 +96,22 @@ class Stage:
             raise _unknown("stream", stream, list(self._vocabularies))
         return Vocabulary(self._vocabularies[stream])
 
+    def accumulator(self, kind: str = "auto", dense_budget: int = DEFAULT_DENSE_BUDGET,
+                    device="cpu") -> Accumulator:
+        """The stage's sums as an ``Accumulator`` (to merge stages, or to keep collecting)."""
+        sources = self.meta.get("streams", {})
+        streams = [Stream(s, self.vocab(s), sources.get(s, {}).get("source", "feature"))
+                   for s in self.streams]
+        acc = Accumulator(streams, k=self.k, kind=kind, dense_budget=dense_budget, device=device)
+        self.load_into(acc)
+        return acc
+
+    def load_into(self, acc: Accumulator) -> None:
+        """Put every layer of the stage into ``acc`` (same streams; its layers are replaced)."""
+        for name in self.layers:
+            acc.layers[name] = self.layer(name).state(acc.vocab_sizes, acc.kind,
+                                                      acc.dense_budget, acc.device)
+
     def layer(self, name: str) -> "LayerView":
         if name not in self.layers:
             raise _unknown("layer", name, self.layers)
@@ -125,6 +145,21 @@ class LayerView:
     @property
     def alive(self) -> np.ndarray:
         return self.neuron_count > 0
+
+    def state(self, vocab_sizes: dict[str, int], kind="auto",
+              dense_budget: int = DEFAULT_DENSE_BUDGET, device="cpu") -> LayerState:
+        """The layer's sums as a ``LayerState`` of the given kind."""
+        if vocab_sizes != {s: len(self.stage.vocab(s)) for s in self.stage.streams}:
+            raise StoreError(f"stage {self.stage.name!r} has streams "
+                             f"{self.stage.meta.get('streams')}, not {vocab_sizes}")
+        state = LayerState.create(self.n_neurons, vocab_sizes, kind, dense_budget, device)
+        for name, s in state.streams.items():
+            s.merge_(self.stream(name).stats)
+        state.neuron_count += torch.from_numpy(self.neuron_count).to(state.neuron_count.device)
+        state.neuron_mass += torch.from_numpy(self.neuron_mass).to(state.neuron_mass.device)
+        state.tokens = self.tokens
+        state.skipped_nonfinite = self.skipped_nonfinite
+        return state
 
     def stream(self, name: str) -> "StreamView":
         if name not in self.stage.streams:

@@ -17,15 +17,13 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 import zarr
 
 from ..accumulate.accumulator import Accumulator
-from ..accumulate.layer import LayerState
 from ..errors import StageExistsError, StoreError, StoreLockedError
 from ..version import FORMAT_VERSION, __version__
 from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, group_attrs,
-                     open_root, read_stats, root_attrs, write_array, write_stats)
+                     open_root, root_attrs, write_array, write_stats)
 
 MODES = ("new", "resume", "overwrite")
 
@@ -123,21 +121,9 @@ class StageWriter:
 
     def load_into(self, acc: Accumulator) -> None:
         """Fill an empty accumulator with the committed snapshot (after a resume)."""
-        if not self._snapshot:
-            return
-        snap = open_root(self.path, "r")[self.stage][self._snapshot]
-        for layer in group_attrs(snap)["layers"]:
-            g = snap[layer]
-            meta = group_attrs(g)
-            state = LayerState.create(int(meta["n_neurons"]), acc.vocab_sizes, acc.kind,
-                                      acc.dense_budget, acc.device)
-            for name, s in state.streams.items():
-                s.merge_(read_stats(g[name]))
-            state.neuron_count += torch.from_numpy(g["neuron_count"][:]).to(acc.device)
-            state.neuron_mass += torch.from_numpy(g["neuron_mass"][:]).to(acc.device)
-            state.tokens = int(meta["tokens"])
-            state.skipped_nonfinite = int(meta["skipped_nonfinite"])
-            acc.layers[layer] = state
+        if self._snapshot:
+            from .reader import Store
+            Store(self.path).stage(self.stage).load_into(acc)
 
     # -- committing -----------------------------------------------------------------------------
     def commit(self, acc: Accumulator, cursor: dict, status: str = "in_progress",

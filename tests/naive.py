@@ -1,0 +1,114 @@
+"""Independent test references: a per-position Python loop in float64, and tiny local models."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+
+def naive_sums(acts, features: dict, k, mask=None):
+    """Loop over positions; returns per stream {(n, f): [count, mass, peak]} and neuron totals.
+
+    Tie-break: stable descending order (lower neuron index first among equal activations).
+    """
+    acts = np.asarray(acts, dtype=np.float64)
+    n_neurons = acts.shape[-1]
+    a2 = acts.reshape(-1, n_neurons)
+    feats = {s: np.asarray(f).reshape(-1) for s, f in features.items()}
+    keep = np.ones(a2.shape[0], bool) if mask is None else np.asarray(mask).reshape(-1).astype(bool)
+    kk = n_neurons if k == "all" else k
+    cells = {s: defaultdict(lambda: [0, 0.0, -np.inf]) for s in features}
+    freq = {s: defaultdict(int) for s in features}
+    missing = {s: 0 for s in features}
+    totals = np.zeros(n_neurons, np.int64)
+    tot_mass = np.zeros(n_neurons)
+    tokens = 0
+    for t in range(a2.shape[0]):
+        if not keep[t]:
+            continue
+        tokens += 1
+        row = a2[t]
+        chosen = sorted(range(n_neurons), key=lambda n: (-row[n], n))[:kk]
+        for n in chosen:
+            totals[n] += 1
+            tot_mass[n] += max(row[n], 0.0)
+        for s, f in feats.items():
+            fid = int(f[t])
+            if fid < 0:
+                missing[s] += 1
+                continue
+            freq[s][fid] += 1
+            for n in chosen:
+                c = cells[s][(n, fid)]
+                c[0] += 1
+                c[1] += max(row[n], 0.0)
+                c[2] = max(c[2], row[n])
+    return {"cells": cells, "freq": freq, "missing": missing, "neuron_count": totals,
+            "neuron_mass": tot_mass, "tokens": tokens}
+
+
+def assert_matches_naive(layer_state, ref, rtol=1e-12):
+    assert layer_state.tokens == ref["tokens"]
+    np.testing.assert_array_equal(layer_state.neuron_count.numpy(), ref["neuron_count"])
+    np.testing.assert_allclose(layer_state.neuron_mass.numpy(), ref["neuron_mass"], rtol=rtol,
+                               atol=1e-12)
+    for s, state in layer_state.streams.items():
+        st = state.to_stats()
+        got = {(int(r), int(c)): (int(cn), float(m), float(p)) for r, c, cn, m, p in
+               zip(st.rows(), st.indices, st.count, st.mass, st.peak)}
+        want = ref["cells"][s]
+        assert set(got) == set(want), s
+        for key, (cn, m, p) in want.items():
+            g = got[key]
+            assert g[0] == cn, (s, key)
+            np.testing.assert_allclose(g[1], m, rtol=rtol, atol=1e-12)
+            assert g[2] == np.float32(p), (s, key)
+        freq = np.zeros(st.n_features, np.int64)
+        for f, c in ref["freq"][s].items():
+            freq[f] = c
+        np.testing.assert_array_equal(st.feature_freq, freq)
+        assert st.missing == ref["missing"][s]
+
+
+WORDS = ["<unk>", "<pad>"] + ("the a cat dog sat on mat and ran . , is was big small red "
+                              "house tree").split()
+
+
+def make_word_model(tmp_path, seed=0):
+    """Save a tiny LSTM LM + vocab + a text corpus + a labelled JSONL corpus under tmp_path."""
+    from txray_engine.models import LSTMLanguageModel
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(WORDS) + "\n")
+    model = LSTMLanguageModel(len(WORDS), 16, 12)
+    ckpt = tmp_path / "lstm.pt"
+    torch.save(model, ckpt)
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(" ".join(rng.choice(WORDS[2:]) + ("" if rng.random() < .9 else "zzz")
+                                     for _ in range(rng.randint(2, 30))) + "\n"
+                            for _ in range(120)))
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS[2:])
+                                                          for _ in range(rng.randint(2, 30))),
+                                         "label": rng.choice(["neg", "pos"])}) + "\n"
+                             for _ in range(60)))
+    return {"dir": tmp_path, "model": model, "ckpt": ckpt, "vocab": vocab, "text": text,
+            "jsonl": jsonl}
+
+
+def tree_digest(path):
+    """{relative path: sha256} of every file under ``path`` (to prove a store did not change)."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(path)
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,136 @@
+"""Select + accumulate against the independent float64 loop, for both state kinds."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from naive import assert_matches_naive, naive_sums
+from txray_engine import Accumulator
+from txray_engine.accumulate import SparseState, make_state
+
+KINDS = ["dense", "sparse"]
+
+
+@st.composite
+def observations(draw):
+    n = draw(st.integers(1, 9))
+    t = draw(st.integers(0, 24))
+    v = draw(st.integers(1, 7))
+    k = draw(st.one_of(st.integers(1, n), st.just("all")))
+    tie_heavy = draw(st.booleans())
+    if tie_heavy:  # few distinct values: many ties, including all-equal rows
+        vals = draw(st.lists(st.sampled_from([-2.0, -0.5, 0.0, 0.5, 1.0]), min_size=t * n,
+                             max_size=t * n))
+    else:
+        vals = draw(st.lists(st.floats(-1e3, 1e3, width=32), min_size=t * n, max_size=t * n))
+    acts = torch.tensor(vals, dtype=torch.float32).reshape(t, n)
+    if draw(st.booleans()) and t:  # some all-negative rows
+        acts[: t // 2] = -acts[: t // 2].abs() - 1
+    feats = {"a": torch.tensor(draw(st.lists(st.integers(-1, v - 1), min_size=t, max_size=t)),
+                               dtype=torch.long),
+             "b": torch.tensor(draw(st.lists(st.integers(0, 2), min_size=t, max_size=t)),
+                               dtype=torch.long)}
+    mask = torch.tensor(draw(st.lists(st.booleans(), min_size=t, max_size=t)), dtype=torch.bool) \
+        if draw(st.booleans()) else None
+    return acts, feats, k, mask, v
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obs=observations())
+def test_matches_naive_reference(kind, obs):
+    acts, feats, k, mask, v = obs
+    acc = Accumulator({"a": [str(i) for i in range(v)], "b": ["x", "y", "z"]}, k=k, kind=kind)
+    acc.observe("layer", acts, feats, mask)
+    ref = naive_sums(acts.numpy(), {s: f.numpy() for s, f in feats.items()}, k,
+                     None if mask is None else mask.numpy())
+    if "layer" not in acc.layers:
+        assert ref["tokens"] == 0 and acts.shape[0] == 0
+        return
+    assert_matches_naive(acc.layers["layer"], ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(obs=observations())
+def test_dense_and_sparse_agree(obs):
+    acts, feats, k, mask, v = obs
+    vocab = {"a": [str(i) for i in range(v)], "b": ["x", "y", "z"]}
+    states = []
+    for kind in KINDS:
+        acc = Accumulator(vocab, k=k, kind=kind)
+        acc.observe("l", acts, feats, mask)
+        states.append(acc)
+    if not acts.shape[0]:
+        return
+    for s in vocab:
+        assert states[0].layers["l"].streams[s].to_stats().equals(
+            states[1].layers["l"].streams[s].to_stats(), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_low_and_high_precision_inputs(dtype):
+    g = torch.Generator().manual_seed(1)
+    acts = torch.randn(40, 13, generator=g).to(dtype)
+    feats = {"tok": torch.randint(0, 5, (40,), generator=g)}
+    acc = Accumulator({"tok": list("abcde")}, k=3)
+    acc.observe("l", acts, feats)
+    ref = naive_sums(acts.float().numpy(), {"tok": feats["tok"].numpy()}, 3)
+    assert_matches_naive(acc.layers["l"], ref, rtol=1e-6)
+
+
+def test_mass_clamps_negative_and_peak_keeps_raw_value():
+    acts = torch.tensor([[-3.0, -1.0, -2.0], [2.0, 0.5, -1.0]])
+    acc = Accumulator({"f": ["x"]}, k=1)
+    acc.observe("l", acts, {"f": torch.tensor([0, 0])})
+    st_ = acc.layers["l"].streams["f"].to_stats()
+    assert st_.rows().tolist() == [0, 1] and st_.count.tolist() == [1, 1]
+    assert st_.mass.tolist() == [2.0, 0.0]          # neuron 1 fired with -1: mass 0
+    assert st_.peak.tolist() == [2.0, -1.0]
+
+
+def test_tie_break_prefers_lower_index():
+    acts = torch.tensor([[1.0, 5.0, 5.0, 5.0, 0.0]])
+    for k, expect in [(1, [1]), (2, [1, 2]), (3, [1, 2, 3]), (4, [0, 1, 2, 3])]:
+        acc = Accumulator({"f": ["x"]}, k=k)
+        acc.observe("l", acts, {"f": torch.tensor([0])})
+        assert torch.nonzero(acc.layers["l"].neuron_count).squeeze(1).tolist() == expect
+
+
+def test_sparse_compaction_is_exact_across_many_batches():
+    g = torch.Generator().manual_seed(3)
+    sparse = SparseState(50, 1000, min_compact=64)
+    dense = make_state(50, 1000, "dense")
+    for _ in range(40):
+        n = torch.randint(0, 50, (100,), generator=g)
+        f = torch.randint(0, 1000, (100,), generator=g)
+        v = torch.randn(100, generator=g)
+        sparse.add_events(n, f, v)
+        dense.add_events(n, f, v)
+    assert sparse.to_stats().equals(dense.to_stats(), 1e-12)
+
+
+def test_auto_kind_respects_budget():
+    assert make_state(10, 10, "auto", dense_budget=10 * 10 * 20).kind == "dense"
+    assert make_state(10, 10, "auto", dense_budget=10 * 10 * 20 - 1).kind == "sparse"
+
+
+def test_counts_are_exact_beyond_float32():
+    # 2**24 + 1 is not representable in float32; int64 counts and a float64 mass stay exact.
+    state = make_state(1, 1, "dense")
+    stats = state.to_stats()
+    stats = type(stats).from_coo(1, 1, [0], [0], [2**24], [float(2**24)], [1.0], [2**24])
+    state.merge_(stats)
+    state.add_events(torch.tensor([0]), torch.tensor([0]), torch.tensor([1.0]))
+    out = state.to_stats()
+    assert out.count.tolist() == [2**24 + 1] and out.mass.tolist() == [2.0**24 + 1]
+
+
+def test_readers_give_scipy_and_torch():
+    acc = Accumulator({"f": list("abcd")}, k=2)
+    acc.observe("l", torch.randn(30, 6), {"f": torch.randint(0, 4, (30,))})
+    stats = acc.layers["l"].streams["f"].to_stats()
+    dense_count = stats.csr("count").toarray()
+    assert dense_count.sum() == 60
+    assert np.array_equal(stats.torch_csr("count").to_dense().numpy(), dense_count)

@@ -1,0 +1,183 @@
+"""Store format v1: round trips, modes, locking, foreign and damaged stores."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from naive import tree_digest
+from txray_engine import Accumulator, StageWriter, open_store, same_sums
+from txray_engine.errors import StageExistsError, StoreError, StoreLockedError
+from txray_engine.store.format import ATTR
+
+VOCAB = {"token": [f"w{i}" for i in range(40)], "pos": ["NN", "VB", "DT"]}
+
+
+def _acc(seed=0, t=200, n=12, kind="dense"):
+    g = torch.Generator().manual_seed(seed)
+    acc = Accumulator(VOCAB, k=2, kind=kind)
+    acc.observe("enc.lstm", torch.randn(t, n, generator=g),
+                {"token": torch.randint(0, 40, (t,), generator=g),
+                 "pos": torch.randint(-1, 3, (t,), generator=g)})
+    acc.observe("enc.mlp", torch.randn(t, 5, generator=g),
+                {"token": torch.randint(0, 40, (t,), generator=g),
+                 "pos": torch.randint(0, 3, (t,), generator=g)})
+    return acc
+
+
+def _write(path, acc, stage="s", mode="new", identity=None, status="complete"):
+    with StageWriter(path, stage, mode, identity or {"model": "m"}) as w:
+        w.commit(acc, {"units": 3, "documents": 2}, status)
+
+
+def _load(path, stage="s", kind="sparse"):
+    return open_store(path).stage(stage).accumulator(kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_round_trip(tmp_path, kind):
+    acc = _acc(kind=kind)
+    _write(tmp_path / "s.zarr", acc)
+    store = open_store(tmp_path / "s.zarr")
+    assert store.stages == ["s"]
+    st = store.stage("s")
+    assert st.status == "complete" and st.k == 2 and st.tokens == 200
+    assert st.meta["documents"] == 2 and st.meta["model"] == "m"
+    assert st.layers == ["enc.lstm", "enc.mlp"] and st.streams == ["token", "pos"]
+    assert list(st.vocab("pos")) == VOCAB["pos"]
+    assert same_sums(_load(tmp_path / "s.zarr"), acc)
+    tok = st.layer("enc.lstm").stream("token")
+    csr = tok.csr("mass")
+    assert csr.shape == (12, 40)
+    for n in (0, 5, 11):
+        row = tok.row(n)
+        np.testing.assert_array_equal(row["indices"], csr[n].indices)
+        np.testing.assert_array_equal(row["mass"], csr[n].data)
+    assert np.array_equal(tok.torch("count").to_dense().numpy(), tok.csr("count").toarray())
+    assert tok.top_features(0, 3)[0][0].startswith("w")
+    info = store.info()
+    assert info["stages"]["s"]["layers"] == {"enc.lstm": 12, "enc.mlp": 5}
+    assert info["size_bytes"] > 0
+
+
+def test_format_is_readable_with_plain_zarr(tmp_path):
+    """docs/FORMAT.md promises: no txray code needed to read a stage."""
+    acc = _acc()
+    _write(tmp_path / "s.zarr", acc)
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert root.attrs[ATTR]["format"] == "txray-store"
+    stage = root["s"]
+    snap = stage[stage.attrs[ATTR]["snapshot"]]
+    g = snap["enc.lstm"]["token"]
+    import scipy.sparse as sp
+    m = sp.csr_matrix((g["count"][:], g["indices"][:], g["indptr"][:]),
+                      shape=(g.attrs[ATTR]["n_neurons"], g.attrs[ATTR]["n_features"]))
+    assert m.sum() == 400  # 200 positions × k=2
+    assert stage["vocab"].attrs[ATTR]["vocabularies"]["token"][3] == "w3"
+
+
+def test_new_mode_refuses_existing_stage_and_changes_nothing(tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(path, _acc())
+    before = tree_digest(path)
+    with pytest.raises(StageExistsError, match="--resume .* --overwrite"):
+        _write(path, _acc(seed=1))
+    assert tree_digest(path) == before
+
+
+def test_overwrite_keeps_old_stage_until_first_commit(tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(path, _acc())
+    before = tree_digest(path)
+    w = StageWriter(path, "s", "overwrite", {"model": "m"}).open()
+    w.close()
+    assert tree_digest(path) == before
+    new = _acc(seed=5)
+    _write(path, new, mode="overwrite")
+    assert same_sums(_load(path), new)
+
+
+def test_resume_checks_status_and_fingerprint(tmp_path):
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(), status="in_progress")
+    with pytest.raises(StageExistsError, match="different model"):
+        StageWriter(path, "s", "resume", {"model": "other"}).open()
+    w = StageWriter(path, "s", "resume", {"model": "m"}).open()
+    assert w.resumed and w.cursor == {"units": 3, "documents": 2}
+    acc = Accumulator(VOCAB, k=2)
+    w.load_into(acc)
+    w.commit(acc, w.cursor, "complete")
+    w.close()
+    assert same_sums(acc, _acc())
+    with pytest.raises(StageExistsError, match="already complete"):
+        StageWriter(path, "s", "resume", {"model": "m"}).open()
+
+
+def test_only_the_committed_snapshot_remains(tmp_path):
+    path = tmp_path / "s.zarr"
+    with StageWriter(path, "s", "new", {}) as w:
+        for i in range(3):
+            w.commit(_acc(seed=i), {"units": i})
+    stage = zarr.open_group(str(path), mode="r")["s"]
+    snaps = [k for k in stage.group_keys() if k.startswith("snap-")]
+    assert snaps == [stage.attrs[ATTR]["snapshot"]] == ["snap-000003"]
+
+
+def test_second_writer_is_refused(tmp_path):
+    path = tmp_path / "s.zarr"
+    with StageWriter(path, "s", "new", {}):
+        with pytest.raises(StoreLockedError, match="another process"):
+            StageWriter(path, "s", "new", {}).open()
+    StageWriter(path, "s", "new", {}).open().close()  # lock released
+
+
+def test_failed_open_on_new_path_leaves_nothing(tmp_path):
+    path = tmp_path / "new.zarr"
+    w = StageWriter(path, "s", "new", {}).open()
+    w.close()
+    assert not path.exists()
+
+
+def test_foreign_and_damaged_stores(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x.txt").write_text("hi")
+    with pytest.raises(StoreError, match="not a txray store"):
+        open_store(tmp_path / "plain")
+    with pytest.raises(StoreError, match="not a txray store"):
+        StageWriter(tmp_path / "plain", "s", "new", {}).open()
+    zarr.open_group(str(tmp_path / "z"), mode="w").attrs.put({"other": 1})
+    with pytest.raises(StoreError, match="not a txray store"):
+        open_store(tmp_path / "z")
+    with pytest.raises(StoreError, match="no store"):
+        open_store(tmp_path / "missing")
+    path = tmp_path / "s.zarr"
+    _write(path, _acc())
+    meta = path / "zarr.json"
+    d = json.loads(meta.read_text())
+    d["attributes"][ATTR]["format_version"] = 99
+    meta.write_text(json.dumps(d))
+    with pytest.raises(StoreError, match="format version 99"):
+        open_store(path)
+    d["attributes"][ATTR]["format_version"] = 1
+    meta.write_text(json.dumps(d))
+    snap = open_store(path).stage("s").meta["snapshot"]
+    shutil.rmtree(path / "s" / snap / "enc.lstm" / "token" / "count")
+    with pytest.raises(StoreError, match="damaged"):
+        open_store(path).stage("s").layer("enc.lstm").stream("token").stats
+    (path / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match="damaged"):
+        open_store(path)
+
+
+def test_unknown_names_list_what_exists(tmp_path):
+    _write(tmp_path / "s.zarr", _acc())
+    st = open_store(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match="'s'"):
+        st.stage("nope")
+    with pytest.raises(StoreError, match="enc.lstm"):
+        st.stage("s").layer("nope")
+    with pytest.raises(StoreError, match="invalid stage name"):
+        StageWriter(tmp_path / "s.zarr", "a/b", "new", {})
