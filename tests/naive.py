@@ -112,3 +112,28 @@ def tree_digest(path):
         return None
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def make_hf_model_dir(path, arch="gpt2"):
+    """A tiny Hugging Face model directory with a word-level fast tokenizer (no download)."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
+                                                pad_token="<pad>")
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=len(WORDS), n_positions=64, n_embd=16, n_layer=2,
+                                      n_head=2)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=24,
+                                       num_hidden_layers=2, num_attention_heads=2,
+                                       num_key_value_heads=1, max_position_embeddings=64)
+        model = transformers.LlamaForCausalLM(cfg)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path

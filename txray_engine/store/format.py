@@ -5,6 +5,8 @@ The layout is documented for other tools in ``docs/FORMAT.md``; keep the two in 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +16,7 @@ import numpy as np
 import zarr
 
 from ..accumulate.stats import SparseStats
-from ..errors import StoreError
+from ..errors import StoreError, TxRayError
 from ..version import FORMAT_VERSION, __version__
 
 #: Attribute key under which every txray group keeps its metadata.
@@ -78,6 +80,18 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
     return root
 
 
+@contextlib.contextmanager
+def damaged(what: str):
+    """Turn any failure while reading ``what`` into one ``StoreError`` saying it is damaged."""
+    try:
+        yield
+    except TxRayError:
+        raise
+    except Exception as e:
+        raise StoreError(f"{what} is damaged or unreadable ({type(e).__name__}: {e}); restore it or "
+                         f"collect the stage again with --overwrite") from None
+
+
 def group_attrs(group: zarr.Group) -> dict:
     meta = dict(group.attrs).get(ATTR)
     if not isinstance(meta, dict):
@@ -85,20 +99,26 @@ def group_attrs(group: zarr.Group) -> dict:
     return meta
 
 
-def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk: int) -> None:
+async def write_array(group, name: str, data: np.ndarray, chunk: int) -> None:
+    """Create and fill a 1-D array in an ``AsyncGroup``."""
     data = np.ascontiguousarray(data)
-    group.create_array(name, data=data, chunks=(max(1, min(chunk, data.shape[0] or 1)),))
+    await group.create_array(name, data=data, chunks=(max(1, min(chunk, data.shape[0] or 1)),))
 
 
-def write_stats(group: zarr.Group, stats: SparseStats) -> None:
-    """Write one (layer, stream) as CSR arrays into ``group``."""
-    write_array(group, "indptr", stats.indptr.astype(np.int64), VECTOR_CHUNK)
-    for name, dtype in CELL_ARRAYS.items():
-        write_array(group, name, getattr(stats, name).astype(dtype), CELL_CHUNK)
-    write_array(group, "feature_freq", stats.feature_freq.astype(np.int64), VECTOR_CHUNK)
-    group.attrs.put({ATTR: {"kind": "stream", "n_neurons": stats.n_neurons,
-                            "n_features": stats.n_features, "nnz": stats.nnz,
-                            "tokens": stats.tokens, "missing": stats.missing}})
+def stream_attrs(stats: SparseStats) -> dict:
+    return {ATTR: {"kind": "stream", "n_neurons": stats.n_neurons, "n_features": stats.n_features,
+                   "nnz": stats.nnz, "tokens": stats.tokens, "missing": stats.missing}}
+
+
+async def write_stats(parent, name: str, stats: SparseStats) -> None:
+    """Write one (layer, stream) as CSR arrays into a new group ``name`` of ``parent``
+    (an ``AsyncGroup``); all arrays are written concurrently."""
+    group = await parent.create_group(name, attributes=stream_attrs(stats))
+    jobs = [write_array(group, "indptr", stats.indptr.astype(np.int64), VECTOR_CHUNK),
+            write_array(group, "feature_freq", stats.feature_freq.astype(np.int64), VECTOR_CHUNK)]
+    jobs += [write_array(group, c, getattr(stats, c).astype(dt), CELL_CHUNK)
+             for c, dt in CELL_ARRAYS.items()]
+    await asyncio.gather(*jobs)
 
 
 def read_stats(group: zarr.Group) -> SparseStats:

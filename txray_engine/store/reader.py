@@ -17,7 +17,7 @@ from ..accumulate.stats import SparseStats
 from ..errors import StoreError
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
-from .format import ATTR, VOCAB_GROUP, group_attrs, open_root, read_stats
+from .format import VOCAB_GROUP, damaged, group_attrs, open_root, read_stats
 
 
 def open_store(path: str | os.PathLike) -> "Store":
@@ -39,7 +39,8 @@ class Store:
 
     @property
     def stages(self) -> list[str]:
-        return sorted(k for k in self.root.group_keys() if not k.startswith("."))
+        with damaged(f"store {str(self.path)!r}"):
+            return sorted(k for k in self.root.group_keys() if not k.startswith("."))
 
     def stage(self, name: str) -> "Stage":
         if name not in self.stages:
@@ -72,13 +73,16 @@ class Stage:
     def __init__(self, store: Store, name: str):
         self.store = store
         self.name = name
-        self.group = store.root[name]
-        self.meta = group_attrs(self.group)
-        snap = self.meta.get("snapshot")
-        if not snap or snap not in set(self.group.group_keys()):
+        with damaged(f"stage {name!r}"):
+            self.group = store.root[name]
+            self.meta = group_attrs(self.group)
+            snap = self.meta.get("snapshot")
+            snaps = set(self.group.group_keys())
+        if not snap or snap not in snaps:
             raise StoreError(f"stage {name!r} has no committed snapshot ({snap!r}): the store is "
                              f"damaged; collect the stage again with --overwrite")
-        self.snapshot = self.group[snap]
+        with damaged(f"stage {name!r}"):
+            self.snapshot = self.group[snap]
 
     status = property(lambda self: self.meta.get("status"))
     tokens = property(lambda self: int(self.meta.get("tokens", 0)))
@@ -89,7 +93,8 @@ class Stage:
 
     @cached_property
     def _vocabularies(self) -> dict:
-        return group_attrs(self.group[VOCAB_GROUP])["vocabularies"]
+        with damaged(f"vocabularies of stage {self.name!r}"):
+            return group_attrs(self.group[VOCAB_GROUP])["vocabularies"]
 
     def vocab(self, stream: str) -> Vocabulary:
         if stream not in self._vocabularies:
@@ -126,8 +131,9 @@ class LayerView:
     def __init__(self, stage: Stage, name: str):
         self.stage = stage
         self.name = name
-        self.group = stage.snapshot[name]
-        self.meta = group_attrs(self.group)
+        with damaged(f"layer {name!r} of stage {stage.name!r}"):
+            self.group = stage.snapshot[name]
+            self.meta = group_attrs(self.group)
         self.n_neurons = int(self.meta["n_neurons"])
         self.tokens = int(self.meta["tokens"])
         self.skipped_nonfinite = int(self.meta.get("skipped_nonfinite", 0))
@@ -175,8 +181,9 @@ class StreamView:
     def __init__(self, layer: LayerView, name: str):
         self.layer = layer
         self.name = name
-        self.group = layer.group[name]
-        self.meta = group_attrs(self.group)
+        with damaged(f"stream {name!r} of layer {layer.name!r}"):
+            self.group = layer.group[name]
+            self.meta = group_attrs(self.group)
 
     @cached_property
     def vocab(self) -> Vocabulary:

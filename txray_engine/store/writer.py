@@ -11,6 +11,7 @@ which the kernel releases when the process dies.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import fcntl
 import os
@@ -18,12 +19,13 @@ import shutil
 from pathlib import Path
 
 import zarr
+from zarr.core.sync import sync
 
 from ..accumulate.accumulator import Accumulator
 from ..errors import StageExistsError, StoreError, StoreLockedError
 from ..version import FORMAT_VERSION, __version__
-from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, group_attrs,
-                     open_root, root_attrs, write_array, write_stats)
+from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, damaged,
+                     group_attrs, open_root, root_attrs, write_array, write_stats)
 
 MODES = ("new", "resume", "overwrite")
 
@@ -77,6 +79,7 @@ class StageWriter:
             self._created_dir = True
         self._lock()
         try:
+            self._remove_partial_files()
             self._check()
         except BaseException:
             self.close()
@@ -97,7 +100,10 @@ class StageWriter:
         if not any(self.path.iterdir()):
             return  # a new, empty store
         root = open_root(self.path, "r")
-        if self.stage not in set(root.group_keys()):
+        with damaged(f"store {str(self.path)!r}"):
+            stages = set(root.group_keys())
+            meta = group_attrs(root[self.stage]) if self.stage in stages else None
+        if meta is None:
             return
         if self.mode == "new":
             raise StageExistsError(f"stage {self.stage!r} already exists in {str(self.path)!r}: "
@@ -106,7 +112,6 @@ class StageWriter:
         if self.mode == "overwrite":
             self._replace_pending = True
             return
-        meta = group_attrs(root[self.stage])
         if meta.get("status") == "complete":
             raise StageExistsError(f"stage {self.stage!r} is already complete: nothing to resume; "
                                    f"pass --overwrite to collect it again")
@@ -118,6 +123,7 @@ class StageWriter:
         self._seq = int(self._snapshot[len(SNAPSHOT_PREFIX):]) if self._snapshot else 0
         self.cursor = dict(meta.get("cursor") or {})
         self.resumed = True
+        self._remove_stale_snapshots()
 
     def load_into(self, acc: Accumulator) -> None:
         """Fill an empty accumulator with the committed snapshot (after a resume)."""
@@ -138,28 +144,22 @@ class StageWriter:
             self._replace_pending = False
         if self.stage in set(root.group_keys()):
             sg = root[self.stage]
-        else:
-            sg = root.create_group(self.stage)
-            vg = sg.create_group(VOCAB_GROUP)
-            vg.attrs.put({ATTR: {"kind": "vocabularies",
-                                 "vocabularies": {s.name: list(s.vocab) for s in acc.streams}}})
+        else:  # born with attributes: a kill right after leaves a resumable, empty stage
+            sg = root.create_group(self.stage, attributes={ATTR: {
+                "kind": "stage", "status": "in_progress", "snapshot": None, "cursor": {},
+                "fingerprint": self.fingerprint}})
+        if VOCAB_GROUP not in set(sg.group_keys()):
+            sg.create_group(VOCAB_GROUP, attributes={ATTR: {
+                "kind": "vocabularies",
+                "vocabularies": {s.name: list(s.vocab) for s in acc.streams}}})
         self._seq += 1
         name = f"{SNAPSHOT_PREFIX}{self._seq:06d}"
-        if name in set(sg.group_keys()):  # a leftover of a killed commit
-            del sg[name]
-        snap = sg.create_group(name)
-        for layer, state in acc.layers.items():
-            lg = snap.create_group(check_name("layer", layer))
-            for key, arr in state.totals().items():
-                write_array(lg, key, arr, VECTOR_CHUNK)
-            for sname, stats in state.stream_stats().items():
-                write_stats(lg.create_group(check_name("stream", sname)), stats)
-            lg.attrs.put({ATTR: {"kind": "layer", "n_neurons": state.n_neurons,
-                                 "tokens": state.tokens,
-                                 "skipped_nonfinite": state.skipped_nonfinite,
-                                 "alive": int((state.neuron_count > 0).sum())}})
-        snap.attrs.put({ATTR: {"kind": "snapshot", "layers": list(acc.layers)}})
-        old = self._snapshot
+        self._remove_stale_snapshots(also=name)
+        layers = {check_name("layer", n): (s.totals(), s.stream_stats(), {
+            ATTR: {"kind": "layer", "n_neurons": s.n_neurons, "tokens": s.tokens,
+                   "skipped_nonfinite": s.skipped_nonfinite,
+                   "alive": int((s.neuron_count > 0).sum())}}) for n, s in acc.layers.items()}
+        sync(_write_snapshot(sg._async_group, name, layers))
         meta = {"kind": "stage", "format_version": FORMAT_VERSION, "engine_version": __version__,
                 "status": status, "snapshot": name, "cursor": dict(cursor),
                 "fingerprint": self.fingerprint, "k": acc.k,
@@ -173,10 +173,23 @@ class StageWriter:
         sg.attrs.put({ATTR: meta})  # the atomic switch
         self._snapshot = name
         self.cursor = dict(cursor)
-        for child in list(sg.group_keys()):
-            if child.startswith(SNAPSHOT_PREFIX) and child != name:
-                del sg[child]
-        del old
+        self._remove_stale_snapshots()
+
+    def _remove_partial_files(self) -> None:
+        """Delete temporary files of atomic writes a killed process left (``*.partial``)."""
+        for p in self.path.rglob("*.partial"):
+            p.unlink(missing_ok=True)
+
+    def _remove_stale_snapshots(self, also: str | None = None) -> None:
+        """Delete snapshot folders other than the committed one (leftovers of killed commits,
+        complete or not: a half-written folder is not even a Zarr group)."""
+        stage_dir = self.path / self.stage
+        if not stage_dir.is_dir():
+            return
+        for child in stage_dir.iterdir():
+            if child.name.startswith(SNAPSHOT_PREFIX) and child.is_dir() and \
+                    (child.name != self._snapshot or child.name == also):
+                shutil.rmtree(child)
 
     def _root_for_write(self) -> zarr.Group:
         if (self.path / "zarr.json").is_file():
@@ -202,3 +215,17 @@ class StageWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+async def _write_snapshot(stage_group, name: str, layers: dict) -> None:
+    """Write a whole snapshot group concurrently (one event-loop round trip per commit)."""
+    snap = await stage_group.create_group(name, attributes={ATTR: {"kind": "snapshot",
+                                                                   "layers": list(layers)}})
+
+    async def layer(lname, totals, streams, attrs):
+        lg = await snap.create_group(lname, attributes=attrs)
+        await asyncio.gather(*(write_array(lg, k, a, VECTOR_CHUNK) for k, a in totals.items()),
+                             *(write_stats(lg, check_name("stream", sname), stats)
+                               for sname, stats in streams.items()))
+
+    await asyncio.gather(*(layer(n, *v) for n, v in layers.items()))

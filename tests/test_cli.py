@@ -1,0 +1,82 @@
+"""The txray command line on local models: word-level LSTM checkpoint and a Hugging Face directory."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from naive import make_hf_model_dir
+from txray_engine import open_store
+from txray_engine.cli import main
+from txray_engine.features.pos import POS_VOCAB, align_tags
+
+
+def _run(*args):
+    res = CliRunner().invoke(main, list(map(str, args)))
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_collect_and_info_word_model(word_model, tmp_path):
+    store = tmp_path / "s.zarr"
+    out = _run("collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"],
+               "--corpus", word_model["jsonl"], "--layers", "lstm", "--streams",
+               "token,label,predicted", "-k", "3", "--store", store, "--stage", "reviews",
+               "--json", "-q")
+    summary = json.loads(out.output)
+    assert summary["documents"] == 60 and summary["layers"] == ["lstm"]
+    st = open_store(store).stage("reviews")
+    assert st.status == "complete" and st.k == 3 and list(st.vocab("label")) == ["neg", "pos"]
+    layer = st.layer("lstm")
+    assert layer.n_neurons == 12 and layer.tokens == st.tokens == summary["tokens_this_run"]
+    lab = layer.stream("label")
+    assert lab.csr("count").sum() == 3 * layer.tokens
+    assert lab.feature_freq.sum() == layer.tokens
+    pred = layer.stream("predicted")
+    assert pred.csr("count").shape == (12, len(st.vocab("token")))
+    text = _run("info", store).output
+    assert "stage reviews: complete" in text and "layer lstm: 12 neurons" in text
+    data = json.loads(_run("info", store, "--json").output)
+    assert data["stages"]["reviews"]["documents"] == 60
+    layers = _run("layers", "--model", word_model["ckpt"]).output
+    assert "lstm\tLSTM" in layers
+
+
+def test_unknown_words_and_windows(word_model, tmp_path):
+    store = tmp_path / "s.zarr"
+    _run("collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"], "--corpus",
+         word_model["text"], "--layers", "lstm", "--store", store, "--stage", "s",
+         "--max-length", "4", "--batch-size", "3", "--max-documents", "50", "-q")
+    st = open_store(store).stage("s")
+    assert st.cursor["documents"] == 50 and st.cursor["units"] > 50
+    tok = st.layer("lstm").stream("token")
+    assert tok.feature_freq[st.vocab("token").id("<unk>")] > 0  # 'zzz'-suffixed words
+
+
+def test_hf_directory_with_pos_stream(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("textblob")
+    model_dir = make_hf_model_dir(tmp_path / "gpt2")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat .\nthe big dog ran , and a red house was small .\n")
+    store = tmp_path / "s.zarr"
+    _run("collect", "--model", model_dir, "--corpus", corpus, "--layers",
+         "transformer.h.*.mlp.act", "--streams", "token,pos,predicted", "--store", store,
+         "--stage", "s", "-q")
+    st = open_store(store).stage("s")
+    assert st.layers == ["transformer.h.0.mlp.act", "transformer.h.1.mlp.act"]
+    pos = st.layer("transformer.h.1.mlp.act").stream("pos")
+    freq = dict(zip(POS_VOCAB, pos.feature_freq))
+    assert freq["DT"] == 4 and freq["NN"] >= 4 and freq["VBD"] >= 2
+    assert pos.meta["missing"] == 0
+
+
+def test_pos_alignment_to_subword_tokens():
+    text = "The cats sat."
+    tagged = [("The", "DT"), ("cats", "NNS"), ("sat", "VBD"), (".", ".")]
+    offsets = [(0, 3), (3, 6), (6, 8), (8, 12), (12, 13), (13, 13)]  # ' ca' 'ts' subwords
+    ids = align_tags(text, offsets, tagged)
+    names = [POS_VOCAB[i] if i >= 0 else None for i in ids]
+    assert names == ["DT", "NNS", "NNS", "VBD", ".", None]
+    assert np.all(np.array(ids[:5]) >= 0)

@@ -1,0 +1,189 @@
+"""Every bad input gets one clear message, a non-zero exit from the CLI, and leaves the store as it was."""
+
+import fcntl
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from naive import tree_digest
+from txray_engine import Accumulator, Batch, Collector, Stream, Vocabulary
+from txray_engine.cli import main
+from txray_engine.errors import InputError, NonFiniteError
+
+VOCAB = {"tok": ["a", "b", "c"]}
+
+
+def test_nonfinite_names_layer_and_position():
+    acc = Accumulator(VOCAB)
+    acts = torch.randn(2, 5, 4)
+    acts[1, 3, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"'enc'.*position \(1, 3\)"):
+        acc.observe("enc", acts, {"tok": torch.zeros(2, 5, dtype=torch.long)})
+    assert not acc.layers  # nothing was added
+    acts[0, 0, 0] = -float("inf")
+    with pytest.raises(NonFiniteError, match=r"position \(0, 0\).*2 position"):
+        acc.observe("enc", acts, {"tok": torch.zeros(2, 5, dtype=torch.long)})
+
+
+def test_nonfinite_skip_counts_positions():
+    acc = Accumulator(VOCAB, nonfinite="skip")
+    acts = torch.randn(6, 4)
+    acts[2, 1] = float("inf")
+    acc.observe("enc", acts, {"tok": torch.zeros(6, dtype=torch.long)})
+    layer = acc.layers["enc"]
+    assert layer.tokens == 5 and layer.skipped_nonfinite == 1
+    assert layer.streams["tok"].tokens == 5
+
+
+def test_masked_nonfinite_positions_are_not_errors():
+    acc = Accumulator(VOCAB)
+    acts = torch.randn(1, 3, 4)
+    acts[0, 2] = float("nan")
+    acc.observe("enc", acts, {"tok": torch.zeros(1, 3, dtype=torch.long)},
+                mask=torch.tensor([[True, True, False]]))
+    assert acc.layers["enc"].tokens == 2
+
+
+@pytest.mark.parametrize("features,mask,match", [
+    ({"tok": torch.zeros(7, dtype=torch.long)}, None, "one id per position"),
+    ({"tok": torch.full((6,), 3)}, None, "outside its vocabulary of 3"),
+    ({"tok": torch.full((6,), -2)}, None, "feature id -2"),
+    ({"tok": torch.zeros(6)}, None, "must be integers"),
+    ({}, None, "no ids given"),
+    ({"tok": torch.zeros(6, dtype=torch.long), "x": torch.zeros(6, dtype=torch.long)}, None,
+     "unknown stream"),
+    ({"tok": torch.zeros(6, dtype=torch.long)}, torch.ones(5, dtype=torch.bool), "mask has shape"),
+])
+def test_bad_observations(features, mask, match):
+    acc = Accumulator(VOCAB)
+    with pytest.raises(InputError, match=match):
+        acc.observe("enc", torch.randn(6, 4), features, mask)
+    assert not acc.layers
+
+
+def test_bad_k_and_width():
+    with pytest.raises(InputError, match="positive integer"):
+        Accumulator(VOCAB, k=0)
+    acc = Accumulator(VOCAB, k=5)
+    with pytest.raises(InputError, match="has 4 neurons but k=5"):
+        acc.observe("enc", torch.randn(2, 4), {"tok": torch.zeros(2, dtype=torch.long)})
+    acc = Accumulator(VOCAB, k=1)
+    acc.observe("enc", torch.randn(2, 4), {"tok": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(InputError, match="one width"):
+        acc.observe("enc", torch.randn(2, 3), {"tok": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(InputError, match="floating-point"):
+        acc.observe("enc", torch.ones(2, 4, dtype=torch.long), {"tok": torch.zeros(2, dtype=torch.long)})
+
+
+def test_bad_batch_in_collector_changes_no_layer():
+    """Layer 2 of a batch is bad: layer 1 of the same batch must not be added either."""
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) * (1 / (x.sum() - x.sum()))  # inf/nan in b's consumer only
+
+    model = Two()
+    model.b.bias.data[:] = float("nan")
+    streams = [Stream("tok", Vocabulary(["a"]), "input")]
+    with pytest.raises(NonFiniteError, match="'b'"):
+        with Collector(model, ["a", "b"], streams) as col:
+            col.step(Batch(input_ids=torch.zeros(2, dtype=torch.long), inputs=torch.randn(2, 3)))
+    assert not col.accumulator.layers
+
+
+# -- through the CLI ------------------------------------------------------------------------------
+def _collect(wm, store, *extra, corpus=None):
+    args = ["collect", "--model", str(wm["ckpt"]), "--vocab", str(wm["vocab"]), "--corpus",
+            str(corpus or wm["text"]), "--layers", "lstm", "--store", str(store), "--stage", "s",
+            "--quiet", *extra]
+    return CliRunner().invoke(main, args)
+
+
+def _assert_clean_error(res, *words):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    for w in words:
+        assert w in res.output, res.output
+
+
+def test_cli_errors_leave_store_unchanged(word_model, tmp_path):
+    store = tmp_path / "s.zarr"
+    assert _collect(word_model, store).exit_code == 0
+    before = tree_digest(store)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    cases = [
+        (("--overwrite", "--layers", "lstmm"), None, ["no module", "did you mean: lstm"]),
+        (("--overwrite", "-k", "13"), None, ["12 neurons but k=13"]),
+        (("--overwrite", "-k", "0"), None, ["positive integer"]),
+        (("--overwrite",), empty, ["corpus is empty"]),
+        ((), None, ["already exists", "--resume"]),
+        (("--overwrite", "--streams", "token,label"), None, ["labels"]),
+        (("--overwrite", "--streams", "tokn"), None, ["unknown stream"]),
+        (("--resume", "--overwrite"), None, ["exclude each other"]),
+        (("--resume", "--max-length", "7"), None, ["already complete"]),
+    ]
+    for extra, corpus, words in cases:
+        _assert_clean_error(_collect(word_model, store, *extra, corpus=corpus), *words)
+        assert tree_digest(store) == before, extra
+
+
+def test_cli_empty_corpus_creates_no_store(word_model, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    store = tmp_path / "new.zarr"
+    _assert_clean_error(_collect(word_model, store, corpus=empty), "corpus is empty")
+    assert not store.exists()
+
+
+def test_cli_nonfinite_model(word_model, tmp_path):
+    model = torch.load(word_model["ckpt"], weights_only=False)
+    model.lstm.bias_ih_l0.data[:] = float("nan")
+    bad = tmp_path / "bad.pt"
+    torch.save(model, bad)
+    res = CliRunner().invoke(main, ["collect", "--model", str(bad), "--vocab",
+                                    str(word_model["vocab"]), "--corpus", str(word_model["text"]),
+                                    "--layers", "lstm", "--store", str(tmp_path / "x.zarr"),
+                                    "--stage", "s", "-q"])
+    _assert_clean_error(res, "non-finite", "'lstm'", "--skip-nonfinite")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_cli_second_writer_and_foreign_store(word_model, tmp_path):
+    store = tmp_path / "s.zarr"
+    assert _collect(word_model, store).exit_code == 0
+    before = tree_digest(store)
+    fd = os.open(store, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        _assert_clean_error(_collect(word_model, store, "--overwrite"), "another process")
+    finally:
+        os.close(fd)
+    assert tree_digest(store) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.bin").write_bytes(b"x")
+    _assert_clean_error(_collect(word_model, foreign), "not a txray store")
+    _assert_clean_error(CliRunner().invoke(main, ["info", str(foreign)]), "not a txray store")
+    (store / "s" / "zarr.json").write_text("garbage")
+    _assert_clean_error(CliRunner().invoke(main, ["info", str(store)]), "damaged")
+    res = CliRunner().invoke(main, ["--debug", "info", str(foreign)])
+    assert res.exception is not None  # --debug re-raises for a traceback
+
+
+def test_cli_bad_model_paths(tmp_path, word_model):
+    res = CliRunner().invoke(main, ["collect", "--model", str(tmp_path / "nope.pt"), "--corpus",
+                                    str(word_model["text"]), "--layers", "x", "--store",
+                                    str(tmp_path / "s"), "--stage", "s"])
+    _assert_clean_error(res, "not found")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pt")
+    res = CliRunner().invoke(main, ["collect", "--model", str(tmp_path / "sd.pt"), "--corpus",
+                                    str(word_model["text"]), "--layers", "x", "--store",
+                                    str(tmp_path / "s"), "--stage", "s"])
+    _assert_clean_error(res, "not a module")
