@@ -148,6 +148,58 @@ def info(store, as_json):
 
 
 @main.command()
+@click.argument("store", type=click.Path())
+@click.option("--stage", required=True, help="Stage to read.")
+@click.option("--layer", "layer_names", multiple=True, help="Layer(s); default: all.")
+@click.option("--stream", "streams", multiple=True, help="Stream(s); default: all.")
+@click.option("--neuron", "neurons", multiple=True, type=int,
+              help="Neuron ids; default: the --top most often selected.")
+@click.option("--top", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--features", default=6, show_default=True, type=click.IntRange(min=1),
+              help="Features shown per neuron.")
+@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True)
+def neurons(store, stage, layer_names, streams, neurons, top, features, by):
+    """Each neuron's strongest features (share of its mass or count) per stream."""
+    import numpy as np
+
+    from .store import open_store
+
+    st = open_store(store).stage(stage)
+    for lname in layer_names or st.layers:
+        lv = st.layer(lname)
+        ids = list(neurons) or [int(i) for i in np.argsort(-lv.neuron_count, kind="stable")[:top]]
+        click.echo(f"{lname}: {int(lv.alive.sum())} of {lv.n_neurons} neurons alive, "
+                   f"{lv.tokens} tokens")
+        for n in ids:
+            click.echo(f"  neuron {n}: selected {int(lv.neuron_count[n])} times")
+            for sname in streams or st.streams:
+                sv = lv.stream(sname)
+                feats = sv.top_features(n, features, by)
+                total = float(sv.row(n)[by].sum()) or 1.0
+                shown = ", ".join(f"{f!r} {v / total:.0%}" for f, v in feats)
+                click.echo(f"    {sname:>9}: {shown}")
+
+
+@main.group()
+def corpus():
+    """Write corpora that ship inside installed packages to text files."""
+
+
+@corpus.command("wikipedia")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Text file to write.")
+@click.option("--max-articles", type=click.IntRange(min=1), help="Stop after this many articles.")
+@click.option("--min-words", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Drop shorter paragraphs.")
+def corpus_wikipedia(out, max_articles, min_words):
+    """Wikipedia articles from gensim's test data, one paragraph per line (CC BY-SA)."""
+    from .corpora import write_wikipedia
+
+    r = write_wikipedia(out, min_words, max_articles)
+    click.echo(f"wrote {r['paragraphs']} paragraphs ({r['words']} words) of {r['articles']} "
+               f"articles to {r['path']}")
+
+
+@main.command()
 @click.option("--model", "model_spec", required=True, help="As for `txray collect`.")
 @click.option("--gguf-file")
 @click.option("--pattern", default="*", show_default=True, help="Glob over module paths.")
