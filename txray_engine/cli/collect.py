@@ -1,56 +1,13 @@
-"""The ``txray`` command line: collect, info, layers."""
+"""``txray collect``, ``txray layers`` and ``txray corpus``: getting statistics in."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
-import sys
 
 import click
 
-from .errors import TxRayError
-
-SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def _size(n: int) -> str:
-    f = float(n)
-    for u in SIZE_UNITS:
-        if f < 1024 or u == SIZE_UNITS[-1]:
-            return f"{f:.1f} {u}" if u != "B" else f"{int(f)} B"
-        f /= 1024
-    return str(n)
-
-
-class TxRayGroup(click.Group):
-    """Turns engine errors into one line on stderr and exit code 2 (``--debug`` shows tracebacks)."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except TxRayError as e:
-            if ctx.params.get("debug"):
-                raise
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(2)
-
-
-@click.group(cls=TxRayGroup)
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.version_option(package_name="txray_engine")
-def main(debug: bool) -> None:
-    """Neuron × feature statistics of PyTorch models (TX-Ray), streamed into a Zarr store."""
-
-
-def _k(value: str):
-    if value == "all":
-        return "all"
-    try:
-        k = int(value)
-    except ValueError:
-        raise click.BadParameter("use a positive integer or 'all'") from None
-    if k < 1:
-        raise click.BadParameter("use a positive integer or 'all'")
-    return k
+from .base import main, parse_k
 
 
 @main.command()
@@ -74,7 +31,7 @@ def _k(value: str):
               help="Comma-separated: token, pos, label, predicted.")
 @click.option("--layers", "-l", "layers", required=True, multiple=True,
               help="Module path or glob pattern; repeat for several (see `txray layers`).")
-@click.option("-k", "k", default="1", show_default=True, callback=lambda c, p, v: _k(v),
+@click.option("-k", "k", default="1", show_default=True, callback=lambda c, p, v: parse_k(v),
               help="Neurons kept per token: an integer or 'all'.")
 @click.option("--store", required=True, type=click.Path(file_okay=False), help="Store directory.")
 @click.option("--stage", required=True, help="Stage name (checkpoint, corpus, …).")
@@ -100,7 +57,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
             max_length, max_documents, kind, dense_budget_mb, skip_nonfinite, flush_every, device,
             quiet, as_json):
     """Run a model over a corpus and store the stage's statistics."""
-    from .collect import Corpus, collect_corpus, load_model
+    from ..collect import Corpus, collect_corpus, load_model
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: pick one")
@@ -123,63 +80,6 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
                    f"{', '.join(summary['layers'])}")
 
 
-@main.command()
-@click.argument("store", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def info(store, as_json):
-    """Stages, layers, streams, tokens and size on disk of a store."""
-    from .store import open_store
-
-    data = open_store(store).info()
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    click.echo(f"{data['path']}  (format v{data['format_version']}, "
-               f"{_size(data['size_bytes'])} on disk)")
-    if not data["stages"]:
-        click.echo("  no stages")
-    for name, st in data["stages"].items():
-        click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, "
-                   f"{st['documents']} documents, k={st['k']}")
-        streams = ", ".join(f"{s} ({v['size']})" for s, v in st["streams"].items())
-        click.echo(f"    streams: {streams}")
-        for layer, n in st["layers"].items():
-            click.echo(f"    layer {layer}: {n} neurons")
-
-
-@main.command()
-@click.argument("store", type=click.Path())
-@click.option("--stage", required=True, help="Stage to read.")
-@click.option("--layer", "layer_names", multiple=True, help="Layer(s); default: all.")
-@click.option("--stream", "streams", multiple=True, help="Stream(s); default: all.")
-@click.option("--neuron", "neurons", multiple=True, type=int,
-              help="Neuron ids; default: the --top most often selected.")
-@click.option("--top", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--features", default=6, show_default=True, type=click.IntRange(min=1),
-              help="Features shown per neuron.")
-@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True)
-def neurons(store, stage, layer_names, streams, neurons, top, features, by):
-    """Each neuron's strongest features (share of its mass or count) per stream."""
-    import numpy as np
-
-    from .store import open_store
-
-    st = open_store(store).stage(stage)
-    for lname in layer_names or st.layers:
-        lv = st.layer(lname)
-        ids = list(neurons) or [int(i) for i in np.argsort(-lv.neuron_count, kind="stable")[:top]]
-        click.echo(f"{lname}: {int(lv.alive.sum())} of {lv.n_neurons} neurons alive, "
-                   f"{lv.tokens} tokens")
-        for n in ids:
-            click.echo(f"  neuron {n}: selected {int(lv.neuron_count[n])} times")
-            for sname in streams or st.streams:
-                sv = lv.stream(sname)
-                feats = sv.top_features(n, features, by)
-                total = float(sv.row(n)[by].sum()) or 1.0
-                shown = ", ".join(f"{f!r} {v / total:.0%}" for f, v in feats)
-                click.echo(f"    {sname:>9}: {shown}")
-
-
 @main.group()
 def corpus():
     """Write corpora that ship inside installed packages to text files."""
@@ -192,7 +92,7 @@ def corpus():
               help="Drop shorter paragraphs.")
 def corpus_wikipedia(out, max_articles, min_words):
     """Wikipedia articles from gensim's test data, one paragraph per line (CC BY-SA)."""
-    from .corpora import write_wikipedia
+    from ..corpora import write_wikipedia
 
     r = write_wikipedia(out, min_words, max_articles)
     click.echo(f"wrote {r['paragraphs']} paragraphs ({r['words']} words) of {r['articles']} "
@@ -205,15 +105,9 @@ def corpus_wikipedia(out, max_articles, min_words):
 @click.option("--pattern", default="*", show_default=True, help="Glob over module paths.")
 def layers(model_spec, gguf_file, pattern):
     """List a model's module paths (the names `--layers` takes)."""
-    import fnmatch
-
-    from .collect.models import load_model
+    from ..collect.models import load_model
 
     model = load_model(model_spec, gguf_file, require_tokenizer=False).model
     for name, mod in model.named_modules():
         if name and fnmatch.fnmatchcase(name, pattern):
             click.echo(f"{name}\t{type(mod).__name__}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Measures against independent computations on small hand-built stages."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import euclidean
+from scipy.stats import entropy as scipy_entropy
+
+from txray_engine.accumulate import SparseStats
+from txray_engine.measures import (align_vocabularies, compare, compat_hellinger, distributions,
+                                   entropy, feature_group_mass, length, top_features)
+
+
+def from_dense(count, mass, freq=None):
+    count, mass = np.asarray(count, np.int64), np.asarray(mass, np.float64)
+    r, c = np.nonzero(count)
+    freq = np.asarray(freq if freq is not None else count.sum(0), np.int64)
+    return SparseStats.from_coo(count.shape[0], count.shape[1], r, c, count[r, c], mass[r, c],
+                                mass[r, c].astype(np.float32), freq)
+
+
+def random_stage(rng, n=6, v=9, density=0.4):
+    count = rng.integers(1, 5, (n, v)) * (rng.random((n, v)) < density)
+    mass = count * rng.random((n, v)) * 3
+    return count, mass
+
+
+def ref_hellinger(mass_a, mass_b):
+    p, q = mass_a / mass_a.sum(), mass_b / mass_b.sum()
+    return euclidean(np.sqrt(p), np.sqrt(q)) / math.sqrt(2)
+
+
+def ref_compat(count_a, mass_a, count_b, mass_b):
+    """Direct transcription of the published formula for one neuron (dicts over tokens)."""
+    def values(count, mass):
+        total = mass.sum()
+        return {f: mass[f] / (total * count[f]) for f in range(len(count)) if count[f] > 0}
+    va, vb = values(count_a, mass_a), values(count_b, mass_b)
+    union = set(va) | set(vb)
+    s = sum((math.sqrt(va.get(f, 0.0)) - math.sqrt(vb.get(f, 0.0))) ** 2 for f in union)
+    return math.sqrt(s) / math.sqrt(2) / len(union), len(union)
+
+
+def test_hellinger_and_compat_match_independent_references():
+    rng = np.random.default_rng(0)
+    ca, ma = random_stage(rng)
+    cb, mb = random_stage(rng)
+    ca[4] = 0
+    ma[4] = 0  # neuron 4 dead in A
+    cmp = compare(from_dense(ca, ma), from_dense(cb, mb))
+    for n in range(6):
+        if ca[n].sum() == 0 or cb[n].sum() == 0:
+            assert not cmp["shared"][n] and np.isnan(cmp["hellinger"][n])
+            continue
+        assert cmp["shared"][n]
+        assert cmp["hellinger"][n] == pytest.approx(ref_hellinger(ma[n], mb[n]), abs=1e-12)
+        d, u = ref_compat(ca[n], ma[n], cb[n], mb[n])
+        assert cmp["compat_hellinger"][n] == pytest.approx(d, abs=1e-12)
+        assert cmp["compat_union"][n] == u == cmp["hellinger_length"][n]
+        assert cmp["length_shift"][n] == (cb[n] > 0).sum() - (ca[n] > 0).sum()
+        assert cmp["mass_shift"][n] == pytest.approx(mb[n].sum() - ma[n].sum())
+    assert cmp["only_b"][4] and cmp.summary()["only_b"] >= 1
+
+
+def test_count_based_distributions_and_min_count():
+    count = np.array([[1, 3, 0, 6]])
+    mass = np.array([[5.0, 1.0, 0.0, 2.0]])
+    s = from_dense(count, mass)
+    np.testing.assert_allclose(distributions(s, "count").toarray(), [[0.1, 0.3, 0, 0.6]])
+    np.testing.assert_allclose(distributions(s, "mass").toarray(), [[5 / 8, 1 / 8, 0, 2 / 8]])
+    np.testing.assert_allclose(distributions(s, "mass", min_count=2).toarray(),
+                               [[0, 1 / 3, 0, 2 / 3]])
+    assert length(s).tolist() == [3] and length(s, min_count=3).tolist() == [2]
+    assert entropy(s, "count")[0] == pytest.approx(scipy_entropy([0.1, 0.3, 0.6], base=2))
+    ids, shares = top_features(s, 2)
+    assert ids.tolist() == [[0, 3]] and shares[0].tolist() == pytest.approx([5 / 8, 2 / 8])
+
+
+def test_min_neuron_count_marks_rare_neurons_dead():
+    count = np.array([[1, 0], [5, 5]])
+    s = from_dense(count, count * 1.0)
+    cmp = compare(s, s, min_neuron_count=2)
+    assert cmp["shared"].tolist() == [False, True]
+
+
+def test_feature_group_mass_against_frequency():
+    count = np.array([[2, 0, 1], [0, 1, 1]])
+    mass = np.array([[4.0, 0, 1.0], [0, 3.0, 2.0]])
+    s = from_dense(count, mass, freq=[10, 5, 5])
+    g = feature_group_mass(s)
+    np.testing.assert_allclose(g["mass_share"], [0.4, 0.3, 0.3])
+    np.testing.assert_allclose(g["frequency_share"], [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(g["ratio"], [0.8, 1.2, 1.2])
+
+
+def test_different_vocabularies_align_by_string():
+    rng = np.random.default_rng(3)
+    ca, ma = random_stage(rng, v=5, density=0.9)
+    vocab_a = ["a", "b", "c", "d", "e"]
+    # B knows "c", "a", "x" (new) and "e" in another order; "b", "d" are unknown to B
+    vocab_b = ["c", "x", "a", "e"]
+    cb = np.array([[1, 2, 3, 0]] * 6)
+    mb = cb * 1.5
+    cmp = compare(from_dense(ca, ma), from_dense(cb, mb), vocab_a, vocab_b)
+    union = vocab_a + ["x"]
+    for n in range(6):
+        a_u = np.zeros(6)
+        a_u[:5] = ma[n]
+        b_u = np.zeros(6)
+        for j, s in enumerate(vocab_b):
+            b_u[union.index(s)] = mb[n, j]
+        assert cmp["hellinger"][n] == pytest.approx(ref_hellinger(a_u, b_u), abs=1e-12)
+    assert cmp.unaligned == {"unaligned_a": int((ca[:, 1] > 0).any()) + int((ca[:, 3] > 0).any()),
+                             "unaligned_b": 1}
+    _, b2, u, _ = align_vocabularies(from_dense(ca, ma), from_dense(cb, mb), vocab_a, vocab_b)
+    assert u == union and b2.n_features == 6
+
+
+def test_mismatched_shapes_are_clear_errors():
+    s = from_dense(np.ones((2, 3)), np.ones((2, 3)))
+    t = from_dense(np.ones((3, 3)), np.ones((3, 3)))
+    with pytest.raises(ValueError, match="same layer"):
+        compare(s, t)
+    with pytest.raises(ValueError, match="vocabularies"):
+        compare(s, from_dense(np.ones((2, 4)), np.ones((2, 4))))
+
+
+stages = st.integers(0, 10_000).map(lambda seed: random_stage(np.random.default_rng(seed)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=stages, b=stages, scale=st.floats(0.01, 100))
+def test_hellinger_properties(a, b, scale):
+    sa, sb = from_dense(*a), from_dense(*b)
+    h_aa = compare(sa, sa)["hellinger"]
+    assert np.nanmax(np.abs(h_aa), initial=0) < 1e-7  # H(p, p) = 0
+    ab, ba = compare(sa, sb)["hellinger"], compare(sb, sa)["hellinger"]
+    np.testing.assert_allclose(ab, ba, equal_nan=True)  # symmetric
+    ok = ~np.isnan(ab)
+    assert np.all((ab[ok] >= 0) & (ab[ok] <= 1))
+    scaled = from_dense(a[0], a[1] * scale)  # same distributions, scaled mass
+    np.testing.assert_allclose(compare(scaled, sb)["hellinger"], ab, atol=1e-9, equal_nan=True)
+    d, _ = compat_hellinger(sa, sa)
+    assert np.abs(d).max(initial=0) < 1e-9

@@ -1,0 +1,138 @@
+"""Selectors, masks, structural MLP pruning (same outputs as masking) and the evaluation helper."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from txray_engine.errors import InputError
+from txray_engine.measures import NeuronTable
+from txray_engine.prune import (evaluate_pruning, mask_units, prune_mlp, select_neurons,
+                                summarize)
+
+
+def comparison_table():
+    return NeuronTable({
+        "neuron": np.arange(6),
+        "shared": np.array([1, 1, 1, 1, 0, 0], bool),
+        "alive_a": np.array([1, 1, 1, 1, 1, 0], bool),
+        "alive_b": np.array([1, 1, 1, 1, 0, 1], bool),
+        "hellinger": np.array([0.5, 0.9, 0.1, 0.5, np.nan, np.nan]),
+        "mass_b": np.array([3.0, 1.0, 2.0, 0.5, 0.0, 7.0]),
+        "length_b": np.array([4, 2, 9, 2, 0, 1]),
+    })
+
+
+def test_selectors():
+    t = comparison_table()
+    assert select_neurons(t, "most_changed", count=2).tolist() == [0, 1]  # tie 0/3 → lower id
+    assert select_neurons(t, "least_changed", count=2).tolist() == [0, 2]
+    assert select_neurons(t, "most_changed", count=10).tolist() == [0, 1, 2, 3]  # only shared
+    assert select_neurons(t, "lowest_mass", count=2).tolist() == [3, 4]
+    assert select_neurons(t, "lowest_mass", count=2, shared_only=True).tolist() == [1, 3]
+    assert select_neurons(t, "highest_mass", fraction=1 / 6).tolist() == [5]
+    assert select_neurons(t, "dead", fraction=1.0).tolist() == [4]
+    assert select_neurons(t, "dead", fraction=1.0, side="a").tolist() == [5]
+    assert select_neurons(t, "shortest", count=3).tolist() == [1, 4, 5]
+    assert select_neurons(t, "longest", count=1).tolist() == [2]
+    r1 = select_neurons(t, "random", count=3, seed=7)
+    assert r1.tolist() == select_neurons(t, "random", count=3, seed=7).tolist() and len(r1) == 3
+    assert select_neurons(t, "random", count=0).tolist() == []
+    with pytest.raises(InputError, match="unknown selector"):
+        select_neurons(t, "biggest", count=1)
+    with pytest.raises(InputError, match="exactly one"):
+        select_neurons(t, "random")
+    with pytest.raises(InputError, match="no 'hellinger'"):
+        select_neurons(NeuronTable({"neuron": np.arange(2), "mass": np.ones(2)}), "most_changed",
+                       count=1)
+
+
+def test_mask_zeroes_units_and_is_removable():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    x = torch.randn(5, 4)
+    base = model(x)
+    seen = []
+    with mask_units(model, {"1": [0, 3]}):
+        h = model[1].register_forward_hook(lambda m, i, o: seen.append(o))  # runs after the mask
+        masked = model(x)
+    h.remove()
+    assert torch.all(seen[0][:, [0, 3]] == 0) and seen[0].abs().sum() > 0
+    assert not torch.allclose(masked, base)
+    assert torch.equal(model(x), base)
+    assert not model[1]._forward_hooks
+
+
+def test_mask_recurrent_tuple_output():
+    lstm = nn.LSTM(3, 5, batch_first=True)
+    model = nn.Sequential()
+    model.add_module("lstm", lstm)
+    out = []
+    with mask_units(model, {"lstm": [1, 4]}):
+        lstm.register_forward_hook(lambda m, i, o: out.append(o[0]))
+        model(torch.randn(2, 7, 3))
+    assert torch.all(out[0][..., [1, 4]] == 0) and out[0][..., 0].abs().sum() > 0
+
+
+transformers = pytest.importorskip("transformers")
+
+
+def _models():
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=30, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)).eval()
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=30, n_positions=32, n_embd=16, n_layer=2, n_head=2)).eval()
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=24, max_position_embeddings=32)).eval()
+    return [(llama, "model.layers.1.mlp.act_fn", 24), (gpt2, "transformer.h.0.mlp.act", 64),
+            (bert, "encoder.layer.1.intermediate.intermediate_act_fn", 24)]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_structural_pruning_equals_masking(case):
+    model, layer, width = _models()[case]
+    ids = torch.randint(0, 30, (2, 9))
+    units = [0, 5, 7, width - 1]
+    with torch.no_grad(), mask_units(model, {layer: units}):
+        masked = model(input_ids=ids)[0]
+    info = prune_mlp(model, layer, units)
+    assert info == {"layer": layer, "before": width, "after": width - 4}
+    with torch.no_grad():
+        pruned = model(input_ids=ids)[0]
+    torch.testing.assert_close(pruned, masked, rtol=1e-5, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_structural_pruning_sequential_and_errors():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3))
+    x = torch.randn(6, 4)
+    with torch.no_grad(), mask_units(model, {"1": [2, 3]}):
+        masked = model(x)
+    prune_mlp(model, "1", [2, 3])
+    assert model[0].weight.shape == (6, 4) and model[2].weight.shape == (3, 6)
+    torch.testing.assert_close(model(x), masked)
+    with pytest.raises(InputError, match="recognised MLP"):
+        prune_mlp(nn.Sequential(nn.ReLU()), "0", [0])
+    with pytest.raises(InputError, match="all 6 units"):
+        prune_mlp(model, "1", range(6))
+
+
+def test_evaluate_pruning_table():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1))
+    x = torch.randn(20, 4)
+    metric = lambda m: float(m(x).sum())  # noqa: E731
+    t = comparison_table()
+    rows = evaluate_pruning(model, {"1": t}, metric, ["most_changed", "random"], [0.0, 0.5],
+                            seeds=[0, 1, 2])
+    assert len(rows) == 2 + 6
+    base = metric(model)
+    assert all(r["metric"] == pytest.approx(base) for r in rows if r["fraction"] == 0.0)
+    assert {r["pruned"] for r in rows if r["fraction"] == 0.5 and r["selector"] == "random"} == {3}
+    summary = summarize(rows)
+    rnd = [s for s in summary if s["selector"] == "random" and s["fraction"] == 0.5][0]
+    assert rnd["runs"] == 3 and rnd["std"] >= 0

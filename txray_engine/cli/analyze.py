@@ -1,0 +1,172 @@
+"""``txray compare`` and ``txray prune``: stages against each other, and neurons to remove."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import numpy as np
+
+from ..errors import InputError
+from .base import main
+
+TABLE_COLUMNS = ["neuron", "hellinger", "hellinger_length", "length_a", "length_b",
+                 "length_shift", "mass_shift", "compat_hellinger"]
+
+
+def _pairs(stage_a, stage_b, layers, streams):
+    common_layers = [layer for layer in stage_a.layers if layer in stage_b.layers]
+    common_streams = [s for s in stage_a.streams if s in stage_b.streams]
+    for name, have, common in (("layer", layers, common_layers),
+                               ("stream", streams, common_streams)):
+        missing = [x for x in have if x not in common]
+        if missing:
+            raise InputError(f"{name}(s) {missing} are not in both stages; common: {common}")
+        if not common:
+            raise InputError(f"the two stages share no {name}")
+    return [(lay, s) for lay in (layers or common_layers) for s in (streams or common_streams)]
+
+
+def _features(view, neuron: int, n: int) -> str:
+    r = view.row(neuron)
+    total = float(r["mass"].sum()) or 1.0
+    return ", ".join(f"{f!r} {v / total:.0%}" for f, v in view.top_features(neuron, n))
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.argument("stage_a")
+@click.argument("stage_b")
+@click.option("--layer", "layers", multiple=True, help="Layer(s); default: all common ones.")
+@click.option("--stream", "streams", multiple=True, help="Stream(s); default: all common ones.")
+@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True,
+              help="Distributions from activation mass or from counts.")
+@click.option("--min-count", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Ignore (neuron, feature) cells seen fewer times.")
+@click.option("--min-neuron-count", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Neurons selected fewer times count as dead.")
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=0),
+              help="Most and least changed neurons shown per layer and stream.")
+@click.option("--features", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Write the full neuron table (all layers and streams) to this CSV file.")
+@click.option("--json", "as_json", is_flag=True, help="Print summaries and the neuron table as JSON.")
+def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_count, top,
+            features, csv_path, as_json):
+    """Compare two stages: shared/dead neurons, Hellinger distances, length and mass shifts."""
+    from ..measures import NeuronTable, compare_streams
+    from ..store import open_store
+
+    st = open_store(store)
+    a, b = st.stage(stage_a), st.stage(stage_b)
+    summaries, tables = [], []
+    for layer, stream in _pairs(a, b, layers, streams):
+        va, vb = a.layer(layer).stream(stream), b.layer(layer).stream(stream)
+        cmp = compare_streams(va, vb, by=by, min_count=min_count,
+                              min_neuron_count=min_neuron_count)
+        summaries.append({"layer": layer, "stream": stream, **cmp.summary()})
+        t = cmp.table()
+        n = len(t)
+        tables.append(NeuronTable({"layer": np.array([layer] * n), "stream": np.array([stream] * n),
+                                   **t.columns}))
+        if as_json:
+            continue
+        s = summaries[-1]
+        click.echo(f"{layer} / {stream}: {s['neurons']} neurons, {s['shared']} shared, "
+                   f"{s['only_a']} only in {stage_a}, {s['only_b']} only in {stage_b}, "
+                   f"{s['dead_both']} dead in both")
+        if s["shared"]:
+            click.echo(f"  Hellinger mean {s['hellinger_mean']:.4f}, median "
+                       f"{s['hellinger_median']:.4f}; mean length shift "
+                       f"{s['length_shift_mean']:+.2f}")
+        if s["unaligned_a"] or s["unaligned_b"]:
+            click.echo(f"  vocabularies differ: {s['unaligned_a']} features of {stage_a} and "
+                       f"{s['unaligned_b']} of {stage_b} have no counterpart")
+        for title, part in (("most changed", cmp.most_changed(top)),
+                            ("least changed", cmp.least_changed(top))):
+            if not len(part):
+                continue
+            click.echo(f"  {title}:")
+            click.echo("    " + part.format(TABLE_COLUMNS).replace("\n", "\n    "))
+            for nid in part["neuron"]:
+                click.echo(f"    neuron {nid}: {stage_a}: {_features(va, int(nid), features)}")
+                click.echo(f"    {' ' * len(f'neuron {nid}')}  {stage_b}: "
+                           f"{_features(vb, int(nid), features)}")
+    full = NeuronTable({k: np.concatenate([t[k] for t in tables]) for k in tables[0].names})
+    if csv_path:
+        full.to_csv(csv_path)
+        if not as_json:
+            click.echo(f"wrote {len(full)} rows to {csv_path}")
+    if as_json:
+        click.echo(json.dumps({"stage_a": stage_a, "stage_b": stage_b, "summaries": summaries,
+                               "neurons": full.records()}))
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--stage", required=True, help="Stage whose neurons are ranked (B of a comparison).")
+@click.option("--against", help="Stage A: rank by the change from A to --stage (Hellinger).")
+@click.option("--layer", "layers", required=True, multiple=True, help="Layer(s) to prune.")
+@click.option("--stream", default="token", show_default=True, help="Stream of the measures.")
+@click.option("--selector", required=True,
+              type=click.Choice(["most_changed", "least_changed", "lowest_mass", "highest_mass",
+                                 "dead", "shortest", "longest", "random"]))
+@click.option("--fraction", type=click.FloatRange(0, 1), help="Fraction of each layer's neurons.")
+@click.option("--count", type=click.IntRange(min=0), help="Neurons per layer.")
+@click.option("--shared-only", is_flag=True, help="Only neurons alive in both stages.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random selector.")
+@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True)
+@click.option("--min-count", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Mask file (JSON: layer → neuron ids) to write.")
+@click.option("--model", "model_spec", help="Model to prune structurally (as for collect).")
+@click.option("--gguf-file")
+@click.option("--save-pruned", type=click.Path(dir_okay=False),
+              help="Write the structurally pruned model here (torch.save of the whole module).")
+def prune(store, stage, against, layers, stream, selector, fraction, count, shared_only, seed,
+          by, min_count, out, model_spec, gguf_file, save_pruned):
+    """Select neurons to prune from a store; write a mask file (and a pruned model copy)."""
+    from ..measures import compare_streams, stage_table
+    from ..prune import prune_mlp, select_neurons
+    from ..store import open_store
+
+    if (fraction is None) == (count is None):
+        raise click.UsageError("give exactly one of --fraction or --count")
+    if bool(model_spec) != bool(save_pruned):
+        raise click.UsageError("--model and --save-pruned go together")
+    if selector in ("most_changed", "least_changed") and not against:
+        raise click.UsageError(f"--selector {selector} compares two stages: add --against STAGE")
+    st = open_store(store)
+    b = st.stage(stage)
+    a = st.stage(against) if against else None
+    selection, sizes = {}, {}
+    for layer in layers:
+        vb = b.layer(layer).stream(stream)
+        if a is not None:
+            table = compare_streams(a.layer(layer).stream(stream), vb, by=by,
+                                    min_count=min_count).table()
+        else:
+            table = stage_table(vb.stats, b.layer(layer).neuron_count, min_count, by)
+        units = select_neurons(table, selector, count=count, fraction=fraction,
+                               shared_only=shared_only, seed=seed)
+        selection[layer] = [int(u) for u in units]
+        sizes[layer] = b.layer(layer).n_neurons
+    doc = {"store": str(store), "stage": stage, "against": against, "stream": stream,
+           "selector": selector, "fraction": fraction, "count": count, "seed": seed,
+           "shared_only": shared_only, "layers": selection, "layer_sizes": sizes}
+    with open(out, "w") as fh:
+        json.dump(doc, fh, indent=1)
+    for layer, units in selection.items():
+        click.echo(f"{layer}: {len(units)} of {sizes[layer]} neurons selected ({selector})")
+    click.echo(f"wrote mask to {out}")
+    if model_spec:
+        import torch
+
+        from ..collect.models import load_model
+
+        model = load_model(model_spec, gguf_file, require_tokenizer=False).model
+        for layer, units in selection.items():
+            info = prune_mlp(model, layer, units)
+            click.echo(f"{layer}: MLP width {info['before']} → {info['after']}")
+        torch.save(model, save_pruned)
+        click.echo(f"wrote pruned model to {save_pruned}")

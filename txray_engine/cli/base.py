@@ -1,0 +1,50 @@
+"""The ``txray`` group, its error handling and shared helpers."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import TxRayError
+
+SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_size(n: int) -> str:
+    f = float(n)
+    for u in SIZE_UNITS:
+        if f < 1024 or u == SIZE_UNITS[-1]:
+            return f"{f:.1f} {u}" if u != "B" else f"{int(f)} B"
+        f /= 1024
+    return str(n)
+
+
+class TxRayGroup(click.Group):
+    """Turns engine errors into one line on stderr and exit code 2 (``--debug`` shows tracebacks)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TxRayError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=TxRayGroup)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="txray_engine")
+def main(debug: bool) -> None:
+    """Neuron × feature statistics of PyTorch models (TX-Ray), streamed into a Zarr store."""
+
+
+def parse_k(value: str):
+    if value == "all":
+        return "all"
+    try:
+        k = int(value)
+    except ValueError:
+        raise click.BadParameter("use a positive integer or 'all'") from None
+    if k < 1:
+        raise click.BadParameter("use a positive integer or 'all'")
+    return k

@@ -1,0 +1,66 @@
+"""``txray info`` and ``txray neurons``: reading a store."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .base import human_size, main
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(store, as_json):
+    """Stages, layers, streams, tokens and size on disk of a store."""
+    from ..store import open_store
+
+    data = open_store(store).info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{data['path']}  (format v{data['format_version']}, "
+               f"{human_size(data['size_bytes'])} on disk)")
+    if not data["stages"]:
+        click.echo("  no stages")
+    for name, st in data["stages"].items():
+        click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, "
+                   f"{st['documents']} documents, k={st['k']}")
+        streams = ", ".join(f"{s} ({v['size']})" for s, v in st["streams"].items())
+        click.echo(f"    streams: {streams}")
+        for layer, n in st["layers"].items():
+            click.echo(f"    layer {layer}: {n} neurons")
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--stage", required=True, help="Stage to read.")
+@click.option("--layer", "layer_names", multiple=True, help="Layer(s); default: all.")
+@click.option("--stream", "streams", multiple=True, help="Stream(s); default: all.")
+@click.option("--neuron", "neurons", multiple=True, type=int,
+              help="Neuron ids; default: the --top most often selected.")
+@click.option("--top", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--features", default=6, show_default=True, type=click.IntRange(min=1),
+              help="Features shown per neuron.")
+@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True)
+def neurons(store, stage, layer_names, streams, neurons, top, features, by):
+    """Each neuron's strongest features (share of its mass or count) per stream."""
+    import numpy as np
+
+    from ..store import open_store
+
+    st = open_store(store).stage(stage)
+    for lname in layer_names or st.layers:
+        lv = st.layer(lname)
+        ids = list(neurons) or [int(i) for i in np.argsort(-lv.neuron_count, kind="stable")[:top]]
+        click.echo(f"{lname}: {int(lv.alive.sum())} of {lv.n_neurons} neurons alive, "
+                   f"{lv.tokens} tokens")
+        for n in ids:
+            click.echo(f"  neuron {n}: selected {int(lv.neuron_count[n])} times")
+            for sname in streams or st.streams:
+                sv = lv.stream(sname)
+                feats = sv.top_features(n, features, by)
+                total = float(sv.row(n)[by].sum()) or 1.0
+                shown = ", ".join(f"{f!r} {v / total:.0%}" for f, v in feats)
+                click.echo(f"    {sname:>9}: {shown}")

@@ -1,0 +1,239 @@
+"""Comparing two stages of the same layer and stream, over all neurons at once.
+
+Definitions (TX-Ray, see docs/MEASURES.md):
+
+- shared neurons: alive in both stages; only-A / only-B: alive in one;
+- Hellinger distance ``H(p, q) = sqrt(1 - Σ_f sqrt(p_f q_f))`` of each shared neuron's
+  distributions, in [0, 1];
+- Hellinger length: size of the union of the two supports; length shift ``len_B - len_A``;
+- mass shift ``mass_B - mass_A``;
+- reference-compatible Hellinger (``compat``): the number the public TX-Ray code computes, from
+  count and mass alone; see :func:`compat_hellinger`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..accumulate.stats import SparseStats
+from ..errors import InputError
+from .stage import _check_by
+from .stage import alive as _alive
+from .table import NeuronTable
+
+
+def align_vocabularies(a: SparseStats, b: SparseStats, vocab_a, vocab_b
+                       ) -> tuple[SparseStats, SparseStats, list[str], dict]:
+    """Re-index ``b`` (and widen both) onto the union vocabulary ``vocab_a + (vocab_b - vocab_a)``.
+
+    Returns the aligned stats, the union vocabulary and how many features (seen in a stage) had no
+    counterpart in the other stage's vocabulary.
+    """
+    vocab_a, vocab_b = list(vocab_a), list(vocab_b)
+    if vocab_a == vocab_b:
+        return a, b, vocab_a, {"unaligned_a": 0, "unaligned_b": 0}
+    index = {s: i for i, s in enumerate(vocab_a)}
+    union = list(vocab_a)
+    remap = np.empty(len(vocab_b), dtype=np.int64)
+    for j, s in enumerate(vocab_b):
+        if s not in index:
+            index[s] = len(union)
+            union.append(s)
+        remap[j] = index[s]
+    in_b = set(vocab_b)
+    only_a_ids = np.array([i for i, s in enumerate(vocab_a) if s not in in_b], dtype=np.int64)
+    seen_a = np.zeros(len(vocab_a), bool)
+    seen_a[a.indices] = True
+    seen_b = np.zeros(len(vocab_b), bool)
+    seen_b[b.indices] = True
+    unaligned = {"unaligned_a": int(seen_a[only_a_ids].sum()) if only_a_ids.size else 0,
+                 "unaligned_b": int(seen_b[remap >= len(vocab_a)].sum())}
+    v = len(union)
+    freq_a = np.zeros(v, np.int64)
+    freq_a[:len(vocab_a)] = a.feature_freq
+    freq_b = np.zeros(v, np.int64)
+    np.add.at(freq_b, remap, b.feature_freq)
+    a2 = SparseStats(a.n_neurons, v, a.indptr, a.indices, a.count, a.mass, a.peak, freq_a,
+                     a.tokens, a.missing)
+    b2 = SparseStats.from_coo(b.n_neurons, v, b.rows(), remap[b.indices], b.count, b.mass,
+                              b.peak, freq_b, b.tokens, b.missing)
+    return a2, b2, union, unaligned
+
+
+@dataclass
+class _Cells:
+    """The cells of one stage kept for a comparison, in global (row, feature) order."""
+
+    n_neurons: int
+    rows: np.ndarray
+    keys: np.ndarray
+    count: np.ndarray
+    mass: np.ndarray
+
+    @classmethod
+    def of(cls, stats: SparseStats, min_count: int) -> "_Cells":
+        rows, cols = stats.rows(), stats.indices
+        count, mass = stats.count, stats.mass.astype(np.float64, copy=False)
+        if min_count > 1:
+            keep = count >= min_count
+            rows, cols, count, mass = rows[keep], cols[keep], count[keep], mass[keep]
+        return cls(stats.n_neurons, rows, rows * stats.n_features + cols, count, mass)
+
+    def per_row(self, weights=None) -> np.ndarray:
+        return np.bincount(self.rows, weights=weights, minlength=self.n_neurons)
+
+    def share(self, values: np.ndarray) -> np.ndarray:
+        """``values`` divided by their row total (the row distribution on these cells)."""
+        total = self.per_row(values)[self.rows]
+        return np.divide(values, total, out=np.zeros_like(values, dtype=np.float64),
+                         where=total > 0)
+
+
+def _match(a: _Cells, b: _Cells) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(ia, ib)`` of the cells present in both stages (keys are sorted)."""
+    idx = np.searchsorted(a.keys, b.keys)
+    idx_c = np.minimum(idx, max(a.keys.size - 1, 0))
+    hit = (idx < a.keys.size) & (a.keys[idx_c] == b.keys) if a.keys.size else \
+        np.zeros(b.keys.size, bool)
+    return idx[hit], np.flatnonzero(hit)
+
+
+def _sq_dist(a: _Cells, b: _Cells, va: np.ndarray, vb: np.ndarray, ia, ib) -> np.ndarray:
+    """Per row: Σ_f (sqrt(va_f) - sqrt(vb_f))² over the union of both supports, summed as
+    non-negative terms (accurate near 0)."""
+    only_a = np.ones(a.keys.size, bool)
+    only_a[ia] = False
+    only_b = np.ones(b.keys.size, bool)
+    only_b[ib] = False
+    d = (np.sqrt(va[ia]) - np.sqrt(vb[ib])) ** 2
+    return (np.bincount(a.rows[only_a], weights=va[only_a], minlength=a.n_neurons)
+            + np.bincount(b.rows[only_b], weights=vb[only_b], minlength=a.n_neurons)
+            + np.bincount(b.rows[ib], weights=d, minlength=a.n_neurons))
+
+
+def _compat_values(c: _Cells) -> np.ndarray:
+    denom = c.per_row(c.mass)[c.rows] * c.count
+    return np.divide(c.mass, denom, out=np.zeros_like(c.mass), where=denom > 0)
+
+
+def _union(a: _Cells, b: _Cells, ib) -> np.ndarray:
+    return a.per_row() + b.per_row() - np.bincount(b.rows[ib], minlength=a.n_neurons)
+
+
+def compat_hellinger(a: SparseStats, b: SparseStats, min_count: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The published TX-Ray code's measure (Evaluation_metrics/measures.py), per neuron.
+
+    With ``M_n`` the neuron's total mass in a stage, each feature's value is
+    ``mass[n,f] / (M_n · count[n,f])`` (the mean normalised max-activation per token); the distance
+    is ``sqrt(Σ_f (sqrt(a_f) - sqrt(b_f))²) / sqrt(2)`` divided by the size of the union of both
+    supports (absent features count as 0). Returns ``(distance, union size)``. Unlike the proper
+    Hellinger distance it shrinks with the support size and is not a distance between
+    distributions; use it to reproduce numbers from that code, the proper distance otherwise.
+    """
+    ca, cb = _Cells.of(a, min_count), _Cells.of(b, min_count)
+    ia, ib = _match(ca, cb)
+    return _compat(ca, cb, ia, ib)
+
+
+def _compat(ca, cb, ia, ib):
+    num = np.sqrt(_sq_dist(ca, cb, _compat_values(ca), _compat_values(cb), ia, ib)) / np.sqrt(2)
+    union = _union(ca, cb, ib)
+    return np.divide(num, union, out=np.zeros_like(num), where=union > 0), union
+
+
+@dataclass
+class Comparison:
+    """Per-neuron comparison of stage A with stage B (arrays of length ``n_neurons``;
+    distance columns are NaN for neurons that are not shared)."""
+
+    columns: dict[str, np.ndarray]
+    unaligned: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    @property
+    def n_neurons(self) -> int:
+        return len(self.columns["neuron"])
+
+    def table(self) -> NeuronTable:
+        return NeuronTable(self.columns)
+
+    def most_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
+        return self.table().where(self["shared"]).sort(column, descending=True).head(n)
+
+    def least_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
+        return self.table().where(self["shared"]).sort(column, descending=False).head(n)
+
+    def summary(self) -> dict:
+        shared = self["shared"]
+        h = self["hellinger"][shared]
+        return {"neurons": self.n_neurons, "shared": int(shared.sum()),
+                "only_a": int(self["only_a"].sum()), "only_b": int(self["only_b"].sum()),
+                "dead_both": int((~self["alive_a"] & ~self["alive_b"]).sum()),
+                "hellinger_mean": float(h.mean()) if h.size else None,
+                "hellinger_median": float(np.median(h)) if h.size else None,
+                "length_shift_mean": float(self["length_shift"][shared].mean()) if h.size else None,
+                "mass_a": float(self["mass_a"].sum()), "mass_b": float(self["mass_b"].sum()),
+                **self.unaligned, **self.options}
+
+
+def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: str = "mass",
+            min_count: int = 1, min_neuron_count: int = 1, neuron_count_a=None,
+            neuron_count_b=None) -> Comparison:
+    """Compare two stages of one layer and stream; see the module docstring.
+
+    ``neuron_count_a/b`` (the layer's selection counts) decide alive neurons; by default the
+    stream's row counts. Neurons selected fewer than ``min_neuron_count`` times count as dead, and
+    cells seen fewer than ``min_count`` times are ignored. Different vocabularies are aligned by
+    feature string.
+    """
+    _check_by(by)
+    if a.n_neurons != b.n_neurons:
+        raise InputError(f"the stages have {a.n_neurons} and {b.n_neurons} neurons: compare the "
+                         f"same layer of the same architecture")
+    if vocab_a is not None and vocab_b is not None:
+        a, b, _, unaligned = align_vocabularies(a, b, vocab_a, vocab_b)
+    elif a.n_features != b.n_features:
+        raise InputError(f"vocabularies of {a.n_features} and {b.n_features} features: give both "
+                         f"vocabularies to align them by string")
+    else:
+        unaligned = {"unaligned_a": 0, "unaligned_b": 0}
+    na = a.neuron_count() if neuron_count_a is None else np.asarray(neuron_count_a)
+    nb = b.neuron_count() if neuron_count_b is None else np.asarray(neuron_count_b)
+    alive_a, alive_b = _alive(na, min_neuron_count), _alive(nb, min_neuron_count)
+    shared = alive_a & alive_b
+    ca, cb = _Cells.of(a, min_count), _Cells.of(b, min_count)
+    ia, ib = _match(ca, cb)
+    va = ca.share(ca.mass if by == "mass" else ca.count.astype(np.float64))
+    vb = cb.share(cb.mass if by == "mass" else cb.count.astype(np.float64))
+    nan = np.full(a.n_neurons, np.nan)
+    hel = np.where(shared, np.sqrt(np.clip(_sq_dist(ca, cb, va, vb, ia, ib) / 2, 0, 1)), nan)
+    comp, comp_union = _compat(ca, cb, ia, ib)
+    len_a, len_b = ca.per_row(), cb.per_row()
+    mass_a, mass_b = ca.per_row(ca.mass), cb.per_row(cb.mass)
+    cols = {
+        "neuron": np.arange(a.n_neurons),
+        "alive_a": alive_a, "alive_b": alive_b, "shared": shared,
+        "only_a": alive_a & ~alive_b, "only_b": alive_b & ~alive_a,
+        "hellinger": hel,
+        "hellinger_length": comp_union,
+        "length_a": len_a, "length_b": len_b, "length_shift": len_b - len_a,
+        "mass_a": mass_a, "mass_b": mass_b, "mass_shift": mass_b - mass_a,
+        "compat_hellinger": np.where(shared, comp, nan),
+        "compat_union": comp_union,
+    }
+    return Comparison(cols, unaligned, {"by": by, "min_count": min_count,
+                                        "min_neuron_count": min_neuron_count})
+
+
+def compare_streams(view_a, view_b, **options) -> Comparison:
+    """Compare two ``StreamView``s (same layer and stream of two stages); alive neurons come from
+    each layer's selection counts. ``options`` as for :func:`compare`."""
+    return compare(view_a.stats, view_b.stats, list(view_a.vocab), list(view_b.vocab),
+                   neuron_count_a=view_a.layer.neuron_count,
+                   neuron_count_b=view_b.layer.neuron_count, **options)

@@ -1,0 +1,97 @@
+"""Measures of one stage (per layer and stream), vectorised over all neurons.
+
+Inputs are :class:`~txray_engine.accumulate.SparseStats` (from ``StreamView.stats`` or an
+accumulator). Options shared by every function:
+
+- ``by``: ``"mass"`` (default; activation-weighted, as in TX-Ray) or ``"count"``;
+- ``min_count``: cells seen fewer times are ignored (rare features make distributions noisy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..accumulate.stats import SparseStats
+from ..errors import InputError
+from .rows import filter_cells, row_normalize, row_sums, row_top
+
+BY = ("mass", "count")
+
+
+def _check_by(by: str) -> str:
+    if by not in BY:
+        raise InputError(f"by must be 'mass' or 'count', got {by!r}")
+    return by
+
+
+def cells(stats: SparseStats, by: str = "mass", min_count: int = 1) -> sp.csr_matrix:
+    """The ``by`` matrix with cells of count < ``min_count`` dropped (explicit zeros removed)."""
+    m = stats.csr(_check_by(by)).astype(np.float64)
+    # a cell whose activations were all ≤ 0 has count > 0 but mass 0: it leaves the mass matrix
+    return filter_cells(m, stats.count >= max(1, min_count))
+
+
+def distributions(stats: SparseStats, by: str = "mass", min_count: int = 1) -> sp.csr_matrix:
+    """Each neuron's distribution over features (rows sum to 1; empty rows stay empty)."""
+    return row_normalize(cells(stats, by, min_count))
+
+
+def length(stats: SparseStats, min_count: int = 1) -> np.ndarray:
+    """Features each neuron fired for at least ``min_count`` times (TX-Ray's length)."""
+    return np.diff(filter_cells(stats.csr("count"), stats.count >= max(1, min_count)).indptr)
+
+
+def activation_mass(stats: SparseStats) -> tuple[np.ndarray, np.ndarray]:
+    """``(mass, share)`` per neuron: its summed clamped activation and its share of the layer's."""
+    mass = row_sums(stats.csr("mass"))
+    total = mass.sum()
+    return mass, (mass / total if total > 0 else np.zeros_like(mass))
+
+
+def alive(neuron_count: np.ndarray, min_count: int = 1) -> np.ndarray:
+    """Neurons selected at least ``min_count`` times."""
+    return np.asarray(neuron_count) >= max(1, min_count)
+
+
+def entropy(stats: SparseStats, by: str = "mass", min_count: int = 1, base: float = 2.0
+            ) -> np.ndarray:
+    """Entropy of each neuron's distribution (bits by default; 0 for empty rows)."""
+    p = distributions(stats, by, min_count)
+    terms = p.copy()
+    terms.data = -p.data * np.log(p.data) / np.log(base)
+    return row_sums(terms)
+
+
+def top_features(stats: SparseStats, n: int = 10, by: str = "mass", min_count: int = 1
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each neuron's ``n`` strongest features: ``(feature ids, shares)``, ``[N, n]``, padded with
+    ``-1`` / ``0``."""
+    return row_top(distributions(stats, by, min_count), n)
+
+
+def feature_group_mass(stats: SparseStats, min_count: int = 1) -> dict[str, np.ndarray]:
+    """Per feature (e.g. per POS tag): share of the layer's activation mass against the feature's
+    share of corpus positions. ``ratio > 1``: the layer's neurons favour that feature."""
+    m = cells(stats, "mass", min_count)
+    mass = np.asarray(m.sum(axis=0), dtype=np.float64).ravel()
+    total = mass.sum()
+    freq = stats.feature_freq.astype(np.float64)
+    mass_share = mass / total if total > 0 else np.zeros_like(mass)
+    freq_share = freq / freq.sum() if freq.sum() > 0 else np.zeros_like(freq)
+    ratio = np.divide(mass_share, freq_share, out=np.full_like(mass_share, np.nan),
+                      where=freq_share > 0)
+    return {"mass": mass, "mass_share": mass_share, "frequency": stats.feature_freq.copy(),
+            "frequency_share": freq_share, "ratio": ratio}
+
+
+def stage_table(stats: SparseStats, neuron_count=None, min_count: int = 1, by: str = "mass"):
+    """One row per neuron: alive, selection count, mass and share, length, entropy."""
+    from .table import NeuronTable
+
+    count = stats.neuron_count() if neuron_count is None else np.asarray(neuron_count)
+    mass, share = activation_mass(stats)
+    return NeuronTable({"neuron": np.arange(stats.n_neurons), "alive": alive(count, min_count),
+                        "selected": count, "mass": mass, "mass_share": share,
+                        "length": length(stats, min_count),
+                        "entropy": entropy(stats, by, min_count)})

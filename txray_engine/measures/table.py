@@ -1,0 +1,83 @@
+"""``NeuronTable``: a small columnar table (one row per neuron) with CSV/JSON output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+
+
+class NeuronTable:
+    """Columns of equal length, ``neuron`` first."""
+
+    def __init__(self, columns: dict[str, np.ndarray]):
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of different lengths: {lengths}")
+        self.columns = {k: np.asarray(v) for k, v in columns.items()}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.columns)
+
+    def take(self, idx) -> "NeuronTable":
+        return NeuronTable({k: v[idx] for k, v in self.columns.items()})
+
+    def where(self, mask) -> "NeuronTable":
+        return self.take(np.flatnonzero(mask))
+
+    def sort(self, column: str, descending: bool = True) -> "NeuronTable":
+        """Rows by ``column`` (NaN last; ties by neuron id)."""
+        v = self.columns[column].astype(np.float64)
+        key = np.where(np.isnan(v), np.inf, -v if descending else v)
+        return self.take(np.lexsort((self.columns.get("neuron", np.arange(len(self))), key)))
+
+    def head(self, n: int) -> "NeuronTable":
+        return self.take(np.arange(min(n, len(self))))
+
+    def records(self) -> list[dict]:
+        def py(x):
+            x = x.item() if hasattr(x, "item") else x
+            return None if isinstance(x, float) and math.isnan(x) else x
+        return [{k: py(v[i]) for k, v in self.columns.items()} for i in range(len(self))]
+
+    def to_csv(self, path=None) -> str | None:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(self.names)
+        for r in self.records():
+            w.writerow(["" if v is None else v for v in r.values()])
+        if path is None:
+            return buf.getvalue()
+        with open(path, "w", newline="") as fh:
+            fh.write(buf.getvalue())
+        return None
+
+    def to_json(self) -> str:
+        return json.dumps(self.records())
+
+    def format(self, columns: list[str] | None = None, digits: int = 4) -> str:
+        """A fixed-width text rendering."""
+        cols = columns or self.names
+        cells = [[_fmt(r[c], digits) for c in cols] for r in self.records()]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+        lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+        return "\n".join(lines)
+
+
+def _fmt(v, digits):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)

@@ -1,0 +1,48 @@
+"""Evaluate pruning configurations (selector × fraction × seed) with a user-supplied metric."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+from torch import nn
+
+from ..measures.table import NeuronTable
+from .apply import mask_units
+from .select import select_neurons
+
+
+def evaluate_pruning(model: nn.Module, tables: dict[str, NeuronTable],
+                     metric: Callable[[nn.Module], float], selectors: Iterable[str],
+                     fractions: Iterable[float], seeds: Iterable[int] = (0,),
+                     shared_only: bool = False, side: str = "b") -> list[dict]:
+    """Run ``metric(model)`` with each configuration's neurons masked in every layer of
+    ``tables`` (layer → neuron table); returns one row (a dict) per configuration.
+
+    Deterministic selectors are evaluated once per fraction (their rows carry ``seed=None``);
+    ``random`` once per seed. The model is left unmasked.
+    """
+    rows = []
+    for selector in selectors:
+        for fraction in fractions:
+            for seed in (seeds if selector == "random" else (None,)):
+                selection = {layer: select_neurons(t, selector, fraction=fraction,
+                                                   shared_only=shared_only, side=side,
+                                                   seed=seed or 0)
+                             for layer, t in tables.items()}
+                with mask_units(model, selection):
+                    value = float(metric(model))
+                rows.append({"selector": selector, "fraction": float(fraction), "seed": seed,
+                             "pruned": int(sum(len(v) for v in selection.values())),
+                             "metric": value})
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation of the metric over seeds, per (selector, fraction)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["selector"], r["fraction"]), []).append(r["metric"])
+    return [{"selector": s, "fraction": f, "runs": len(v), "mean": float(np.mean(v)),
+             "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for (s, f), v in groups.items()]

@@ -1,0 +1,77 @@
+"""Selectors: rank a layer's neurons from a comparison or a stage table and pick some to prune.
+
+A selector reads columns of a :class:`~txray_engine.measures.NeuronTable`: a comparison table
+(``Comparison.table()``, columns ``hellinger``, ``mass_a``/``mass_b``, ``length_a``/``length_b``,
+``alive_a``/``alive_b``, ``shared``) or a stage table (``stage_table``: ``mass``, ``length``,
+``alive``). For comparison tables ``side`` picks the stage (``"a"`` or ``"b"``) whose mass, length
+or liveness is used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..measures.table import NeuronTable
+
+SELECTORS = ("most_changed", "least_changed", "lowest_mass", "highest_mass", "dead", "shortest",
+             "longest", "random")
+
+
+def _column(table: NeuronTable, name: str, side: str) -> np.ndarray:
+    for key in (name, f"{name}_{side}"):
+        if key in table.columns:
+            return table[key]
+    raise InputError(f"the table has no {name!r} column (columns: {', '.join(table.names)}): "
+                     f"use a comparison for Hellinger-based selectors")
+
+
+def how_many(n_neurons: int, count: int | None, fraction: float | None) -> int:
+    if (count is None) == (fraction is None):
+        raise InputError("give exactly one of count or fraction")
+    if fraction is not None:
+        if not 0.0 <= fraction <= 1.0:
+            raise InputError(f"fraction must be in [0, 1], got {fraction}")
+        return int(round(fraction * n_neurons))
+    if count < 0:
+        raise InputError(f"count must be ≥ 0, got {count}")
+    return int(count)
+
+
+def select_neurons(table: NeuronTable, selector: str, *, count: int | None = None,
+                   fraction: float | None = None, shared_only: bool = False, side: str = "b",
+                   seed: int = 0) -> np.ndarray:
+    """Neuron ids chosen by ``selector`` (sorted ascending).
+
+    ``count`` or ``fraction`` (of all the layer's neurons) says how many; fewer come back when the
+    pool is smaller (e.g. only shared neurons have a Hellinger distance, only dead ones are dead).
+    Ties are broken by neuron id; ``random`` is seeded.
+    """
+    if selector not in SELECTORS:
+        raise InputError(f"unknown selector {selector!r}: choose from {', '.join(SELECTORS)}")
+    if side not in ("a", "b"):
+        raise InputError(f"side must be 'a' or 'b', got {side!r}")
+    neuron = table["neuron"] if "neuron" in table.columns else np.arange(len(table))
+    k = how_many(len(table), count, fraction)
+    pool = np.ones(len(table), bool)
+    if selector in ("most_changed", "least_changed"):
+        _column(table, "hellinger", side)  # a clear error before anything else
+    if shared_only or selector in ("most_changed", "least_changed"):
+        pool &= table["shared"] if "shared" in table.columns else _column(table, "alive", side)
+    if selector == "dead":
+        pool &= ~_column(table, "alive", side).astype(bool)
+        score = np.zeros(len(table))
+    elif selector == "random":
+        score = np.random.default_rng(seed).random(len(table))
+    else:
+        name, descending = {"most_changed": ("hellinger", True),
+                            "least_changed": ("hellinger", False),
+                            "lowest_mass": ("mass", False), "highest_mass": ("mass", True),
+                            "shortest": ("length", False), "longest": ("length", True)}[selector]
+        score = _column(table, name, side).astype(np.float64)
+        pool &= ~np.isnan(score)
+        if descending:
+            score = -score
+    idx = np.flatnonzero(pool)
+    order = idx[np.lexsort((neuron[idx], score[idx]))]
+    return np.sort(neuron[order[:k]])
