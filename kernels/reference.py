@@ -44,14 +44,24 @@ def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return values, indices
 
 
-def select_accumulate(acts: torch.Tensor, k: int,
-                      targets: Sequence[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Select the top-``k`` neurons per row of ``acts`` ``[P, N]`` and scatter the events into
-    every target ``(features [P] int64, state)``; feature id ``-1`` means missing (no event).
+def nonfinite_rows(acts: torch.Tensor) -> torch.Tensor:
+    """Indices of rows of ``acts`` ``[P, N]`` holding NaN or ±inf.
 
-    Returns the selection ``(values, indices)`` so the caller can update per-neuron totals.
+    A float32 row sum flags candidates (NaN/inf make it non-finite; so can an overflow of huge
+    finite values), and an exact check confirms them, so the common case costs one cheap pass.
     """
-    values, indices = select_topk(acts, k)
+    if acts.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=acts.device)
+    cand = torch.nonzero(~torch.isfinite(acts.sum(dim=1, dtype=torch.float32))).squeeze(1)
+    if cand.numel() == 0:
+        return cand
+    return cand[~torch.isfinite(acts.index_select(0, cand)).all(dim=1)]
+
+
+def scatter_events(values: torch.Tensor, indices: torch.Tensor,
+                   targets: Sequence[tuple[torch.Tensor, object]]) -> None:
+    """Add a selection ``(values, indices)`` ``[P, k]`` into every target ``(features [P], state)``;
+    feature id ``-1`` means missing (no event)."""
     kk = indices.shape[1]
     flat_n = indices.reshape(-1)
     flat_v = values.reshape(-1)
@@ -62,4 +72,15 @@ def select_accumulate(acts: torch.Tensor, k: int,
             state.add_events(flat_n, f, flat_v)
         else:
             state.add_events(flat_n[valid], f[valid], flat_v[valid])
+
+
+def select_accumulate(acts: torch.Tensor, k: int,
+                      targets: Sequence[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Select the top-``k`` neurons per row of ``acts`` ``[P, N]`` and scatter the events into
+    every target ``(features [P] int64, state)``; feature id ``-1`` means missing (no event).
+
+    Returns the selection ``(values, indices)`` so the caller can update per-neuron totals.
+    """
+    values, indices = select_topk(acts, k)
+    scatter_events(values, indices, targets)
     return values, indices

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+import kernels
+
 from ..errors import InputError, NonFiniteError
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
@@ -22,10 +24,12 @@ NONFINITE_POLICIES = ("error", "skip")
 
 @dataclass
 class Prepared:
-    """A validated observation: finite, unmasked positions flattened to ``[P, N]``."""
+    """A validated observation: the selection of its finite, unmasked positions."""
 
     layer: str
-    acts: torch.Tensor
+    n_neurons: int
+    values: torch.Tensor
+    indices: torch.Tensor
     features: dict[str, torch.Tensor]
     skipped_nonfinite: int
 
@@ -140,8 +144,8 @@ class Accumulator:
         index = torch.arange(acts.shape[0], device=acts.device)
         if keep is not None:
             acts, index = acts[keep], index[keep]
+        values, indices, bad_rows = kernels.select(acts, k)
         skipped = 0
-        bad_rows = self._nonfinite_rows(acts)
         if bad_rows.numel():
             if self.nonfinite == "error":
                 pos = tuple(int(x) for x in torch.unravel_index(index[bad_rows[0]], lead)) \
@@ -153,30 +157,20 @@ class Accumulator:
                     f"such positions and count them")
             good = torch.ones(acts.shape[0], dtype=torch.bool, device=acts.device)
             good[bad_rows] = False
-            acts = acts[good]
+            values, indices = values[good], indices[good]
             flat = {name: f[good] for name, f in flat.items()}
             skipped = int(bad_rows.numel())
-        return Prepared(layer, acts, flat, skipped)
+        return Prepared(layer, n, values, indices, flat, skipped)
 
     def commit(self, p: Prepared) -> None:
         state = self.layers.get(p.layer)
         if state is None:
             state = self.layers[p.layer] = LayerState.create(
-                p.acts.shape[1], self.vocab_sizes, self.kind, self.dense_budget, self.device)
-        state.observe(p.acts.to(self.device), {n: f.to(self.device) for n, f in p.features.items()},
-                      self.k_for(state.n_neurons))
+                p.n_neurons, self.vocab_sizes, self.kind, self.dense_budget, self.device)
+        dev = self.device
+        state.add_selection(p.values.to(dev), p.indices.to(dev),
+                            {n: f.to(dev) for n, f in p.features.items()})
         state.skipped_nonfinite += p.skipped_nonfinite
-
-    @staticmethod
-    def _nonfinite_rows(acts: torch.Tensor) -> torch.Tensor:
-        """Rows holding NaN/inf: a float32 row sum flags candidates, an exact check confirms."""
-        if acts.numel() == 0:
-            return torch.zeros(0, dtype=torch.long, device=acts.device)
-        cand = torch.nonzero(~torch.isfinite(acts.sum(dim=1, dtype=torch.float32))).squeeze(1)
-        if cand.numel() == 0:
-            return cand
-        exact = ~torch.isfinite(acts.index_select(0, cand)).all(dim=1)
-        return cand[exact]
 
     # -- merging ------------------------------------------------------------------------------
     def merge_(self, other: "Accumulator") -> "Accumulator":

@@ -44,18 +44,20 @@ class LayerState:
                    for name, v in vocab_sizes.items()}
         return cls(n_neurons, streams)
 
-    def observe(self, acts: torch.Tensor, features: dict[str, torch.Tensor], k: int) -> None:
-        """Add positions ``acts`` ``[P, N]`` (finite, unmasked) with ``features[name]`` ``[P]``."""
+    def add_selection(self, values: torch.Tensor, indices: torch.Tensor,
+                      features: dict[str, torch.Tensor]) -> None:
+        """Add selected neurons ``indices``/``values`` ``[P, k]`` of ``P`` positions whose ids are
+        ``features[name]`` ``[P]``."""
         targets = [(features[name], state) for name, state in self.streams.items()]
         for f, state in targets:
             state.add_positions(f)
-        if acts.shape[0] == 0:
+        if indices.shape[0] == 0:
             return
-        values, indices = kernels.select_accumulate(acts, k, targets)
+        kernels.scatter_events(values, indices, targets)
         flat = indices.reshape(-1)
         self.neuron_count.index_add_(0, flat, torch.ones_like(flat))
         self.neuron_mass.index_add_(0, flat, values.reshape(-1).clamp(min=0).to(torch.float64))
-        self.tokens += int(acts.shape[0])
+        self.tokens += int(indices.shape[0])
 
     def merge_(self, other: "LayerState") -> "LayerState":
         if other.n_neurons != self.n_neurons or set(other.streams) != set(self.streams):

@@ -1,0 +1,86 @@
+"""The numba CPU select path against the torch reference (the definition of the semantics)."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import cpu, reference
+
+pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="numba not installed")
+
+
+def _same_selection(acts, k):
+    v, i, bad = cpu.select_topk(acts, k)
+    vr, ir = reference.select_topk(acts.float(), k)
+    assert not bad.any()
+    assert torch.equal(torch.sort(i, 1).values, torch.sort(ir, 1).values)
+    assert torch.equal(torch.sort(v, 1).values, torch.sort(vr, 1).values)
+
+
+@pytest.mark.parametrize("n,k", [(n, k) for n in (1, 2, 7, 31, 64, 100, 1025) for k in (1, 3, 8)
+                                 if k <= n])
+def test_matches_reference_shapes(n, k):
+    g = torch.Generator().manual_seed(n * 10 + k)
+    acts = torch.randn(97, n, generator=g)
+    acts[::4] = acts[::4].round()  # ties
+    acts[1::5] = -acts[1::5].abs() - 1  # all-negative rows
+    acts[2::9] = 0.5  # all-equal rows
+    _same_selection(acts, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_dtypes_and_strided_rows(dtype):
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(40, 30, generator=g)
+    _same_selection(base.to(dtype), 3)
+    _same_selection(base[:, ::2], 2)  # strided rows
+
+
+def test_signed_zeros_rank_equal():
+    acts = torch.tensor([[-1.0, -0.0, 0.0, -2.0], [-1.0, 0.0, -0.0, -3.0]])
+    for k in (1, 2):
+        _same_selection(acts, k)
+    _, i, _ = cpu.select_topk(acts, 1)
+    assert i[:, 0].tolist() == [1, 1]
+
+
+def test_nonfinite_rows_are_flagged():
+    acts = torch.randn(6, 9)
+    acts[1, 3] = float("nan")
+    acts[3, 8] = float("inf")
+    acts[4, 0] = -float("inf")
+    acts[5, 2] = -float("nan")
+    for k in (1, 4):
+        _, _, bad = cpu.select_topk(acts, k)
+        assert torch.nonzero(bad).squeeze(1).tolist() == [1, 3, 4, 5]
+    _, _, rows = kernels.select(acts, 2)
+    assert rows.tolist() == [1, 3, 4, 5]
+    assert reference.nonfinite_rows(acts).tolist() == [1, 3, 4, 5]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), data=st.data())
+def test_property_matches_reference(n, data):
+    k = data.draw(st.integers(1, n))
+    p = data.draw(st.integers(0, 12))
+    vals = data.draw(st.lists(st.sampled_from([-3.0, -1.0, -0.0, 0.0, 0.25, 1.0, 2.0, 1e30]),
+                              min_size=p * n, max_size=p * n))
+    acts = torch.tensor(vals, dtype=torch.float32).reshape(p, n)
+    _same_selection(acts, k)
+
+
+def test_dispatch_uses_reference_for_all_neurons():
+    acts = torch.randn(5, 4)
+    v, i, bad = kernels.select(acts, 4)
+    assert torch.equal(i, torch.arange(4).expand(5, 4)) and bad.numel() == 0
+    with pytest.raises(ValueError):
+        kernels.select(acts, 5)
+
+
+def test_large_rows_agree_with_numpy_argmax():
+    a = np.random.default_rng(0).standard_normal((300, 4096)).astype(np.float32)
+    _, i, _ = cpu.select_topk(torch.from_numpy(a), 1)
+    assert np.array_equal(i[:, 0].numpy(), a.argmax(1))
