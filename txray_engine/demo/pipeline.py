@@ -1,0 +1,152 @@
+"""The TX-Ray pipeline end to end: pretraining (RQ1), zero-shot transfer (RQ2), supervised
+fine-tuning (RQ3) and measure-guided pruning, with every stage collected into one store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..collect.collector import Collector
+from ..features.pos import POS_VOCAB
+from ..features.streams import Batch, Stream
+from ..measures import compare_streams, feature_group_mass, stage_table
+from ..models import LSTMLanguageModel
+from ..prune import evaluate_pruning, summarize
+from ..store import open_store
+from .config import DemoConfig
+from .data import DemoData, Docs, load_data
+from .train import accuracy, finetune, review_batches, train_lm
+
+LAYER = "lstm"
+
+
+def windows(docs: Docs, n: int) -> Docs:
+    """Cut long documents into windows of at most ``n`` tokens."""
+    ids, pos = [], []
+    for d, p in zip(docs.ids, docs.pos):
+        for i in range(0, len(d), n):
+            ids.append(d[i:i + n])
+            pos.append(p[i:i + n])
+    return Docs(ids, pos)
+
+
+def collect_stage(model, docs: Docs, streams, store, stage: str, cfg, pad: int, device,
+                  identity: dict) -> None:
+    with Collector(model, [LAYER], streams, cfg.k, store=store, stage=stage, mode="overwrite",
+                   identity=identity, flush_every=1e9, device=device) as col:
+        for ids, mask, labels, pos in review_batches(docs, 64, pad):
+            ids, mask = ids.to(device), mask.to(device)
+            col.step(Batch(input_ids=ids, inputs={"input_ids": ids, "attention_mask": mask},
+                           mask=mask, labels=None if labels is None else labels.to(device),
+                           features={"pos": pos.to(device)}))
+
+
+def _summary(cmp) -> dict:
+    s = cmp.summary()
+    return {k: s[k] for k in ("shared", "only_a", "only_b", "dead_both", "hellinger_mean",
+                              "hellinger_median", "length_shift_mean", "mass_a", "mass_b")}
+
+
+def _compare(store, a: str, b: str, stream: str):
+    st = open_store(store)
+    return compare_streams(st.stage(a).layer(LAYER).stream(stream),
+                           st.stage(b).layer(LAYER).stream(stream))
+
+
+def _pos_mass(store, stage: str) -> dict:
+    g = feature_group_mass(open_store(store).stage(stage).layer(LAYER).stream("pos").stats)
+    return {tag: {"frequency_share": float(g["frequency_share"][i]),
+                  "mass_share": float(g["mass_share"][i])}
+            for i, tag in enumerate(POS_VOCAB) if g["frequency"][i] > 0}
+
+
+def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
+             log: Callable = print) -> dict:
+    """Run everything; writes ``store.zarr``, ``results.json`` and checkpoints into ``out_dir``."""
+    t0 = time.monotonic()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "store.zarr"
+    torch.manual_seed(cfg.seeds[0])
+    log(f"[data] Wikipedia and reviews ({cfg.name} configuration)")
+    data: DemoData = load_data(cfg, reviews_dir, out / "cache", seed=cfg.seeds[0])
+    pad, eos = data.vocab.id("<pad>"), data.vocab.id("<eos>")
+    tok = Stream("token", data.vocab, "input")
+    pos = Stream("pos", POS_VOCAB, "feature")
+    label = Stream("label", data.labels, "label")
+    ident = {"demo": cfg.name}
+    results: dict = {"config": cfg.to_dict(), "data": data.stats, "device": device}
+
+    # RQ1: self-supervised pretraining, stages at the first, a middle and the last epoch
+    log("[RQ1] training the LSTM language model on Wikipedia")
+    lm, history = train_lm(cfg, len(data.vocab), data.wiki_train, data.wiki_valid, eos,
+                           out / "checkpoints", device, log)
+    epochs = sorted({1, (cfg.lm_epochs + 1) // 2, cfg.lm_epochs})
+    heldout = windows(data.wiki_heldout, 128)
+    probe = LSTMLanguageModel(len(data.vocab), cfg.emb_dim, cfg.hidden).to(device)
+    for e in epochs:
+        probe.load_state_dict(torch.load(out / "checkpoints" / f"lm-epoch{e}.pt",
+                                         map_location=device))
+        collect_stage(probe.eval(), heldout, [tok, pos], store, f"wiki-epoch{e}", cfg, pad,
+                      device, {**ident, "model": f"lm-epoch{e}", "corpus": "wikipedia-heldout"})
+    ppl = {h["epoch"]: h["valid_ppl"] for h in history}
+    steps = []
+    for a, b in zip(epochs, epochs[1:]):
+        row = {"from_epoch": a, "to_epoch": b, "ppl_from": ppl[a], "ppl_to": ppl[b],
+               "ppl_change": ppl[b] - ppl[a]}
+        for stream in ("token", "pos"):
+            row[stream] = _summary(_compare(store, f"wiki-epoch{a}", f"wiki-epoch{b}", stream))
+        steps.append(row)
+    results["rq1"] = {"perplexity": history, "epochs_collected": epochs, "steps": steps,
+                      "pos_first": _pos_mass(store, f"wiki-epoch{epochs[0]}"),
+                      "pos_last": _pos_mass(store, f"wiki-epoch{epochs[-1]}")}
+
+    # RQ2: zero-shot transfer of the final language model to the reviews
+    log("[RQ2] zero-shot: the final language model on the reviews")
+    collect_stage(lm.eval(), data.reviews_train, [tok, pos, label], store, "reviews-zero-shot",
+                  cfg, pad, device, {**ident, "model": "lm-final", "corpus": "reviews-train"})
+    last = f"wiki-epoch{epochs[-1]}"
+    results["rq2"] = {s: _summary(_compare(store, last, "reviews-zero-shot", s))
+                      for s in ("token", "pos")}
+
+    # RQ3: supervised fine-tuning, one classifier per seed; pruning without retraining
+    log(f"[RQ3] fine-tuning classifiers on review polarity (seeds {list(cfg.seeds)})")
+    runs, prune_rows = [], []
+    for seed in cfg.seeds:
+        clf, info = finetune(cfg, lm, len(data.labels), data.reviews_train, data.reviews_valid,
+                             pad, seed, device)
+        info["test_accuracy"] = accuracy(clf, data.reviews_test, 64, pad, device)
+        stage = f"reviews-supervised-s{seed}"
+        collect_stage(clf, data.reviews_train, [tok, pos, label], store, stage, cfg, pad,
+                      device, {**ident, "model": f"classifier-s{seed}", "corpus": "reviews-train"})
+        cmp = _compare(store, "reviews-zero-shot", stage, "token")
+        info["vs_zero_shot"] = _summary(cmp)
+        runs.append(info)
+        metric = lambda m: accuracy(m, data.reviews_test, 64, pad, device)  # noqa: E731
+        for r in evaluate_pruning(clf, {LAYER: cmp.table()}, metric, cfg.selectors,
+                                  cfg.prune_fractions, seeds=[seed], side="b"):
+            prune_rows.append({**r, "finetune_seed": seed})
+        log(f"  seed {seed}: test accuracy {info['test_accuracy']:.3f}")
+    s0 = f"reviews-supervised-s{cfg.seeds[0]}"
+    results["rq3"] = {"runs": runs, **{s: _summary(_compare(store, "reviews-zero-shot", s0, s))
+                                       for s in ("token", "pos", "label")}}
+    table = stage_table(open_store(store).stage(s0).layer(LAYER).stream("token").stats)
+    results["rq3"]["dead_in_supervised"] = int((~table["alive"]).sum())
+    results["pruning"] = {"rows": prune_rows, "summary": summarize(
+        [{**r, "seed": r["finetune_seed"]} for r in prune_rows])}
+    results["seconds"] = round(time.monotonic() - t0, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json))
+    return results
+
+
+def _json(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(type(x).__name__)

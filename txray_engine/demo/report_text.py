@@ -1,0 +1,55 @@
+"""The printed summary of a pipeline run: one short block per research question."""
+
+from __future__ import annotations
+
+
+def _f(x, fmt=".3f"):
+    return "-" if x is None else format(x, fmt)
+
+
+def format_summary(r: dict) -> str:
+    d = r["data"]
+    lines = [f"TX-Ray pipeline ({r['config']['name']} configuration) in {r['seconds']:.0f} s on "
+             f"{r['device']}",
+             f"data: {d['wiki_train_tokens']:,} Wikipedia training tokens, vocabulary "
+             f"{d['vocab_size']:,}, {d['reviews']:,} reviews ({d['review_unk_rate']:.1%} unknown "
+             f"words)", "",
+             "RQ1 pretraining: how neurons change between epochs (held-out Wikipedia)"]
+    for s in r["rq1"]["steps"]:
+        t, p = s["token"], s["pos"]
+        lines.append(f"  epoch {s['from_epoch']} → {s['to_epoch']}: perplexity "
+                     f"{s['ppl_from']:.1f} → {s['ppl_to']:.1f}; Hellinger token "
+                     f"{_f(t['hellinger_mean'])}, POS {_f(p['hellinger_mean'])} over "
+                     f"{t['shared']} shared neurons")
+    first, last = r["rq1"]["pos_first"], r["rq1"]["pos_last"]
+    top = sorted(first, key=lambda k: -first[k]["frequency_share"])[:6]
+    lines.append("  POS tag: corpus share | mass share first → last epoch")
+    for tag in top:
+        lines.append(f"    {tag:>5}: {first[tag]['frequency_share']:.1%} | "
+                     f"{first[tag]['mass_share']:.1%} → {last[tag]['mass_share']:.1%}")
+    z = r["rq2"]["token"]
+    lines += ["", "RQ2 zero-shot transfer (last epoch on Wikipedia → reviews)",
+              f"  {z['shared']} shared, {z['only_a']} dead on reviews, {z['only_b']} new; "
+              f"Hellinger token {_f(z['hellinger_mean'])}, POS "
+              f"{_f(r['rq2']['pos']['hellinger_mean'])}; mean length shift "
+              f"{_f(z['length_shift_mean'], '+.1f')}"]
+    q = r["rq3"]
+    accs = [run["test_accuracy"] for run in q["runs"]]
+    lines += ["", "RQ3 supervised fine-tuning (zero-shot → supervised, first seed)",
+              f"  test accuracy {', '.join(f'{a:.3f}' for a in accs)} (seeds "
+              f"{', '.join(str(run['seed']) for run in q['runs'])})",
+              f"  {q['token']['shared']} shared, {q['token']['only_a']} lost, "
+              f"{q['token']['only_b']} new, {q['dead_in_supervised']} dead; Hellinger token "
+              f"{_f(q['token']['hellinger_mean'])}, POS {_f(q['pos']['hellinger_mean'])}, "
+              f"label {_f(q['label']['hellinger_mean'])}",
+              "", "Pruning the fine-tuned LSTM without retraining: test accuracy, mean ± std "
+              "over fine-tuning seeds"]
+    summ = r["pruning"]["summary"]
+    fractions = sorted({s["fraction"] for s in summ})
+    lines.append("  " + "selector".ljust(14) + "".join(f"{f:>16.0%}" for f in fractions))
+    for sel in dict.fromkeys(s["selector"] for s in summ):
+        cells = {s["fraction"]: s for s in summ if s["selector"] == sel}
+        lines.append("  " + sel.ljust(14) + "".join(
+            f"{cells[f]['mean']:>10.3f}±{cells[f]['std']:.3f}" if f in cells else f"{'-':>16}"
+            for f in fractions))
+    return "\n".join(lines)
