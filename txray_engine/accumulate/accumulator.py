@@ -16,6 +16,7 @@ import kernels
 from ..errors import InputError, NonFiniteError
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
+from .examples import TopExamples
 from .layer import LayerState
 from .state import DEFAULT_DENSE_BUDGET
 
@@ -32,6 +33,7 @@ class Prepared:
     indices: torch.Tensor
     features: dict[str, torch.Tensor]
     skipped_nonfinite: int
+    examples: tuple | None = None  # (acts [P, N], doc [P], pos [P], context [P, W])
 
 
 class Accumulator:
@@ -51,7 +53,8 @@ class Accumulator:
 
     def __init__(self, streams, k: int | str = 1, kind: str = "auto",
                  dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", examples: int = 0,
+                 context_radius: int = 5):
         if isinstance(streams, dict):
             streams = [Stream(n, v if isinstance(v, Vocabulary) else Vocabulary(v))
                        for n, v in streams.items()]
@@ -70,6 +73,10 @@ class Accumulator:
         self.dense_budget = int(dense_budget)
         self.nonfinite = nonfinite
         self.device = torch.device(device)
+        if examples < 0 or context_radius < 0:
+            raise InputError("examples and context_radius must be ≥ 0")
+        self.examples = int(examples)
+        self.context_radius = int(context_radius)
         self.layers: dict[str, LayerState] = {}
 
     @property
@@ -81,16 +88,18 @@ class Accumulator:
 
     # -- the public entry point ------------------------------------------------------------------
     def observe(self, layer: str, activations: torch.Tensor, features: dict[str, torch.Tensor],
-                mask: torch.Tensor | None = None) -> None:
+                mask: torch.Tensor | None = None, where: dict | None = None) -> None:
         """Add positions of ``activations`` ``[..., N]`` to ``layer``.
 
         ``features[name]`` holds one id per position (shape ``[...]``, ``-1`` = missing) for every
-        stream; ``mask`` (shape ``[...]``, True = real position) drops padding.
+        stream; ``mask`` (shape ``[...]``, True = real position) drops padding. With
+        ``examples > 0``, ``where`` gives each position's ``doc`` and ``pos`` (shape ``[...]``)
+        and its ``context`` token ids (shape ``[..., 2 * context_radius + 1]``).
         """
-        self.commit(self.prepare(layer, activations, features, mask))
+        self.commit(self.prepare(layer, activations, features, mask, where))
 
     # -- two-phase form used by the collector (validate everything, then add) ----------------------
-    def prepare(self, layer, activations, features, mask=None) -> Prepared:
+    def prepare(self, layer, activations, features, mask=None, where=None) -> Prepared:
         if not isinstance(activations, torch.Tensor) or not activations.is_floating_point():
             raise InputError(f"layer {layer!r}: activations must be a floating-point tensor, got "
                              f"{getattr(activations, 'dtype', type(activations).__name__)}")
@@ -144,6 +153,7 @@ class Accumulator:
         index = torch.arange(acts.shape[0], device=acts.device)
         if keep is not None:
             acts, index = acts[keep], index[keep]
+        ex = self._example_inputs(layer, where, lead, keep, acts) if self.examples else None
         values, indices, bad_rows = kernels.select(acts, k)
         skipped = 0
         if bad_rows.numel():
@@ -159,8 +169,25 @@ class Accumulator:
             good[bad_rows] = False
             values, indices = values[good], indices[good]
             flat = {name: f[good] for name, f in flat.items()}
+            ex = tuple(t[good] for t in ex) if ex is not None else None
             skipped = int(bad_rows.numel())
-        return Prepared(layer, n, values, indices, flat, skipped)
+        return Prepared(layer, n, values, indices, flat, skipped, ex)
+
+    def _example_inputs(self, layer, where, lead, keep, acts) -> tuple:
+        width = 2 * self.context_radius + 1
+        if not where or not all(key in where for key in ("doc", "pos", "context")):
+            raise InputError(f"layer {layer!r}: top examples need where={{'doc', 'pos', "
+                             f"'context'}} for every position (the Collector provides them)")
+        doc, pos = (torch.as_tensor(where[key], device=acts.device) for key in ("doc", "pos"))
+        ctx = torch.as_tensor(where["context"], device=acts.device)
+        if tuple(doc.shape) != lead or tuple(pos.shape) != lead or \
+                tuple(ctx.shape) != (*lead, width):
+            raise InputError(f"layer {layer!r}: example doc/pos must have shape {lead} and "
+                             f"context {(*lead, width)}")
+        doc, pos, ctx = doc.reshape(-1).long(), pos.reshape(-1).long(), ctx.reshape(-1, width)
+        if keep is not None:
+            doc, pos, ctx = doc[keep], pos[keep], ctx[keep]
+        return acts, doc, pos, ctx.long()
 
     def commit(self, p: Prepared) -> None:
         state = self.layers.get(p.layer)
@@ -170,6 +197,11 @@ class Accumulator:
         dev = self.device
         state.add_selection(p.values.to(dev), p.indices.to(dev),
                             {n: f.to(dev) for n, f in p.features.items()})
+        if p.examples is not None:
+            if state.examples is None:
+                state.examples = TopExamples(p.n_neurons, self.examples,
+                                             2 * self.context_radius + 1, dev)
+            state.examples.update(*(t.to(dev) for t in p.examples))
         state.skipped_nonfinite += p.skipped_nonfinite
 
     # -- merging ------------------------------------------------------------------------------
@@ -188,7 +220,7 @@ class Accumulator:
 
     def empty_like(self) -> "Accumulator":
         return Accumulator(self.streams, self.k, self.kind, self.dense_budget, self.nonfinite,
-                           self.device)
+                           self.device, self.examples, self.context_radius)
 
 
 def merge(a: Accumulator, b: Accumulator) -> Accumulator:

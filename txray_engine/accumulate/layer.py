@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import kernels
 
+from .examples import TopExamples
 from .state import DEFAULT_DENSE_BUDGET, StreamState, make_state
 from .stats import SparseStats
 
@@ -28,7 +29,7 @@ class LayerState:
     neuron_mass: torch.Tensor = None
     tokens: int = 0
     skipped_nonfinite: int = 0
-    extra: dict = field(default_factory=dict)
+    examples: TopExamples | None = None
 
     def __post_init__(self):
         dev = next(iter(self.streams.values())).device if self.streams else torch.device("cpu")
@@ -68,11 +69,20 @@ class LayerState:
         self.neuron_mass += other.neuron_mass.to(self.neuron_mass.device)
         self.tokens += other.tokens
         self.skipped_nonfinite += other.skipped_nonfinite
+        if other.examples is not None:
+            if self.examples is None:
+                self.examples = TopExamples(self.n_neurons, other.examples.m,
+                                            other.examples.width, self.neuron_count.device)
+            self.examples.merge_(other.examples)
         return self
 
     def stream_stats(self) -> dict[str, SparseStats]:
         return {name: s.to_stats() for name, s in self.streams.items()}
 
     def totals(self) -> dict[str, np.ndarray]:
-        return {"neuron_count": self.neuron_count.cpu().numpy(),
-                "neuron_mass": self.neuron_mass.cpu().numpy()}
+        """Per-neuron arrays to store (totals, and top examples when kept)."""
+        out = {"neuron_count": self.neuron_count.cpu().numpy(),
+               "neuron_mass": self.neuron_mass.cpu().numpy()}
+        if self.examples is not None:
+            out.update(self.examples.arrays())
+        return out

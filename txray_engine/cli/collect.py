@@ -49,13 +49,15 @@ from .base import main, parse_k
               help="Skip positions with NaN/inf activations (counted) instead of failing.")
 @click.option("--flush-every", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between atomic flushes to the store.")
+@click.option("--examples", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Keep each neuron's M strongest activations with their contexts.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, unit, text_field,
             label_field, streams, layers, k, store, stage, resume, overwrite, batch_size,
-            max_length, max_documents, kind, dense_budget_mb, skip_nonfinite, flush_every, device,
-            quiet, as_json):
+            max_length, max_documents, kind, dense_budget_mb, skip_nonfinite, flush_every, examples,
+            device, quiet, as_json):
     """Run a model over a corpus and store the stage's statistics."""
     from ..collect import Corpus, collect_corpus, load_model
 
@@ -70,7 +72,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
         mode="resume" if resume else "overwrite" if overwrite else "new", batch_size=batch_size,
         max_length=max_length, max_documents=max_documents, kind=kind,
         dense_budget=dense_budget_mb * 2**20, nonfinite="skip" if skip_nonfinite else "error",
-        flush_every=flush_every, device=device, quiet=quiet)
+        flush_every=flush_every, device=device, quiet=quiet, examples=examples)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

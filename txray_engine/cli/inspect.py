@@ -64,3 +64,16 @@ def neurons(store, stage, layer_names, streams, neurons, top, features, by):
                 total = float(sv.row(n)[by].sum()) or 1.0
                 shown = ", ".join(f"{f!r} {v / total:.0%}" for f, v in feats)
                 click.echo(f"    {sname:>9}: {shown}")
+            ex = lv.examples
+            if ex is not None and "token" in st.streams:
+                vocab = st.vocab("token")
+                for j in range(min(3, ex["examples_value"].shape[1])):
+                    if not np.isfinite(ex["examples_value"][n, j]):
+                        break
+                    ctx = ex["examples_context"][n, j]
+                    mid = len(ctx) // 2
+                    words = [("[" + vocab[int(t)] + "]") if i == mid else vocab[int(t)]
+                             for i, t in enumerate(ctx) if t >= 0]
+                    click.echo(f"    example {ex['examples_value'][n, j]:.3f} (unit "
+                               f"{ex['examples_doc'][n, j]}, position {ex['examples_pos'][n, j]}):"
+                               f" {' '.join(words)}")

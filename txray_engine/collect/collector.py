@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..accumulate.accumulator import Accumulator
+from ..accumulate.examples import context_windows
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
 from ..errors import CorpusError
@@ -68,7 +69,8 @@ class Collector:
                  identity: dict | None = None, kind: str = "auto",
                  dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
                  flush_every: float = 60.0, time_first: Iterable[str] = (),
-                 forward: Callable | None = None, device=None):
+                 forward: Callable | None = None, device=None, examples: int = 0,
+                 context_radius: int = 5):
         if (store is None) != (stage is None):
             raise ValueError("give both store and stage, or neither")
         self.model = model
@@ -76,7 +78,8 @@ class Collector:
             p = next(model.parameters(), None)
             device = p.device if p is not None else "cpu"
         self.accumulator = Accumulator(streams, k=k, kind=kind, dense_budget=dense_budget,
-                                       nonfinite=nonfinite, device=device)
+                                       nonfinite=nonfinite, device=device, examples=examples,
+                                       context_radius=context_radius)
         self.streams = self.accumulator.streams
         self.capture = LayerCapture(model, layers, time_first)
         self.writer = StageWriter(store, stage, mode, identity) if store is not None else None
@@ -117,8 +120,9 @@ class Collector:
         finally:
             self.capture.clear()
         features = stream_features(self.streams, batch, output_logits(output))
+        where = self._where(batch) if self.accumulator.examples else None
         # validate every layer before adding any, so a bad batch changes nothing
-        prepared = [self.accumulator.prepare(name, a, features, batch.mask)
+        prepared = [self.accumulator.prepare(name, a, features, batch.mask, where)
                     for name, a in acts.items()]
         for p in prepared:
             self.accumulator.commit(p)
@@ -127,6 +131,17 @@ class Collector:
         self._dirty = True
         if self.writer is not None and time.monotonic() - self._last_flush >= self.flush_every:
             self.flush()
+
+    def _where(self, batch: Batch) -> dict:
+        """Unit index in the stream, position and input-token context of every position."""
+        ids = batch.input_ids
+        b, t = ids.shape[0], ids.shape[1] if ids.dim() > 1 else 1
+        doc = (self.cursor["units"] + torch.arange(b, device=ids.device)).unsqueeze(1).expand(b, t)
+        pos = torch.arange(t, device=ids.device).unsqueeze(0).expand(b, t)
+        ctx = context_windows(ids.reshape(b, t), batch.mask, self.accumulator.context_radius)
+        shape = tuple(ids.shape)
+        return {"doc": doc.reshape(shape), "pos": pos.reshape(shape),
+                "context": ctx.reshape(*shape, -1)}
 
     def flush(self, status: str = "in_progress") -> None:
         """Commit the current sums and cursor to the store."""

@@ -46,12 +46,14 @@ def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stre
 def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token",), k=1, *,
                    store, stage, mode="new", batch_size=8, max_length=128,
                    max_documents: int | None = None, kind="auto", dense_budget=512 * 2**20,
-                   nonfinite="error", flush_every=60.0, device="cpu", quiet=False) -> dict:
+                   nonfinite="error", flush_every=60.0, device="cpu", quiet=False,
+                   examples: int = 0) -> dict:
     """Collect ``stage`` of ``store`` from ``corpus``; returns a summary of the run."""
     stream_objs, needs = build_streams(streams, loaded, corpus)
     identity = {"model": loaded.identity, "corpus": corpus.identity(),
                 "options": {"max_length": max_length, "max_documents": max_documents,
-                            "streams": list(streams), "nonfinite": nonfinite}}
+                            "streams": list(streams), "nonfinite": nonfinite,
+                            "examples": examples}}
     docs = iter(corpus)
     if max_documents is not None:
         docs = itertools.islice(docs, max_documents)
@@ -60,7 +62,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     tokens = 0
     with Collector(loaded.model, layers, stream_objs, k, store=store, stage=stage, mode=mode,
                    identity=identity, kind=kind, dense_budget=dense_budget, nonfinite=nonfinite,
-                   flush_every=flush_every, device=device) as col:
+                   flush_every=flush_every, device=device, examples=examples) as col:
         skip = int(col.cursor.get("units", 0))
         units = itertools.islice(units, skip, None)
         bar = tqdm(desc=f"collect {stage}", unit="tok", unit_scale=True, disable=quiet,

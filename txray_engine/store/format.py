@@ -100,9 +100,10 @@ def group_attrs(group: zarr.Group) -> dict:
 
 
 async def write_array(group, name: str, data: np.ndarray, chunk: int) -> None:
-    """Create and fill a 1-D array in an ``AsyncGroup``."""
+    """Create and fill an array in an ``AsyncGroup``, chunked by ``chunk`` along its first axis."""
     data = np.ascontiguousarray(data)
-    await group.create_array(name, data=data, chunks=(max(1, min(chunk, data.shape[0] or 1)),))
+    chunks = (max(1, min(chunk, data.shape[0] or 1)), *data.shape[1:])
+    await group.create_array(name, data=data, chunks=chunks)
 
 
 def stream_attrs(stats: SparseStats) -> dict:

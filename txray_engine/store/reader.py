@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from ..accumulate.accumulator import Accumulator
+from ..accumulate.examples import TopExamples
 from ..accumulate.layer import LayerState
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..accumulate.stats import SparseStats
@@ -107,7 +108,9 @@ class Stage:
         sources = self.meta.get("streams", {})
         streams = [Stream(s, self.vocab(s), sources.get(s, {}).get("source", "feature"))
                    for s in self.streams]
-        acc = Accumulator(streams, k=self.k, kind=kind, dense_budget=dense_budget, device=device)
+        ex = self.meta.get("examples") or {}
+        acc = Accumulator(streams, k=self.k, kind=kind, dense_budget=dense_budget, device=device,
+                          examples=int(ex.get("m", 0)), context_radius=int(ex.get("radius", 5)))
         self.load_into(acc)
         return acc
 
@@ -152,6 +155,17 @@ class LayerView:
     def alive(self) -> np.ndarray:
         return self.neuron_count > 0
 
+    @cached_property
+    def examples(self) -> dict[str, np.ndarray] | None:
+        """Top examples per neuron (``examples_value``, ``_doc``, ``_pos`` ``[N, m]``,
+        ``_context`` ``[N, m, W]``), or None when the stage was collected without them."""
+        with damaged(f"layer {self.name!r} of stage {self.stage.name!r}"):
+            names = set(self.group.array_keys())
+            if "examples_value" not in names:
+                return None
+            return {k: self.group[k][:] for k in ("examples_value", "examples_doc",
+                                                  "examples_pos", "examples_context")}
+
     def state(self, vocab_sizes: dict[str, int], kind="auto",
               dense_budget: int = DEFAULT_DENSE_BUDGET, device="cpu") -> LayerState:
         """The layer's sums as a ``LayerState`` of the given kind."""
@@ -165,6 +179,8 @@ class LayerView:
         state.neuron_mass += torch.from_numpy(self.neuron_mass).to(state.neuron_mass.device)
         state.tokens = self.tokens
         state.skipped_nonfinite = self.skipped_nonfinite
+        if self.examples is not None:
+            state.examples = TopExamples.from_arrays(self.examples, device)
         return state
 
     def stream(self, name: str) -> "StreamView":

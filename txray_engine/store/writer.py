@@ -163,6 +163,7 @@ class StageWriter:
         meta = {"kind": "stage", "format_version": FORMAT_VERSION, "engine_version": __version__,
                 "status": status, "snapshot": name, "cursor": dict(cursor),
                 "fingerprint": self.fingerprint, "k": acc.k,
+                "examples": {"m": acc.examples, "radius": acc.context_radius},
                 "layers": {n: s.n_neurons for n, s in acc.layers.items()},
                 "streams": {s.name: {"source": s.source, "size": len(s.vocab)} for s in acc.streams},
                 "documents": int(cursor.get("documents", 0)),
