@@ -1,9 +1,10 @@
 """Hot-path kernels: top-k selection and the scatter into accumulators.
 
 The pure-PyTorch reference in :mod:`kernels.reference` defines the semantics (and the tie-break:
-the lower neuron index wins among equal activations). :func:`select` dispatches on the device:
-CPU tensors take the numba fast path of :mod:`kernels.cpu` (same results), anything else the
-reference.
+the lower neuron index wins among equal activations). :func:`select` and :func:`scatter` dispatch
+on the device: CPU tensors take the numba fast path of :mod:`kernels.cpu`, CUDA tensors the Triton
+kernels of :mod:`kernels.triton_dense` and :mod:`kernels.triton_sparse` (imported only then), so
+callers never change. All give the reference's results.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ import torch
 from . import cpu
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk
 
-__all__ = ["nonfinite_rows", "scatter_events", "select", "select_accumulate", "select_topk"]
+__all__ = ["nonfinite_rows", "scatter", "scatter_events", "select", "select_accumulate",
+           "select_topk"]
+
+
+def _triton_ok(t: torch.Tensor) -> bool:
+    if not t.is_cuda:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -29,7 +41,21 @@ def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
         values, indices, bad = cpu.select_topk(acts, k)
         return values, indices, torch.nonzero(bad).squeeze(1)
     bad_rows = nonfinite_rows(acts)
-    if bad_rows.numel():  # keep NaN out of torch's selection; these rows are dropped anyway
+    if bad_rows.numel():  # keep NaN out of the selection; these rows are dropped anyway
         acts = acts.float().index_fill(0, bad_rows, 0.0)
-    values, indices = select_topk(acts, k)
+    if k < n and _triton_ok(acts):
+        from . import triton_dense
+        values, indices = triton_dense.select_topk(acts, k)
+    else:
+        values, indices = select_topk(acts, k)
     return values, indices, bad_rows
+
+
+def scatter(values: torch.Tensor, indices: torch.Tensor, targets) -> None:
+    """Add a selection into every target ``(features [P], state)`` (see
+    :func:`kernels.reference.scatter_events`)."""
+    if _triton_ok(values):
+        from . import triton_sparse
+        triton_sparse.scatter_events(values, indices, targets)
+    else:
+        scatter_events(values, indices, targets)

@@ -8,13 +8,30 @@ Main entry points: :class:`Collector` (a model and batches), :class:`Accumulator
 :meth:`Accumulator.observe` (activations you already have), :func:`open_store` (read results).
 """
 
+import importlib
+
 from .accumulate import Accumulator, SparseStats, merge, same_sums
-from .collect import Collector, Corpus, collect_corpus, load_model
 from .errors import TxRayError
 from .features import Batch, Stream, Vocabulary
-from .store import StageWriter, open_store
 from .version import FORMAT_VERSION, __version__
+
+# The store needs zarr and the collector needs the store: load them on first use, so the
+# accumulators and kernels import on machines without zarr (e.g. a GPU benchmark image).
+_LAZY = {"Collector": ".collect", "Corpus": ".collect", "collect_corpus": ".collect",
+         "load_model": ".collect", "StageWriter": ".store", "open_store": ".store"}
 
 __all__ = ["Accumulator", "Batch", "Collector", "Corpus", "FORMAT_VERSION", "SparseStats",
            "StageWriter", "Stream", "TxRayError", "Vocabulary", "__version__", "collect_corpus",
            "load_model", "merge", "open_store", "same_sums"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -54,7 +54,7 @@ class LayerState:
             state.add_positions(f)
         if indices.shape[0] == 0:
             return
-        kernels.scatter_events(values, indices, targets)
+        kernels.scatter(values, indices, targets)
         flat = indices.reshape(-1)
         self.neuron_count.index_add_(0, flat, torch.ones_like(flat))
         self.neuron_mass.index_add_(0, flat, values.reshape(-1).clamp(min=0).to(torch.float64))

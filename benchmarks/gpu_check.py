@@ -1,0 +1,356 @@
+"""One GPU check of the Triton hot path: correctness against the torch reference, then throughput.
+
+Run on a CUDA machine (finishes in under 4 minutes; needs torch + triton, not zarr)::
+
+    python benchmarks/gpu_check.py [--out results.md]
+
+or on the CPU through the Triton interpreter, with tiny shapes (under a minute)::
+
+    TRITON_INTERPRET=1 python benchmarks/gpu_check.py --smoke
+
+Part 1 prints PASS/FAIL per case (the kernels against ``kernels.reference`` on the same device).
+Part 2 prints, for N in {1024, 4096, 16384}, k in {1, 8, 32}, bf16 and fp32: the fused dense kernel
+(V = 17, and V = 50,000 where two states fit in memory) and the sparse path (V = 50,000): tokens/s,
+GB/s of activations read, that bandwidth as a % of the device-to-device copy bandwidth of the same
+tensor measured in the same run (``dst.copy_(acts)``, counted as read + write), and the speed-up over
+a torch-native version written the way a user would (``torch.topk`` + ``index_put_(accumulate=True)``
++ ``scatter_reduce_`` for dense; ``torch.topk`` + ``SparseState.add_events``, i.e. ``torch.unique`` +
+``index_add_``, for sparse). Part 3 compares the selection methods and the accumulation modes at
+N = 4096. Times: ``triton.testing.do_bench`` (median ms); on the CPU a plain timer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parse():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU interpreter check)")
+    ap.add_argument("--out", default=None, help="also write the tables as markdown to this file")
+    ap.add_argument("--budget", type=float, default=180.0,
+                    help="seconds after which the remaining benchmark rows are skipped")
+    return ap.parse_args()
+
+
+ARGS = _parse()
+if ARGS.smoke:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+
+def _engine_states():
+    """``DenseState``/``SparseState`` without ``txray_engine/__init__`` when zarr is missing."""
+    if "txray_engine" not in sys.modules:
+        try:
+            importlib.import_module("zarr")
+        except ImportError:  # the package __init__ imports the Zarr store: skip it
+            pkg = types.ModuleType("txray_engine")
+            pkg.__path__ = [str(ROOT / "txray_engine")]
+            sys.modules["txray_engine"] = pkg
+    dense = importlib.import_module("txray_engine.accumulate.dense")
+    sparse = importlib.import_module("txray_engine.accumulate.sparse")
+    return dense.DenseState, sparse.SparseState
+
+
+DenseState, SparseState = _engine_states()
+from kernels import reference, triton_dense, triton_sparse  # noqa: E402
+
+if ARGS.smoke:  # let the tiny shape "D" take the wide-row fallback, as N = 20,000 does on the GPU
+    triton_dense.MAX_FUSED_BLOCK_N = 32
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not torch.cuda.is_available() and not INTERPRET:
+    sys.exit("no CUDA device: run on a GPU, or with --smoke (TRITON_INTERPRET=1) on the CPU")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() and not INTERPRET else "cpu")
+T0 = time.perf_counter()
+LINES: list[str] = []
+
+
+def emit(line: str = "") -> None:
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(fn) -> float:
+    """Median milliseconds of ``fn``."""
+    if DEVICE.type == "cuda":
+        return float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
+    fn()  # the interpreter: one warm-up and one timed call
+    t = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t)
+
+
+# ------------------------------------------------------------------------------------------------
+# part 1: correctness on the device
+# ------------------------------------------------------------------------------------------------
+def make_acts(p, n, dtype, data="random", layout="contiguous", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    if data == "ties":
+        x = torch.randint(-2, 3, (p, n), generator=gen).float() * 0.5
+    elif data == "contention":
+        x = torch.randn(1, n, generator=gen).expand(p, n).clone()
+    elif data == "negative":
+        x = -torch.rand(p, n, generator=gen) - 0.25
+    else:
+        x = torch.randn(p, n, generator=gen)
+    if layout == "row_strided":
+        buf = torch.zeros(p, n + 5, dtype=dtype)
+        buf[:, 3:3 + n] = x.to(dtype)
+        return buf[:, 3:3 + n].to(DEVICE)
+    return x.to(dtype).to(DEVICE)
+
+
+def make_features(p, v, streams, seed=0, contention=False):
+    gen = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for s in range(streams):
+        f = torch.full((p,), v - 1) if contention else torch.randint(0, v, (p,), generator=gen)
+        if s % 2:
+            f[torch.rand(p, generator=gen) < 0.3] = -1
+        out.append(f.to(DEVICE))
+    return out
+
+
+def states_equal(got, want, rtol) -> str:
+    for i, (s, r) in enumerate(zip(got, want)):
+        a, b = s.to_stats(), r.to_stats()
+        if a.nnz != b.nnz or not (a.indices == b.indices).all() or not (a.indptr == b.indptr).all():
+            return f"stream {i}: cell pattern differs ({a.nnz} vs {b.nnz} cells)"
+        if not (a.count == b.count).all():
+            return f"stream {i}: counts differ"
+        if not (a.peak == b.peak).all():
+            return f"stream {i}: peaks differ"
+        if not torch.allclose(torch.from_numpy(a.mass), torch.from_numpy(b.mass), rtol=rtol, atol=0):
+            return f"stream {i}: mass differs beyond rtol={rtol}"
+    return ""
+
+
+def check_case(name, impl, acts, k, feats, n, v, kinds, rtol=1e-12) -> bool:
+    if "dense" in kinds and 2 * len(kinds) * 20 * n * v > 0.7 * _free_bytes():
+        emit(f"SKIP  {name}  -- the dense states do not fit in memory")
+        return True
+    make = {"dense": DenseState, "sparse": SparseState}
+    states = [make[kd](n, v, device=DEVICE) for kd in kinds]
+    ref = [make[kd](n, v, device=DEVICE) for kd in kinds]
+    try:
+        values, indices = impl(acts, k, list(zip(feats, states)))
+        triton_dense.flush()
+        rv, ri = reference.select_accumulate(acts.float(), k, list(zip(feats, ref)))
+        msg = ""
+        if not torch.equal(torch.sort(indices, 1).values, torch.sort(ri, 1).values):
+            msg = "selected neurons differ"
+        elif not torch.equal(values, torch.gather(acts.float(), 1, indices)):
+            msg = "values are not the activations of the selected neurons"
+        else:
+            msg = states_equal(states, ref, rtol)
+    except Exception as e:  # report, keep checking
+        msg = f"{type(e).__name__}: {e}"
+    emit(f"{'PASS' if not msg else 'FAIL'}  {name}" + (f"  -- {msg}" if msg else ""))
+    return not msg
+
+
+IMPLS = {
+    "dense-auto": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t),
+    "dense-argmax": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t, method="argmax"),
+    "dense-threshold": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t,
+                                                                           method="threshold"),
+    "dense-partial": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t, mode="partial"),
+    "sparse": lambda a, k, t: triton_sparse.sparse_select_accumulate(a, k, t),
+    "mixed": lambda a, k, t: triton_sparse.select_accumulate(a, k, t),
+}
+
+#: shape name -> (P, N, V, dtype, data, layout)
+SHAPES = {
+    "A": (700, 1000, 17, "bfloat16", "ties", "row_strided"),
+    "B": (300, 4099, 50_000, "float32", "random", "contiguous"),
+    "C": (200, 16384, 7, "float16", "contention", "contiguous"),
+    "D": (100, 20_000, 5, "bfloat16", "negative", "row_strided"),  # wider than MAX_FUSED_BLOCK_N
+}
+SMOKE_SHAPES = {"A": (24, 37, 13, "bfloat16", "ties", "row_strided"),
+                "B": (16, 20, 500, "float32", "random", "contiguous"),
+                "C": (16, 33, 3, "float16", "contention", "contiguous"),
+                "D": (8, 40, 5, "bfloat16", "negative", "row_strided")}
+#: (impl, shape, k, streams); k 0 means N. Each case has a purpose (strategy, dtype, layout,
+#: grouping of streams, mode); few distinct kernel specialisations, so little compile time.
+CASES = [
+    ("dense-auto", "A", 1, 2), ("dense-auto", "A", 8, 2), ("dense-auto", "A", 32, 2),
+    ("dense-auto", "A", 0, 2), ("dense-auto", "A", 8, 5), ("dense-argmax", "A", 32, 2),
+    ("dense-threshold", "A", 8, 2), ("dense-partial", "A", 8, 2), ("mixed", "A", 8, 5),
+    ("sparse", "B", 1, 2), ("sparse", "B", 32, 2), ("mixed", "B", 8, 3), ("dense-auto", "B", 8, 1),
+    ("dense-auto", "C", 1, 2), ("dense-auto", "C", 32, 2), ("sparse", "C", 8, 2),
+    ("dense-auto", "D", 8, 2), ("dense-auto", "D", 0, 1), ("sparse", "D", 0, 1),
+]
+
+
+def part1() -> bool:
+    t0 = time.perf_counter()
+    emit("## Part 1: correctness against kernels.reference on " + str(DEVICE))
+    emit("")
+    shapes = SMOKE_SHAPES if ARGS.smoke else SHAPES
+    kinds_of = {"sparse": ["sparse"] * 5, "mixed": ["dense", "sparse"] * 2 + ["dense"]}
+    ok = True
+    cache = {}
+    for name, shape, k, streams in CASES:
+        p, n, v, dtype, data, layout = shapes[shape]
+        if shape not in cache:
+            cache.clear()
+            cache[shape] = (make_acts(p, n, getattr(torch, dtype), data, layout),
+                            make_features(p, v, 5, contention=data == "contention"))
+        acts, feats = cache[shape]
+        k = n if k == 0 else min(k, n)
+        kinds = kinds_of.get(name, ["dense"] * 5)[:streams]
+        rtol = 2.5e-4 if name == "dense-partial" else 1e-12
+        ok &= check_case(f"{name:15s} {dtype:8s} {data:10s} P={p} N={n} V={v} k={k} streams={streams}",
+                         IMPLS[name], acts, k, feats[:streams], n, v, kinds, rtol)
+    emit(f"\n({time.perf_counter() - t0:.0f} s)\n")
+    return ok
+
+
+# ------------------------------------------------------------------------------------------------
+# part 2: throughput
+# ------------------------------------------------------------------------------------------------
+def _free_bytes() -> int:
+    if DEVICE.type == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    return 8 << 30
+
+
+def torch_dense(acts, k, targets):
+    """The user's version: topk, then index_put_/scatter_reduce_ per stream."""
+    vals, idx = torch.topk(acts.float(), k, dim=1)
+    for f, s in targets:
+        ff = f[:, None].expand_as(idx)
+        ok = ff >= 0
+        cell = (idx * s.n_features + ff)[ok]
+        v = vals[ok]
+        s.count.index_put_((cell,), torch.ones_like(cell), accumulate=True)
+        s.mass.index_put_((cell,), v.clamp(min=0).double(), accumulate=True)
+        s.peak.scatter_reduce_(0, cell, v, "amax")
+
+
+def torch_sparse(acts, k, targets):
+    vals, idx = torch.topk(acts.float(), k, dim=1)
+    for f, s in targets:
+        ff = f[:, None].expand_as(idx)
+        ok = ff >= 0
+        s.add_events(idx[ok], ff[ok], vals[ok])
+
+
+def copy_ms(acts) -> float:
+    dst = torch.empty_like(acts)
+    return bench(lambda: dst.copy_(acts))
+
+
+def part2() -> None:
+    emit("## Part 2: throughput (one stream per call)")
+    emit("")
+    emit(f"Device: {torch.cuda.get_device_name() if DEVICE.type == 'cuda' else 'CPU (interpreter)'};"
+         f" torch {torch.__version__}, triton {triton.__version__}. Copy BW = 2 x bytes / time of "
+         "`dst.copy_(acts)`; % copy = (activation bytes / kernel time) / copy BW.")
+    emit("")
+    emit("| N | k | dtype | target | V | P | ms | Mtok/s | act GB/s | % copy BW | torch ms | speed-up |")
+    emit("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    ns = [16, 40] if ARGS.smoke else [1024, 4096, 16384]
+    ks = [1, 8, 32]
+    skipped = 0
+    for n in ns:
+        p = 32 if ARGS.smoke else max(1024, (1 << 25) // n)
+        for dtype in (torch.bfloat16, torch.float32):
+            acts = make_acts(p, n, dtype)
+            nbytes = acts.numel() * acts.element_size()
+            copy_bw = 2 * nbytes / (copy_ms(acts) * 1e-3)
+            for k in ks:
+                if k > n:
+                    continue
+                for target, v in (("dense", 17), ("dense", 50_000), ("sparse", 50_000)):
+                    if time.perf_counter() - T0 > ARGS.budget:
+                        skipped += 1
+                        continue
+                    feats = make_features(p, v, 1)
+                    if target == "dense":
+                        if 2 * 20 * n * v > 0.7 * _free_bytes():
+                            emit(f"| {n} | {k} | {str(dtype)[6:]} | dense | {v} | {p} | n/a (memory) "
+                                 "| | | | | |")
+                            continue
+                        ours_s, base_s = DenseState(n, v, device=DEVICE), DenseState(n, v, device=DEVICE)
+                        ours = lambda: triton_dense.dense_select_accumulate(acts, k, [(feats[0], ours_s)])
+                        base = lambda: torch_dense(acts, k, [(feats[0], base_s)])
+                    else:
+                        ours_s, base_s = SparseState(n, v, device=DEVICE), SparseState(n, v, device=DEVICE)
+                        ours = lambda: triton_sparse.sparse_select_accumulate(acts, k, [(feats[0], ours_s)])
+                        base = lambda: torch_sparse(acts, k, [(feats[0], base_s)])
+                    t_ours, t_base = bench(ours), bench(base)
+                    bw = nbytes / (t_ours * 1e-3)
+                    emit(f"| {n} | {k} | {str(dtype)[6:]} | {target} | {v} | {p} | {t_ours:.3g} | "
+                         f"{p / t_ours / 1e3:.3g} | {bw / 1e9:.3g} | {100 * bw / copy_bw:.3g}% | "
+                         f"{t_base:.3g} | {t_base / t_ours:.3g}x |")
+                    del ours_s, base_s
+                    if DEVICE.type == "cuda":
+                        torch.cuda.empty_cache()
+    if skipped:
+        emit(f"\n({skipped} rows skipped: past the --budget of {ARGS.budget:.0f} s)")
+    emit(f"\n(at {time.perf_counter() - T0:.0f} s)\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# part 3: tuning knobs at N = 4096
+# ------------------------------------------------------------------------------------------------
+def part3() -> None:
+    n = 40 if ARGS.smoke else 4096
+    p = 32 if ARGS.smoke else 8192
+    emit(f"## Part 3: methods and modes (N={n}, P={p}, bf16, dense V=17, 4 streams)")
+    emit("")
+    emit("| k | argmax ms | threshold ms | torch-select ms | direct ms | partial ms (with flushes) |")
+    emit("|---|---|---|---|---|---|")
+    acts = make_acts(p, n, torch.bfloat16)
+    feats = make_features(p, 17, 4)
+    for k in (1, 8, 32) if ARGS.smoke else (1, 8, 16, 32):
+        if time.perf_counter() - T0 > ARGS.budget + 20:
+            emit("(skipped: past the budget)")
+            break
+        states = [DenseState(n, 17, device=DEVICE) for _ in feats]
+        tg = list(zip(feats, states))
+        row = [bench(lambda m=m: triton_dense.dense_select_accumulate(acts, k, tg, method=m))
+               for m in ("argmax", "threshold", "torch")]
+        row.append(bench(lambda: triton_dense.dense_select_accumulate(acts, k, tg)))
+
+        def partial():
+            triton_dense.dense_select_accumulate(acts, k, tg, mode="partial")
+            triton_dense.flush()
+        row.append(bench(partial))
+        emit(f"| {k} | " + " | ".join(f"{t:.3g}" for t in row) + " |")
+    emit("")
+
+
+def main() -> int:
+    emit(f"# gpu_check ({'smoke, ' if ARGS.smoke else ''}{DEVICE})")
+    emit("")
+    ok = part1()
+    part2()
+    part3()
+    emit(f"Part 1: {'ALL PASS' if ok else 'FAILURES (see above)'}; total {time.perf_counter() - T0:.0f} s")
+    if ARGS.out:
+        Path(ARGS.out).write_text("\n".join(LINES) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

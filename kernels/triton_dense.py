@@ -1,0 +1,516 @@
+"""Fused top-k selection + dense scatter-accumulate, in Triton (the CUDA hot path).
+
+One launch reads a block of activations ``[P, N]`` (fp32 / fp16 / bf16, any row and column
+stride) once, selects the top-``k`` neurons of every row with the engine's tie-break (equal values:
+the lower neuron index wins, i.e. the first ``k`` of a stable descending sort, see
+:mod:`kernels.reference`) and adds the events into the dense accumulators of up to
+``MAX_STREAMS`` target streams at once::
+
+    count[n * V + f] += 1;  mass[n * V + f] += max(a, 0);  peak[n * V + f] = max(peak, a)
+
+for every selected ``(n, a)`` of a row whose feature ``f`` (per stream) is ``>= 0``.
+
+Selection strategies (chosen per call by :func:`dense_select_accumulate`, ``method="auto"``):
+
+* ``k == N`` -- ``"all"``: no selection, every element is an event.
+* ``k <= ARGMAX_MAX_K`` -- ``"argmax"``: ``k`` rounds of a row max over packed int64 keys
+  ``(order-preserving int32 of the value) << 32 | (2**31 - 1 - n)``; the max of the keys is the
+  largest value and, among equal values, the lowest index (the reference tie-break). The winner's
+  key is then knocked out. Gives the selection in compact form, so the scatter is ``k`` small
+  vector atomics per row.
+* otherwise -- ``"threshold"``: a 32-step bitwise search for the k-th largest int32 key of each row
+  (``count(key >= t) >= k``), then ``key > t`` plus the first ``k - count(key > t)`` entries equal to
+  ``t`` in index order (a cumsum), i.e. exactly the stable-sort tie-break; predicated atomics over
+  the row (in column chunks for wide rows), and a cumsum compaction for the ``[P, k]`` output.
+* rows wider than ``MAX_FUSED_BLOCK_N`` -- ``"torch"``: :func:`kernels.reference.select_topk`
+  selects and a scatter-only launch of the same kernel adds the ``[P, k]`` selection.
+
+Values are compared as fp32 (fp16/bf16 are widened exactly); ``-0.0`` ranks equal to ``+0.0`` (as in
+torch) and the argmax/threshold paths report it as ``+0.0`` (they rebuild values from the keys).
+:func:`dense_scatter_events` is the scatter alone, for a selection made elsewhere (the counterpart
+of ``kernels.reference.scatter_events``).
+
+Accumulation modes (``mode=``):
+
+* ``"direct"`` (default): the kernel adds straight into the exact master of ``DenseState``
+  (int64 count with 64-bit integer atomics, float64 mass with fp64 atomics -- each event adds its
+  fp32 value to the float64 sum, so the result differs from the reference only by float64 rounding
+  of a different summation order, well within ``same_sums``' 1e-12 -- and float32 peak with
+  ``tl.atomic_max``, which Triton lowers to the int-mapped trick: signed-int max for ``a >= 0``,
+  unsigned-int min for ``a < 0``; exact). Nothing to flush, no extra memory, the state is
+  complete when the call returns.
+* ``"partial"``: count and mass go into per-state int32 / fp32 *partials* (32-bit atomics), which are
+  flushed into the int64 / float64 master by :func:`flush`. Policy: a state is flushed before its
+  partials would hold more than ``PARTIAL_FLUSH_ROWS`` (default 4096) positions; a call with more
+  rows than that is split into chunks. A cell gains at most 1 per position, so an int32 count can
+  never pass 4096 (far from 2**31), and an fp32 mass partial sums at most 4096 terms before it is
+  added to the float64 master (relative error <= 4096 * 2**-24 ~ 2.4e-4 in the worst case, about
+  sqrt(4096) * 2**-24 ~ 4e-6 typically; this does *not* meet ``same_sums``' 1e-12). Peak always goes
+  to the master (it is exact either way). **The master is stale until flushed: call
+  ``flush(state)`` (or ``flush()``) before reading, merging or saving a state.** The flush costs a
+  pass over all ``N * V`` cells (~40 bytes each), so this mode only pays off for small ``N * V``.
+
+Under ``TRITON_INTERPRET=1`` (tests on CPU) the launchers accept CPU tensors; otherwise CUDA only.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+
+__all__ = ["ARGMAX_MAX_K", "MAX_FUSED_BLOCK_N", "MAX_STREAMS", "PARTIAL_FLUSH_ROWS",
+           "dense_scatter_events", "dense_select_accumulate", "flush", "select_topk"]
+
+#: Streams served by one launch; more streams are handled in groups (later groups scatter the
+#: ``[P, k]`` selection of the first launch, they do not read the activations again).
+MAX_STREAMS = 4
+#: Largest k for the repeated-argmax selection; larger k use the bitwise threshold search.
+ARGMAX_MAX_K = 16
+#: Widest row tile (next power of two of N) held in registers by one program.
+MAX_FUSED_BLOCK_N = 16384
+#: GPU launch shape (tunables): row-tile elements per program (several rows per program when N is
+#: small), register-tile elements per thread (sets num_warps, 4..32), and the column chunk of the
+#: scatter loops.
+TILE_ELEMS = 4096
+ELEMS_PER_THREAD = 8
+SCATTER_CHUNK = 2048
+#: Partial mode: positions a state's int32/fp32 partials may hold before they are flushed.
+PARTIAL_FLUSH_ROWS = 4096
+
+_ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_METHODS = ("auto", "all", "argmax", "threshold", "torch")
+_M_ALL, _M_ARGMAX, _M_THRESHOLD, _M_PRESELECTED = 0, 1, 2, 3
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ------------------------------------------------------------------------------------------------
+# kernels
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _ordered_key(x):
+    """fp32 -> int32 with the same order (``-0.0`` mapped to ``+0.0``: torch compares them equal)."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = tl.where(bits == -2147483648, 0, bits)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+@triton.jit
+def _key_to_float(key):
+    bits = tl.where(key < 0, key ^ 0x7FFFFFFF, key)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _scatter_one(f_ptr, cnt_ptr, mass_ptr, peak_ptr, V, NN, rows, row_ok, n, val, sel,
+                 TILE: tl.constexpr):
+    """Add the events ``sel`` (neurons ``n``, values ``val``) of rows ``rows`` into one stream."""
+    f = tl.load(f_ptr + rows, mask=row_ok, other=-1)
+    if TILE:
+        f = f[:, None]
+    # ids out of range (features >= V, or bad neuron ids given to the scatter-only path) are
+    # dropped: never written out of bounds
+    ok = sel & (f >= 0) & (f < V) & (n >= 0) & (n < NN)
+    cell = n.to(tl.int64) * V + f
+    ones = tl.full(cell.shape, 1, cnt_ptr.dtype.element_ty)
+    tl.atomic_add(cnt_ptr + cell, ones, mask=ok, sem="relaxed")
+    tl.atomic_add(mass_ptr + cell, tl.maximum(val, 0.0).to(mass_ptr.dtype.element_ty), mask=ok,
+                  sem="relaxed")
+    tl.atomic_max(peak_ptr + cell, val, mask=ok, sem="relaxed")
+
+
+@triton.jit
+def _scatter_streams(NN, rows, row_ok, n, val, sel,
+                     f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
+                     f2, c2, m2, p2, V2, f3, c3, m3, p3, V3,
+                     NUM_STREAMS: tl.constexpr, TILE: tl.constexpr):
+    if NUM_STREAMS > 0:
+        _scatter_one(f0, c0, m0, p0, V0, NN, rows, row_ok, n, val, sel, TILE)
+    if NUM_STREAMS > 1:
+        _scatter_one(f1, c1, m1, p1, V1, NN, rows, row_ok, n, val, sel, TILE)
+    if NUM_STREAMS > 2:
+        _scatter_one(f2, c2, m2, p2, V2, NN, rows, row_ok, n, val, sel, TILE)
+    if NUM_STREAMS > 3:
+        _scatter_one(f3, c3, m3, p3, V3, NN, rows, row_ok, n, val, sel, TILE)
+
+
+@triton.jit
+def _select_scatter_kernel(
+        x_ptr, stride_xp, stride_xn,  # activations [P, N] (METHOD 3: selected values [P, K])
+        out_v_ptr, out_i_ptr,  # [P, K] contiguous outputs (METHOD 3: out_i holds the indices)
+        stride_ip, stride_in,  # METHOD 3: strides of the indices (an expanded arange is fine)
+        P, N, K,
+        f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
+        f2, c2, m2, p2, V2, f3, c3, m3, p3, V3,
+        METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
+        ROWS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr):
+    """``ROWS`` rows per program. METHOD 1 and the search of METHOD 2 hold a row tile of
+    ``BLOCK_N`` (next power of two of the row width) in registers; the scatter of METHODs 0, 2, 3
+    walks the row in column chunks of ``CHUNK`` (bounded registers for wide rows)."""
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < P
+    rows64 = rows.to(tl.int64)
+    x_row = x_ptr + rows64[:, None] * stride_xp
+
+    if METHOD == 0:  # k == N: every element is an event
+        for c in range(0, BLOCK_N, CHUNK):
+            cols = c + tl.arange(0, CHUNK)
+            ok = row_ok[:, None] & (cols < N)[None, :]
+            x = tl.load(x_row + cols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
+            _scatter_streams(N, rows, row_ok, cols[None, :], x.to(tl.float32), ok,
+                             f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
+                             f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, True)
+    elif METHOD == 3:  # selection given ([P, K] values and indices): scatter only
+        for c in range(0, BLOCK_N, CHUNK):
+            cols = c + tl.arange(0, CHUNK)
+            ok = row_ok[:, None] & (cols < K)[None, :]
+            x = tl.load(x_row + cols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
+            n = tl.load(out_i_ptr + rows64[:, None] * stride_ip + cols[None, :].to(tl.int64) * stride_in,
+                        mask=ok, other=-1)
+            _scatter_streams(N, rows, row_ok, n, x.to(tl.float32), ok,
+                             f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
+                             f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, True)
+    else:
+        cols = tl.arange(0, BLOCK_N)
+        tile_ok = row_ok[:, None] & (cols < N)[None, :]
+        x = tl.load(x_row + cols[None, :].to(tl.int64) * stride_xn, mask=tile_ok, other=0.0)
+        key = _ordered_key(x.to(tl.float32))  # the values are rebuilt from the keys (registers)
+        if METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys
+            low = 2147483647 - cols  # lower index -> larger key among equal values
+            key = (key.to(tl.int64) << 32) | low[None, :].to(tl.int64)
+            key = tl.where(tile_ok, key, -9223372036854775807 - 1)
+            for j in range(KC):  # KC == K (constexpr: runtime-bound loops break 3.6's interpreter)
+                best = tl.max(key, axis=1)
+                hi = best >> 32
+                n = 2147483647 - (best - (hi << 32))
+                val = _key_to_float(hi.to(tl.int32))
+                _scatter_streams(N, rows, row_ok, n, val, row_ok,
+                                 f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
+                                 f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, False)
+                if WRITE_OUT:
+                    tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
+                    tl.store(out_i_ptr + rows64 * K + j, n, mask=row_ok)
+                key = tl.where(key == best[:, None], -9223372036854775807 - 1, key)
+        else:  # METHOD 2: bitwise search of the k-th largest key, stable tie-break by cumsum
+            key = tl.where(tile_ok, key, -2147483648)  # below every finite key
+            # t: the largest int32 t with count(key >= t) >= K, built bit by bit (offset binary)
+            t = tl.full([ROWS], -2147483648, tl.int64)
+            one = tl.full([ROWS], 1, tl.int64)
+            for b in range(32):
+                cand = t + (one << (31 - b))
+                cnt = tl.sum((key >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
+                t = tl.where(cnt >= K, cand, t)
+            thr = t.to(tl.int32)[:, None]
+            # take every key > thr, and the first K - count(key > thr) keys == thr in index order
+            need = K - tl.sum((key > thr).to(tl.int32), axis=1)
+            if BLOCK_N <= CHUNK:
+                gt = tile_ok & (key > thr)
+                eq = tile_ok & (key == thr)
+                sel = gt | (eq & (tl.cumsum(eq.to(tl.int32), axis=1) <= need[:, None]))
+                val = _key_to_float(key)
+                _scatter_streams(N, rows, row_ok, cols[None, :], val, sel,
+                                 f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
+                                 f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, True)
+                if WRITE_OUT:
+                    off = rows64[:, None] * K + tl.cumsum(sel.to(tl.int32), axis=1) - 1
+                    tl.store(out_v_ptr + off, val, mask=sel)
+                    tl.store(out_i_ptr + off, cols[None, :].to(tl.int64) + 0 * off, mask=sel)
+            else:  # wide rows: walk the row again in chunks (L1/L2-resident) to scatter
+                taken = tl.zeros([ROWS], tl.int32)  # keys == thr met so far
+                done = tl.zeros([ROWS], tl.int32)  # selected so far (output slots used)
+                for c in range(0, BLOCK_N, CHUNK):
+                    ccols = c + tl.arange(0, CHUNK)
+                    ok = row_ok[:, None] & (ccols < N)[None, :]
+                    xc = tl.load(x_row + ccols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
+                    kc = _ordered_key(xc.to(tl.float32))
+                    gt = ok & (kc > thr)
+                    eq = ok & (kc == thr)
+                    rank = tl.cumsum(eq.to(tl.int32), axis=1) + taken[:, None]
+                    sel = gt | (eq & (rank <= need[:, None]))
+                    taken += tl.sum(eq.to(tl.int32), axis=1)
+                    val = _key_to_float(kc)
+                    _scatter_streams(N, rows, row_ok, ccols[None, :], val, sel,
+                                     f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
+                                     f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, True)
+                    if WRITE_OUT:
+                        off = rows64[:, None] * K + tl.cumsum(sel.to(tl.int32), axis=1) - 1 \
+                            + done[:, None]
+                        tl.store(out_v_ptr + off, val, mask=sel)
+                        tl.store(out_i_ptr + off, ccols[None, :].to(tl.int64) + 0 * off, mask=sel)
+                    done += tl.sum(sel.to(tl.int32), axis=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# launcher
+# ------------------------------------------------------------------------------------------------
+class _Partial:
+    __slots__ = ("count", "mass", "rows", "__weakref__")
+
+    def __init__(self, cells: int, device):
+        self.count = torch.zeros(cells, dtype=torch.int32, device=device)
+        self.mass = torch.zeros(cells, dtype=torch.float32, device=device)
+        self.rows = 0
+
+
+_PARTIALS: "weakref.WeakKeyDictionary[object, _Partial]" = weakref.WeakKeyDictionary()
+
+
+def flush(state=None) -> None:
+    """Add the int32/fp32 partials of ``state`` (``None``: of every state) into its exact master
+    and zero them. A no-op for states without partials (``mode="direct"`` never creates any)."""
+    states = list(_PARTIALS.keys()) if state is None else [state]
+    for s in states:
+        p = _PARTIALS.get(s)
+        if p is None or p.rows == 0:
+            continue
+        s.count.add_(p.count)
+        s.mass.add_(p.mass)
+        p.count.zero_()
+        p.mass.zero_()
+        p.rows = 0
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def _launch_config(p: int, block_n: int) -> tuple[int, int, int]:
+    """(rows per program, column chunk of the scatter loops, num_warps)."""
+    if _interpret():  # 16 rows per program (the interpreter pays per program and per op); small
+        # chunks so that the tests walk the chunked loops
+        return min(16, _next_pow2(p)), min(block_n, 16), 1
+    rows = max(1, min(16, TILE_ELEMS // block_n, _next_pow2(p)))
+    warps = max(4, min(32, rows * block_n // (32 * ELEMS_PER_THREAD)))
+    chunk = min(block_n, max(1, SCATTER_CHUNK // rows))
+    return rows, chunk, warps
+
+
+def _check_device(t: torch.Tensor, what: str, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{what} is on {t.device}, the activations on {device}: put them on one device")
+
+
+def _check_cuda(t: torch.Tensor, what: str) -> None:
+    if t.device.type != "cuda" and not _interpret():
+        raise ValueError(f"the Triton kernels need CUDA tensors, {what} is on {t.device} (use "
+                         "kernels.reference on the CPU, or set TRITON_INTERPRET=1 to test)")
+
+
+def _dense_targets(targets, p: int, n: int, device) -> list:
+    out = []
+    for i, target in enumerate(targets):
+        what = f"target {i}"
+        try:
+            features, state = target
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: targets are (features, state) pairs") from None
+        if not isinstance(features, torch.Tensor) or features.dim() != 1 or features.shape[0] != p:
+            got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"{what}: features must be a 1-D tensor of {p} ids, got {got}")
+        if features.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{what}: features must be int64 (or int32), got {features.dtype}")
+        _check_device(features, f"{what}: features", device)
+        for name, dtype in (("count", torch.int64), ("mass", torch.float64), ("peak", torch.float32)):
+            t = getattr(state, name, None)
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{what}: the state ({type(state).__name__}) is not a dense state "
+                                 f"(no {name} tensor); use kernels.triton_sparse for sparse states")
+            if t.dtype != dtype or t.dim() != 1 or not t.is_contiguous():
+                raise ValueError(f"{what}: state.{name} must be a contiguous 1-D {dtype} tensor, "
+                                 f"got {t.dtype} {tuple(t.shape)}")
+            _check_device(t, f"{what}: state.{name}", device)
+        if getattr(state, "n_neurons", n) != n:
+            raise ValueError(f"{what}: the state has {state.n_neurons} neurons, the activations {n}")
+        v = int(state.n_features)
+        if not state.count.numel() == state.mass.numel() == state.peak.numel() == n * v:
+            raise ValueError(f"{what}: the state's tensors must hold n_neurons * n_features = "
+                             f"{n * v} cells")
+        out.append((features.contiguous(), state, v))
+    return out
+
+
+def _stream_args(group, mode: str, device) -> list:
+    args = []
+    for features, state, v in group:
+        if mode == "partial":
+            part = _PARTIALS.get(state)
+            if part is None:
+                part = _PARTIALS[state] = _Partial(state.count.numel(), device)
+            args += [features, part.count, part.mass, state.peak, v]
+        else:
+            args += [features, state.count, state.mass, state.peak, v]
+    dummy_i = torch.zeros(1, dtype=torch.int64, device=device)
+    dummy_d = torch.zeros(1, dtype=torch.float64, device=device)
+    dummy_f = torch.zeros(1, dtype=torch.float32, device=device)
+    for _ in range(MAX_STREAMS - len(group)):
+        args += [dummy_i, dummy_i, dummy_d, dummy_f, 1]
+    return args
+
+
+def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
+    """One launch. ``x``: activations ``[P, n]``, or for ``_M_PRESELECTED`` the selected values
+    ``[P, k]`` with their indices in ``out_i`` (any strides)."""
+    p = x.shape[0]
+    block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
+    rows, chunk, warps = _launch_config(p, block_n)
+    _select_scatter_kernel[(triton.cdiv(p, rows),)](
+        x, x.stride(0), x.stride(1), out_v, out_i, out_i.stride(0), out_i.stride(1), p, n, k,
+        *_stream_args(group, mode, x.device),
+        METHOD=method_id, NUM_STREAMS=len(group), WRITE_OUT=write_out,
+        ROWS=rows, BLOCK_N=block_n, CHUNK=chunk, KC=k if method_id == _M_ARGMAX else 0,
+        num_warps=warps)
+
+
+def _pick_method(method: str, k: int, n: int) -> int:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if k == n:
+        return _M_ALL
+    if method == "auto":
+        if _next_pow2(n) > MAX_FUSED_BLOCK_N:
+            return _M_PRESELECTED
+        return _M_ARGMAX if k <= ARGMAX_MAX_K else _M_THRESHOLD
+    if method == "all":
+        raise ValueError(f"method='all' needs k == N ({n}), got k={k}")
+    return {"argmax": _M_ARGMAX, "threshold": _M_THRESHOLD, "torch": _M_PRESELECTED}[method]
+
+
+def _check_acts(acts, k) -> None:
+    if not isinstance(acts, torch.Tensor):
+        raise ValueError(f"activations must be a torch.Tensor, got {type(acts).__name__}")
+    if acts.dim() != 2:
+        raise ValueError(f"activations must be [positions, neurons], got shape {tuple(acts.shape)}")
+    if acts.dtype not in _ACT_DTYPES:
+        raise ValueError(f"activations must be float32, float16 or bfloat16, got {acts.dtype}")
+    _check_cuda(acts, "the activations")
+    n = acts.shape[1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an int in [1, {n}], got {k!r}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("direct", "partial"):
+        raise ValueError(f"mode must be 'direct' or 'partial', got {mode!r}")
+
+
+def _before_partial(dense, p: int) -> None:
+    for _, s, _ in dense:
+        part = _PARTIALS.get(s)
+        if part is not None and part.rows + p > PARTIAL_FLUSH_ROWS:
+            flush(s)
+
+
+def _after_partial(dense, p: int) -> None:
+    for _, s, _ in dense:
+        _PARTIALS[s].rows += p
+
+
+def _groups(dense):
+    return [dense[i:i + MAX_STREAMS] for i in range(0, len(dense), MAX_STREAMS)]
+
+
+def select_topk(acts: torch.Tensor, k: int, *, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of every row with the reference tie-break, on the GPU; ``(values f32, indices i64)``
+    ``[P, k]``, order inside a row unspecified (same contract as :func:`kernels.reference.select_topk`)."""
+    return dense_select_accumulate(acts, k, [], method=method)
+
+
+def dense_scatter_events(values: torch.Tensor, indices: torch.Tensor,
+                         targets: Sequence[tuple[torch.Tensor, object]], *, mode: str = "direct") -> None:
+    """Scatter-only: add a selection ``(values [P, k] float32, indices [P, k] int64)`` (any strides,
+    e.g. an expanded ``arange`` for all neurons) into dense targets ``(features [P], state)``; the
+    counterpart of :func:`kernels.reference.scatter_events`. Neuron ids outside the state are
+    dropped."""
+    _check_mode(mode)
+    if not isinstance(values, torch.Tensor) or not isinstance(indices, torch.Tensor) or \
+            values.dim() != 2 or values.shape != indices.shape:
+        raise ValueError("values and indices must be [P, k] tensors of one shape")
+    if values.dtype != torch.float32 or indices.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"values must be float32 and indices int64, got {values.dtype}, "
+                         f"{indices.dtype}")
+    _check_cuda(values, "values")
+    _check_device(indices, "indices", values.device)
+    if not targets:
+        return
+    p, k = values.shape
+    n = getattr(targets[0][1], "n_neurons", None) if len(targets[0]) == 2 else None
+    if not isinstance(n, int):
+        raise ValueError(f"target 0: the state ({type(targets[0][1]).__name__}) is not a dense "
+                         "state (no n_neurons)")
+    dense = _dense_targets(targets, p, n, values.device)
+    if mode == "partial" and p > PARTIAL_FLUSH_ROWS:
+        for i in range(0, p, PARTIAL_FLUSH_ROWS):
+            j = i + PARTIAL_FLUSH_ROWS
+            dense_scatter_events(values[i:j], indices[i:j], [(f[i:j], s) for f, s, _ in dense],
+                                 mode=mode)
+        return
+    if p == 0 or k == 0:
+        return
+    if mode == "partial":
+        _before_partial(dense, p)
+    for group in _groups(dense):
+        _launch(_M_PRESELECTED, values, n, k, group, mode, values, indices, False)
+    if mode == "partial":
+        _after_partial(dense, p)
+
+
+def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[torch.Tensor, object]],
+                            *, method: str = "auto", mode: str = "direct"
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused top-k + scatter into dense states; same contract as
+    :func:`kernels.reference.select_accumulate` (every target state must be dense: ``count`` int64,
+    ``mass`` float64, ``peak`` float32 flat tensors of ``n_neurons * n_features`` cells).
+
+    ``method``: ``"auto"`` (see the module docstring), or force ``"argmax"``, ``"threshold"``,
+    ``"torch"`` (torch selection + scatter kernel); ``mode``: ``"direct"`` or ``"partial"`` (then call
+    :func:`flush` before reading the states).
+    Returns ``(values [P, k] float32, indices [P, k] int64)``.
+    """
+    _check_acts(acts, k)
+    _check_mode(mode)
+    p, n = acts.shape
+    device = acts.device
+    method_id = _pick_method(method, k, n)
+    dense = _dense_targets(targets, p, n, device)
+
+    if mode == "partial" and p > PARTIAL_FLUSH_ROWS:  # chunk so no partial holds more rows
+        parts = [dense_select_accumulate(acts[i:i + PARTIAL_FLUSH_ROWS], k,
+                                         [(f[i:i + PARTIAL_FLUSH_ROWS], s) for f, s, _ in dense],
+                                         method=method, mode=mode)
+                 for i in range(0, p, PARTIAL_FLUSH_ROWS)]
+        return torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
+
+    if method_id == _M_ALL:
+        values, indices = acts.float(), torch.arange(n, device=device).expand(p, n)
+    elif method_id == _M_PRESELECTED:
+        values, indices = reference.select_topk(acts, k)
+    else:
+        values = torch.empty((p, k), dtype=torch.float32, device=device)
+        indices = torch.empty((p, k), dtype=torch.int64, device=device)
+    if p == 0:
+        return values, indices
+    if mode == "partial":
+        _before_partial(dense, p)
+
+    groups = _groups(dense)
+    if method_id in (_M_ARGMAX, _M_THRESHOLD):  # the first launch selects (and serves 4 streams)
+        _launch(method_id, acts, n, k, groups[0] if groups else [], mode, values, indices, True)
+        groups = groups[1:]
+    for group in groups:  # the other groups: the selection is known
+        if method_id == _M_ALL:  # re-reading bf16/fp16 activations beats reading fp32 values
+            _launch(_M_ALL, acts, n, k, group, mode, values, indices, False)
+        else:
+            _launch(_M_PRESELECTED, values, n, k, group, mode, values, indices, False)
+    if mode == "partial":
+        _after_partial(dense, p)
+    return values, indices
