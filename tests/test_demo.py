@@ -57,6 +57,7 @@ def test_tiny_pipeline_structure_and_invariants(tiny_run):
     for heading in ("RQ1 pretraining", "RQ2 zero-shot", "RQ3 supervised", "Pruning"):
         assert heading in text
     r = json.loads((out / "results.json").read_text())
+    assert (out / "report.html").stat().st_size > 1_000_000  # with plotly.js embedded
     st = open_store(out / "store.zarr")
     assert set(st.stages) == {"wiki-epoch1", "wiki-epoch2", "reviews-zero-shot",
                               "reviews-supervised-s0", "reviews-supervised-s1"}

@@ -1,6 +1,6 @@
 """The ``txray`` command line."""
 
-from . import analyze, collect, demo, inspect  # noqa: F401  (register the commands)
+from . import analyze, collect, demo, inspect, report  # noqa: F401  (register the commands)
 from .base import main
 
 __all__ = ["main"]

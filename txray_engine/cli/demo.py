@@ -43,4 +43,5 @@ def demo(config_name, out, reviews_cache, seeds, device, as_json):
         click.echo(json.dumps(results, default=str))
     else:
         click.echo(format_summary(results))
-        click.echo(f"\nstore: {out}/store.zarr   results: {out}/results.json")
+        click.echo(f"\nstore: {out}/store.zarr   results: {out}/results.json   "
+                   f"report: {out}/report.html")

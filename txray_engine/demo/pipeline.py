@@ -139,6 +139,11 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     results["rq3"]["dead_in_supervised"] = int((~table["alive"]).sum())
     results["pruning"] = {"rows": prune_rows, "summary": summarize(
         [{**r, "seed": r["finetune_seed"]} for r in prune_rows])}
+    log("[report] writing report.html")
+    from ..report import build_report
+    stages = [f"wiki-epoch{e}" for e in epochs] + ["reviews-zero-shot", s0]
+    build_report(store, stages=stages, layers=[LAYER], out=out / "report.html",
+                 title=f"TX-Ray pipeline ({cfg.name})")
     results["seconds"] = round(time.monotonic() - t0, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json))
     return results

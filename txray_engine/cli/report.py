@@ -1,0 +1,52 @@
+"""``txray report``: one self-contained HTML file with the figures and tables of a store."""
+
+from __future__ import annotations
+
+import click
+
+from .base import human_size, main
+
+
+def _names(values) -> list[str]:
+    """``--stages a,b --stages c`` and ``--stages 'a b'`` → ``[a, b, c]``."""
+    return [x for v in values for x in v.replace(",", " ").split()]
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--stages", "stages", multiple=True, metavar="A,B,...",
+              help="Stages in order (comma-separated or repeated); consecutive pairs are "
+                   "compared. Default: all, in store order.")
+@click.option("--layer", "layers", multiple=True,
+              help="Layer(s) to show (repeat the option). Default: all the stages share.")
+@click.option("--stream", help="Stream of the Hellinger comparisons (default: token).")
+@click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="HTML file to write.")
+@click.option("--max-neurons", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Neurons per layer embedded in the neuron explorer.")
+@click.option("--max-points", default=3000, show_default=True, type=click.IntRange(min=10),
+              help="Points per curve or scatter trace.")
+@click.option("--top-features", default=6, show_default=True, type=click.IntRange(min=1),
+              help="Top features per neuron, stage and stream in the explorer.")
+@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True,
+              help="Distributions from activation mass or from counts.")
+@click.option("--min-count", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Ignore (neuron, feature) cells seen fewer times.")
+@click.option("--title", help="Page title.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def report(store, stages, layers, stream, out, max_neurons, max_points, top_features, by,
+           min_count, title, quiet):
+    """Write an offline HTML report: mass, Hellinger, length shift, POS, changed neurons and a
+    neuron explorer, in one self-contained file."""
+    from ..report import build_report
+
+    rep = build_report(store, stages=_names(stages) or None, layers=list(layers) or None, out=out,
+                       stream=stream, max_neurons=max_neurons, max_points=max_points,
+                       top_features=top_features, by=by, min_count=min_count, title=title)
+    if quiet:
+        return
+    pairs = ", ".join(f"{a} → {b}" for a, b in rep.pairs) or "none"
+    click.echo(f"wrote {rep.path} ({human_size(rep.size)}): {rep.figures} figures; stages "
+               f"{', '.join(rep.stages)}; pairs {pairs}; {len(rep.layers)} layer(s)")
+    for note in rep.notes:
+        click.echo(f"  note: {note}")

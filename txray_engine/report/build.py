@@ -1,0 +1,77 @@
+"""``build_report``: a store in, one self-contained HTML file out."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from .data import Limits, ReportData
+
+
+@dataclass
+class Report:
+    """What ``build_report`` wrote."""
+
+    path: Path
+    size: int
+    stages: list[str]
+    layers: list[str]
+    pairs: list[tuple[str, str]]
+    stream: str
+    figures: int
+    notes: list[str] = field(default_factory=list)
+
+
+def build_report(store_path, stages=None, layers=None, out="report.html", *, stream=None,
+                 max_neurons: int = 4096, max_points: int = 3000, top_features: int = 6,
+                 changed: int = 10, by: str = "mass", min_count: int = 1,
+                 title: str | None = None) -> Report:
+    """Write an HTML report of a store and return what was written.
+
+    Parameters
+    ----------
+    store_path : path of a txray store.
+    stages : stage names in the order to compare (consecutive pairs); default all, in store order.
+        One stage gives the single-stage plots only.
+    layers : layer names; default every layer the chosen stages share.
+    out : HTML file to write (its folder is created).
+    stream : stream of the Hellinger comparisons and tables; default ``token`` when present.
+    max_neurons : neurons per layer embedded in the neuron explorer (most activation mass first).
+    max_points : points per curve or scatter trace.
+    top_features : top features per neuron, stage and stream in the explorer.
+    changed : neurons in each most / least changed table.
+    by, min_count : options of the measures (see ``txray_engine.measures``).
+    title : page title (default: from the store's folder name).
+
+    Raises ``StoreError`` (no or damaged store, unknown stage) and ``InputError`` (unknown layer or
+    stream, bad options) before anything is written.
+    """
+    from ..store import open_store
+    try:
+        from .page import render
+    except ModuleNotFoundError as e:
+        if e.name != "plotly" and not str(e.name).startswith("plotly."):
+            raise
+        raise InputError("the HTML report needs plotly: pip install plotly") from None
+
+    if by not in ("mass", "count"):
+        raise InputError(f"by must be 'mass' or 'count', got {by!r}")
+    if int(min_count) < 1:
+        raise InputError(f"min_count must be at least 1, got {min_count}")
+    limits = Limits(max_points=int(max_points), max_neurons=int(max_neurons),
+                    explorer_features=int(top_features), changed=int(changed))
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{str(out)!r} is a folder: give a file name for the report, e.g. "
+                         f"{str(out / 'report.html')!r}")
+    data = ReportData(open_store(store_path), stages, layers, stream, limits, by, int(min_count))
+    html, n_figures = render(data, title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, out)
+    return Report(path=out, size=out.stat().st_size, stages=data.stages, layers=data.layers,
+                  pairs=data.pairs, stream=data.stream, figures=n_figures,
+                  notes=list(dict.fromkeys(data.notes)))
