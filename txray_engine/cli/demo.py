@@ -21,7 +21,8 @@ from .base import main
 @click.option("--seeds", help="Comma-separated fine-tuning seeds (default: the configuration's).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead.")
-def demo(config_name, out, reviews_cache, seeds, device, as_json):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or progress lines.")
+def demo(config_name, out, reviews_cache, seeds, device, as_json, quiet):
     """Pretrain an LSTM LM on Wikipedia, transfer it zero-shot to movie reviews, fine-tune it on
     their polarity, and prune neurons guided by the measures; prints a summary per RQ."""
     import torch
@@ -37,8 +38,8 @@ def demo(config_name, out, reviews_cache, seeds, device, as_json):
             raise click.BadParameter("use integers separated by commas", param_hint="--seeds")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     reviews = fetch_reviews(reviews_cache)
-    log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    results = run_demo(cfg, out, reviews, device, log)
+    log = (lambda msg: None) if as_json or quiet else (lambda msg: click.echo(msg, err=True))
+    results = run_demo(cfg, out, reviews, device, log, quiet=quiet or as_json)
     if as_json:
         click.echo(json.dumps(results, default=str))
     else:

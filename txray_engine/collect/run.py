@@ -65,14 +65,19 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                    flush_every=flush_every, device=device, examples=examples) as col:
         skip = int(col.cursor.get("units", 0))
         units = itertools.islice(units, skip, None)
-        bar = tqdm(desc=f"collect {stage}", unit="tok", unit_scale=True, disable=quiet,
-                   dynamic_ncols=True)
+        total = None if quiet else corpus.count_documents()
+        if total is not None and max_documents is not None:
+            total = min(total, max_documents)
+        bar = tqdm(desc=f"collect {stage}", total=total, unit="doc", disable=quiet,
+                   dynamic_ncols=True, initial=int(col.cursor.get("documents", 0)))
         try:
             for batch, docs_done, n_tok in batches(units, batch_size, loaded.tokenizer.pad_id,
                                                    loaded.hf, device):
                 col.step(batch, documents=docs_done)
                 tokens += n_tok
-                bar.update(n_tok)
+                bar.update(docs_done)
+                bar.set_postfix_str(f"{tokens / max(time.monotonic() - start, 1e-9):,.0f} tok/s",
+                                    refresh=False)
         finally:
             bar.close()
         cursor = dict(col.cursor)

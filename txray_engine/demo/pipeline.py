@@ -66,7 +66,7 @@ def _pos_mass(store, stage: str) -> dict:
 
 
 def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
-             log: Callable = print) -> dict:
+             log: Callable = print, quiet: bool = False) -> dict:
     """Run everything; writes ``store.zarr``, ``results.json`` and checkpoints into ``out_dir``."""
     t0 = time.monotonic()
     out = Path(out_dir)
@@ -85,7 +85,7 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     # RQ1: self-supervised pretraining, stages at the first, a middle and the last epoch
     log("[RQ1] training the LSTM language model on Wikipedia")
     lm, history = train_lm(cfg, len(data.vocab), data.wiki_train, data.wiki_valid, eos,
-                           out / "checkpoints", device, log)
+                           out / "checkpoints", device, log, quiet)
     epochs = sorted({1, (cfg.lm_epochs + 1) // 2, cfg.lm_epochs})
     heldout = windows(data.wiki_heldout, 128)
     probe = LSTMLanguageModel(len(data.vocab), cfg.emb_dim, cfg.hidden).to(device)

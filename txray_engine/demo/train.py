@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..models import LSTMClassifier, LSTMLanguageModel
 from .data import Docs
@@ -40,7 +41,8 @@ def perplexity(model: LSTMLanguageModel, docs: Docs, eos: int, bptt: int, batch:
 
 
 def train_lm(cfg, vocab_size: int, train: Docs, valid: Docs, eos: int, ckpt_dir: Path,
-             device="cpu", log: Callable = print) -> tuple[LSTMLanguageModel, list[dict]]:
+             device="cpu", log: Callable = print, quiet: bool = False
+             ) -> tuple[LSTMLanguageModel, list[dict]]:
     """Train for ``cfg.lm_epochs``; after every epoch save ``lm-epochN.pt`` and log perplexity."""
     model = LSTMLanguageModel(vocab_size, cfg.emb_dim, cfg.hidden).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lm_lr)
@@ -50,7 +52,11 @@ def train_lm(cfg, vocab_size: int, train: Docs, valid: Docs, eos: int, ckpt_dir:
                                                     device)}]
     for epoch in range(1, cfg.lm_epochs + 1):
         model.train()
-        for i in range(0, data.shape[1] - 1, cfg.bptt):
+        steps = range(0, data.shape[1] - 1, cfg.bptt)
+        bar = tqdm(steps, desc=f"epoch {epoch}/{cfg.lm_epochs}", unit="tok",
+                   unit_scale=cfg.bptt * cfg.lm_batch, disable=quiet, leave=False,
+                   dynamic_ncols=True)
+        for i in bar:
             x, y = data[:, i:i + cfg.bptt], data[:, i + 1:i + 1 + cfg.bptt]
             x = x[:, : y.shape[1]]
             loss = F.cross_entropy(model(x).reshape(-1, vocab_size), y.reshape(-1))
