@@ -137,3 +137,14 @@ def make_hf_model_dir(path, arch="gpt2"):
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def run_cli(*args, code=0) -> str:
+    """Run ``txray ARGS`` in-process; assert the exit code; return what it printed."""
+    from click.testing import CliRunner
+
+    from txray_engine.cli import main
+
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == code, res.output
+    return res.output

@@ -4,58 +4,40 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from naive import make_hf_model_dir
-from txray_engine.cli import main
-
-
-def _run(*args, code=0):
-    res = CliRunner().invoke(main, list(map(str, args)))
-    assert res.exit_code == code, res.output
-    return res.output
-
-
-@pytest.fixture
-def two_stages(word_model, tmp_path):
-    store = tmp_path / "s.zarr"
-    base = ["collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"],
-            "--layers", "lstm", "--streams", "token,predicted", "--store", store, "-q"]
-    _run(*base, "--corpus", word_model["text"], "--stage", "text")
-    _run(*base, "--corpus", word_model["jsonl"], "--stage", "reviews")
-    return store
+from naive import make_hf_model_dir, run_cli
 
 
 def test_compare_human_json_csv(two_stages, tmp_path):
-    out = _run("compare", two_stages, "text", "reviews", "--top", "2")
+    out = run_cli("compare", two_stages, "text", "reviews", "--top", "2")
     assert "lstm / token: 12 neurons" in out and "most changed:" in out
     assert "Hellinger mean" in out and "neuron" in out
-    data = json.loads(_run("compare", two_stages, "text", "reviews", "--json"))
+    data = json.loads(run_cli("compare", two_stages, "text", "reviews", "--json"))
     assert {s["stream"] for s in data["summaries"]} == {"token", "predicted"}
     rows = data["neurons"]
     assert len(rows) == 24 and all(r["hellinger"] is None or 0 <= r["hellinger"] <= 1
                                    for r in rows)
     csv_path = tmp_path / "t.csv"
-    _run("compare", two_stages, "text", "reviews", "--stream", "token", "--csv", csv_path)
+    run_cli("compare", two_stages, "text", "reviews", "--stream", "token", "--csv", csv_path)
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("layer,stream,neuron,alive_a") and len(lines) == 13
-    err = _run("compare", two_stages, "text", "nope", code=2)
+    err = run_cli("compare", two_stages, "text", "nope", code=2)
     assert "unknown stage 'nope'" in err
-    err = _run("compare", two_stages, "text", "reviews", "--layer", "x", code=2)
+    err = run_cli("compare", two_stages, "text", "reviews", "--layer", "x", code=2)
     assert "not in both stages" in err
 
 
 def test_prune_mask_files(two_stages, tmp_path):
     mask = tmp_path / "m.json"
-    out = _run("prune", two_stages, "--stage", "reviews", "--against", "text", "--layer", "lstm",
+    out = run_cli("prune", two_stages, "--stage", "reviews", "--against", "text", "--layer", "lstm",
                "--selector", "most_changed", "--fraction", "0.25", "--out", mask)
     assert "lstm: 3 of 12 neurons selected" in out
     doc = json.loads(mask.read_text())
     assert len(doc["layers"]["lstm"]) == 3 and doc["layer_sizes"] == {"lstm": 12}
-    _run("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
+    run_cli("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
          "lowest_mass", "--count", "2", "--out", mask)
     assert len(json.loads(mask.read_text())["layers"]["lstm"]) == 2
-    err = _run("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
+    err = run_cli("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
                "most_changed", "--count", "2", "--out", mask, code=2)
     assert "--against" in err
 
@@ -65,10 +47,10 @@ def test_prune_structural_copy_of_hf_model(tmp_path, word_model):
     model_dir = make_hf_model_dir(tmp_path / "llama", arch="llama")
     store = tmp_path / "s.zarr"
     layer = "model.layers.0.mlp.act_fn"
-    _run("collect", "--model", model_dir, "--corpus", word_model["text"], "--layers", layer,
+    run_cli("collect", "--model", model_dir, "--corpus", word_model["text"], "--layers", layer,
          "--store", store, "--stage", "s", "-q", "-k", "3")
     out_model = tmp_path / "pruned.pt"
-    out = _run("prune", store, "--stage", "s", "--layer", layer, "--selector", "lowest_mass",
+    out = run_cli("prune", store, "--stage", "s", "--layer", layer, "--selector", "lowest_mass",
                "--count", "5", "--out", tmp_path / "m.json", "--model", model_dir,
                "--save-pruned", out_model)
     assert "MLP width 24 → 19" in out

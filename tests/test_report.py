@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 pytest.importorskip("plotly")
 
@@ -18,22 +17,16 @@ import plotly.offline  # noqa: E402
 
 import txray_engine.cli.report  # noqa: E402,F401  (registers `txray report`)
 from txray_engine import Accumulator, StageWriter  # noqa: E402
-from txray_engine.cli import main  # noqa: E402
 from txray_engine.errors import InputError, StoreError  # noqa: E402
 from txray_engine.features.pos import POS_VOCAB  # noqa: E402
 from txray_engine.report import build_report  # noqa: E402
 from txray_engine.report.data import even_ranks, sample  # noqa: E402
+from naive import run_cli  # noqa: E402
 
 SECTIONS = ["overview", "mass", "hellinger", "length", "pos", "changed", "explorer"]
 #: A feature string that breaks pages that do not escape (HTML, JSON inside <script>, hover text).
 NASTY = "</script><b>&'\""
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _run(*args, code=0):
-    res = CliRunner().invoke(main, list(map(str, args)))
-    assert res.exit_code == code, res.output
-    return res.output
 
 
 def make_pos_store(path, stages=("pretrained", "finetuned"), layers=("enc.0", "enc.1"), n=16,
@@ -60,17 +53,6 @@ def make_pos_store(path, stages=("pretrained", "finetuned"), layers=("enc.0", "e
 @pytest.fixture(scope="module")
 def pos_store(tmp_path_factory):
     return make_pos_store(tmp_path_factory.mktemp("report") / "s.zarr")
-
-
-@pytest.fixture
-def two_stages(word_model, tmp_path):
-    """A store collected through the CLI: token and predicted streams, no pos."""
-    store = tmp_path / "s.zarr"
-    base = ["collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"],
-            "--layers", "lstm", "--streams", "token,predicted", "--store", store, "-q"]
-    _run(*base, "--corpus", word_model["text"], "--stage", "text")
-    _run(*base, "--corpus", word_model["jsonl"], "--stage", "reviews")
-    return store
 
 
 def _without_plotlyjs(page: str) -> str:
@@ -179,7 +161,7 @@ def test_single_stage_and_errors(pos_store, tmp_path):
 
 def test_cli_report(two_stages, tmp_path):
     out = tmp_path / "r.html"
-    text = _run("report", two_stages, "--stages", "text,reviews", "--out", out)
+    text = run_cli("report", two_stages, "--stages", "text,reviews", "--out", out)
     assert f"wrote {out}" in text and "pairs text → reviews" in text
     assert "note: No pos stream" in text
     page = out.read_text()
@@ -187,13 +169,13 @@ def test_cli_report(two_stages, tmp_path):
     assert "None of the stages has a pos stream" in page
     assert page.count('class="plotly-graph-div"') == 3  # mass, Hellinger, length shift (token)
     assert "No pos stream in both stages: not shown." in page
-    assert _run("report", two_stages, "--stages", "reviews", "--stages", "text", "--out", out,
+    assert run_cli("report", two_stages, "--stages", "reviews", "--stages", "text", "--out", out,
                 "--layer", "lstm", "-q") == ""
-    err = _run("report", two_stages, "--stages", "text,nope", "--out", out, code=2)
+    err = run_cli("report", two_stages, "--stages", "text,nope", "--out", out, code=2)
     assert err.startswith("error: unknown stage 'nope'") and len(err.strip().splitlines()) == 1
-    err = _run("report", two_stages, "--layer", "nope", "--out", out, code=2)
+    err = run_cli("report", two_stages, "--layer", "nope", "--out", out, code=2)
     assert "layer 'nope' is not in stage" in err
-    text = _run("report", two_stages, "--stages", "text", "--out", out)
+    text = run_cli("report", two_stages, "--stages", "text", "--out", out)
     assert "pairs none" in text and "Only one stage" in text
 
 
