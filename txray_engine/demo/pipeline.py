@@ -121,6 +121,7 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
         clf, info = finetune(cfg, lm, len(data.labels), data.reviews_train, data.reviews_valid,
                              pad, seed, device)
         info["test_accuracy"] = accuracy(clf, data.reviews_test, 64, pad, device)
+        torch.save(clf, out / "checkpoints" / f"classifier-s{seed}.pt")  # whole module
         stage = f"reviews-supervised-s{seed}"
         collect_stage(clf, data.reviews_train, [tok, pos, label], store, stage, cfg, pad,
                       device, {**ident, "model": f"classifier-s{seed}", "corpus": "reviews-train"})

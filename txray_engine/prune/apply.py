@@ -132,7 +132,8 @@ def mlp_linears(model: nn.Module, layer: str) -> tuple[list[nn.Module], nn.Modul
                     isinstance(m[i + 1], nn.Linear):
                 return [m[i - 1]], m[i + 1]
     raise InputError(f"{layer!r} is not inside a recognised MLP (Linear → activation → Linear, "
-                     f"gate/up/down, c_fc/c_proj, fc1/fc2, intermediate/output): use mask_units")
+                     f"gate/up/down, c_fc/c_proj, fc1/fc2, intermediate/output), so it cannot be "
+                     f"removed structurally: apply the mask with txray_engine.prune.mask_units")
 
 
 def prune_mlp(model: nn.Module, layer: str, units: Iterable[int]) -> dict:
