@@ -82,8 +82,8 @@ def test_report_structure(pos_store, tmp_path):
     out = tmp_path / "sub" / "r.html"
     rep = build_report(pos_store, out=out)
     assert rep.path == out and out.stat().st_size == rep.size
-    assert rep.stages == ["finetuned", "pretrained"]  # store order
-    assert rep.pairs == [("finetuned", "pretrained")] and rep.stream == "token"
+    assert rep.stages == ["pretrained", "finetuned"]  # the order they were collected in
+    assert rep.pairs == [("pretrained", "finetuned")] and rep.stream == "token"
     # per layer: mass, Hellinger, length shift, POS
     assert rep.figures == 2 * 4 and rep.notes == []
     page = out.read_text()

@@ -181,3 +181,12 @@ def test_unknown_names_list_what_exists(tmp_path):
         st.stage("s").layer("nope")
     with pytest.raises(StoreError, match="invalid stage name"):
         StageWriter(tmp_path / "s.zarr", "a/b", "new", {})
+
+
+def test_stages_list_in_creation_order(tmp_path):
+    path = tmp_path / "s.zarr"
+    for name in ("pretrained", "finetuned", "aaa"):
+        _write(path, _acc(), stage=name)
+    assert open_store(path).stages == ["pretrained", "finetuned", "aaa"]
+    _write(path, _acc(seed=3), stage="pretrained", mode="overwrite")  # keeps its place
+    assert open_store(path).stages == ["pretrained", "finetuned", "aaa"]

@@ -33,7 +33,8 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
     Parameters
     ----------
     store_path : path of a txray store.
-    stages : stage names in the order to compare (consecutive pairs); default all, in store order.
+    stages : stage names in the order to compare (consecutive pairs); default all, in the order
+        they were collected.
         One stage gives the single-stage plots only.
     layers : layer names; default every layer the chosen stages share.
     out : HTML file to write (its folder is created).

@@ -71,7 +71,7 @@ def sample(ids: np.ndarray, cap: int, keep=(), seed: int = 0) -> np.ndarray:
 class ReportData:
     """Stages, layers, pairs and cached measures of one report.
 
-    ``stages``: names in the order given (default: the store's order); ``layers``: default those
+    ``stages``: names in the order given (default: the order the stages were collected in); ``layers``: default those
     common to all chosen stages; ``stream``: the stream of the Hellinger comparison (default
     ``token`` when every stage has it, else the first stream they share).
     """

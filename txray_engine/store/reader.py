@@ -40,8 +40,11 @@ class Store:
 
     @property
     def stages(self) -> list[str]:
+        """Stage names in the order they were first created (e.g. pretrained, then finetuned)."""
         with damaged(f"store {str(self.path)!r}"):
-            return sorted(k for k in self.root.group_keys() if not k.startswith("."))
+            present = {k for k in self.root.group_keys() if not k.startswith(".")}
+        order = [n for n in self.meta.get("stage_order", []) if n in present]
+        return order + sorted(present - set(order))
 
     def stage(self, name: str) -> "Stage":
         if name not in self.stages:

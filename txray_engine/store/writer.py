@@ -148,6 +148,10 @@ class StageWriter:
             sg = root.create_group(self.stage, attributes={ATTR: {
                 "kind": "stage", "status": "in_progress", "snapshot": None, "cursor": {},
                 "fingerprint": self.fingerprint}})
+            meta = dict(root.attrs)[ATTR]
+            order = list(meta.get("stage_order", []))
+            if self.stage not in order:  # an overwritten stage keeps its place
+                root.attrs.put({ATTR: {**meta, "stage_order": order + [self.stage]}})
         if VOCAB_GROUP not in set(sg.group_keys()):
             sg.create_group(VOCAB_GROUP, attributes={ATTR: {
                 "kind": "vocabularies",
