@@ -145,3 +145,14 @@ def test_hellinger_properties(a, b, scale):
     np.testing.assert_allclose(compare(scaled, sb)["hellinger"], ab, atol=1e-9, equal_nan=True)
     d, _ = compat_hellinger(sa, sa)
     assert np.abs(d).max(initial=0) < 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=stages, b=stages, by=st.sampled_from(["mass", "count"]), min_count=st.integers(1, 3))
+def test_numba_join_equals_numpy_reference(a, b, by, min_count):
+    sa, sb = from_dense(*a), from_dense(*b)
+    x = compare(sa, sb, by=by, min_count=min_count, engine="numba")
+    y = compare(sa, sb, by=by, min_count=min_count, engine="numpy")
+    for col in x.columns:
+        np.testing.assert_allclose(x[col].astype(float), y[col].astype(float), rtol=1e-12,
+                                   atol=1e-12, equal_nan=True, err_msg=col)

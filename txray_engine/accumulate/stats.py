@@ -107,7 +107,8 @@ class SparseStats:
 
     def neuron_count(self) -> np.ndarray:
         """Events per neuron in this stream (row sums of count)."""
-        return np.asarray(self.csr("count").sum(axis=1), dtype=np.int64).ravel()
+        csum = np.concatenate([[0], np.cumsum(self.count, dtype=np.int64)])
+        return csum[self.indptr[1:]] - csum[self.indptr[:-1]]
 
     def neuron_mass(self) -> np.ndarray:
         """Activation mass per neuron in this stream (row sums of mass)."""

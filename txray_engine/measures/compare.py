@@ -19,6 +19,7 @@ import numpy as np
 
 from ..accumulate.stats import SparseStats
 from ..errors import InputError
+from . import join
 from .stage import _check_by
 from .stage import alive as _alive
 from .table import NeuronTable
@@ -184,13 +185,14 @@ class Comparison:
 
 def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: str = "mass",
             min_count: int = 1, min_neuron_count: int = 1, neuron_count_a=None,
-            neuron_count_b=None) -> Comparison:
+            neuron_count_b=None, engine: str = "auto") -> Comparison:
     """Compare two stages of one layer and stream; see the module docstring.
 
     ``neuron_count_a/b`` (the layer's selection counts) decide alive neurons; by default the
     stream's row counts. Neurons selected fewer than ``min_neuron_count`` times count as dead, and
     cells seen fewer than ``min_count`` times are ignored. Different vocabularies are aligned by
-    feature string.
+    feature string. ``engine``: ``"numba"`` (one parallel merge-join per row, the default when
+    numba is installed) or ``"numpy"`` (vectorised over all cells; the reference).
     """
     _check_by(by)
     if a.n_neurons != b.n_neurons:
@@ -207,15 +209,28 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
     nb = b.neuron_count() if neuron_count_b is None else np.asarray(neuron_count_b)
     alive_a, alive_b = _alive(na, min_neuron_count), _alive(nb, min_neuron_count)
     shared = alive_a & alive_b
-    ca, cb = _Cells.of(a, min_count), _Cells.of(b, min_count)
-    ia, ib = _match(ca, cb)
-    va = ca.share(ca.mass if by == "mass" else ca.count.astype(np.float64))
-    vb = cb.share(cb.mass if by == "mass" else cb.count.astype(np.float64))
     nan = np.full(a.n_neurons, np.nan)
-    hel = np.where(shared, np.sqrt(np.clip(_sq_dist(ca, cb, va, vb, ia, ib) / 2, 0, 1)), nan)
-    comp, comp_union = _compat(ca, cb, ia, ib)
-    len_a, len_b = ca.per_row(), cb.per_row()
-    mass_a, mass_b = ca.per_row(ca.mass), cb.per_row(cb.mass)
+    if engine == "auto":
+        engine = "numba" if join.AVAILABLE else "numpy"
+    if engine == "numba":
+        j = join.row_join(a, b, by, min_count)
+        len_a, len_b, comp_union = j["length_a"], j["length_b"], j["union"]
+        mass_a, mass_b = j["mass_a"], j["mass_b"]
+        h = np.sqrt(np.clip(j["sq_hellinger"] / 2, 0, 1))
+        num = np.sqrt(j["sq_compat"]) / np.sqrt(2)
+        comp = np.divide(num, comp_union, out=np.zeros_like(num), where=comp_union > 0)
+    elif engine == "numpy":
+        ca, cb = _Cells.of(a, min_count), _Cells.of(b, min_count)
+        ia, ib = _match(ca, cb)
+        va = ca.share(ca.mass if by == "mass" else ca.count.astype(np.float64))
+        vb = cb.share(cb.mass if by == "mass" else cb.count.astype(np.float64))
+        h = np.sqrt(np.clip(_sq_dist(ca, cb, va, vb, ia, ib) / 2, 0, 1))
+        comp, comp_union = _compat(ca, cb, ia, ib)
+        len_a, len_b = ca.per_row(), cb.per_row()
+        mass_a, mass_b = ca.per_row(ca.mass), cb.per_row(cb.mass)
+    else:
+        raise InputError(f"engine must be 'auto', 'numba' or 'numpy', got {engine!r}")
+    hel = np.where(shared, h, nan)
     cols = {
         "neuron": np.arange(a.n_neurons),
         "alive_a": alive_a, "alive_b": alive_b, "shared": shared,
