@@ -94,7 +94,7 @@ def test_compare_vectorised_vs_loop(benchmark, stages):
     vec_s = benchmark.stats.stats.min
     loops = {"dict loop (published code's way)": _timed_loop(dict_loop_compare, a, b),
              "numpy dense-row loop": _timed_loop(dense_loop_compare, a, b)}
-    print(f"\ncompare N={N} V={V} nnz={NNZ:,}/stage: vectorised {vec_s:.3f} s (best of 3)")
+    print(f"\ncompare N={N} V={V} nnz={NNZ:,}/stage: engine {vec_s:.3f} s (best of 3)")
     for name, (loop_s, sample, ref) in loops.items():
         for n, r in zip(sample, ref):
             assert result["hellinger"][n] == pytest.approx(r[0], abs=1e-6)
@@ -102,7 +102,7 @@ def test_compare_vectorised_vs_loop(benchmark, stages):
             assert result["hellinger_length"][n] == r[1]
             assert result["length_shift"][n] == r[2]
         print(f"  per-neuron {name}: {loop_s:.1f} s ({sample.size} neurons timed, scaled to "
-              f"{N}); vectorised is {loop_s / vec_s:.0f}x faster")
+              f"{N}); the engine is {loop_s / vec_s:.0f}x faster")
     ratio = min(loop_s for loop_s, _, _ in loops.values()) / vec_s
     print(f"  targets: < 1 s {'met' if vec_s < 1.0 else 'NOT met'}; >= 100x the loops "
           f"{'met' if ratio >= 100 else f'NOT met ({ratio:.0f}x against the faster loop)'}")
