@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .state import StreamState
@@ -28,7 +27,7 @@ class DenseState(StreamState):
         self.peak.scatter_reduce_(0, flat, values.to(torch.float32), "amax", include_self=True)
 
     def _merge_cells(self, other: SparseStats) -> None:
-        flat = torch.from_numpy(other.rows() * self.n_features + other.indices).to(self.device)
+        flat = torch.from_numpy(other.keys()).to(self.device)
         self.count.index_add_(0, flat, torch.from_numpy(other.count).to(self.device))
         self.mass.index_add_(0, flat, torch.from_numpy(other.mass).to(self.device))
         self.peak.scatter_reduce_(0, flat, torch.from_numpy(other.peak).to(self.device), "amax",
@@ -36,13 +35,9 @@ class DenseState(StreamState):
 
     def to_stats(self) -> SparseStats:
         flat = torch.nonzero(self.count).squeeze(1)  # increasing: row-major = CSR order
-        rows = (flat // self.n_features).cpu().numpy()
-        cols = (flat % self.n_features).cpu().numpy()
-        indptr = np.zeros(self.n_neurons + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=self.n_neurons), out=indptr[1:])
-        return SparseStats(self.n_neurons, self.n_features, indptr, cols,
-                           self.count[flat].cpu().numpy(), self.mass[flat].cpu().numpy(),
-                           self.peak[flat].cpu().numpy(), **self._stats_counters())
+        return SparseStats.from_keys(self.n_neurons, self.n_features, flat.cpu().numpy(),
+                                     self.count[flat].cpu().numpy(), self.mass[flat].cpu().numpy(),
+                                     self.peak[flat].cpu().numpy(), **self._stats_counters())
 
     @property
     def nbytes(self) -> int:

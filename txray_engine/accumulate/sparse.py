@@ -8,7 +8,6 @@ tree and memory stays proportional to the number of distinct cells.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .state import StreamState
@@ -58,19 +57,16 @@ class SparseState(StreamState):
         self._push(_reduce_by_key(keys, ones, values.clamp(min=0).to(torch.float64), values))
 
     def _merge_cells(self, other: SparseStats) -> None:
-        keys = torch.from_numpy(other.rows() * self.n_features + other.indices).to(self.device)
+        keys = torch.from_numpy(other.keys()).to(self.device)
         self._push((keys, torch.from_numpy(other.count).to(self.device),
                     torch.from_numpy(other.mass).to(self.device),
                     torch.from_numpy(other.peak).to(self.device)))
 
     def to_stats(self) -> SparseStats:
         self._compact()
-        keys, count, mass, peak = (t.cpu().numpy() for t in self._master)
-        rows, cols = keys // self.n_features, keys % self.n_features
-        indptr = np.zeros(self.n_neurons + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=self.n_neurons), out=indptr[1:])
-        return SparseStats(self.n_neurons, self.n_features, indptr, cols, count.copy(),
-                           mass.copy(), peak.copy(), **self._stats_counters())
+        keys, count, mass, peak = (t.cpu().numpy().copy() for t in self._master)
+        return SparseStats.from_keys(self.n_neurons, self.n_features, keys, count, mass, peak,
+                                     **self._stats_counters())
 
     @property
     def nbytes(self) -> int:

@@ -76,13 +76,26 @@ class SparseStats:
         rows = np.asarray(rows, np.int64)
         cols = np.asarray(cols, np.int64)
         order = np.lexsort((cols, rows))
-        indptr = np.zeros(n_neurons + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=n_neurons), out=indptr[1:])
         feature_freq = np.asarray(feature_freq, np.int64)
-        return cls(int(n_neurons), int(n_features), indptr, cols[order],
+        return cls(int(n_neurons), int(n_features), _indptr(rows, n_neurons), cols[order],
                    np.asarray(count, np.int64)[order], np.asarray(mass, np.float64)[order],
                    np.asarray(peak, np.float32)[order], feature_freq,
                    int(feature_freq.sum()) if tokens is None else int(tokens), int(missing))
+
+    @classmethod
+    def from_keys(cls, n_neurons, n_features, keys, count, mass, peak, feature_freq, tokens,
+                  missing) -> "SparseStats":
+        """Build from cells keyed ``neuron * n_features + feature``, keys strictly increasing
+        (row-major order is CSR order)."""
+        keys = np.asarray(keys, np.int64)
+        return cls(int(n_neurons), int(n_features), _indptr(keys // n_features, n_neurons),
+                   keys % n_features, np.asarray(count, np.int64), np.asarray(mass, np.float64),
+                   np.asarray(peak, np.float32), np.asarray(feature_freq, np.int64),
+                   int(tokens), int(missing))
+
+    def keys(self) -> np.ndarray:
+        """``neuron * n_features + feature`` of every stored cell (increasing)."""
+        return self.rows() * self.n_features + self.indices
 
     def rows(self) -> np.ndarray:
         """Row index of every stored cell (COO rows)."""
@@ -107,12 +120,11 @@ class SparseStats:
 
     def neuron_count(self) -> np.ndarray:
         """Events per neuron in this stream (row sums of count)."""
-        csum = np.concatenate([[0], np.cumsum(self.count, dtype=np.int64)])
-        return csum[self.indptr[1:]] - csum[self.indptr[:-1]]
+        return _row_sums(self.count, self.indptr)
 
     def neuron_mass(self) -> np.ndarray:
         """Activation mass per neuron in this stream (row sums of mass)."""
-        return np.asarray(self.csr("mass").sum(axis=1)).ravel()
+        return _row_sums(self.mass, self.indptr)
 
     def equals(self, other: "SparseStats", mass_rtol: float = 0.0) -> bool:
         """Exact equality of pattern, count, peak and counters; mass within ``mass_rtol``."""
@@ -124,6 +136,19 @@ class SparseStats:
                 and np.array_equal(self.peak, other.peak)
                 and np.array_equal(self.feature_freq, other.feature_freq)
                 and np.allclose(self.mass, other.mass, rtol=mass_rtol, atol=0.0))
+
+
+def _indptr(rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """CSR row pointers of cells whose (sorted) row ids are ``rows``."""
+    indptr = np.zeros(int(n_rows) + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=int(n_rows)), out=indptr[1:])
+    return indptr
+
+
+def _row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Per-row sums of CSR ``values`` (empty rows give 0)."""
+    csum = np.concatenate([[0], np.cumsum(values)])
+    return csum[indptr[1:]] - csum[indptr[:-1]]
 
 
 def _check_value(value: str) -> str:

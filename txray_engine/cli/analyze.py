@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from .base import main
+from .base import format_features, main
 
 TABLE_COLUMNS = ["neuron", "hellinger", "hellinger_length", "length_a", "length_b",
                  "length_shift", "mass_shift", "compat_hellinger"]
@@ -25,12 +25,6 @@ def _pairs(stage_a, stage_b, layers, streams):
         if not common:
             raise InputError(f"the two stages share no {name}")
     return [(lay, s) for lay in (layers or common_layers) for s in (streams or common_streams)]
-
-
-def _features(view, neuron: int, n: int) -> str:
-    r = view.row(neuron)
-    total = float(r["mass"].sum()) or 1.0
-    return ", ".join(f"{f!r} {v / total:.0%}" for f, v in view.top_features(neuron, n))
 
 
 @main.command()
@@ -89,9 +83,10 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
             click.echo(f"  {title}:")
             click.echo("    " + part.format(TABLE_COLUMNS).replace("\n", "\n    "))
             for nid in part["neuron"]:
-                click.echo(f"    neuron {nid}: {stage_a}: {_features(va, int(nid), features)}")
+                click.echo(f"    neuron {nid}: {stage_a}: "
+                           f"{format_features(va, int(nid), features, by)}")
                 click.echo(f"    {' ' * len(f'neuron {nid}')}  {stage_b}: "
-                           f"{_features(vb, int(nid), features)}")
+                           f"{format_features(vb, int(nid), features, by)}")
     full = NeuronTable({k: np.concatenate([t[k] for t in tables]) for k in tables[0].names})
     if csv_path:
         full.to_csv(csv_path)

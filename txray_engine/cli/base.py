@@ -48,3 +48,8 @@ def parse_k(value: str):
     if k < 1:
         raise click.BadParameter("use a positive integer or 'all'")
     return k
+
+
+def format_features(view, neuron: int, n: int, by: str = "mass") -> str:
+    """``'feature' share%, …`` of a neuron's ``n`` strongest features in a stream view."""
+    return ", ".join(f"{f!r} {v:.0%}" for f, v in view.top_features(neuron, n, by, share=True))

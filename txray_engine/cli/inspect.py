@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .base import human_size, main
+from .base import format_features, human_size, main
 
 
 @main.command()
@@ -59,11 +59,7 @@ def neurons(store, stage, layer_names, streams, neurons, top, features, by):
         for n in ids:
             click.echo(f"  neuron {n}: selected {int(lv.neuron_count[n])} times")
             for sname in streams or st.streams:
-                sv = lv.stream(sname)
-                feats = sv.top_features(n, features, by)
-                total = float(sv.row(n)[by].sum()) or 1.0
-                shown = ", ".join(f"{f!r} {v / total:.0%}" for f, v in feats)
-                click.echo(f"    {sname:>9}: {shown}")
+                click.echo(f"    {sname:>9}: {format_features(lv.stream(sname), n, features, by)}")
             ex = lv.examples
             if ex is not None and "token" in st.streams:
                 vocab = st.vocab("token")

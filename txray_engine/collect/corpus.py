@@ -36,6 +36,7 @@ class Corpus:
     label_field: str | None = None
 
     def __post_init__(self):
+        self._documents: int | None = None
         self.paths = [Path(p) for p in self.paths]
         if not self.paths:
             raise CorpusError("no corpus files given: pass one or more text or JSONL files")
@@ -87,15 +88,10 @@ class Corpus:
         return Document(obj[self.text_field], label)
 
     def count_documents(self) -> int:
-        """Documents in the corpus (a fast pass over the lines, for progress and ETA)."""
-        n = 0
-        for path in self.paths:
-            if self._format(path) == "text" and self.unit == "file":
-                n += 1
-                continue
-            with open(path, "rb") as fh:
-                n += sum(1 for line in fh if line.strip())
-        return n
+        """Documents in the corpus (for progress and ETA); free after :meth:`identity`."""
+        if self._documents is None:
+            self.identity()
+        return self._documents
 
     def labels(self) -> list[str]:
         """The sorted set of labels (one pass over the files)."""
@@ -107,13 +103,19 @@ class Corpus:
         return sorted({d.label for d in self})
 
     def identity(self) -> dict:
-        """Names, sizes and content hashes of the files, plus how they are read."""
-        files = []
+        """Names, sizes and content hashes of the files, plus how they are read. The same pass
+        counts the documents (:meth:`count_documents`)."""
+        files, documents = [], 0
         for p in self.paths:
             h = hashlib.sha256()
+            whole_file = self._format(p) == "text" and self.unit == "file"
+            nonempty = 0
             with open(p, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+                for line in fh:
+                    h.update(line)
+                    nonempty += bool(line.strip())
+            documents += min(nonempty, 1) if whole_file else nonempty
             files.append({"name": p.name, "bytes": p.stat().st_size, "sha256": h.hexdigest()})
+        self._documents = documents
         return {"files": files, "format": self.format, "unit": self.unit,
                 "text_field": self.text_field, "label_field": self.label_field}

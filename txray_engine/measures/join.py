@@ -16,27 +16,33 @@ except ImportError:  # pragma: no cover
 AVAILABLE = njit is not None
 
 if AVAILABLE:
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _totals(c, m, lo, hi, by_count, min_count):
+        """Kept cells, their mass, and the total of the distribution's weights, of one row."""
+        n = 0
+        mass = 0.0
+        weight = 0.0
+        for i in range(lo, hi):
+            if c[i] >= min_count:
+                n += 1
+                mass += m[i]
+                weight += c[i] if by_count else m[i]
+        return n, mass, weight
+
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _values(c, m, i, by_count, weight, mass):
+        """Distribution share and reference-compatible value of cell ``i``."""
+        x = c[i] if by_count else m[i]
+        d = mass * c[i]
+        return (x / weight if weight > 0 else 0.0), (m[i] / d if d > 0 else 0.0)
+
     @njit(parallel=True, boundscheck=False, cache=True)
     def _join(ipa, ia, ca, ma, ipb, ib, cb, mb, by_count, min_count, out_i, out_f):
         n = ipa.shape[0] - 1
         for r in prange(n):
             a0, a1, b0, b1 = ipa[r], ipa[r + 1], ipb[r], ipb[r + 1]
-            la = 0
-            wa = 0.0
-            sa = 0.0
-            for i in range(a0, a1):
-                if ca[i] >= min_count:
-                    la += 1
-                    sa += ma[i]
-                    wa += ca[i] if by_count else ma[i]
-            lb = 0
-            wb = 0.0
-            sb = 0.0
-            for j in range(b0, b1):
-                if cb[j] >= min_count:
-                    lb += 1
-                    sb += mb[j]
-                    wb += cb[j] if by_count else mb[j]
+            la, sa, wa = _totals(ca, ma, a0, a1, by_count, min_count)
+            lb, sb, wb = _totals(cb, mb, b0, b1, by_count, min_count)
             i, j = a0, b0
             union = 0
             h2 = 0.0
@@ -52,16 +58,10 @@ if AVAILABLE:
                 take_b = j < b1 and (i >= a1 or ib[j] <= ia[i])
                 pa = pb = va = vb = 0.0
                 if take_a:
-                    x = ca[i] if by_count else ma[i]
-                    pa = x / wa if wa > 0 else 0.0
-                    d = sa * ca[i]
-                    va = ma[i] / d if d > 0 else 0.0
+                    pa, va = _values(ca, ma, i, by_count, wa, sa)
                     i += 1
                 if take_b:
-                    x = cb[j] if by_count else mb[j]
-                    pb = x / wb if wb > 0 else 0.0
-                    d = sb * cb[j]
-                    vb = mb[j] / d if d > 0 else 0.0
+                    pb, vb = _values(cb, mb, j, by_count, wb, sb)
                     j += 1
                 union += 1
                 h2 += (np.sqrt(pa) - np.sqrt(pb)) ** 2

@@ -232,8 +232,11 @@ class StreamView:
         a, b = (int(x) for x in self.group["indptr"][neuron:neuron + 2])
         return {k: self.group[k][a:b] for k in ("indices", "count", "mass", "peak")}
 
-    def top_features(self, neuron: int, n: int = 10, by: str = "mass") -> list[tuple[str, float]]:
-        """The neuron's ``n`` strongest features as (string, value) by ``mass`` or ``count``."""
+    def top_features(self, neuron: int, n: int = 10, by: str = "mass", share: bool = False
+                     ) -> list[tuple[str, float]]:
+        """The neuron's ``n`` strongest features as (string, value) by ``mass`` or ``count``;
+        with ``share`` the value is the fraction of the neuron's total."""
         r = self.row(neuron)
         order = np.argsort(-r[by], kind="stable")[:n]
-        return [(self.vocab[int(r["indices"][i])], float(r[by][i])) for i in order]
+        total = (float(r[by].sum()) or 1.0) if share else 1.0
+        return [(self.vocab[int(r["indices"][i])], float(r[by][i]) / total) for i in order]

@@ -25,7 +25,7 @@ from ..accumulate.accumulator import Accumulator
 from ..errors import StageExistsError, StoreError, StoreLockedError
 from ..version import FORMAT_VERSION, __version__
 from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, damaged,
-                     group_attrs, open_root, root_attrs, write_array, write_stats)
+                     fingerprint, group_attrs, open_root, root_attrs, write_array, write_stats)
 
 MODES = ("new", "resume", "overwrite")
 
@@ -58,7 +58,6 @@ class StageWriter:
         self.stage = check_name("stage", stage)
         self.mode = mode
         self.identity = identity or {}
-        from .format import fingerprint
         self.fingerprint = fingerprint(self.identity)
         self._fd: int | None = None
         self._created_dir = False
