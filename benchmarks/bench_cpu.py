@@ -20,13 +20,17 @@ P = 8192  # tokens per call
 SHAPES = [(n, v, k) for n in (1024, 4096) for v in (17, 50_000) for k in (1, 8)]
 
 
-def best_time(fn, repeat=5):
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
+def best_times(fns, repeat=9):
+    """Best time of each function, calling them in turn (round-robin) so every one sees the same
+    machine conditions; these machines are shared and their speed drifts between seconds."""
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - t)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
     return best
 
 
@@ -54,10 +58,10 @@ def test_cpu_path(n, v, k):
     acts = torch.randn(P, n, generator=g)
     feats = torch.randint(0, v, (P,), generator=g)
     acc = Accumulator({"f": [str(i) for i in range(v)]}, k=k)
-    t_engine = best_time(lambda: acc.observe("l", acts, {"f": feats}))
     state = baseline_state(n, v)
-    t_base = best_time(lambda: baseline_step(acts, feats, k, v, state))
-    t_sum = best_time(lambda: acts.sum())
+    t_engine, t_base, t_sum = best_times([lambda: acc.observe("l", acts, {"f": feats}),
+                                          lambda: baseline_step(acts, feats, k, v, state),
+                                          lambda: acts.sum()])
     gb = acts.numel() * 4 / 1e9
     kind = acc.layers["l"].streams["f"].kind
     ROWS.append((n, v, k, kind, P / t_engine, gb / t_engine, gb / t_sum, t_base / t_engine,
