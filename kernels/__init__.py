@@ -2,20 +2,21 @@
 
 The pure-PyTorch reference in :mod:`kernels.reference` defines the semantics (and the tie-break:
 the lower neuron index wins among equal activations). :func:`select` and :func:`scatter` dispatch
-on the device: CPU tensors take the numba fast path of :mod:`kernels.cpu`, CUDA tensors the Triton
-kernels of :mod:`kernels.triton_dense` and :mod:`kernels.triton_sparse` (imported only then), so
-callers never change. All give the reference's results.
+on the device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the selection, and
+the scatter into dense states), CUDA tensors the Triton kernels of :mod:`kernels.triton_dense` and
+:mod:`kernels.triton_sparse` (imported only then), so callers never change. All give the reference's results.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import cpu
+from . import cpu, reference
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk
+from .targets import is_dense_state
 
-__all__ = ["nonfinite_rows", "scatter", "scatter_events", "select", "select_accumulate",
-           "select_topk"]
+__all__ = ["accumulate", "add_totals", "nonfinite_rows", "scatter", "scatter_events", "select",
+           "select_accumulate", "select_topk"]
 
 
 def _triton_ok(t: torch.Tensor) -> bool:
@@ -51,11 +52,56 @@ def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return values, indices, bad_rows
 
 
+def _cpu_dense(targets, values) -> tuple[list, list]:
+    """``(dense CPU targets the numba path takes, the rest)``."""
+    if not (cpu.AVAILABLE and values.device.type == "cpu"):
+        return [], list(targets)
+    fast, rest = [], []
+    for target in targets:
+        state = target[1]
+        ok = is_dense_state(state) and state.count.device.type == "cpu"
+        (fast if ok else rest).append(target)
+    return fast, rest
+
+
 def scatter(values: torch.Tensor, indices: torch.Tensor, targets) -> None:
     """Add a selection into every target ``(features [P], state)`` (see
     :func:`kernels.reference.scatter_events`)."""
     if _triton_ok(values):
         from . import triton_sparse
         triton_sparse.scatter_events(values, indices, targets)
+        return
+    fast, rest = _cpu_dense(targets, values)
+    if fast:
+        cpu.accumulate_dense(values, indices, fast, positions=False)
+    scatter_events(values, indices, rest)
+
+
+def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
+               mass: torch.Tensor) -> None:
+    """Per-neuron totals of a selection, in place (see :func:`kernels.reference.add_totals`)."""
+    if cpu.AVAILABLE and count.device.type == "cpu" and values.device.type == "cpu":
+        cpu.accumulate_dense(values, indices, [], positions=False, totals=(count, mass))
     else:
-        scatter_events(values, indices, targets)
+        reference.add_totals(values, indices, count, mass)
+
+
+def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals) -> None:
+    """Everything a selection adds: each target's positions (``state.add_positions``) and events
+    (:func:`scatter`), and the per-neuron ``totals=(count, mass)`` (:func:`add_totals`). On the
+    CPU the dense targets and the totals take one numba call."""
+    if indices.shape[0] == 0:
+        for features, state in targets:
+            state.add_positions(features)
+        return
+    fast, rest = _cpu_dense(targets, values)
+    if fast and totals[0].device.type == "cpu":
+        cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals)
+        for features, state in rest:
+            state.add_positions(features)
+        scatter(values, indices, rest)
+        return
+    for features, state in targets:
+        state.add_positions(features)
+    scatter(values, indices, targets)
+    add_totals(values, indices, *totals)

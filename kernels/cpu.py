@@ -1,18 +1,28 @@
 """The CPU fast path of the select step (numba), same semantics as :mod:`kernels.reference`.
 
-Each float32 row is read as int32 bit patterns mapped to order-preserving keys
-(``bits ^ ((bits >> 31) & 0x7FFFFFFF)``): the largest key is the largest value, and NaN/±inf land
-outside the keys of finite values, so one vectorised integer min/max pass per row both finds the
-maximum and flags non-finite rows. A second pass over the row (now in L1) finds the first index with
-that key (the reference tie-break: lower index wins).
+One pass per row reads the float32 bits as 32-bit integers and keeps, per chunk of 64 columns, the
+*signed* integer maximum and the *unsigned* integer maximum (two vector max instructions per 8
+values, the same work as a sum):
 
-For k > 1 the first pass keeps the maximum of every chunk of 32 columns. The k-th largest chunk
-maximum is a lower bound of the row's k-th largest value, so the second pass feeds only chunks
-whose maximum reaches it, in index order, to an insertion buffer of the k best keys. An element
-enters only when it beats the current k-th (strictly), so among equal values the earlier index
-stays: the same tie-break.
+- Non-negative floats order like their signed bit patterns, and every negative float is a negative
+  integer, so when the row's signed maximum ``hi`` is > 0 it *is* the bit pattern of the largest
+  value. The first chunk whose maximum equals ``hi``, scanned again (in L1), gives the first index
+  holding it: the reference tie-break, lower index wins (a positive finite value has one bit
+  pattern).
+- ``hi >= 0x7F800000`` means +inf or NaN; an unsigned maximum ``>= 0xFF800000`` means -inf or a
+  negative NaN. Together they flag every non-finite row.
+- Rows whose maximum is not positive (all ≤ 0, where ``-0.0`` must tie with ``+0.0``) take an exact
+  path over order-preserving keys ``bits ^ ((bits >> 31) & 0x7FFFFFFF)``, with ``-0.0`` ranked as
+  ``+0.0``.
 
-Rows are split across numba's threads in blocks of 32. ``-0.0`` and ``+0.0`` are equal, as in torch.
+For k > 1 the chunk maxima bound the k-th value: when the k-th largest chunk maximum ``thr`` is
+> 0, there are k values ≥ ``thr`` in distinct chunks, so a chunk whose maximum is below ``thr``
+holds no top-k value and is skipped. The chunks left are fed, in index order, to an insertion
+buffer of the k best keys; an element enters only when it beats the current k-th strictly, so
+among equal values the earlier index stays. Otherwise (fewer than k chunks, or ``thr <= 0``) every
+chunk is fed.
+
+Rows are split across numba's threads in blocks of 32.
 """
 
 from __future__ import annotations
@@ -27,55 +37,52 @@ except ImportError:  # pragma: no cover - numba is a dependency, but keep the re
 
 AVAILABLE = njit is not None
 
-_POS_INF_KEY = np.int32(0x7F800000)
-_NEG_INF_KEY = np.int32(0xFF800000 ^ 0x7FFFFFFF - (1 << 32))  # -2139095041
+_POS_NONFINITE = np.int32(0x7F800000)  # signed bits at or above: +inf or NaN
+_NEG_NONFINITE = np.uint32(0xFF800000)  # unsigned bits at or above: -inf or negative NaN
+_INT_MIN = np.int32(-2147483648)
 _BLOCK = 32
-_CHUNK = 32
+_CHUNK = 64
 
 if AVAILABLE:
     @njit(boundscheck=False, inline="always", cache=True)
-    def _key(x):
-        return x ^ ((x >> 31) & np.int32(0x7FFFFFFF))
-
-    @njit(boundscheck=False, cache=True)
-    def _row_minmax(bits):
-        hi = _key(bits[0])
-        lo = hi
-        for n in range(bits.shape[0]):
-            k = _key(bits[n])
-            hi = k if k > hi else hi
-            lo = k if k < lo else lo
-        return hi, lo
-
-    @njit(boundscheck=False, cache=True)
-    def _row_first(bits, target):
-        n_cols = bits.shape[0]
-        j = n_cols
-        for n in range(n_cols):
-            c = n if _key(bits[n]) == target else n_cols
-            j = c if c < j else j
-        return j
-
-    @njit(parallel=True, boundscheck=False, cache=True)
-    def _top1(bits, idx, bad):
-        rows = bits.shape[0]
-        for blk in prange((rows + _BLOCK - 1) // _BLOCK):
-            for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
-                row = bits[t]
-                hi, lo = _row_minmax(row)
-                bad[t] = hi >= _POS_INF_KEY or lo <= _NEG_INF_KEY
-                if hi == np.int32(0) or hi == np.int32(-1):  # max is ±0: first of either zero
-                    j0 = _row_first(row, np.int32(0))
-                    j1 = _row_first(row, np.int32(-1))
-                    idx[t, 0] = j0 if j0 < j1 else j1
-                else:
-                    idx[t, 0] = _row_first(row, hi)
-
-    @njit(boundscheck=False, inline="always", cache=True)
     def _ckey(x):
-        """Key with -0.0 ranked as +0.0 (they compare equal, so the lower index must win)."""
+        """Order-preserving key of float bits ``x``, with -0.0 ranked as +0.0 (they compare
+        equal, so the lower index must win)."""
         k = x ^ ((x >> 31) & np.int32(0x7FFFFFFF))
         return k if k != np.int32(-1) else np.int32(0)
+
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _chunk_max(u, base, size):
+        """Signed and unsigned maxima of ``u[base:base + size]`` (one vectorised pass)."""
+        m = _INT_MIN
+        um = np.uint32(0)
+        for j in range(size):
+            w = u[base + j]
+            v = np.int32(w)
+            m = v if v > m else m
+            um = w if w > um else um
+        return m, um
+
+    @njit(boundscheck=False, cache=True)
+    def _chunk_maxima(u, cmax):
+        """Signed bit maximum of every chunk of row ``u`` (uint32 bits) into ``cmax``; returns
+        the row's signed and unsigned bit maxima. Full chunks run with a constant trip count
+        (what lets the compiler vectorise and unroll them); the tail is one shorter chunk."""
+        n = u.shape[0]
+        full = n // _CHUNK
+        hi = _INT_MIN
+        uhi = np.uint32(0)
+        for c in range(full):
+            m, um = _chunk_max(u, c * _CHUNK, _CHUNK)
+            cmax[c] = m
+            hi = m if m > hi else hi
+            uhi = um if um > uhi else uhi
+        if full * _CHUNK < n:
+            m, um = _chunk_max(u, full * _CHUNK, n - full * _CHUNK)
+            cmax[full] = m
+            hi = m if m > hi else hi
+            uhi = um if um > uhi else uhi
+        return hi, uhi
 
     @njit(boundscheck=False, inline="always", cache=True)
     def _insert(keys, ids, filled, k, kk, n):
@@ -95,44 +102,123 @@ if AVAILABLE:
         ids[p] = n
         return filled
 
+    @njit(boundscheck=False, cache=True)
+    def _select_row(u, k, cmax, keys, ids):
+        """Top-``k`` indices of row ``u`` into ``ids``; returns whether the row is non-finite."""
+        n = u.shape[0]
+        n_chunks = (n + _CHUNK - 1) // _CHUNK
+        hi, uhi = _chunk_maxima(u, cmax)
+        bad = hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE
+        thr = _INT_MIN
+        if n_chunks >= k:
+            filled = 0
+            for c in range(n_chunks):
+                filled = _insert(keys, ids, filled, k, cmax[c], c)
+            if keys[k - 1] > 0:
+                thr = keys[k - 1]
+        filled = 0
+        for c in range(n_chunks):
+            if cmax[c] < thr:
+                continue
+            for j in range(c * _CHUNK, min(n, c * _CHUNK + _CHUNK)):
+                filled = _insert(keys, ids, filled, k, _ckey(np.int32(u[j])), j)
+        return bad
+
     @njit(parallel=True, boundscheck=False, cache=True)
-    def _topk(bits, k, idx, bad):
-        rows, n_cols = bits.shape
-        n_chunks = (n_cols + _CHUNK - 1) // _CHUNK
+    def _select(x, u, k, vals, idx, bad):
+        """Rows of ``x`` (float32; ``u`` is the same memory as uint32) into ``vals``/``idx``
+        ``[P, k]`` and ``bad`` ``[P]``."""
+        rows, n_cols = u.shape
         for blk in prange((rows + _BLOCK - 1) // _BLOCK):
             keys = np.empty(k, np.int32)
             ids = np.empty(k, np.int64)
-            cmax = np.empty(n_chunks, np.int32)
+            cmax = np.empty((n_cols + _CHUNK - 1) // _CHUNK, np.int32)
             for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
-                row = bits[t]
-                # pass 1 (vectorised per chunk): chunk maxima and the row's extremes
-                lo_all = np.int32(2147483647)
-                hi_all = np.int32(-2147483648)
-                for c in range(n_chunks):
-                    hi = np.int32(-2147483648)
-                    lo = np.int32(2147483647)
-                    for j in range(c * _CHUNK, min(n_cols, c * _CHUNK + _CHUNK)):
-                        kk = _ckey(row[j])
-                        hi = kk if kk > hi else hi
-                        lo = kk if kk < lo else lo
-                    cmax[c] = hi
-                    lo_all = lo if lo < lo_all else lo_all
-                    hi_all = hi if hi > hi_all else hi_all
-                bad[t] = hi_all >= _POS_INF_KEY or lo_all <= _NEG_INF_KEY
-                # the k-th largest chunk maximum bounds the k-th largest value from below
-                filled = 0
-                for c in range(n_chunks):
-                    filled = _insert(keys, ids, filled, k, cmax[c], c)
-                thr = keys[k - 1] if filled == k else np.int32(-2147483648)
-                # pass 2: only chunks that can hold a top-k value, in index order
-                filled = 0
-                for c in range(n_chunks):
-                    if cmax[c] < thr:
-                        continue
-                    for j in range(c * _CHUNK, min(n_cols, c * _CHUNK + _CHUNK)):
-                        filled = _insert(keys, ids, filled, k, _ckey(row[j]), j)
+                bad[t] = _select_row(u[t], k, cmax, keys, ids)
                 for j in range(k):
                     idx[t, j] = ids[j]
+                    vals[t, j] = x[t, ids[j]]
+
+    @njit(parallel=True, boundscheck=False, cache=True)
+    def _top1(x, u, vals, idx, bad):
+        """k = 1: one pass keeps the signed/unsigned chunk maxima and the first chunk holding the
+        row maximum, then that chunk is scanned for its first index. Rows whose maximum is not
+        positive go through :func:`_select_row`."""
+        rows, n = u.shape
+        full = n // _CHUNK
+        for blk in prange((rows + _BLOCK - 1) // _BLOCK):
+            keys = np.empty(1, np.int32)
+            ids = np.empty(1, np.int64)
+            cmax = np.empty(full + 1, np.int32)
+            for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
+                r = u[t]
+                hi = _INT_MIN
+                uhi = np.uint32(0)
+                best = 0
+                for c in range(full):
+                    m, um = _chunk_max(r, c * _CHUNK, _CHUNK)
+                    best = c if m > hi else best
+                    hi = m if m > hi else hi
+                    uhi = um if um > uhi else uhi
+                if full * _CHUNK < n:
+                    m, um = _chunk_max(r, full * _CHUNK, n - full * _CHUNK)
+                    best = full if m > hi else best
+                    hi = m if m > hi else hi
+                    uhi = um if um > uhi else uhi
+                if hi > 0:
+                    bad[t] = hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE
+                    j = best * _CHUNK
+                    while np.int32(r[j]) != hi:
+                        j += 1
+                else:
+                    bad[t] = _select_row(r, 1, cmax, keys, ids)
+                    j = ids[0]
+                idx[t, 0] = j
+                vals[t, 0] = x[t, j]
+
+    @njit(boundscheck=False, cache=True)
+    def _accumulate_dense(indices, values, features, n_neurons, n_features, counts, masses, peaks,
+                          freqs, missing, positions, totals, neuron_count, neuron_mass):
+        """Streams ``s`` (``features[s]``, flat sums ``counts[s]``...; tuples of arrays) get the
+        events, and with ``positions`` their corpus frequencies (``missing[s]`` += missing ids);
+        with ``totals`` the per-neuron sums too. Returns False, changing nothing, on an id out of
+        range."""
+        p, k = indices.shape
+        n_streams = features.shape[0]
+        for t in range(p):
+            for j in range(k):
+                if indices[t, j] < 0 or indices[t, j] >= n_neurons:
+                    return False
+            for s in range(n_streams):
+                if features[s, t] < -1 or features[s, t] >= n_features[s]:
+                    return False
+        for s in range(n_streams):
+            count, mass, peak, freq = counts[s], masses[s], peaks[s], freqs[s]
+            width = n_features[s]
+            for t in range(p):
+                f = features[s, t]
+                if f < 0:
+                    missing[s] += 1
+                    continue
+                if positions:
+                    freq[f] += 1
+                for j in range(k):
+                    cell = indices[t, j] * width + f
+                    v = values[t, j]
+                    count[cell] += 1
+                    if v > 0:
+                        mass[cell] += np.float64(v)
+                    if v > peak[cell]:
+                        peak[cell] = v
+        if totals:
+            for t in range(p):
+                for j in range(k):
+                    n = indices[t, j]
+                    v = values[t, j]
+                    neuron_count[n] += 1
+                    if v > 0:
+                        neuron_mass[n] += np.float64(v)
+        return True
 
 
 def usable(acts: torch.Tensor) -> bool:
@@ -147,13 +233,64 @@ def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
     """
     a = acts.detach().to(torch.float32).contiguous()
     p, n = a.shape
+    vals = np.empty((p, k), np.float32)
     idx = np.empty((p, k), np.int64)
     bad = np.empty(p, np.bool_)
     if p:
-        bits = a.numpy().view(np.int32)
-        if k == 1:
-            _top1(bits, idx, bad)
-        else:
-            _topk(bits, k, idx, bad)
-    indices = torch.from_numpy(idx)
-    return torch.gather(a, 1, indices), indices, torch.from_numpy(bad)
+        x = a.numpy()
+        (_top1(x, x.view(np.uint32), vals, idx, bad) if k == 1 else
+         _select(x, x.view(np.uint32), k, vals, idx, bad))
+    return torch.from_numpy(vals), torch.from_numpy(idx), torch.from_numpy(bad)
+
+
+def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
+                     positions: bool = True, totals: tuple | None = None) -> None:
+    """Add a selection ``(values, indices)`` ``[P, k]`` into dense CPU states, in place, in one
+    call: for every target ``(features [P], state)`` (``-1`` = missing id) the events
+    (``count``/``mass``/``peak`` of ``n_neurons * n_features`` flat cells), with ``positions``
+    also the corpus frequencies (``feature_freq``, ``missing``), and with
+    ``totals=(neuron_count, neuron_mass)`` the per-neuron sums.
+
+    The same sums as :func:`kernels.reference.scatter_events` (and ``add_positions``,
+    :func:`kernels.reference.add_totals`), in serial passes over the events: a selection is small
+    next to the activations it came from, and one call keeps the per-call cost (mostly cache
+    misses after the activations went through) to one. Out-of-range ids raise ``ValueError`` and
+    change nothing.
+    """
+    if values.shape != indices.shape or values.dim() != 2:
+        raise ValueError(f"values and indices must be [P, k] of one shape, got "
+                         f"{tuple(values.shape)} and {tuple(indices.shape)}")
+    p = values.shape[0]
+    if not targets and totals is None:
+        return
+    for i, (features, _) in enumerate(targets):
+        if tuple(features.shape) != (p,):
+            raise ValueError(f"target {i}: features must be [P] = [{p}], got "
+                             f"{tuple(features.shape)}")
+    states = [state for _, state in targets]
+    if totals is not None:
+        neuron_count, neuron_mass = (t.numpy() for t in totals)
+        n_neurons = neuron_count.shape[0]
+    else:
+        n_neurons = states[0].n_neurons
+        neuron_count, neuron_mass = np.zeros(0, np.int64), np.zeros(0, np.float64)
+    if any(s.n_neurons != n_neurons for s in states):
+        raise ValueError("all targets must have the layer's number of neurons")
+    if states:
+        features = torch.stack([f.to(torch.int64) for f, _ in targets]).numpy()
+        arrays = [tuple(getattr(s, a).numpy() for s in states)
+                  for a in ("count", "mass", "peak", "feature_freq")]
+    else:  # totals only: one placeholder stream with no positions
+        features = np.zeros((0, p), np.int64)
+        arrays = [(np.zeros(0, np.int64),), (np.zeros(0, np.float64),), (np.zeros(0, np.float32),),
+                  (np.zeros(0, np.int64),)]
+    missing = np.zeros(len(states), np.int64)
+    ok = _accumulate_dense(indices.to(torch.int64).contiguous().numpy(),
+                           values.to(torch.float32).contiguous().numpy(), features, n_neurons,
+                           np.array([s.n_features for s in states], np.int64), *arrays, missing,
+                           positions, totals is not None, neuron_count, neuron_mass)
+    if not ok:
+        raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in [-1, V)")
+    if positions:
+        for s, m in zip(states, missing.tolist()):
+            s.missing += m

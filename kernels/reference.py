@@ -74,6 +74,15 @@ def scatter_events(values: torch.Tensor, indices: torch.Tensor,
             state.add_events(flat_n[valid], f[valid], flat_v[valid])
 
 
+def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
+               mass: torch.Tensor) -> None:
+    """Per-neuron totals of a selection ``(values, indices)`` ``[P, k]``, in place:
+    ``count[n] += 1`` and ``mass[n] += max(v, 0)`` (int64 ``count``, float64 ``mass``)."""
+    flat = indices.reshape(-1)
+    count.index_add_(0, flat, torch.ones_like(flat))
+    mass.index_add_(0, flat, values.reshape(-1).clamp(min=0).to(torch.float64))
+
+
 def select_accumulate(acts: torch.Tensor, k: int,
                       targets: Sequence[tuple[torch.Tensor, object]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Select the top-``k`` neurons per row of ``acts`` ``[P, N]`` and scatter the events into

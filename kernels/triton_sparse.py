@@ -32,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import triton_dense
+from . import reference, triton_dense
+from .targets import is_sparse_state, split_targets
 from .triton_dense import _interpret, _next_pow2
 
 __all__ = ["CHUNK_EVENTS", "TritonSparseTable", "scatter_events", "select_accumulate",
@@ -255,21 +256,13 @@ class TritonSparseTable:
 _SCRATCH: "weakref.WeakKeyDictionary[object, TritonSparseTable]" = weakref.WeakKeyDictionary()
 
 
-def _is_sparse_state(state) -> bool:
-    return hasattr(state, "_push") and hasattr(state, "_master")
-
-
-def _is_dense_state(state) -> bool:
-    return all(isinstance(getattr(state, a, None), torch.Tensor) for a in ("count", "mass", "peak"))
-
-
 def sparse_accumulate(values: torch.Tensor, indices: torch.Tensor | None,
                       targets: Sequence[tuple[torch.Tensor, object]]) -> None:
     """Add the selection ``(values, indices)`` ``[P, k]`` (any strides; ``indices=None``: all
     neurons) into every ``SparseState`` target ``(features [P], state)``: one reduced run per state
     and call, pushed the way ``SparseState.add_events`` pushes its own."""
     for i, (features, state) in enumerate(targets):
-        if not _is_sparse_state(state):
+        if not is_sparse_state(state):
             raise ValueError(f"target {i}: {type(state).__name__} is not a SparseState")
         if features.device != values.device or state.device != values.device:
             raise ValueError(f"target {i}: features ({features.device}), state ({state.device}) "
@@ -284,34 +277,17 @@ def sparse_accumulate(values: torch.Tensor, indices: torch.Tensor | None,
         state._push(table.to_coo())
 
 
-def _split_targets(targets):
-    dense, sparse, other = [], [], []
-    for target in targets:
-        state = target[1]
-        (dense if _is_dense_state(state) else sparse if _is_sparse_state(state) else other).append(target)
-    return dense, sparse, other
-
-
-def _scatter_other(values, indices, other) -> None:
-    kk = indices.shape[1]
-    flat_n, flat_v = indices.reshape(-1), values.reshape(-1)
-    for features, state in other:
-        f = features.unsqueeze(1).expand(-1, kk).reshape(-1)
-        valid = f >= 0
-        state.add_events(flat_n[valid], f[valid], flat_v[valid])
-
-
 def scatter_events(values: torch.Tensor, indices: torch.Tensor,
                    targets: Sequence[tuple[torch.Tensor, object]]) -> None:
     """GPU counterpart of :func:`kernels.reference.scatter_events` for any mix of targets: dense
     states through the scatter kernel, sparse states through hash tables, others ``add_events``."""
-    dense, sparse, other = _split_targets(targets)
+    dense, sparse, other = split_targets(targets)
     if dense:
         triton_dense.dense_scatter_events(values, indices, dense)
     if sparse:
         sparse_accumulate(values, indices, sparse)
     if other:
-        _scatter_other(values, indices, other)
+        reference.scatter_events(values, indices, other)
 
 
 def select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[torch.Tensor, object]],
@@ -319,12 +295,12 @@ def select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[torch.
     """The CUDA hot path for any mix of targets, same contract as
     :func:`kernels.reference.select_accumulate`: dense states are fed by the fused kernel (the
     activations are read once), sparse states by hash tables, any other state by ``add_events``."""
-    dense, sparse, other = _split_targets(targets)
+    dense, sparse, other = split_targets(targets)
     values, indices = triton_dense.dense_select_accumulate(acts, k, dense, method=method)
     if sparse:
         sparse_accumulate(values, None if k == acts.shape[1] else indices, sparse)
     if other:
-        _scatter_other(values, indices, other)
+        reference.scatter_events(values, indices, other)
     return values, indices
 
 

@@ -84,3 +84,28 @@ def test_large_rows_agree_with_numpy_argmax():
     a = np.random.default_rng(0).standard_normal((300, 4096)).astype(np.float32)
     _, i, _ = cpu.select_topk(torch.from_numpy(a), 1)
     assert np.array_equal(i[:, 0].numpy(), a.argmax(1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(60, 300), data=st.data())
+def test_property_rows_across_chunks(n, data):
+    """Rows spanning several 64-column chunks: ties across chunk borders, the maximum in the last
+    (partial) chunk, rows that are all ≤ 0, and k at and around the number of chunks."""
+    k = data.draw(st.sampled_from([1, 2, 3, 4, 5, 8, n]))
+    p = data.draw(st.integers(1, 4))
+    pool = data.draw(st.sampled_from([[-2.0, -0.0, 0.0, 1.0, 3.0], [-3.0, -1.0, -0.0, 0.0],
+                                      [-5.0, -4.0, -1.0], [0.5, 2.0, 7.0]]))
+    vals = data.draw(st.lists(st.sampled_from(pool), min_size=p * n, max_size=p * n))
+    acts = torch.tensor(vals, dtype=torch.float32).reshape(p, n)
+    _same_selection(acts, k)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("col", [0, 63, 64, 130, 199])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), -float("nan")])
+def test_nonfinite_anywhere_in_long_rows(k, col, bad):
+    acts = torch.randn(3, 200)
+    acts[1] = -acts[1].abs()  # an all-negative row takes the exact-key path
+    acts[:, col] = bad
+    _, _, flagged = cpu.select_topk(acts, k)
+    assert flagged.all()

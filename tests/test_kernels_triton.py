@@ -1,4 +1,5 @@
-"""The Triton kernels against the torch reference (kernels.reference), one shared suite.
+"""The kernels against the torch reference (kernels.reference), one shared suite: the Triton
+kernels, and the engine's dispatch (``kernels.select`` + ``kernels.scatter``: numba on CPU tensors).
 
 On the CPU everything runs under ``TRITON_INTERPRET=1`` (set by conftest.py) with tiny shapes; the
 ``gpu`` tests run bigger shapes on CUDA (``TRITON_INTERPRET=0 pytest -m gpu tests/test_kernels_triton.py``).
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kernels
 from kernels import reference, triton_dense, triton_sparse
 
 
@@ -88,7 +90,18 @@ def _scatter_impl(acts, k, feats, n, v):
     return values, indices, states
 
 
+def _dispatch_impl(acts, k, feats, n, v):
+    """What the engine calls: ``kernels.select`` + ``kernels.scatter`` (numba on CPU tensors,
+    Triton on CUDA ones)."""
+    states = _states(_mixed_kinds(len(feats)), n, v, acts.device)
+    values, indices, bad = kernels.select(acts, k)
+    assert bad.numel() == 0
+    kernels.scatter(values, indices, list(zip(feats, states)))
+    return values, indices, states
+
+
 IMPLS = {
+    "dispatch": ("mixed", "direct", _dispatch_impl),
     "dense-auto": ("dense", "direct", _dense_impl("auto")),
     "dense-argmax": ("dense", "direct", _dense_impl("argmax")),
     "dense-threshold": ("dense", "direct", _dense_impl("threshold")),

@@ -125,7 +125,7 @@ def test_evaluate_pruning_table():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1))
     x = torch.randn(20, 4)
-    metric = lambda m: float(m(x).sum())  # noqa: E731
+    metric = lambda m: float(m(x).sum().detach())  # noqa: E731
     t = comparison_table()
     rows = evaluate_pruning(model, {"1": t}, metric, ["most_changed", "random"], [0.0, 0.5],
                             seeds=[0, 1, 2])

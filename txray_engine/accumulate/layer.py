@@ -50,14 +50,7 @@ class LayerState:
         """Add selected neurons ``indices``/``values`` ``[P, k]`` of ``P`` positions whose ids are
         ``features[name]`` ``[P]``."""
         targets = [(features[name], state) for name, state in self.streams.items()]
-        for f, state in targets:
-            state.add_positions(f)
-        if indices.shape[0] == 0:
-            return
-        kernels.scatter(values, indices, targets)
-        flat = indices.reshape(-1)
-        self.neuron_count.index_add_(0, flat, torch.ones_like(flat))
-        self.neuron_mass.index_add_(0, flat, values.reshape(-1).clamp(min=0).to(torch.float64))
+        kernels.accumulate(values, indices, targets, (self.neuron_count, self.neuron_mass))
         self.tokens += int(indices.shape[0])
 
     def merge_(self, other: "LayerState") -> "LayerState":

@@ -45,9 +45,9 @@ class StreamState(ABC):
     # -- updates ---------------------------------------------------------------------------------
     def add_positions(self, features: torch.Tensor) -> None:
         """Count observed positions: ``features`` holds one id per position, ``-1`` = missing."""
-        valid = features >= 0
-        self.feature_freq += torch.bincount(features[valid], minlength=self.n_features)
-        self.missing += int(features.numel() - int(valid.sum()))
+        counts = torch.bincount(features + 1, minlength=self.n_features + 1)  # bin 0: missing
+        self.feature_freq += counts[1:]
+        self.missing += int(counts[0])
 
     @abstractmethod
     def add_events(self, neurons: torch.Tensor, features: torch.Tensor,
