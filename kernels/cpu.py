@@ -16,11 +16,13 @@ values, the same work as a sum):
   ``+0.0``.
 
 For k > 1 the chunk maxima bound the k-th value: when the k-th largest chunk maximum ``thr`` is
-> 0, there are k values ≥ ``thr`` in distinct chunks, so a chunk whose maximum is below ``thr``
-holds no top-k value and is skipped. The chunks left are fed, in index order, to an insertion
-buffer of the k best keys; an element enters only when it beats the current k-th strictly, so
-among equal values the earlier index stays. Otherwise (fewer than k chunks, or ``thr <= 0``) every
-chunk is fed.
+> 0, there are k values ≥ ``thr`` in distinct chunks, so a chunk whose maximum is below ``thr`` —
+and any value below it — is beaten by k others and skipped. ``thr`` comes from counting, for each
+chunk maximum, how many are at least as large (branch-free; up to 64 chunks), or from an insertion
+buffer for wider rows. The values left (about k of them on real data) are fed, in index order, to
+an insertion buffer of the k best keys; an element enters only when it beats the current k-th
+strictly, so among equal values the earlier index stays. Otherwise (fewer than k chunks, or
+``thr <= 0``) every value is fed.
 
 Rows are split across numba's threads in blocks of 32.
 """
@@ -42,6 +44,7 @@ _NEG_NONFINITE = np.uint32(0xFF800000)  # unsigned bits at or above: -inf or neg
 _INT_MIN = np.int32(-2147483648)
 _BLOCK = 32
 _CHUNK = 64
+_COUNT_CHUNKS = 64  # up to this many chunks, k > 1 finds its bound by counting
 
 if AVAILABLE:
     @njit(boundscheck=False, inline="always", cache=True)
@@ -110,18 +113,29 @@ if AVAILABLE:
         hi, uhi = _chunk_maxima(u, cmax)
         bad = hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE
         thr = _INT_MIN
-        if n_chunks >= k:
+        if k <= n_chunks <= _COUNT_CHUNKS:
+            # the k-th largest chunk maximum, by counting (no unpredictable branches)
+            kth = _INT_MIN
+            for c in range(n_chunks):
+                v = cmax[c]
+                at_least = 0
+                for d in range(n_chunks):
+                    at_least += np.int32(cmax[d] >= v)
+                kth = v if at_least >= k and v > kth else kth
+            thr = kth if kth > 0 else thr
+        elif n_chunks >= k:  # many chunks: an insertion buffer of the k largest
             filled = 0
             for c in range(n_chunks):
                 filled = _insert(keys, ids, filled, k, cmax[c], c)
-            if keys[k - 1] > 0:
-                thr = keys[k - 1]
+            thr = keys[k - 1] if keys[k - 1] > 0 else thr
         filled = 0
         for c in range(n_chunks):
             if cmax[c] < thr:
                 continue
             for j in range(c * _CHUNK, min(n, c * _CHUNK + _CHUNK)):
-                filled = _insert(keys, ids, filled, k, _ckey(np.int32(u[j])), j)
+                w = np.int32(u[j])
+                if w >= thr:  # with thr > 0, a value below it is beaten by k others
+                    filled = _insert(keys, ids, filled, k, _ckey(w), j)
         return bad
 
     @njit(parallel=True, boundscheck=False, cache=True)

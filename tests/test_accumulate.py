@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from naive import assert_matches_naive, naive_sums
 from txray_engine import Accumulator
+from kernels import cpu_table
 from txray_engine.accumulate import SparseState, make_state
 
 KINDS = ["dense", "sparse"]
@@ -98,16 +99,23 @@ def test_tie_break_prefers_lower_index():
         assert torch.nonzero(acc.layers["l"].neuron_count).squeeze(1).tolist() == expect
 
 
-def test_sparse_compaction_is_exact_across_many_batches():
+@pytest.mark.parametrize("table", [False, True])
+def test_sparse_compaction_is_exact_across_many_batches(table):
+    """Both ways a sparse state takes events: sorted runs merged LSM-style, and the CPU hash table
+    (drained into the master on every read, so reads interleave with adds here)."""
+    if table and not cpu_table.AVAILABLE:
+        pytest.skip("numba not installed")
     g = torch.Generator().manual_seed(3)
-    sparse = SparseState(50, 1000, min_compact=64)
+    sparse = SparseState(50, 1000, min_compact=64, table=table)
     dense = make_state(50, 1000, "dense")
-    for _ in range(40):
+    for i in range(40):
         n = torch.randint(0, 50, (100,), generator=g)
         f = torch.randint(0, 1000, (100,), generator=g)
         v = torch.randn(100, generator=g)
         sparse.add_events(n, f, v)
         dense.add_events(n, f, v)
+        if i % 7 == 0:
+            assert sparse.to_stats().equals(dense.to_stats(), 1e-12)
     assert sparse.to_stats().equals(dense.to_stats(), 1e-12)
 
 

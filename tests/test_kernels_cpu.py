@@ -109,3 +109,37 @@ def test_nonfinite_anywhere_in_long_rows(k, col, bad):
     acts[:, col] = bad
     _, _, flagged = cpu.select_topk(acts, k)
     assert flagged.all()
+
+
+@pytest.mark.parametrize("k", [2, 8, 40])
+def test_wide_rows_with_many_chunks(k):
+    """More than 64 chunks: the k-th chunk maximum comes from the insertion buffer."""
+    g = torch.Generator().manual_seed(k)
+    acts = torch.randn(12, 5000, generator=g)
+    acts[::3] = acts[::3].round()  # ties
+    acts[1::4] = -acts[1::4].abs()  # all-negative rows
+    _same_selection(acts, k)
+
+
+def test_cpu_table_grows_and_drains_sorted_exact_sums():
+    from kernels.cpu_table import CpuSparseTable
+
+    rng = np.random.default_rng(0)
+    table = CpuSparseTable(capacity=16)
+    keys = rng.integers(0, 5000, 4000)
+    values = rng.standard_normal(4000).astype(np.float32)
+    for i in range(0, 4000, 300):  # several adds, several growths
+        table.add_events(keys[i:i + 300], values[i:i + 300])
+        assert table.nnz <= table.max_load * table.capacity
+    assert table.capacity > 16
+    k, c, m, p = table.drain()
+    uniq = np.unique(keys)
+    assert np.array_equal(k, uniq) and table.nnz == 0 and (table.keys == -1).all()
+    for j in (0, len(uniq) // 2, len(uniq) - 1):
+        sel = keys == k[j]
+        assert c[j] == sel.sum() and p[j] == values[sel].max()
+        assert np.isclose(m[j], np.maximum(values[sel], 0).astype(np.float64).sum(), rtol=1e-12)
+    # adding the drained cells back gives the same sums
+    table.add_cells(k, c, m, p)
+    k2, c2, m2, p2 = table.drain()
+    assert np.array_equal(k2, k) and np.array_equal(c2, c) and np.array_equal(p2, p)

@@ -1,14 +1,24 @@
-"""Sparse accumulator (sort-and-reduce), for shapes too large to hold densely.
+"""Sparse accumulator, for shapes too large to hold densely.
 
-Events are keyed by ``neuron * n_features + feature``. Each batch is reduced by key at once; reduced
-runs wait in a pending list and are merged into the sorted master when they hold as many cells as the
-master (and at least ``min_compact`` cells), so the work per event stays amortised O(log) like an LSM
-tree and memory stays proportional to the number of distinct cells.
+Events are keyed by ``neuron * n_features + feature``. The state is a sorted master of cells plus
+reduced runs waiting to be merged into it: a run joins the master when the pending runs hold as
+many cells as the master (and at least ``min_compact`` cells), so the work per cell stays amortised
+O(log) like an LSM tree and memory stays proportional to the number of distinct cells.
+
+Where events come from:
+
+- on the CPU (with numba), a persistent hash table (:class:`kernels.cpu_table.CpuSparseTable`):
+  O(1) per event, drained into the master as one sorted run when the sums are read
+  (``to_stats``) or compacted;
+- otherwise (and for merges, and the GPU's hash-reduced runs) each batch is reduced by key at once
+  (sort-and-reduce) and pushed as a run.
 """
 
 from __future__ import annotations
 
 import torch
+
+from kernels import cpu_table
 
 from .state import StreamState
 from .stats import SparseStats
@@ -29,9 +39,13 @@ class SparseState(StreamState):
 
     kind = "sparse"
 
-    def __init__(self, n_neurons: int, n_features: int, device="cpu", min_compact: int = 1 << 20):
+    def __init__(self, n_neurons: int, n_features: int, device="cpu", min_compact: int = 1 << 20,
+                 table: bool | None = None):
         super().__init__(n_neurons, n_features, device)
         self.min_compact = int(min_compact)
+        if table is None:
+            table = self.device.type == "cpu" and cpu_table.AVAILABLE
+        self._table = cpu_table.CpuSparseTable() if table else None
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._master = (empty, empty.clone(), empty.to(torch.float64), empty.to(torch.float32))
         self._pending: list[tuple[torch.Tensor, ...]] = []
@@ -44,6 +58,10 @@ class SparseState(StreamState):
             self._compact()
 
     def _compact(self) -> None:
+        if self._table is not None and self._table.nnz:
+            run = tuple(torch.from_numpy(a) for a in self._table.drain())
+            self._pending.append(run)
+            self._pending_cells += run[0].numel()
         if not self._pending:
             return
         runs = [self._master, *self._pending]
@@ -52,6 +70,9 @@ class SparseState(StreamState):
 
     def add_events(self, neurons, features, values):
         keys = neurons * self.n_features + features
+        if self._table is not None:
+            self._table.add_events(keys.numpy(), values.to(torch.float32).numpy())
+            return
         ones = torch.ones_like(keys)
         values = values.to(torch.float32)
         self._push(_reduce_by_key(keys, ones, values.clamp(min=0).to(torch.float64), values))
@@ -72,4 +93,4 @@ class SparseState(StreamState):
     def nbytes(self) -> int:
         runs = [self._master, *self._pending]
         return sum(t.numel() * t.element_size() for r in runs for t in r) + \
-            self.feature_freq.numel() * 8
+            self.feature_freq.numel() * 8 + (self._table.nbytes if self._table is not None else 0)
