@@ -1,4 +1,5 @@
-"""Sparse accumulation on the CPU: a persistent open-addressing hash table (numba).
+"""Sparse accumulation on the CPU (numba): a persistent open-addressing hash table, and the merge of
+sorted runs.
 
 :class:`CpuSparseTable` holds ``(key, count, mass, peak)`` cells keyed by
 ``neuron * n_features + feature`` (int64; ``-1`` marks an empty slot), like the GPU's
@@ -13,7 +14,8 @@ probing always ends and the load stays below ``max_load`` (0.5).
 
 :meth:`CpuSparseTable.drain` returns the cells sorted by key (the reduced run the state merges)
 and empties the table. Counts and peaks are exact; masses are float64 sums of the float32 values,
-equal to the reference's up to the summation order.
+equal to the reference's up to the summation order. :func:`merge_runs` merges two such runs in one
+linear pass (how a CPU ``SparseState`` folds runs into its master without sorting again).
 """
 
 from __future__ import annotations
@@ -49,6 +51,37 @@ if AVAILABLE:
             if peaks[e] > tpeak[s]:
                 tpeak[s] = peaks[e]
         return new
+
+
+    @njit(boundscheck=False, cache=True)
+    def _merge(ak, ac, am, ap, bk, bc, bm, bp, ok, oc, om, op):
+        """Merge two runs sorted by unique key into ``o*``, summing cells of equal keys; returns
+        the number of cells written."""
+        i = j = n = 0
+        while i < ak.shape[0] or j < bk.shape[0]:
+            if j == bk.shape[0] or (i < ak.shape[0] and ak[i] < bk[j]):
+                ok[n], oc[n], om[n], op[n] = ak[i], ac[i], am[i], ap[i]
+                i += 1
+            elif i == ak.shape[0] or bk[j] < ak[i]:
+                ok[n], oc[n], om[n], op[n] = bk[j], bc[j], bm[j], bp[j]
+                j += 1
+            else:
+                ok[n], oc[n], om[n] = ak[i], ac[i] + bc[j], am[i] + bm[j]
+                op[n] = ap[i] if ap[i] >= bp[j] else bp[j]
+                i += 1
+                j += 1
+            n += 1
+        return n
+
+
+def merge_runs(a, b):
+    """Merge two ``(keys, count, mass, peak)`` runs, each sorted by unique key (numpy arrays),
+    into one: a linear pass, no sort, output the only new memory."""
+    total = a[0].shape[0] + b[0].shape[0]
+    out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.float64),
+           np.empty(total, np.float32))
+    n = _merge(*a, *b, *out)
+    return out if n == total else tuple(x[:n].copy() for x in out)  # don't keep the slack
 
 
 class CpuSparseTable:

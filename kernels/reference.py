@@ -1,4 +1,5 @@
-"""Pure-PyTorch reference of the select + scatter hot path; also the engine's CPU path.
+"""Pure-PyTorch reference of the select + scatter hot path: the definition of the semantics, and
+the path of devices (or machines without numba) that no fast path takes.
 
 Tie-break (the engine's definition, shared by every implementation): among equal activations the
 lower neuron index ranks first, i.e. the top-k of a row are the first ``k`` entries of a *stable*

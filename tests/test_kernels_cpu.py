@@ -143,3 +143,25 @@ def test_cpu_table_grows_and_drains_sorted_exact_sums():
     table.add_cells(k, c, m, p)
     k2, c2, m2, p2 = table.drain()
     assert np.array_equal(k2, k) and np.array_equal(c2, c) and np.array_equal(p2, p)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=st.dictionaries(st.integers(0, 60), st.integers(1, 5), max_size=30),
+       b=st.dictionaries(st.integers(0, 60), st.integers(1, 5), max_size=30))
+def test_merge_runs_sums_equal_keys(a, b):
+    from kernels.cpu_table import merge_runs
+
+    def run(d, seed):
+        keys = np.array(sorted(d), np.int64)
+        count = np.array([d[x] for x in keys], np.int64)
+        return keys, count, count * 0.5 + seed, (keys % 7 - seed).astype(np.float32)
+
+    ra, rb = run(a, 0), run(b, 1)
+    k, c, m, p = merge_runs(ra, rb)
+    want = sorted(set(a) | set(b))
+    assert k.tolist() == want
+    for i, key in enumerate(want):
+        ia, ib = np.flatnonzero(ra[0] == key), np.flatnonzero(rb[0] == key)
+        assert c[i] == a.get(key, 0) + b.get(key, 0)
+        assert m[i] == sum(r[2][j].sum() for r, j in ((ra, ia), (rb, ib)))
+        assert p[i] == max(r[3][j].max() for r, j in ((ra, ia), (rb, ib)) if j.size)

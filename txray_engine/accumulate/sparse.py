@@ -8,8 +8,9 @@ O(log) like an LSM tree and memory stays proportional to the number of distinct 
 Where events come from:
 
 - on the CPU (with numba), a persistent hash table (:class:`kernels.cpu_table.CpuSparseTable`):
-  O(1) per event, drained into the master as one sorted run when the sums are read
-  (``to_stats``) or compacted;
+  O(1) per event, so repeated cells cost no sorting; it is drained into the master as one sorted
+  run when the sums are read (``to_stats``), or when it holds half as many cells as the master
+  (and at least ``min_compact / 4``), which keeps its memory within about twice the master's;
 - otherwise (and for merges, and the GPU's hash-reduced runs) each batch is reduced by key at once
   (sort-and-reduce) and pushed as a run.
 """
@@ -65,13 +66,22 @@ class SparseState(StreamState):
         if not self._pending:
             return
         runs = [self._master, *self._pending]
-        self._master = _reduce_by_key(*(torch.cat([r[i] for r in runs]) for i in range(4)))
+        if self._table is not None:  # CPU: every run is sorted by unique key, merge linearly
+            merged = tuple(t.numpy() for t in runs[0])
+            for run in runs[1:]:
+                merged = cpu_table.merge_runs(merged, tuple(t.numpy() for t in run))
+            self._master = tuple(torch.from_numpy(a) for a in merged)
+        else:
+            self._master = _reduce_by_key(*(torch.cat([r[i] for r in runs]) for i in range(4)))
         self._pending, self._pending_cells = [], 0
 
     def add_events(self, neurons, features, values):
         keys = neurons * self.n_features + features
         if self._table is not None:
             self._table.add_events(keys.numpy(), values.to(torch.float32).numpy())
+            # bound the table (up to 4 slots of 28 bytes per cell) next to the master (28 bytes)
+            if self._table.nnz >= max(self.min_compact // 4, self._master[0].numel() // 2):
+                self._compact()
             return
         ones = torch.ones_like(keys)
         values = values.to(torch.float32)
