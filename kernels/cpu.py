@@ -190,6 +190,15 @@ if AVAILABLE:
                 idx[t, 0] = j
                 vals[t, 0] = x[t, j]
 
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _min_max(a):
+        lo = a[0]
+        hi = a[0]
+        for i in range(a.shape[0]):
+            lo = a[i] if a[i] < lo else lo
+            hi = a[i] if a[i] > hi else hi
+        return lo, hi
+
     @njit(boundscheck=False, cache=True)
     def _accumulate_dense(indices, values, features, n_neurons, n_features, counts, masses, peaks,
                           freqs, missing, positions, totals, neuron_count, neuron_mass):
@@ -199,13 +208,15 @@ if AVAILABLE:
         range."""
         p, k = indices.shape
         n_streams = features.shape[0]
-        for t in range(p):
-            for j in range(k):
-                if indices[t, j] < 0 or indices[t, j] >= n_neurons:
-                    return False
-            for s in range(n_streams):
-                if features[s, t] < -1 or features[s, t] >= n_features[s]:
-                    return False
+        if p == 0:
+            return True
+        lo, hi = _min_max(indices.ravel())
+        if lo < 0 or hi >= n_neurons:
+            return False
+        for s in range(n_streams):
+            lo, hi = _min_max(features[s])
+            if lo < -1 or hi >= n_features[s]:
+                return False
         for s in range(n_streams):
             count, mass, peak, freq = counts[s], masses[s], peaks[s], freqs[s]
             width = n_features[s]

@@ -165,3 +165,18 @@ def test_merge_runs_sums_equal_keys(a, b):
         assert c[i] == a.get(key, 0) + b.get(key, 0)
         assert m[i] == sum(r[2][j].sum() for r, j in ((ra, ia), (rb, ib)))
         assert p[i] == max(r[3][j].max() for r, j in ((ra, ia), (rb, ib)) if j.size)
+
+
+def test_dense_accumulate_rejects_bad_ids_and_changes_nothing():
+    from txray_engine.accumulate import make_state
+
+    state = make_state(4, 3, "dense")
+    count, neuron_count = state.count.clone(), torch.zeros(4, dtype=torch.int64)
+    values = torch.ones(2, 1)
+    for idx, feats in [([[1], [4]], [0, 1]), ([[1], [-1]], [0, 1]), ([[1], [2]], [0, 3]),
+                       ([[1], [2]], [-2, 0])]:
+        with pytest.raises(ValueError):
+            cpu.accumulate_dense(values, torch.tensor(idx), [(torch.tensor(feats), state)],
+                                 totals=(neuron_count, torch.zeros(4, dtype=torch.float64)))
+        assert torch.equal(state.count, count) and not neuron_count.any()
+        assert not state.feature_freq.any() and state.missing == 0
