@@ -89,19 +89,23 @@ def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
 def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals) -> None:
     """Everything a selection adds: each target's positions (``state.add_positions``) and events
     (:func:`scatter`), and the per-neuron ``totals=(count, mass)`` (:func:`add_totals`). On the
-    CPU the dense targets and the totals take one numba call."""
+    CPU, dense targets and the totals take one numba call, and a state with an
+    ``add_selection(values, indices, features)`` method (a sparse state's hash table) one pass."""
     if indices.shape[0] == 0:
         for features, state in targets:
             state.add_positions(features)
         return
-    fast, rest = _cpu_dense(targets, values)
-    if fast and totals[0].device.type == "cpu":
-        cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals)
-        for features, state in rest:
+    if not (cpu.AVAILABLE and values.device.type == "cpu" and totals[0].device.type == "cpu"):
+        for features, state in targets:
             state.add_positions(features)
-        scatter(values, indices, rest)
+        scatter(values, indices, targets)
+        add_totals(values, indices, *totals)
         return
-    for features, state in targets:
-        state.add_positions(features)
-    scatter(values, indices, targets)
-    add_totals(values, indices, *totals)
+    fast, rest = _cpu_dense(targets, values)
+    cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals)
+    for features, state in rest:
+        if hasattr(state, "add_selection"):
+            state.add_selection(values, indices, features)
+        else:
+            state.add_positions(features)
+            scatter_events(values, indices, [(features, state)])

@@ -28,30 +28,70 @@ _EMPTY = np.int64(-1)
 _FIB = np.uint64(0x9E3779B97F4A7C15)
 
 if AVAILABLE:
+    from .cpu import _min_max
+
     @njit(boundscheck=False, inline="always", cache=True)
     def _slot(key, shift):
         return np.int64((np.uint64(key) * _FIB) >> np.uint64(shift))
+
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _probe(tkeys, key, shift):
+        """The slot of ``key`` (claimed if new) and whether it was new."""
+        mask = tkeys.shape[0] - 1
+        s = _slot(key, shift)
+        while tkeys[s] != key and tkeys[s] != _EMPTY:
+            s = (s + 1) & mask
+        if tkeys[s] == _EMPTY:
+            tkeys[s] = key
+            return s, 1
+        return s, 0
 
     @njit(boundscheck=False, cache=True)
     def _add(tkeys, tcount, tmass, tpeak, shift, keys, counts, masses, peaks):
         """Add cells ``(keys, counts, masses, peaks)`` (keys ≥ 0, repeats allowed); returns the
         number of new slots taken."""
-        mask = tkeys.shape[0] - 1
         new = 0
         for e in range(keys.shape[0]):
-            key = keys[e]
-            s = _slot(key, shift)
-            while tkeys[s] != key and tkeys[s] != _EMPTY:
-                s = (s + 1) & mask
-            if tkeys[s] == _EMPTY:
-                tkeys[s] = key
-                new += 1
+            s, fresh = _probe(tkeys, keys[e], shift)
+            new += fresh
             tcount[s] += counts[e]
             tmass[s] += masses[e]
             if peaks[e] > tpeak[s]:
                 tpeak[s] = peaks[e]
         return new
 
+    @njit(boundscheck=False, cache=True)
+    def _add_selection(tkeys, tcount, tmass, tpeak, shift, indices, values, features, n_neurons,
+                       n_features, freq):
+        """Positions (``freq``) and events of a selection ``[P, k]`` with ids ``features`` ``[P]``;
+        returns ``(new slots, missing ids)``, or ``(-1, -1)`` (nothing changed) for an id out of
+        range. (The event update is written out as in ``kernels.cpu._accumulate_dense``: a helper
+        taking the arrays costs reference counting per event.)"""
+        p, k = indices.shape
+        if p == 0:
+            return 0, 0
+        lo, hi = _min_max(indices.ravel())
+        flo, fhi = _min_max(features)
+        if lo < 0 or hi >= n_neurons or flo < -1 or fhi >= n_features:
+            return -1, -1
+        new = 0
+        missing = 0
+        for t in range(p):
+            f = features[t]
+            if f < 0:
+                missing += 1
+                continue
+            freq[f] += 1
+            for j in range(k):
+                s, fresh = _probe(tkeys, indices[t, j] * n_features + f, shift)
+                new += fresh
+                v = values[t, j]
+                tcount[s] += 1
+                if v > 0:
+                    tmass[s] += np.float64(v)
+                if v > tpeak[s]:
+                    tpeak[s] = v
+        return new, missing
 
     @njit(boundscheck=False, cache=True)
     def _merge(ak, ac, am, ap, bk, bc, bm, bp, ok, oc, om, op):
@@ -132,6 +172,24 @@ class CpuSparseTable:
                          np.ascontiguousarray(keys, np.int64), np.ascontiguousarray(count, np.int64),
                          np.ascontiguousarray(mass, np.float64),
                          np.ascontiguousarray(peak, np.float32))
+
+    def add_selection(self, indices: np.ndarray, values: np.ndarray, features: np.ndarray,
+                      n_neurons: int, n_features: int, freq: np.ndarray) -> int:
+        """Add a selection ``(values, indices)`` ``[P, k]`` of positions with ids ``features``
+        ``[P]`` (``-1`` = missing) as keys ``neuron * n_features + feature``, and count the
+        positions into ``freq`` ``[n_features]``; returns the number of missing ids. Ids out of
+        range raise ``ValueError`` and change nothing."""
+        self._reserve(indices.size)
+        new, missing = _add_selection(self.keys, self.count, self.mass, self.peak, self._shift,
+                                      np.ascontiguousarray(indices, np.int64),
+                                      np.ascontiguousarray(values, np.float32),
+                                      np.ascontiguousarray(features, np.int64), n_neurons,
+                                      n_features, freq)
+        if new < 0:
+            raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in "
+                             f"[-1, {n_features})")
+        self.nnz += new
+        return missing
 
     def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The cells ``(keys, count, mass, peak)`` sorted by key; the table is emptied (its

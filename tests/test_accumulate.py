@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from naive import assert_matches_naive, naive_sums
 from txray_engine import Accumulator
+import kernels
 from kernels import cpu_table
 from txray_engine.accumulate import SparseState, make_state
 
@@ -142,3 +143,25 @@ def test_readers_give_scipy_and_torch():
     dense_count = stats.csr("count").toarray()
     assert dense_count.sum() == 60
     assert np.array_equal(stats.torch_csr("count").to_dense().numpy(), dense_count)
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_sparse_add_selection_matches_dense(table):
+    """A whole selection at once (positions + events): the CPU table's single pass and the
+    fallback give the dense state's sums; bad ids change nothing."""
+    if table and not cpu_table.AVAILABLE:
+        pytest.skip("numba not installed")
+    g = torch.Generator().manual_seed(5)
+    sparse, dense = SparseState(30, 200, table=table), make_state(30, 200, "dense")
+    for _ in range(5):
+        values = torch.randn(64, 3, generator=g)
+        indices = torch.randint(0, 30, (64, 3), generator=g)
+        features = torch.randint(-1, 200, (64,), generator=g)
+        sparse.add_selection(values, indices, features)
+        dense.add_positions(features)
+        kernels.scatter_events(values, indices, [(features, dense)])
+    before = sparse.to_stats()
+    assert before.equals(dense.to_stats(), 1e-12)
+    with pytest.raises((ValueError, IndexError, RuntimeError)):
+        sparse.add_selection(torch.ones(1, 1), torch.tensor([[0]]), torch.tensor([200]))
+    assert sparse.to_stats().equals(before, 0.0)

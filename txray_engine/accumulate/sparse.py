@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+import kernels
 from kernels import cpu_table
 
 from .state import StreamState
@@ -75,13 +76,30 @@ class SparseState(StreamState):
             self._master = _reduce_by_key(*(torch.cat([r[i] for r in runs]) for i in range(4)))
         self._pending, self._pending_cells = [], 0
 
+    def _bound_table(self) -> None:
+        # the table takes up to 4 slots of 28 bytes per cell; the master 28 bytes per cell
+        if self._table.nnz >= max(self.min_compact // 4, self._master[0].numel() // 2):
+            self._compact()
+
+    def add_selection(self, values: torch.Tensor, indices: torch.Tensor,
+                      features: torch.Tensor) -> None:
+        """Positions and events of a selection ``(values, indices)`` ``[P, k]`` whose ids are
+        ``features`` ``[P]`` (``-1`` = missing): with the CPU table, one pass for both."""
+        if self._table is None:
+            self.add_positions(features)
+            kernels.scatter_events(values, indices, [(features, self)])
+            return
+        self.missing += self._table.add_selection(indices.numpy(),
+                                                  values.to(torch.float32).numpy(),
+                                                  features.numpy(), self.n_neurons,
+                                                  self.n_features, self.feature_freq.numpy())
+        self._bound_table()
+
     def add_events(self, neurons, features, values):
         keys = neurons * self.n_features + features
         if self._table is not None:
             self._table.add_events(keys.numpy(), values.to(torch.float32).numpy())
-            # bound the table (up to 4 slots of 28 bytes per cell) next to the master (28 bytes)
-            if self._table.nnz >= max(self.min_compact // 4, self._master[0].numel() // 2):
-                self._compact()
+            self._bound_table()
             return
         ones = torch.ones_like(keys)
         values = values.to(torch.float32)
