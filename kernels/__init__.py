@@ -40,7 +40,8 @@ def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
         raise ValueError(f"k must be in [1, {n}], got {k}")
     if k < n and cpu.usable(acts):
         values, indices, bad = cpu.select_topk(acts, k)
-        return values, indices, torch.nonzero(bad).squeeze(1)
+        none = torch.zeros(0, dtype=torch.long)
+        return values, indices, torch.nonzero(bad).squeeze(1) if bool(bad.any()) else none
     bad_rows = nonfinite_rows(acts)
     if bad_rows.numel():  # keep NaN out of the selection; these rows are dropped anyway
         acts = acts.float().index_fill(0, bad_rows, 0.0)

@@ -143,22 +143,24 @@ class Accumulator:
             if keep is not None:
                 f = f[keep]
             if f.numel():
-                lo, hi = int(f.min()), int(f.max())
+                lo, hi = (int(x) for x in torch.aminmax(f))
                 if lo < -1 or hi >= len(s.vocab):
                     bad = lo if lo < -1 else hi
                     raise InputError(f"stream {s.name!r}: feature id {bad} is outside its "
                                      f"vocabulary of {len(s.vocab)} (valid: 0..{len(s.vocab) - 1}, "
                                      f"or -1 for missing); extend the vocabulary or fix the ids")
             flat[s.name] = f
-        index = torch.arange(acts.shape[0], device=acts.device)
+        index = None  # the original position of each row, for the error message
         if keep is not None:
-            acts, index = acts[keep], index[keep]
+            index = torch.nonzero(keep).squeeze(1)
+            acts = acts[keep]
         ex = self._example_inputs(layer, where, lead, keep, acts) if self.examples else None
         values, indices, bad_rows = kernels.select(acts, k)
         skipped = 0
         if bad_rows.numel():
             if self.nonfinite == "error":
-                pos = tuple(int(x) for x in torch.unravel_index(index[bad_rows[0]], lead)) \
+                row = bad_rows[0] if index is None else index[bad_rows[0]]
+                pos = tuple(int(x) for x in torch.unravel_index(row, lead)) \
                     if lead else ()
                 raise NonFiniteError(
                     f"layer {layer!r}: non-finite activation (NaN or inf) at position {pos} "
