@@ -1,9 +1,9 @@
 """CPU throughput of the engine's select + accumulate path, in one run with its baselines.
 
 For each shape: the engine (``Accumulator.observe``: validation, non-finite check, top-k, scatter
-into the exact state the engine picks), a torch-native baseline written the way a user would
-(``topk`` + ``index_put_(accumulate=True)`` / ``scatter_reduce_`` into dense int64/float64/float32
-tensors), and ``torch.sum`` over the same activations (the read-bandwidth ceiling). GB/s counts the
+into the exact state the engine picks), its selection step alone (``kernels.select``), a
+torch-native baseline written the way a user would (``topk`` + ``index_put_(accumulate=True)`` /
+``scatter_reduce_`` into dense int64/float64/float32 tensors), and ``torch.sum`` over the same activations (the read-bandwidth ceiling). GB/s counts the
 activation bytes read once. Run:
 ``.venv/bin/python -m pytest benchmarks/bench_cpu.py --benchmark-enable -s``
 """
@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import kernels
 from txray_engine import Accumulator
 
 P = 8192  # tokens per call
@@ -59,23 +60,23 @@ def test_cpu_path(n, v, k):
     feats = torch.randint(0, v, (P,), generator=g)
     acc = Accumulator({"f": [str(i) for i in range(v)]}, k=k)
     state = baseline_state(n, v)
-    t_engine, t_base, t_sum = best_times([lambda: acc.observe("l", acts, {"f": feats}),
-                                          lambda: baseline_step(acts, feats, k, v, state),
-                                          lambda: acts.sum()])
+    t_engine, t_select, t_base, t_sum = best_times(
+        [lambda: acc.observe("l", acts, {"f": feats}), lambda: kernels.select(acts, k),
+         lambda: baseline_step(acts, feats, k, v, state), lambda: acts.sum()])
     gb = acts.numel() * 4 / 1e9
     kind = acc.layers["l"].streams["f"].kind
     ROWS.append((n, v, k, kind, P / t_engine, gb / t_engine, gb / t_sum, t_base / t_engine,
-                 t_sum / t_engine))
+                 t_sum / t_engine, t_sum / t_select))
     del state
     gc.collect()
 
 
 def test_zz_print_table():
     print("\n| N | V | k | state | engine tokens/s | engine GB/s | sum GB/s | vs baseline "
-          "| % of sum bandwidth |\n|---|---|---|---|---|---|---|---|---|")
-    for n, v, k, kind, tps, gbs, sgbs, speedup, frac in ROWS:
+          "| % of sum bandwidth | select alone, % of sum |\n|---|---|---|---|---|---|---|---|---|---|")
+    for n, v, k, kind, tps, gbs, sgbs, speedup, frac, sel in ROWS:
         print(f"| {n} | {v} | {k} | {kind} | {tps:,.0f} | {gbs:.2f} | {sgbs:.2f} | "
-              f"{speedup:.2f}x | {frac:.0%} |")
+              f"{speedup:.2f}x | {frac:.0%} | {sel:.0%} |")
 
 
 def _rss_mib() -> float:
