@@ -1,10 +1,13 @@
 """Hot-path kernels: top-k selection and the scatter into accumulators.
 
 The pure-PyTorch reference in :mod:`kernels.reference` defines the semantics (and the tie-break:
-the lower neuron index wins among equal activations). :func:`select` and :func:`scatter` dispatch
-on the device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the selection, and
-the scatter into dense states), CUDA tensors the Triton kernels of :mod:`kernels.triton_dense` and
-:mod:`kernels.triton_sparse` (imported only then), so callers never change. All give the reference's results.
+the lower neuron index wins among equal activations). :func:`select`, :func:`scatter`,
+:func:`add_totals` and :func:`accumulate` (positions + events + per-neuron totals, what the engine
+calls) dispatch on the device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the
+selection, and one call for dense states) and :mod:`kernels.cpu_table` (the hash table of sparse
+states), CUDA tensors the Triton kernels of :mod:`kernels.triton_dense` and
+:mod:`kernels.triton_sparse` (imported only then), so callers never change. All give the
+reference's results.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def _triton_ok(t: torch.Tensor) -> bool:
 
 
 def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-``k`` of every row of ``acts`` ``[P, N]`` and the rows holding NaN/inf.
+    """Top-``k`` of every row of ``acts`` ``[P, N]`` and the rows holding NaN/inf once read as
+    float32, the engine's value type (a float64 value beyond its range counts as inf).
 
     Returns ``(values [P, k] float32, indices [P, k] int64, nonfinite row indices)``; the
     selection of a non-finite row is unspecified (callers drop or reject those rows).
@@ -38,10 +42,12 @@ def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
     n = acts.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    if k < n and cpu.usable(acts):
+    if k < n and k <= cpu.MAX_K and cpu.usable(acts):
         values, indices, bad = cpu.select_topk(acts, k)
         none = torch.zeros(0, dtype=torch.long)
         return values, indices, torch.nonzero(bad).squeeze(1) if bool(bad.any()) else none
+    if acts.dtype == torch.float64:  # values are float32: a row that overflows it is non-finite
+        acts = acts.float()
     bad_rows = nonfinite_rows(acts)
     if bad_rows.numel():  # keep NaN out of the selection; these rows are dropped anyway
         acts = acts.float().index_fill(0, bad_rows, 0.0)
@@ -103,7 +109,9 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals) -> 
         add_totals(values, indices, *totals)
         return
     fast, rest = _cpu_dense(targets, values)
-    cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals)
+    if rest:  # several calls follow: check everything before the first changes anything
+        cpu.check_selection(values, indices, targets, totals[0].numel())
+    cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals)  # checks, then adds
     for features, state in rest:
         if hasattr(state, "add_selection"):
             state.add_selection(values, indices, features)

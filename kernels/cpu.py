@@ -44,6 +44,9 @@ _NEG_NONFINITE = np.uint32(0xFF800000)  # unsigned bits at or above: -inf or neg
 _INT_MIN = np.int32(-2147483648)
 _BLOCK = 32
 _CHUNK = 64
+#: Largest k the numba path takes; above it every value may pass through the k-long insertion
+#: buffer, and the torch reference (a sort) is faster.
+MAX_K = 32
 _COUNT_CHUNKS = 64  # up to this many chunks, k > 1 finds its bound by counting
 
 if AVAILABLE:
@@ -200,6 +203,19 @@ if AVAILABLE:
         return lo, hi
 
     @njit(boundscheck=False, cache=True)
+    def _ids_ok(indices, n_neurons, features, n_features):
+        """Neuron ids in ``[0, n_neurons)``, feature ids ``features[s]`` in
+        ``[-1, n_features[s])`` (``indices`` ``[P, k]`` and ``features`` ``[S, P]``, P, k > 0)."""
+        lo, hi = _min_max(indices.ravel())
+        if lo < 0 or hi >= n_neurons:
+            return False
+        for s in range(features.shape[0]):
+            lo, hi = _min_max(features[s])
+            if lo < -1 or hi >= n_features[s]:
+                return False
+        return True
+
+    @njit(boundscheck=False, cache=True)
     def _accumulate_dense(indices, values, features, n_neurons, n_features, counts, masses, peaks,
                           freqs, missing, positions, totals, neuron_count, neuron_mass):
         """Streams ``s`` (``features[s]``, flat sums ``counts[s]``...; tuples of arrays) get the
@@ -208,15 +224,8 @@ if AVAILABLE:
         range."""
         p, k = indices.shape
         n_streams = features.shape[0]
-        if p == 0:
-            return True
-        lo, hi = _min_max(indices.ravel())
-        if lo < 0 or hi >= n_neurons:
-            return False
-        for s in range(n_streams):
-            lo, hi = _min_max(features[s])
-            if lo < -1 or hi >= n_features[s]:
-                return False
+        if p == 0 or k == 0 or not _ids_ok(indices, n_neurons, features, n_features):
+            return p == 0 or k == 0
         for s in range(n_streams):
             count, mass, peak, freq = counts[s], masses[s], peaks[s], freqs[s]
             width = n_features[s]
@@ -254,10 +263,13 @@ def usable(acts: torch.Tensor) -> bool:
 def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(values [P, k] float32, indices [P, k] int64, nonfinite [P] bool)`` of ``acts [P, N]``.
 
-    Values and indices of non-finite rows are unspecified.
+    Values and indices of non-finite rows are unspecified; so are rows that overflow float32 (a
+    float64 input is read as float32, the engine's value type, so such rows are flagged).
     """
     a = acts.detach().to(torch.float32).contiguous()
     p, n = a.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
     vals = np.empty((p, k), np.float32)
     idx = np.empty((p, k), np.int64)
     bad = np.empty(p, np.bool_)
@@ -266,6 +278,28 @@ def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
         (_top1(x, x.view(np.uint32), vals, idx, bad) if k == 1 else
          _select(x, x.view(np.uint32), k, vals, idx, bad))
     return torch.from_numpy(vals), torch.from_numpy(idx), torch.from_numpy(bad)
+
+
+def check_selection(values: torch.Tensor, indices: torch.Tensor, targets, n_neurons: int) -> None:
+    """Raise ``ValueError`` unless ``values``/``indices`` are ``[P, k]`` of one shape, every
+    target's features ``[P]`` ids in ``[-1, state.n_features)`` and every neuron id in
+    ``[0, n_neurons)``: one pass, before any state changes."""
+    if values.shape != indices.shape or values.dim() != 2:
+        raise ValueError(f"values and indices must be [P, k] of one shape, got "
+                         f"{tuple(values.shape)} and {tuple(indices.shape)}")
+    p, k = values.shape
+    for i, (features, _) in enumerate(targets):
+        if tuple(features.shape) != (p,):
+            raise ValueError(f"target {i}: features must be [P] = [{p}], got "
+                             f"{tuple(features.shape)}")
+    if p == 0 or k == 0:
+        return
+    feats = (torch.stack([f.to(torch.int64) for f, _ in targets]).numpy() if targets
+             else np.zeros((0, p), np.int64))
+    widths = np.array([state.n_features for _, state in targets], np.int64)
+    if not _ids_ok(indices.to(torch.int64).contiguous().numpy(), n_neurons, feats, widths):
+        raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in [-1, V) of "
+                         f"each stream")
 
 
 def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,

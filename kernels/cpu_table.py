@@ -8,14 +8,16 @@ sorted runs.
 so a ``SparseState`` on the CPU adds its events here instead of sorting every batch and merging
 sorted runs (the sort-and-reduce that remains the path without numba, and the one merges use).
 
-Growth: before ``E`` events the table makes sure ``size + E <= max_load * capacity`` (``E`` bounds
-the new cells) and otherwise rehashes into a power-of-two capacity at least twice as large, so
-probing always ends and the load stays below ``max_load`` (0.5).
+Growth: events go in chunks of at most ``CHUNK_EVENTS``; before a chunk of ``E`` events the table
+makes sure ``size + E <= max_load * capacity`` (``E`` bounds the new cells) and otherwise rehashes
+into a power-of-two capacity at least twice as large, so probing always ends, the load stays below
+``max_load`` (0.5), and the capacity is at most ``4 * (size + CHUNK_EVENTS)`` slots of 28 bytes.
 
 :meth:`CpuSparseTable.drain` returns the cells sorted by key (the reduced run the state merges)
-and empties the table. Counts and peaks are exact; masses are float64 sums of the float32 values,
-equal to the reference's up to the summation order. :func:`merge_runs` merges two such runs in one
-linear pass (how a CPU ``SparseState`` folds runs into its master without sorting again).
+and empties the table back to its initial capacity. Counts and peaks are exact; masses are float64
+sums of the float32 values, equal to the reference's up to the summation order.
+:func:`merge_runs` merges two such runs in one linear pass (how a CPU ``SparseState`` folds runs
+into its master without sorting again).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ import numpy as np
 from .cpu import AVAILABLE, njit
 
 _EMPTY = np.int64(-1)
+#: Events per insert call: the table reserves room for this many new cells at a time, so its
+#: capacity follows the cells it holds, not the size of one call.
+CHUNK_EVENTS = 1 << 16
+_INITIAL_CAPACITY = 1 << 12
 _FIB = np.uint64(0x9E3779B97F4A7C15)
 
 if AVAILABLE:
-    from .cpu import _min_max
+    from .cpu import _ids_ok
 
     @njit(boundscheck=False, inline="always", cache=True)
     def _slot(key, shift):
@@ -63,17 +69,11 @@ if AVAILABLE:
     @njit(boundscheck=False, cache=True)
     def _add_selection(tkeys, tcount, tmass, tpeak, shift, indices, values, features, n_neurons,
                        n_features, freq):
-        """Positions (``freq``) and events of a selection ``[P, k]`` with ids ``features`` ``[P]``;
-        returns ``(new slots, missing ids)``, or ``(-1, -1)`` (nothing changed) for an id out of
-        range. (The event update is written out as in ``kernels.cpu._accumulate_dense``: a helper
-        taking the arrays costs reference counting per event.)"""
+        """Positions (``freq``) and events of a selection ``[P, k]`` with ids ``features`` ``[P]``
+        (checked by the caller); returns ``(new slots, missing ids)``. (The event update is written
+        out as in ``kernels.cpu._accumulate_dense``: a helper taking the arrays costs reference
+        counting per event.)"""
         p, k = indices.shape
-        if p == 0:
-            return 0, 0
-        lo, hi = _min_max(indices.ravel())
-        flo, fhi = _min_max(features)
-        if lo < 0 or hi >= n_neurons or flo < -1 or fhi >= n_features:
-            return -1, -1
         new = 0
         missing = 0
         for t in range(p):
@@ -127,13 +127,14 @@ def merge_runs(a, b):
 class CpuSparseTable:
     """Open-addressing hash table of ``(key, count, mass, peak)`` cells in host memory."""
 
-    def __init__(self, capacity: int = 1 << 12, max_load: float = 0.5):
+    def __init__(self, capacity: int = _INITIAL_CAPACITY, max_load: float = 0.5):
         if not AVAILABLE:
             raise RuntimeError("CpuSparseTable needs numba")
         if not 0.0 < max_load <= 0.9:
             raise ValueError(f"max_load must be in (0, 0.9], got {max_load}")
         self.max_load = float(max_load)
-        self._alloc(max(16, 1 << (int(capacity) - 1).bit_length()))
+        self._initial = max(16, 1 << (int(capacity) - 1).bit_length())
+        self._alloc(self._initial)
 
     def _alloc(self, capacity: int) -> None:
         self.capacity = capacity
@@ -166,41 +167,56 @@ class CpuSparseTable:
 
     def add_cells(self, keys: np.ndarray, count: np.ndarray, mass: np.ndarray,
                   peak: np.ndarray) -> None:
-        """Add cells (``keys`` int64 ≥ 0, repeats allowed) to the table's sums."""
-        self._reserve(keys.shape[0])
-        self.nnz += _add(self.keys, self.count, self.mass, self.peak, self._shift,
-                         np.ascontiguousarray(keys, np.int64), np.ascontiguousarray(count, np.int64),
-                         np.ascontiguousarray(mass, np.float64),
-                         np.ascontiguousarray(peak, np.float32))
+        """Add cells (``keys`` int64 ≥ 0, repeats allowed; four 1-D arrays of one length) to the
+        table's sums. Bad input raises ``ValueError`` and changes nothing."""
+        arrays = (np.ascontiguousarray(keys, np.int64), np.ascontiguousarray(count, np.int64),
+                  np.ascontiguousarray(mass, np.float64), np.ascontiguousarray(peak, np.float32))
+        if any(a.ndim != 1 or a.shape != arrays[0].shape for a in arrays):
+            raise ValueError("keys, count, mass and peak must be 1-D arrays of one length")
+        if arrays[0].size and arrays[0].min() < 0:
+            raise ValueError("cell keys must be >= 0")
+        for i in range(0, arrays[0].shape[0], CHUNK_EVENTS):
+            part = tuple(a[i:i + CHUNK_EVENTS] for a in arrays)
+            self._reserve(part[0].shape[0])
+            self.nnz += _add(self.keys, self.count, self.mass, self.peak, self._shift, *part)
 
     def add_selection(self, indices: np.ndarray, values: np.ndarray, features: np.ndarray,
                       n_neurons: int, n_features: int, freq: np.ndarray) -> int:
         """Add a selection ``(values, indices)`` ``[P, k]`` of positions with ids ``features``
         ``[P]`` (``-1`` = missing) as keys ``neuron * n_features + feature``, and count the
-        positions into ``freq`` ``[n_features]``; returns the number of missing ids. Ids out of
-        range raise ``ValueError`` and change nothing."""
-        self._reserve(indices.size)
-        new, missing = _add_selection(self.keys, self.count, self.mass, self.peak, self._shift,
-                                      np.ascontiguousarray(indices, np.int64),
-                                      np.ascontiguousarray(values, np.float32),
-                                      np.ascontiguousarray(features, np.int64), n_neurons,
-                                      n_features, freq)
-        if new < 0:
+        positions into ``freq`` ``[n_features]``; returns the number of missing ids. Bad shapes or
+        ids out of range raise ``ValueError`` and change nothing."""
+        indices = np.ascontiguousarray(indices, np.int64)
+        values = np.ascontiguousarray(values, np.float32)
+        features = np.ascontiguousarray(features, np.int64)
+        if indices.ndim != 2 or values.shape != indices.shape or \
+                features.shape != indices.shape[:1] or freq.shape != (n_features,):
+            raise ValueError(f"need indices and values [P, k], features [P] and freq "
+                             f"[{n_features}], got {indices.shape}, {values.shape}, "
+                             f"{features.shape} and {freq.shape}")
+        p, k = indices.shape
+        if p == 0 or k == 0:
+            return int((features < 0).sum())
+        if not _ids_ok(indices, n_neurons, features[None, :], np.array([n_features], np.int64)):
             raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in "
                              f"[-1, {n_features})")
-        self.nnz += new
+        rows = max(1, CHUNK_EVENTS // k)
+        missing = 0
+        for i in range(0, p, rows):
+            self._reserve(min(rows, p - i) * k)
+            new, miss = _add_selection(self.keys, self.count, self.mass, self.peak, self._shift,
+                                       indices[i:i + rows], values[i:i + rows],
+                                       features[i:i + rows], n_neurons, n_features, freq)
+            self.nnz += new
+            missing += miss
         return missing
 
     def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The cells ``(keys, count, mass, peak)`` sorted by key; the table is emptied (its
-        capacity kept)."""
+        """The cells ``(keys, count, mass, peak)`` sorted by key; the table is emptied and
+        returns to its initial capacity."""
         slots = np.flatnonzero(self.keys != _EMPTY)
         order = np.argsort(self.keys[slots], kind="stable")
         slots = slots[order]
         out = (self.keys[slots], self.count[slots], self.mass[slots], self.peak[slots])
-        self.keys.fill(_EMPTY)
-        self.count.fill(0)
-        self.mass.fill(0.0)
-        self.peak.fill(-np.inf)
-        self.nnz = 0
+        self._alloc(self._initial)
         return out

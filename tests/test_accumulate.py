@@ -165,3 +165,30 @@ def test_sparse_add_selection_matches_dense(table):
     with pytest.raises((ValueError, IndexError, RuntimeError)):
         sparse.add_selection(torch.ones(1, 1), torch.tensor([[0]]), torch.tensor([200]))
     assert sparse.to_stats().equals(before, 0.0)
+
+
+def test_layer_add_selection_checks_everything_before_changing_anything():
+    """A bad id or shape in any stream (here the sparse one, updated last) leaves the whole layer
+    as it was: no dense sums, positions or per-neuron totals of the other streams."""
+    from txray_engine.accumulate.layer import LayerState
+
+    layer = LayerState.create(4, {"a": 5, "b": 5}, kind="dense")
+    layer.streams["b"] = SparseState(4, 5)
+    values, indices = torch.ones(2, 1), torch.zeros(2, 1, dtype=torch.long)
+    bad = [{"a": torch.tensor([0, 1]), "b": torch.tensor([0, 9])},  # id out of range
+           {"a": torch.tensor([0, 1]), "b": torch.tensor([0])}]  # too few ids
+    for features in bad:
+        with pytest.raises(ValueError):
+            layer.add_selection(values, indices, features)
+        assert not layer.neuron_count.any() and layer.tokens == 0
+        assert not layer.streams["a"].feature_freq.any() and not layer.streams["a"].count.any()
+        assert layer.streams["b"].to_stats().nnz == 0
+
+
+def test_stats_are_snapshots():
+    acc = Accumulator({"f": ["x", "y"]}, k=1)
+    acc.observe("l", torch.tensor([[1.0, 0.0]]), {"f": torch.tensor([0])})
+    layer = acc.layers["l"]
+    stats, totals = layer.streams["f"].to_stats(), layer.totals()
+    acc.observe("l", torch.tensor([[1.0, 0.0]]), {"f": torch.tensor([0])})
+    assert stats.feature_freq.tolist() == [1, 0] and totals["neuron_count"].tolist() == [1, 0]

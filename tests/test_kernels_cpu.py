@@ -180,3 +180,38 @@ def test_dense_accumulate_rejects_bad_ids_and_changes_nothing():
                                  totals=(neuron_count, torch.zeros(4, dtype=torch.float64)))
         assert torch.equal(state.count, count) and not neuron_count.any()
         assert not state.feature_freq.any() and state.missing == 0
+
+
+def test_select_checks_k():
+    acts = torch.randn(4, 10)
+    for k in (0, 11):
+        with pytest.raises(ValueError):
+            cpu.select_topk(acts, k)
+
+
+def test_float64_rows_beyond_float32_are_nonfinite_on_every_path():
+    acts = torch.randn(3, 50, dtype=torch.float64)
+    acts[1, 7] = 1e39  # finite in float64, inf as float32 (the engine's value type)
+    for k in (2, cpu.MAX_K + 8):  # the numba path, and the torch reference above MAX_K
+        assert kernels.select(acts, k)[2].tolist() == [1]
+
+
+def test_table_capacity_follows_cells_not_call_size():
+    from kernels.cpu_table import CHUNK_EVENTS, CpuSparseTable
+
+    table = CpuSparseTable()
+    p, k = 3 * CHUNK_EVENTS, 4
+    freq = np.zeros(5, np.int64)
+    missing = table.add_selection(np.zeros((p, k), np.int64), np.ones((p, k), np.float32),
+                                  np.zeros(p, np.int64), 3, 5, freq)
+    assert missing == 0 and table.nnz == 1 and freq[0] == p
+    assert table.capacity <= 4 * (1 + CHUNK_EVENTS)
+    keys, count, mass, peak = table.drain()
+    assert keys.tolist() == [0] and count.tolist() == [p * k] and mass.tolist() == [p * k]
+    assert table.capacity < 4 * CHUNK_EVENTS  # back to the initial capacity
+    with pytest.raises(ValueError):  # features shorter than the selection
+        table.add_selection(np.zeros((4, 1), np.int64), np.ones((4, 1), np.float32),
+                            np.zeros(2, np.int64), 3, 5, freq)
+    with pytest.raises(ValueError):
+        table.add_cells(np.array([-1]), np.array([1]), np.array([1.0]), np.array([1.0]))
+    assert table.nnz == 0 and freq[0] == p

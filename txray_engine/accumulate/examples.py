@@ -50,9 +50,9 @@ class TopExamples:
         return self
 
     def arrays(self) -> dict:
-        return {"examples_value": self.value.cpu().numpy(), "examples_doc": self.doc.cpu().numpy(),
-                "examples_pos": self.pos.cpu().numpy(),
-                "examples_context": self.context.cpu().numpy()}
+        return {key: t.cpu().numpy().copy() for key, t in  # a snapshot, not a view
+                (("examples_value", self.value), ("examples_doc", self.doc),
+                 ("examples_pos", self.pos), ("examples_context", self.context))}
 
     @classmethod
     def from_arrays(cls, arrays: dict, device="cpu") -> "TopExamples":

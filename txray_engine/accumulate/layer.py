@@ -74,8 +74,8 @@ class LayerState:
 
     def totals(self) -> dict[str, np.ndarray]:
         """Per-neuron arrays to store (totals, and top examples when kept)."""
-        out = {"neuron_count": self.neuron_count.cpu().numpy(),
-               "neuron_mass": self.neuron_mass.cpu().numpy()}
+        out = {"neuron_count": self.neuron_count.cpu().numpy().copy(),
+               "neuron_mass": self.neuron_mass.cpu().numpy().copy()}  # a snapshot, not a view
         if self.examples is not None:
             out.update(self.examples.arrays())
         return out

@@ -10,7 +10,8 @@ Where events come from:
 - on the CPU (with numba), a persistent hash table (:class:`kernels.cpu_table.CpuSparseTable`):
   O(1) per event, so repeated cells cost no sorting; it is drained into the master as one sorted
   run when the sums are read (``to_stats``), or when it holds half as many cells as the master
-  (and at least ``min_compact / 4``), which keeps its memory within about twice the master's;
+  (and at least ``min_compact / 4``), so its memory stays within about twice the master's (plus
+  room for one chunk of ``kernels.cpu_table.CHUNK_EVENTS`` events);
 - otherwise (and for merges, and the GPU's hash-reduced runs) each batch is reduced by key at once
   (sort-and-reduce) and pushed as a run.
 """
@@ -77,7 +78,8 @@ class SparseState(StreamState):
         self._pending, self._pending_cells = [], 0
 
     def _bound_table(self) -> None:
-        # the table takes up to 4 slots of 28 bytes per cell; the master 28 bytes per cell
+        # the table takes up to 4 slots of 28 bytes per cell it holds (plus room for one chunk of
+        # events), the master 28 bytes per cell: drain it once it holds half the master's cells
         if self._table.nnz >= max(self.min_compact // 4, self._master[0].numel() // 2):
             self._compact()
 
@@ -85,6 +87,10 @@ class SparseState(StreamState):
                       features: torch.Tensor) -> None:
         """Positions and events of a selection ``(values, indices)`` ``[P, k]`` whose ids are
         ``features`` ``[P]`` (``-1`` = missing): with the CPU table, one pass for both."""
+        if tuple(features.shape) != tuple(indices.shape[:1]) or values.shape != indices.shape:
+            raise ValueError(f"need values and indices [P, k] and features [P], got "
+                             f"{tuple(values.shape)}, {tuple(indices.shape)}, "
+                             f"{tuple(features.shape)}")
         if self._table is None:
             self.add_positions(features)
             kernels.scatter_events(values, indices, [(features, self)])

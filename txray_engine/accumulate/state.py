@@ -73,7 +73,7 @@ class StreamState(ABC):
         return int(self.feature_freq.sum())
 
     def _stats_counters(self) -> dict:
-        return {"feature_freq": self.feature_freq.cpu().numpy(), "tokens": self.tokens,
+        return {"feature_freq": self.feature_freq.cpu().numpy().copy(), "tokens": self.tokens,
                 "missing": self.missing}
 
     def merge_(self, other: "StreamState | SparseStats") -> "StreamState":
