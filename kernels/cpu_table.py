@@ -14,7 +14,7 @@ into a power-of-two capacity at least twice as large, so probing always ends, th
 ``max_load`` (0.5), and the capacity is at most ``4 * (size + CHUNK_EVENTS)`` slots of 28 bytes.
 
 :meth:`CpuSparseTable.drain` returns the cells sorted by key (the reduced run the state merges)
-and empties the table back to its initial capacity. Counts and peaks are exact; masses are float64
+and empties the table (keeping its capacity). Counts and peaks are exact; masses are float64
 sums of the float32 values, equal to the reference's up to the summation order.
 :func:`merge_runs` merges two such runs in one linear pass (how a CPU ``SparseState`` folds runs
 into its master without sorting again).
@@ -30,7 +30,6 @@ _EMPTY = np.int64(-1)
 #: Events per insert call: the table reserves room for this many new cells at a time, so its
 #: capacity follows the cells it holds, not the size of one call.
 CHUNK_EVENTS = 1 << 16
-_INITIAL_CAPACITY = 1 << 12
 _FIB = np.uint64(0x9E3779B97F4A7C15)
 
 if AVAILABLE:
@@ -127,14 +126,13 @@ def merge_runs(a, b):
 class CpuSparseTable:
     """Open-addressing hash table of ``(key, count, mass, peak)`` cells in host memory."""
 
-    def __init__(self, capacity: int = _INITIAL_CAPACITY, max_load: float = 0.5):
+    def __init__(self, capacity: int = 1 << 12, max_load: float = 0.5):
         if not AVAILABLE:
             raise RuntimeError("CpuSparseTable needs numba")
         if not 0.0 < max_load <= 0.9:
             raise ValueError(f"max_load must be in (0, 0.9], got {max_load}")
         self.max_load = float(max_load)
-        self._initial = max(16, 1 << (int(capacity) - 1).bit_length())
-        self._alloc(self._initial)
+        self._alloc(max(16, 1 << (int(capacity) - 1).bit_length()))
 
     def _alloc(self, capacity: int) -> None:
         self.capacity = capacity
@@ -212,11 +210,15 @@ class CpuSparseTable:
         return missing
 
     def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The cells ``(keys, count, mass, peak)`` sorted by key; the table is emptied and
-        returns to its initial capacity."""
+        """The cells ``(keys, count, mass, peak)`` sorted by key; the table is emptied (its
+        capacity, bounded by the cells it held, is kept for the cells to come)."""
         slots = np.flatnonzero(self.keys != _EMPTY)
         order = np.argsort(self.keys[slots], kind="stable")
         slots = slots[order]
         out = (self.keys[slots], self.count[slots], self.mass[slots], self.peak[slots])
-        self._alloc(self._initial)
+        self.keys.fill(_EMPTY)
+        self.count.fill(0)
+        self.mass.fill(0.0)
+        self.peak.fill(-np.inf)
+        self.nnz = 0
         return out
