@@ -1,4 +1,5 @@
-"""The CPU fast path of the select step (numba), same semantics as :mod:`kernels.reference`.
+"""The CPU fast paths (numba) of the select step and of the scatter into dense states, same
+semantics as :mod:`kernels.reference`.
 
 One pass per row reads the float32 bits as 32-bit integers and keeps, per chunk of 64 columns, the
 *signed* integer maximum and the *unsigned* integer maximum (two vector max instructions per 8
@@ -22,9 +23,14 @@ chunk maximum, how many are at least as large (branch-free; up to 64 chunks), or
 buffer for wider rows. The values left (about k of them on real data) are fed, in index order, to
 an insertion buffer of the k best keys; an element enters only when it beats the current k-th
 strictly, so among equal values the earlier index stays. Otherwise (fewer than k chunks, or
-``thr <= 0``) every value is fed.
+``thr <= 0``) every value is fed; that is O(N k) on adversarial rows, so ``kernels.select`` sends
+k > ``MAX_K`` to the torch reference.
 
 Rows are split across numba's threads in blocks of 32.
+
+:func:`accumulate_dense` adds a selection's positions, events and per-neuron totals into dense
+states in one serial call (ids are checked first; nothing changes on a bad one), and
+:func:`check_selection` checks a selection against any targets before several calls change them.
 """
 
 from __future__ import annotations
