@@ -192,3 +192,20 @@ def test_stats_are_snapshots():
     stats, totals = layer.streams["f"].to_stats(), layer.totals()
     acc.observe("l", torch.tensor([[1.0, 0.0]]), {"f": torch.tensor([0])})
     assert stats.feature_freq.tolist() == [1, 0] and totals["neuron_count"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_sparse_merge_of_stats_with_a_repeated_cell(table):
+    """``SparseStats.from_coo`` asks for each cell at most once; a repeated one is still summed."""
+    if table and not cpu_table.AVAILABLE:
+        pytest.skip("numba not installed")
+    from txray_engine.accumulate.stats import SparseStats
+
+    stats = SparseStats.from_coo(2, 3, [1, 0, 1], [2, 1, 2], [1, 2, 3], [1.0, 2.0, 3.0],
+                                 [1.0, 2.0, 3.0], [0, 2, 4])
+    state = SparseState(2, 3, table=table)
+    state.merge_(stats)
+    state.merge_(stats)
+    out = state.to_stats()
+    assert out.keys().tolist() == [1, 5] and out.count.tolist() == [4, 8]
+    assert out.mass.tolist() == [4.0, 8.0] and out.peak.tolist() == [2.0, 3.0]

@@ -113,9 +113,12 @@ class SparseState(StreamState):
 
     def _merge_cells(self, other: SparseStats) -> None:
         keys = torch.from_numpy(other.keys()).to(self.device)
-        self._push((keys, torch.from_numpy(other.count).to(self.device),
-                    torch.from_numpy(other.mass).to(self.device),
-                    torch.from_numpy(other.peak).to(self.device)))
+        run = (keys, torch.from_numpy(other.count).to(self.device),
+               torch.from_numpy(other.mass).to(self.device),
+               torch.from_numpy(other.peak).to(self.device))
+        if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            run = _reduce_by_key(*run)  # hand-built stats with a repeated cell: runs are unique
+        self._push(run)
 
     def to_stats(self) -> SparseStats:
         self._compact()
