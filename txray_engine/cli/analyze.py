@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from .base import format_features, main
+from .base import by_option, format_features, main, min_count_option
 
 TABLE_COLUMNS = ["neuron", "hellinger", "hellinger_length", "length_a", "length_b",
                  "length_shift", "mass_shift", "compat_hellinger"]
@@ -33,10 +33,8 @@ def _pairs(stage_a, stage_b, layers, streams):
 @click.argument("stage_b")
 @click.option("--layer", "layers", multiple=True, help="Layer(s); default: all common ones.")
 @click.option("--stream", "streams", multiple=True, help="Stream(s); default: all common ones.")
-@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True,
-              help="Distributions from activation mass or from counts.")
-@click.option("--min-count", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Ignore (neuron, feature) cells seen fewer times.")
+@by_option
+@min_count_option
 @click.option("--min-neuron-count", default=1, show_default=True, type=click.IntRange(min=1),
               help="Neurons selected fewer times count as dead.")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=0),
@@ -110,8 +108,8 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
 @click.option("--count", type=click.IntRange(min=0), help="Neurons per layer.")
 @click.option("--shared-only", is_flag=True, help="Only neurons alive in both stages.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random selector.")
-@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True)
-@click.option("--min-count", default=1, show_default=True, type=click.IntRange(min=1))
+@by_option
+@min_count_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Mask file (JSON: layer → neuron ids) to write.")
 @click.option("--model", "model_spec", help="Model to prune structurally (as for collect).")

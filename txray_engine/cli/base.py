@@ -18,6 +18,17 @@ def human_size(n: int) -> str:
     return str(n)
 
 
+#: ``--by``: the neuron distributions come from activation mass or from selection counts.
+by_option = click.option("--by", type=click.Choice(["mass", "count"]), default="mass",
+                         show_default=True,
+                         help="Distributions from activation mass or from counts.")
+
+#: ``--min-count``: cells seen fewer times are left out of the distributions.
+min_count_option = click.option("--min-count", default=1, show_default=True,
+                                type=click.IntRange(min=1),
+                                help="Ignore (neuron, feature) cells seen fewer times.")
+
+
 class TxRayGroup(click.Group):
     """Turns engine errors into one line on stderr and exit code 2 (``--debug`` shows tracebacks)."""
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .base import format_features, human_size, main
+from .base import by_option, format_features, human_size, main
 
 
 @main.command()
@@ -43,7 +43,7 @@ def info(store, as_json):
 @click.option("--top", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--features", default=6, show_default=True, type=click.IntRange(min=1),
               help="Features shown per neuron.")
-@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True)
+@by_option
 def neurons(store, stage, layer_names, streams, neurons, top, features, by):
     """Each neuron's strongest features (share of its mass or count) per stream."""
     import numpy as np

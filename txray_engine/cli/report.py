@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .base import human_size, main
+from .base import by_option, human_size, main, min_count_option
 
 
 def _names(values) -> list[str]:
@@ -28,10 +28,8 @@ def _names(values) -> list[str]:
               help="Points per curve or scatter trace.")
 @click.option("--top-features", default=6, show_default=True, type=click.IntRange(min=1),
               help="Top features per neuron, stage and stream in the explorer.")
-@click.option("--by", type=click.Choice(["mass", "count"]), default="mass", show_default=True,
-              help="Distributions from activation mass or from counts.")
-@click.option("--min-count", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Ignore (neuron, feature) cells seen fewer times.")
+@by_option
+@min_count_option
 @click.option("--title", help="Page title.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def report(store, stages, layers, stream, out, max_neurons, max_points, top_features, by,
