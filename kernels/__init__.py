@@ -109,12 +109,12 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals) -> 
         add_totals(values, indices, *totals)
         return
     fast, rest = _cpu_dense(targets, values)
-    if rest:  # several calls follow: check everything before the first changes anything
+    if rest:  # several calls follow: check everything once, before the first changes anything
         cpu.check_selection(values, indices, targets, totals[0].numel())
-    cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals)  # checks, then adds
+    cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals, checked=bool(rest))
     for features, state in rest:
         if hasattr(state, "add_selection"):
-            state.add_selection(values, indices, features)
+            state.add_selection(values, indices, features, checked=True)
         else:
             state.add_positions(features)
             scatter_events(values, indices, [(features, state)])

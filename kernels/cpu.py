@@ -29,8 +29,8 @@ k > ``MAX_K`` to the torch reference.
 Rows are split across numba's threads in blocks of 32.
 
 :func:`accumulate_dense` adds a selection's positions, events and per-neuron totals into dense
-states in one serial call (ids are checked first; nothing changes on a bad one), and
-:func:`check_selection` checks a selection against any targets before several calls change them.
+states in one serial call, after :func:`check_selection` (nothing changes on a bad id), which also
+checks a selection against any targets before several calls change them.
 """
 
 from __future__ import annotations
@@ -226,12 +226,9 @@ if AVAILABLE:
                           freqs, missing, positions, totals, neuron_count, neuron_mass):
         """Streams ``s`` (``features[s]``, flat sums ``counts[s]``...; tuples of arrays) get the
         events, and with ``positions`` their corpus frequencies (``missing[s]`` += missing ids);
-        with ``totals`` the per-neuron sums too. Returns False, changing nothing, on an id out of
-        range."""
+        with ``totals`` the per-neuron sums too. Ids must be in range (:func:`check_selection`)."""
         p, k = indices.shape
         n_streams = features.shape[0]
-        if p == 0 or k == 0 or not _ids_ok(indices, n_neurons, features, n_features):
-            return p == 0 or k == 0
         for s in range(n_streams):
             count, mass, peak, freq = counts[s], masses[s], peaks[s], freqs[s]
             width = n_features[s]
@@ -258,7 +255,6 @@ if AVAILABLE:
                     neuron_count[n] += 1
                     if v > 0:
                         neuron_mass[n] += np.float64(v)
-        return True
 
 
 def usable(acts: torch.Tensor) -> bool:
@@ -286,10 +282,20 @@ def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
     return torch.from_numpy(vals), torch.from_numpy(idx), torch.from_numpy(bad)
 
 
-def check_selection(values: torch.Tensor, indices: torch.Tensor, targets, n_neurons: int) -> None:
+def _as_arrays(indices: torch.Tensor, targets) -> tuple[np.ndarray, np.ndarray]:
+    """``indices`` and the targets' features ``[S, P]`` as int64 arrays for the kernels."""
+    p = indices.shape[0]
+    feats = (torch.stack([f.to(torch.int64) for f, _ in targets]).numpy() if targets
+             else np.zeros((0, p), np.int64))
+    return indices.to(torch.int64).contiguous().numpy(), feats
+
+
+def check_selection(values: torch.Tensor, indices: torch.Tensor, targets,
+                    n_neurons: int) -> tuple[np.ndarray, np.ndarray]:
     """Raise ``ValueError`` unless ``values``/``indices`` are ``[P, k]`` of one shape, every
     target's features ``[P]`` ids in ``[-1, state.n_features)`` and every neuron id in
-    ``[0, n_neurons)``: one pass, before any state changes."""
+    ``[0, n_neurons)``: one pass, before any state changes. Returns the arrays of
+    :func:`_as_arrays` for the kernels."""
     if values.shape != indices.shape or values.dim() != 2:
         raise ValueError(f"values and indices must be [P, k] of one shape, got "
                          f"{tuple(values.shape)} and {tuple(indices.shape)}")
@@ -298,18 +304,17 @@ def check_selection(values: torch.Tensor, indices: torch.Tensor, targets, n_neur
         if tuple(features.shape) != (p,):
             raise ValueError(f"target {i}: features must be [P] = [{p}], got "
                              f"{tuple(features.shape)}")
-    if p == 0 or k == 0:
-        return
-    feats = (torch.stack([f.to(torch.int64) for f, _ in targets]).numpy() if targets
-             else np.zeros((0, p), np.int64))
+    idx, feats = _as_arrays(indices, targets)
     widths = np.array([state.n_features for _, state in targets], np.int64)
-    if not _ids_ok(indices.to(torch.int64).contiguous().numpy(), n_neurons, feats, widths):
+    if p and k and not _ids_ok(idx, n_neurons, feats, widths):
         raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in [-1, V) of "
                          f"each stream")
+    return idx, feats
 
 
 def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
-                     positions: bool = True, totals: tuple | None = None) -> None:
+                     positions: bool = True, totals: tuple | None = None,
+                     checked: bool = False) -> None:
     """Add a selection ``(values, indices)`` ``[P, k]`` into dense CPU states, in place, in one
     call: for every target ``(features [P], state)`` (``-1`` = missing id) the events
     (``count``/``mass``/``peak`` of ``n_neurons * n_features`` flat cells), with ``positions``
@@ -319,19 +324,11 @@ def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
     The same sums as :func:`kernels.reference.scatter_events` (and ``add_positions``,
     :func:`kernels.reference.add_totals`), in serial passes over the events: a selection is small
     next to the activations it came from, and one call keeps the per-call cost (mostly cache
-    misses after the activations went through) to one. Out-of-range ids raise ``ValueError`` and
-    change nothing.
+    misses after the activations went through) to one. Bad shapes or ids raise ``ValueError`` and
+    change nothing (``checked=True``: the caller ran :func:`check_selection` on these targets).
     """
-    if values.shape != indices.shape or values.dim() != 2:
-        raise ValueError(f"values and indices must be [P, k] of one shape, got "
-                         f"{tuple(values.shape)} and {tuple(indices.shape)}")
-    p = values.shape[0]
     if not targets and totals is None:
         return
-    for i, (features, _) in enumerate(targets):
-        if tuple(features.shape) != (p,):
-            raise ValueError(f"target {i}: features must be [P] = [{p}], got "
-                             f"{tuple(features.shape)}")
     states = [state for _, state in targets]
     if totals is not None:
         neuron_count, neuron_mass = (t.numpy() for t in totals)
@@ -341,21 +338,18 @@ def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
         neuron_count, neuron_mass = np.zeros(0, np.int64), np.zeros(0, np.float64)
     if any(s.n_neurons != n_neurons for s in states):
         raise ValueError("all targets must have the layer's number of neurons")
+    idx, features = (_as_arrays(indices, targets) if checked else
+                     check_selection(values, indices, targets, n_neurons))
     if states:
-        features = torch.stack([f.to(torch.int64) for f, _ in targets]).numpy()
         arrays = [tuple(getattr(s, a).numpy() for s in states)
                   for a in ("count", "mass", "peak", "feature_freq")]
     else:  # totals only: one placeholder stream with no positions
-        features = np.zeros((0, p), np.int64)
         arrays = [(np.zeros(0, np.int64),), (np.zeros(0, np.float64),), (np.zeros(0, np.float32),),
                   (np.zeros(0, np.int64),)]
     missing = np.zeros(len(states), np.int64)
-    ok = _accumulate_dense(indices.to(torch.int64).contiguous().numpy(),
-                           values.to(torch.float32).contiguous().numpy(), features, n_neurons,
-                           np.array([s.n_features for s in states], np.int64), *arrays, missing,
-                           positions, totals is not None, neuron_count, neuron_mass)
-    if not ok:
-        raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in [-1, V)")
+    _accumulate_dense(idx, values.to(torch.float32).contiguous().numpy(), features, n_neurons,
+                      np.array([s.n_features for s in states], np.int64), *arrays, missing,
+                      positions, totals is not None, neuron_count, neuron_mass)
     if positions:
         for s, m in zip(states, missing.tolist()):
             s.missing += m

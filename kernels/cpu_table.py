@@ -179,23 +179,27 @@ class CpuSparseTable:
             self.nnz += _add(self.keys, self.count, self.mass, self.peak, self._shift, *part)
 
     def add_selection(self, indices: np.ndarray, values: np.ndarray, features: np.ndarray,
-                      n_neurons: int, n_features: int, freq: np.ndarray) -> int:
+                      n_neurons: int, n_features: int, freq: np.ndarray, *,
+                      checked: bool = False) -> int:
         """Add a selection ``(values, indices)`` ``[P, k]`` of positions with ids ``features``
         ``[P]`` (``-1`` = missing) as keys ``neuron * n_features + feature``, and count the
         positions into ``freq`` ``[n_features]``; returns the number of missing ids. Bad shapes or
-        ids out of range raise ``ValueError`` and change nothing."""
+        ids out of range raise ``ValueError`` and change nothing (``checked=True``: the caller
+        checked ids and shapes)."""
         indices = np.ascontiguousarray(indices, np.int64)
         values = np.ascontiguousarray(values, np.float32)
         features = np.ascontiguousarray(features, np.int64)
-        if indices.ndim != 2 or values.shape != indices.shape or \
-                features.shape != indices.shape[:1] or freq.shape != (n_features,):
+        if freq.shape != (n_features,) or not checked and (
+                indices.ndim != 2 or values.shape != indices.shape or
+                features.shape != indices.shape[:1]):
             raise ValueError(f"need indices and values [P, k], features [P] and freq "
                              f"[{n_features}], got {indices.shape}, {values.shape}, "
                              f"{features.shape} and {freq.shape}")
         p, k = indices.shape
         if p == 0 or k == 0:
             return int((features < 0).sum())
-        if not _ids_ok(indices, n_neurons, features[None, :], np.array([n_features], np.int64)):
+        if not checked and not _ids_ok(indices, n_neurons, features[None, :],
+                                       np.array([n_features], np.int64)):
             raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in "
                              f"[-1, {n_features})")
         rows = max(1, CHUNK_EVENTS // k)

@@ -83,11 +83,13 @@ class SparseState(StreamState):
         if self._table.nnz >= max(self.min_compact // 4, self._master[0].numel() // 2):
             self._compact()
 
-    def add_selection(self, values: torch.Tensor, indices: torch.Tensor,
-                      features: torch.Tensor) -> None:
+    def add_selection(self, values: torch.Tensor, indices: torch.Tensor, features: torch.Tensor,
+                      *, checked: bool = False) -> None:
         """Positions and events of a selection ``(values, indices)`` ``[P, k]`` whose ids are
-        ``features`` ``[P]`` (``-1`` = missing): with the CPU table, one pass for both."""
-        if tuple(features.shape) != tuple(indices.shape[:1]) or values.shape != indices.shape:
+        ``features`` ``[P]`` (``-1`` = missing): with the CPU table, one pass for both
+        (``checked=True``: the caller checked shapes and ids, as ``kernels.accumulate`` does)."""
+        if not checked and (tuple(features.shape) != tuple(indices.shape[:1]) or
+                            values.shape != indices.shape):
             raise ValueError(f"need values and indices [P, k] and features [P], got "
                              f"{tuple(values.shape)}, {tuple(indices.shape)}, "
                              f"{tuple(features.shape)}")
@@ -98,7 +100,8 @@ class SparseState(StreamState):
         self.missing += self._table.add_selection(indices.numpy(),
                                                   values.to(torch.float32).numpy(),
                                                   features.numpy(), self.n_neurons,
-                                                  self.n_features, self.feature_freq.numpy())
+                                                  self.n_features, self.feature_freq.numpy(),
+                                                  checked=checked)
         self._bound_table()
 
     def add_events(self, neurons, features, values):
