@@ -59,12 +59,11 @@ def _engine_states():
             pkg = types.ModuleType("txray_engine")
             pkg.__path__ = [str(ROOT / "txray_engine")]
             sys.modules["txray_engine"] = pkg
-    dense = importlib.import_module("txray_engine.accumulate.dense")
-    sparse = importlib.import_module("txray_engine.accumulate.sparse")
-    return dense.DenseState, sparse.SparseState
+    acc = importlib.import_module("txray_engine.accumulate")
+    return acc.DenseState, acc.SparseState, acc.Accumulator
 
 
-DenseState, SparseState = _engine_states()
+DenseState, SparseState, Accumulator = _engine_states()
 from kernels import reference, triton_dense, triton_sparse  # noqa: E402
 
 if ARGS.smoke:  # let the tiny shape "D" take the wide-row fallback, as N = 20,000 does on the GPU
@@ -266,8 +265,9 @@ def part2() -> None:
          f" torch {torch.__version__}, triton {triton.__version__}. Copy BW = 2 x bytes / time of "
          "`dst.copy_(acts)`; % copy = (activation bytes / kernel time) / copy BW.")
     emit("")
-    emit("| N | k | dtype | target | V | P | ms | Mtok/s | act GB/s | % copy BW | torch ms | speed-up |")
-    emit("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    emit("| N | k | dtype | target | V | P | ms | Mtok/s | Gevents/s | act GB/s | % copy BW | torch ms "
+         "| speed-up |")
+    emit("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ns = [16, 40] if ARGS.smoke else [1024, 4096, 16384]
     ks = [1, 8, 32]
     skipped = 0
@@ -288,7 +288,7 @@ def part2() -> None:
                     if target == "dense":
                         if 2 * 20 * n * v > 0.7 * _free_bytes():
                             emit(f"| {n} | {k} | {str(dtype)[6:]} | dense | {v} | {p} | n/a (memory) "
-                                 "| | | | | |")
+                                 "| | | | | | |")
                             continue
                         ours_s, base_s = DenseState(n, v, device=DEVICE), DenseState(n, v, device=DEVICE)
                         ours = lambda: triton_dense.dense_select_accumulate(acts, k, [(feats[0], ours_s)])
@@ -300,7 +300,7 @@ def part2() -> None:
                     t_ours, t_base = bench(ours), bench(base)
                     bw = nbytes / (t_ours * 1e-3)
                     emit(f"| {n} | {k} | {str(dtype)[6:]} | {target} | {v} | {p} | {t_ours:.3g} | "
-                         f"{p / t_ours / 1e3:.3g} | {bw / 1e9:.3g} | {100 * bw / copy_bw:.3g}% | "
+                         f"{p / t_ours / 1e3:.3g} | {p * k / t_ours / 1e6:.3g} | {bw / 1e9:.3g} | {100 * bw / copy_bw:.3g}% | "
                          f"{t_base:.3g} | {t_base / t_ours:.3g}x |")
                     del ours_s, base_s
                     if DEVICE.type == "cuda":
@@ -340,12 +340,47 @@ def part3() -> None:
     emit("")
 
 
+# ------------------------------------------------------------------------------------------------
+# part 4: the engine's own entry point
+# ------------------------------------------------------------------------------------------------
+def part4() -> None:
+    """``Accumulator.observe`` on CUDA tensors (what ``collect`` runs per captured layer): checks
+    of the ids, the selection (with the NaN/inf check), per-neuron totals and 3 streams, against the
+    fused kernel alone on the same input."""
+    n = 40 if ARGS.smoke else 4096
+    p = 32 if ARGS.smoke else 8192
+    emit(f"## Part 4: the engine path, Accumulator.observe (N={n}, P={p}, bf16, 3 streams: "
+         "V=17 and 50,000 dense where it fits, 50,000 sparse)")
+    emit("")
+    emit("| k | kind | observe ms | Mtok/s | fused kernel ms (1 stream) | observe / fused |")
+    emit("|---|---|---|---|---|---|")
+    acts = make_acts(p, n, torch.bfloat16)
+    streams = {"pos": [str(i) for i in range(17)], "token": [str(i) for i in range(50_000)],
+               "pred": [str(i) for i in range(50_000)]}
+    feats = dict(zip(streams, make_features(p, 50_000, 3)))
+    feats["pos"] = feats["pos"] % 17
+    for k in (1, 8):
+        for kind in ("dense", "sparse"):
+            if time.perf_counter() - T0 > ARGS.budget + 60:
+                emit("(skipped: past the budget)")
+                return
+            acc = Accumulator(streams, k=k, kind=kind, device=DEVICE)
+            t_obs = bench(lambda: acc.observe("layer", acts, feats))
+            one = DenseState(n, 17, device=DEVICE)
+            t_fused = bench(lambda: triton_dense.dense_select_accumulate(acts, k, [(feats["pos"], one)]))
+            emit(f"| {k} | {kind} | {t_obs:.3g} | {p / t_obs / 1e3:.3g} | {t_fused:.3g} | "
+                 f"{t_obs / t_fused:.3g}x |")
+            del acc
+    emit("")
+
+
 def main() -> int:
     emit(f"# gpu_check ({'smoke, ' if ARGS.smoke else ''}{DEVICE})")
     emit("")
     ok = part1()
     part2()
     part3()
+    part4()
     emit(f"Part 1: {'ALL PASS' if ok else 'FAILURES (see above)'}; total {time.perf_counter() - T0:.0f} s")
     if ARGS.out:
         Path(ARGS.out).write_text("\n".join(LINES) + "\n")
