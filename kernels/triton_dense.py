@@ -81,6 +81,9 @@ MAX_FUSED_BLOCK_N = 16384
 TILE_ELEMS = 4096
 ELEMS_PER_THREAD = 8
 SCATTER_CHUNK = 2048
+#: Row groups per program for the selecting launches (the next group's tile is read while the
+#: current one is processed); 1 turns the prefetch off.
+GROUPS_PER_PROGRAM = 4
 #: Partial mode: positions a state's int32/fp32 partials may hold before they are flushed.
 PARTIAL_FLUSH_ROWS = 4096
 
@@ -111,10 +114,26 @@ def _key_to_float(key):
 
 
 @triton.jit
-def _scatter_one(f_ptr, cnt_ptr, mass_ptr, peak_ptr, V, NN, rows, row_ok, n, val, sel,
-                 TILE: tl.constexpr):
-    """Add the events ``sel`` (neurons ``n``, values ``val``) of rows ``rows`` into one stream."""
-    f = tl.load(f_ptr + rows, mask=row_ok, other=-1)
+def _feats(f_ptr, rows, row_ok, ON: tl.constexpr):
+    """The feature ids of ``rows`` of one stream (``-1`` where masked, or for an unused stream)."""
+    if ON:
+        f = tl.load(f_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
+    else:
+        f = tl.full(rows.shape, -1, tl.int64)
+    return f
+
+
+@triton.jit
+def _feats4(f0, f1, f2, f3, rows, row_ok, NUM_STREAMS: tl.constexpr):
+    """The feature ids of ``rows`` of every stream."""
+    return (_feats(f0, rows, row_ok, NUM_STREAMS > 0), _feats(f1, rows, row_ok, NUM_STREAMS > 1),
+            _feats(f2, rows, row_ok, NUM_STREAMS > 2), _feats(f3, rows, row_ok, NUM_STREAMS > 3))
+
+
+@triton.jit
+def _scatter_one(f, cnt_ptr, mass_ptr, peak_ptr, V, NN, n, val, sel, TILE: tl.constexpr):
+    """Add the events ``sel`` (neurons ``n``, values ``val``) of rows with feature ids ``f`` into
+    one stream."""
     if TILE:
         f = f[:, None]
     # ids out of range (features >= V, or bad neuron ids given to the scatter-only path) are
@@ -129,61 +148,47 @@ def _scatter_one(f_ptr, cnt_ptr, mass_ptr, peak_ptr, V, NN, rows, row_ok, n, val
 
 
 @triton.jit
-def _scatter_streams(NN, rows, row_ok, n, val, sel,
-                     f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
-                     f2, c2, m2, p2, V2, f3, c3, m3, p3, V3,
+def _scatter_streams(NN, n, val, sel,
+                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
                      NUM_STREAMS: tl.constexpr, TILE: tl.constexpr):
+    """The events into every stream; ``g0..g3`` are the rows' feature ids (see :func:`_feats`)."""
     if NUM_STREAMS > 0:
-        _scatter_one(f0, c0, m0, p0, V0, NN, rows, row_ok, n, val, sel, TILE)
+        _scatter_one(g0, c0, m0, p0, V0, NN, n, val, sel, TILE)
     if NUM_STREAMS > 1:
-        _scatter_one(f1, c1, m1, p1, V1, NN, rows, row_ok, n, val, sel, TILE)
+        _scatter_one(g1, c1, m1, p1, V1, NN, n, val, sel, TILE)
     if NUM_STREAMS > 2:
-        _scatter_one(f2, c2, m2, p2, V2, NN, rows, row_ok, n, val, sel, TILE)
+        _scatter_one(g2, c2, m2, p2, V2, NN, n, val, sel, TILE)
     if NUM_STREAMS > 3:
-        _scatter_one(f3, c3, m3, p3, V3, NN, rows, row_ok, n, val, sel, TILE)
+        _scatter_one(g3, c3, m3, p3, V3, NN, n, val, sel, TILE)
 
 
 @triton.jit
-def _select_scatter_kernel(
-        x_ptr, stride_xp, stride_xn,  # activations [P, N] (METHOD 3: selected values [P, K])
-        out_v_ptr, out_i_ptr,  # [P, K] contiguous outputs (METHOD 3: out_i holds the indices)
-        stride_ip, stride_in,  # METHOD 3: strides of the indices (an expanded arange is fine)
-        P, N, K,
-        f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
-        f2, c2, m2, p2, V2, f3, c3, m3, p3, V3,
-        METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
-        ROWS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr):
-    """``ROWS`` rows per program. METHOD 1 and the search of METHOD 2 hold a row tile of
-    ``BLOCK_N`` (next power of two of the row width) in registers; the scatter of METHODs 0, 2, 3
-    walks the row in column chunks of ``CHUNK`` (bounded registers for wide rows)."""
-    pid = tl.program_id(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    row_ok = rows < P
-    rows64 = rows.to(tl.int64)
-    x_row = x_ptr + rows64[:, None] * stride_xp
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
-    if METHOD == 0:  # k == N: every element is an event
-        for c in range(0, BLOCK_N, CHUNK):
-            cols = c + tl.arange(0, CHUNK)
-            ok = row_ok[:, None] & (cols < N)[None, :]
-            x = tl.load(x_row + cols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
-            _scatter_streams(N, rows, row_ok, cols[None, :], x.to(tl.float32), ok,
-                             f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
-                             f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, True)
-    elif METHOD == 3:  # selection given ([P, K] values and indices): scatter only
-        for c in range(0, BLOCK_N, CHUNK):
-            cols = c + tl.arange(0, CHUNK)
-            ok = row_ok[:, None] & (cols < K)[None, :]
-            x = tl.load(x_row + cols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
-            n = tl.load(out_i_ptr + rows64[:, None] * stride_ip + cols[None, :].to(tl.int64) * stride_in,
-                        mask=ok, other=-1)
-            _scatter_streams(N, rows, row_ok, n, x.to(tl.float32), ok,
-                             f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
-                             f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, True)
+
+@triton.jit
+def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, out_i_ptr, N, K,
+                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
+                 METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
+                 BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr):
+    """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``."""
+    rows64 = rows.to(tl.int64)
+    if METHOD == 1 and KC == 1:  # one fp32 max and one int32 min: the first index of the max
+        xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
+        best = tl.reduce(xf, 1, _max_nan)
+        hit = tile_ok & ((xf == best[:, None]) | ((xf != xf) & (best != best)[:, None]))
+        n = tl.min(tl.where(hit, cols[None, :], 2147483647), axis=1)
+        val = best + 0.0  # -0.0 -> +0.0, as the key paths report it
+        _scatter_streams(N, n, val, row_ok,
+                         g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                         g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
+        if WRITE_OUT:
+            tl.store(out_v_ptr + rows64, val, mask=row_ok)
+            tl.store(out_i_ptr + rows64, n.to(tl.int64), mask=row_ok)
     else:
-        cols = tl.arange(0, BLOCK_N)
-        tile_ok = row_ok[:, None] & (cols < N)[None, :]
-        x = tl.load(x_row + cols[None, :].to(tl.int64) * stride_xn, mask=tile_ok, other=0.0)
         key = _ordered_key(x.to(tl.float32))  # the values are rebuilt from the keys (registers)
         if METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys
             low = 2147483647 - cols  # lower index -> larger key among equal values
@@ -194,9 +199,9 @@ def _select_scatter_kernel(
                 hi = best >> 32
                 n = 2147483647 - (best - (hi << 32))
                 val = _key_to_float(hi.to(tl.int32))
-                _scatter_streams(N, rows, row_ok, n, val, row_ok,
-                                 f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
-                                 f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, False)
+                _scatter_streams(N, n, val, row_ok,
+                                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
                 if WRITE_OUT:
                     tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
                     tl.store(out_i_ptr + rows64 * K + j, n, mask=row_ok)
@@ -204,8 +209,8 @@ def _select_scatter_kernel(
         else:  # METHOD 2: bitwise search of the k-th largest key, stable tie-break by cumsum
             key = tl.where(tile_ok, key, -2147483648)  # below every finite key
             # t: the largest int32 t with count(key >= t) >= K, built bit by bit (offset binary)
-            t = tl.full([ROWS], -2147483648, tl.int64)
-            one = tl.full([ROWS], 1, tl.int64)
+            t = tl.full([x.shape[0]], -2147483648, tl.int64)
+            one = tl.full([x.shape[0]], 1, tl.int64)
             for b in range(32):
                 cand = t + (one << (31 - b))
                 cnt = tl.sum((key >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
@@ -218,16 +223,16 @@ def _select_scatter_kernel(
                 eq = tile_ok & (key == thr)
                 sel = gt | (eq & (tl.cumsum(eq.to(tl.int32), axis=1) <= need[:, None]))
                 val = _key_to_float(key)
-                _scatter_streams(N, rows, row_ok, cols[None, :], val, sel,
-                                 f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
-                                 f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, True)
+                _scatter_streams(N, cols[None, :], val, sel,
+                                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
                 if WRITE_OUT:
                     off = rows64[:, None] * K + tl.cumsum(sel.to(tl.int32), axis=1) - 1
                     tl.store(out_v_ptr + off, val, mask=sel)
                     tl.store(out_i_ptr + off, cols[None, :].to(tl.int64) + 0 * off, mask=sel)
             else:  # wide rows: walk the row again in chunks (L1/L2-resident) to scatter
-                taken = tl.zeros([ROWS], tl.int32)  # keys == thr met so far
-                done = tl.zeros([ROWS], tl.int32)  # selected so far (output slots used)
+                taken = tl.zeros([x.shape[0]], tl.int32)  # keys == thr met so far
+                done = tl.zeros([x.shape[0]], tl.int32)  # selected so far (output slots used)
                 for c in range(0, BLOCK_N, CHUNK):
                     ccols = c + tl.arange(0, CHUNK)
                     ok = row_ok[:, None] & (ccols < N)[None, :]
@@ -239,15 +244,81 @@ def _select_scatter_kernel(
                     sel = gt | (eq & (rank <= need[:, None]))
                     taken += tl.sum(eq.to(tl.int32), axis=1)
                     val = _key_to_float(kc)
-                    _scatter_streams(N, rows, row_ok, ccols[None, :], val, sel,
-                                     f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
-                                     f2, c2, m2, p2, V2, f3, c3, m3, p3, V3, NUM_STREAMS, True)
+                    _scatter_streams(N, ccols[None, :], val, sel,
+                                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
                     if WRITE_OUT:
                         off = rows64[:, None] * K + tl.cumsum(sel.to(tl.int32), axis=1) - 1 \
                             + done[:, None]
                         tl.store(out_v_ptr + off, val, mask=sel)
                         tl.store(out_i_ptr + off, ccols[None, :].to(tl.int64) + 0 * off, mask=sel)
                     done += tl.sum(sel.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _select_scatter_kernel(
+        x_ptr, stride_xp, stride_xn,  # activations [P, N] (METHOD 3: selected values [P, K])
+        out_v_ptr, out_i_ptr,  # [P, K] contiguous outputs (METHOD 3: out_i holds the indices)
+        stride_ip, stride_in,  # METHOD 3: strides of the indices (an expanded arange is fine)
+        P, N, K,
+        f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
+        f2, c2, m2, p2, V2, f3, c3, m3, p3, V3,
+        METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
+        ROWS: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+        KC: tl.constexpr):
+    """``ROWS`` rows per program (METHODs 1 and 2: ``GROUPS`` consecutive groups of ``ROWS`` rows,
+    the tile of the next group loaded while the current one is selected and scattered, so that
+    reads stay in flight). METHOD 1 and the search of METHOD 2 hold a row tile of ``BLOCK_N`` (next
+    power of two of the row width) in registers; the scatter of METHODs 0, 2, 3 walks the row in
+    column chunks of ``CHUNK`` (bounded registers for wide rows)."""
+    pid = tl.program_id(0)
+    if METHOD == 0 or METHOD == 3:
+        rows = pid * ROWS + tl.arange(0, ROWS)
+        row_ok = rows < P
+        rows64 = rows.to(tl.int64)
+        x_row = x_ptr + rows64[:, None] * stride_xp
+        g0, g1, g2, g3 = _feats4(f0, f1, f2, f3, rows, row_ok, NUM_STREAMS)
+        if METHOD == 0:  # k == N: every element is an event
+            for c in range(0, BLOCK_N, CHUNK):
+                cols = c + tl.arange(0, CHUNK)
+                ok = row_ok[:, None] & (cols < N)[None, :]
+                x = tl.load(x_row + cols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
+                _scatter_streams(N, cols[None, :], x.to(tl.float32), ok,
+                                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
+        else:  # selection given ([P, K] values and indices): scatter only
+            for c in range(0, BLOCK_N, CHUNK):
+                cols = c + tl.arange(0, CHUNK)
+                ok = row_ok[:, None] & (cols < K)[None, :]
+                x = tl.load(x_row + cols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
+                n = tl.load(out_i_ptr + rows64[:, None] * stride_ip
+                            + cols[None, :].to(tl.int64) * stride_in, mask=ok, other=-1)
+                _scatter_streams(N, n, x.to(tl.float32), ok,
+                                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
+    else:
+        cols = tl.arange(0, BLOCK_N)
+        col_ok = (cols < N)[None, :]
+        col_off = cols[None, :].to(tl.int64) * stride_xn
+        rows = pid * (ROWS * GROUPS) + tl.arange(0, ROWS)
+        row_ok = rows < P
+        x_row = x_ptr + rows.to(tl.int64)[:, None] * stride_xp
+        x = tl.load(x_row + col_off, mask=row_ok[:, None] & col_ok, other=0.0)
+        g0, g1, g2, g3 = _feats4(f0, f1, f2, f3, rows, row_ok, NUM_STREAMS)
+        for g in range(GROUPS):
+            # prefetch the next group (activations and feature ids) before working on this one
+            nrows = rows + ROWS
+            nrow_ok = (nrows < P) & (g + 1 < GROUPS)
+            nx_row = x_ptr + nrows.to(tl.int64)[:, None] * stride_xp
+            nx = tl.load(nx_row + col_off, mask=nrow_ok[:, None] & col_ok, other=0.0)
+            ng0, ng1, ng2, ng3 = _feats4(f0, f1, f2, f3, nrows, nrow_ok, NUM_STREAMS)
+            _select_rows(x, rows, row_ok, cols, row_ok[:, None] & col_ok, x_row, stride_xn,
+                         out_v_ptr, out_i_ptr, N, K,
+                         g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                         g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
+                         METHOD, NUM_STREAMS, WRITE_OUT, BLOCK_N, CHUNK, KC)
+            rows, row_ok, x_row, x = nrows, nrow_ok, nx_row, nx
+            g0, g1, g2, g3 = ng0, ng1, ng2, ng3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,15 +355,17 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _launch_config(p: int, block_n: int) -> tuple[int, int, int]:
-    """(rows per program, column chunk of the scatter loops, num_warps)."""
-    if _interpret():  # 16 rows per program (the interpreter pays per program and per op); small
-        # chunks so that the tests walk the chunked loops
-        return min(16, _next_pow2(p)), min(block_n, 16), 1
+def _launch_config(p: int, block_n: int) -> tuple[int, int, int, int]:
+    """(rows per group, row groups per program, column chunk of the scatter loops, num_warps)."""
+    if _interpret():  # 8 rows per group, 2 groups (the interpreter pays per program and per op);
+        # small chunks so that the tests walk the chunked loops
+        rows = min(8, _next_pow2(p))
+        return rows, 2 if p > rows else 1, min(block_n, 16), 1
     rows = max(1, min(16, TILE_ELEMS // block_n, _next_pow2(p)))
     warps = max(4, min(32, rows * block_n // (32 * ELEMS_PER_THREAD)))
     chunk = min(block_n, max(1, SCATTER_CHUNK // rows))
-    return rows, chunk, warps
+    groups = max(1, min(GROUPS_PER_PROGRAM, triton.cdiv(p, rows)))
+    return rows, groups, chunk, warps
 
 
 def _check_device(t: torch.Tensor, what: str, device: torch.device) -> None:
@@ -362,12 +435,15 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
     ``[P, k]`` with their indices in ``out_i`` (any strides)."""
     p = x.shape[0]
     block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
-    rows, chunk, warps = _launch_config(p, block_n)
-    _select_scatter_kernel[(triton.cdiv(p, rows),)](
+    rows, groups, chunk, warps = _launch_config(p, block_n)
+    if method_id not in (_M_ARGMAX, _M_THRESHOLD):
+        groups = 1
+    _select_scatter_kernel[(triton.cdiv(p, rows * groups),)](
         x, x.stride(0), x.stride(1), out_v, out_i, out_i.stride(0), out_i.stride(1), p, n, k,
         *_stream_args(group, mode, x.device),
         METHOD=method_id, NUM_STREAMS=len(group), WRITE_OUT=write_out,
-        ROWS=rows, BLOCK_N=block_n, CHUNK=chunk, KC=k if method_id == _M_ARGMAX else 0,
+        ROWS=rows, GROUPS=groups, BLOCK_N=block_n, CHUNK=chunk,
+        KC=k if method_id == _M_ARGMAX else 0,
         num_warps=warps)
 
 
