@@ -13,10 +13,11 @@ passes the limit) and otherwise rehashes into a power-of-two capacity at least t
 probing always terminates and the load factor stays below ``max_load`` (0.5 by default). Batches are
 inserted in chunks of at most ``CHUNK_EVENTS`` events, which bounds the slack.
 
-:func:`sparse_accumulate` feeds ``SparseState`` targets from a ``[P, k]`` selection: each call reduces
-its events in a per-state scratch table and pushes the sorted reduced run into the state (the run
-``SparseState.add_events`` would push), so the state is complete when the call returns and its
-``to_stats()`` equals the reference's. :func:`select_accumulate` is the whole CUDA hot path for any
+:func:`sparse_accumulate` feeds ``SparseState`` targets from a ``[P, k]`` selection: into the
+state's own persistent table (a ``SparseState`` on a CUDA device keeps one, drained into its sorted
+master when read), or else by reducing the call's events in a per-state scratch table and pushing
+the sorted reduced run into the state (the run ``SparseState.add_events`` would push). Either way
+the state's ``to_stats()`` equals the reference's. :func:`select_accumulate` is the whole CUDA hot path for any
 mix of dense and sparse targets (fused dense kernel + tables); :func:`scatter_events` is the same
 for a selection made elsewhere (the counterpart of ``kernels.reference.scatter_events``).
 
@@ -109,7 +110,8 @@ class TritonSparseTable:
         if not 0.0 < max_load <= 0.9:
             raise ValueError(f"max_load must be in (0, 0.9], got {max_load}")
         self.n_neurons, self.n_features = int(n_neurons), int(n_features)
-        self.device = torch.device(device)
+        # the device of the tensors ("cuda" becomes "cuda:0"), so it compares equal to theirs
+        self.device = torch.empty(0, device=device).device
         self.max_load = float(max_load)
         self._alloc(max(16, _next_pow2(capacity)))
 
@@ -135,6 +137,15 @@ class TritonSparseTable:
         """Cells held (one sync)."""
         self._size = self._size_ub = int((self.keys != _EMPTY).sum())
         return self._size
+
+    @property
+    def cells_upper_bound(self) -> int:
+        """An upper bound of :attr:`nnz` known without a sync."""
+        return self._size_ub
+
+    @property
+    def may_hold_cells(self) -> bool:
+        return self._size_ub > 0
 
     @property
     def nbytes(self) -> int:
@@ -267,6 +278,9 @@ def sparse_accumulate(values: torch.Tensor, indices: torch.Tensor | None,
         if features.device != values.device or state.device != values.device:
             raise ValueError(f"target {i}: features ({features.device}), state ({state.device}) "
                              f"and selection ({values.device}) must be on one device")
+        own = getattr(state, "add_selection_events", None)
+        if own is not None and own(values, indices, features):  # the state's own table
+            continue
         table = _SCRATCH.get(state)
         if table is None:
             table = _SCRATCH[state] = TritonSparseTable(state.n_neurons, state.n_features,

@@ -53,8 +53,12 @@ MASS_RTOL = {
 # ------------------------------------------------------------------------------------------------
 # implementations under test: (acts, k, features list) -> (values, indices, states)
 # ------------------------------------------------------------------------------------------------
-def _states(kinds, n, v, device):
-    return [(DenseState if kind == "dense" else SparseState)(n, v, device=device) for kind in kinds]
+def _states(kinds, n, v, device, table=None):
+    """States of ``kinds``; ``table`` picks how sparse ones take events: ``"triton"`` (the GPU's
+    persistent hash table), ``False`` (a scratch table per call, pushed as a sorted run), ``None``
+    (the device's default)."""
+    return [DenseState(n, v, device=device) if kind == "dense" else
+            SparseState(n, v, device=device, table=table) for kind in kinds]
 
 
 def _dense_impl(method, mode="direct"):
@@ -69,7 +73,7 @@ def _dense_impl(method, mode="direct"):
 
 
 def _sparse_impl(acts, k, feats, n, v):
-    states = _states(["sparse"] * len(feats), n, v, acts.device)
+    states = _states(["sparse"] * len(feats), n, v, acts.device, table="triton")
     return (*triton_sparse.sparse_select_accumulate(acts, k, list(zip(feats, states))), states)
 
 
@@ -78,13 +82,13 @@ def _mixed_kinds(count):
 
 
 def _mixed_impl(acts, k, feats, n, v):
-    states = _states(_mixed_kinds(len(feats)), n, v, acts.device)
+    states = _states(_mixed_kinds(len(feats)), n, v, acts.device, table=False)
     return (*triton_sparse.select_accumulate(acts, k, list(zip(feats, states))), states)
 
 
 def _scatter_impl(acts, k, feats, n, v):
     """Scatter-only path on a torch selection (all-neurons k == N: an expanded arange)."""
-    states = _states(_mixed_kinds(len(feats)), n, v, acts.device)
+    states = _states(_mixed_kinds(len(feats)), n, v, acts.device, table=False)
     values, indices = reference.select_topk(acts, k)
     triton_sparse.scatter_events(values, indices, list(zip(feats, states)))
     return values, indices, states
@@ -422,3 +426,27 @@ def test_gpu_wide_rows_and_partial_chunks():
     _run_case("dense-auto", acts, 8, feats, 20_000, 3)
     acts, feats = _gpu_case("random", torch.float32, 9000, 512, 17, 3)  # > PARTIAL_FLUSH_ROWS rows
     _run_case("dense-partial", acts, 16, feats, 512, 17)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_gpu_engine_entry_point_matches_cpu(kind):
+    """``Accumulator(device="cuda").observe`` (the collector's path: ``kernels.select`` and
+    ``kernels.accumulate`` on CUDA tensors) gives the CPU engine's sums. ``device="cuda"`` names no
+    index: the states must still accept the ``cuda:0`` tensors they are fed."""
+    acc_mod = importlib.import_module("txray_engine.accumulate")
+    streams = {"a": [str(i) for i in range(17)], "b": [str(i) for i in range(300)]}
+    gen = torch.Generator().manual_seed(5)
+    acts = torch.randn(2, 150, 1000, generator=gen).to(torch.bfloat16)
+    feats = {"a": torch.randint(-1, 17, (2, 150), generator=gen),
+             "b": torch.randint(0, 300, (2, 150), generator=gen)}
+    mask = torch.rand(2, 150, generator=gen) > 0.2
+    gpu_acc = acc_mod.Accumulator(streams, k=8, kind=kind, device="cuda")
+    cpu_acc = acc_mod.Accumulator(streams, k=8, kind=kind)
+    for half in (slice(0, 70), slice(70, 150)):  # two calls: the states grow across calls
+        gpu_acc.observe("l", acts[:, half].cuda(), {s: f[:, half].cuda() for s, f in feats.items()},
+                        mask=mask[:, half].cuda())
+        cpu_acc.observe("l", acts[:, half], {s: f[:, half] for s, f in feats.items()},
+                        mask=mask[:, half])
+    assert acc_mod.same_sums(gpu_acc, cpu_acc)

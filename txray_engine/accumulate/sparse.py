@@ -12,8 +12,12 @@ Where events come from:
   run when the sums are read (``to_stats``), or when it holds half as many cells as the master
   (and at least ``min_compact / 4``), so its memory stays within about twice the master's (plus
   room for one chunk of ``kernels.cpu_table.CHUNK_EVENTS`` events);
-- otherwise (and for merges, and the GPU's hash-reduced runs) each batch is reduced by key at once
-  (sort-and-reduce) and pushed as a run.
+- on a CUDA device (with Triton), likewise a persistent hash table in device memory
+  (:class:`kernels.triton_sparse.TritonSparseTable`): one insert launch per batch and stream, no
+  sort and no sync per batch; drained the same way, its run merged into the master by
+  sort-and-reduce;
+- otherwise (and for merges) each batch is reduced by key at once (sort-and-reduce) and pushed as
+  a run.
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ from kernels import cpu_table
 
 from .state import StreamState
 from .stats import SparseStats
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _reduce_by_key(keys, count, mass, peak):
@@ -43,12 +55,19 @@ class SparseState(StreamState):
     kind = "sparse"
 
     def __init__(self, n_neurons: int, n_features: int, device="cpu", min_compact: int = 1 << 20,
-                 table: bool | None = None):
+                 table: bool | str | None = None):
         super().__init__(n_neurons, n_features, device)
         self.min_compact = int(min_compact)
-        if table is None:
-            table = self.device.type == "cpu" and cpu_table.AVAILABLE
-        self._table = cpu_table.CpuSparseTable() if table else None
+        if table is None or table is True:  # the hash table this device can run
+            table = "cpu" if self.device.type == "cpu" and cpu_table.AVAILABLE else \
+                "triton" if self.device.type == "cuda" and _triton_available() else False
+        if table not in (False, "cpu", "triton"):
+            raise ValueError(f"table must be None, True, False, 'cpu' or 'triton', got {table!r}")
+        self._table = cpu_table.CpuSparseTable() if table == "cpu" else None
+        self._gpu_table = None
+        if table == "triton":  # on the CPU only under TRITON_INTERPRET=1 (tests)
+            from kernels.triton_sparse import TritonSparseTable
+            self._gpu_table = TritonSparseTable(n_neurons, n_features, device=self.device)
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._master = (empty, empty.clone(), empty.to(torch.float64), empty.to(torch.float32))
         self._pending: list[tuple[torch.Tensor, ...]] = []
@@ -63,6 +82,11 @@ class SparseState(StreamState):
     def _compact(self) -> None:
         if self._table is not None and self._table.nnz:
             run = tuple(torch.from_numpy(a) for a in self._table.drain())
+            self._pending.append(run)
+            self._pending_cells += run[0].numel()
+        if self._gpu_table is not None and self._gpu_table.may_hold_cells:
+            run = self._gpu_table.to_coo()
+            self._gpu_table.clear()
             self._pending.append(run)
             self._pending_cells += run[0].numel()
         if not self._pending:
@@ -80,8 +104,23 @@ class SparseState(StreamState):
     def _bound_table(self) -> None:
         # the table takes up to 4 slots of 28 bytes per cell it holds (plus room for one chunk of
         # events), the master 28 bytes per cell: drain it once it holds half the master's cells
-        if self._table.nnz >= max(self.min_compact // 4, self._master[0].numel() // 2):
+        limit = max(self.min_compact // 4, self._master[0].numel() // 2)
+        if self._table is not None and self._table.nnz >= limit:
             self._compact()
+        # the GPU table counts its cells only when asked (a sync): ask once its upper bound passes
+        gpu = self._gpu_table
+        if gpu is not None and gpu.cells_upper_bound >= limit and gpu.nnz >= limit:
+            self._compact()
+
+    def add_selection_events(self, values: torch.Tensor, indices: torch.Tensor | None,
+                             features: torch.Tensor) -> bool:
+        """Events only (no positions) of a selection ``[P, k]`` (``indices=None``: all neurons)
+        into the GPU table; ``False`` (nothing done) for a state without one."""
+        if self._gpu_table is None:
+            return False
+        self._gpu_table.add_selection(values, indices, features)
+        self._bound_table()
+        return True
 
     def add_selection(self, values: torch.Tensor, indices: torch.Tensor, features: torch.Tensor,
                       *, checked: bool = False) -> None:
@@ -95,7 +134,8 @@ class SparseState(StreamState):
                              f"{tuple(features.shape)}")
         if self._table is None:
             self.add_positions(features)
-            kernels.scatter_events(values, indices, [(features, self)])
+            if not self.add_selection_events(values, indices, features):
+                kernels.scatter_events(values, indices, [(features, self)])
             return
         self.missing += self._table.add_selection(indices.numpy(),
                                                   values.to(torch.float32).numpy(),
@@ -105,6 +145,10 @@ class SparseState(StreamState):
         self._bound_table()
 
     def add_events(self, neurons, features, values):
+        if self._gpu_table is not None:
+            self._gpu_table.add(neurons, features, values.to(torch.float32))
+            self._bound_table()
+            return
         keys = neurons * self.n_features + features
         if self._table is not None:
             self._table.add_events(keys.numpy(), values.to(torch.float32).numpy())
@@ -133,4 +177,5 @@ class SparseState(StreamState):
     def nbytes(self) -> int:
         runs = [self._master, *self._pending]
         return sum(t.numel() * t.element_size() for r in runs for t in r) + \
-            self.feature_freq.numel() * 8 + (self._table.nbytes if self._table is not None else 0)
+            self.feature_freq.numel() * 8 + (self._table.nbytes if self._table is not None else 0) \
+            + (self._gpu_table.nbytes if self._gpu_table is not None else 0)

@@ -38,16 +38,40 @@ class StreamState(ABC):
                              f"{n_neurons} × {n_features}")
         self.n_neurons = int(n_neurons)
         self.n_features = int(n_features)
-        self.device = torch.device(device)
-        self.feature_freq = torch.zeros(n_features, dtype=torch.int64, device=self.device)
-        self.missing = 0
+        self.feature_freq = torch.zeros(n_features, dtype=torch.int64, device=device)
+        # the device of the tensors ("cuda" becomes "cuda:0"), so it compares equal to theirs
+        self.device = self.feature_freq.device
+        self._missing = 0
+        self._missing_dev = None  # on a GPU: missing ids not yet read back (no sync per call)
+
+    @property
+    def missing(self) -> int:
+        """Positions observed whose feature was missing (id ``-1``)."""
+        if self._missing_dev is not None:
+            self._missing += int(self._missing_dev)
+            self._missing_dev = None
+        return self._missing
+
+    @missing.setter
+    def missing(self, value: int) -> None:
+        self._missing_dev = None
+        self._missing = int(value)
 
     # -- updates ---------------------------------------------------------------------------------
     def add_positions(self, features: torch.Tensor) -> None:
         """Count observed positions: ``features`` holds one id per position, ``-1`` = missing."""
-        counts = torch.bincount(features + 1, minlength=self.n_features + 1)  # bin 0: missing
-        self.feature_freq += counts[1:]
-        self.missing += int(counts[0])
+        if self.device.type == "cpu":
+            counts = torch.bincount(features + 1, minlength=self.n_features + 1)  # bin 0: missing
+            self.feature_freq += counts[1:]
+            self._missing += int(counts[0])
+            return
+        # on a GPU, without a sync: bincount reads its maximum back, int() waits for the count.
+        # Ids are the caller's to check (Accumulator.prepare does): one past the vocabulary is
+        # dropped here rather than stopping the device with an assert
+        ok = (features >= 0) & (features < self.n_features)
+        self.feature_freq.scatter_add_(0, torch.where(ok, features, 0), ok.to(torch.int64))
+        gone = (features < 0).sum()
+        self._missing_dev = gone if self._missing_dev is None else self._missing_dev.add_(gone)
 
     @abstractmethod
     def add_events(self, neurons: torch.Tensor, features: torch.Tensor,
