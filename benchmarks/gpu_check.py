@@ -36,6 +36,8 @@ def _parse():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU interpreter check)")
     ap.add_argument("--out", default=None, help="also write the tables as markdown to this file")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the fused kernel's launch shapes (TILE_ELEMS, ELEMS_PER_THREAD)")
     ap.add_argument("--budget", type=float, default=180.0,
                     help="seconds after which the remaining benchmark rows are skipped")
     return ap.parse_args()
@@ -294,7 +296,9 @@ def part2() -> None:
                         ours = lambda: triton_dense.dense_select_accumulate(acts, k, [(feats[0], ours_s)])
                         base = lambda: torch_dense(acts, k, [(feats[0], base_s)])
                     else:
-                        ours_s, base_s = SparseState(n, v, device=DEVICE), SparseState(n, v, device=DEVICE)
+                        ours_s = SparseState(n, v, device=DEVICE)
+                        # the user's version: sort-and-reduce runs, no hash table
+                        base_s = SparseState(n, v, device=DEVICE, table=False)
                         ours = lambda: triton_sparse.sparse_select_accumulate(acts, k, [(feats[0], ours_s)])
                         base = lambda: torch_sparse(acts, k, [(feats[0], base_s)])
                     t_ours, t_base = bench(ours), bench(base)
@@ -374,6 +378,51 @@ def part4() -> None:
     emit("")
 
 
+# ------------------------------------------------------------------------------------------------
+# part 5 (--sweep): launch shapes of the fused kernel
+# ------------------------------------------------------------------------------------------------
+#: (TILE_ELEMS, ELEMS_PER_THREAD, GROUPS_PER_PROGRAM) of triton_dense
+SHAPE_GRID = [(4096, 8, 1), (4096, 8, 4), (4096, 8, 8), (2048, 8, 8), (4096, 16, 4), (8192, 16, 4),
+              (16384, 32, 2)]
+
+
+def part5() -> bool:
+    """Time each launch shape, and check its selection against the reference (so any of them
+    can be made the default)."""
+    emit("## Part 5: launch shapes (bf16, dense V=17, 1 stream; ms, lower is better; "
+         "tile / per thread / groups)")
+    emit("")
+    emit("| N | k | " + " | ".join(f"{t} / {e} / {g}" for t, e, g in SHAPE_GRID) + " |")
+    emit("|---|---|" + "---|" * len(SHAPE_GRID))
+    knobs = ("TILE_ELEMS", "ELEMS_PER_THREAD", "GROUPS_PER_PROGRAM")
+    saved = [getattr(triton_dense, a) for a in knobs]
+    ok = True
+    try:
+        for n in ([16, 40] if ARGS.smoke else [1024, 4096, 16384]):
+            p = 32 if ARGS.smoke else max(1024, (1 << 25) // n)
+            acts = make_acts(p, n, torch.bfloat16)
+            feats = make_features(p, 17, 1)
+            for k in (1, 8):
+                ref_v, ref_i = reference.select_topk(acts.float(), k)
+                state = DenseState(n, 17, device=DEVICE)
+                row = []
+                for shape in SHAPE_GRID:
+                    for a, val in zip(knobs, shape):
+                        setattr(triton_dense, a, val)
+                    v, i = triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)])
+                    good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values) and \
+                        torch.equal(torch.sort(v, 1).values, torch.sort(ref_v, 1).values)
+                    ok &= good
+                    t = bench(lambda: triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)]))
+                    row.append(f"{t:.3g}" + ("" if good else " WRONG"))
+                emit(f"| {n} | {k} | " + " | ".join(row) + " |")
+    finally:
+        for a, val in zip(knobs, saved):
+            setattr(triton_dense, a, val)
+    emit("")
+    return ok
+
+
 def main() -> int:
     emit(f"# gpu_check ({'smoke, ' if ARGS.smoke else ''}{DEVICE})")
     emit("")
@@ -381,6 +430,8 @@ def main() -> int:
     part2()
     part3()
     part4()
+    if ARGS.sweep:
+        ok &= part5()
     emit(f"Part 1: {'ALL PASS' if ok else 'FAILURES (see above)'}; total {time.perf_counter() - T0:.0f} s")
     if ARGS.out:
         Path(ARGS.out).write_text("\n".join(LINES) + "\n")

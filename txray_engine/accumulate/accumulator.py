@@ -142,14 +142,8 @@ class Accumulator:
             f = f.reshape(-1).long()
             if keep is not None:
                 f = f[keep]
-            if f.numel():
-                lo, hi = (int(x) for x in torch.aminmax(f))
-                if lo < -1 or hi >= len(s.vocab):
-                    bad = lo if lo < -1 else hi
-                    raise InputError(f"stream {s.name!r}: feature id {bad} is outside its "
-                                     f"vocabulary of {len(s.vocab)} (valid: 0..{len(s.vocab) - 1}, "
-                                     f"or -1 for missing); extend the vocabulary or fix the ids")
             flat[s.name] = f
+        self._check_ids(flat)
         index = None  # the original position of each row, for the error message
         if keep is not None:
             index = torch.nonzero(keep).squeeze(1)
@@ -174,6 +168,21 @@ class Accumulator:
             ex = tuple(t[good] for t in ex) if ex is not None else None
             skipped = int(bad_rows.numel())
         return Prepared(layer, n, values, indices, flat, skipped, ex)
+
+    def _check_ids(self, flat: dict[str, torch.Tensor]) -> None:
+        """Every id in its stream's vocabulary (or -1): one read-back for all streams, so a GPU
+        waits once per call, not once per stream."""
+        names = [name for name, f in flat.items() if f.numel()]
+        if not names:
+            return
+        bounds = torch.stack([torch.stack(torch.aminmax(flat[name])) for name in names]).tolist()
+        size = {s.name: len(s.vocab) for s in self.streams}
+        for name, (lo, hi) in zip(names, bounds):
+            if lo < -1 or hi >= size[name]:
+                bad = lo if lo < -1 else hi
+                raise InputError(f"stream {name!r}: feature id {bad} is outside its vocabulary of "
+                                 f"{size[name]} (valid: 0..{size[name] - 1}, or -1 for missing); "
+                                 f"extend the vocabulary or fix the ids")
 
     def _example_inputs(self, layer, where, lead, keep, acts) -> tuple:
         width = 2 * self.context_radius + 1
