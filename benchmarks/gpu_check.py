@@ -317,13 +317,25 @@ def part2() -> None:
 # ------------------------------------------------------------------------------------------------
 # part 3: tuning knobs at N = 4096
 # ------------------------------------------------------------------------------------------------
+def _fused(acts, k, targets, method="auto", mode="direct"):
+    """``dense_select_accumulate``; ``method="argmax-fp32"``: argmax with ``ARGMAX_ROUNDS="fp32"``."""
+    saved = triton_dense.ARGMAX_ROUNDS
+    if method == "argmax-fp32":
+        method, triton_dense.ARGMAX_ROUNDS = "argmax", "fp32"
+    try:
+        return triton_dense.dense_select_accumulate(acts, k, targets, method=method, mode=mode)
+    finally:
+        triton_dense.ARGMAX_ROUNDS = saved
+
+
 def part3() -> None:
     n = 40 if ARGS.smoke else 4096
     p = 32 if ARGS.smoke else 8192
     emit(f"## Part 3: methods and modes (N={n}, P={p}, bf16, dense V=17, 4 streams)")
     emit("")
-    emit("| k | argmax ms | threshold ms | torch-select ms | direct ms | partial ms (with flushes) |")
-    emit("|---|---|---|---|---|---|")
+    emit("| k | argmax ms | argmax fp32-rounds ms | threshold ms | torch-select ms | direct ms "
+         "| partial ms (with flushes) |")
+    emit("|---|---|---|---|---|---|---|")
     acts = make_acts(p, n, torch.bfloat16)
     feats = make_features(p, 17, 4)
     for k in (1, 8, 32) if ARGS.smoke else (1, 8, 16, 32):
@@ -332,8 +344,8 @@ def part3() -> None:
             break
         states = [DenseState(n, 17, device=DEVICE) for _ in feats]
         tg = list(zip(feats, states))
-        row = [bench(lambda m=m: triton_dense.dense_select_accumulate(acts, k, tg, method=m))
-               for m in ("argmax", "threshold", "torch")]
+        row = [bench(lambda m=m: _fused(acts, k, tg, method=m))
+               for m in ("argmax", "argmax-fp32", "threshold", "torch")]
         row.append(bench(lambda: triton_dense.dense_select_accumulate(acts, k, tg)))
 
         def partial():

@@ -73,6 +73,10 @@ __all__ = ["ARGMAX_MAX_K", "MAX_FUSED_BLOCK_N", "MAX_STREAMS", "PARTIAL_FLUSH_RO
 MAX_STREAMS = 4
 #: Largest k for the repeated-argmax selection; larger k use the bitwise threshold search.
 ARGMAX_MAX_K = 16
+#: How the argmax rounds of 1 < k <= ARGMAX_MAX_K compare: ``"int64"`` packed (value, index) keys,
+#: one reduction per round; ``"fp32"`` a float max and an index min per round on half the
+#: registers (rows must be finite, as everywhere in the engine).
+ARGMAX_ROUNDS = "int64"
 #: Widest row tile (next power of two of N) held in registers by one program.
 MAX_FUSED_BLOCK_N = 16384
 #: GPU launch shape (tunables): row-tile elements per program (several rows per program when N is
@@ -173,7 +177,8 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
                  g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                  g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
                  METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
-                 BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr):
+                 BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr,
+                 FP32_ROUNDS: tl.constexpr):
     """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``."""
     rows64 = rows.to(tl.int64)
     if METHOD == 1 and KC == 1:  # one fp32 max and one int32 min: the first index of the max
@@ -188,6 +193,19 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
         if WRITE_OUT:
             tl.store(out_v_ptr + rows64, val, mask=row_ok)
             tl.store(out_i_ptr + rows64, n.to(tl.int64), mask=row_ok)
+    elif METHOD == 1 and FP32_ROUNDS:  # k rounds of (fp32 max, first index of it, knock out)
+        xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
+        for j in range(KC):
+            best = tl.max(xf, axis=1)
+            n = tl.min(tl.where(xf == best[:, None], cols[None, :], 2147483647), axis=1)
+            val = best + 0.0
+            _scatter_streams(N, n, val, row_ok,
+                             g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                             g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
+            if WRITE_OUT:
+                tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
+                tl.store(out_i_ptr + rows64 * K + j, n.to(tl.int64), mask=row_ok)
+            xf = tl.where(cols[None, :] == n[:, None], -float("inf"), xf)
     else:
         key = _ordered_key(x.to(tl.float32))  # the values are rebuilt from the keys (registers)
         if METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys
@@ -265,7 +283,7 @@ def _select_scatter_kernel(
         f2, c2, m2, p2, V2, f3, c3, m3, p3, V3,
         METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
         ROWS: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-        KC: tl.constexpr):
+        KC: tl.constexpr, FP32_ROUNDS: tl.constexpr):
     """``ROWS`` rows per program (METHODs 1 and 2: ``GROUPS`` consecutive groups of ``ROWS`` rows,
     the tile of the next group loaded while the current one is selected and scattered, so that
     reads stay in flight). METHOD 1 and the search of METHOD 2 hold a row tile of ``BLOCK_N`` (next
@@ -316,7 +334,7 @@ def _select_scatter_kernel(
                          out_v_ptr, out_i_ptr, N, K,
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                          g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
-                         METHOD, NUM_STREAMS, WRITE_OUT, BLOCK_N, CHUNK, KC)
+                         METHOD, NUM_STREAMS, WRITE_OUT, BLOCK_N, CHUNK, KC, FP32_ROUNDS)
             rows, row_ok, x_row, x = nrows, nrow_ok, nx_row, nx
             g0, g1, g2, g3 = ng0, ng1, ng2, ng3
 
@@ -444,6 +462,7 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
         METHOD=method_id, NUM_STREAMS=len(group), WRITE_OUT=write_out,
         ROWS=rows, GROUPS=groups, BLOCK_N=block_n, CHUNK=chunk,
         KC=k if method_id == _M_ARGMAX else 0,
+        FP32_ROUNDS=ARGMAX_ROUNDS == "fp32" and method_id == _M_ARGMAX,
         num_warps=warps)
 
 

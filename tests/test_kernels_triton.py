@@ -61,11 +61,15 @@ def _states(kinds, n, v, device, table=None):
             SparseState(n, v, device=device, table=table) for kind in kinds]
 
 
-def _dense_impl(method, mode="direct"):
+def _dense_impl(method, mode="direct", rounds="int64"):
     def run(acts, k, feats, n, v):
         states = _states(["dense"] * len(feats), n, v, acts.device)
-        out = triton_dense.dense_select_accumulate(acts, k, list(zip(feats, states)), method=method,
-                                                   mode=mode)
+        saved, triton_dense.ARGMAX_ROUNDS = triton_dense.ARGMAX_ROUNDS, rounds
+        try:
+            out = triton_dense.dense_select_accumulate(acts, k, list(zip(feats, states)),
+                                                       method=method, mode=mode)
+        finally:
+            triton_dense.ARGMAX_ROUNDS = saved
         for s in states:
             triton_dense.flush(s)
         return (*out, states)
@@ -108,6 +112,7 @@ IMPLS = {
     "dispatch": ("mixed", "direct", _dispatch_impl),
     "dense-auto": ("dense", "direct", _dense_impl("auto")),
     "dense-argmax": ("dense", "direct", _dense_impl("argmax")),
+    "dense-argmax-fp32": ("dense", "direct", _dense_impl("argmax", rounds="fp32")),
     "dense-threshold": ("dense", "direct", _dense_impl("threshold")),
     "dense-torchsel": ("dense", "direct", _dense_impl("torch")),
     "dense-partial": ("dense", "partial", _dense_impl("auto", "partial")),
