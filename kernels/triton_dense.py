@@ -13,11 +13,15 @@ for every selected ``(n, a)`` of a row whose feature ``f`` (per stream) is ``>= 
 Selection strategies (chosen per call by :func:`dense_select_accumulate`, ``method="auto"``):
 
 * ``k == N`` -- ``"all"``: no selection, every element is an event.
-* ``k <= ARGMAX_MAX_K`` -- ``"argmax"``: ``k`` rounds of a row max over packed int64 keys
-  ``(order-preserving int32 of the value) << 32 | (2**31 - 1 - n)``; the max of the keys is the
-  largest value and, among equal values, the lowest index (the reference tie-break). The winner's
-  key is then knocked out. Gives the selection in compact form, so the scatter is ``k`` small
-  vector atomics per row.
+* ``k <= ARGMAX_MAX_K`` -- ``"argmax"``: for ``k == 1`` one fp32 row max and one int32 min of the
+  indices holding it (the reference tie-break: the lowest index among equal values); for larger
+  ``k``, ``k`` rounds of a row max over packed int64 keys
+  ``(order-preserving int32 of the value) << 32 | (2**31 - 1 - n)``, whose max is the largest value
+  and, among equal values, the lowest index, the winner's key then knocked out
+  (``ARGMAX_ROUNDS = "fp32"``: rounds of fp32 max and index min instead, half the registers).
+  Gives the selection in compact form, so the scatter is ``k`` small vector atomics per row. Each
+  program takes ``GROUPS_PER_PROGRAM`` groups of rows and loads the next group while it works on
+  the current one.
 * otherwise -- ``"threshold"``: a 32-step bitwise search for the k-th largest int32 key of each row
   (``count(key >= t) >= k``), then ``key > t`` plus the first ``k - count(key > t)`` entries equal to
   ``t`` in index order (a cumsum), i.e. exactly the stable-sort tie-break; predicated atomics over
@@ -189,10 +193,11 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
             tl.store(out_v_ptr + rows64, val, mask=row_ok)
             tl.store(out_i_ptr + rows64, n.to(tl.int64), mask=row_ok)
     elif METHOD == 1 and FP32_ROUNDS:  # k rounds of (fp32 max, first index of it, knock out)
-        xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
+        xf = x.to(tl.float32)
+        left = tile_ok  # not yet taken (a taken -inf must not be found again)
         for j in range(KC):
-            best = tl.max(xf, axis=1)
-            n = tl.min(tl.where(xf == best[:, None], cols[None, :], 2147483647), axis=1)
+            best = tl.max(tl.where(left, xf, -float("inf")), axis=1)
+            n = tl.min(tl.where(left & (xf == best[:, None]), cols[None, :], 2147483647), axis=1)
             val = best + 0.0
             _scatter_streams(N, n, val, row_ok,
                              g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
@@ -200,7 +205,7 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
             if WRITE_OUT:
                 tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
                 tl.store(out_i_ptr + rows64 * K + j, n.to(tl.int64), mask=row_ok)
-            xf = tl.where(cols[None, :] == n[:, None], -float("inf"), xf)
+            left = left & (cols[None, :] != n[:, None])
     else:
         key = _ordered_key(x.to(tl.float32))  # the values are rebuilt from the keys (registers)
         if METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys

@@ -455,3 +455,16 @@ def test_gpu_engine_entry_point_matches_cpu(kind):
         cpu_acc.observe("l", acts[:, half], {s: f[:, half] for s, f in feats.items()},
                         mask=mask[:, half])
     assert acc_mod.same_sums(gpu_acc, cpu_acc)
+
+
+@pytest.mark.parametrize("rounds", ["int64", "fp32"])
+def test_argmax_rounds_never_take_a_neuron_twice(rounds, monkeypatch):
+    """A row holding -inf (outside the engine's finite rows, but a caller's tensor may) still
+    yields k distinct neurons, the reference's."""
+    monkeypatch.setattr(triton_dense, "ARGMAX_ROUNDS", rounds)
+    inf = float("inf")
+    x = torch.tensor([[5.0, -inf, -inf, 1.0], [-inf, -inf, -inf, -inf], [1.0, -0.0, 0.0, -inf]])
+    values, indices = triton_dense.select_topk(x, 3, method="argmax")
+    ref_v, ref_i = reference.select_topk(x, 3)
+    assert torch.equal(torch.sort(indices, 1).values, torch.sort(ref_i, 1).values)
+    assert torch.equal(torch.sort(values, 1).values, torch.sort(ref_v, 1).values)
