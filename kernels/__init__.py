@@ -16,9 +16,9 @@ import torch
 
 from . import cpu, reference
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk
-from .targets import is_dense_state
+from .targets import check_targets, is_dense_state
 
-__all__ = ["accumulate", "add_totals", "nonfinite_rows", "scatter", "scatter_events", "select",
+__all__ = ["accumulate", "add_totals", "check_targets", "nonfinite_rows", "scatter", "scatter_events", "select",
            "select_accumulate", "select_topk"]
 
 
@@ -93,25 +93,33 @@ def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
         reference.add_totals(values, indices, count, mass)
 
 
-def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals) -> None:
+def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
+               checked: bool = False) -> None:
     """Everything a selection adds: each target's positions (``state.add_positions``) and events
     (:func:`scatter`), and the per-neuron ``totals=(count, mass)`` (:func:`add_totals`). On the
     CPU, dense targets and the totals take one numba call, and a state with an
-    ``add_selection(values, indices, features)`` method (a sparse state's hash table) one pass."""
+    ``add_selection(values, indices, features)`` method (a sparse state's hash table) one pass.
+
+    Shapes and ids are checked before anything changes (bad ones raise ``ValueError``; on a GPU
+    that is one read-back); ``checked=True`` skips that, for a caller that checked them (the
+    ``Accumulator`` checks ids in ``prepare``, and its selections hold valid neurons)."""
     if indices.shape[0] == 0:
         for features, state in targets:
             state.add_positions(features)
         return
     if not (cpu.AVAILABLE and values.device.type == "cpu" and totals[0].device.type == "cpu"):
+        if not checked:
+            check_targets(values, indices, targets, totals[0].numel())
         for features, state in targets:
             state.add_positions(features)
         scatter(values, indices, targets)
         add_totals(values, indices, *totals)
         return
     fast, rest = _cpu_dense(targets, values)
-    if rest:  # several calls follow: check everything once, before the first changes anything
+    if rest and not checked:  # several calls follow: check everything once, before any changes
         cpu.check_selection(values, indices, targets, totals[0].numel())
-    cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals, checked=bool(rest))
+    cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals,
+                         checked=checked or bool(rest))
     for features, state in rest:
         if hasattr(state, "add_selection"):
             state.add_selection(values, indices, features, checked=True)

@@ -28,3 +28,29 @@ def split_targets(targets: Sequence[tuple[torch.Tensor, object]]):
         state = target[1]
         (dense if is_dense_state(state) else sparse if is_sparse_state(state) else other).append(target)
     return dense, sparse, other
+
+
+def check_targets(values: torch.Tensor, indices: torch.Tensor, targets, n_neurons: int) -> None:
+    """Raise ``ValueError`` unless ``values``/``indices`` are ``[P, k]`` of one shape, every
+    target's features ``[P]`` ids in ``[-1, state.n_features)`` and every neuron id in
+    ``[0, n_neurons)``; on any device, with one read-back of all the bounds (a GPU waits once).
+    The CPU's numba path has its own one-pass check (:func:`kernels.cpu.check_selection`)."""
+    if values.shape != indices.shape or values.dim() != 2:
+        raise ValueError(f"values and indices must be [P, k] of one shape, got "
+                         f"{tuple(values.shape)} and {tuple(indices.shape)}")
+    p = values.shape[0]
+    for i, (features, _) in enumerate(targets):
+        if tuple(features.shape) != (p,):
+            raise ValueError(f"target {i}: features must be [P] = [{p}], got "
+                             f"{tuple(features.shape)}")
+    if indices.numel() == 0:
+        return
+    bounds = torch.stack([torch.stack(torch.aminmax(t.reshape(-1).to(torch.int64)))
+                          for t in [indices, *(f for f, _ in targets)]]).tolist()
+    (lo, hi), streams = bounds[0], bounds[1:]
+    if lo < 0 or hi >= n_neurons:
+        raise ValueError(f"neuron ids must be in [0, {n_neurons}), got {lo if lo < 0 else hi}")
+    for i, ((lo, hi), (_, state)) in enumerate(zip(streams, targets)):
+        if lo < -1 or hi >= state.n_features:
+            raise ValueError(f"target {i}: feature ids must be in [-1, {state.n_features}), got "
+                             f"{lo if lo < -1 else hi}")

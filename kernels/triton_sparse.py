@@ -270,8 +270,9 @@ _SCRATCH: "weakref.WeakKeyDictionary[object, TritonSparseTable]" = weakref.WeakK
 def sparse_accumulate(values: torch.Tensor, indices: torch.Tensor | None,
                       targets: Sequence[tuple[torch.Tensor, object]]) -> None:
     """Add the selection ``(values, indices)`` ``[P, k]`` (any strides; ``indices=None``: all
-    neurons) into every ``SparseState`` target ``(features [P], state)``: one reduced run per state
-    and call, pushed the way ``SparseState.add_events`` pushes its own."""
+    neurons) into every ``SparseState`` target ``(features [P], state)``: into the state's own hash
+    table when it keeps one (on CUDA), otherwise as one reduced run per state and call, pushed the
+    way ``SparseState.add_events`` pushes its own. Events only: positions are the caller's."""
     for i, (features, state) in enumerate(targets):
         if not is_sparse_state(state):
             raise ValueError(f"target {i}: {type(state).__name__} is not a SparseState")

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from naive import assert_matches_naive, naive_sums
 from txray_engine import Accumulator
+from txray_engine.errors import InputError
 import kernels
 from kernels import cpu_table
 from txray_engine.accumulate import SparseState, make_state
@@ -212,3 +213,44 @@ def test_sparse_merge_of_stats_with_a_repeated_cell(table):
     out = state.to_stats()
     assert out.keys().tolist() == [1, 5] and out.count.tolist() == [4, 8]
     assert out.mass.tolist() == [4.0, 8.0] and out.peak.tolist() == [2.0, 3.0]
+
+
+def test_sparse_table_must_suit_the_device(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA state"):
+        SparseState(3, 4, table="triton")
+    with pytest.raises(ValueError, match="table must be"):
+        SparseState(3, 4, table="gpu")
+    if cpu_table.AVAILABLE:
+        assert SparseState(3, 4, table="cpu").nbytes >= 0
+
+
+def test_kernels_accumulate_checks_ids_on_every_device_path(monkeypatch):
+    """The device (non-numba) path of ``kernels.accumulate`` checks shapes and ids with one
+    read-back before changing anything, as the CPU path does; ``checked=True`` is for callers
+    that checked (the Accumulator)."""
+    from txray_engine.accumulate.layer import LayerState
+
+    monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)  # take the path CUDA tensors take
+    layer = LayerState.create(4, {"a": 5, "b": 5}, kind="dense")
+    values, indices = torch.ones(2, 1), torch.zeros(2, 1, dtype=torch.long)
+    for features, bad_indices in [({"a": torch.tensor([0, 1]), "b": torch.tensor([0, 9])}, indices),
+                                  ({"a": torch.tensor([0, 1]), "b": torch.tensor([0, -2])}, indices),
+                                  ({"a": torch.tensor([0, 1]), "b": torch.tensor([0, 1])},
+                                   torch.tensor([[0], [4]]))]:
+        with pytest.raises(ValueError):
+            layer.add_selection(values, bad_indices, features)
+        assert not layer.neuron_count.any() and layer.tokens == 0
+        assert not layer.streams["a"].feature_freq.any() and not layer.streams["b"].count.any()
+    layer.add_selection(values, indices, {"a": torch.tensor([0, -1]), "b": torch.tensor([4, 4])})
+    assert layer.streams["b"].count.sum() == 2 and layer.streams["a"].missing == 1
+
+
+def test_commit_refuses_a_second_width_for_a_new_layer():
+    acc = Accumulator({"f": ["x"]}, k=1)
+    a = acc.prepare("l", torch.randn(3, 4), {"f": torch.zeros(3, dtype=torch.long)})
+    b = acc.prepare("l", torch.randn(3, 6), {"f": torch.zeros(3, dtype=torch.long)})
+    acc.commit(a)
+    with pytest.raises(InputError, match="one width"):
+        acc.commit(b)
+    assert acc.layers["l"].tokens == 3

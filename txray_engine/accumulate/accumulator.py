@@ -205,9 +205,12 @@ class Accumulator:
         if state is None:
             state = self.layers[p.layer] = LayerState.create(
                 p.n_neurons, self.vocab_sizes, self.kind, self.dense_budget, self.device)
+        if state.n_neurons != p.n_neurons:  # two prepares of a new layer, of two widths
+            raise InputError(f"layer {p.layer!r} has {state.n_neurons} neurons, this batch "
+                             f"{p.n_neurons}: one layer name must keep one width")
         dev = self.device
-        state.add_selection(p.values.to(dev), p.indices.to(dev),
-                            {n: f.to(dev) for n, f in p.features.items()})
+        state.add_selection(p.values.to(dev), p.indices.to(dev),  # prepare checked the ids
+                            {n: f.to(dev) for n, f in p.features.items()}, checked=True)
         if p.examples is not None:
             if state.examples is None:
                 state.examples = TopExamples(p.n_neurons, self.examples,

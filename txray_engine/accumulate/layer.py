@@ -46,11 +46,13 @@ class LayerState:
         return cls(n_neurons, streams)
 
     def add_selection(self, values: torch.Tensor, indices: torch.Tensor,
-                      features: dict[str, torch.Tensor]) -> None:
+                      features: dict[str, torch.Tensor], *, checked: bool = False) -> None:
         """Add selected neurons ``indices``/``values`` ``[P, k]`` of ``P`` positions whose ids are
-        ``features[name]`` ``[P]``."""
+        ``features[name]`` ``[P]`` (bad shapes or ids raise ``ValueError`` and change nothing;
+        ``checked=True``: the caller checked them)."""
         targets = [(features[name], state) for name, state in self.streams.items()]
-        kernels.accumulate(values, indices, targets, (self.neuron_count, self.neuron_mass))
+        kernels.accumulate(values, indices, targets, (self.neuron_count, self.neuron_mass),
+                           checked=checked)
         self.tokens += int(indices.shape[0])
 
     def merge_(self, other: "LayerState") -> "LayerState":

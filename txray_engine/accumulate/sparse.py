@@ -13,14 +13,17 @@ Where events come from:
   (and at least ``min_compact / 4``), so its memory stays within about twice the master's (plus
   room for one chunk of ``kernels.cpu_table.CHUNK_EVENTS`` events);
 - on a CUDA device (with Triton), likewise a persistent hash table in device memory
-  (:class:`kernels.triton_sparse.TritonSparseTable`): one insert launch per batch and stream, no
-  sort and no sync per batch; drained the same way, its run merged into the master by
+  (:class:`kernels.triton_sparse.TritonSparseTable`): one insert launch per batch and stream and
+  no sort; it counts its cells (a sync) only once the events since the last count could have
+  filled it to its drain size; drained the same way, its run merged into the master by
   sort-and-reduce;
 - otherwise (and for merges) each batch is reduced by key at once (sort-and-reduce) and pushed as
   a run.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -37,6 +40,10 @@ def _triton_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _reduce_by_key(keys, count, mass, peak):
@@ -63,6 +70,12 @@ class SparseState(StreamState):
                 "triton" if self.device.type == "cuda" and _triton_available() else False
         if table not in (False, "cpu", "triton"):
             raise ValueError(f"table must be None, True, False, 'cpu' or 'triton', got {table!r}")
+        if table == "cpu" and (self.device.type != "cpu" or not cpu_table.AVAILABLE):
+            raise ValueError(f"table='cpu' needs a CPU state and numba (state on {self.device}, "
+                             f"numba {'installed' if cpu_table.AVAILABLE else 'missing'})")
+        if table == "triton" and not (self.device.type == "cuda" or _interpreted()):
+            raise ValueError(f"table='triton' needs a CUDA state (got {self.device}; on the CPU "
+                             "only under TRITON_INTERPRET=1, for tests)")
         self._table = cpu_table.CpuSparseTable() if table == "cpu" else None
         self._gpu_table = None
         if table == "triton":  # on the CPU only under TRITON_INTERPRET=1 (tests)
@@ -133,6 +146,8 @@ class SparseState(StreamState):
                              f"{tuple(values.shape)}, {tuple(indices.shape)}, "
                              f"{tuple(features.shape)}")
         if self._table is None:
+            if not checked:  # shapes and ids, before anything changes (a GPU reads back once)
+                kernels.check_targets(values, indices, [(features, self)], self.n_neurons)
             self.add_positions(features)
             if not self.add_selection_events(values, indices, features):
                 kernels.scatter_events(values, indices, [(features, self)])
