@@ -211,10 +211,12 @@ if AVAILABLE:
     @njit(boundscheck=False, cache=True)
     def _ids_ok(indices, n_neurons, features, n_features):
         """Neuron ids in ``[0, n_neurons)``, feature ids ``features[s]`` in
-        ``[-1, n_features[s])`` (``indices`` ``[P, k]`` and ``features`` ``[S, P]``, P, k > 0)."""
-        lo, hi = _min_max(indices.ravel())
-        if lo < 0 or hi >= n_neurons:
-            return False
+        ``[-1, n_features[s])`` (``indices`` ``[P, k]`` and ``features`` ``[S, P]``, P > 0; with
+        k == 0 the positions still count, so their ids are checked too)."""
+        if indices.size:
+            lo, hi = _min_max(indices.ravel())
+            if lo < 0 or hi >= n_neurons:
+                return False
         for s in range(features.shape[0]):
             lo, hi = _min_max(features[s])
             if lo < -1 or hi >= n_features[s]:
@@ -306,7 +308,7 @@ def check_selection(values: torch.Tensor, indices: torch.Tensor, targets,
                              f"{tuple(features.shape)}")
     idx, feats = _as_arrays(indices, targets)
     widths = np.array([state.n_features for _, state in targets], np.int64)
-    if p and k and not _ids_ok(idx, n_neurons, feats, widths):
+    if p and not _ids_ok(idx, n_neurons, feats, widths):
         raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in [-1, V) of "
                          f"each stream")
     return idx, feats

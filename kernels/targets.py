@@ -43,13 +43,19 @@ def check_targets(values: torch.Tensor, indices: torch.Tensor, targets, n_neuron
         if tuple(features.shape) != (p,):
             raise ValueError(f"target {i}: features must be [P] = [{p}], got "
                              f"{tuple(features.shape)}")
-    if indices.numel() == 0:
+    if p == 0:
+        return
+    with_neurons = indices.numel() > 0  # k == 0: no neurons, but the positions still count
+    tensors = ([indices] if with_neurons else []) + [f for f, _ in targets]
+    if not tensors:
         return
     bounds = torch.stack([torch.stack(torch.aminmax(t.reshape(-1).to(torch.int64)))
-                          for t in [indices, *(f for f, _ in targets)]]).tolist()
-    (lo, hi), streams = bounds[0], bounds[1:]
-    if lo < 0 or hi >= n_neurons:
-        raise ValueError(f"neuron ids must be in [0, {n_neurons}), got {lo if lo < 0 else hi}")
+                          for t in tensors]).tolist()
+    if with_neurons:
+        (lo, hi), bounds = bounds[0], bounds[1:]
+        if lo < 0 or hi >= n_neurons:
+            raise ValueError(f"neuron ids must be in [0, {n_neurons}), got {lo if lo < 0 else hi}")
+    streams = bounds
     for i, ((lo, hi), (_, state)) in enumerate(zip(streams, targets)):
         if lo < -1 or hi >= state.n_features:
             raise ValueError(f"target {i}: feature ids must be in [-1, {state.n_features}), got "

@@ -185,6 +185,7 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
         xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
         best = tl.max(xf, axis=1)
         n = tl.min(tl.where(xf == best[:, None], cols[None, :], 2147483647), axis=1)
+        n = tl.minimum(n, N - 1)  # a NaN row (outside the contract) still names a real neuron
         val = best + 0.0  # -0.0 -> +0.0, as the key paths report it
         _scatter_streams(N, n, val, row_ok,
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,

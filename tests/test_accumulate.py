@@ -254,3 +254,31 @@ def test_commit_refuses_a_second_width_for_a_new_layer():
     with pytest.raises(InputError, match="one width"):
         acc.commit(b)
     assert acc.layers["l"].tokens == 3
+
+
+def test_commit_refuses_a_batch_prepared_for_other_streams():
+    """Ids are checked in ``prepare`` against that accumulator's vocabularies; another one with a
+    smaller vocabulary must refuse the batch (its kernels trust checked ids)."""
+    big = Accumulator({"f": [str(i) for i in range(4)]}, k=1)
+    small = Accumulator({"f": ["a", "b"]}, k=1)
+    batch = big.prepare("l", torch.randn(4, 8), {"f": torch.full((4,), 3)})
+    with pytest.raises(InputError, match="prepared for streams"):
+        small.commit(batch)
+    assert not small.layers
+
+
+@pytest.mark.parametrize("cpu_path", [True, False])
+def test_accumulate_checks_the_positions_of_an_empty_selection(cpu_path, monkeypatch):
+    """k == 0 selects no neuron, but its positions still count: their ids are checked."""
+    from txray_engine.accumulate.layer import LayerState
+
+    if not cpu_path:
+        monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    layer = LayerState.create(4, {"a": 2, "b": 2}, kind="dense")
+    layer.streams["b"] = SparseState(4, 2, table=False)
+    with pytest.raises(ValueError):
+        kernels.accumulate(torch.ones(3, 0), torch.zeros(3, 0, dtype=torch.long),
+                           [(torch.tensor([0, 1, 0]), layer.streams["a"]),
+                            (torch.tensor([0, 50_000_000, 1]), layer.streams["b"])],
+                           (layer.neuron_count, layer.neuron_mass))
+    assert not layer.streams["a"].feature_freq.any()

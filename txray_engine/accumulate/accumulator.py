@@ -34,6 +34,7 @@ class Prepared:
     features: dict[str, torch.Tensor]
     skipped_nonfinite: int
     examples: tuple | None = None  # (acts [P, N], doc [P], pos [P], context [P, W])
+    vocab_sizes: dict | None = None  # the streams' sizes the ids were checked against
 
 
 class Accumulator:
@@ -167,7 +168,7 @@ class Accumulator:
             flat = {name: f[good] for name, f in flat.items()}
             ex = tuple(t[good] for t in ex) if ex is not None else None
             skipped = int(bad_rows.numel())
-        return Prepared(layer, n, values, indices, flat, skipped, ex)
+        return Prepared(layer, n, values, indices, flat, skipped, ex, self.vocab_sizes)
 
     def _check_ids(self, flat: dict[str, torch.Tensor]) -> None:
         """Every id in its stream's vocabulary (or -1): one read-back for all streams, so a GPU
@@ -201,6 +202,9 @@ class Accumulator:
         return acts, doc, pos, ctx.long()
 
     def commit(self, p: Prepared) -> None:
+        if p.vocab_sizes != self.vocab_sizes:  # checked against another accumulator's streams
+            raise InputError(f"this batch was prepared for streams {p.vocab_sizes}, this "
+                             f"accumulator has {self.vocab_sizes}: commit it where it was prepared")
         state = self.layers.get(p.layer)
         if state is None:
             state = self.layers[p.layer] = LayerState.create(
