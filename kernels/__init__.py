@@ -18,8 +18,8 @@ from . import cpu, reference
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk
 from .targets import check_targets, is_dense_state
 
-__all__ = ["accumulate", "add_totals", "check_targets", "nonfinite_rows", "scatter", "scatter_events", "select",
-           "select_accumulate", "select_topk"]
+__all__ = ["accumulate", "add_totals", "check_targets", "nonfinite_rows", "scatter",
+           "scatter_events", "select", "select_accumulate", "select_topk"]
 
 
 def _triton_ok(t: torch.Tensor) -> bool:

@@ -38,6 +38,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .targets import check_shapes
+
 try:
     from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a dependency, but keep the reference usable
@@ -298,14 +300,8 @@ def check_selection(values: torch.Tensor, indices: torch.Tensor, targets,
     target's features ``[P]`` ids in ``[-1, state.n_features)`` and every neuron id in
     ``[0, n_neurons)``: one pass, before any state changes. Returns the arrays of
     :func:`_as_arrays` for the kernels."""
-    if values.shape != indices.shape or values.dim() != 2:
-        raise ValueError(f"values and indices must be [P, k] of one shape, got "
-                         f"{tuple(values.shape)} and {tuple(indices.shape)}")
-    p, k = values.shape
-    for i, (features, _) in enumerate(targets):
-        if tuple(features.shape) != (p,):
-            raise ValueError(f"target {i}: features must be [P] = [{p}], got "
-                             f"{tuple(features.shape)}")
+    check_shapes(values, indices, targets)
+    p = values.shape[0]
     idx, feats = _as_arrays(indices, targets)
     widths = np.array([state.n_features for _, state in targets], np.int64)
     if p and not _ids_ok(idx, n_neurons, feats, widths):

@@ -30,11 +30,9 @@ def split_targets(targets: Sequence[tuple[torch.Tensor, object]]):
     return dense, sparse, other
 
 
-def check_targets(values: torch.Tensor, indices: torch.Tensor, targets, n_neurons: int) -> None:
-    """Raise ``ValueError`` unless ``values``/``indices`` are ``[P, k]`` of one shape, every
-    target's features ``[P]`` ids in ``[-1, state.n_features)`` and every neuron id in
-    ``[0, n_neurons)``; on any device, with one read-back of all the bounds (a GPU waits once).
-    The CPU's numba path has its own one-pass check (:func:`kernels.cpu.check_selection`)."""
+def check_shapes(values: torch.Tensor, indices: torch.Tensor, targets) -> None:
+    """Raise ``ValueError`` unless ``values``/``indices`` are ``[P, k]`` of one shape and every
+    target's features ``[P]``."""
     if values.shape != indices.shape or values.dim() != 2:
         raise ValueError(f"values and indices must be [P, k] of one shape, got "
                          f"{tuple(values.shape)} and {tuple(indices.shape)}")
@@ -43,20 +41,30 @@ def check_targets(values: torch.Tensor, indices: torch.Tensor, targets, n_neuron
         if tuple(features.shape) != (p,):
             raise ValueError(f"target {i}: features must be [P] = [{p}], got "
                              f"{tuple(features.shape)}")
-    if p == 0:
+
+
+def id_bounds(tensors) -> list[tuple[int, int]]:
+    """``(min, max)`` of each non-empty integer tensor, read back at once (a GPU waits once)."""
+    if not tensors:
+        return []
+    return [tuple(b) for b in torch.stack([torch.stack(torch.aminmax(t.reshape(-1).long()))
+                                           for t in tensors]).tolist()]
+
+
+def check_targets(values: torch.Tensor, indices: torch.Tensor, targets, n_neurons: int) -> None:
+    """:func:`check_shapes`, and every target's feature ids in ``[-1, state.n_features)`` and
+    every neuron id in ``[0, n_neurons)``, on any device with one read-back of all the bounds.
+    The CPU's numba path checks ids in one pass of its own (:func:`kernels.cpu.check_selection`)."""
+    check_shapes(values, indices, targets)
+    if values.shape[0] == 0:
         return
     with_neurons = indices.numel() > 0  # k == 0: no neurons, but the positions still count
-    tensors = ([indices] if with_neurons else []) + [f for f, _ in targets]
-    if not tensors:
-        return
-    bounds = torch.stack([torch.stack(torch.aminmax(t.reshape(-1).to(torch.int64)))
-                          for t in tensors]).tolist()
+    bounds = id_bounds(([indices] if with_neurons else []) + [f for f, _ in targets])
     if with_neurons:
         (lo, hi), bounds = bounds[0], bounds[1:]
         if lo < 0 or hi >= n_neurons:
             raise ValueError(f"neuron ids must be in [0, {n_neurons}), got {lo if lo < 0 else hi}")
-    streams = bounds
-    for i, ((lo, hi), (_, state)) in enumerate(zip(streams, targets)):
+    for i, ((lo, hi), (_, state)) in enumerate(zip(bounds, targets)):
         if lo < -1 or hi >= state.n_features:
             raise ValueError(f"target {i}: feature ids must be in [-1, {state.n_features}), got "
                              f"{lo if lo < -1 else hi}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from kernels.targets import id_bounds
 
 from ..errors import InputError, NonFiniteError
 from ..features.streams import Stream
@@ -174,9 +175,7 @@ class Accumulator:
         """Every id in its stream's vocabulary (or -1): one read-back for all streams, so a GPU
         waits once per call, not once per stream."""
         names = [name for name, f in flat.items() if f.numel()]
-        if not names:
-            return
-        bounds = torch.stack([torch.stack(torch.aminmax(flat[name])) for name in names]).tolist()
+        bounds = id_bounds([flat[name] for name in names])
         size = {s.name: len(s.vocab) for s in self.streams}
         for name, (lo, hi) in zip(names, bounds):
             if lo < -1 or hi >= size[name]:
