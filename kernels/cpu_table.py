@@ -213,6 +213,11 @@ class CpuSparseTable:
             missing += miss
         return missing
 
+    @property
+    def cells_upper_bound(self) -> int:
+        """:attr:`nnz` (exact here; the GPU table's counterpart avoids a sync)."""
+        return self.nnz
+
     def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The cells ``(keys, count, mass, peak)`` sorted by key; the table is emptied (its
         capacity, bounded by the cells it held, is kept for the cells to come)."""

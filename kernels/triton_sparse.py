@@ -144,10 +144,6 @@ class TritonSparseTable:
         return self._size_ub
 
     @property
-    def may_hold_cells(self) -> bool:
-        return self._size_ub > 0
-
-    @property
     def nbytes(self) -> int:
         return self.capacity * (8 + 8 + 8 + 4)
 
@@ -260,6 +256,12 @@ class TritonSparseTable:
         keys, order = torch.sort(keys)
         return keys, count[order], mass[order], peak[order]
 
+    def drain(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`to_coo`, then the table is emptied (its capacity kept for the cells to come)."""
+        run = self.to_coo()
+        self.clear()
+        return run
+
 
 # ------------------------------------------------------------------------------------------------
 # SparseState targets
@@ -286,10 +288,8 @@ def sparse_accumulate(values: torch.Tensor, indices: torch.Tensor | None,
         if table is None:
             table = _SCRATCH[state] = TritonSparseTable(state.n_neurons, state.n_features,
                                                         device=values.device)
-        else:
-            table.clear()
         table.add_selection(values, indices, features)
-        state._push(table.to_coo())
+        state._push(table.drain())
 
 
 def scatter_events(values: torch.Tensor, indices: torch.Tensor,

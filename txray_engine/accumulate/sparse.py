@@ -76,11 +76,14 @@ class SparseState(StreamState):
         if table == "triton" and not (self.device.type == "cuda" or _interpreted()):
             raise ValueError(f"table='triton' needs a CUDA state (got {self.device}; on the CPU "
                              "only under TRITON_INTERPRET=1, for tests)")
-        self._table = cpu_table.CpuSparseTable() if table == "cpu" else None
-        self._gpu_table = None
-        if table == "triton":  # on the CPU only under TRITON_INTERPRET=1 (tests)
+        # one hash table or none; both kinds give nnz, cells_upper_bound, drain() and nbytes
+        self._table_kind = table or None
+        self._table = None
+        if table == "cpu":
+            self._table = cpu_table.CpuSparseTable()
+        elif table == "triton":  # on the CPU only under TRITON_INTERPRET=1 (tests)
             from kernels.triton_sparse import TritonSparseTable
-            self._gpu_table = TritonSparseTable(n_neurons, n_features, device=self.device)
+            self._table = TritonSparseTable(n_neurons, n_features, device=self.device)
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._master = (empty, empty.clone(), empty.to(torch.float64), empty.to(torch.float32))
         self._pending: list[tuple[torch.Tensor, ...]] = []
@@ -93,19 +96,14 @@ class SparseState(StreamState):
             self._compact()
 
     def _compact(self) -> None:
-        if self._table is not None and self._table.nnz:
-            run = tuple(torch.from_numpy(a) for a in self._table.drain())
-            self._pending.append(run)
-            self._pending_cells += run[0].numel()
-        if self._gpu_table is not None and self._gpu_table.may_hold_cells:
-            run = self._gpu_table.to_coo()
-            self._gpu_table.clear()
+        if self._table is not None and self._table.cells_upper_bound:
+            run = tuple(torch.as_tensor(a) for a in self._table.drain())
             self._pending.append(run)
             self._pending_cells += run[0].numel()
         if not self._pending:
             return
         runs = [self._master, *self._pending]
-        if self._table is not None:  # CPU: every run is sorted by unique key, merge linearly
+        if self._table_kind == "cpu":  # every run is sorted by unique key: merge linearly
             merged = tuple(t.numpy() for t in runs[0])
             for run in runs[1:]:
                 merged = cpu_table.merge_runs(merged, tuple(t.numpy() for t in run))
@@ -117,21 +115,18 @@ class SparseState(StreamState):
     def _bound_table(self) -> None:
         # the table takes up to 4 slots of 28 bytes per cell it holds (plus room for one chunk of
         # events), the master 28 bytes per cell: drain it once it holds half the master's cells
+        # (the GPU table counts its cells only when asked, a sync: ask once its bound passes)
         limit = max(self.min_compact // 4, self._master[0].numel() // 2)
-        if self._table is not None and self._table.nnz >= limit:
-            self._compact()
-        # the GPU table counts its cells only when asked (a sync): ask once its upper bound passes
-        gpu = self._gpu_table
-        if gpu is not None and gpu.cells_upper_bound >= limit and gpu.nnz >= limit:
+        if self._table.cells_upper_bound >= limit and self._table.nnz >= limit:
             self._compact()
 
     def add_selection_events(self, values: torch.Tensor, indices: torch.Tensor | None,
                              features: torch.Tensor) -> bool:
         """Events only (no positions) of a selection ``[P, k]`` (``indices=None``: all neurons)
         into the GPU table; ``False`` (nothing done) for a state without one."""
-        if self._gpu_table is None:
+        if self._table_kind != "triton":
             return False
-        self._gpu_table.add_selection(values, indices, features)
+        self._table.add_selection(values, indices, features)
         self._bound_table()
         return True
 
@@ -145,7 +140,7 @@ class SparseState(StreamState):
             raise ValueError(f"need values and indices [P, k] and features [P], got "
                              f"{tuple(values.shape)}, {tuple(indices.shape)}, "
                              f"{tuple(features.shape)}")
-        if self._table is None:
+        if self._table_kind != "cpu":
             if not checked:  # shapes and ids, before anything changes (a GPU reads back once)
                 kernels.check_targets(values, indices, [(features, self)], self.n_neurons)
             self.add_positions(features)
@@ -160,12 +155,12 @@ class SparseState(StreamState):
         self._bound_table()
 
     def add_events(self, neurons, features, values):
-        if self._gpu_table is not None:
-            self._gpu_table.add(neurons, features, values.to(torch.float32))
+        if self._table_kind == "triton":
+            self._table.add(neurons, features, values.to(torch.float32))
             self._bound_table()
             return
         keys = neurons * self.n_features + features
-        if self._table is not None:
+        if self._table_kind == "cpu":
             self._table.add_events(keys.numpy(), values.to(torch.float32).numpy())
             self._bound_table()
             return
@@ -192,5 +187,4 @@ class SparseState(StreamState):
     def nbytes(self) -> int:
         runs = [self._master, *self._pending]
         return sum(t.numel() * t.element_size() for r in runs for t in r) + \
-            self.feature_freq.numel() * 8 + (self._table.nbytes if self._table is not None else 0) \
-            + (self._gpu_table.nbytes if self._gpu_table is not None else 0)
+            self.feature_freq.numel() * 8 + (self._table.nbytes if self._table is not None else 0)
