@@ -197,6 +197,8 @@ IMPLS = {
     "dense-argmax": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t, method="argmax"),
     "dense-threshold": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t,
                                                                            method="threshold"),
+    "dense-candidates": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t,
+                                                                            method="candidates"),
     "dense-partial": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t, mode="partial"),
     "sparse": lambda a, k, t: triton_sparse.sparse_select_accumulate(a, k, t),
     "mixed": lambda a, k, t: triton_sparse.select_accumulate(a, k, t),
@@ -219,6 +221,7 @@ CASES = [
     ("dense-auto", "A", 1, 2), ("dense-auto", "A", 8, 2), ("dense-auto", "A", 32, 2),
     ("dense-auto", "A", 0, 2), ("dense-auto", "A", 8, 5), ("dense-argmax", "A", 32, 2),
     ("dense-threshold", "A", 8, 2), ("dense-partial", "A", 8, 2), ("mixed", "A", 8, 5),
+    ("dense-candidates", "A", 1, 2), ("dense-candidates", "B", 1, 1), ("dense-candidates", "C", 4, 2),
     ("sparse", "B", 1, 2), ("sparse", "B", 32, 2), ("mixed", "B", 8, 3), ("dense-auto", "B", 8, 1),
     ("dense-auto", "C", 1, 2), ("dense-auto", "C", 32, 2), ("sparse", "C", 8, 2),
     ("dense-auto", "D", 8, 2), ("dense-auto", "D", 0, 1), ("sparse", "D", 0, 1),
@@ -284,6 +287,11 @@ def copy_ms(acts) -> float:
     return bench(lambda: dst.copy_(acts))
 
 
+#: Activation elements per call in Part 2 (128 MB of bf16: e.g. 16 sequences of 1,024 tokens at
+#: N = 4,096), large enough that a call's device time is not hidden behind its host time.
+BLOCK_ELEMS = 1 << 26
+
+
 def part2() -> None:
     emit("## Part 2: throughput (one stream per call)")
     emit("")
@@ -298,7 +306,7 @@ def part2() -> None:
     ks = [1, 8, 32]
     skipped = 0
     for n in ns:
-        p = 32 if ARGS.smoke else max(1024, (1 << 25) // n)
+        p = 32 if ARGS.smoke else BLOCK_ELEMS // n
         for dtype in (torch.bfloat16, torch.float32):
             acts = make_acts(p, n, dtype)
             nbytes = acts.numel() * acts.element_size()
@@ -356,31 +364,45 @@ def _fused(acts, k, targets, method="auto", mode="direct"):
         triton_dense.ARGMAX_ROUNDS = saved
 
 
+def _device_ms(fn) -> str:
+    """The CUDA-graph replay time of ``fn`` (device time alone), else the whole call's (marked)."""
+    t = bench_graph(fn)
+    return f"{t:.3g}" if t is not None else f"{bench(fn):.3g} (call)"
+
+
+PART3_METHODS = ("argmax", "argmax-fp32", "candidates", "threshold", "torch")
+
+
 def part3() -> None:
     n = 40 if ARGS.smoke else 4096
-    p = 32 if ARGS.smoke else 8192
-    emit(f"## Part 3: methods and modes (N={n}, P={p}, bf16, dense V=17, 4 streams)")
+    p = 32 if ARGS.smoke else 16384
+    emit(f"## Part 3: methods and modes (N={n}, P={p}, bf16, dense V=17, 4 streams; device ms "
+         "from CUDA-graph replays)")
     emit("")
-    emit("| k | argmax ms | argmax fp32-rounds ms | threshold ms | torch-select ms | direct ms "
-         "| partial ms (with flushes) |")
-    emit("|---|---|---|---|---|---|---|")
+    emit("| k | " + " | ".join(f"{m} ms" for m in PART3_METHODS) + " | auto ms (call) "
+         "| partial ms (call, with flushes) |")
+    emit("|---|" + "---|" * (len(PART3_METHODS) + 2))
     acts = make_acts(p, n, torch.bfloat16)
     feats = make_features(p, 17, 4)
-    for k in (1, 8, 32) if ARGS.smoke else (1, 8, 16, 32):
+    for k in (1, 8, 32) if ARGS.smoke else (1, 4, 8, 16, 32):
         if time.perf_counter() - T0 > ARGS.budget + 20:
             emit("(skipped: past the budget)")
             break
         states = [DenseState(n, 17, device=DEVICE) for _ in feats]
         tg = list(zip(feats, states))
-        row = [bench(lambda m=m: _fused(acts, k, tg, method=m))
-               for m in ("argmax", "argmax-fp32", "threshold", "torch")]
-        row.append(bench(lambda: triton_dense.dense_select_accumulate(acts, k, tg)))
+        row = []
+        for m in PART3_METHODS:
+            try:
+                row.append(_device_ms(lambda m=m: _fused(acts, k, tg, method=m)))
+            except ValueError as e:  # a method that does not apply to this k
+                row.append("n/a")
+        row.append(f"{bench(lambda: triton_dense.dense_select_accumulate(acts, k, tg)):.3g}")
 
         def partial():
             triton_dense.dense_select_accumulate(acts, k, tg, mode="partial")
             triton_dense.flush()
-        row.append(bench(partial))
-        emit(f"| {k} | " + " | ".join(f"{t:.3g}" for t in row) + " |")
+        row.append(f"{bench(partial):.3g}")
+        emit(f"| {k} | " + " | ".join(row) + " |")
     emit("")
 
 
@@ -422,15 +444,15 @@ def part4() -> None:
 # part 5 (--sweep): launch shapes of the fused kernel
 # ------------------------------------------------------------------------------------------------
 #: (TILE_ELEMS, ELEMS_PER_THREAD, GROUPS_PER_PROGRAM) of triton_dense
-SHAPE_GRID = [(4096, 8, 1), (4096, 8, 4), (4096, 8, 8), (2048, 8, 8), (4096, 16, 4), (8192, 16, 4),
+SHAPE_GRID = [(4096, 8, 4), (4096, 8, 8), (4096, 16, 4), (8192, 16, 4), (8192, 32, 4),
               (16384, 32, 2)]
 
 
 def part5() -> bool:
     """Time each launch shape, and check its selection against the reference (so any of them
     can be made the default)."""
-    emit("## Part 5: launch shapes (bf16, dense V=17, 1 stream; ms, lower is better; "
-         "tile / per thread / groups)")
+    emit("## Part 5: launch shapes (bf16, dense V=17, 1 stream; device ms from CUDA-graph "
+         "replays, lower is better; tile / per thread / groups)")
     emit("")
     emit("| N | k | " + " | ".join(f"{t} / {e} / {g}" for t, e, g in SHAPE_GRID) + " |")
     emit("|---|---|" + "---|" * len(SHAPE_GRID))
@@ -439,26 +461,31 @@ def part5() -> bool:
     ok = True
     try:
         for n in ([16, 40] if ARGS.smoke else [1024, 4096, 16384]):
-            p = 32 if ARGS.smoke else max(1024, (1 << 25) // n)
+            p = 32 if ARGS.smoke else BLOCK_ELEMS // n
             acts = make_acts(p, n, torch.bfloat16)
             feats = make_features(p, 17, 1)
-            for k in (1, 8):
+            for k, method in ((1, "argmax"), (1, "candidates"), (8, "candidates"), (32, "auto")):
                 if time.perf_counter() - T0 > ARGS.budget + 120:
                     emit("(skipped: past the budget)")
                     return ok
+                if k > n or (method == "candidates" and
+                             triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None):
+                    continue
                 ref_v, ref_i = reference.select_topk(acts.float(), k)
                 state = DenseState(n, 17, device=DEVICE)
                 row = []
                 for shape in SHAPE_GRID:
                     for a, val in zip(knobs, shape):
                         setattr(triton_dense, a, val)
-                    v, i = triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)])
+                    v, i = triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)],
+                                                                method=method)
                     good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values) and \
                         torch.equal(torch.sort(v, 1).values, torch.sort(ref_v, 1).values)
                     ok &= good
-                    t = bench(lambda: triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)]))
-                    row.append(f"{t:.3g}" + ("" if good else " WRONG"))
-                emit(f"| {n} | {k} | " + " | ".join(row) + " |")
+                    t = _device_ms(lambda: triton_dense.dense_select_accumulate(
+                        acts, k, [(feats[0], state)], method=method))
+                    row.append(t + ("" if good else " WRONG"))
+                emit(f"| {n} | {k} {method} | " + " | ".join(row) + " |")
     finally:
         for a, val in zip(knobs, saved):
             setattr(triton_dense, a, val)

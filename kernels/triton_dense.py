@@ -13,6 +13,14 @@ for every selected ``(n, a)`` of a row whose feature ``f`` (per stream) is ``>= 
 Selection strategies (chosen per call by :func:`dense_select_accumulate`, ``method="auto"``):
 
 * ``k == N`` -- ``"all"``: no selection, every element is an event.
+* ``2 <= k <= CANDIDATES_MAX_K`` where rows hold at least ``4 k`` chunks of 4+ elements --
+  ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32) columns, ``k`` rounds of
+  argmax over those chunk maxima (packed keys, ties to the lower chunk) name the ``k`` winning
+  chunks, which hold the row's top ``k`` (a chunk ranked above an element's own chunk holds its
+  maximum, which ranks above that element: larger, or equal at a lower index; ``k`` such chunks
+  leave it out), and ``k`` rounds of argmax run over the ``k * CM`` elements of the winners only,
+  re-read from L1/L2. Per element of the row: one widening and one max; everything else is per
+  row. Exact for any finite row, ties included; ``method="candidates"`` also takes ``k == 1``.
 * ``k <= ARGMAX_MAX_K`` -- ``"argmax"``: for ``k == 1`` one fp32 row max and one int32 min of the
   indices holding it (the reference tie-break: the lowest index among equal values); for larger
   ``k``, ``k`` rounds of a row max over packed int64 keys
@@ -21,7 +29,8 @@ Selection strategies (chosen per call by :func:`dense_select_accumulate`, ``meth
   (``ARGMAX_ROUNDS = "fp32"``: rounds of fp32 max and index min instead, half the registers).
   Gives the selection in compact form, so the scatter is ``k`` small vector atomics per row. Each
   program takes ``GROUPS_PER_PROGRAM`` groups of rows and loads the next group while it works on
-  the current one.
+  the current one (all selecting methods do). Where N is a power of two the tile needs no column
+  mask.
 * otherwise -- ``"threshold"``: a 32-step bitwise search for the k-th largest int32 key of each row
   (``count(key >= t) >= k``), then ``key > t`` plus the first ``k - count(key > t)`` entries equal to
   ``t`` in index order (a cumsum), i.e. exactly the stable-sort tie-break; predicated atomics over
@@ -69,14 +78,17 @@ import triton.language as tl
 
 from . import reference
 
-__all__ = ["ARGMAX_MAX_K", "MAX_FUSED_BLOCK_N", "MAX_STREAMS", "PARTIAL_FLUSH_ROWS",
+__all__ = ["ARGMAX_MAX_K", "CANDIDATES_MAX_K", "MAX_FUSED_BLOCK_N", "MAX_STREAMS", "PARTIAL_FLUSH_ROWS",
            "dense_scatter_events", "dense_select_accumulate", "flush", "select_topk"]
 
 #: Streams served by one launch; more streams are handled in groups (later groups scatter the
 #: ``[P, k]`` selection of the first launch, they do not read the activations again).
 MAX_STREAMS = 4
-#: Largest k for the repeated-argmax selection; larger k use the bitwise threshold search.
+#: Largest k for the repeated-argmax selection over the whole row; larger k use the bitwise
+#: threshold search (where the candidates selection does not apply).
 ARGMAX_MAX_K = 16
+#: Largest k for the candidates selection (argmax rounds over the elements above a lower bound).
+CANDIDATES_MAX_K = 32
 #: How the argmax rounds of 1 < k <= ARGMAX_MAX_K compare: ``"int64"`` packed (value, index) keys,
 #: one reduction per round; ``"fp32"`` a float max and an index min per round on half the
 #: registers (rows must be finite, as everywhere in the engine).
@@ -96,8 +108,9 @@ GROUPS_PER_PROGRAM = 4
 PARTIAL_FLUSH_ROWS = 4096
 
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_METHODS = ("auto", "all", "argmax", "threshold", "torch")
-_M_ALL, _M_ARGMAX, _M_THRESHOLD, _M_PRESELECTED = 0, 1, 2, 3
+_METHODS = ("auto", "all", "argmax", "candidates", "threshold", "torch")
+_M_ALL, _M_ARGMAX, _M_THRESHOLD, _M_PRESELECTED = 0, 1, 2, 3  # the kernel's METHOD
+_M_CANDIDATES = 4  # launched as METHOD 1 with a candidate chunk (CM > 0)
 
 
 def _interpret() -> bool:
@@ -172,106 +185,164 @@ def _scatter_streams(NN, n, val, sel,
 
 
 @triton.jit
-def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, out_i_ptr, N, K,
+def _pack(xf, idx, ok):
+    """Packed int64 keys ``(order-preserving int32 of xf) << 32 | (2**31 - 1 - idx)``: the max is
+    the largest value and, among equal values, the lowest index; ``INT64_MIN`` where not ``ok``."""
+    key = (_ordered_key(xf).to(tl.int64) << 32) | (2147483647 - idx).to(tl.int64)
+    return tl.where(ok, key, -9223372036854775807 - 1)
+
+
+@triton.jit
+def _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
+                g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
+                NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr, KC: tl.constexpr):
+    """``KC`` rounds of argmax over packed keys (see :func:`_pack`), each winner scattered and
+    knocked out."""
+    for j in range(KC):  # KC == K (constexpr: runtime-bound loops break 3.6's interpreter)
+        best = tl.max(key, axis=1)
+        hi = best >> 32
+        n = 2147483647 - (best - (hi << 32))
+        n = tl.minimum(n, N - 1)  # only a NaN row (outside the contract) runs out of keys
+        val = _key_to_float(hi.to(tl.int32))
+        _scatter_streams(N, n, val, row_ok,
+                         g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                         g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
+        if WRITE_OUT:
+            tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
+            tl.store(out_i_ptr + rows64 * K + j, n, mask=row_ok)
+        key = tl.where(key == best[:, None], -9223372036854775807 - 1, key)
+
+
+@triton.jit
+def _fp32_rounds(xf, idx, ok, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                  g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                  g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
-                 METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
-                 BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr,
-                 FP32_ROUNDS: tl.constexpr):
-    """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``."""
-    rows64 = rows.to(tl.int64)
-    if METHOD == 1 and KC == 1:  # one fp32 max and one int32 min: the first index of the max
-        # (rows are finite, as everywhere in the engine: padding at -inf never ties a real max)
-        xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
-        best = tl.max(xf, axis=1)
-        n = tl.min(tl.where(xf == best[:, None], cols[None, :], 2147483647), axis=1)
+                 NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr, KC: tl.constexpr):
+    """``KC`` rounds of (fp32 max, first index holding it, knock it out) over ``xf`` where ``ok``
+    (finite rows): the same selection as :func:`_key_rounds` on half the registers. With
+    ``KC == 1`` (one max and one index min) ``ok`` is not applied: ``xf`` must be ``-inf`` where
+    not ``ok``, except in rows that are never written."""
+    left = ok  # not yet taken (a taken -inf must not be found again)
+    for j in range(KC):
+        if KC == 1:
+            best = tl.max(xf, axis=1)
+            n = tl.min(tl.where(xf == best[:, None], idx, 2147483647), axis=1)
+        else:
+            best = tl.max(tl.where(left, xf, -float("inf")), axis=1)
+            n = tl.min(tl.where(left & (xf == best[:, None]), idx, 2147483647), axis=1)
         n = tl.minimum(n, N - 1)  # a NaN row (outside the contract) still names a real neuron
         val = best + 0.0  # -0.0 -> +0.0, as the key paths report it
         _scatter_streams(N, n, val, row_ok,
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                          g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
         if WRITE_OUT:
-            tl.store(out_v_ptr + rows64, val, mask=row_ok)
-            tl.store(out_i_ptr + rows64, n.to(tl.int64), mask=row_ok)
+            tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
+            tl.store(out_i_ptr + rows64 * K + j, n.to(tl.int64), mask=row_ok)
+        left = left & (idx != n[:, None])
+
+
+@triton.jit
+def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, out_i_ptr, N, K,
+                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
+                 METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
+                 BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr,
+                 FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr, CM: tl.constexpr,
+                 KCP: tl.constexpr):
+    """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``."""
+    rows64 = rows.to(tl.int64)
+    if METHOD == 1 and KC == 1 and CM == 0:  # one fp32 max and one int32 min: the first index
+        # (rows are finite, as everywhere in the engine: padding at -inf never ties a real max;
+        # padding rows are never scattered nor written, they need no mask when N fills the tile)
+        if EVEN_N:
+            xf = x.to(tl.float32)
+        else:
+            xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
+        _fp32_rounds(xf, cols[None, :], tile_ok, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
+                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, 1)
     elif METHOD == 1 and FP32_ROUNDS:  # k rounds of (fp32 max, first index of it, knock out)
-        xf = x.to(tl.float32)
-        left = tile_ok  # not yet taken (a taken -inf must not be found again)
+        _fp32_rounds(x.to(tl.float32), cols[None, :], tile_ok, rows64, row_ok, out_v_ptr,
+                     out_i_ptr, N, K, g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC)
+    elif METHOD == 1 and CM > 0:  # candidates: rounds over the row's top-k chunks only
+        # The top k elements lie in the k chunks with the largest maxima (ties: the lower chunk):
+        # a chunk w ranked above an element's own chunk holds its max, which ranks above that
+        # element (larger, or equal at a lower index), so k such chunks leave it out of the top k.
+        if EVEN_N:  # (padding rows are never scattered nor written)
+            xf = x.to(tl.float32)
+        else:
+            xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
+        ck = _pack(tl.max(tl.reshape(xf, [x.shape[0], BLOCK_N // CM, CM]), axis=2),
+                   tl.arange(0, BLOCK_N // CM)[None, :], True)
+        slot = tl.arange(0, KCP)[None, :]
+        win = tl.zeros([x.shape[0], KCP], tl.int32)  # the k winning chunks
         for j in range(KC):
-            best = tl.max(tl.where(left, xf, -float("inf")), axis=1)
-            n = tl.min(tl.where(left & (xf == best[:, None]), cols[None, :], 2147483647), axis=1)
-            val = best + 0.0
-            _scatter_streams(N, n, val, row_ok,
-                             g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
-                             g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
-            if WRITE_OUT:
-                tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
-                tl.store(out_i_ptr + rows64 * K + j, n.to(tl.int64), mask=row_ok)
-            left = left & (cols[None, :] != n[:, None])
-    else:
+            best = tl.max(ck, axis=1)
+            cid = (2147483647 - (best - ((best >> 32) << 32))).to(tl.int32)
+            win = tl.where(slot == j, cid[:, None], win)
+            ck = tl.where(ck == best[:, None], -9223372036854775807 - 1, ck)
+        # their elements, read again (L1/L2: this program has just read them)
+        pos = win[:, :, None] * CM + tl.arange(0, CM)[None, None, :]
+        ok = row_ok[:, None, None] & (slot < KC)[:, :, None] & (pos < N)
+        xc = tl.load(x_row[:, :, None] + pos.to(tl.int64) * stride_xn, mask=ok, other=0.0)
+        key = tl.reshape(_pack(xc.to(tl.float32), pos, ok), [x.shape[0], KCP * CM])
+        _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
+                    g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                    g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC)
+    elif METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys
+        _key_rounds(_pack(x.to(tl.float32), cols[None, :], tile_ok), rows64, row_ok,
+                    out_v_ptr, out_i_ptr, N, K, g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                    g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC)
+    else:  # METHOD 2: bitwise search of the k-th largest key, stable tie-break by cumsum
         key = _ordered_key(x.to(tl.float32))  # the values are rebuilt from the keys (registers)
-        if METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys
-            low = 2147483647 - cols  # lower index -> larger key among equal values
-            key = (key.to(tl.int64) << 32) | low[None, :].to(tl.int64)
-            key = tl.where(tile_ok, key, -9223372036854775807 - 1)
-            for j in range(KC):  # KC == K (constexpr: runtime-bound loops break 3.6's interpreter)
-                best = tl.max(key, axis=1)
-                hi = best >> 32
-                n = 2147483647 - (best - (hi << 32))
-                val = _key_to_float(hi.to(tl.int32))
-                _scatter_streams(N, n, val, row_ok,
-                                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
-                                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
-                if WRITE_OUT:
-                    tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
-                    tl.store(out_i_ptr + rows64 * K + j, n, mask=row_ok)
-                key = tl.where(key == best[:, None], -9223372036854775807 - 1, key)
-        else:  # METHOD 2: bitwise search of the k-th largest key, stable tie-break by cumsum
-            key = tl.where(tile_ok, key, -2147483648)  # below every finite key
-            # t: the largest int32 t with count(key >= t) >= K, built bit by bit (offset binary)
-            t = tl.full([x.shape[0]], -2147483648, tl.int64)
-            one = tl.full([x.shape[0]], 1, tl.int64)
-            for b in range(32):
-                cand = t + (one << (31 - b))
-                cnt = tl.sum((key >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
-                t = tl.where(cnt >= K, cand, t)
-            thr = t.to(tl.int32)[:, None]
-            # take every key > thr, and the first K - count(key > thr) keys == thr in index order
-            need = K - tl.sum((key > thr).to(tl.int32), axis=1)
-            if BLOCK_N <= CHUNK:
-                gt = tile_ok & (key > thr)
-                eq = tile_ok & (key == thr)
-                sel = gt | (eq & (tl.cumsum(eq.to(tl.int32), axis=1) <= need[:, None]))
-                val = _key_to_float(key)
-                _scatter_streams(N, cols[None, :], val, sel,
+        key = tl.where(tile_ok, key, -2147483648)  # below every finite key
+        # t: the largest int32 t with count(key >= t) >= K, built bit by bit (offset binary)
+        t = tl.full([x.shape[0]], -2147483648, tl.int64)
+        one = tl.full([x.shape[0]], 1, tl.int64)
+        for b in range(32):
+            cand = t + (one << (31 - b))
+            cnt = tl.sum((key >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
+            t = tl.where(cnt >= K, cand, t)
+        thr = t.to(tl.int32)[:, None]
+        # take every key > thr, and the first K - count(key > thr) keys == thr in index order
+        need = K - tl.sum((key > thr).to(tl.int32), axis=1)
+        if BLOCK_N <= CHUNK:
+            gt = tile_ok & (key > thr)
+            eq = tile_ok & (key == thr)
+            sel = gt | (eq & (tl.cumsum(eq.to(tl.int32), axis=1) <= need[:, None]))
+            val = _key_to_float(key)
+            _scatter_streams(N, cols[None, :], val, sel,
+                             g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                             g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
+            if WRITE_OUT:
+                off = rows64[:, None] * K + tl.cumsum(sel.to(tl.int32), axis=1) - 1
+                tl.store(out_v_ptr + off, val, mask=sel)
+                tl.store(out_i_ptr + off, cols[None, :].to(tl.int64) + 0 * off, mask=sel)
+        else:  # wide rows: walk the row again in chunks (L1/L2-resident) to scatter
+            taken = tl.zeros([x.shape[0]], tl.int32)  # keys == thr met so far
+            done = tl.zeros([x.shape[0]], tl.int32)  # selected so far (output slots used)
+            for c in range(0, BLOCK_N, CHUNK):
+                ccols = c + tl.arange(0, CHUNK)
+                ok = row_ok[:, None] & (ccols < N)[None, :]
+                xc = tl.load(x_row + ccols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
+                kc = _ordered_key(xc.to(tl.float32))
+                gt = ok & (kc > thr)
+                eq = ok & (kc == thr)
+                rank = tl.cumsum(eq.to(tl.int32), axis=1) + taken[:, None]
+                sel = gt | (eq & (rank <= need[:, None]))
+                taken += tl.sum(eq.to(tl.int32), axis=1)
+                val = _key_to_float(kc)
+                _scatter_streams(N, ccols[None, :], val, sel,
                                  g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                                  g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
                 if WRITE_OUT:
-                    off = rows64[:, None] * K + tl.cumsum(sel.to(tl.int32), axis=1) - 1
+                    off = rows64[:, None] * K + tl.cumsum(sel.to(tl.int32), axis=1) - 1 \
+                        + done[:, None]
                     tl.store(out_v_ptr + off, val, mask=sel)
-                    tl.store(out_i_ptr + off, cols[None, :].to(tl.int64) + 0 * off, mask=sel)
-            else:  # wide rows: walk the row again in chunks (L1/L2-resident) to scatter
-                taken = tl.zeros([x.shape[0]], tl.int32)  # keys == thr met so far
-                done = tl.zeros([x.shape[0]], tl.int32)  # selected so far (output slots used)
-                for c in range(0, BLOCK_N, CHUNK):
-                    ccols = c + tl.arange(0, CHUNK)
-                    ok = row_ok[:, None] & (ccols < N)[None, :]
-                    xc = tl.load(x_row + ccols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
-                    kc = _ordered_key(xc.to(tl.float32))
-                    gt = ok & (kc > thr)
-                    eq = ok & (kc == thr)
-                    rank = tl.cumsum(eq.to(tl.int32), axis=1) + taken[:, None]
-                    sel = gt | (eq & (rank <= need[:, None]))
-                    taken += tl.sum(eq.to(tl.int32), axis=1)
-                    val = _key_to_float(kc)
-                    _scatter_streams(N, ccols[None, :], val, sel,
-                                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
-                                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
-                    if WRITE_OUT:
-                        off = rows64[:, None] * K + tl.cumsum(sel.to(tl.int32), axis=1) - 1 \
-                            + done[:, None]
-                        tl.store(out_v_ptr + off, val, mask=sel)
-                        tl.store(out_i_ptr + off, ccols[None, :].to(tl.int64) + 0 * off, mask=sel)
-                    done += tl.sum(sel.to(tl.int32), axis=1)
+                    tl.store(out_i_ptr + off, ccols[None, :].to(tl.int64) + 0 * off, mask=sel)
+                done += tl.sum(sel.to(tl.int32), axis=1)
 
 
 @triton.jit
@@ -284,7 +355,8 @@ def _select_scatter_kernel(
         f2, c2, m2, p2, V2, f3, c3, m3, p3, V3,
         METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
         ROWS: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-        KC: tl.constexpr, FP32_ROUNDS: tl.constexpr):
+        KC: tl.constexpr, FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr,
+        CM: tl.constexpr, KCP: tl.constexpr):
     """``ROWS`` rows per program (METHODs 1 and 2: ``GROUPS`` consecutive groups of ``ROWS`` rows,
     the tile of the next group loaded while the current one is selected and scattered, so that
     reads stay in flight). METHOD 1 and the search of METHOD 2 hold a row tile of ``BLOCK_N`` (next
@@ -317,7 +389,10 @@ def _select_scatter_kernel(
                                  g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
     else:
         cols = tl.arange(0, BLOCK_N)
-        col_ok = (cols < N)[None, :]
+        if EVEN_N:  # N == BLOCK_N: no column mask
+            col_ok = tl.full([1, BLOCK_N], 1, tl.int1)
+        else:
+            col_ok = (cols < N)[None, :]
         col_off = cols[None, :].to(tl.int64) * stride_xn
         rows = pid * (ROWS * GROUPS) + tl.arange(0, ROWS)
         row_ok = rows < P
@@ -335,7 +410,8 @@ def _select_scatter_kernel(
                          out_v_ptr, out_i_ptr, N, K,
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                          g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
-                         METHOD, NUM_STREAMS, WRITE_OUT, BLOCK_N, CHUNK, KC, FP32_ROUNDS)
+                         METHOD, NUM_STREAMS, WRITE_OUT, BLOCK_N, CHUNK, KC, FP32_ROUNDS,
+                         EVEN_N, CM, KCP)
             rows, row_ok, x_row, x = nrows, nrow_ok, nx_row, nx
             g0, g1, g2, g3 = ng0, ng1, ng2, ng3
 
@@ -370,6 +446,11 @@ def flush(state=None) -> None:
         p.rows = 0
 
 
+def _cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` (``triton.cdiv`` is a jit constexpr function: ~5 us per host call)."""
+    return -(-a // b)
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -383,7 +464,7 @@ def _launch_config(p: int, block_n: int) -> tuple[int, int, int, int]:
     rows = max(1, min(16, TILE_ELEMS // block_n, _next_pow2(p)))
     warps = max(4, min(32, rows * block_n // (32 * ELEMS_PER_THREAD)))
     chunk = min(block_n, max(1, SCATTER_CHUNK // rows))
-    groups = max(1, min(GROUPS_PER_PROGRAM, triton.cdiv(p, rows)))
+    groups = max(1, min(GROUPS_PER_PROGRAM, _cdiv(p, rows)))
     return rows, groups, chunk, warps
 
 
@@ -466,16 +547,29 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
     p = x.shape[0]
     block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
     rows, groups, chunk, warps = _launch_config(p, block_n)
-    if method_id not in (_M_ARGMAX, _M_THRESHOLD):
+    selecting = method_id in (_M_ARGMAX, _M_THRESHOLD, _M_CANDIDATES)
+    if not selecting:
         groups = 1
-    _select_scatter_kernel[(triton.cdiv(p, rows * groups),)](
+    cm = _candidate_chunk(block_n, k) if method_id == _M_CANDIDATES else 0
+    _select_scatter_kernel[(_cdiv(p, rows * groups),)](
         x, x.stride(0), x.stride(1), out_v, out_i, out_i.stride(0), out_i.stride(1), p, n, k,
         *_stream_args(group, mode, x.device),
-        METHOD=method_id, NUM_STREAMS=len(group), WRITE_OUT=write_out,
-        ROWS=rows, GROUPS=groups, BLOCK_N=block_n, CHUNK=chunk,
-        KC=k if method_id == _M_ARGMAX else 0,
+        METHOD=_M_ARGMAX if method_id == _M_CANDIDATES else method_id, NUM_STREAMS=len(group),
+        WRITE_OUT=write_out, ROWS=rows, GROUPS=groups, BLOCK_N=block_n, CHUNK=chunk,
+        KC=k if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
         FP32_ROUNDS=ARGMAX_ROUNDS == "fp32" and method_id == _M_ARGMAX,
+        EVEN_N=selecting and block_n == n, CM=cm, KCP=_next_pow2(k) if cm else 0,
         num_warps=warps)
+
+
+def _candidate_chunk(block_n: int, k: int) -> int | None:
+    """Chunk width of the candidates selection for a row tile of ``block_n`` and ``k``, or
+    ``None`` where it does not apply: at least ``4 k`` chunks (the k winners then hold a small
+    share of the row) of at least 4 elements; 32 elements where the row allows."""
+    if k > CANDIDATES_MAX_K:
+        return None
+    chunk = block_n // max(4 * _next_pow2(k), block_n // 32)
+    return chunk if chunk >= 4 else None
 
 
 def _pick_method(method: str, k: int, n: int) -> int:
@@ -486,9 +580,17 @@ def _pick_method(method: str, k: int, n: int) -> int:
     if method == "auto":
         if _next_pow2(n) > MAX_FUSED_BLOCK_N:
             return _M_PRESELECTED
+        if k > 1 and _candidate_chunk(_next_pow2(n), k) is not None:
+            return _M_CANDIDATES
         return _M_ARGMAX if k <= ARGMAX_MAX_K else _M_THRESHOLD
     if method == "all":
         raise ValueError(f"method='all' needs k == N ({n}), got k={k}")
+    if method == "candidates":
+        if _candidate_chunk(_next_pow2(n), k) is None:
+            raise ValueError(f"method='candidates' needs k <= {CANDIDATES_MAX_K} and rows of "
+                             f"at least 16 k neurons, got k={k}, N={n}: use 'argmax' or "
+                             "'threshold'")
+        return _M_CANDIDATES
     return {"argmax": _M_ARGMAX, "threshold": _M_THRESHOLD, "torch": _M_PRESELECTED}[method]
 
 
@@ -578,7 +680,8 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
     :func:`kernels.reference.select_accumulate` (every target state must be dense: ``count`` int64,
     ``mass`` float64, ``peak`` float32 flat tensors of ``n_neurons * n_features`` cells).
 
-    ``method``: ``"auto"`` (see the module docstring), or force ``"argmax"``, ``"threshold"``,
+    ``method``: ``"auto"`` (see the module docstring), or force ``"argmax"``, ``"candidates"``,
+    ``"threshold"``,
     ``"torch"`` (torch selection + scatter kernel); ``mode``: ``"direct"`` or ``"partial"`` (then call
     :func:`flush` before reading the states).
     Returns ``(values [P, k] float32, indices [P, k] int64)``.
@@ -610,7 +713,7 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
         _before_partial(dense, p)
 
     groups = _groups(dense)
-    if method_id in (_M_ARGMAX, _M_THRESHOLD):  # the first launch selects (and serves 4 streams)
+    if method_id in (_M_ARGMAX, _M_THRESHOLD, _M_CANDIDATES):  # the first launch selects (4 streams)
         _launch(method_id, acts, n, k, groups[0] if groups else [], mode, values, indices, True)
         groups = groups[1:]
     for group in groups:  # the other groups: the selection is known

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from . import reference, triton_dense
 from .targets import is_sparse_state, split_targets
-from .triton_dense import _interpret, _next_pow2
+from .triton_dense import _cdiv, _interpret, _next_pow2
 
 __all__ = ["CHUNK_EVENTS", "TritonSparseTable", "scatter_events", "select_accumulate",
            "sparse_accumulate", "sparse_select_accumulate"]
@@ -178,7 +178,7 @@ class TritonSparseTable:
         sa = (a.stride(0), a.stride(1)) if a.dim() == 2 else (a.stride(0), 0)
         sv = (v.stride(0), v.stride(1)) if v.dim() == 2 else (v.stride(0), 0)
         cap_bits = self.capacity.bit_length() - 1
-        _insert_kernel[(triton.cdiv(events, block),)](
+        _insert_kernel[(_cdiv(events, block),)](
             self.keys, self.count, self.mass, self.peak,
             a, *sa, v, *sv, dummy if f is None else f,
             dummy if c is None else c, self.mass if m is None else m,

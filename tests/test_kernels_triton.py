@@ -63,6 +63,9 @@ def _states(kinds, n, v, device, table=None):
 
 def _dense_impl(method, mode="direct", rounds="int64"):
     def run(acts, k, feats, n, v):
+        if method == "candidates" and k < n and \
+                triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
+            pytest.skip(f"rows of {n} neurons are too narrow for k={k} candidate chunks")
         states = _states(["dense"] * len(feats), n, v, acts.device)
         saved, triton_dense.ARGMAX_ROUNDS = triton_dense.ARGMAX_ROUNDS, rounds
         try:
@@ -113,6 +116,7 @@ IMPLS = {
     "dense-auto": ("dense", "direct", _dense_impl("auto")),
     "dense-argmax": ("dense", "direct", _dense_impl("argmax")),
     "dense-argmax-fp32": ("dense", "direct", _dense_impl("argmax", rounds="fp32")),
+    "dense-candidates": ("dense", "direct", _dense_impl("candidates")),
     "dense-threshold": ("dense", "direct", _dense_impl("threshold")),
     "dense-torchsel": ("dense", "direct", _dense_impl("torch")),
     "dense-partial": ("dense", "partial", _dense_impl("auto", "partial")),
@@ -188,6 +192,8 @@ SCENARIOS = {
     "contention-bf16": ("contention", torch.bfloat16, "contiguous", 2, 16, 19, 3),
     "zeros-f32": ("zeros", torch.float32, "row_strided", 1, 4, 10, 2),
     "tiny-f16": ("random", torch.float16, "contiguous", 2, 3, 5, 2),
+    # N a power of two: the selecting kernels drop their column masks (13 rows: a padded group)
+    "ties-bf16-even": ("ties", torch.bfloat16, "contiguous", 2, 13, 64, 11),
 }
 
 
@@ -385,6 +391,23 @@ def test_bad_method_and_mode():
         triton_dense.dense_select_accumulate(acts, 2, [], mode="fp16")
     with pytest.raises(ValueError, match="k == N"):
         triton_dense.dense_select_accumulate(acts, 2, [], method="all")
+    with pytest.raises(ValueError, match="'argmax' or 'threshold'"):  # 8 chunks of 37 neurons
+        triton_dense.dense_select_accumulate(acts, 8, [], method="candidates")
+
+
+def test_candidates_tie_break_across_chunks():
+    """Equal maxima in several chunks: the top k keep the lowest indices, as the reference does
+    (the winning chunks are ranked by maximum, then by position)."""
+    x = torch.zeros(4, 256)
+    x[0, [5, 40, 41, 200, 255]] = 2.0  # five equal maxima in four chunks, k = 3
+    x[1, ::7] = 1.0  # many equal values, in every chunk
+    x[2] = -1.0  # an all-equal row
+    x[3, 250:] = 3.0  # the winners at the end of the row
+    for k in (1, 3, 8):
+        values, indices = triton_dense.select_topk(x, k, method="candidates")
+        ref_v, ref_i = reference.select_topk(x, k)
+        assert torch.equal(torch.sort(indices, 1).values, torch.sort(ref_i, 1).values)
+        assert torch.equal(torch.sort(values, 1).values, torch.sort(ref_v, 1).values)
 
 
 # ------------------------------------------------------------------------------------------------
