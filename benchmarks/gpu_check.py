@@ -40,8 +40,8 @@ def _parse():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU interpreter check)")
     ap.add_argument("--out", default=None, help="also write the tables as markdown to this file")
     ap.add_argument("--sweep", action="store_true",
-                    help="also time the fused kernel's launch shapes (TILE_ELEMS, ELEMS_PER_THREAD, "
-                         "GROUPS_PER_PROGRAM), each checked against the reference")
+                    help="also time the fused kernel's launch shapes (triton_dense.LAUNCH_SHAPES), "
+                         "each checked against the reference")
     ap.add_argument("--budget", type=float, default=180.0,
                     help="seconds after which the remaining benchmark rows are skipped")
     return ap.parse_args()
@@ -217,11 +217,13 @@ SHAPES = {
     "B": (300, 4099, 50_000, "float32", "random", "contiguous"),
     "C": (200, 16384, 7, "float16", "contention", "contiguous"),
     "D": (100, 20_000, 5, "bfloat16", "negative", "row_strided"),  # wider than MAX_FUSED_BLOCK_N
+    "E": (1001, 4096, 7, "bfloat16", "random", "contiguous"),  # N a power of two: no column mask
 }
 SMOKE_SHAPES = {"A": (24, 37, 13, "bfloat16", "ties", "row_strided"),
                 "B": (16, 20, 500, "float32", "random", "contiguous"),
                 "C": (16, 33, 3, "float16", "contention", "contiguous"),
-                "D": (8, 40, 5, "bfloat16", "negative", "row_strided")}
+                "D": (8, 40, 5, "bfloat16", "negative", "row_strided"),
+                "E": (13, 64, 7, "bfloat16", "random", "contiguous")}
 #: (impl, shape, k, streams); k 0 means N. Each case has a purpose (strategy, dtype, layout,
 #: grouping of streams, mode); few distinct kernel specialisations, so little compile time.
 CASES = [
@@ -232,6 +234,8 @@ CASES = [
     ("sparse", "B", 1, 2), ("sparse", "B", 32, 2), ("mixed", "B", 8, 3), ("dense-auto", "B", 8, 1),
     ("dense-auto", "C", 1, 2), ("dense-auto", "C", 32, 2), ("sparse", "C", 8, 2),
     ("dense-auto", "D", 8, 2), ("dense-auto", "D", 0, 1), ("sparse", "D", 0, 1),
+    ("dense-auto", "E", 1, 1), ("dense-candidates", "E", 3, 1), ("dense-auto", "E", 8, 2),
+    ("dense-auto", "E", 16, 1), ("dense-auto", "E", 32, 1),
 ]
 
 
@@ -453,9 +457,9 @@ def part4() -> None:
 # ------------------------------------------------------------------------------------------------
 # part 5 (--sweep): launch shapes of the fused kernel
 # ------------------------------------------------------------------------------------------------
-#: (TILE_ELEMS, ELEMS_PER_THREAD, GROUPS_PER_PROGRAM) of triton_dense
-SHAPE_GRID = [(4096, 8, 4), (4096, 8, 8), (4096, 16, 4), (8192, 16, 4), (8192, 32, 4),
-              (16384, 32, 2)]
+#: (tile elements, elements per thread, row groups): one of triton_dense.LAUNCH_SHAPES' values
+SHAPE_GRID = [(4096, 16, 4), (8192, 32, 4), (16384, 32, 4), (16384, 64, 4), (16384, 64, 8),
+              (16384, 128, 4)]
 
 
 def part5() -> bool:
@@ -466,15 +470,15 @@ def part5() -> bool:
     emit("")
     emit("| N | k | " + " | ".join(f"{t} / {e} / {g}" for t, e, g in SHAPE_GRID) + " |")
     emit("|---|---|" + "---|" * len(SHAPE_GRID))
-    knobs = ("TILE_ELEMS", "ELEMS_PER_THREAD", "GROUPS_PER_PROGRAM")
-    saved = [getattr(triton_dense, a) for a in knobs]
+    saved = dict(triton_dense.LAUNCH_SHAPES)
     ok = True
     try:
         for n in ([16, 40] if ARGS.smoke else [1024, 4096, 16384]):
             p = 32 if ARGS.smoke else BLOCK_ELEMS // n
             acts = make_acts(p, n, torch.bfloat16)
             feats = make_features(p, 17, 1)
-            for k, method in ((1, "argmax"), (1, "candidates"), (8, "candidates"), (32, "auto")):
+            for k, method in ((1, "argmax"), (1, "candidates"), (8, "candidates"),
+                              (16, "candidates"), (32, "candidates"), (32, "threshold")):
                 if time.perf_counter() - T0 > ARGS.budget + 120:
                     emit("(skipped: past the budget)")
                     return ok
@@ -485,8 +489,7 @@ def part5() -> bool:
                 state = DenseState(n, 17, device=DEVICE)
                 row = []
                 for shape in SHAPE_GRID:
-                    for a, val in zip(knobs, shape):
-                        setattr(triton_dense, a, val)
+                    triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved})
                     v, i = triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)],
                                                                 method=method)
                     good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values) and \
@@ -497,8 +500,7 @@ def part5() -> bool:
                     row.append(t + ("" if good else " WRONG"))
                 emit(f"| {n} | {k} {method} | " + " | ".join(row) + " |")
     finally:
-        for a, val in zip(knobs, saved):
-            setattr(triton_dense, a, val)
+        triton_dense.LAUNCH_SHAPES.update(saved)
     emit("")
     return ok
 

@@ -28,7 +28,7 @@ Selection strategies (chosen per call by :func:`dense_select_accumulate`, ``meth
   and, among equal values, the lowest index, the winner's key then knocked out
   (``ARGMAX_ROUNDS = "fp32"``: rounds of fp32 max and index min instead, half the registers).
   Gives the selection in compact form, so the scatter is ``k`` small vector atomics per row. Each
-  program takes ``GROUPS_PER_PROGRAM`` groups of rows and loads the next group while it works on
+  program takes several groups of rows (``LAUNCH_SHAPES``) and loads the next group while it works on
   the current one (all selecting methods do). Where N is a power of two the tile needs no column
   mask.
 * otherwise -- ``"threshold"``: a 32-step bitwise search for the k-th largest int32 key of each row
@@ -95,15 +95,16 @@ CANDIDATES_MAX_K = 32
 ARGMAX_ROUNDS = "int64"
 #: Widest row tile (next power of two of N) held in registers by one program.
 MAX_FUSED_BLOCK_N = 16384
-#: GPU launch shape (tunables): row-tile elements per program (several rows per program when N is
-#: small), register-tile elements per thread (sets num_warps, 4..32), and the column chunk of the
-#: scatter loops.
-TILE_ELEMS = 4096
-ELEMS_PER_THREAD = 8
+#: GPU launch shape per selection method (tunables; measured on an H200 with
+#: ``benchmarks/gpu_check.py --sweep``): (row-tile elements per program -- several rows per
+#: program when N is small, register-tile elements per thread -- sets num_warps, 4..32, row groups
+#: per program -- the next group's tile is read while the current one is processed, 1 turns that
+#: off). Fewer warps per row make the per-row reductions cheaper; "scatter" is the scatter-only
+#: launches (k == N, a selection made elsewhere).
+LAUNCH_SHAPES = {"argmax": (8192, 32, 4), "candidates": (16384, 64, 4),
+                 "threshold": (16384, 32, 4), "scatter": (8192, 32, 1)}
+#: Column chunk of the scatter loops.
 SCATTER_CHUNK = 2048
-#: Row groups per program for the selecting launches (the next group's tile is read while the
-#: current one is processed); 1 turns the prefetch off.
-GROUPS_PER_PROGRAM = 4
 #: Partial mode: positions a state's int32/fp32 partials may hold before they are flushed.
 PARTIAL_FLUSH_ROWS = 4096
 
@@ -274,20 +275,22 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
             xf = x.to(tl.float32)
         else:
             xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
-        ck = _pack(tl.max(tl.reshape(xf, [x.shape[0], BLOCK_N // CM, CM]), axis=2),
-                   tl.arange(0, BLOCK_N // CM)[None, :], True)
-        slot = tl.arange(0, KCP)[None, :]
-        win = tl.zeros([x.shape[0], KCP], tl.int32)  # the k winning chunks
+        # (2-D and 1-D tensors only: 3-D ones met wrong reductions in some Triton layouts)
+        cm = tl.reshape(tl.max(tl.reshape(xf, [x.shape[0] * (BLOCK_N // CM), CM]), axis=1),
+                        [x.shape[0], BLOCK_N // CM])
+        ck = _pack(cm, tl.arange(0, BLOCK_N // CM)[None, :], True)
+        c = tl.arange(0, KCP * CM)[None, :]  # slot c // CM, element c % CM of its chunk
+        first = tl.zeros([x.shape[0], KCP * CM], tl.int32)  # first column of each slot's chunk
         for j in range(KC):
             best = tl.max(ck, axis=1)
             cid = (2147483647 - (best - ((best >> 32) << 32))).to(tl.int32)
-            win = tl.where(slot == j, cid[:, None], win)
+            first = tl.where(c // CM == j, cid[:, None] * CM, first)
             ck = tl.where(ck == best[:, None], -9223372036854775807 - 1, ck)
         # their elements, read again (L1/L2: this program has just read them)
-        pos = win[:, :, None] * CM + tl.arange(0, CM)[None, None, :]
-        ok = row_ok[:, None, None] & (slot < KC)[:, :, None] & (pos < N)
-        xc = tl.load(x_row[:, :, None] + pos.to(tl.int64) * stride_xn, mask=ok, other=0.0)
-        key = tl.reshape(_pack(xc.to(tl.float32), pos, ok), [x.shape[0], KCP * CM])
+        pos = first + c % CM
+        ok = row_ok[:, None] & (c < KC * CM) & (pos < N)
+        xc = tl.load(x_row + pos.to(tl.int64) * stride_xn, mask=ok, other=0.0)
+        key = _pack(xc.to(tl.float32), pos, ok)
         _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC)
@@ -455,16 +458,17 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _launch_config(p: int, block_n: int) -> tuple[int, int, int, int]:
+def _launch_config(p: int, block_n: int, method: str) -> tuple[int, int, int, int]:
     """(rows per group, row groups per program, column chunk of the scatter loops, num_warps)."""
     if _interpret():  # 8 rows per group, 2 groups (the interpreter pays per program and per op);
         # small chunks so that the tests walk the chunked loops
         rows = min(8, _next_pow2(p))
         return rows, 2 if p > rows else 1, min(block_n, 16), 1
-    rows = max(1, min(16, TILE_ELEMS // block_n, _next_pow2(p)))
-    warps = max(4, min(32, rows * block_n // (32 * ELEMS_PER_THREAD)))
+    tile, per_thread, groups = LAUNCH_SHAPES[method]
+    rows = max(1, min(16, tile // block_n, _next_pow2(p)))
+    warps = max(4, min(32, rows * block_n // (32 * per_thread)))
     chunk = min(block_n, max(1, SCATTER_CHUNK // rows))
-    groups = max(1, min(GROUPS_PER_PROGRAM, _cdiv(p, rows)))
+    groups = max(1, min(groups, _cdiv(p, rows)))
     return rows, groups, chunk, warps
 
 
@@ -546,7 +550,9 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
     ``[P, k]`` with their indices in ``out_i`` (any strides)."""
     p = x.shape[0]
     block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
-    rows, groups, chunk, warps = _launch_config(p, block_n)
+    rows, groups, chunk, warps = _launch_config(
+        p, block_n, {_M_ARGMAX: "argmax", _M_CANDIDATES: "candidates",
+                     _M_THRESHOLD: "threshold"}.get(method_id, "scatter"))
     selecting = method_id in (_M_ARGMAX, _M_THRESHOLD, _M_CANDIDATES)
     if not selecting:
         groups = 1
