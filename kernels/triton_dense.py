@@ -10,18 +10,19 @@ the lower neuron index wins, i.e. the first ``k`` of a stable descending sort, s
 
 for every selected ``(n, a)`` of a row whose feature ``f`` (per stream) is ``>= 0``.
 
-Selection strategies (chosen per call by :func:`dense_select_accumulate`, ``method="auto"``):
+Selection strategies (``method="auto"`` picks the one measured fastest on an H200, see
+:func:`_auto_method` and BENCHMARKS.md):
 
 * ``k == N`` -- ``"all"``: no selection, every element is an event.
-* ``2 <= k <= CANDIDATES_MAX_K`` where rows hold at least ``4 k`` chunks of 4+ elements --
-  ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32) columns, ``k`` rounds of
+* ``k <= 16`` (``k == 1``: 2-byte inputs), or ``k <= CANDIDATES_MAX_K`` on rows of at least
+  ``256 k``, where rows hold at least ``4 k`` chunks of 4+ elements -- ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32) columns, ``k`` rounds of
   argmax over those chunk maxima (packed keys, ties to the lower chunk) name the ``k`` winning
   chunks, which hold the row's top ``k`` (a chunk ranked above an element's own chunk holds its
   maximum, which ranks above that element: larger, or equal at a lower index; ``k`` such chunks
   leave it out), and ``k`` rounds of argmax run over the ``k * CM`` elements of the winners only,
   re-read from L1/L2. Per element of the row: one widening and one max; everything else is per
-  row. Exact for any finite row, ties included; ``method="candidates"`` also takes ``k == 1``.
-* ``k <= ARGMAX_MAX_K`` -- ``"argmax"``: for ``k == 1`` one fp32 row max and one int32 min of the
+  row. Exact for any finite row, ties included.
+* else ``k <= ARGMAX_MAX_K`` -- ``"argmax"``: for ``k == 1`` one fp32 row max and one int32 min of the
   indices holding it (the reference tie-break: the lowest index among equal values); for larger
   ``k``, ``k`` rounds of a row max over packed int64 keys
   ``(order-preserving int32 of the value) << 32 | (2**31 - 1 - n)``, whose max is the largest value
@@ -95,14 +96,19 @@ CANDIDATES_MAX_K = 32
 ARGMAX_ROUNDS = "int64"
 #: Widest row tile (next power of two of N) held in registers by one program.
 MAX_FUSED_BLOCK_N = 16384
-#: GPU launch shape per selection method (tunables; measured on an H200 with
-#: ``benchmarks/gpu_check.py --sweep``): (row-tile elements per program -- several rows per
-#: program when N is small, register-tile elements per thread -- sets num_warps, 4..32, row groups
-#: per program -- the next group's tile is read while the current one is processed, 1 turns that
-#: off). Fewer warps per row make the per-row reductions cheaper; "scatter" is the scatter-only
-#: launches (k == N, a selection made elsewhere).
-LAUNCH_SHAPES = {"argmax": (8192, 32, 4), "candidates": (16384, 64, 4),
-                 "threshold": (16384, 32, 4), "scatter": (8192, 32, 1)}
+#: GPU launch shape per (selection method, bytes per activation) (tunables, from the H200 sweep of
+#: ``benchmarks/gpu_check.py --sweep``, see BENCHMARKS.md): (row-tile elements per program --
+#: several rows per program when N is small, register-tile elements per thread -- sets num_warps,
+#: 4..32, row groups per program -- the next group's tile is read while the current one is
+#: processed, 1 turns that off). Few warps per row make the per-row reductions cheap; 4-byte
+#: inputs hold half the elements per thread. "scatter": the scatter-only launches (k == N, or a
+#: selection made elsewhere).
+LAUNCH_SHAPES = {
+    ("candidates", 2): (16384, 128, 4), ("candidates", 4): (16384, 64, 4),
+    ("threshold", 2): (16384, 128, 4), ("threshold", 4): (16384, 32, 4),
+    ("argmax", 2): (8192, 32, 4), ("argmax", 4): (8192, 32, 4),
+    ("scatter", 2): (8192, 32, 1), ("scatter", 4): (8192, 32, 1),
+}
 #: Column chunk of the scatter loops.
 SCATTER_CHUNK = 2048
 #: Partial mode: positions a state's int32/fp32 partials may hold before they are flushed.
@@ -458,13 +464,13 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _launch_config(p: int, block_n: int, method: str) -> tuple[int, int, int, int]:
+def _launch_config(p: int, block_n: int, method: str, itemsize: int) -> tuple[int, int, int, int]:
     """(rows per group, row groups per program, column chunk of the scatter loops, num_warps)."""
     if _interpret():  # 8 rows per group, 2 groups (the interpreter pays per program and per op);
         # small chunks so that the tests walk the chunked loops
         rows = min(8, _next_pow2(p))
         return rows, 2 if p > rows else 1, min(block_n, 16), 1
-    tile, per_thread, groups = LAUNCH_SHAPES[method]
+    tile, per_thread, groups = LAUNCH_SHAPES[method, 2 if itemsize <= 2 else 4]
     rows = max(1, min(16, tile // block_n, _next_pow2(p)))
     warps = max(4, min(32, rows * block_n // (32 * per_thread)))
     chunk = min(block_n, max(1, SCATTER_CHUNK // rows))
@@ -552,7 +558,7 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
     block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
     rows, groups, chunk, warps = _launch_config(
         p, block_n, {_M_ARGMAX: "argmax", _M_CANDIDATES: "candidates",
-                     _M_THRESHOLD: "threshold"}.get(method_id, "scatter"))
+                     _M_THRESHOLD: "threshold"}.get(method_id, "scatter"), x.element_size())
     selecting = method_id in (_M_ARGMAX, _M_THRESHOLD, _M_CANDIDATES)
     if not selecting:
         groups = 1
@@ -578,17 +584,27 @@ def _candidate_chunk(block_n: int, k: int) -> int | None:
     return chunk if chunk >= 4 else None
 
 
-def _pick_method(method: str, k: int, n: int) -> int:
+def _auto_method(k: int, n: int, itemsize: int) -> int:
+    """The fastest selection measured on the H200 (BENCHMARKS.md, Part 3 and the sweep)."""
+    block_n = _next_pow2(n)
+    if block_n > MAX_FUSED_BLOCK_N:
+        return _M_PRESELECTED
+    if _candidate_chunk(block_n, k) is not None:
+        # k = 1: one max per element beats max + index min for 2-byte inputs; fp32 rows are
+        # read at ~80% of copy bandwidth by the max + index min already. k > 16: the winners'
+        # k * 32 elements must stay a small share of the row, else the threshold search wins.
+        if (k > 1 or itemsize <= 2) and (k <= 16 or block_n >= 256 * k):
+            return _M_CANDIDATES
+    return _M_ARGMAX if k <= ARGMAX_MAX_K else _M_THRESHOLD
+
+
+def _pick_method(method: str, k: int, n: int, itemsize: int = 2) -> int:
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if k == n:
         return _M_ALL
     if method == "auto":
-        if _next_pow2(n) > MAX_FUSED_BLOCK_N:
-            return _M_PRESELECTED
-        if k > 1 and _candidate_chunk(_next_pow2(n), k) is not None:
-            return _M_CANDIDATES
-        return _M_ARGMAX if k <= ARGMAX_MAX_K else _M_THRESHOLD
+        return _auto_method(k, n, itemsize)
     if method == "all":
         raise ValueError(f"method='all' needs k == N ({n}), got k={k}")
     if method == "candidates":
@@ -696,7 +712,7 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
     _check_mode(mode)
     p, n = acts.shape
     device = acts.device
-    method_id = _pick_method(method, k, n)
+    method_id = _pick_method(method, k, n, acts.element_size())
     dense = _dense_targets(targets, p, n, device)
 
     if mode == "partial" and p > PARTIAL_FLUSH_ROWS:  # chunk so no partial holds more rows
