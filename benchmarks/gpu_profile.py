@@ -3,7 +3,7 @@
     ncu --clock-control none -k regex:_select_scatter --launch-skip 1 --launch-count 1 \\
         python benchmarks/gpu_profile.py --n 4096 --k 8 --dtype bfloat16
 
-The same input as ``gpu_check.py`` Part 2 (P = 2**25 / N rows of random activations, one dense
+The same input as ``gpu_check.py`` Part 2 (P = 2**26 / N rows of random activations, one dense
 stream of V = 17), so the profile explains that table's row. Needs CUDA, torch and triton.
 """
 
@@ -24,13 +24,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096, help="neurons per row")
     ap.add_argument("--k", type=int, default=1, help="neurons kept per row")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--method", default="auto",
+                    choices=["auto", "argmax", "candidates", "threshold", "torch"],
+                    help="selection method (see kernels.triton_dense)")
     ap.add_argument("--rounds", default=triton_dense.ARGMAX_ROUNDS, choices=["int64", "fp32"],
                     help="ARGMAX_ROUNDS of the argmax selection")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA device")
     triton_dense.ARGMAX_ROUNDS = args.rounds
-    p, n, v = max(1024, (1 << 25) // args.n), args.n, 17
+    p, n, v = max(1024, (1 << 26) // args.n), args.n, 17
     acts = torch.randn(p, n, device="cuda").to(getattr(torch, args.dtype))
     feats = torch.randint(0, v, (p,), device="cuda")
     count = torch.zeros(n * v, dtype=torch.int64, device="cuda")
@@ -38,9 +41,10 @@ def main() -> None:
                                "mass": torch.zeros(n * v, dtype=torch.float64, device="cuda"),
                                "peak": torch.full((n * v,), -torch.inf, device="cuda")})()
     for _ in range(2):  # the first call compiles (and is skipped by --launch-skip 1)
-        triton_dense.dense_select_accumulate(acts, args.k, [(feats, state)])
+        triton_dense.dense_select_accumulate(acts, args.k, [(feats, state)], method=args.method)
     torch.cuda.synchronize()
-    print(f"P={p} N={n} k={args.k} {args.dtype} rounds={args.rounds}: {int(count.sum())} events")
+    print(f"P={p} N={n} k={args.k} {args.dtype} method={args.method} rounds={args.rounds}: "
+          f"{int(count.sum())} events")
 
 
 if __name__ == "__main__":
