@@ -73,7 +73,7 @@ DenseState, SparseState, Accumulator = _engine_states()
 from kernels import reference, triton_dense, triton_sparse  # noqa: E402
 
 if ARGS.smoke:  # let the tiny shape "D" take the wide-row fallback, as N = 20,000 does on the GPU
-    triton_dense.MAX_FUSED_BLOCK_N = 32
+    triton_dense.MAX_FUSED_BLOCK_N = 64
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if not torch.cuda.is_available() and not INTERPRET:
@@ -222,7 +222,7 @@ SHAPES = {
 SMOKE_SHAPES = {"A": (24, 37, 13, "bfloat16", "ties", "row_strided"),
                 "B": (16, 20, 500, "float32", "random", "contiguous"),
                 "C": (16, 33, 3, "float16", "contention", "contiguous"),
-                "D": (8, 40, 5, "bfloat16", "negative", "row_strided"),
+                "D": (8, 70, 5, "bfloat16", "negative", "row_strided"),
                 "E": (13, 64, 7, "bfloat16", "random", "contiguous")}
 #: (impl, shape, k, streams); k 0 means N. Each case has a purpose (strategy, dtype, layout,
 #: grouping of streams, mode); few distinct kernel specialisations, so little compile time.

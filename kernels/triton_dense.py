@@ -14,9 +14,10 @@ Selection strategies (``method="auto"`` picks the one measured fastest on an H20
 :func:`_auto_method` and BENCHMARKS.md):
 
 * ``k == N`` -- ``"all"``: no selection, every element is an event.
-* ``k <= 16`` (``k == 1``: 2-byte inputs), or ``k <= CANDIDATES_MAX_K`` on rows of at least
-  ``256 k``, where rows hold at least ``4 k`` chunks of 4+ elements -- ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32) columns, ``k`` rounds of
-  argmax over those chunk maxima (packed keys, ties to the lower chunk) name the ``k`` winning
+* ``k <= 16`` (``k == 1``: 2-byte inputs), or ``k <= CANDIDATES_MAX_K`` where the row tile
+  (next power of two of N) is at least ``256 k``; only where the tile holds at least ``4 k``
+  chunks of 4+ elements -- ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32)
+  columns, ``k`` rounds of argmax over those chunk maxima (packed keys, ties to the lower chunk) name the ``k`` winning
   chunks, which hold the row's top ``k`` (a chunk ranked above an element's own chunk holds its
   maximum, which ranks above that element: larger, or equal at a lower index; ``k`` such chunks
   leave it out), and ``k`` rounds of argmax run over the ``k * CM`` elements of the winners only,
@@ -89,7 +90,8 @@ MAX_STREAMS = 4
 #: Largest k for the repeated-argmax selection over the whole row; larger k use the bitwise
 #: threshold search (where the candidates selection does not apply).
 ARGMAX_MAX_K = 16
-#: Largest k for the candidates selection (argmax rounds over the elements above a lower bound).
+#: Largest k for the candidates selection (argmax rounds over the elements of the k chunks with
+#: the largest maxima).
 CANDIDATES_MAX_K = 32
 #: How the argmax rounds of 1 < k <= ARGMAX_MAX_K compare: ``"int64"`` packed (value, index) keys,
 #: one reduction per round; ``"fp32"`` a float max and an index min per round on half the
@@ -381,11 +383,15 @@ def _pick_method(method: str, k: int, n: int, itemsize: int = 2) -> int:
         return _auto_method(k, n, itemsize)
     if method == "all":
         raise ValueError(f"method='all' needs k == N ({n}), got k={k}")
+    if method in ("argmax", "candidates", "threshold") and _next_pow2(n) > MAX_FUSED_BLOCK_N:
+        raise ValueError(f"rows of {n} neurons are wider than one fused tile ({MAX_FUSED_BLOCK_N}): "
+                         f"use method='auto' or 'torch' (a torch selection, then the scatter "
+                         f"kernel)")
     if method == "candidates":
         if _candidate_chunk(_next_pow2(n), k) is None:
-            raise ValueError(f"method='candidates' needs k <= {CANDIDATES_MAX_K} and rows of "
-                             f"at least 16 k neurons, got k={k}, N={n}: use 'argmax' or "
-                             "'threshold'")
+            raise ValueError(f"method='candidates' needs k <= {CANDIDATES_MAX_K} and a row tile "
+                             f"(next power of two of N) of 4 k chunks of 4+ neurons, got k={k}, "
+                             f"N={n}: use 'argmax' or 'threshold'")
         return _M_CANDIDATES
     return {"argmax": _M_ARGMAX, "threshold": _M_THRESHOLD, "torch": _M_PRESELECTED}[method]
 

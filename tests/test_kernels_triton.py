@@ -280,6 +280,9 @@ def test_wide_rows_fall_back_to_torch_selection(monkeypatch):
     assert triton_dense._pick_method("auto", 3, 37) == triton_dense._M_PRESELECTED
     acts, feats, n, v = _make_case("random-f32")
     _run_case("dense-auto", acts, 3, feats, n, v)
+    for method in ("argmax", "candidates", "threshold"):  # no fused tile that wide
+        with pytest.raises(ValueError, match="wider than one fused tile"):
+            triton_dense.select_topk(acts, 3, method=method)
 
 
 def test_repeated_calls_accumulate():
