@@ -1,0 +1,34 @@
+"""``benchmarks/gpu_check.py`` is the one command a GPU machine runs: its smoke mode (tiny shapes
+under ``TRITON_INTERPRET=1``) must pass on the CPU, so that a lent GPU's minutes are not spent on
+a broken script. Without zarr too, as on the GPU image (the script imports the states without the
+package's Zarr store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_passes_on_cpu(tmp_path):
+    out = tmp_path / "gpu.md"
+    blocked = tmp_path / "blocked" / "zarr"  # the GPU image has no zarr
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('zarr is not installed here')\n")
+    path = os.pathsep.join([str(blocked.parent), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
+                          "--sweep", "--out", str(out)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    text = out.read_text()
+    assert "Part 1: ALL PASS" in text
+    for part in ("## Part 2", "## Part 3", "## Part 4", "## Part 5"):
+        assert part in text, f"{part} missing"
+    assert "WRONG" not in text and "FAIL " not in text
