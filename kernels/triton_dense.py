@@ -17,21 +17,21 @@ Selection strategies (``method="auto"`` picks the one measured fastest on an H20
 * ``k <= 16`` (``k == 1``: 2-byte inputs), or ``k <= CANDIDATES_MAX_K`` where the row tile
   (next power of two of N) is at least ``256 k``; only where the tile holds at least ``4 k``
   chunks of 4+ elements -- ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32)
-  columns, ``k`` rounds of argmax over those chunk maxima (packed keys, ties to the lower chunk) name the ``k`` winning
-  chunks, which hold the row's top ``k`` (a chunk ranked above an element's own chunk holds its
-  maximum, which ranks above that element: larger, or equal at a lower index; ``k`` such chunks
-  leave it out), and ``k`` rounds of argmax run over the ``k * CM`` elements of the winners only,
+  columns, ``k`` rounds of argmax over those chunk maxima (packed keys, ties to the lower chunk)
+  name the ``k`` winning chunks, which hold the row's top ``k`` (a chunk ranked above an
+  element's own chunk holds its maximum, which ranks above that element: larger, or equal at a
+  lower index; ``k`` such chunks leave it out), and ``k`` rounds of argmax run over the ``k * CM`` elements of the winners only,
   re-read from L1/L2. Per element of the row: one widening and one max; everything else is per
   row. Exact for any finite row, ties included.
-* else ``k <= ARGMAX_MAX_K`` -- ``"argmax"``: for ``k == 1`` one fp32 row max and one int32 min of the
-  indices holding it (the reference tie-break: the lowest index among equal values); for larger
+* else ``k <= ARGMAX_MAX_K`` -- ``"argmax"``: for ``k == 1`` one fp32 row max and one int32 min
+  of the indices holding it (the reference tie-break: the lowest index among equal values); for larger
   ``k``, ``k`` rounds of a row max over packed int64 keys
   ``(order-preserving int32 of the value) << 32 | (2**31 - 1 - n)``, whose max is the largest value
   and, among equal values, the lowest index, the winner's key then knocked out
   (``ARGMAX_ROUNDS = "fp32"``: rounds of fp32 max and index min instead, half the registers).
   Gives the selection in compact form, so the scatter is ``k`` small vector atomics per row. Each
-  program takes several groups of rows (``LAUNCH_SHAPES``) and loads the next group while it works on
-  the current one (all selecting methods do). Where N is a power of two the tile needs no column
+  program takes several groups of rows (``LAUNCH_SHAPES``) and loads the next group while it works
+  on the current one (all selecting methods do). Where N is a power of two the tile needs no column
   mask.
 * otherwise -- ``"threshold"``: a 32-step bitwise search for the k-th largest int32 key of each row
   (``count(key >= t) >= k``), then ``key > t`` plus the first ``k - count(key > t)`` entries equal to
@@ -81,8 +81,8 @@ import triton.language as tl
 from . import reference
 from .triton_select import _feats4, _scatter_streams, _select_rows
 
-__all__ = ["ARGMAX_MAX_K", "CANDIDATES_MAX_K", "MAX_FUSED_BLOCK_N", "MAX_STREAMS", "PARTIAL_FLUSH_ROWS",
-           "dense_scatter_events", "dense_select_accumulate", "flush", "select_topk"]
+__all__ = ["ARGMAX_MAX_K", "CANDIDATES_MAX_K", "LAUNCH_SHAPES", "MAX_FUSED_BLOCK_N", "MAX_STREAMS",
+           "PARTIAL_FLUSH_ROWS", "dense_scatter_events", "dense_select_accumulate", "flush", "select_topk"]
 
 #: Streams served by one launch; more streams are handled in groups (later groups scatter the
 #: ``[P, k]`` selection of the first launch, they do not read the activations again).
@@ -121,6 +121,8 @@ _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _METHODS = ("auto", "all", "argmax", "candidates", "threshold", "torch")
 _M_ALL, _M_ARGMAX, _M_THRESHOLD, _M_PRESELECTED = 0, 1, 2, 3  # the kernel's METHOD
 _M_CANDIDATES = 4  # launched as METHOD 1 with a candidate chunk (CM > 0)
+_SELECTING = (_M_ARGMAX, _M_THRESHOLD, _M_CANDIDATES)  # launches that read and select the rows
+_SHAPE_KEY = {_M_ARGMAX: "argmax", _M_CANDIDATES: "candidates", _M_THRESHOLD: "threshold"}
 
 
 def _interpret() -> bool:
@@ -333,9 +335,8 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
     p = x.shape[0]
     block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
     rows, groups, chunk, warps = _launch_config(
-        p, block_n, {_M_ARGMAX: "argmax", _M_CANDIDATES: "candidates",
-                     _M_THRESHOLD: "threshold"}.get(method_id, "scatter"), x.element_size())
-    selecting = method_id in (_M_ARGMAX, _M_THRESHOLD, _M_CANDIDATES)
+        p, block_n, _SHAPE_KEY.get(method_id, "scatter"), x.element_size())
+    selecting = method_id in _SELECTING
     if not selecting:
         groups = 1
     cm = _candidate_chunk(block_n, k) if method_id == _M_CANDIDATES else 0
@@ -483,8 +484,7 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
     ``mass`` float64, ``peak`` float32 flat tensors of ``n_neurons * n_features`` cells).
 
     ``method``: ``"auto"`` (see the module docstring), or force ``"argmax"``, ``"candidates"``,
-    ``"threshold"``,
-    ``"torch"`` (torch selection + scatter kernel); ``mode``: ``"direct"`` or ``"partial"`` (then call
+    ``"threshold"``, ``"torch"`` (torch selection + scatter kernel); ``mode``: ``"direct"`` or ``"partial"`` (then call
     :func:`flush` before reading the states).
     Returns ``(values [P, k] float32, indices [P, k] int64)``.
     """
@@ -515,7 +515,7 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
         _before_partial(dense, p)
 
     groups = _groups(dense)
-    if method_id in (_M_ARGMAX, _M_THRESHOLD, _M_CANDIDATES):  # the first launch selects (4 streams)
+    if method_id in _SELECTING:  # the first launch selects (and serves 4 streams)
         _launch(method_id, acts, n, k, groups[0] if groups else [], mode, values, indices, True)
         groups = groups[1:]
     for group in groups:  # the other groups: the selection is known

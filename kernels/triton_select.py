@@ -85,6 +85,23 @@ def _pack(xf, idx, ok):
 
 
 @triton.jit
+def _key_index(key):
+    """The index packed into the low word of a :func:`_pack` key."""
+    return 2147483647 - (key - ((key >> 32) << 32))
+
+
+@triton.jit
+def _widen(x, tile_ok, EVEN_N: tl.constexpr):
+    """The tile as fp32, ``-inf`` outside ``tile_ok`` (when N fills the tile only padding rows are
+    outside, and those are never scattered nor written: no mask)."""
+    if EVEN_N:
+        xf = x.to(tl.float32)
+    else:
+        xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
+    return xf
+
+
+@triton.jit
 def _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
@@ -94,8 +111,7 @@ def _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
     for j in range(KC):  # KC == K (constexpr: runtime-bound loops break 3.6's interpreter)
         best = tl.max(key, axis=1)
         hi = best >> 32
-        n = 2147483647 - (best - (hi << 32))
-        n = tl.minimum(n, N - 1)  # only a NaN row (outside the contract) runs out of keys
+        n = tl.minimum(_key_index(best), N - 1)  # only a NaN row (outside the contract) runs out of keys
         val = _key_to_float(hi.to(tl.int32))
         _scatter_streams(N, n, val, row_ok,
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
@@ -145,13 +161,9 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
     """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``."""
     rows64 = rows.to(tl.int64)
     if METHOD == 1 and KC == 1 and CM == 0:  # one fp32 max and one int32 min: the first index
-        # (rows are finite, as everywhere in the engine: padding at -inf never ties a real max;
-        # padding rows are never scattered nor written, they need no mask when N fills the tile)
-        if EVEN_N:
-            xf = x.to(tl.float32)
-        else:
-            xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
-        _fp32_rounds(xf, cols[None, :], tile_ok, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
+        # (rows are finite, as everywhere in the engine: padding at -inf never ties a real max)
+        _fp32_rounds(_widen(x, tile_ok, EVEN_N), cols[None, :], tile_ok, rows64, row_ok,
+                     out_v_ptr, out_i_ptr, N, K,
                      g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                      g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, 1)
     elif METHOD == 1 and FP32_ROUNDS:  # k rounds of (fp32 max, first index of it, knock out)
@@ -162,10 +174,7 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
         # The top k elements lie in the k chunks with the largest maxima (ties: the lower chunk):
         # a chunk w ranked above an element's own chunk holds its max, which ranks above that
         # element (larger, or equal at a lower index), so k such chunks leave it out of the top k.
-        if EVEN_N:  # (padding rows are never scattered nor written)
-            xf = x.to(tl.float32)
-        else:
-            xf = tl.where(tile_ok, x.to(tl.float32), -float("inf"))
+        xf = _widen(x, tile_ok, EVEN_N)
         # (2-D and 1-D tensors only: 3-D ones met wrong reductions in some Triton layouts)
         cm = tl.reshape(tl.max(tl.reshape(xf, [x.shape[0] * (BLOCK_N // CM), CM]), axis=1),
                         [x.shape[0], BLOCK_N // CM])
@@ -174,7 +183,7 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
         first = tl.zeros([x.shape[0], KCP * CM], tl.int32)  # first column of each slot's chunk
         for j in range(KC):
             best = tl.max(ck, axis=1)
-            cid = (2147483647 - (best - ((best >> 32) << 32))).to(tl.int32)
+            cid = _key_index(best).to(tl.int32)
             first = tl.where(c // CM == j, cid[:, None] * CM, first)
             ck = tl.where(ck == best[:, None], -9223372036854775807 - 1, ck)
         # their elements, read again (L1/L2: this program has just read them)
