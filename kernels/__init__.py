@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu, reference
+from . import cpu, reference, targets
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk
 from .targets import check_targets, is_dense_state
 
-__all__ = ["accumulate", "add_totals", "check_targets", "nonfinite_rows", "scatter",
+__all__ = ["accumulate", "add_totals", "check_targets", "id_bounds", "nonfinite_rows", "scatter",
            "scatter_events", "select", "select_accumulate", "select_topk"]
 
 
@@ -43,9 +43,7 @@ def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     if k < n and k <= cpu.MAX_K and cpu.usable(acts):
-        values, indices, bad = cpu.select_topk(acts, k)
-        none = torch.zeros(0, dtype=torch.long)
-        return values, indices, torch.nonzero(bad).squeeze(1) if bool(bad.any()) else none
+        return cpu.select_topk(acts, k)
     if acts.dtype == torch.float64:  # values are float32: a row that overflows it is non-finite
         acts = acts.float()
     bad_rows = nonfinite_rows(acts)
@@ -57,6 +55,14 @@ def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torc
     else:
         values, indices = select_topk(acts, k)
     return values, indices, bad_rows
+
+
+def id_bounds(tensors) -> list[tuple[int, int]]:
+    """``(min, max)`` of each non-empty integer tensor: on the CPU one numba pass each, on a GPU
+    one read-back for all (:func:`kernels.targets.id_bounds`)."""
+    if cpu.AVAILABLE and all(t.device.type == "cpu" for t in tensors):
+        return cpu.id_bounds(tensors)
+    return targets.id_bounds(tensors)
 
 
 def _cpu_dense(targets, values) -> tuple[list, list]:
@@ -118,8 +124,11 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
     fast, rest = _cpu_dense(targets, values)
     if rest and not checked:  # several calls follow: check everything once, before any changes
         cpu.check_selection(values, indices, targets, totals[0].numel())
-    cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals,
-                         checked=checked or bool(rest))
+    if fast or not (checked or rest):  # (with no target, this call checks the neuron ids)
+        cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals,
+                             checked=checked or bool(rest))
+    else:
+        cpu.add_totals(values, indices, *totals)
     for features, state in rest:
         if hasattr(state, "add_selection"):
             state.add_selection(values, indices, features, checked=True)

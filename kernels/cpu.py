@@ -191,13 +191,14 @@ if AVAILABLE:
                     hi = m if m > hi else hi
                     uhi = um if um > uhi else uhi
                 if hi > 0:
-                    bad[t] = hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE
+                    b = hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE
                     j = best * _CHUNK
                     while np.int32(r[j]) != hi:
                         j += 1
                 else:
-                    bad[t] = _select_row(r, 1, cmax, keys, ids)
+                    b = _select_row(r, 1, cmax, keys, ids)
                     j = ids[0]
+                bad[t] = b
                 idx[t, 0] = j
                 vals[t, 0] = x[t, j]
 
@@ -226,6 +227,18 @@ if AVAILABLE:
         return True
 
     @njit(boundscheck=False, cache=True)
+    def _add_totals(indices, values, neuron_count, neuron_mass):
+        """Per-neuron count and clamped mass of a selection ``[P, k]`` (ids in range)."""
+        p, k = indices.shape
+        for t in range(p):
+            for j in range(k):
+                n = indices[t, j]
+                v = values[t, j]
+                neuron_count[n] += 1
+                if v > 0:
+                    neuron_mass[n] += np.float64(v)
+
+    @njit(boundscheck=False, cache=True)
     def _accumulate_dense(indices, values, features, n_neurons, n_features, counts, masses, peaks,
                           freqs, missing, positions, totals, neuron_count, neuron_mass):
         """Streams ``s`` (``features[s]``, flat sums ``counts[s]``...; tuples of arrays) get the
@@ -252,13 +265,7 @@ if AVAILABLE:
                     if v > peak[cell]:
                         peak[cell] = v
         if totals:
-            for t in range(p):
-                for j in range(k):
-                    n = indices[t, j]
-                    v = values[t, j]
-                    neuron_count[n] += 1
-                    if v > 0:
-                        neuron_mass[n] += np.float64(v)
+            _add_totals(indices, values, neuron_count, neuron_mass)
 
 
 def usable(acts: torch.Tensor) -> bool:
@@ -266,32 +273,75 @@ def usable(acts: torch.Tensor) -> bool:
     return AVAILABLE and acts.device.type == "cpu" and acts.dim() == 2 and acts.shape[1] > 0
 
 
+_NO_ROWS = torch.zeros(0, dtype=torch.int64)
+_NO_STREAM = ((np.zeros(0, np.int64),), (np.zeros(0, np.float64),), (np.zeros(0, np.float32),),
+              (np.zeros(0, np.int64),))
+
+
+def id_bounds(tensors) -> list[tuple[int, int]]:
+    """``(min, max)`` of each non-empty integer CPU tensor (one numba pass each)."""
+    if any(t.numel() == 0 for t in tensors):
+        raise ValueError("id_bounds needs non-empty tensors")
+    return [tuple(int(b) for b in _min_max(_int64(t).reshape(-1))) for t in tensors]
+
+
 def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(values [P, k] float32, indices [P, k] int64, nonfinite [P] bool)`` of ``acts [P, N]``.
+    """``(values [P, k] float32, indices [P, k] int64, nonfinite row indices)`` of
+    ``acts [P, N]``.
 
     Values and indices of non-finite rows are unspecified; so are rows that overflow float32 (a
     float64 input is read as float32, the engine's value type, so such rows are flagged).
     """
-    a = acts.detach().to(torch.float32).contiguous()
+    a = acts.detach()
+    if a.dtype != torch.float32:
+        a = a.float()
+    if not a.is_contiguous():
+        a = a.contiguous()
     p, n = a.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     vals = np.empty((p, k), np.float32)
     idx = np.empty((p, k), np.int64)
-    bad = np.empty(p, np.bool_)
+    bad = np.zeros(p, np.bool_)
     if p:
         x = a.numpy()
         (_top1(x, x.view(np.uint32), vals, idx, bad) if k == 1 else
          _select(x, x.view(np.uint32), k, vals, idx, bad))
-    return torch.from_numpy(vals), torch.from_numpy(idx), torch.from_numpy(bad)
+    rows = torch.from_numpy(np.flatnonzero(bad)) if np.count_nonzero(bad) else _NO_ROWS
+    return torch.from_numpy(vals), torch.from_numpy(idx), rows
+
+
+def _int64(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a contiguous int64 array (a view when it is one already)."""
+    if t.dtype != torch.int64:
+        t = t.to(torch.int64)
+    return (t if t.is_contiguous() else t.contiguous()).numpy()
 
 
 def _as_arrays(indices: torch.Tensor, targets) -> tuple[np.ndarray, np.ndarray]:
     """``indices`` and the targets' features ``[S, P]`` as int64 arrays for the kernels."""
-    p = indices.shape[0]
-    feats = (torch.stack([f.to(torch.int64) for f, _ in targets]).numpy() if targets
-             else np.zeros((0, p), np.int64))
-    return indices.to(torch.int64).contiguous().numpy(), feats
+    if len(targets) == 1:
+        feats = _int64(targets[0][0]).reshape(1, -1)
+    elif targets:
+        feats = np.stack([_int64(f) for f, _ in targets])
+    else:
+        feats = np.zeros((0, indices.shape[0]), np.int64)
+    return _int64(indices), feats
+
+
+def _float32(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a contiguous float32 array (a view when it is one already)."""
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return (t if t.is_contiguous() else t.contiguous()).numpy()
+
+
+def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
+               mass: torch.Tensor) -> None:
+    """Per-neuron totals of a selection ``[P, k]`` into ``count``/``mass`` ``[N]``, in place
+    (neuron ids must be in ``[0, N)``: callers check them with :func:`check_selection`)."""
+    if indices.numel():
+        _add_totals(_int64(indices), _float32(values), count.numpy(), mass.numpy())
 
 
 def check_selection(values: torch.Tensor, indices: torch.Tensor, targets,
@@ -327,6 +377,9 @@ def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
     """
     if not targets and totals is None:
         return
+    if not targets and checked:
+        add_totals(values, indices, *totals)
+        return
     states = [state for _, state in targets]
     if totals is not None:
         neuron_count, neuron_mass = (t.numpy() for t in totals)
@@ -339,15 +392,16 @@ def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
     idx, features = (_as_arrays(indices, targets) if checked else
                      check_selection(values, indices, targets, n_neurons))
     if states:
-        arrays = [tuple(getattr(s, a).numpy() for s in states)
-                  for a in ("count", "mass", "peak", "feature_freq")]
+        arrays = (tuple(s.count.numpy() for s in states), tuple(s.mass.numpy() for s in states),
+                  tuple(s.peak.numpy() for s in states),
+                  tuple(s.feature_freq.numpy() for s in states))
     else:  # totals only: one placeholder stream with no positions
-        arrays = [(np.zeros(0, np.int64),), (np.zeros(0, np.float64),), (np.zeros(0, np.float32),),
-                  (np.zeros(0, np.int64),)]
+        arrays = _NO_STREAM
     missing = np.zeros(len(states), np.int64)
-    _accumulate_dense(idx, values.to(torch.float32).contiguous().numpy(), features, n_neurons,
+    _accumulate_dense(idx, _float32(values), features, n_neurons,
                       np.array([s.n_features for s in states], np.int64), *arrays, missing,
                       positions, totals is not None, neuron_count, neuron_mass)
     if positions:
         for s, m in zip(states, missing.tolist()):
-            s.missing += m
+            if m:
+                s.missing += m

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 
 import kernels
-from kernels.targets import id_bounds
 
 from ..errors import InputError, NonFiniteError
 from ..features.streams import Stream
@@ -175,7 +174,7 @@ class Accumulator:
         """Every id in its stream's vocabulary (or -1): one read-back for all streams, so a GPU
         waits once per call, not once per stream."""
         names = [name for name, f in flat.items() if f.numel()]
-        bounds = id_bounds([flat[name] for name in names])
+        bounds = kernels.id_bounds([flat[name] for name in names])
         size = {s.name: len(s.vocab) for s in self.streams}
         for name, (lo, hi) in zip(names, bounds):
             if lo < -1 or hi >= size[name]:
