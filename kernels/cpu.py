@@ -38,6 +38,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .prefetch import DISTANCE as _AHEAD
+from .prefetch import prefetch
 from .targets import check_shapes
 
 try:
@@ -246,10 +248,17 @@ if AVAILABLE:
         with ``totals`` the per-neuron sums too. Ids must be in range (:func:`check_selection`)."""
         p, k = indices.shape
         n_streams = features.shape[0]
+        ahead = max(1, _AHEAD // k)  # positions ahead whose cells are hinted into the cache
         for s in range(n_streams):
             count, mass, peak, freq = counts[s], masses[s], peaks[s], freqs[s]
             width = n_features[s]
             for t in range(p):
+                if t + ahead < p and features[s, t + ahead] >= 0:
+                    for j in range(k):
+                        c = indices[t + ahead, j] * width + features[s, t + ahead]
+                        prefetch(count, c)
+                        prefetch(mass, c)
+                        prefetch(peak, c)
                 f = features[s, t]
                 if f < 0:
                     missing[s] += 1

@@ -34,6 +34,8 @@ _FIB = np.uint64(0x9E3779B97F4A7C15)
 
 if AVAILABLE:
     from .cpu import _ids_ok
+    from .prefetch import DISTANCE as _AHEAD
+    from .prefetch import prefetch
 
     @njit(boundscheck=False, inline="always", cache=True)
     def _slot(key, shift):
@@ -75,7 +77,17 @@ if AVAILABLE:
         p, k = indices.shape
         new = 0
         missing = 0
+        ahead = max(1, _AHEAD // k)  # positions ahead whose slots are hinted into the cache
         for t in range(p):
+            if t + ahead < p and features[t + ahead] >= 0:
+                f = features[t + ahead]
+                prefetch(freq, f)
+                for j in range(k):
+                    s = _slot(indices[t + ahead, j] * n_features + f, shift)
+                    prefetch(tkeys, s)
+                    prefetch(tcount, s)
+                    prefetch(tmass, s)
+                    prefetch(tpeak, s)
             f = features[t]
             if f < 0:
                 missing += 1
