@@ -248,7 +248,7 @@ if AVAILABLE:
         with ``totals`` the per-neuron sums too. Ids must be in range (:func:`check_selection`)."""
         p, k = indices.shape
         n_streams = features.shape[0]
-        ahead = max(1, _AHEAD // k)  # positions ahead whose cells are hinted into the cache
+        ahead = max(1, _AHEAD // max(k, 1))  # positions ahead whose cells are hinted
         for s in range(n_streams):
             count, mass, peak, freq = counts[s], masses[s], peaks[s], freqs[s]
             width = n_features[s]

@@ -77,7 +77,7 @@ if AVAILABLE:
         p, k = indices.shape
         new = 0
         missing = 0
-        ahead = max(1, _AHEAD // k)  # positions ahead whose slots are hinted into the cache
+        ahead = max(1, _AHEAD // max(k, 1))  # positions ahead whose slots are hinted
         for t in range(p):
             if t + ahead < p and features[t + ahead] >= 0:
                 f = features[t + ahead]
@@ -208,13 +208,13 @@ class CpuSparseTable:
                              f"[{n_features}], got {indices.shape}, {values.shape}, "
                              f"{features.shape} and {freq.shape}")
         p, k = indices.shape
-        if p == 0 or k == 0:
-            return int((features < 0).sum())
+        if p == 0:
+            return 0
         if not checked and not _ids_ok(indices, n_neurons, features[None, :],
                                        np.array([n_features], np.int64)):
             raise ValueError(f"neuron ids must be in [0, {n_neurons}) and feature ids in "
                              f"[-1, {n_features})")
-        rows = max(1, CHUNK_EVENTS // k)
+        rows = max(1, CHUNK_EVENTS // max(k, 1))  # (k = 0: the positions still count)
         missing = 0
         for i in range(0, p, rows):
             self._reserve(min(rows, p - i) * k)

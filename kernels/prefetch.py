@@ -20,7 +20,9 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency
     intrinsic = None
 
-#: How many events ahead the scatter loops hint their cells.
+#: How many events ahead the scatter loops hint their cells. (numba's cache checks only the file
+#: that defines a kernel: after changing this, clear ``kernels/__pycache__`` of the ``*.nbi``/
+#: ``*.nbc`` files of ``cpu`` and ``cpu_table``.)
 DISTANCE = 16
 
 
@@ -35,7 +37,8 @@ def _make(active: bool):
             if active:
                 aryty = signature.args[0]
                 ary = context.make_array(aryty)(context, builder, args[0])
-                ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                index = context.cast(builder, args[1], signature.args[1], types.intp)
+                ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [index],
                                                wraparound=False)
                 i8p = ir.IntType(8).as_pointer()
                 i32 = ir.IntType(32)

@@ -282,3 +282,26 @@ def test_accumulate_checks_the_positions_of_an_empty_selection(cpu_path, monkeyp
                             (torch.tensor([0, 50_000_000, 1]), layer.streams["b"])],
                            (layer.neuron_count, layer.neuron_mass))
     assert not layer.streams["a"].feature_freq.any()
+
+
+@pytest.mark.parametrize("cpu_path", [True, False])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "sparse-table"])
+def test_an_empty_selection_counts_its_positions(cpu_path, kind, monkeypatch):
+    """k == 0 (no neuron selected) still counts positions and missing ids, on every state."""
+    from txray_engine.accumulate.layer import LayerState
+
+    if not cpu_path:
+        monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    layer = LayerState.create(4, {"f": 5}, kind="dense" if kind == "dense" else "sparse")
+    if kind == "sparse":
+        layer.streams["f"] = SparseState(4, 5, table=False)
+    elif not cpu_path and kind == "sparse-table":
+        pytest.skip("the CPU hash table needs numba")
+    features = torch.tensor([0, -1, 2, 0])
+    values, indices = torch.zeros(4, 0), torch.zeros(4, 0, dtype=torch.long)
+    layer.add_selection(values, indices, {"f": features})
+    kernels.add_totals(values, indices, layer.neuron_count, layer.neuron_mass)
+    state = layer.streams["f"]
+    assert state.feature_freq.tolist() == [2, 0, 1, 0, 0] and state.missing == 1
+    assert layer.tokens == 4 and not layer.neuron_count.any()
+    assert state.to_stats().count.size == 0
