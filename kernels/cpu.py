@@ -177,36 +177,42 @@ if AVAILABLE:
         bad = _select_row(u, 1, cmax, keys, ids)
         return bad, ids[0]
 
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _top1_row(r):
+        """``(non-finite, index of the maximum)`` of row ``r`` (float32 bits): one pass keeps the
+        signed/unsigned chunk maxima and the first chunk holding the row maximum, then that chunk
+        is scanned for its first index. Rows whose maximum is not positive go through
+        :func:`_select_row`."""
+        n = r.shape[0]
+        full = n // _CHUNK
+        hi = _INT_MIN
+        uhi = np.uint32(0)
+        best = 0
+        for c in range(full):
+            m, um = _chunk_max(r, c * _CHUNK, _CHUNK)
+            best = c if m > hi else best
+            hi = m if m > hi else hi
+            uhi = um if um > uhi else uhi
+        if full * _CHUNK < n:
+            m, um = _chunk_max(r, full * _CHUNK, n - full * _CHUNK)
+            best = full if m > hi else best
+            hi = m if m > hi else hi
+            uhi = um if um > uhi else uhi
+        if hi <= 0:
+            return _top1_nonpositive(r)
+        j = best * _CHUNK
+        while np.int32(r[j]) != hi:
+            j += 1
+        return hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE, j
+
     @njit(parallel=True, boundscheck=False, cache=True)
     def _top1(x, u, vals, idx, bad):
-        """k = 1: one pass keeps the signed/unsigned chunk maxima and the first chunk holding the
-        row maximum, then that chunk is scanned for its first index. Rows whose maximum is not
-        positive go through :func:`_select_row`."""
-        rows, n = u.shape
-        full = n // _CHUNK
+        """k = 1 (:func:`_top1_row`) for every row of ``x`` (float32; ``u`` the same memory as
+        uint32)."""
+        rows = u.shape[0]
         for blk in prange((rows + _BLOCK - 1) // _BLOCK):
             for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
-                r = u[t]
-                hi = _INT_MIN
-                uhi = np.uint32(0)
-                best = 0
-                for c in range(full):
-                    m, um = _chunk_max(r, c * _CHUNK, _CHUNK)
-                    best = c if m > hi else best
-                    hi = m if m > hi else hi
-                    uhi = um if um > uhi else uhi
-                if full * _CHUNK < n:
-                    m, um = _chunk_max(r, full * _CHUNK, n - full * _CHUNK)
-                    best = full if m > hi else best
-                    hi = m if m > hi else hi
-                    uhi = um if um > uhi else uhi
-                if hi > 0:
-                    b = hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE
-                    j = best * _CHUNK
-                    while np.int32(r[j]) != hi:
-                        j += 1
-                else:
-                    b, j = _top1_nonpositive(r)
+                b, j = _top1_row(u[t])
                 bad[t] = b
                 idx[t, 0] = j
                 vals[t, 0] = x[t, j]
@@ -290,6 +296,7 @@ def usable(acts: torch.Tensor) -> bool:
 
 
 _NO_ROWS = torch.zeros(0, dtype=torch.int64)
+_HALF = {torch.bfloat16: 0, torch.float16: 1}  # kernels.cpu_half.BF16 / FP16
 _NO_STREAM = ((np.zeros(0, np.int64),), (np.zeros(0, np.float64),), (np.zeros(0, np.float32),),
               (np.zeros(0, np.int64),))
 
@@ -309,7 +316,8 @@ def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
     float64 input is read as float32, the engine's value type, so such rows are flagged).
     """
     a = acts.detach()
-    if a.dtype != torch.float32:
+    half = _HALF.get(a.dtype)  # bf16 / fp16: read as they are (kernels.cpu_half)
+    if half is None and a.dtype != torch.float32:
         a = a.float()
     if not a.is_contiguous():
         a = a.contiguous()
@@ -319,7 +327,10 @@ def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
     vals = np.empty((p, k), np.float32)
     idx = np.empty((p, k), np.int64)
     bad = np.zeros(p, np.bool_)
-    if p:
+    if p and half is not None:
+        from . import cpu_half
+        cpu_half._select16(a.view(torch.int16).numpy().view(np.uint16), half, k, vals, idx, bad)
+    elif p:
         x = a.numpy()
         (_top1(x, x.view(np.uint32), vals, idx, bad) if k == 1 else
          _select(x, x.view(np.uint32), k, vals, idx, bad))

@@ -248,3 +248,38 @@ def test_prefetch_hint_compiles_here():
     a = np.arange(200, dtype=np.float64)
     assert hinted_sum(a) == a.sum()
     assert hinted_sum(a[::3]) == a[::3].sum()  # strided
+
+
+@pytest.mark.parametrize("dtype,kind", [(torch.bfloat16, 0), (torch.float16, 1)])
+def test_half_widening_is_exact_for_every_bit_pattern(dtype, kind):
+    from kernels import cpu_half
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    got = cpu_half.widen(bits, kind)
+    ref = torch.from_numpy(bits.view(np.int16)).view(dtype).float().numpy()
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])  # ±0, subnormals
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,k", [(1, 1), (7, 3), (64, 1), (100, 8), (1025, 1), (1025, 3)])
+def test_half_rows_are_read_as_they_are(dtype, n, k):
+    """bf16/fp16 rows take the 16-bit path (no float32 copy of the block) and match the reference:
+    ties (many at 16 bits), all-negative and all-equal rows, signed zeros, fp16 subnormals,
+    strided rows, non-finite rows flagged."""
+    g = torch.Generator().manual_seed(n + k)
+    acts = torch.randn(61, n, generator=g)
+    acts[::4] = acts[::4].round()
+    acts[1::5] = -acts[1::5].abs() - 1
+    acts[2::9] = 0.5
+    acts[3::11] = torch.randn(acts[3::11].shape, generator=g) * 1e-6  # fp16 subnormals
+    acts[4, :] = -0.0
+    acts[4, n // 2] = 0.0
+    acts = acts.to(dtype)
+    _same_selection(acts, k)
+    if n > 2:
+        _same_selection(acts[:, ::2], min(k, (n + 1) // 2))
+    bad = acts.clone()
+    bad[5, n - 1] = float("nan")
+    bad[6, 0] = -float("inf")
+    assert cpu.select_topk(bad, k)[2].tolist() == [5, 6]
