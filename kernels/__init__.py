@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu, reference, targets
-from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk
-from .targets import check_targets, is_dense_state
+from . import cpu_cache
+
+cpu_cache.drop_stale()  # before the numba kernels below load anything from their cache
+
+from . import cpu, reference, targets  # noqa: E402
+from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk  # noqa: E402
+from .targets import check_targets, is_dense_state  # noqa: E402
 
 __all__ = ["accumulate", "add_totals", "check_targets", "id_bounds", "nonfinite_rows", "scatter",
            "scatter_events", "select", "select_accumulate", "select_topk"]

@@ -291,7 +291,8 @@ if AVAILABLE:
 
 
 def usable(acts: torch.Tensor) -> bool:
-    """Whether the fast path takes this tensor (CPU; other dtypes are converted first)."""
+    """Whether the fast path takes this tensor (CPU; bf16/fp16 are read as they are, other
+    dtypes converted to float32 first)."""
     return AVAILABLE and acts.device.type == "cpu" and acts.dim() == 2 and acts.shape[1] > 0
 
 

@@ -20,9 +20,8 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency
     intrinsic = None
 
-#: How many events ahead the scatter loops hint their cells. (numba's cache checks only the file
-#: that defines a kernel: after changing this, clear ``kernels/__pycache__`` of the ``*.nbi``/
-#: ``*.nbc`` files of ``cpu`` and ``cpu_table``.)
+#: How many events ahead the scatter loops hint their cells (a change here recompiles the kernels
+#: that use it: :mod:`kernels.cpu_cache`).
 DISTANCE = 16
 
 

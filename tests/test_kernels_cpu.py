@@ -283,3 +283,28 @@ def test_half_rows_are_read_as_they_are(dtype, n, k):
     bad[5, n - 1] = float("nan")
     bad[6, 0] = -float("inf")
     assert cpu.select_topk(bad, k)[2].tolist() == [5, 6]
+
+
+def test_cached_kernels_are_dropped_when_a_source_they_use_is_newer(tmp_path):
+    """numba checks only the defining file; an edit to cpu.py must also recompile cpu_half's
+    kernels (which compile in its row functions)."""
+    import os
+
+    from kernels import cpu_cache
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    for name in cpu_cache.SOURCES:
+        (tmp_path / f"{name}.py").write_text("")
+        os.utime(tmp_path / f"{name}.py", (1000, 1000))
+    kept = [cache / "cpu_half._select16-60.py311.nbi", cache / "cpu_half._select16-60.py311.1.nbc",
+            cache / "cpu._top1-180.py311.nbi"]
+    other = cache / "unrelated.f-1.py311.nbi"
+    for p in (*kept, other):
+        p.write_text("")
+        os.utime(p, (2000, 2000))
+    assert not cpu_cache.drop_stale(tmp_path)  # sources older than every index: kept
+    assert all(p.exists() for p in kept)
+    os.utime(tmp_path / "cpu.py", (3000, 3000))  # cpu.py edited after the caches were written
+    assert cpu_cache.drop_stale(tmp_path)
+    assert not any(p.exists() for p in kept) and other.exists()
+    assert not cpu_cache.drop_stale(tmp_path)  # nothing left to drop
