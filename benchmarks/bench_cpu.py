@@ -3,8 +3,9 @@
 For each shape: the engine (``Accumulator.observe``: validation, non-finite check, top-k, scatter
 into the exact state the engine picks), its selection step alone (``kernels.select``), a
 torch-native baseline written the way a user would (``topk`` + ``index_put_(accumulate=True)`` /
-``scatter_reduce_`` into dense int64/float64/float32 tensors), and ``torch.sum`` over the same activations (the read-bandwidth ceiling). GB/s counts the
-activation bytes read once. Run:
+``scatter_reduce_`` into dense int64/float64/float32 tensors), and ``torch.sum`` over the same
+activations (the read-bandwidth ceiling); bf16/fp16 inputs against ``.float()`` first. GB/s
+counts the activation bytes read once. Run:
 ``.venv/bin/python -m pytest benchmarks/bench_cpu.py --benchmark-enable -s``
 """
 
@@ -77,6 +78,35 @@ def test_zz_print_table():
     for n, v, k, kind, tps, gbs, sgbs, speedup, frac, sel in ROWS:
         print(f"| {n} | {v} | {k} | {kind} | {tps:,.0f} | {gbs:.2f} | {sgbs:.2f} | "
               f"{speedup:.2f}x | {frac:.0%} | {sel:.0%} |")
+
+
+HALF_ROWS = []
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k", [1, 8])
+def test_cpu_path_16bit(dtype, k):
+    """bf16/fp16 activations (a model run at 16 bits on the CPU): the engine reads them as they
+    are; the baseline is the selection after ``tensor.float()``, the way the engine did before
+    (and the way a user with a float32 tool would); ``sum`` reads the 16-bit tensor."""
+    n = 1024
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(P, n, generator=g).to(dtype)
+    feats = torch.randint(0, 17, (P,), generator=g)
+    acc = Accumulator({"f": [str(i) for i in range(17)]}, k=k)
+    t_engine, t_select, t_widened, t_sum = best_times(
+        [lambda: acc.observe("l", acts, {"f": feats}), lambda: kernels.select(acts, k),
+         lambda: kernels.select(acts.float(), k), lambda: acts.sum()])
+    HALF_ROWS.append((str(dtype).split(".")[1], n, k, P / t_engine, t_select * 1e3,
+                      t_widened * 1e3, t_widened / t_select, t_sum / t_engine))
+
+
+def test_zz_print_16bit_table():
+    print("\n| dtype | N | k | engine tokens/s | select ms | .float() + select ms | speed-up "
+          "| engine, % of 16-bit sum |\n|---|---|---|---|---|---|---|---|")
+    for dt, n, k, tps, sel, wid, speedup, frac in HALF_ROWS:
+        print(f"| {dt} | {n} | {k} | {tps:,.0f} | {sel:.2f} | {wid:.2f} | {speedup:.1f}x | "
+              f"{frac:.0%} |")
 
 
 def _rss_mib() -> float:
