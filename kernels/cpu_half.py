@@ -72,6 +72,7 @@ if AVAILABLE:
             keys = np.empty(k, np.int32)
             ids = np.empty(k, np.int64)
             cmax = np.empty((n + _CHUNK - 1) // _CHUNK, np.int32)
+            cand = np.empty(n, np.int64)
             for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
                 _widen(h[t], kind, row)
                 if k == 1:
@@ -80,7 +81,7 @@ if AVAILABLE:
                     idx[t, 0] = j
                     vals[t, 0] = x[j]
                 else:
-                    bad[t] = _select_row(row, k, cmax, keys, ids)
+                    bad[t] = _select_row(row, k, cmax, cand, keys, ids)
                     for j in range(k):
                         idx[t, j] = ids[j]
                         vals[t, j] = x[ids[j]]
