@@ -21,10 +21,11 @@ For k > 1 the chunk maxima bound the k-th value: when the k-th largest chunk max
 and any value below it — is beaten by k others and skipped. ``thr`` comes from counting, for each
 chunk maximum, how many are at least as large (branch-free; up to 64 chunks), or from an insertion
 buffer for wider rows. The values left (about k of them on real data) are gathered, then fed in
-index order to an insertion buffer of the k best keys; an element enters only when it beats the current k-th
-strictly, so among equal values the earlier index stays. Otherwise (fewer than k chunks, or
-``thr <= 0``) every value is fed; that is O(N k) on adversarial rows, so ``kernels.select`` sends
-k > ``MAX_K`` to the torch reference.
+index order to an insertion buffer of the k best keys; an element enters only when it beats the
+current k-th strictly, so among equal values the earlier index stays. Otherwise (fewer than k
+chunks, or ``thr <= 0``) every value is fed; that is O(N k) on adversarial rows, so
+``kernels.select`` sends k > ``MAX_K`` to the torch reference. bf16/fp16 rows are widened into a
+float32 row first (:mod:`kernels.cpu_half`) and take the same row functions.
 
 Rows are split across numba's threads in blocks of 32.
 
