@@ -126,11 +126,11 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
         add_totals(values, indices, *totals)
         return
     fast, rest = _cpu_dense(targets, values)
-    if rest and not checked:  # several calls follow: check everything once, before any changes
+    if not checked and (rest or not fast):  # check everything once, before any call changes it
         cpu.check_selection(values, indices, targets, totals[0].numel())
-    if fast or not (checked or rest):  # (with no target, this call checks the neuron ids)
-        cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals,
-                             checked=checked or bool(rest))
+        checked = True
+    if fast:
+        cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals, checked=checked)
     else:
         cpu.add_totals(values, indices, *totals)
     for features, state in rest:

@@ -39,8 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .prefetch import DISTANCE as _AHEAD
-from .prefetch import prefetch
+from .prefetch import positions_ahead, prefetch
 from .targets import check_shapes
 
 try:
@@ -273,7 +272,7 @@ if AVAILABLE:
         with ``totals`` the per-neuron sums too. Ids must be in range (:func:`check_selection`)."""
         p, k = indices.shape
         n_streams = features.shape[0]
-        ahead = max(1, _AHEAD // max(k, 1))  # positions ahead whose cells are hinted
+        ahead = positions_ahead(k)
         for s in range(n_streams):
             count, mass, peak, freq = counts[s], masses[s], peaks[s], freqs[s]
             width = n_features[s]
@@ -416,9 +415,6 @@ def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
     change nothing (``checked=True``: the caller ran :func:`check_selection` on these targets).
     """
     if not targets and totals is None:
-        return
-    if not targets and checked:
-        add_totals(values, indices, *totals)
         return
     states = [state for _, state in targets]
     if totals is not None:

@@ -34,8 +34,7 @@ _FIB = np.uint64(0x9E3779B97F4A7C15)
 
 if AVAILABLE:
     from .cpu import _ids_ok
-    from .prefetch import DISTANCE as _AHEAD
-    from .prefetch import prefetch
+    from .prefetch import positions_ahead, prefetch
 
     @njit(boundscheck=False, inline="always", cache=True)
     def _slot(key, shift):
@@ -77,7 +76,7 @@ if AVAILABLE:
         p, k = indices.shape
         new = 0
         missing = 0
-        ahead = max(1, _AHEAD // max(k, 1))  # positions ahead whose slots are hinted
+        ahead = positions_ahead(k)
         for t in range(p):
             if t + ahead < p and features[t + ahead] >= 0:
                 f = features[t + ahead]

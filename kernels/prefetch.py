@@ -54,10 +54,15 @@ def _make(active: bool):
     return prefetch
 
 
-prefetch = None
+prefetch = positions_ahead = None
 #: Whether ``prefetch`` emits the hint (False: a no-op on this numba/LLVM).
 ACTIVE = False
 if intrinsic is not None:
+    @njit(inline="always", cache=True)
+    def positions_ahead(k):
+        """Positions of ``k`` events each to look ahead by, for :data:`DISTANCE` events."""
+        return max(1, DISTANCE // max(k, 1))
+
     prefetch, ACTIVE = _make(True), True
     try:
         import numpy as np
