@@ -12,6 +12,8 @@ reference's results.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from . import cpu_cache
@@ -22,8 +24,8 @@ from . import cpu, reference, targets  # noqa: E402
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk  # noqa: E402
 from .targets import check_targets, is_dense_state  # noqa: E402
 
-__all__ = ["accumulate", "add_totals", "check_targets", "id_bounds", "nonfinite_rows", "scatter",
-           "scatter_events", "select", "select_accumulate", "select_topk"]
+__all__ = ["Selection", "accumulate", "add_totals", "check_targets", "id_bounds", "nonfinite_rows",
+           "scatter", "scatter_events", "select", "select_accumulate", "select_rows", "select_topk"]
 
 
 def _triton_ok(t: torch.Tensor) -> bool:
@@ -36,29 +38,85 @@ def _triton_ok(t: torch.Tensor) -> bool:
     return True
 
 
-def select(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-``k`` of every row of ``acts`` ``[P, N]`` and the rows holding NaN/inf once read as
-    float32, the engine's value type (a float64 value beyond its range counts as inf).
+@dataclass
+class Selection:
+    """The top-``k`` of some rows of an activation block, made without waiting for the device.
 
-    Returns ``(values [P, k] float32, indices [P, k] int64, nonfinite row indices)``; the
-    selection of a non-finite row is unspecified (callers drop or reject those rows).
+    ``values [R, k]`` float32 and ``indices [R, k]`` int64 (one row per selected row). Rows holding
+    NaN/inf (once read as float32) have unspecified selections. ``suspects`` counts rows that may be
+    such (a superset; ``0``: every row is finite): an int where it came for free (the CPU path
+    finds them in its selection pass), else a 0-d tensor on the device, for the caller to read
+    back together with its other numbers, one wait for all. :meth:`nonfinite` gives the rows.
     """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    suspects: int | torch.Tensor
+    acts: torch.Tensor  # the selected rows' source, for :meth:`nonfinite`
+    rows: torch.Tensor | None
+    bad: torch.Tensor | None = None  # the non-finite positions, once known
+
+    def nonfinite(self) -> torch.Tensor:
+        """Positions (in ``values``' rows) of the rows holding NaN/inf; on a GPU this waits
+        unless ``suspects`` is known to be 0."""
+        if self.bad is None:
+            if isinstance(self.suspects, int) and self.suspects == 0:
+                self.bad = torch.zeros(0, dtype=torch.long, device=self.values.device)
+            else:
+                acts = self.acts if self.rows is None else self.acts.index_select(0, self.rows)
+                self.bad = nonfinite_rows(acts)
+        return self.bad
+
+
+def _select_every_row(acts: torch.Tensor) -> bool:
+    """Whether :func:`select_rows` selects every row and keeps the asked ones (the GPU: its
+    selection reads rows faster than a copy of the kept rows moves them), or copies the kept rows
+    first (the torch path on the CPU, where selecting a row costs more than copying it)."""
+    return acts.is_cuda
+
+
+def select_rows(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None) -> Selection:
+    """Top-``k`` of the rows ``rows`` (int64 indices on ``acts``' device; ``None``: all) of
+    ``acts`` ``[P, N]``, without waiting for the device (see :class:`Selection`).
+
+    On the CPU the numba path reads the kept rows in place; a GPU selects every row (padding is
+    cheaper to read than the kept rows are to copy) and keeps the asked rows of the result.
+    """
+    if acts.dim() != 2:
+        raise ValueError(f"activations must be [positions, neurons], got shape {tuple(acts.shape)}")
     n = acts.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     if k < n and k <= cpu.MAX_K and cpu.usable(acts):
-        return cpu.select_topk(acts, k)
+        values, indices, bad = cpu.select_topk(acts, k, rows)
+        return Selection(values, indices, int(bad.numel()), acts, rows, bad)
     if acts.dtype == torch.float64:  # values are float32: a row that overflows it is non-finite
         acts = acts.float()
-    bad_rows = nonfinite_rows(acts)
-    if bad_rows.numel():  # keep NaN out of the selection; these rows are dropped anyway
-        acts = acts.float().index_fill(0, bad_rows, 0.0)
+    if rows is not None and not _select_every_row(acts):  # copy the kept rows, select those
+        acts, rows = acts.index_select(0, rows), None
+    flags = ~torch.isfinite(acts.sum(dim=1, dtype=torch.float32)) if acts.numel() else \
+        torch.zeros(acts.shape[0], dtype=torch.bool, device=acts.device)
     if k < n and _triton_ok(acts):
         from . import triton_dense
         values, indices = triton_dense.select_topk(acts, k)
     else:
         values, indices = select_topk(acts, k)
-    return values, indices, bad_rows
+    if rows is not None:
+        values, indices, flags = (t.index_select(0, rows) for t in (values, indices, flags))
+    return Selection(values, indices, flags.sum(), acts, rows)
+
+
+def select(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` of the rows ``rows`` (``None``: all) of ``acts`` ``[P, N]`` and the positions of
+    the rows holding NaN/inf once read as float32, the engine's value type (a float64 value beyond
+    its range counts as inf): :func:`select_rows`, then :meth:`Selection.nonfinite`.
+
+    Returns ``(values [R, k] float32, indices [R, k] int64, nonfinite positions)``; the
+    selection of a non-finite row is unspecified (callers drop or reject those rows).
+    """
+    sel = select_rows(acts, k, rows)
+    return sel.values, sel.indices, sel.nonfinite()
 
 
 def id_bounds(tensors) -> list[tuple[int, int]]:

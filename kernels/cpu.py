@@ -162,20 +162,22 @@ if AVAILABLE:
         return bad
 
     @njit(parallel=True, boundscheck=False, cache=True)
-    def _select(x, u, k, vals, idx, bad):
-        """Rows of ``x`` (float32; ``u`` is the same memory as uint32) into ``vals``/``idx``
-        ``[P, k]`` and ``bad`` ``[P]``."""
-        rows, n_cols = u.shape
+    def _select(x, u, src, k, vals, idx, bad):
+        """Rows ``src`` of ``x`` (float32; ``u`` is the same memory as uint32; an empty ``src``:
+        every row) into ``vals``/``idx`` ``[R, k]`` and ``bad`` ``[R]``."""
+        n_cols = u.shape[1]
+        rows = vals.shape[0]
         for blk in prange((rows + _BLOCK - 1) // _BLOCK):
             keys = np.empty(k, np.int32)
             ids = np.empty(k, np.int64)
             cmax = np.empty((n_cols + _CHUNK - 1) // _CHUNK, np.int32)
             cand = np.empty(n_cols, np.int64)
             for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
-                bad[t] = _select_row(u[t], k, cmax, cand, keys, ids)
+                r = src[t] if src.shape[0] else t
+                bad[t] = _select_row(u[r], k, cmax, cand, keys, ids)
                 for j in range(k):
                     idx[t, j] = ids[j]
-                    vals[t, j] = x[t, ids[j]]
+                    vals[t, j] = x[r, ids[j]]
 
     @njit(boundscheck=False, cache=True)
     def _top1_nonpositive(u):
@@ -217,16 +219,17 @@ if AVAILABLE:
         return hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE, j
 
     @njit(parallel=True, boundscheck=False, cache=True)
-    def _top1(x, u, vals, idx, bad):
-        """k = 1 (:func:`_top1_row`) for every row of ``x`` (float32; ``u`` the same memory as
-        uint32)."""
-        rows = u.shape[0]
+    def _top1(x, u, src, vals, idx, bad):
+        """k = 1 (:func:`_top1_row`) for rows ``src`` of ``x`` (float32; ``u`` the same memory
+        as uint32; an empty ``src``: every row)."""
+        rows = vals.shape[0]
         for blk in prange((rows + _BLOCK - 1) // _BLOCK):
             for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
-                b, j = _top1_row(u[t])
+                r = src[t] if src.shape[0] else t
+                b, j = _top1_row(u[r])
                 bad[t] = b
                 idx[t, 0] = j
-                vals[t, 0] = x[t, j]
+                vals[t, 0] = x[r, j]
 
     @njit(boundscheck=False, inline="always", cache=True)
     def _min_max(a):
@@ -320,9 +323,11 @@ def id_bounds(tensors) -> list[tuple[int, int]]:
     return [tuple(int(b) for b in _min_max(_int64(t).reshape(-1))) for t in tensors]
 
 
-def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(values [P, k] float32, indices [P, k] int64, nonfinite row indices)`` of
-    ``acts [P, N]``.
+def select_topk(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(values [R, k] float32, indices [R, k] int64, nonfinite row positions)`` of the rows
+    ``rows`` (int64 indices; ``None``: all ``P``) of ``acts [P, N]``, read in place (no copy of the
+    kept rows). The non-finite positions index the output rows.
 
     Values and indices of non-finite rows are unspecified; so are rows that overflow float32 (a
     float64 input is read as float32, the engine's value type, so such rows are flagged).
@@ -336,18 +341,28 @@ def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor,
     p, n = a.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    src = _NO_ROWS.numpy()
+    if rows is not None:
+        src = _int64(rows).reshape(-1)
+        if src.shape[0]:
+            lo, hi = _min_max(src)
+            if lo < 0 or hi >= p:
+                raise ValueError(f"rows must index the {p} rows of the activations, got "
+                                 f"{lo if lo < 0 else hi}")
+        p = src.shape[0]
     vals = np.empty((p, k), np.float32)
     idx = np.empty((p, k), np.int64)
     bad = np.zeros(p, np.bool_)
     if p and half is not None:
         from . import cpu_half
-        cpu_half._select16(a.view(torch.int16).numpy().view(np.uint16), half, k, vals, idx, bad)
+        cpu_half._select16(a.view(torch.int16).numpy().view(np.uint16), half, src, k, vals, idx,
+                           bad)
     elif p:
         x = a.numpy()
-        (_top1(x, x.view(np.uint32), vals, idx, bad) if k == 1 else
-         _select(x, x.view(np.uint32), k, vals, idx, bad))
-    rows = torch.from_numpy(np.flatnonzero(bad)) if np.count_nonzero(bad) else _NO_ROWS
-    return torch.from_numpy(vals), torch.from_numpy(idx), rows
+        (_top1(x, x.view(np.uint32), src, vals, idx, bad) if k == 1 else
+         _select(x, x.view(np.uint32), src, k, vals, idx, bad))
+    bad_rows = torch.from_numpy(np.flatnonzero(bad)) if np.count_nonzero(bad) else _NO_ROWS
+    return torch.from_numpy(vals), torch.from_numpy(idx), bad_rows
 
 
 def _int64(t: torch.Tensor) -> np.ndarray:

@@ -61,11 +61,12 @@ if AVAILABLE:
                         ((m << np.uint32(23 - p)) & np.uint32(0x7FFFFF))
 
     @njit(parallel=True, boundscheck=False, cache=True)
-    def _select16(h, kind, k, vals, idx, bad):
-        """Rows of ``h`` (uint16 bits ``[P, N]`` of bf16 or fp16, ``kind``) into ``vals``/``idx``
-        ``[P, k]`` and ``bad`` ``[P]``, as :func:`kernels.cpu._top1` / ``_select`` do for
-        float32."""
-        rows, n = h.shape
+    def _select16(h, kind, src, k, vals, idx, bad):
+        """Rows ``src`` of ``h`` (uint16 bits ``[P, N]`` of bf16 or fp16, ``kind``; an empty
+        ``src``: every row) into ``vals``/``idx`` ``[R, k]`` and ``bad`` ``[R]``, as
+        :func:`kernels.cpu._top1` / ``_select`` do for float32."""
+        n = h.shape[1]
+        rows = vals.shape[0]
         for blk in prange((rows + _BLOCK - 1) // _BLOCK):
             row = np.empty(n, np.uint32)
             x = row.view(np.float32)
@@ -74,7 +75,7 @@ if AVAILABLE:
             cmax = np.empty((n + _CHUNK - 1) // _CHUNK, np.int32)
             cand = np.empty(n, np.int64)
             for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
-                _widen(h[t], kind, row)
+                _widen(h[src[t] if src.shape[0] else t], kind, row)
                 if k == 1:
                     b, j = _top1_row(row)
                     bad[t] = b

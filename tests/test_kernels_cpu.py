@@ -308,3 +308,41 @@ def test_cached_kernels_are_dropped_when_a_source_they_use_is_newer(tmp_path):
     assert cpu_cache.drop_stale(tmp_path)
     assert not any(p.exists() for p in kept) and other.exists()
     assert not cpu_cache.drop_stale(tmp_path)  # nothing left to drop
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("path", ["numba", "torch", "every-row"])
+def test_select_rows_reads_the_kept_rows_in_place(dtype, k, path, monkeypatch):
+    """``rows`` selects a subset of rows in the asked order (repeats allowed), with the non-finite
+    positions indexing the output, exactly as selecting from ``acts[rows]`` would, on the numba
+    path (rows read in place), the torch path (kept rows copied) and the GPU's (every row
+    selected, the asked ones kept)."""
+    if path != "numba":
+        monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    if path == "every-row":
+        monkeypatch.setattr(kernels, "_select_every_row", lambda acts: True)
+    g = torch.Generator().manual_seed(k)
+    acts = torch.randn(50, 70, generator=g)
+    acts[::7] = acts[::7].round()  # ties
+    acts[3, 5] = float("nan")
+    acts[11, 0] = -float("inf")
+    acts = acts.to(dtype)
+    rows = torch.tensor([11, 0, 2, 3, 49, 2, 17, 30, 31])
+    sel = kernels.select_rows(acts, k, rows)
+    v, i, bad = kernels.select(acts, k, rows)
+    vr, ir, badr = kernels.select(acts[rows].contiguous(), k)
+    assert bad.tolist() == badr.tolist() == [0, 3] and sel.nonfinite().tolist() == [0, 3]
+    assert int(sel.suspects) >= 2
+    good = [r for r in range(len(rows)) if r not in (0, 3)]
+    assert torch.equal(torch.sort(i[good], 1).values, torch.sort(ir[good], 1).values)
+    assert torch.equal(torch.sort(v[good], 1).values, torch.sort(vr[good], 1).values)
+    empty = kernels.select_rows(acts, k, torch.zeros(0, dtype=torch.long))
+    assert empty.values.shape == (0, k) and int(empty.suspects) == 0
+
+
+def test_select_rows_refuses_rows_outside_the_block():
+    acts = torch.randn(4, 8)
+    for rows in ([0, 4], [-1, 2]):
+        with pytest.raises(ValueError, match="rows must index the 4 rows"):
+            kernels.select(acts, 1, torch.tensor(rows))
