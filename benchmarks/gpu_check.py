@@ -439,18 +439,54 @@ def part4() -> None:
                "pred": [str(i) for i in range(50_000)]}
     feats = dict(zip(streams, make_features(p, 50_000, 3)))
     feats["pos"] = feats["pos"] % 17
+    for k, kind in _engine_cases():
+        acc = Accumulator(streams, k=k, kind=kind, device=DEVICE)
+        t_obs = bench(lambda: acc.observe("layer", acts, feats))
+        one = DenseState(n, 17, device=DEVICE)
+        t_fused = bench(lambda: triton_dense.dense_select_accumulate(acts, k, [(feats["pos"], one)]))
+        emit(f"| {k} | {kind} | {t_obs:.3g} | {p / t_obs / 1e3:.3g} | {t_fused:.3g} | "
+             f"{t_obs / t_fused:.3g}x |")
+        del acc
+    emit("")
+    _part4_batch(acts, feats, streams, p)
+
+
+def _engine_cases():
+    """Part 4's ``(k, state kind)`` rows, while the time budget lasts."""
     for k in (1, 8):
         for kind in ("dense", "sparse"):
             if time.perf_counter() - T0 > ARGS.budget + 60:
                 emit("(skipped: past the budget)")
                 return
-            acc = Accumulator(streams, k=k, kind=kind, device=DEVICE)
-            t_obs = bench(lambda: acc.observe("layer", acts, feats))
-            one = DenseState(n, 17, device=DEVICE)
-            t_fused = bench(lambda: triton_dense.dense_select_accumulate(acts, k, [(feats["pos"], one)]))
-            emit(f"| {k} | {kind} | {t_obs:.3g} | {p / t_obs / 1e3:.3g} | {t_fused:.3g} | "
-                 f"{t_obs / t_fused:.3g}x |")
-            del acc
+            yield k, kind
+
+
+def _part4_batch(acts, feats, streams, p, layers=8) -> None:
+    """The collector's form: the layers of one forward pass, with a padding mask (20% of the
+    positions), prepared together (``prepare_batch``: positions kept and checked once, one
+    read-back) against one ``observe`` per layer."""
+    emit(f"{layers} layers of one batch (same input per layer), 20% of the positions masked; ms "
+         "per layer")
+    emit("")
+    emit("| k | kind | observe per layer | prepare_batch + commit | speed-up |")
+    emit("|---|---|---|---|---|")
+    mask = torch.arange(p, device=DEVICE) % 5 != 0
+    batch = {f"layer{i}": acts for i in range(layers)}
+    for k, kind in _engine_cases():
+        one = Accumulator(streams, k=k, kind=kind, device=DEVICE)
+        many = Accumulator(streams, k=k, kind=kind, device=DEVICE)
+
+        def per_layer():
+            for name, a in batch.items():
+                one.observe(name, a, feats, mask)
+
+        def together():
+            for prepared in many.prepare_batch(batch, feats, mask):
+                many.commit(prepared)
+
+        t_one, t_many = bench(per_layer) / layers, bench(together) / layers
+        emit(f"| {k} | {kind} | {t_one:.3g} | {t_many:.3g} | {t_one / t_many:.3g}x |")
+        del one, many
     emit("")
 
 

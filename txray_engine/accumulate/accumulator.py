@@ -18,6 +18,7 @@ from ..features.streams import Stream
 from ..features.vocab import Vocabulary
 from .examples import TopExamples
 from .layer import LayerState
+from .positions import Positions, batch_positions, id_bounds_parts, read_back
 from .state import DEFAULT_DENSE_BUDGET
 
 NONFINITE_POLICIES = ("error", "skip")
@@ -101,13 +102,59 @@ class Accumulator:
 
     # -- two-phase form used by the collector (validate everything, then add) ----------------------
     def prepare(self, layer, activations, features, mask=None, where=None) -> Prepared:
+        """Validate and select one layer's positions, changing nothing (:meth:`commit` adds
+        them); the arguments are those of :meth:`observe`."""
+        return self.prepare_batch({layer: activations}, features, mask, where)[0]
+
+    def prepare_batch(self, activations: dict, features: dict[str, torch.Tensor], mask=None,
+                      where=None) -> list[Prepared]:
+        """:meth:`prepare` for the layers of one forward pass at once: ``activations`` maps each
+        layer to its ``[..., N]`` tensor, and all share the positions (one ``features``,
+        ``mask`` and ``where``). The positions are checked and kept once for all layers, and
+        on a GPU the batch waits for the device twice (the mask's size, then every id bound and
+        non-finite count together) instead of several times per layer. Nothing changes: a bad
+        input raises before any :meth:`commit`.
+        """
+        items = list(activations.items())
+        if not items:
+            return []
+        first = items[0][0]
+        lead = None
+        for layer, a in items:
+            self._check_activations(layer, a)
+            shape = tuple(a.shape[:-1])
+            if lead is None:
+                lead = shape
+            elif shape != lead:
+                raise InputError(f"layers {first!r} and {layer!r} have positions of shapes "
+                                 f"{lead} and {shape}: layers prepared together share their "
+                                 f"positions (prepare them one by one)")
+        width = 2 * self.context_radius + 1 if self.examples else None
+        kept: dict = {}  # device -> Positions
+        for layer, a in items:
+            if a.device not in kept:
+                kept[a.device] = batch_positions(layer, tuple(a.shape), a.device, self.streams,
+                                                 features, mask, where, width)
+        selections = []
+        for layer, a in items:
+            n = int(a.shape[-1])
+            acts = a.detach().reshape(-1, n)
+            selections.append(kernels.select_rows(acts, self.k_for(n), kept[a.device].index))
+        # one read-back per device: the id bounds of the first device's positions, and how many
+        # rows of each layer may hold NaN/inf
+        bounds = id_bounds_parts(next(iter(kept.values())))
+        numbers = read_back([b for _, b in bounds] + [s.suspects for s in selections])
+        self._check_ids([name for name, _ in bounds], numbers[:len(bounds)])
+        return [self._prepared(layer, a, sel, kept[a.device], suspects)
+                for (layer, a), sel, suspects in zip(items, selections, numbers[len(bounds):])]
+
+    def _check_activations(self, layer, activations) -> None:
         if not isinstance(activations, torch.Tensor) or not activations.is_floating_point():
             raise InputError(f"layer {layer!r}: activations must be a floating-point tensor, got "
                              f"{getattr(activations, 'dtype', type(activations).__name__)}")
         if activations.dim() < 1 or activations.shape[-1] < 1:
             raise InputError(f"layer {layer!r}: activations need a last (neuron) dimension, got "
                              f"shape {tuple(activations.shape)}")
-        lead = tuple(activations.shape[:-1])
         n = int(activations.shape[-1])
         k = self.k_for(n)
         if k > n:
@@ -116,66 +163,10 @@ class Accumulator:
         if layer in self.layers and self.layers[layer].n_neurons != n:
             raise InputError(f"layer {layer!r} had {self.layers[layer].n_neurons} neurons before "
                              f"and now has {n}: one layer name must keep one width")
-        missing = [s.name for s in self.streams if s.name not in features]
-        if missing:
-            raise InputError(f"layer {layer!r}: no ids given for stream(s) {missing}")
-        extra = set(features) - {s.name for s in self.streams}
-        if extra:
-            raise InputError(f"unknown stream(s) {sorted(extra)}: the accumulator has "
-                             f"{[s.name for s in self.streams]}")
-        keep = None
-        if mask is not None:
-            mask = torch.as_tensor(mask, device=activations.device)
-            if tuple(mask.shape) != lead:
-                raise InputError(f"layer {layer!r}: mask has shape {tuple(mask.shape)} but the "
-                                 f"activations have {lead} positions (shape {tuple(activations.shape)})")
-            keep = mask.reshape(-1).bool()
-        acts = activations.detach().reshape(-1, n)
-        flat = {}
-        for s in self.streams:
-            f = torch.as_tensor(features[s.name], device=activations.device)
-            if tuple(f.shape) != lead:
-                raise InputError(f"layer {layer!r}: stream {s.name!r} has shape {tuple(f.shape)} "
-                                 f"but the activations have {lead} positions (shape "
-                                 f"{tuple(activations.shape)}); give one id per position")
-            if f.dtype.is_floating_point or f.dtype == torch.bool or f.is_complex():
-                raise InputError(f"stream {s.name!r}: ids must be integers, got {f.dtype}")
-            f = f.reshape(-1).long()
-            if keep is not None:
-                f = f[keep]
-            flat[s.name] = f
-        self._check_ids(flat)
-        index = None  # the original position of each row, for the error message
-        if keep is not None:
-            index = torch.nonzero(keep).squeeze(1)
-            acts = acts[keep]
-        ex = self._example_inputs(layer, where, lead, keep, acts) if self.examples else None
-        values, indices, bad_rows = kernels.select(acts, k)
-        skipped = 0
-        if bad_rows.numel():
-            if self.nonfinite == "error":
-                row = bad_rows[0] if index is None else index[bad_rows[0]]
-                pos = tuple(int(x) for x in torch.unravel_index(row, lead)) \
-                    if lead else ()
-                raise NonFiniteError(
-                    f"layer {layer!r}: non-finite activation (NaN or inf) at position {pos} "
-                    f"(index in shape {lead}), {bad_rows.numel()} position(s) in this call; fix "
-                    f"the model or inputs, or pass nonfinite='skip' (--skip-nonfinite) to skip "
-                    f"such positions and count them")
-            good = torch.ones(acts.shape[0], dtype=torch.bool, device=acts.device)
-            good[bad_rows] = False
-            values, indices = values[good], indices[good]
-            flat = {name: f[good] for name, f in flat.items()}
-            ex = tuple(t[good] for t in ex) if ex is not None else None
-            skipped = int(bad_rows.numel())
-        return Prepared(layer, n, values, indices, flat, skipped, ex, self.vocab_sizes)
 
-    def _check_ids(self, flat: dict[str, torch.Tensor]) -> None:
-        """Every id in its stream's vocabulary (or -1): one read-back for all streams, so a GPU
-        waits once per call, not once per stream."""
-        names = [name for name, f in flat.items() if f.numel()]
-        bounds = kernels.id_bounds([flat[name] for name in names])
-        size = {s.name: len(s.vocab) for s in self.streams}
+    def _check_ids(self, names: list[str], bounds: list) -> None:
+        """Every id in its stream's vocabulary (or -1), from the streams' ``(min, max)``."""
+        size = self.vocab_sizes
         for name, (lo, hi) in zip(names, bounds):
             if lo < -1 or hi >= size[name]:
                 bad = lo if lo < -1 else hi
@@ -183,21 +174,32 @@ class Accumulator:
                                  f"{size[name]} (valid: 0..{size[name] - 1}, or -1 for missing); "
                                  f"extend the vocabulary or fix the ids")
 
-    def _example_inputs(self, layer, where, lead, keep, acts) -> tuple:
-        width = 2 * self.context_radius + 1
-        if not where or not all(key in where for key in ("doc", "pos", "context")):
-            raise InputError(f"layer {layer!r}: top examples need where={{'doc', 'pos', "
-                             f"'context'}} for every position (the Collector provides them)")
-        doc, pos = (torch.as_tensor(where[key], device=acts.device) for key in ("doc", "pos"))
-        ctx = torch.as_tensor(where["context"], device=acts.device)
-        if tuple(doc.shape) != lead or tuple(pos.shape) != lead or \
-                tuple(ctx.shape) != (*lead, width):
-            raise InputError(f"layer {layer!r}: example doc/pos must have shape {lead} and "
-                             f"context {(*lead, width)}")
-        doc, pos, ctx = doc.reshape(-1).long(), pos.reshape(-1).long(), ctx.reshape(-1, width)
-        if keep is not None:
-            doc, pos, ctx = doc[keep], pos[keep], ctx[keep]
-        return acts, doc, pos, ctx.long()
+    def _prepared(self, layer, activations, sel, pos: Positions, suspects: int) -> Prepared:
+        """The layer's ``Prepared``, its non-finite rows rejected or dropped."""
+        n = int(activations.shape[-1])
+        flat = pos.features
+        ex = None
+        if self.examples:
+            acts = activations.detach().reshape(-1, n)
+            ex = (acts if pos.index is None else acts.index_select(0, pos.index), *pos.where)
+        values, indices = sel.values, sel.indices
+        bad_rows = sel.nonfinite() if suspects else None  # waits again, on this rare path only
+        skipped = 0
+        if bad_rows is not None and bad_rows.numel():
+            if self.nonfinite == "error":
+                raise NonFiniteError(
+                    f"layer {layer!r}: non-finite activation (NaN or inf) at position "
+                    f"{pos.position_of(bad_rows[0])} (index in shape {pos.lead}), "
+                    f"{bad_rows.numel()} position(s) in this call; fix the model or inputs, or "
+                    f"pass nonfinite='skip' (--skip-nonfinite) to skip such positions and count "
+                    f"them")
+            good = torch.ones(values.shape[0], dtype=torch.bool, device=values.device)
+            good[bad_rows] = False
+            values, indices = values[good], indices[good]
+            flat = {name: f[good] for name, f in flat.items()}
+            ex = tuple(t[good] for t in ex) if ex is not None else None
+            skipped = int(bad_rows.numel())
+        return Prepared(layer, n, values, indices, flat, skipped, ex, self.vocab_sizes)
 
     def commit(self, p: Prepared) -> None:
         if p.vocab_sizes != self.vocab_sizes:  # checked against another accumulator's streams

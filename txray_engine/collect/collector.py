@@ -121,9 +121,9 @@ class Collector:
             self.capture.clear()
         features = stream_features(self.streams, batch, output_logits(output))
         where = self._where(batch) if self.accumulator.examples else None
-        # validate every layer before adding any, so a bad batch changes nothing
-        prepared = [self.accumulator.prepare(name, a, features, batch.mask, where)
-                    for name, a in acts.items()]
+        # validate every layer before adding any, so a bad batch changes nothing (the layers
+        # share the batch's positions: they are checked and kept once)
+        prepared = self.accumulator.prepare_batch(acts, features, batch.mask, where)
         for p in prepared:
             self.accumulator.commit(p)
         self.cursor["units"] += int(batch.n_units)

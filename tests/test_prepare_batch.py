@@ -1,0 +1,114 @@
+"""``Accumulator.prepare_batch``: the layers of one forward pass prepared together (their
+positions checked and kept once) give the sums of one ``observe`` per layer, and on the device
+path the batch waits for the device twice, however many layers it has."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import kernels
+from txray_engine import Accumulator
+from txray_engine.accumulate import same_sums
+from txray_engine.errors import InputError, NonFiniteError
+
+STREAMS = {"tok": [str(i) for i in range(30)], "pos": ["a", "b", "c"]}
+
+
+def _batch(seed=0, b=3, t=7, widths=(5, 12, 9), nan_at=None):
+    g = torch.Generator().manual_seed(seed)
+    acts = {f"l{i}": torch.randn(b, t, n, generator=g) for i, n in enumerate(widths)}
+    if nan_at is not None:
+        layer, pos = nan_at
+        acts[layer][pos] = float("nan")
+    feats = {"tok": torch.randint(-1, 30, (b, t), generator=g),
+             "pos": torch.randint(0, 3, (b, t), generator=g)}
+    mask = torch.rand(b, t, generator=g) > 0.3
+    doc = torch.arange(b).unsqueeze(1).expand(b, t)
+    pos = torch.arange(t).unsqueeze(0).expand(b, t)
+    where = {"doc": doc, "pos": pos, "context": torch.randint(0, 30, (b, t, 3), generator=g)}
+    return acts, feats, mask, where
+
+
+def _both(k, nonfinite="error", **batch):
+    acts, feats, mask, where = _batch(**batch)
+    one, many = (Accumulator(STREAMS, k=k, kind="dense", nonfinite=nonfinite, examples=2,
+                             context_radius=1) for _ in range(2))
+    for layer, a in acts.items():
+        one.observe(layer, a, feats, mask, where)
+    for p in many.prepare_batch(acts, feats, mask, where):
+        many.commit(p)
+    return one, many
+
+
+@pytest.mark.parametrize("cpu_path", [True, False])
+@pytest.mark.parametrize("k", [1, 3, "all"])
+def test_batch_gives_the_sums_of_one_observe_per_layer(k, cpu_path, monkeypatch):
+    if not cpu_path:
+        monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    one, many = _both(k)
+    assert same_sums(one, many) and set(many.layers) == {"l0", "l1", "l2"}
+    for layer in one.layers:
+        a, b = one.layers[layer].examples, many.layers[layer].examples
+        assert torch.equal(a.value, b.value) and torch.equal(a.doc, b.doc)
+        assert torch.equal(a.pos, b.pos) and torch.equal(a.context, b.context)
+
+
+@pytest.mark.parametrize("cpu_path", [True, False])
+def test_nonfinite_rows_skipped_per_layer(cpu_path, monkeypatch):
+    if not cpu_path:
+        monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    one, many = _both(1, nonfinite="skip", nan_at=("l1", (0, 0, 2)), seed=3)
+    assert same_sums(one, many)
+    skipped = {name: layer.skipped_nonfinite for name, layer in many.layers.items()}
+    mask = _batch(seed=3)[2]
+    assert skipped == {"l0": 0, "l1": int(mask[0, 0]), "l2": 0}
+
+
+def test_errors_name_the_layer_and_position_and_change_nothing():
+    acts, feats, mask, where = _batch(nan_at=("l2", (1, 4)))
+    mask[1, 4] = True
+    acc = Accumulator(STREAMS, k=2)
+    with pytest.raises(NonFiniteError, match=r"layer 'l2'.*position \(1, 4\)"):
+        acc.prepare_batch(acts, feats, mask)
+    bad = dict(feats, tok=feats["tok"].clone())
+    bad["tok"][2, 6] = 30
+    with pytest.raises(InputError, match="feature id 30"):
+        acc.prepare_batch({"l0": acts["l0"]}, bad, mask)
+    with pytest.raises(InputError, match="share their positions"):
+        acc.prepare_batch({"l0": acts["l0"], "x": torch.randn(3, 6, 4)}, feats, mask)
+    assert not acc.layers and acc.prepare_batch({}, feats) == []
+
+
+class _Waits(TorchDispatchMode):
+    """Counts the operators that make a host wait for a device (sizes and values read back)."""
+
+    WAITS = {"aten.nonzero.default", "aten._local_scalar_dense.default", "aten.item.default",
+             "aten.is_nonzero.default", "aten.equal.default"}
+
+    def __init__(self):
+        super().__init__()
+        self.waits = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in self.WAITS:
+            self.waits.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_device_path_waits_twice_per_batch_whatever_the_layers(monkeypatch):
+    """The path CUDA tensors take (no numba) reads back the mask's size (``nonzero``) and then
+    every id bound and non-finite count at once (one ``tolist``), for 1 or 12 layers. (k = 1 and
+    k = N: on the CPU the torch selection at other k reads its ties back, where a GPU's Triton
+    selection does not.)"""
+    monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or tolist(self))
+    for layers, k in ((1, 1), (12, 1), (12, "all")):
+        acts, feats, mask, _ = _batch(widths=(6,) * layers)
+        acc = Accumulator(STREAMS, k=k)
+        reads.clear()
+        with _Waits() as w:
+            prepared = acc.prepare_batch(acts, feats, mask)
+        assert len(prepared) == layers
+        assert w.waits == ["aten.nonzero.default"] and len(reads) == 1

@@ -1,0 +1,126 @@
+"""The positions of one batch, prepared once for all its layers.
+
+The layers captured from one forward pass share their positions: the same mask, the same feature
+ids per stream, the same documents and contexts. :func:`batch_positions` validates them and keeps
+the unmasked ones once per batch (per device), where a per-layer ``observe`` would redo it for
+every layer (and on a GPU wait for the device several times per layer: boolean indexing and id
+checks each read a size or a bound back). :func:`read_back` brings the numbers the checks need
+back from the devices with one wait per device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+
+from ..errors import InputError
+
+
+@dataclass
+class Positions:
+    """The kept positions of a batch on one device.
+
+    ``lead``: the positions' shape (the activations' shape without the neuron dimension);
+    ``index``: flat indices of the kept positions (``None``: all are kept); ``features``: each
+    stream's ids at the kept positions (int64 ``[R]``); ``where``: ``(doc, pos, context)`` of the
+    kept positions, for top examples (``None`` when not asked).
+    """
+
+    lead: tuple
+    index: torch.Tensor | None
+    features: dict[str, torch.Tensor]
+    where: tuple | None = None
+
+    def position_of(self, row: int) -> tuple:
+        """The multi-index in ``lead`` of kept row ``row`` (for error messages)."""
+        flat = int(row) if self.index is None else int(self.index[row])
+        return tuple(int(x) for x in torch.unravel_index(torch.tensor(flat), self.lead)) \
+            if self.lead else ()
+
+
+def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams, features,
+                    mask=None, where=None, context_width: int | None = None) -> Positions:
+    """Check the ids, mask and ``where`` of a batch whose activations have shape ``acts_shape``
+    (``layer`` names one of them in messages) and keep its unmasked positions on ``device``.
+    Ids are checked against the vocabularies separately (:func:`id_bounds_parts`)."""
+    lead = tuple(acts_shape[:-1])
+    names = [s.name for s in streams]
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise InputError(f"layer {layer!r}: no ids given for stream(s) {missing}")
+    extra = set(features) - set(names)
+    if extra:
+        raise InputError(f"unknown stream(s) {sorted(extra)}: the accumulator has {names}")
+    index = None
+    if mask is not None:
+        mask = torch.as_tensor(mask, device=device)
+        if tuple(mask.shape) != lead:
+            raise InputError(f"layer {layer!r}: mask has shape {tuple(mask.shape)} but the "
+                             f"activations have {lead} positions (shape {tuple(acts_shape)})")
+        keep = mask.reshape(-1).bool()
+        index = torch.nonzero(keep).squeeze(1)  # on a GPU: the batch's one wait for a size
+        if index.shape[0] == keep.shape[0]:
+            index = None
+    flat = {}
+    for name in names:
+        f = torch.as_tensor(features[name], device=device)
+        if tuple(f.shape) != lead:
+            raise InputError(f"layer {layer!r}: stream {name!r} has shape {tuple(f.shape)} "
+                             f"but the activations have {lead} positions (shape "
+                             f"{tuple(acts_shape)}); give one id per position")
+        if f.dtype.is_floating_point or f.dtype == torch.bool or f.is_complex():
+            raise InputError(f"stream {name!r}: ids must be integers, got {f.dtype}")
+        flat[name] = _kept(f.reshape(-1).long(), index)
+    kept_where = None
+    if context_width is not None:
+        kept_where = _where(layer, where, lead, index, device, context_width)
+    return Positions(lead, index, flat, kept_where)
+
+
+def _kept(t: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    return t if index is None else t.index_select(0, index)
+
+
+def _where(layer, where, lead, index, device, width) -> tuple:
+    if not where or not all(key in where for key in ("doc", "pos", "context")):
+        raise InputError(f"layer {layer!r}: top examples need where={{'doc', 'pos', "
+                         f"'context'}} for every position (the Collector provides them)")
+    doc, pos = (torch.as_tensor(where[key], device=device) for key in ("doc", "pos"))
+    ctx = torch.as_tensor(where["context"], device=device)
+    if tuple(doc.shape) != lead or tuple(pos.shape) != lead or tuple(ctx.shape) != (*lead, width):
+        raise InputError(f"layer {layer!r}: example doc/pos must have shape {lead} and "
+                         f"context {(*lead, width)}")
+    return (_kept(doc.reshape(-1).long(), index), _kept(pos.reshape(-1).long(), index),
+            _kept(ctx.reshape(-1, width).long(), index))
+
+
+def id_bounds_parts(positions: Positions) -> list:
+    """Per stream with kept positions, its ``(min, max)`` id: ints on the CPU (one numba pass),
+    else a 2-element tensor still on the device, for :func:`read_back`."""
+    names = [name for name, f in positions.features.items() if f.numel()]
+    tensors = [positions.features[name] for name in names]
+    if tensors and tensors[0].device.type == "cpu" and kernels.cpu.AVAILABLE:
+        return list(zip(names, kernels.id_bounds(tensors)))
+    return [(name, torch.stack(torch.aminmax(t))) for name, t in zip(names, tensors)]
+
+
+def read_back(parts: list) -> list:
+    """``parts`` with every tensor replaced by its value(s) as Python numbers (a 0-d tensor by a
+    number, others by a tuple), reading all the tensors of one device back in one wait."""
+    out = list(parts)
+    by_device: dict = {}
+    for i, part in enumerate(parts):
+        if isinstance(part, torch.Tensor):
+            by_device.setdefault(part.device, []).append(i)
+    for where in by_device.values():
+        tensors = [parts[i].reshape(-1).to(torch.int64) for i in where]
+        values = torch.cat(tensors).tolist()
+        start = 0
+        for i, t in zip(where, tensors):
+            got = values[start:start + t.numel()]
+            out[i] = got[0] if parts[i].dim() == 0 else tuple(got)
+            start += t.numel()
+    return out
