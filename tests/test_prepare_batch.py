@@ -112,3 +112,20 @@ def test_device_path_waits_twice_per_batch_whatever_the_layers(monkeypatch):
             prepared = acc.prepare_batch(acts, feats, mask)
         assert len(prepared) == layers
         assert w.waits == ["aten.nonzero.default"] and len(reads) == 1
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_counting_positions_never_waits(kind):
+    """``add_positions`` (the positions of a commit on a GPU) adds without reading anything back;
+    missing ids are read back only when ``missing`` is asked."""
+    from txray_engine.accumulate import make_state
+
+    state = make_state(4, 6, kind)
+    with _Waits() as w:
+        state.add_positions(torch.tensor([0, -1, 5, 5, -1, 2]))
+        state.add_positions(torch.tensor([-1, 1]))
+    assert w.waits == []
+    assert state.feature_freq.tolist() == [1, 1, 1, 0, 0, 2] and state.missing == 3
+    state.missing = 1
+    state.add_positions(torch.tensor([-1]))
+    assert state.missing == 2 and state.tokens == 5

@@ -38,40 +38,38 @@ class StreamState(ABC):
                              f"{n_neurons} × {n_features}")
         self.n_neurons = int(n_neurons)
         self.n_features = int(n_features)
-        self.feature_freq = torch.zeros(n_features, dtype=torch.int64, device=device)
+        # position counts by id + 1: bin 0 counts missing ids (not yet moved to ``_missing``,
+        # so a GPU never waits to count them), bins 1..V the corpus frequencies (``feature_freq``
+        # is a view), bin V + 1 takes ids past the vocabulary (dropped)
+        self._bins = torch.zeros(n_features + 2, dtype=torch.int64, device=device)
+        self.feature_freq = self._bins[1:-1]
         # the device of the tensors ("cuda" becomes "cuda:0"), so it compares equal to theirs
-        self.device = self.feature_freq.device
+        self.device = self._bins.device
+        self._one = torch.ones(1, dtype=torch.int64, device=self.device)
         self._missing = 0
-        self._missing_dev = None  # on a GPU: missing ids not yet read back (no sync per call)
 
     @property
     def missing(self) -> int:
         """Positions observed whose feature was missing (id ``-1``)."""
-        if self._missing_dev is not None:
-            self._missing += int(self._missing_dev)
-            self._missing_dev = None
+        if self.device.type != "cpu" or self._bins[0]:  # a GPU: one wait, when asked
+            self._missing += int(self._bins[0])
+            self._bins[0] = 0
         return self._missing
 
     @missing.setter
     def missing(self, value: int) -> None:
-        self._missing_dev = None
+        self._bins[0] = 0
         self._missing = int(value)
 
     # -- updates ---------------------------------------------------------------------------------
     def add_positions(self, features: torch.Tensor) -> None:
-        """Count observed positions: ``features`` holds one id per position, ``-1`` = missing."""
-        if self.device.type == "cpu":
-            counts = torch.bincount(features + 1, minlength=self.n_features + 1)  # bin 0: missing
-            self.feature_freq += counts[1:]
-            self._missing += int(counts[0])
-            return
-        # on a GPU, without a sync: bincount reads its maximum back, int() waits for the count.
-        # Ids are the caller's to check (Accumulator.prepare does): one past the vocabulary is
-        # dropped here rather than stopping the device with an assert
-        ok = (features >= 0) & (features < self.n_features)
-        self.feature_freq.scatter_add_(0, torch.where(ok, features, 0), ok.to(torch.int64))
-        gone = (features < 0).sum()
-        self._missing_dev = gone if self._missing_dev is None else self._missing_dev.add_(gone)
+        """Count observed positions: ``features`` holds one id per position, ``-1`` = missing.
+
+        Three operators and no wait on any device. Ids are the caller's to check (the
+        ``Accumulator`` does, before anything changes): one past the vocabulary lands in a bin
+        that is never read, rather than stopping a GPU with an assert."""
+        bins = (features + 1).clamp_(0, self.n_features + 1)
+        self._bins.index_put_((bins,), self._one, accumulate=True)
 
     @abstractmethod
     def add_events(self, neurons: torch.Tensor, features: torch.Tensor,
