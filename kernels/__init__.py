@@ -77,7 +77,8 @@ def _select_every_row(acts: torch.Tensor) -> bool:
 
 def select_rows(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None) -> Selection:
     """Top-``k`` of the rows ``rows`` (int64 indices on ``acts``' device; ``None``: all) of
-    ``acts`` ``[P, N]``, without waiting for the device (see :class:`Selection`).
+    ``acts`` ``[P, N]``, without waiting for the device (see :class:`Selection`). The CPU checks
+    that the indices are in range; on a GPU they must be (the engine's come from ``nonzero``).
 
     On the CPU the numba path reads the kept rows in place; a GPU selects every row (padding is
     cheaper to read than the kept rows are to copy) and keeps the asked rows of the result.
@@ -87,6 +88,10 @@ def select_rows(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None) ->
     n = acts.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    if rows is not None and (rows.dim() != 1 or rows.dtype not in (torch.int64, torch.int32)
+                             or rows.device != acts.device):
+        raise ValueError(f"rows must be a 1-D int64 tensor of row indices on {acts.device}, got "
+                         f"{rows.dtype} of shape {tuple(rows.shape)} on {rows.device}")
     if k < n and k <= cpu.MAX_K and cpu.usable(acts):
         values, indices, bad = cpu.select_topk(acts, k, rows)
         return Selection(values, indices, int(bad.numel()), acts, rows, bad)

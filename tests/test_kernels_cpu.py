@@ -346,3 +346,11 @@ def test_select_rows_refuses_rows_outside_the_block():
     for rows in ([0, 4], [-1, 2]):
         with pytest.raises(ValueError, match="rows must index the 4 rows"):
             kernels.select(acts, 1, torch.tensor(rows))
+
+
+def test_select_rows_refuses_rows_of_another_kind():
+    acts = torch.randn(4, 8)
+    for rows in (torch.tensor([True, False, True, True]), torch.tensor([[0, 1]]),
+                 torch.tensor([0.0, 1.0])):
+        with pytest.raises(ValueError, match="rows must be a 1-D int64 tensor"):
+            kernels.select_rows(acts, 1, rows)

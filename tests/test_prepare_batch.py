@@ -74,6 +74,9 @@ def test_errors_name_the_layer_and_position_and_change_nothing():
     bad["tok"][2, 6] = 30
     with pytest.raises(InputError, match="feature id 30"):
         acc.prepare_batch({"l0": acts["l0"]}, bad, mask)
+    with pytest.raises(InputError, match="feature id 30"):  # ids before where, as observe did
+        Accumulator(STREAMS, k=1, examples=2).prepare_batch({"l0": acts["l0"]}, bad, mask,
+                                                             where={"doc": 0})
     with pytest.raises(InputError, match="share their positions"):
         acc.prepare_batch({"l0": acts["l0"], "x": torch.randn(3, 6, 4)}, feats, mask)
     assert not acc.layers and acc.prepare_batch({}, feats) == []
@@ -95,16 +98,23 @@ class _Waits(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_device_path_waits_twice_per_batch_whatever_the_layers(monkeypatch):
+@pytest.mark.parametrize("triton", [False, True])
+def test_device_path_waits_twice_per_batch_whatever_the_layers(triton, monkeypatch):
     """The path CUDA tensors take (no numba) reads back the mask's size (``nonzero``) and then
-    every id bound and non-finite count at once (one ``tolist``), for 1 or 12 layers. (k = 1 and
-    k = N: on the CPU the torch selection at other k reads its ties back, where a GPU's Triton
-    selection does not.)"""
+    every id bound and non-finite count at once (one ``tolist``), for 1 or 12 layers. With
+    ``triton``, CUDA's own branch: every row selected by the Triton kernel (the interpreter here),
+    the kept rows taken after; without, the torch path, at k = 1 and k = N (at other k it reads
+    its ties back, as it does on a GPU for rows wider than one fused tile). Waits that an
+    operator count cannot see (a blocking host-to-device copy) are outside this test: the
+    Collector hands the engine tensors already on the model's device."""
     monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    if triton:
+        monkeypatch.setattr(kernels, "_select_every_row", lambda acts: True)
+        monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
     reads = []
     tolist = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or tolist(self))
-    for layers, k in ((1, 1), (12, 1), (12, "all")):
+    for layers, k in ((1, 1), (12, 1), (12, "all")) + (((3, 3),) if triton else ()):
         acts, feats, mask, _ = _batch(widths=(6,) * layers)
         acc = Accumulator(STREAMS, k=k)
         reads.clear()

@@ -18,7 +18,7 @@ from ..features.streams import Stream
 from ..features.vocab import Vocabulary
 from .examples import TopExamples
 from .layer import LayerState
-from .positions import Positions, batch_positions, id_bounds_parts, read_back
+from .positions import Positions, batch_positions, id_bounds_parts, keep_where, read_back
 from .state import DEFAULT_DENSE_BUDGET
 
 NONFINITE_POLICIES = ("error", "skip")
@@ -112,8 +112,14 @@ class Accumulator:
         layer to its ``[..., N]`` tensor, and all share the positions (one ``features``,
         ``mask`` and ``where``). The positions are checked and kept once for all layers, and
         on a GPU the batch waits for the device twice (the mask's size, then every id bound and
-        non-finite count together) instead of several times per layer. Nothing changes: a bad
-        input raises before any :meth:`commit`.
+        non-finite count together) instead of several times per layer; rows wider than one fused
+        tile (N > 16,384) at 1 < k < N take the torch selection, which waits once more per layer
+        to settle ties.
+
+        Nothing changes: a bad input raises before any :meth:`commit`. Checks run cheapest first:
+        every layer's activations (type, shape, k), then the shared positions (streams, mask, id
+        shapes), then the ids against the vocabularies, ``where``, and last the non-finite rows
+        of each layer.
         """
         items = list(activations.items())
         if not items:
@@ -129,12 +135,11 @@ class Accumulator:
                 raise InputError(f"layers {first!r} and {layer!r} have positions of shapes "
                                  f"{lead} and {shape}: layers prepared together share their "
                                  f"positions (prepare them one by one)")
-        width = 2 * self.context_radius + 1 if self.examples else None
         kept: dict = {}  # device -> Positions
         for layer, a in items:
             if a.device not in kept:
                 kept[a.device] = batch_positions(layer, tuple(a.shape), a.device, self.streams,
-                                                 features, mask, where, width)
+                                                 features, mask)
         selections = []
         for layer, a in items:
             n = int(a.shape[-1])
@@ -145,6 +150,9 @@ class Accumulator:
         bounds = id_bounds_parts(next(iter(kept.values())))
         numbers = read_back([b for _, b in bounds] + [s.suspects for s in selections])
         self._check_ids([name for name, _ in bounds], numbers[:len(bounds)])
+        if self.examples:
+            for device, pos in kept.items():
+                keep_where(first, where, pos, device, 2 * self.context_radius + 1)
         return [self._prepared(layer, a, sel, kept[a.device], suspects)
                 for (layer, a), sel, suspects in zip(items, selections, numbers[len(bounds):])]
 

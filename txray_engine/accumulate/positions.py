@@ -42,10 +42,11 @@ class Positions:
 
 
 def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams, features,
-                    mask=None, where=None, context_width: int | None = None) -> Positions:
-    """Check the ids, mask and ``where`` of a batch whose activations have shape ``acts_shape``
-    (``layer`` names one of them in messages) and keep its unmasked positions on ``device``.
-    Ids are checked against the vocabularies separately (:func:`id_bounds_parts`)."""
+                    mask=None) -> Positions:
+    """Check the ids and mask of a batch whose activations have shape ``acts_shape`` (``layer``
+    names one of them in messages) and keep its unmasked positions on ``device``. Ids are checked
+    against the vocabularies separately (:func:`id_bounds_parts`), ``where`` after them
+    (:func:`keep_where`)."""
     lead = tuple(acts_shape[:-1])
     names = [s.name for s in streams]
     missing = [name for name in names if name not in features]
@@ -74,27 +75,28 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
         if f.dtype.is_floating_point or f.dtype == torch.bool or f.is_complex():
             raise InputError(f"stream {name!r}: ids must be integers, got {f.dtype}")
         flat[name] = _kept(f.reshape(-1).long(), index)
-    kept_where = None
-    if context_width is not None:
-        kept_where = _where(layer, where, lead, index, device, context_width)
-    return Positions(lead, index, flat, kept_where)
+    return Positions(lead, index, flat)
 
 
 def _kept(t: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return t if index is None else t.index_select(0, index)
 
 
-def _where(layer, where, lead, index, device, width) -> tuple:
+def keep_where(layer: str, where, pos: Positions, device: torch.device, width: int) -> None:
+    """Check ``where`` (``doc``, ``pos`` and ``context`` of width ``width`` per position, for top
+    examples) and keep it at the kept positions, in ``pos.where``."""
+    lead, index = pos.lead, pos.index
     if not where or not all(key in where for key in ("doc", "pos", "context")):
         raise InputError(f"layer {layer!r}: top examples need where={{'doc', 'pos', "
                          f"'context'}} for every position (the Collector provides them)")
-    doc, pos = (torch.as_tensor(where[key], device=device) for key in ("doc", "pos"))
+    doc, positions = (torch.as_tensor(where[key], device=device) for key in ("doc", "pos"))
     ctx = torch.as_tensor(where["context"], device=device)
-    if tuple(doc.shape) != lead or tuple(pos.shape) != lead or tuple(ctx.shape) != (*lead, width):
+    if tuple(doc.shape) != lead or tuple(positions.shape) != lead or \
+            tuple(ctx.shape) != (*lead, width):
         raise InputError(f"layer {layer!r}: example doc/pos must have shape {lead} and "
                          f"context {(*lead, width)}")
-    return (_kept(doc.reshape(-1).long(), index), _kept(pos.reshape(-1).long(), index),
-            _kept(ctx.reshape(-1, width).long(), index))
+    pos.where = (_kept(doc.reshape(-1).long(), index), _kept(positions.reshape(-1).long(), index),
+                 _kept(ctx.reshape(-1, width).long(), index))
 
 
 def id_bounds_parts(positions: Positions) -> list:
