@@ -19,9 +19,10 @@ values, the same work as a sum):
 For k > 1 the chunk maxima bound the k-th value: when the k-th largest chunk maximum ``thr`` is
 > 0, there are k values ≥ ``thr`` in distinct chunks, so a chunk whose maximum is below ``thr`` —
 and any value below it — is beaten by k others and skipped. ``thr`` comes from counting, for each
-chunk maximum, how many are at least as large (branch-free; up to 64 chunks), or from an insertion
-buffer for wider rows. The values left (about k of them on real data) are gathered, then fed in
-index order to an insertion buffer of the k best keys; an element enters only when it beats the
+chunk maximum, how many are at least as large (branch-free, O(chunks²): up to 2k chunks), or from
+an insertion buffer of the chunk maxima for more chunks. The values left (about k of them on real
+data) are gathered, each qualifying chunk as a 64-bit mask of its values ≥ ``thr`` (vector
+compares) whose set bits are walked, then fed in index order to an insertion buffer of the k best keys; an element enters only when it beats the
 current k-th strictly, so among equal values the earlier index stays. Otherwise (fewer than k
 chunks, or ``thr <= 0``) every value is fed; that is O(N k) on adversarial rows, so
 ``kernels.select`` sends k > ``MAX_K`` to the torch reference. bf16/fp16 rows are widened into a
@@ -49,6 +50,18 @@ except ImportError:  # pragma: no cover - numba is a dependency, but keep the re
 
 AVAILABLE = njit is not None
 
+if AVAILABLE:
+    try:  # llvm.cttz
+        from numba.cpython.unsafe.numbers import trailing_zeros as _trailing_zeros
+    except ImportError:  # pragma: no cover - a numba without it: a loop
+        @njit(inline="always", cache=True)
+        def _trailing_zeros(bits):
+            z = 0
+            while not bits & np.uint64(1):
+                bits >>= np.uint64(1)
+                z += 1
+            return z
+
 _POS_NONFINITE = np.int32(0x7F800000)  # signed bits at or above: +inf or NaN
 _NEG_NONFINITE = np.uint32(0xFF800000)  # unsigned bits at or above: -inf or negative NaN
 _INT_MIN = np.int32(-2147483648)
@@ -57,7 +70,6 @@ _CHUNK = 64
 #: Largest k the numba path takes; above it every value may pass through the k-long insertion
 #: buffer, and the torch reference (a sort) is faster.
 MAX_K = 32
-_COUNT_CHUNKS = 64  # up to this many chunks, k > 1 finds its bound by counting
 
 if AVAILABLE:
     @njit(boundscheck=False, inline="always", cache=True)
@@ -127,8 +139,9 @@ if AVAILABLE:
         hi, uhi = _chunk_maxima(u, cmax)
         bad = hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE
         thr = _INT_MIN
-        if k <= n_chunks <= _COUNT_CHUNKS:
-            # the k-th largest chunk maximum, by counting (no unpredictable branches)
+        if k <= n_chunks <= 2 * k:
+            # the k-th largest chunk maximum, by counting (no unpredictable branches; O(chunks²),
+            # so only where the buffer below would shift about as much)
             kth = _INT_MIN
             for c in range(n_chunks):
                 v = cmax[c]
@@ -148,15 +161,28 @@ if AVAILABLE:
                 filled = _insert(keys, ids, filled, k, _ckey(np.int32(u[j])), j)
             return bad
         # with thr > 0, a value below it is beaten by k others; the rest are gathered first and
-        # then inserted (a scan with the insertion inline measured 1.1-1.3x slower)
+        # then inserted (a scan with the insertion inline measured 1.1-1.3x slower). A full
+        # chunk's values at or above thr become a 64-bit mask (vector compares, no branch per
+        # value), whose set bits are then walked in index order
         m = 0
+        full = n // _CHUNK
         for c in range(n_chunks):
             if cmax[c] < thr:
                 continue
-            for j in range(c * _CHUNK, min(n, c * _CHUNK + _CHUNK)):
-                if np.int32(u[j]) >= thr:
-                    cand[m] = j
+            base = c * _CHUNK
+            if c < full:
+                bits = np.uint64(0)
+                for j in range(_CHUNK):
+                    bits |= np.uint64(np.int32(u[base + j]) >= thr) << np.uint64(j)
+                while bits:
+                    cand[m] = base + _trailing_zeros(bits)
                     m += 1
+                    bits &= bits - np.uint64(1)
+            else:
+                for j in range(base, n):
+                    if np.int32(u[j]) >= thr:
+                        cand[m] = j
+                        m += 1
         for i in range(m):
             filled = _insert(keys, ids, filled, k, _ckey(np.int32(u[cand[i]])), cand[i])
         return bad

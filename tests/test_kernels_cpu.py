@@ -354,3 +354,20 @@ def test_select_rows_refuses_rows_of_another_kind():
                  torch.tensor([0.0, 1.0])):
         with pytest.raises(ValueError, match="rows must be a 1-D int64 tensor"):
             kernels.select_rows(acts, 1, rows)
+
+
+@pytest.mark.parametrize("k", [2, 5, 8, 16, 32])
+@pytest.mark.parametrize("cols", [(0, 63), (31, 32), (63, 64, 127), (0, 1, 2, 62, 63, 191, 255)])
+def test_gathered_values_at_every_bit_of_a_chunk(k, cols):
+    """k > 1 gathers a chunk's values at or above the bound as a 64-bit mask: winners and ties at
+    its first, middle and last bits (and in the partial last chunk) keep the reference's
+    selection and tie-break."""
+    g = torch.Generator().manual_seed(k)
+    acts = torch.rand(6, 300, generator=g)  # 4 full chunks and a partial one of 44
+    for c in cols:
+        acts[:, c] = 5.0  # ties above everything else
+    acts[1, 299] = 5.0
+    acts[2] = torch.where(acts[2] > 0.5, 1.0, 0.5)  # every value ties with many others
+    acts[3, ::64] = 7.0
+    _same_selection(acts, k)
+    _same_selection(acts.bfloat16(), k)
