@@ -261,6 +261,20 @@ def test_half_widening_is_exact_for_every_bit_pattern(dtype, kind):
     assert np.array_equal(got.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])  # ±0, subnormals
 
 
+def test_fp16_integer_widening_is_exact_too():
+    """The integer fp16 path (taken where LLVM's ``fpext`` does not compile or check out) is
+    exact on every pattern as well; the import-time check compares the two."""
+    from kernels import cpu_half
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    got = np.empty(1 << 16, np.uint32)
+    cpu_half._fp16_bits(bits, got)
+    ref = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(got.view(np.float32)), nan)
+    assert np.array_equal(got[~nan], ref.view(np.uint32)[~nan])
+    assert cpu_half.FPEXT == cpu_half._probe_fpext()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,k", [(1, 1), (7, 3), (64, 1), (100, 8), (1025, 1), (1025, 3)])
 def test_half_rows_are_read_as_they_are(dtype, n, k):
