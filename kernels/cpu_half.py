@@ -112,6 +112,50 @@ if AVAILABLE:
                         (np.uint32(p + 103) << np.uint32(23)) | \
                         ((m << np.uint32(23 - p)) & np.uint32(0x7FFFFF))
 
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _chunk_max16(h, base, size):
+        """Signed and unsigned maxima of the 16-bit patterns ``h[base:base + size]``."""
+        m = np.int16(-32768)
+        um = np.uint16(0)
+        for j in range(size):
+            w = h[base + j]
+            v = np.int16(w)
+            m = v if v > m else m
+            um = w if w > um else um
+        return m, um
+
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _top1_row16(h, kind, row):
+        """``(non-finite, index of the maximum)`` of row ``h`` (16-bit patterns), read as it is:
+        16-bit floats order like their patterns as :func:`kernels.cpu._top1_row` uses float32's
+        (a positive signed maximum *is* the largest value; +inf/NaN at or above ``0x7F80`` (bf16)
+        or ``0x7C00`` (fp16) signed, -inf/-NaN at or above ``0xFF80`` / ``0xFC00`` unsigned), at
+        twice the values per vector instruction. Rows whose maximum is not positive are widened
+        into ``row`` and take the float32 path."""
+        n = h.shape[0]
+        full = n // _CHUNK
+        hi = np.int16(-32768)
+        uhi = np.uint16(0)
+        best = 0
+        for c in range(full):
+            m, um = _chunk_max16(h, c * _CHUNK, _CHUNK)
+            best = c if m > hi else best
+            hi = m if m > hi else hi
+            uhi = um if um > uhi else uhi
+        if full * _CHUNK < n:
+            m, um = _chunk_max16(h, full * _CHUNK, n - full * _CHUNK)
+            best = full if m > hi else best
+            hi = m if m > hi else hi
+            uhi = um if um > uhi else uhi
+        if hi <= 0:
+            _widen(h, kind, row)
+            return _top1_row(row)
+        j = best * _CHUNK
+        while np.int16(h[j]) != hi:
+            j += 1
+        pos, neg = (0x7F80, 0xFF80) if kind == BF16 else (0x7C00, 0xFC00)
+        return np.int32(hi) >= pos or np.int32(uhi) >= neg, j
+
     @njit(parallel=True, boundscheck=False, cache=True)
     def _select16(h, kind, src, k, vals, idx, bad):
         """Rows ``src`` of ``h`` (uint16 bits ``[P, N]`` of bf16 or fp16, ``kind``; an empty
@@ -127,13 +171,15 @@ if AVAILABLE:
             cmax = np.empty((n + _CHUNK - 1) // _CHUNK, np.int32)
             cand = np.empty(n, np.int64)
             for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
-                _widen(h[src[t] if src.shape[0] else t], kind, row)
-                if k == 1:
-                    b, j = _top1_row(row)
+                r = h[src[t] if src.shape[0] else t]
+                if k == 1:  # on the 16-bit patterns; one value widened
+                    b, j = _top1_row16(r, kind, row)
                     bad[t] = b
                     idx[t, 0] = j
-                    vals[t, 0] = x[j]
+                    _widen(r[j:j + 1], kind, row)
+                    vals[t, 0] = x[0]
                 else:
+                    _widen(r, kind, row)
                     bad[t] = _select_row(row, k, cmax, cand, keys, ids)
                     for j in range(k):
                         idx[t, j] = ids[j]
@@ -142,7 +188,6 @@ if AVAILABLE:
     @njit(boundscheck=False, cache=True)
     def _widen_row(h, kind, out):
         _widen(h, kind, out)
-
 
     FPEXT = _probe_fpext()
 
