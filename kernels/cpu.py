@@ -44,7 +44,8 @@ from .prefetch import positions_ahead, prefetch
 from .targets import check_shapes
 
 try:
-    from numba import njit, prange
+    from numba import njit, prange, types
+    from numba.extending import overload
 except ImportError:  # pragma: no cover - numba is a dependency, but keep the reference usable
     njit = None
 
@@ -79,27 +80,40 @@ if AVAILABLE:
         k = x ^ ((x >> 31) & np.int32(0x7FFFFFFF))
         return k if k != np.int32(-1) else np.int32(0)
 
+    def _signed(w):
+        """The unsigned integer ``w`` as the signed integer of its width (numba only)."""
+
+    @overload(_signed, inline="always")
+    def _signed_of(w):
+        if w == types.uint32:
+            return lambda w: np.int32(w)
+        if w == types.uint16:
+            return lambda w: np.int16(w)
+        return None
+
     @njit(boundscheck=False, inline="always", cache=True)
     def _chunk_max(u, base, size):
-        """Signed and unsigned maxima of ``u[base:base + size]`` (one vectorised pass)."""
-        m = _INT_MIN
-        um = np.uint32(0)
+        """Signed and unsigned maxima of ``u[base:base + size]``, a row's bit patterns (uint32
+        or uint16), one vectorised pass."""
+        um = u[base]
+        m = _signed(um)
         for j in range(size):
             w = u[base + j]
-            v = np.int32(w)
+            v = _signed(w)
             m = v if v > m else m
             um = w if w > um else um
         return m, um
 
     @njit(boundscheck=False, cache=True)
     def _chunk_maxima(u, cmax):
-        """Signed bit maximum of every chunk of row ``u`` (uint32 bits) into ``cmax``; returns
-        the row's signed and unsigned bit maxima. Full chunks run with a constant trip count
-        (what lets the compiler vectorise and unroll them); the tail is one shorter chunk."""
+        """Signed maximum of every chunk of a row's bit patterns ``u`` (uint32 or uint16) into
+        ``cmax``; returns the row's signed and unsigned maxima. Full chunks run with a constant
+        trip count (what lets the compiler vectorise and unroll them); the tail is one shorter
+        chunk."""
         n = u.shape[0]
         full = n // _CHUNK
-        hi = _INT_MIN
-        uhi = np.uint32(0)
+        uhi = u[0]
+        hi = _signed(uhi)
         for c in range(full):
             m, um = _chunk_max(u, c * _CHUNK, _CHUNK)
             cmax[c] = m
@@ -111,6 +125,32 @@ if AVAILABLE:
             hi = m if m > hi else hi
             uhi = um if um > uhi else uhi
         return hi, uhi
+
+    @njit(boundscheck=False, inline="always", cache=True)
+    def _row_max(u):
+        """``(signed maximum, unsigned maximum, first index of the signed maximum)`` of a row's
+        bit patterns ``u`` (float32 or 16-bit floats): one pass keeps the chunk maxima and the
+        first chunk holding the largest, which is then scanned again (in L1) for its first
+        index. (Writing the chunk maxima out and finding that chunk after was no faster.)"""
+        n = u.shape[0]
+        full = n // _CHUNK
+        uhi = u[0]
+        hi = _signed(uhi)
+        best = 0
+        for c in range(full):
+            m, um = _chunk_max(u, c * _CHUNK, _CHUNK)
+            best = c if m > hi else best
+            hi = m if m > hi else hi
+            uhi = um if um > uhi else uhi
+        if full * _CHUNK < n:
+            m, um = _chunk_max(u, full * _CHUNK, n - full * _CHUNK)
+            best = full if m > hi else best
+            hi = m if m > hi else hi
+            uhi = um if um > uhi else uhi
+        j = best * _CHUNK
+        while _signed(u[j]) != hi:
+            j += 1
+        return hi, uhi, j
 
     @njit(boundscheck=False, inline="always", cache=True)
     def _insert(keys, ids, filled, k, kk, n):
@@ -218,30 +258,11 @@ if AVAILABLE:
 
     @njit(boundscheck=False, inline="always", cache=True)
     def _top1_row(r):
-        """``(non-finite, index of the maximum)`` of row ``r`` (float32 bits): one pass keeps the
-        signed/unsigned chunk maxima and the first chunk holding the row maximum, then that chunk
-        is scanned for its first index. Rows whose maximum is not positive go through
-        :func:`_select_row`."""
-        n = r.shape[0]
-        full = n // _CHUNK
-        hi = _INT_MIN
-        uhi = np.uint32(0)
-        best = 0
-        for c in range(full):
-            m, um = _chunk_max(r, c * _CHUNK, _CHUNK)
-            best = c if m > hi else best
-            hi = m if m > hi else hi
-            uhi = um if um > uhi else uhi
-        if full * _CHUNK < n:
-            m, um = _chunk_max(r, full * _CHUNK, n - full * _CHUNK)
-            best = full if m > hi else best
-            hi = m if m > hi else hi
-            uhi = um if um > uhi else uhi
+        """``(non-finite, index of the maximum)`` of row ``r`` (float32 bits), by
+        :func:`_row_max`. Rows whose maximum is not positive go through :func:`_select_row`."""
+        hi, uhi, j = _row_max(r)
         if hi <= 0:
             return _top1_nonpositive(r)
-        j = best * _CHUNK
-        while np.int32(r[j]) != hi:
-            j += 1
         return hi >= _POS_NONFINITE or uhi >= _NEG_NONFINITE, j
 
     @njit(parallel=True, boundscheck=False, cache=True)

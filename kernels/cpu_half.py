@@ -39,7 +39,7 @@ if AVAILABLE:
     from numba import njit, prange, types
     from numba.extending import intrinsic
 
-    from .cpu import _BLOCK, _CHUNK, _select_row, _top1_row
+    from .cpu import _BLOCK, _CHUNK, _row_max, _select_row, _top1_row
 
     @intrinsic
     def _fpext_half(typingctx, h):
@@ -113,18 +113,6 @@ if AVAILABLE:
                         ((m << np.uint32(23 - p)) & np.uint32(0x7FFFFF))
 
     @njit(boundscheck=False, inline="always", cache=True)
-    def _chunk_max16(h, base, size):
-        """Signed and unsigned maxima of the 16-bit patterns ``h[base:base + size]``."""
-        m = np.int16(-32768)
-        um = np.uint16(0)
-        for j in range(size):
-            w = h[base + j]
-            v = np.int16(w)
-            m = v if v > m else m
-            um = w if w > um else um
-        return m, um
-
-    @njit(boundscheck=False, inline="always", cache=True)
     def _top1_row16(h, kind, row):
         """``(non-finite, index of the maximum)`` of row ``h`` (16-bit patterns), read as it is:
         16-bit floats order like their patterns as :func:`kernels.cpu._top1_row` uses float32's
@@ -132,27 +120,10 @@ if AVAILABLE:
         or ``0x7C00`` (fp16) signed, -inf/-NaN at or above ``0xFF80`` / ``0xFC00`` unsigned), at
         twice the values per vector instruction. Rows whose maximum is not positive are widened
         into ``row`` and take the float32 path."""
-        n = h.shape[0]
-        full = n // _CHUNK
-        hi = np.int16(-32768)
-        uhi = np.uint16(0)
-        best = 0
-        for c in range(full):
-            m, um = _chunk_max16(h, c * _CHUNK, _CHUNK)
-            best = c if m > hi else best
-            hi = m if m > hi else hi
-            uhi = um if um > uhi else uhi
-        if full * _CHUNK < n:
-            m, um = _chunk_max16(h, full * _CHUNK, n - full * _CHUNK)
-            best = full if m > hi else best
-            hi = m if m > hi else hi
-            uhi = um if um > uhi else uhi
+        hi, uhi, j = _row_max(h)
         if hi <= 0:
             _widen(h, kind, row)
             return _top1_row(row)
-        j = best * _CHUNK
-        while np.int16(h[j]) != hi:
-            j += 1
         pos, neg = (0x7F80, 0xFF80) if kind == BF16 else (0x7C00, 0xFC00)
         return np.int32(hi) >= pos or np.int32(uhi) >= neg, j
 
