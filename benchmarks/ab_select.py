@@ -1,0 +1,77 @@
+"""The CPU selection of this tree against the one of an earlier commit, interleaved in one process.
+
+Timings on these shared machines drift by 1.5x within seconds, so runs of two versions in turns of
+separate processes disagree more than the change they measure. This script extracts ``kernels/``
+of ``--against`` (``git archive``) as the package ``kernels_old``, imports both, and calls
+``select_topk`` of each and ``torch.sum`` in turn on the same blocks (four rotating blocks of
+8,192 rows, more than the last-level cache, so every call reads from memory); medians::
+
+    .venv/bin/python benchmarks/ab_select.py --against 416e5e8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [(1024, 1, torch.float32), (1024, 1, torch.bfloat16), (1024, 1, torch.float16),
+         (4096, 1, torch.float32), (1024, 8, torch.float32), (4096, 8, torch.float32),
+         (1024, 8, torch.bfloat16), (1024, 8, torch.float16), (4096, 32, torch.float32)]
+
+
+def old_kernels(commit: str, folder: Path):
+    """``kernels/`` of ``commit``, imported as ``kernels_old`` from ``folder``."""
+    blob = subprocess.run(["git", "archive", commit, "kernels"], cwd=ROOT, check=True,
+                          capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(blob)) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "kernels").rename(folder / "kernels_old")
+    sys.path.insert(0, str(folder))
+    import kernels_old.cpu
+    return kernels_old.cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--against", required=True, help="the commit to compare with")
+    ap.add_argument("--calls", type=int, default=24, help="calls of each version per case")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from kernels import cpu as new
+    with tempfile.TemporaryDirectory() as tmp:
+        old = old_kernels(args.against, Path(tmp))
+        print(f"kernels.cpu.select_topk, 8,192 rows per call: this tree against {args.against} "
+              f"(medians of {args.calls} interleaved calls)\n")
+        print("| N | k | dtype | before ms | now ms | speed-up | sum ms | now, % of sum "
+              "| before, % of sum |\n|---|---|---|---|---|---|---|---|---|")
+        g = torch.Generator().manual_seed(0)
+        for n, k, dtype in CASES:
+            blocks = [torch.randn(8192, n, generator=g).to(dtype) for _ in range(4)]
+            fns = {"old": lambda x: old.select_topk(x, k), "new": lambda x: new.select_topk(x, k),
+                   "sum": lambda x: x.sum()}
+            times = {name: [] for name in fns}
+            for fn in fns.values():
+                fn(blocks[0])  # compile
+            for i in range(args.calls):
+                for name, fn in fns.items():
+                    t = time.perf_counter()
+                    fn(blocks[i % 4])
+                    times[name].append(time.perf_counter() - t)
+            med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+            print(f"| {n} | {k} | {str(dtype).split('.')[1]} | {med['old']:.3f} | {med['new']:.3f} "
+                  f"| {med['old'] / med['new']:.2f}x | {med['sum']:.3f} | "
+                  f"{med['sum'] / med['new']:.0%} | {med['sum'] / med['old']:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
