@@ -16,7 +16,8 @@ GB/s of activations read, that bandwidth as a % of the device-to-device copy ban
 tensor measured in the same run (``dst.copy_(acts)``, counted as read + write), and the speed-up over
 a torch-native version written the way a user would (``torch.topk`` + ``index_put_(accumulate=True)``
 + ``scatter_reduce_`` for dense; ``torch.topk`` + ``SparseState.add_events``, i.e. ``torch.unique`` +
-``index_add_``, for sparse). Part 3 compares the selection methods and the accumulation modes at
+``index_add_``, for sparse). Part 2b times the sparse accumulation alone (a selection given: the
+issue's sparse events/s without the selection in front). Part 3 compares the selection methods and the accumulation modes at
 N = 4096. Times: ``triton.testing.do_bench`` (median ms) of the whole Python call, and for dense
 rows also of its CUDA-graph replay (the device time alone: at ~0.1 ms per call the host's launch
 path is most of the call); on the CPU a plain timer.
@@ -392,6 +393,39 @@ def part2() -> None:
     emit(f"\n(at {time.perf_counter() - T0:.0f} s)\n")
 
 
+def part2_sparse_events() -> None:
+    """The sparse accumulation alone: a selection already made (``[P, k]``), added into a
+    ``SparseState``'s hash table (``sparse_accumulate``), the issue's 'events/s' of the sparse
+    path without the selection in front of it; against ``SparseState.add_events`` without a
+    table (``torch.unique`` + ``index_add_``). The same block is added on every call, so after the
+    first call every event lands on a cell the table holds (as most events of a long stream do)."""
+    n = 40 if ARGS.smoke else 4096
+    p = 64 if ARGS.smoke else 1 << 16
+    emit(f"## Part 2b: sparse accumulation alone (N={n}, P={p}, V=50,000, selection given)")
+    emit("")
+    emit("| k | ids | events per call | ms | Gevents/s | torch ms | speed-up |")
+    emit("|---|---|---|---|---|---|---|")
+    acts = make_acts(p, n, torch.bfloat16)
+    for k in (1, 8, 32):
+        values, indices = triton_dense.select_topk(acts, k)
+        for zipf in (False, True):
+            if time.perf_counter() - T0 > ARGS.budget + 30:
+                emit("(skipped: past the budget)")
+                return
+            feats = make_features(p, 50_000, 1, zipf=zipf)[0]
+            ours_s = SparseState(n, 50_000, device=DEVICE)
+            base_s = SparseState(n, 50_000, device=DEVICE, table=False)
+            flat_f = feats[:, None].expand(p, k).reshape(-1)
+            t_ours = bench(lambda: triton_sparse.sparse_accumulate(values, indices,
+                                                                   [(feats, ours_s)]))
+            t_base = bench(lambda: base_s.add_events(indices.reshape(-1), flat_f,
+                                                     values.reshape(-1)))
+            emit(f"| {k} | {'zipf' if zipf else 'uniform'} | {p * k} | {t_ours:.3g} | "
+                 f"{p * k / t_ours / 1e6:.3g} | {t_base:.3g} | {t_base / t_ours:.3g}x |")
+            del ours_s, base_s
+    emit("")
+
+
 # ------------------------------------------------------------------------------------------------
 # part 3: tuning knobs at N = 4096
 # ------------------------------------------------------------------------------------------------
@@ -574,6 +608,7 @@ def main() -> int:
     emit("")
     ok = part1()
     part2()
+    part2_sparse_events()
     part3()
     part4()
     if ARGS.sweep:
