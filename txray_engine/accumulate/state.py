@@ -47,18 +47,22 @@ class StreamState(ABC):
         self.device = self._bins.device
         self._one = torch.ones(1, dtype=torch.int64, device=self.device)
         self._missing = 0
+        self._binned = False  # whether bin 0 may hold missing ids not yet in ``_missing``
 
     @property
     def missing(self) -> int:
         """Positions observed whose feature was missing (id ``-1``)."""
-        if self.device.type != "cpu" or self._bins[0]:  # a GPU: one wait, when asked
+        if self._binned:  # on a GPU: one wait, when asked
             self._missing += int(self._bins[0])
             self._bins[0] = 0
+            self._binned = False
         return self._missing
 
     @missing.setter
     def missing(self, value: int) -> None:
-        self._bins[0] = 0
+        if self._binned:
+            self._bins[0] = 0
+            self._binned = False
         self._missing = int(value)
 
     # -- updates ---------------------------------------------------------------------------------
@@ -70,6 +74,7 @@ class StreamState(ABC):
         that is never read, rather than stopping a GPU with an assert."""
         bins = (features + 1).clamp_(0, self.n_features + 1)
         self._bins.index_put_((bins,), self._one, accumulate=True)
+        self._binned = True
 
     @abstractmethod
     def add_events(self, neurons: torch.Tensor, features: torch.Tensor,
