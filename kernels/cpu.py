@@ -461,6 +461,18 @@ def check_selection(values: torch.Tensor, indices: torch.Tensor, targets,
     return idx, feats
 
 
+def _arrays_of(state) -> tuple:
+    """``(count, mass, peak, feature_freq)`` of a dense CPU state as numpy views, kept on the
+    state while those tensors stay the same objects (``.numpy()`` costs microseconds a call, and
+    a small batch of many layers makes these calls a good part of its time)."""
+    tensors = (state.count, state.mass, state.peak, state.feature_freq)
+    kept = getattr(state, "_cpu_arrays", None)
+    if kept is None or any(a is not b for a, b in zip(kept[0], tensors)):
+        kept = (tensors, tuple(t.numpy() for t in tensors))
+        state._cpu_arrays = kept
+    return kept[1]
+
+
 def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
                      positions: bool = True, totals: tuple | None = None,
                      checked: bool = False) -> None:
@@ -490,9 +502,7 @@ def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
     idx, features = (_as_arrays(indices, targets) if checked else
                      check_selection(values, indices, targets, n_neurons))
     if states:
-        arrays = (tuple(s.count.numpy() for s in states), tuple(s.mass.numpy() for s in states),
-                  tuple(s.peak.numpy() for s in states),
-                  tuple(s.feature_freq.numpy() for s in states))
+        arrays = tuple(zip(*(_arrays_of(s) for s in states)))
     else:  # totals only: one placeholder stream with no positions
         arrays = _NO_STREAM
     missing = np.zeros(len(states), np.int64)

@@ -385,3 +385,20 @@ def test_gathered_values_at_every_bit_of_a_chunk(k, cols):
     acts[3, ::64] = 7.0
     _same_selection(acts, k)
     _same_selection(acts.bfloat16(), k)
+
+
+def test_dense_state_views_follow_replaced_tensors():
+    """The numba path keeps numpy views of a dense state's tensors between calls; a state whose
+    tensors are replaced (e.g. reset by a caller) is written through its new tensors."""
+    from txray_engine.accumulate import DenseState
+
+    state = DenseState(3, 2)
+    values, indices = torch.ones(2, 1), torch.tensor([[0], [2]])
+    feats = torch.tensor([1, -1])
+    cpu.accumulate_dense(values, indices, [(feats, state)])
+    first = state.count
+    state.count = torch.zeros_like(first)
+    state.feature_freq = torch.zeros(2, dtype=torch.int64)
+    cpu.accumulate_dense(values, indices, [(feats, state)])
+    assert first.tolist() == [0, 1, 0, 0, 0, 0] and state.count.tolist() == first.tolist()
+    assert state.feature_freq.tolist() == [0, 1]
