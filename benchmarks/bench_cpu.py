@@ -112,14 +112,15 @@ def test_zz_print_16bit_table():
 BATCH_ROWS = []
 
 
-@pytest.mark.parametrize("n", [576, 1536])
-def test_layers_of_one_batch(n):
+@pytest.mark.parametrize("n,b,t", [(576, 8, 256), (1536, 8, 256), (576, 1, 4)])
+def test_layers_of_one_batch(n, b, t):
     """What the collector does per batch: the 30 layers of one forward pass (8 sequences of 256
-    positions, ~40% of them padding in the last sequences: 1,208 kept), 4 streams (POS, token and
+    positions, ~40% of them padding in the last sequences: 1,208 kept; or one sequence of 4
+    positions, where the fixed cost per layer is all there is), 4 streams (POS, token and
     predicted token over a 49,152 vocabulary, label; the token streams are sparse at these
     widths), k = 1. ``prepare_batch`` keeps and checks the shared positions once and reads the
     kept rows in place, against one ``observe`` per layer, which did both per layer."""
-    b, t, layers = 8, 256, 30
+    layers = 30
     g = torch.Generator().manual_seed(2)
     vocab = [str(i) for i in range(49_152)]
     streams = {"pos": [str(i) for i in range(17)], "token": vocab, "pred": vocab,
@@ -147,10 +148,10 @@ def test_layers_of_one_batch(n):
 
 def test_zz_print_batch_table():
     print("\n| N | layers | kept positions | observe per layer, ms | prepare_batch + commit, ms "
-          "| speed-up | layer-positions/s |\n|---|---|---|---|---|---|---|")
+          "| speed-up | layer-positions/s | µs per layer |\n|---|---|---|---|---|---|---|---|")
     for n, layers, kept, one, many, speedup, rate in BATCH_ROWS:
-        print(f"| {n} | {layers} | {kept} | {one:.1f} | {many:.1f} | {speedup:.2f}x | "
-              f"{rate:,.0f} |")
+        print(f"| {n} | {layers} | {kept} | {one:.2f} | {many:.2f} | {speedup:.2f}x | "
+              f"{rate:,.0f} | {many * 1e3 / layers:.0f} |")
 
 
 def _rss_mib() -> float:

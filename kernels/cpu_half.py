@@ -11,9 +11,11 @@ Widening to float32 bits:
 
 - bfloat16 is the upper half of a float32: ``bits << 16``.
 - float16: LLVM's ``fpext half to float`` (``vcvtph2ps`` on x86 with F16C: ~45 ns per 1,024-value
-  row, against ~460 ns in integer arithmetic), where it compiles and a check at import finds it
-  equal to the integer path on all 65,536 patterns (a signalling NaN comes back quieted: still a
-  NaN of its sign, and flagged the same). Otherwise, in integer arithmetic: sign, exponent ``e``
+  row, against ~460 ns in integer arithmetic), on x86-64 with F16C with numba compiling for this
+  CPU (elsewhere LLVM makes it a runtime call that numba's JIT cannot link), and where a check at
+  first use finds it equal to the integer path on all 65,536 patterns (a signalling NaN comes back
+  quieted: still a NaN of its sign, and flagged the same). Otherwise, in integer arithmetic: sign,
+  exponent ``e``
   (5 bits) and mantissa ``m`` (10 bits). Exponent and mantissa
   move up 13 bits and the exponent gains the bias difference 112: ``sign | (e + 112) << 23 |
   m << 13`` for normal numbers; ``e == 31`` (inf, NaN) gains it twice, giving exponent 255;
@@ -31,7 +33,7 @@ from .cpu import AVAILABLE
 BF16, FP16 = 0, 1
 
 #: Whether fp16 widens through LLVM's ``fpext`` (one instruction per 8 values with F16C), set at
-#: import by a check of every bit pattern; else the integer path.
+#: import where it is an instruction, by a check of every bit pattern; else the integer path.
 FPEXT = False
 
 if AVAILABLE:
@@ -58,9 +60,30 @@ if AVAILABLE:
         for j in range(h.shape[0]):
             out[j] = _fpext_half(h[j])
 
+    def _native_fpext() -> bool:
+        """Whether LLVM turns ``fpext half`` into an instruction here: x86-64 with F16C, numba
+        compiling for this CPU. Elsewhere it becomes a call to a runtime function that numba's
+        JIT cannot link (calling it crashes the process), so the integer path is taken."""
+        import platform
+
+        from llvmlite import binding
+        from numba.core import config
+
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            return False
+        if config.CPU_NAME not in (None, "host"):  # e.g. "generic", for caches shared by machines
+            return False
+        features = config.CPU_FEATURES
+        if features is not None:
+            return "+f16c" in features.split(",")
+        return bool(binding.get_host_cpu_features().get("f16c", False))
+
     def _probe_fpext() -> bool:
-        """Whether ``fpext`` compiles here and widens every fp16 pattern as the integer path
-        does (a NaN may come back quieted: still a NaN of its sign)."""
+        """Whether ``fpext`` is an instruction here (:func:`_native_fpext`) and widens every fp16
+        pattern as the integer path does (a NaN may come back quieted: still a NaN of its
+        sign)."""
+        if not _native_fpext():
+            return False
         try:
             bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
             got, want = np.empty(1 << 16, np.uint32), np.empty(1 << 16, np.uint32)

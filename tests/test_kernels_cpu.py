@@ -402,3 +402,53 @@ def test_dense_state_views_follow_replaced_tensors():
     cpu.accumulate_dense(values, indices, [(feats, state)])
     assert first.tolist() == [0, 1, 0, 0, 0, 0] and state.count.tolist() == first.tolist()
     assert state.feature_freq.tolist() == [0, 1]
+
+
+@pytest.mark.slow
+def test_fp16_where_fpext_is_no_instruction(tmp_path):
+    """Numba compiling for a generic CPU (as for caches shared by machines) has no F16C:
+    ``fpext half`` would become a runtime call numba cannot link, so the integer path is taken,
+    decided before anything runs, and selections stay exact."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, kernels; from kernels import cpu_half, reference\n"
+            "a = torch.randn(64, 300, generator=torch.Generator().manual_seed(0)).half()\n"
+            "a[3, 7] = float('nan'); a[5] = a[5].abs().neg()\n"
+            "v, i, bad = kernels.select(a, 3)\n"
+            "vr, ir = reference.select_topk(a.float(), 3)\n"
+            "good = [r for r in range(64) if r != 3]\n"
+            "assert bad.tolist() == [3]\n"
+            "assert torch.equal(i[good].sort(1).values, ir[good].sort(1).values)\n"
+            "print('FPEXT', cpu_half.FPEXT)\n")
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "FPEXT False" in run.stdout
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copied_states_keep_counting(kind, how):
+    """A copied or pickled state is a state of its own: its frequencies stay the view of its
+    count bins, and the numba path writes its tensors, not the original's."""
+    import copy
+    import pickle
+
+    from txray_engine.accumulate import make_state
+
+    state = make_state(3, 4, kind)
+    values, indices = torch.ones(3, 1), torch.tensor([[0], [2], [1]])
+    feats = torch.tensor([1, -1, 3])
+    kernels.accumulate(values, indices, [(feats, state)], (torch.zeros(3, dtype=torch.long),
+                                                           torch.zeros(3, dtype=torch.float64)))
+    twin = copy.deepcopy(state) if how == "deepcopy" else pickle.loads(pickle.dumps(state))
+    for s in (state, twin):
+        kernels.accumulate(values, indices, [(feats, s)], (torch.zeros(3, dtype=torch.long),
+                                                           torch.zeros(3, dtype=torch.float64)))
+        s.add_positions(torch.tensor([0, -1]))
+    a, b = state.to_stats(), twin.to_stats()
+    assert a.equals(b) and twin.missing == state.missing == 3
+    assert twin.feature_freq.tolist() == [1, 2, 0, 2]

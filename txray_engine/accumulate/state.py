@@ -49,6 +49,18 @@ class StreamState(ABC):
         self._missing = 0
         self._binned = False  # whether bin 0 may hold missing ids not yet in ``_missing``
 
+    def __getstate__(self) -> dict:
+        """For copies and pickles: the frequencies are a view of the count bins (rebuilt on
+        load), and the numba path's cached array views are the original's (dropped)."""
+        state = self.__dict__.copy()
+        state.pop("feature_freq", None)
+        state.pop("_cpu_arrays", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.feature_freq = self._bins[1:-1]
+
     @property
     def missing(self) -> int:
         """Positions observed whose feature was missing (id ``-1``)."""
