@@ -77,7 +77,7 @@ def test_errors_name_the_layer_and_position_and_change_nothing():
     with pytest.raises(InputError, match="feature id 30"):  # ids before where, as observe did
         Accumulator(STREAMS, k=1, examples=2).prepare_batch({"l0": acts["l0"]}, bad, mask,
                                                              where={"doc": 0})
-    with pytest.raises(InputError, match="share their positions"):
+    with pytest.raises(InputError, match="one activation vector per position"):
         acc.prepare_batch({"l0": acts["l0"], "x": torch.randn(3, 6, 4)}, feats, mask)
     assert not acc.layers and acc.prepare_batch({}, feats) == []
 

@@ -133,8 +133,10 @@ class Accumulator:
                 lead = shape
             elif shape != lead:
                 raise InputError(f"layers {first!r} and {layer!r} have positions of shapes "
-                                 f"{lead} and {shape}: layers prepared together share their "
-                                 f"positions (prepare them one by one)")
+                                 f"{lead} and {shape}: the layers of one batch must give one "
+                                 f"activation vector per position ([..., N] with the ids' shape); "
+                                 f"capture modules whose outputs are per position, or prepare "
+                                 f"such layers on their own")
         kept: dict = {}  # device -> Positions
         for layer, a in items:
             if a.device not in kept:
