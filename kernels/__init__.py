@@ -1,9 +1,10 @@
 """Hot-path kernels: top-k selection and the scatter into accumulators.
 
 The pure-PyTorch reference in :mod:`kernels.reference` defines the semantics (and the tie-break:
-the lower neuron index wins among equal activations). :func:`select`, :func:`scatter`,
-:func:`add_totals` and :func:`accumulate` (positions + events + per-neuron totals, what the engine
-calls) dispatch on the device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the
+the lower neuron index wins among equal activations). :func:`select` (and :func:`select_rows`,
+its form for chosen rows that does not wait for a GPU), :func:`scatter`, :func:`add_totals` and
+:func:`accumulate` (positions + events + per-neuron totals, what the engine calls) dispatch on the
+device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the
 selection, and one call for dense states) and :mod:`kernels.cpu_table` (the hash table of sparse
 states), CUDA tensors the Triton kernels of :mod:`kernels.triton_dense` and
 :mod:`kernels.triton_sparse` (imported only then), so callers never change. All give the
