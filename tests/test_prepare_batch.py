@@ -139,3 +139,30 @@ def test_counting_positions_never_waits(kind):
     state.missing = 1
     state.add_positions(torch.tensor([-1]))
     assert state.missing == 2 and state.tokens == 5
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_cuda_branch_through_the_interpreter_gives_the_cpu_sums(k, monkeypatch):
+    """The engine path CUDA tensors take, end to end (every row selected by the Triton kernel,
+    kept rows taken after, positions counted without waits, events scattered by the Triton
+    kernels into a dense and a sparse state), run on CPU tensors through the Triton interpreter:
+    the sums of the numba path."""
+    from txray_engine.accumulate import SparseState
+    from txray_engine.accumulate.layer import LayerState
+
+    acts, feats, mask, _ = _batch(seed=k, widths=(6, 9))
+    acts["l1"][0, 1, 2] = float("nan")
+    mask[0, 1] = True
+    want = Accumulator(STREAMS, k=k, kind="dense", nonfinite="skip")
+    for p in want.prepare_batch(acts, feats, mask):
+        want.commit(p)
+    monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    monkeypatch.setattr(kernels, "_select_every_row", lambda acts: True)
+    monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
+    got = Accumulator(STREAMS, k=k, kind="dense", nonfinite="skip")
+    for name, a in acts.items():  # the token stream sparse, as a wide vocabulary would make it
+        got.layers[name] = LayerState.create(a.shape[-1], got.vocab_sizes, "dense")
+        got.layers[name].streams["tok"] = SparseState(a.shape[-1], 30, table=False)
+    for p in got.prepare_batch(acts, feats, mask):
+        got.commit(p)
+    assert same_sums(want, got) and got.layers["l1"].skipped_nonfinite == 1
