@@ -41,7 +41,7 @@ if AVAILABLE:
     from numba import njit, prange, types
     from numba.extending import intrinsic
 
-    from .cpu import _BLOCK, _CHUNK, _row_max, _select_row, _top1_row
+    from .cpu import _BLOCK, _MIN_CHUNK, _row_max, _select_row, _top1_row
 
     @intrinsic
     def _fpext_half(typingctx, h):
@@ -162,7 +162,7 @@ if AVAILABLE:
             x = row.view(np.float32)
             keys = np.empty(k, np.int32)
             ids = np.empty(k, np.int64)
-            cmax = np.empty((n + _CHUNK - 1) // _CHUNK, np.int32)
+            cmax = np.empty((n + _MIN_CHUNK - 1) // _MIN_CHUNK, np.int32)
             cand = np.empty(n, np.int64)
             for t in range(blk * _BLOCK, min(rows, blk * _BLOCK + _BLOCK)):
                 r = h[src[t] if src.shape[0] else t]

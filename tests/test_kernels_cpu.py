@@ -452,3 +452,17 @@ def test_copied_states_keep_counting(kind, how):
     a, b = state.to_stats(), twin.to_stats()
     assert a.equals(b) and twin.missing == state.missing == 3
     assert twin.feature_freq.tolist() == [1, 2, 0, 2]
+
+
+@pytest.mark.parametrize("n", [100, 256, 500, 768, 1024])
+@pytest.mark.parametrize("k", [12, 16, 24, 32])
+def test_narrow_chunks_for_large_k(n, k):
+    """Where 64-wide chunks are fewer than 1.5 k, k > 1 bounds the k-th value over 32- or
+    16-wide chunks (and their partial last chunk): the reference's selection, ties included."""
+    g = torch.Generator().manual_seed(n + k)
+    acts = torch.randn(40, n, generator=g)
+    acts[::3] = acts[::3].round()  # ties
+    acts[1::5] = -acts[1::5].abs() - 1  # all-negative rows
+    acts[2::7, ::17] = 9.0  # many equal winners, spread over the chunks
+    _same_selection(acts, k)
+    _same_selection(acts.bfloat16(), k)
