@@ -43,12 +43,16 @@ def check_shapes(values: torch.Tensor, indices: torch.Tensor, targets) -> None:
                              f"{tuple(features.shape)}")
 
 
+def bounds_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``[min, max]`` of a non-empty integer tensor, as an int64 tensor left on its device."""
+    return torch.stack(torch.aminmax(t.reshape(-1).long()))
+
+
 def id_bounds(tensors) -> list[tuple[int, int]]:
     """``(min, max)`` of each non-empty integer tensor, read back at once (a GPU waits once)."""
     if not tensors:
         return []
-    return [tuple(b) for b in torch.stack([torch.stack(torch.aminmax(t.reshape(-1).long()))
-                                           for t in tensors]).tolist()]
+    return [tuple(b) for b in torch.stack([bounds_tensor(t) for t in tensors]).tolist()]
 
 
 def check_targets(values: torch.Tensor, indices: torch.Tensor, targets, n_neurons: int) -> None:

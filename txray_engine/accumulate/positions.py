@@ -106,7 +106,7 @@ def id_bounds_parts(positions: Positions) -> list:
     tensors = [positions.features[name] for name in names]
     if tensors and tensors[0].device.type == "cpu" and kernels.cpu.AVAILABLE:
         return list(zip(names, kernels.id_bounds(tensors)))
-    return [(name, torch.stack(torch.aminmax(t))) for name, t in zip(names, tensors)]
+    return [(name, kernels.targets.bounds_tensor(t)) for name, t in zip(names, tensors)]
 
 
 def read_back(parts: list) -> list:
