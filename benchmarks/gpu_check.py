@@ -268,26 +268,31 @@ def part1() -> bool:
 def check_nonfinite_rows() -> bool:
     """The engine selects rows before it knows which hold NaN/inf (``kernels.select_rows``; those
     rows are dropped or rejected after): every method must still name neurons in range on such
-    rows, and select the finite rows beside them exactly."""
+    rows, select the finite rows beside them exactly, and flag exactly the rows holding NaN/inf
+    (row 5's huge finite values overflow a float32 row sum, but are no NaN/inf)."""
     n = 60 if ARGS.smoke else 1000  # (--smoke narrows the fused tile to 64)
     a = make_acts(64, n, torch.float32, seed=n)
     a[0, 3], a[1], a[2, 5], a[3], a[4, 7] = (float("nan"), float("nan"), float("inf"),
                                               -float("inf"), -float("nan"))
+    a[5, :4] = 3e38
     bad = []
     # every selection code path, few kernel specialisations (each costs a compile on the device)
     for dtype, k, method in [(torch.bfloat16, 1, "auto"), (torch.bfloat16, 1, "argmax"),
                              (torch.float32, 1, "auto"), (torch.float32, 3, "argmax"),
                              (torch.bfloat16, 8, "candidates"), (torch.bfloat16, 8, "threshold")]:
         x = a.to(dtype)
+        flags = torch.full((x.shape[0],), 7, dtype=torch.int8, device=x.device)
         try:
-            _, i = triton_dense.select_topk(x, k, method=method)
+            _, i = triton_dense.select_topk(x, k, method=method, flags=flags)
         except ValueError:  # --smoke: rows too narrow for this method
             continue
         _, ir = reference.select_topk(x[5:].float(), k)
         if bool(((i < 0) | (i >= n)).any()) or \
-                not torch.equal(torch.sort(i[5:], 1).values, torch.sort(ir, 1).values):
+                not torch.equal(torch.sort(i[5:], 1).values, torch.sort(ir, 1).values) or \
+                not torch.equal(flags.bool(), ~torch.isfinite(x.float()).all(dim=1)):
             bad.append(f"{dtype} k={k} {method}")
-    emit(f"{'PASS' if not bad else 'FAIL'}  rows with NaN/inf: neurons in range, finite rows exact"
+    emit(f"{'PASS' if not bad else 'FAIL'}  rows with NaN/inf: neurons in range, finite rows "
+         f"exact, flags exact"
          + (f"  -- {', '.join(bad)}" if bad else ""))
     return not bad
 
@@ -510,7 +515,29 @@ def part4() -> None:
              f"{t_obs / t_fused:.3g}x |")
         del acc
     emit("")
+    _part4_flags(acts)
     _part4_batch(acts, feats, streams, p)
+
+
+def _part4_flags(acts) -> None:
+    """What the engine's NaN/inf check costs: the selection alone, with the flags written by the
+    selecting launch (``flags=``, the engine's path), and with a separate float32 row-sum pass
+    (``reference.suspect_rows``, the engine's path before the flags were fused)."""
+    emit("The selection's NaN/inf check (same input; ms of CUDA-graph replays: device time)")
+    emit("")
+    emit("| k | selection alone | + fused flags | + separate sum pass | fused / separate |")
+    emit("|---|---|---|---|---|")
+    flags = torch.empty(acts.shape[0], dtype=torch.int8, device=acts.device)
+    def timed(fn):
+        got = bench_graph(fn)
+        return bench(fn) if got is None else got
+
+    for k in (1, 8):
+        t_sel = timed(lambda: triton_dense.select_topk(acts, k))
+        t_fused = timed(lambda: triton_dense.select_topk(acts, k, flags=flags))
+        t_sep = timed(lambda: (reference.suspect_rows(acts), triton_dense.select_topk(acts, k)))
+        emit(f"| {k} | {t_sel:.3g} | {t_fused:.3g} | {t_sep:.3g} | {t_fused / t_sep:.2f} |")
+    emit("")
 
 
 def _engine_cases():

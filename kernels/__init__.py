@@ -100,12 +100,12 @@ def select_rows(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None) ->
         acts = acts.float()
     if rows is not None and not _select_every_row(acts):  # copy the kept rows, select those
         acts, rows = acts.index_select(0, rows), None
-    flags = ~torch.isfinite(acts.sum(dim=1, dtype=torch.float32)) if acts.numel() else \
-        torch.zeros(acts.shape[0], dtype=torch.bool, device=acts.device)
-    if k < n and _triton_ok(acts):
+    if k < n and _triton_ok(acts):  # the selection flags non-finite rows as it reads them
         from . import triton_dense
-        values, indices = triton_dense.select_topk(acts, k)
+        flags = torch.empty(acts.shape[0], dtype=torch.int8, device=acts.device)
+        values, indices = triton_dense.select_topk(acts, k, flags=flags)
     else:
+        flags = reference.suspect_rows(acts)
         values, indices = select_topk(acts, k)
     if rows is not None:
         values, indices, flags = (t.index_select(0, rows) for t in (values, indices, flags))

@@ -45,15 +45,23 @@ def select_topk(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return values, indices
 
 
+def suspect_rows(acts: torch.Tensor) -> torch.Tensor:
+    """Bool ``[P]``: the rows of ``acts`` ``[P, N]`` that may hold NaN or ±inf, a superset (a
+    float32 row sum is non-finite there, and also where huge finite values overflow it)."""
+    if acts.numel() == 0:
+        return torch.zeros(acts.shape[0], dtype=torch.bool, device=acts.device)
+    return ~torch.isfinite(acts.sum(dim=1, dtype=torch.float32))
+
+
 def nonfinite_rows(acts: torch.Tensor) -> torch.Tensor:
     """Indices of rows of ``acts`` ``[P, N]`` holding NaN or ±inf.
 
-    A float32 row sum flags candidates (NaN/inf make it non-finite; so can an overflow of huge
-    finite values), and an exact check confirms them, so the common case costs one cheap pass.
+    :func:`suspect_rows` flags candidates and an exact check confirms them, so the common case
+    costs one cheap pass.
     """
     if acts.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=acts.device)
-    cand = torch.nonzero(~torch.isfinite(acts.sum(dim=1, dtype=torch.float32))).squeeze(1)
+    cand = torch.nonzero(suspect_rows(acts)).squeeze(1)
     if cand.numel() == 0:
         return cand
     return cand[~torch.isfinite(acts.index_select(0, cand)).all(dim=1)]

@@ -136,6 +136,7 @@ def _interpret() -> bool:
 def _select_scatter_kernel(
         x_ptr, stride_xp, stride_xn,  # activations [P, N] (METHOD 3: selected values [P, K])
         out_v_ptr, out_i_ptr,  # [P, K] contiguous outputs (METHOD 3: out_i holds the indices)
+        flag_ptr,  # FLAGS: int8 [P], 1 where the row holds NaN/inf
         stride_ip, stride_in,  # METHOD 3: strides of the indices (an expanded arange is fine)
         P, N, K,
         f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
@@ -143,12 +144,15 @@ def _select_scatter_kernel(
         METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
         ROWS: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
         KC: tl.constexpr, FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr,
-        CM: tl.constexpr, KCP: tl.constexpr):
+        CM: tl.constexpr, KCP: tl.constexpr, FLAGS: tl.constexpr):
     """``ROWS`` rows per program (METHODs 1 and 2: ``GROUPS`` consecutive groups of ``ROWS`` rows,
     the tile of the next group loaded while the current one is selected and scattered, so that
     reads stay in flight). METHOD 1 and the search of METHOD 2 hold a row tile of ``BLOCK_N`` (next
     power of two of the row width) in registers; the scatter of METHODs 0, 2, 3 walks the row in
-    column chunks of ``CHUNK`` (bounded registers for wide rows)."""
+    column chunks of ``CHUNK`` (bounded registers for wide rows). With ``FLAGS`` the selecting
+    METHODs also flag the rows holding NaN/inf from the tile they hold (an fp32 value is
+    non-finite exactly where its exponent bits are all ones: integer operations, one mask and one
+    max per element, so the device and the interpreter agree)."""
     pid = tl.program_id(0)
     if METHOD == 0 or METHOD == 3:
         rows = pid * ROWS + tl.arange(0, ROWS)
@@ -193,6 +197,10 @@ def _select_scatter_kernel(
             nx_row = x_ptr + nrows.to(tl.int64)[:, None] * stride_xp
             nx = tl.load(nx_row + col_off, mask=nrow_ok[:, None] & col_ok, other=0.0)
             ng0, ng1, ng2, ng3 = _feats4(f0, f1, f2, f3, nrows, nrow_ok, NUM_STREAMS)
+            if FLAGS:  # (padding columns were loaded as 0.0: finite)
+                expo = x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000
+                bad = tl.max(expo, axis=1) == 0x7F800000
+                tl.store(flag_ptr + rows, bad.to(tl.int8), mask=row_ok)
             _select_rows(x, rows, row_ok, cols, row_ok[:, None] & col_ok, x_row, stride_xn,
                          out_v_ptr, out_i_ptr, N, K,
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
@@ -329,9 +337,10 @@ def _stream_args(group, mode: str, device) -> list:
     return args
 
 
-def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
+def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None):
     """One launch. ``x``: activations ``[P, n]``, or for ``_M_PRESELECTED`` the selected values
-    ``[P, k]`` with their indices in ``out_i`` (any strides)."""
+    ``[P, k]`` with their indices in ``out_i`` (any strides). ``flags``: int8 ``[P]`` that a
+    selecting launch fills with its rows' non-finite flags."""
     p = x.shape[0]
     block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
     rows, groups, chunk, warps = _launch_config(
@@ -341,14 +350,15 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out):
         groups = 1
     cm = _candidate_chunk(block_n, k) if method_id == _M_CANDIDATES else 0
     _select_scatter_kernel[(_cdiv(p, rows * groups),)](
-        x, x.stride(0), x.stride(1), out_v, out_i, out_i.stride(0), out_i.stride(1), p, n, k,
+        x, x.stride(0), x.stride(1), out_v, out_i, out_i if flags is None else flags,
+        out_i.stride(0), out_i.stride(1), p, n, k,
         *_stream_args(group, mode, x.device),
         METHOD=_M_ARGMAX if method_id == _M_CANDIDATES else method_id, NUM_STREAMS=len(group),
         WRITE_OUT=write_out, ROWS=rows, GROUPS=groups, BLOCK_N=block_n, CHUNK=chunk,
         KC=k if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
         FP32_ROUNDS=ARGMAX_ROUNDS == "fp32" and method_id == _M_ARGMAX,
         EVEN_N=selecting and block_n == n, CM=cm, KCP=_next_pow2(k) if cm else 0,
-        num_warps=warps)
+        FLAGS=selecting and flags is not None, num_warps=warps)
 
 
 def _candidate_chunk(block_n: int, k: int) -> int | None:
@@ -431,10 +441,12 @@ def _groups(dense):
     return [dense[i:i + MAX_STREAMS] for i in range(0, len(dense), MAX_STREAMS)]
 
 
-def select_topk(acts: torch.Tensor, k: int, *, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def select_topk(acts: torch.Tensor, k: int, *, method: str = "auto",
+                flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` of every row with the reference tie-break, on the GPU; ``(values f32, indices i64)``
-    ``[P, k]``, order inside a row unspecified (same contract as :func:`kernels.reference.select_topk`)."""
-    return dense_select_accumulate(acts, k, [], method=method)
+    ``[P, k]``, order inside a row unspecified (same contract as :func:`kernels.reference.select_topk`).
+    ``flags``: see :func:`dense_select_accumulate`."""
+    return dense_select_accumulate(acts, k, [], method=method, flags=flags)
 
 
 def dense_scatter_events(values: torch.Tensor, indices: torch.Tensor,
@@ -477,15 +489,18 @@ def dense_scatter_events(values: torch.Tensor, indices: torch.Tensor,
 
 
 def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[torch.Tensor, object]],
-                            *, method: str = "auto", mode: str = "direct"
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+                            *, method: str = "auto", mode: str = "direct",
+                            flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused top-k + scatter into dense states; same contract as
     :func:`kernels.reference.select_accumulate` (every target state must be dense: ``count`` int64,
     ``mass`` float64, ``peak`` float32 flat tensors of ``n_neurons * n_features`` cells).
 
     ``method``: ``"auto"`` (see the module docstring), or force ``"argmax"``, ``"candidates"``,
     ``"threshold"``, ``"torch"`` (torch selection + scatter kernel); ``mode``: ``"direct"`` or ``"partial"`` (then call
-    :func:`flush` before reading the states).
+    :func:`flush` before reading the states); ``flags``: a contiguous int8 ``[P]`` tensor on the
+    activations' device to fill with 1 for the rows holding NaN/inf (as float32) and 0 for the
+    others; the selecting launch finds them in the tile it reads anyway (rows wider than one tile,
+    and ``k == N``, flag the rows whose float32 sum is not finite: a superset).
     Returns ``(values [P, k] float32, indices [P, k] int64)``.
     """
     _check_acts(acts, k)
@@ -494,11 +509,20 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
     device = acts.device
     method_id = _pick_method(method, k, n, acts.element_size())
     dense = _dense_targets(targets, p, n, device)
+    if flags is not None and (not isinstance(flags, torch.Tensor) or flags.dtype != torch.int8 or
+                              tuple(flags.shape) != (p,) or not flags.is_contiguous()):
+        raise ValueError(f"flags must be a contiguous int8 tensor of shape ({p},), got "
+                         f"{getattr(flags, 'dtype', type(flags).__name__)} "
+                         f"{tuple(getattr(flags, 'shape', ()))}")
+    if flags is not None:
+        _check_device(flags, "flags", device)
 
     if mode == "partial" and p > PARTIAL_FLUSH_ROWS:  # chunk so no partial holds more rows
         parts = [dense_select_accumulate(acts[i:i + PARTIAL_FLUSH_ROWS], k,
                                          [(f[i:i + PARTIAL_FLUSH_ROWS], s) for f, s, _ in dense],
-                                         method=method, mode=mode)
+                                         method=method, mode=mode,
+                                         flags=None if flags is None else
+                                         flags[i:i + PARTIAL_FLUSH_ROWS])
                  for i in range(0, p, PARTIAL_FLUSH_ROWS)]
         return torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
 
@@ -516,8 +540,11 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
 
     groups = _groups(dense)
     if method_id in _SELECTING:  # the first launch selects (and serves 4 streams)
-        _launch(method_id, acts, n, k, groups[0] if groups else [], mode, values, indices, True)
+        _launch(method_id, acts, n, k, groups[0] if groups else [], mode, values, indices, True,
+                flags)
         groups = groups[1:]
+    elif flags is not None:
+        flags.copy_(reference.suspect_rows(acts))
     for group in groups:  # the other groups: the selection is known
         if method_id == _M_ALL:  # re-reading bf16/fp16 activations beats reading fp32 values
             _launch(_M_ALL, acts, n, k, group, mode, values, indices, False)

@@ -1,0 +1,110 @@
+"""The fused selection flags the rows holding NaN/inf from the tile it reads (``flags=`` of
+:func:`kernels.triton_dense.dense_select_accumulate`), so the engine's GPU path reads its
+activations once: the flags against an exact check, on every selection method, and through
+:func:`kernels.select_rows`' CUDA branch (under the interpreter on the CPU, on CUDA with ``-m gpu``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference, triton_dense
+
+HUGE = {torch.float32: 3e38, torch.bfloat16: 3e38, torch.float16: 6e4}
+# the interpreter reduces NaN rows with numpy, which warns (the selection of such rows is unspecified)
+pytestmark = pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+gpu = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+                         reason="needs CUDA and TRITON_INTERPRET=0")
+
+
+def _rows(p: int, n: int, dtype, device="cpu") -> torch.Tensor:
+    """Random rows; rows 1, 4, 6, 9 hold NaN, +inf, -inf, NaN (a whole row); row 11 holds huge
+    finite values whose float32 sum overflows (no NaN/inf: not to be flagged)."""
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(p, n, generator=gen)
+    x[1, 0], x[4, n - 1], x[6, n // 2], x[9] = float("nan"), float("inf"), -float("inf"), float("nan")
+    x[11, :4] = HUGE[dtype]
+    return x.to(dtype).to(device)
+
+
+def _exact(x: torch.Tensor) -> torch.Tensor:
+    return ~torch.isfinite(x.float()).all(dim=1)
+
+
+def _flagged(x, k, method):
+    flags = torch.full((x.shape[0],), 7, dtype=torch.int8, device=x.device)  # all overwritten
+    values, indices = triton_dense.select_topk(x, k, method=method, flags=flags)
+    return values, indices, flags
+
+
+def _check(x, k, method):
+    n = x.shape[1]
+    if method == "candidates" and triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
+        pytest.skip(f"rows of {n} are too narrow for k={k} candidate chunks")
+    values, indices, flags = _flagged(x, k, method)
+    assert set(flags.tolist()) <= {0, 1}
+    exact = _exact(x)
+    if method in ("torch", "all"):  # the float32 row sum: a superset of the exact rows
+        assert bool((flags.bool() >= exact).all())
+    else:  # the fused check is exact: row 11's overflowing sum is not flagged
+        assert torch.equal(flags.bool(), exact)
+    good = ~exact  # the selection of the finite rows is still the reference's
+    ref_v, ref_i = reference.select_topk(x[good].float(), k)
+    assert torch.equal(torch.sort(indices[good], 1).values, torch.sort(ref_i, 1).values)
+    assert bool(((indices >= 0) & (indices < n)).all())
+
+
+@pytest.mark.parametrize("method", ["argmax", "candidates", "threshold", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n, k", [(37, 3), (64, 1), (128, 8)])
+def test_flags_name_exactly_the_nonfinite_rows(method, dtype, n, k):
+    _check(_rows(20, n, dtype), k, method)
+
+
+def test_flags_where_k_is_n_and_in_partial_chunks(monkeypatch):
+    x = _rows(20, 12, torch.float32)
+    _check(x, 12, "all")
+    monkeypatch.setattr(triton_dense, "PARTIAL_FLUSH_ROWS", 8)  # three chunks of rows
+    flags = torch.full((20,), 7, dtype=torch.int8)
+    triton_dense.dense_select_accumulate(x, 2, [], mode="partial", flags=flags)
+    assert torch.equal(flags.bool(), _exact(x))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(20, dtype=torch.bool), "int8"),
+    (torch.zeros(19, dtype=torch.int8), r"shape \(20,\)"),
+    (torch.zeros(40, dtype=torch.int8)[::2], "contiguous"),
+])
+def test_bad_flags_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        triton_dense.select_topk(_rows(20, 16, torch.float32), 2, flags=bad)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_select_rows_device_branch_counts_the_kept_nonfinite_rows(k, monkeypatch):
+    """The CUDA branch of ``select_rows`` (every row selected, the kept ones taken): ``suspects``
+    counts the kept rows holding NaN/inf, with no extra pass over the activations."""
+    monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    monkeypatch.setattr(kernels, "_select_every_row", lambda acts: True)
+    monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
+    calls = []
+    monkeypatch.setattr(reference, "suspect_rows", lambda a: calls.append(a) or None)
+    x = _rows(20, 40, torch.bfloat16)
+    rows = torch.tensor([0, 1, 2, 4, 11, 12, 19])  # kept: rows 1 and 4 hold NaN/inf, 6 and 9 not kept
+    sel = kernels.select_rows(x, k, rows)
+    assert not calls
+    assert int(sel.suspects) == 2
+    monkeypatch.undo()
+    assert sel.nonfinite().tolist() == [1, 3]  # positions among the kept rows
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n, k", [(1000, 1), (4096, 8), (4099, 32)])
+def test_gpu_flags(dtype, n, k):
+    _check(_rows(300, n, dtype, "cuda"), k, "auto")
