@@ -186,8 +186,13 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
             check_targets(values, indices, targets, totals[0].numel())
         for features, state in targets:
             state.add_positions(features)
-        scatter(values, indices, targets)
-        add_totals(values, indices, *totals)
+        if _triton_ok(values) and totals[0].device == values.device:  # the totals ride along
+            from . import triton_dense  # in the streams' scatter launch
+            scatter(values, indices, [*targets, triton_dense.totals_target(*totals,
+                                                                          values.shape[0])])
+        else:
+            scatter(values, indices, targets)
+            add_totals(values, indices, *totals)
         return
     fast, rest = _cpu_dense(targets, values)
     if not checked and (rest or not fast):  # check everything once, before any call changes it

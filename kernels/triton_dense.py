@@ -82,7 +82,8 @@ from . import reference
 from .triton_select import _feats4, _scatter_streams, _select_rows
 
 __all__ = ["ARGMAX_MAX_K", "CANDIDATES_MAX_K", "LAUNCH_SHAPES", "MAX_FUSED_BLOCK_N", "MAX_STREAMS",
-           "PARTIAL_FLUSH_ROWS", "dense_scatter_events", "dense_select_accumulate", "flush", "select_topk"]
+           "PARTIAL_FLUSH_ROWS", "dense_scatter_events", "dense_select_accumulate", "flush", "select_topk",
+           "totals_target"]
 
 #: Streams served by one launch; more streams are handled in groups (later groups scatter the
 #: ``[P, k]`` selection of the first launch, they do not read the activations again).
@@ -439,6 +440,38 @@ def _after_partial(dense, p: int) -> None:
 
 def _groups(dense):
     return [dense[i:i + MAX_STREAMS] for i in range(0, len(dense), MAX_STREAMS)]
+
+
+class _Totals:
+    """A layer's per-neuron totals as a dense target of one feature (id 0 at every row): ``count``
+    and ``mass`` are the totals, ``peak`` a scratch per (device, width) that nobody reads."""
+
+    __slots__ = ("count", "mass", "peak", "n_neurons", "n_features")
+
+    def __init__(self, count, mass, peak):
+        self.count, self.mass, self.peak = count, mass, peak
+        self.n_neurons, self.n_features = count.numel(), 1
+
+
+_ZEROS: dict = {}  # device -> int64 zeros (the totals' feature ids), grown when a call needs more
+_PEAKS: dict = {}  # (device, width) -> the totals' scratch peak
+
+
+def totals_target(count: torch.Tensor, mass: torch.Tensor, p: int) -> tuple:
+    """``(features [p], state)``: the per-neuron totals ``count[n] += 1``, ``mass[n] += max(a, 0)``
+    (int64 / float64 ``[N]``, as :func:`kernels.reference.add_totals` adds them) as one more dense
+    target of a selection of ``p`` rows, so that the scatter launch that feeds the streams adds
+    them too, where they took five torch operators of their own."""
+    device = count.device
+    zeros = _ZEROS.get(device)
+    if zeros is None or zeros.numel() < p:
+        zeros = _ZEROS[device] = torch.zeros(max(p, 2 * (0 if zeros is None else zeros.numel())),
+                                             dtype=torch.int64, device=device)
+    peak = _PEAKS.get((device, count.numel()))
+    if peak is None:
+        peak = _PEAKS[device, count.numel()] = torch.empty(count.numel(), dtype=torch.float32,
+                                                           device=device)
+    return zeros[:p], _Totals(count, mass, peak)
 
 
 def select_topk(acts: torch.Tensor, k: int, *, method: str = "auto",

@@ -166,3 +166,73 @@ def test_cuda_branch_through_the_interpreter_gives_the_cpu_sums(k, monkeypatch):
     for p in got.prepare_batch(acts, feats, mask):
         got.commit(p)
     assert same_sums(want, got) and got.layers["l1"].skipped_nonfinite == 1
+
+
+class _Ops(TorchDispatchMode):
+    """Counts the operators dispatched (by name)."""
+
+    def __enter__(self):
+        self.ops = {}
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops[name] = self.ops.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_device_commit_makes_bins_once_per_batch_and_totals_in_the_launch(kind, monkeypatch):
+    """CUDA's commit (through the interpreter): the count bins of each stream's ids are made once
+    per batch, not per layer (the layers share the ids), and the per-neuron totals ride in the
+    streams' scatter launch (no ``index_add_``); the sums stay the numba path's."""
+    layers = 12
+    acts, feats, mask, _ = _batch(seed=4, widths=(7,) * layers)
+    want = Accumulator(STREAMS, k=2, kind=kind)
+    for p in want.prepare_batch(acts, feats, mask):
+        want.commit(p)
+    monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    monkeypatch.setattr(kernels, "_select_every_row", lambda acts: True)
+    monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
+    got = Accumulator(STREAMS, k=2, kind=kind)
+    prepared = got.prepare_batch(acts, feats, mask)
+    with _Ops() as counted:
+        for p in prepared:
+            got.commit(p)
+    assert counted.ops.get("clamp_") == len(STREAMS)
+    assert counted.ops.get("index_put_") == layers * len(STREAMS)
+    assert "index_add_" not in counted.ops
+    assert same_sums(want, got)
+
+
+def test_position_bins_follow_the_ids_and_the_vocabulary():
+    from txray_engine.accumulate.state import position_bins
+
+    ids = torch.tensor([-1, 0, 2, 5])
+    first = position_bins(ids, 3)
+    assert first.tolist() == [0, 1, 3, 4] and position_bins(ids, 3) is first  # made once
+    assert position_bins(ids, 9).tolist() == [0, 1, 3, 6]  # another vocabulary
+    ids[0] = 1  # an in-place change: made again
+    assert position_bins(ids, 9).tolist() == [2, 1, 3, 6]
+
+
+def test_device_accumulate_totals_beside_five_streams(monkeypatch):
+    """``kernels.accumulate``'s CUDA branch with five dense streams: the totals take the second
+    launch's free slot, and equal the reference's ``add_totals``."""
+    from kernels import reference
+    from txray_engine.accumulate import DenseState
+
+    g = torch.Generator().manual_seed(3)
+    values, indices = reference.select_topk(torch.randn(40, 9, generator=g), 3)
+    feats = [torch.randint(-1, 4, (40,), generator=g) for _ in range(5)]
+    count, mass = torch.zeros(9, dtype=torch.int64), torch.zeros(9, dtype=torch.float64)
+    ref_count, ref_mass = count.clone(), mass.clone()
+    reference.add_totals(values, indices, ref_count, ref_mass)
+    monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
+    states = [DenseState(9, 4) for _ in feats]
+    kernels.accumulate(values, indices, list(zip(feats, states)), (count, mass))
+    assert torch.equal(count, ref_count) and torch.allclose(mass, ref_mass, rtol=1e-12, atol=0)
+    ref = DenseState(9, 4)
+    reference.scatter_events(values, indices, [(feats[4], ref)])
+    assert torch.equal(states[4].count, ref.count)
