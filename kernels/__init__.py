@@ -81,8 +81,9 @@ def select_rows(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None) ->
     ``acts`` ``[P, N]``, without waiting for the device (see :class:`Selection`). The CPU checks
     that the indices are in range; on a GPU they must be (the engine's come from ``nonzero``).
 
-    On the CPU the numba path reads the kept rows in place; a GPU selects every row (padding is
-    cheaper to read than the kept rows are to copy) and keeps the asked rows of the result.
+    The numba path (CPU) and the Triton kernel (CUDA) read the kept rows in place; elsewhere a
+    GPU selects every row (padding is cheaper to read than the kept rows are to copy) and keeps
+    the asked rows of the result, and a CPU copies the kept rows first.
     """
     if acts.dim() != 2:
         raise ValueError(f"activations must be [positions, neurons], got shape {tuple(acts.shape)}")
@@ -98,15 +99,17 @@ def select_rows(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None) ->
         return Selection(values, indices, int(bad.numel()), acts, rows, bad)
     if acts.dtype == torch.float64:  # values are float32: a row that overflows it is non-finite
         acts = acts.float()
+    if k < n and _triton_ok(acts):  # the kept rows read in place, NaN/inf flagged on the way
+        from . import triton_dense
+        p = acts.shape[0] if rows is None else rows.shape[0]
+        flags = torch.empty(p, dtype=torch.int8, device=acts.device)
+        values, indices = triton_dense.select_topk(acts, k, flags=flags,
+                                                   rows=None if rows is None else rows.long())
+        return Selection(values, indices, flags.sum(), acts, rows)
     if rows is not None and not _select_every_row(acts):  # copy the kept rows, select those
         acts, rows = acts.index_select(0, rows), None
-    if k < n and _triton_ok(acts):  # the selection flags non-finite rows as it reads them
-        from . import triton_dense
-        flags = torch.empty(acts.shape[0], dtype=torch.int8, device=acts.device)
-        values, indices = triton_dense.select_topk(acts, k, flags=flags)
-    else:
-        flags = reference.suspect_rows(acts)
-        values, indices = select_topk(acts, k)
+    flags = reference.suspect_rows(acts)
+    values, indices = select_topk(acts, k)
     if rows is not None:
         values, indices, flags = (t.index_select(0, rows) for t in (values, indices, flags))
     return Selection(values, indices, flags.sum(), acts, rows)

@@ -134,10 +134,21 @@ def _interpret() -> bool:
 # kernel (its device functions: kernels.triton_select)
 # ------------------------------------------------------------------------------------------------
 @triton.jit
+def _source_rows(src_ptr, rows, row_ok, GATHER: tl.constexpr):
+    """The rows of the activations that output rows ``rows`` select (int64)."""
+    if GATHER:
+        src = tl.load(src_ptr + rows, mask=row_ok, other=0)
+    else:
+        src = rows
+    return src.to(tl.int64)
+
+
+@triton.jit
 def _select_scatter_kernel(
         x_ptr, stride_xp, stride_xn,  # activations [P, N] (METHOD 3: selected values [P, K])
         out_v_ptr, out_i_ptr,  # [P, K] contiguous outputs (METHOD 3: out_i holds the indices)
         flag_ptr,  # FLAGS: int8 [P], 1 where the row holds NaN/inf
+        src_ptr,  # GATHER: int64 [P], the row of x that output row p selects
         stride_ip, stride_in,  # METHOD 3: strides of the indices (an expanded arange is fine)
         P, N, K,
         f0, c0, m0, p0, V0, f1, c1, m1, p1, V1,
@@ -145,7 +156,7 @@ def _select_scatter_kernel(
         METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
         ROWS: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
         KC: tl.constexpr, FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr,
-        CM: tl.constexpr, KCP: tl.constexpr, FLAGS: tl.constexpr):
+        CM: tl.constexpr, KCP: tl.constexpr, FLAGS: tl.constexpr, GATHER: tl.constexpr):
     """``ROWS`` rows per program (METHODs 1 and 2: ``GROUPS`` consecutive groups of ``ROWS`` rows,
     the tile of the next group loaded while the current one is selected and scattered, so that
     reads stay in flight). METHOD 1 and the search of METHOD 2 hold a row tile of ``BLOCK_N`` (next
@@ -153,7 +164,9 @@ def _select_scatter_kernel(
     column chunks of ``CHUNK`` (bounded registers for wide rows). With ``FLAGS`` the selecting
     METHODs also flag the rows holding NaN/inf from the tile they hold (an fp32 value is
     non-finite exactly where its exponent bits are all ones: integer operations, one mask and one
-    max per element, so the device and the interpreter agree)."""
+    max per element, so the device and the interpreter agree). With ``GATHER`` they select the
+    rows ``src[p]`` of ``x`` (the kept rows of a masked batch: no copy of them, and padding never
+    read); outputs, feature ids and flags stay indexed by ``p``."""
     pid = tl.program_id(0)
     if METHOD == 0 or METHOD == 3:
         rows = pid * ROWS + tl.arange(0, ROWS)
@@ -188,14 +201,14 @@ def _select_scatter_kernel(
         col_off = cols[None, :].to(tl.int64) * stride_xn
         rows = pid * (ROWS * GROUPS) + tl.arange(0, ROWS)
         row_ok = rows < P
-        x_row = x_ptr + rows.to(tl.int64)[:, None] * stride_xp
+        x_row = x_ptr + _source_rows(src_ptr, rows, row_ok, GATHER)[:, None] * stride_xp
         x = tl.load(x_row + col_off, mask=row_ok[:, None] & col_ok, other=0.0)
         g0, g1, g2, g3 = _feats4(f0, f1, f2, f3, rows, row_ok, NUM_STREAMS)
         for g in range(GROUPS):
             # prefetch the next group (activations and feature ids) before working on this one
             nrows = rows + ROWS
             nrow_ok = (nrows < P) & (g + 1 < GROUPS)
-            nx_row = x_ptr + nrows.to(tl.int64)[:, None] * stride_xp
+            nx_row = x_ptr + _source_rows(src_ptr, nrows, nrow_ok, GATHER)[:, None] * stride_xp
             nx = tl.load(nx_row + col_off, mask=nrow_ok[:, None] & col_ok, other=0.0)
             ng0, ng1, ng2, ng3 = _feats4(f0, f1, f2, f3, nrows, nrow_ok, NUM_STREAMS)
             if FLAGS:  # (padding columns were loaded as 0.0: finite)
@@ -338,11 +351,12 @@ def _stream_args(group, mode: str, device) -> list:
     return args
 
 
-def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None):
+def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None, src_rows=None):
     """One launch. ``x``: activations ``[P, n]``, or for ``_M_PRESELECTED`` the selected values
     ``[P, k]`` with their indices in ``out_i`` (any strides). ``flags``: int8 ``[P]`` that a
-    selecting launch fills with its rows' non-finite flags."""
-    p = x.shape[0]
+    selecting launch fills with its rows' non-finite flags; ``src_rows``: int64 ``[R]``, the rows
+    of ``x`` a selecting launch selects (then ``R`` outputs)."""
+    p = x.shape[0] if src_rows is None else src_rows.shape[0]
     block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
     rows, groups, chunk, warps = _launch_config(
         p, block_n, _SHAPE_KEY.get(method_id, "scatter"), x.element_size())
@@ -352,14 +366,15 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
     cm = _candidate_chunk(block_n, k) if method_id == _M_CANDIDATES else 0
     _select_scatter_kernel[(_cdiv(p, rows * groups),)](
         x, x.stride(0), x.stride(1), out_v, out_i, out_i if flags is None else flags,
-        out_i.stride(0), out_i.stride(1), p, n, k,
+        out_i if src_rows is None else src_rows, out_i.stride(0), out_i.stride(1), p, n, k,
         *_stream_args(group, mode, x.device),
         METHOD=_M_ARGMAX if method_id == _M_CANDIDATES else method_id, NUM_STREAMS=len(group),
         WRITE_OUT=write_out, ROWS=rows, GROUPS=groups, BLOCK_N=block_n, CHUNK=chunk,
         KC=k if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
         FP32_ROUNDS=ARGMAX_ROUNDS == "fp32" and method_id == _M_ARGMAX,
         EVEN_N=selecting and block_n == n, CM=cm, KCP=_next_pow2(k) if cm else 0,
-        FLAGS=selecting and flags is not None, num_warps=warps)
+        FLAGS=selecting and flags is not None, GATHER=selecting and src_rows is not None,
+        num_warps=warps)
 
 
 def _candidate_chunk(block_n: int, k: int) -> int | None:
@@ -475,11 +490,12 @@ def totals_target(count: torch.Tensor, mass: torch.Tensor, p: int) -> tuple:
 
 
 def select_topk(acts: torch.Tensor, k: int, *, method: str = "auto",
-                flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                flags: torch.Tensor | None = None, rows: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` of every row with the reference tie-break, on the GPU; ``(values f32, indices i64)``
     ``[P, k]``, order inside a row unspecified (same contract as :func:`kernels.reference.select_topk`).
-    ``flags``: see :func:`dense_select_accumulate`."""
-    return dense_select_accumulate(acts, k, [], method=method, flags=flags)
+    ``flags``, ``rows``: see :func:`dense_select_accumulate`."""
+    return dense_select_accumulate(acts, k, [], method=method, flags=flags, rows=rows)
 
 
 def dense_scatter_events(values: torch.Tensor, indices: torch.Tensor,
@@ -523,7 +539,8 @@ def dense_scatter_events(values: torch.Tensor, indices: torch.Tensor,
 
 def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[torch.Tensor, object]],
                             *, method: str = "auto", mode: str = "direct",
-                            flags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                            flags: torch.Tensor | None = None, rows: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused top-k + scatter into dense states; same contract as
     :func:`kernels.reference.select_accumulate` (every target state must be dense: ``count`` int64,
     ``mass`` float64, ``peak`` float32 flat tensors of ``n_neurons * n_features`` cells).
@@ -533,14 +550,28 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
     :func:`flush` before reading the states); ``flags``: a contiguous int8 ``[P]`` tensor on the
     activations' device to fill with 1 for the rows holding NaN/inf (as float32) and 0 for the
     others; the selecting launch finds them in the tile it reads anyway (rows wider than one tile,
-    and ``k == N``, flag the rows whose float32 sum is not finite: a superset).
+    and ``k == N``, flag the rows whose float32 sum is not finite: a superset); ``rows``: int64
+    ``[R]`` indices of the rows of ``acts`` to take (each in range: they are not checked, which
+    would wait for the device), read in place by the selecting launch; then ``P`` is ``R``
+    (outputs, features and flags are per taken row).
     Returns ``(values [P, k] float32, indices [P, k] int64)``.
     """
     _check_acts(acts, k)
     _check_mode(mode)
-    p, n = acts.shape
+    n = acts.shape[1]
     device = acts.device
     method_id = _pick_method(method, k, n, acts.element_size())
+    if rows is not None:
+        if not isinstance(rows, torch.Tensor) or rows.dim() != 1 or rows.dtype != torch.int64:
+            raise ValueError(f"rows must be a 1-D int64 tensor of row indices, got "
+                             f"{getattr(rows, 'dtype', type(rows).__name__)} "
+                             f"{tuple(getattr(rows, 'shape', ()))}")
+        _check_device(rows, "rows", device)
+        if method_id not in _SELECTING:  # the torch selection and k == N take a copy
+            acts, rows = acts.index_select(0, rows), None
+        else:
+            rows = rows.contiguous()
+    p = acts.shape[0] if rows is None else rows.shape[0]
     dense = _dense_targets(targets, p, n, device)
     if flags is not None and (not isinstance(flags, torch.Tensor) or flags.dtype != torch.int8 or
                               tuple(flags.shape) != (p,) or not flags.is_contiguous()):
@@ -551,11 +582,14 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
         _check_device(flags, "flags", device)
 
     if mode == "partial" and p > PARTIAL_FLUSH_ROWS:  # chunk so no partial holds more rows
-        parts = [dense_select_accumulate(acts[i:i + PARTIAL_FLUSH_ROWS], k,
+        parts = [dense_select_accumulate(acts if rows is not None else
+                                         acts[i:i + PARTIAL_FLUSH_ROWS], k,
                                          [(f[i:i + PARTIAL_FLUSH_ROWS], s) for f, s, _ in dense],
                                          method=method, mode=mode,
                                          flags=None if flags is None else
-                                         flags[i:i + PARTIAL_FLUSH_ROWS])
+                                         flags[i:i + PARTIAL_FLUSH_ROWS],
+                                         rows=None if rows is None else
+                                         rows[i:i + PARTIAL_FLUSH_ROWS])
                  for i in range(0, p, PARTIAL_FLUSH_ROWS)]
         return torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
 
@@ -574,7 +608,7 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
     groups = _groups(dense)
     if method_id in _SELECTING:  # the first launch selects (and serves 4 streams)
         _launch(method_id, acts, n, k, groups[0] if groups else [], mode, values, indices, True,
-                flags)
+                flags, rows)
         groups = groups[1:]
     elif flags is not None:
         flags.copy_(reference.suspect_rows(acts))

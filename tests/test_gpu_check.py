@@ -32,3 +32,16 @@ def test_gpu_check_smoke_passes_on_cpu(tmp_path):
     for part in ("## Part 2", "## Part 3", "## Part 4", "## Part 5"):
         assert part in text, f"{part} missing"
     assert "WRONG" not in text and "FAIL " not in text
+
+
+def test_engine_ops_counts_the_device_path():
+    """``benchmarks/engine_ops.py`` (the operators of the CUDA branch, through the interpreter):
+    one Triton launch per layer on each side, and the totals inside the scatter launch."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_ops.py"), "--layers",
+                          "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    prepare, commit = run.stdout.splitlines()[-2:]
+    assert prepare.startswith("prepare:") and "{'triton dense': 3}" in prepare
+    assert commit.startswith("commit:") and "{'triton dense': 3}" in commit
+    assert "index_add_" not in commit

@@ -1,7 +1,9 @@
-"""The fused selection flags the rows holding NaN/inf from the tile it reads (``flags=`` of
-:func:`kernels.triton_dense.dense_select_accumulate`), so the engine's GPU path reads its
-activations once: the flags against an exact check, on every selection method, and through
-:func:`kernels.select_rows`' CUDA branch (under the interpreter on the CPU, on CUDA with ``-m gpu``).
+"""What the engine's GPU path asks of the fused selection
+(:func:`kernels.triton_dense.dense_select_accumulate`): it flags the rows holding NaN/inf from the
+tile it reads (``flags=``) and reads a masked batch's kept rows in place (``rows=``), so the
+activations are read once and the kept rows never copied. Against an exact check and the
+reference, on every selection method, and through :func:`kernels.select_rows`' CUDA branch (under
+the interpreter on the CPU, on CUDA with ``-m gpu``).
 """
 
 from __future__ import annotations
@@ -108,3 +110,58 @@ def test_select_rows_device_branch_counts_the_kept_nonfinite_rows(k, monkeypatch
 @pytest.mark.parametrize("n, k", [(1000, 1), (4096, 8), (4099, 32)])
 def test_gpu_flags(dtype, n, k):
     _check(_rows(300, n, dtype, "cuda"), k, "auto")
+    x = torch.randn(300, n, generator=torch.Generator().manual_seed(k)).to(dtype).cuda()
+    rows = torch.randperm(300, generator=torch.Generator().manual_seed(n))[:200].cuda()
+    values, indices = triton_dense.select_topk(x, k, rows=rows)
+    ref_v, ref_i = reference.select_topk(x[rows].float(), k)
+    assert torch.equal(torch.sort(indices, 1).values, torch.sort(ref_i, 1).values)
+
+
+def _kept_rows(p: int) -> torch.Tensor:
+    """Unsorted, with a repeat, some rows left out."""
+    return torch.tensor([p - 1, 0, 3, 3, 7, 2, 11, 5])[: p]
+
+
+@pytest.mark.parametrize("method", ["argmax", "candidates", "threshold", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n, k", [(37, 3), (128, 8), (64, 1)])
+def test_rows_are_read_in_place(method, dtype, n, k):
+    x = _rows(20, n, dtype)[:, : n]
+    x = torch.nan_to_num(x, nan=1.0, posinf=2.0, neginf=-2.0)
+    x[11] = 0.5  # no huge values either: every taken row finite, even to a float32 sum
+    if method == "candidates" and triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
+        pytest.skip(f"rows of {n} are too narrow for k={k} candidate chunks")
+    rows = _kept_rows(20)
+    flags = torch.full((rows.numel(),), 7, dtype=torch.int8)
+    values, indices = triton_dense.select_topk(x, k, method=method, rows=rows, flags=flags)
+    ref_v, ref_i = reference.select_topk(x[rows].float(), k)
+    assert torch.equal(torch.sort(indices, 1).values, torch.sort(ref_i, 1).values)
+    assert torch.equal(torch.sort(values, 1).values, torch.sort(ref_v, 1).values)
+    assert flags.tolist() == [0] * rows.numel()
+
+
+def test_rows_with_targets_partial_chunks_and_k_equal_n(monkeypatch):
+    from test_kernels_triton import DenseState  # the states without the Zarr store
+
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(1))
+    rows = torch.tensor([29, 1, 4, 4, 17, 8, 0, 22, 13, 6, 5])
+    feats = torch.randint(-1, 5, (rows.numel(),), generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(triton_dense, "PARTIAL_FLUSH_ROWS", 4)  # three chunks of rows
+    for k, mode in ((3, "direct"), (3, "partial"), (12, "direct")):
+        got, want = DenseState(12, 5), DenseState(12, 5)
+        triton_dense.dense_select_accumulate(x, k, [(feats, got)], mode=mode, rows=rows)
+        triton_dense.flush(got)
+        reference.select_accumulate(x[rows], k, [(feats, want)])
+        assert torch.equal(got.count, want.count) and torch.equal(got.peak, want.peak)
+        assert torch.allclose(got.mass, want.mass, rtol=2.5e-4 if mode == "partial" else 1e-12)
+
+
+def test_bad_rows_are_refused():
+    x = torch.randn(6, 16)
+    for bad, message in ((torch.tensor([0, 1], dtype=torch.int32), "int64"),
+                         (torch.zeros(2, 2, dtype=torch.int64), "1-D")):
+        with pytest.raises(ValueError, match=message):
+            triton_dense.select_topk(x, 2, rows=bad)
+    with pytest.raises(ValueError, match="features must be a 1-D tensor of 2 ids"):
+        triton_dense.dense_select_accumulate(x, 2, [(torch.zeros(6, dtype=torch.int64), None)],
+                                             rows=torch.tensor([0, 1]))
