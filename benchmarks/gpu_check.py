@@ -642,6 +642,51 @@ def part5() -> bool:
     finally:
         triton_dense.LAUNCH_SHAPES.update(saved)
     emit("")
+    return ok & _part5_breakdown()
+
+
+def _part5_breakdown() -> bool:
+    """Where the candidates selection's time goes at the dense target's rows (bf16, k = 1 and 8):
+    the selection alone (no stream), with 1 and 4 streams of scatter, and at each candidate chunk
+    width (the default takes 32 where the row allows), each checked against the reference."""
+    n = 40 if ARGS.smoke else 4096
+    p = 32 if ARGS.smoke else BLOCK_ELEMS // n
+    widths = (4, 8) if ARGS.smoke else (8, 16, 32)
+    emit(f"Candidates at N={n}, P={p}, bf16, V=17: device ms by streams scattered and by chunk "
+         f"width (default shapes)")
+    emit("")
+    emit("| k | chunk | no stream (selection alone) | 1 stream | 4 streams |")
+    emit("|---|---|---|---|---|")
+    acts = make_acts(p, n, torch.bfloat16)
+    feats = make_features(p, 17, 4)
+    pick = triton_dense._candidate_chunk
+    ok = True
+    try:
+        for k in (1, 8):
+            ref_v, ref_i = reference.select_topk(acts.float(), k)
+            for cm in widths:
+                if time.perf_counter() - T0 > ARGS.budget + 150:
+                    emit("(skipped: past the budget)")
+                    return ok
+                if pick(triton_dense._next_pow2(n), k) is None or \
+                        triton_dense._next_pow2(n) // cm < 4 * triton_dense._next_pow2(k):
+                    continue
+                triton_dense._candidate_chunk = lambda block_n, kk, cm=cm: \
+                    cm if pick(block_n, kk) is not None else None
+                row = []
+                for streams in (0, 1, 4):
+                    states = [DenseState(n, 17, device=DEVICE) for _ in range(streams)]
+                    targets = list(zip(feats[:streams], states))
+                    v, i = triton_dense.dense_select_accumulate(acts, k, targets,
+                                                                method="candidates")
+                    good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values)
+                    ok &= good
+                    row.append(_device_ms(lambda: triton_dense.dense_select_accumulate(
+                        acts, k, targets, method="candidates")) + ("" if good else " WRONG"))
+                emit(f"| {k} | {cm} | " + " | ".join(row) + " |")
+    finally:
+        triton_dense._candidate_chunk = pick
+    emit("")
     return ok
 
 
