@@ -26,7 +26,8 @@ from .reference import nonfinite_rows, scatter_events, select_accumulate, select
 from .targets import check_targets, is_dense_state  # noqa: E402
 
 __all__ = ["Selection", "accumulate", "add_totals", "check_targets", "id_bounds", "nonfinite_rows",
-           "scatter", "scatter_events", "select", "select_accumulate", "select_rows", "select_topk"]
+           "positions_in_kernels", "scatter", "scatter_events", "select", "select_accumulate",
+           "select_rows", "select_topk"]
 
 
 def _triton_ok(t: torch.Tensor) -> bool:
@@ -170,8 +171,23 @@ def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
         reference.add_totals(values, indices, count, mass)
 
 
+def _add_positions(targets, bins) -> None:
+    for i, (features, state) in enumerate(targets):
+        known = None if bins is None else bins[i]
+        if known is None:
+            state.add_positions(features)
+        else:
+            state.add_positions(features, known)
+
+
+def positions_in_kernels(device: torch.device) -> bool:
+    """Whether :func:`accumulate` counts positions inside its own kernels on ``device`` (the CPU's
+    numba path), so that count bins made ahead for it would go unused."""
+    return cpu.AVAILABLE and torch.device(device).type == "cpu"
+
+
 def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
-               checked: bool = False) -> None:
+               checked: bool = False, bins=None) -> None:
     """Everything a selection adds: each target's positions (``state.add_positions``) and events
     (:func:`scatter`), and the per-neuron ``totals=(count, mass)`` (:func:`add_totals`). On the
     CPU, dense targets and the totals take one numba call, and a state with an
@@ -179,16 +195,16 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
 
     Shapes and ids are checked before anything changes (bad ones raise ``ValueError``; on a GPU
     that is one read-back); ``checked=True`` skips that, for a caller that checked them (the
-    ``Accumulator`` checks ids in ``prepare``, and its selections hold valid neurons)."""
+    ``Accumulator`` checks ids in ``prepare``, and its selections hold valid neurons). ``bins``:
+    ``None``, or per target the count bins of its ids (or ``None``) made ahead, for
+    ``state.add_positions`` (the layers of one batch share them)."""
     if indices.shape[0] == 0:
-        for features, state in targets:
-            state.add_positions(features)
+        _add_positions(targets, bins)
         return
     if not (cpu.AVAILABLE and values.device.type == "cpu" and totals[0].device.type == "cpu"):
         if not checked:
             check_targets(values, indices, targets, totals[0].numel())
-        for features, state in targets:
-            state.add_positions(features)
+        _add_positions(targets, bins)
         if _triton_ok(values) and totals[0].device == values.device:  # the totals ride along
             from . import triton_dense  # in the streams' scatter launch
             scatter(values, indices, [*targets, triton_dense.totals_target(*totals,

@@ -195,9 +195,8 @@ def test_device_commit_makes_bins_once_per_batch_and_totals_in_the_launch(kind, 
     monkeypatch.setattr(kernels, "_select_every_row", lambda acts: True)
     monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
     got = Accumulator(STREAMS, k=2, kind=kind)
-    prepared = got.prepare_batch(acts, feats, mask)
     with _Ops() as counted:
-        for p in prepared:
+        for p in got.prepare_batch(acts, feats, mask):
             got.commit(p)
     assert counted.ops.get("clamp_") == len(STREAMS)
     assert counted.ops.get("index_put_") == layers * len(STREAMS)
@@ -205,15 +204,35 @@ def test_device_commit_makes_bins_once_per_batch_and_totals_in_the_launch(kind, 
     assert same_sums(want, got)
 
 
-def test_position_bins_follow_the_ids_and_the_vocabulary():
-    from txray_engine.accumulate.state import position_bins
+def test_count_bins_are_made_once_per_batch_and_vocabulary():
+    from txray_engine.accumulate.positions import Positions
 
-    ids = torch.tensor([-1, 0, 2, 5])
-    first = position_bins(ids, 3)
-    assert first.tolist() == [0, 1, 3, 4] and position_bins(ids, 3) is first  # made once
-    assert position_bins(ids, 9).tolist() == [0, 1, 3, 6]  # another vocabulary
-    ids[0] = 1  # an in-place change: made again
-    assert position_bins(ids, 9).tolist() == [2, 1, 3, 6]
+    pos = Positions((4,), None, {"tok": torch.tensor([-1, 0, 2, 5])})
+    first = pos.count_bins("tok", 3)
+    assert first.tolist() == [0, 1, 3, 4] and pos.count_bins("tok", 3) is first
+    assert pos.count_bins("tok", 9).tolist() == [0, 1, 3, 6]  # another vocabulary
+
+
+@pytest.mark.parametrize("skip_row", [False, True])
+def test_device_commit_under_inference_mode(skip_row, monkeypatch):
+    """Collections often run under ``torch.inference_mode`` (tensors without a version counter);
+    with a non-finite row skipped, that layer's ids differ from the batch's and count alone."""
+    acts, feats, mask, _ = _batch(seed=6, widths=(7, 7, 7))
+    if skip_row:
+        mask[0, 0] = True
+        acts["l1"][0, 0, 3] = float("inf")
+    want = Accumulator(STREAMS, k=2, nonfinite="skip")
+    for p in want.prepare_batch(acts, feats, mask):
+        want.commit(p)
+    monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    monkeypatch.setattr(kernels, "_select_every_row", lambda acts: True)
+    monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
+    got = Accumulator(STREAMS, k=2, nonfinite="skip")
+    with torch.inference_mode():
+        for p in got.prepare_batch(acts, feats, mask):
+            got.commit(p)
+    assert same_sums(want, got)
+    assert got.layers["l1"].skipped_nonfinite == int(skip_row)
 
 
 def test_device_accumulate_totals_beside_five_streams(monkeypatch):

@@ -36,6 +36,7 @@ class Prepared:
     skipped_nonfinite: int
     examples: tuple | None = None  # (acts [P, N], doc [P], pos [P], context [P, W])
     vocab_sizes: dict | None = None  # the streams' sizes the ids were checked against
+    bins: dict | None = None  # the features' count bins, shared by the layers of a batch
 
 
 class Accumulator:
@@ -209,12 +210,22 @@ class Accumulator:
             flat = {name: f[good] for name, f in flat.items()}
             ex = tuple(t[good] for t in ex) if ex is not None else None
             skipped = int(bad_rows.numel())
-        return Prepared(layer, n, values, indices, flat, skipped, ex, self.vocab_sizes)
+        bins = None  # where the kernels count positions by themselves, none are needed
+        if not skipped and not kernels.positions_in_kernels(self.device):
+            bins = {s.name: pos.count_bins(s.name, len(s.vocab)) for s in self.streams}
+        return Prepared(layer, n, values, indices, flat, skipped, ex, self.vocab_sizes, bins)
 
     def commit(self, p: Prepared) -> None:
+        """Add a prepared batch of one layer to its sums (:meth:`prepare`)."""
         if p.vocab_sizes != self.vocab_sizes:  # checked against another accumulator's streams
             raise InputError(f"this batch was prepared for streams {p.vocab_sizes}, this "
                              f"accumulator has {self.vocab_sizes}: commit it where it was prepared")
+        # the sums are normal tensors even when a caller runs under torch.inference_mode (an
+        # inference tensor could not be updated in place outside it, by the next batch or a read)
+        with torch.inference_mode(False):
+            self._commit(p)
+
+    def _commit(self, p: Prepared) -> None:
         state = self.layers.get(p.layer)
         if state is None:
             state = self.layers[p.layer] = LayerState.create(
@@ -224,7 +235,9 @@ class Accumulator:
                              f"{p.n_neurons}: one layer name must keep one width")
         dev = self.device
         state.add_selection(p.values.to(dev), p.indices.to(dev),  # prepare checked the ids
-                            {n: f.to(dev) for n, f in p.features.items()}, checked=True)
+                            {n: f.to(dev) for n, f in p.features.items()}, checked=True,
+                            bins=None if p.bins is None else
+                            {n: b.to(dev) for n, b in p.bins.items()})
         if p.examples is not None:
             if state.examples is None:
                 state.examples = TopExamples(p.n_neurons, self.examples,

@@ -46,13 +46,16 @@ class LayerState:
         return cls(n_neurons, streams)
 
     def add_selection(self, values: torch.Tensor, indices: torch.Tensor,
-                      features: dict[str, torch.Tensor], *, checked: bool = False) -> None:
+                      features: dict[str, torch.Tensor], *, checked: bool = False,
+                      bins: dict[str, torch.Tensor] | None = None) -> None:
         """Add selected neurons ``indices``/``values`` ``[P, k]`` of ``P`` positions whose ids are
         ``features[name]`` ``[P]`` (bad shapes or ids raise ``ValueError`` and change nothing;
-        ``checked=True``: the caller checked them)."""
+        ``checked=True``: the caller checked them; ``bins``: the ids' count bins per stream,
+        where the caller has them, see ``StreamState.add_positions``)."""
         targets = [(features[name], state) for name, state in self.streams.items()]
         kernels.accumulate(values, indices, targets, (self.neuron_count, self.neuron_mass),
-                           checked=checked)
+                           checked=checked,
+                           bins=None if bins is None else [bins.get(name) for name in self.streams])
         self.tokens += int(indices.shape[0])
 
     def merge_(self, other: "LayerState") -> "LayerState":

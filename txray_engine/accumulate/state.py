@@ -78,15 +78,17 @@ class StreamState(ABC):
         self._missing = int(value)
 
     # -- updates ---------------------------------------------------------------------------------
-    def add_positions(self, features: torch.Tensor) -> None:
-        """Count observed positions: ``features`` holds one id per position, ``-1`` = missing.
+    def add_positions(self, features: torch.Tensor, bins: torch.Tensor | None = None) -> None:
+        """Count observed positions: ``features`` holds one id per position, ``-1`` = missing;
+        ``bins``: their :func:`position_bins`, where the caller has them (the layers of one batch
+        share them: on a GPU that saves two operators per layer and stream).
 
-        No wait on any device, and one operator where the bins of ``features`` are known (see
-        :func:`position_bins`). Ids are the caller's to check (the ``Accumulator`` does, before
+        No wait on any device. Ids are the caller's to check (the ``Accumulator`` does, before
         anything changes): one past the vocabulary lands in a bin that is never read, rather than
         stopping a GPU with an assert."""
-        self._bins.index_put_((position_bins(features, self.n_features),), self._one,
-                              accumulate=True)
+        if bins is None:
+            bins = position_bins(features, self.n_features)
+        self._bins.index_put_((bins,), self._one, accumulate=True)
         self._binned = True
 
     @abstractmethod
@@ -134,17 +136,9 @@ class StreamState(ABC):
 
 
 def position_bins(features: torch.Tensor, n_features: int) -> torch.Tensor:
-    """The count bins of ids ``features`` in a vocabulary of ``n_features`` (``id + 1``; missing
-    ids in bin 0, ids past the vocabulary in bin ``n_features + 1``). The layers of one batch
-    count the same ids of each stream, so the bins are kept on the ids' tensor and made once per
-    batch and stream (two operators fewer per layer and stream on a GPU); an in-place change of
-    the ids (a new tensor version) makes them again."""
-    memo = getattr(features, "_txray_bins", None)
-    if memo is not None and memo[0] == features._version and memo[1] == n_features:
-        return memo[2]
-    bins = (features + 1).clamp_(0, n_features + 1)
-    features._txray_bins = (features._version, n_features, bins)
-    return bins
+    """The count bins of ids ``features`` in a vocabulary of ``n_features``: ``id + 1``, missing
+    ids in bin 0, ids past the vocabulary in bin ``n_features + 1`` (see ``StreamState._bins``)."""
+    return (features + 1).clamp_(0, n_features + 1)
 
 
 def dense_bytes(n_neurons: int, n_features: int) -> int:
