@@ -180,6 +180,14 @@ def _add_positions(targets, bins) -> None:
             state.add_positions(features, known)
 
 
+def _totals_in_launch(values: torch.Tensor, count: torch.Tensor, mass: torch.Tensor) -> bool:
+    """Whether the totals can be one more dense target of the scatter launch: flat int64 / float64
+    tensors of one size on the selection's device (else :func:`add_totals` takes them)."""
+    return count.device == values.device == mass.device and count.dtype == torch.int64 and \
+        mass.dtype == torch.float64 and count.dim() == mass.dim() == 1 and \
+        count.numel() == mass.numel() and count.is_contiguous() and mass.is_contiguous()
+
+
 def positions_in_kernels(device: torch.device) -> bool:
     """Whether :func:`accumulate` counts positions inside its own kernels on ``device`` (the CPU's
     numba path), so that count bins made ahead for it would go unused."""
@@ -205,7 +213,7 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
         if not checked:
             check_targets(values, indices, targets, totals[0].numel())
         _add_positions(targets, bins)
-        if _triton_ok(values) and totals[0].device == values.device:  # the totals ride along
+        if _triton_ok(values) and _totals_in_launch(values, *totals):  # the totals ride along
             from . import triton_dense  # in the streams' scatter launch
             scatter(values, indices, [*targets, triton_dense.totals_target(*totals,
                                                                           values.shape[0])])

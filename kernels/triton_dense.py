@@ -461,7 +461,7 @@ class _Totals:
     """A layer's per-neuron totals as a dense target of one feature (id 0 at every row): ``count``
     and ``mass`` are the totals, ``peak`` a scratch per (device, width) that nobody reads."""
 
-    __slots__ = ("count", "mass", "peak", "n_neurons", "n_features")
+    __slots__ = ("count", "mass", "peak", "n_neurons", "n_features", "__weakref__")
 
     def __init__(self, count, mass, peak):
         self.count, self.mass, self.peak = count, mass, peak
@@ -476,7 +476,8 @@ def totals_target(count: torch.Tensor, mass: torch.Tensor, p: int) -> tuple:
     """``(features [p], state)``: the per-neuron totals ``count[n] += 1``, ``mass[n] += max(a, 0)``
     (int64 / float64 ``[N]``, as :func:`kernels.reference.add_totals` adds them) as one more dense
     target of a selection of ``p`` rows, so that the scatter launch that feeds the streams adds
-    them too, where they took five torch operators of their own."""
+    them too, where they took five torch operators of their own. (In ``mode="partial"`` keep the
+    returned target until :func:`flush` has taken its partials.)"""
     device = count.device
     zeros = _ZEROS.get(device)
     if zeros is None or zeros.numel() < p:
@@ -549,8 +550,9 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
     ``"threshold"``, ``"torch"`` (torch selection + scatter kernel); ``mode``: ``"direct"`` or ``"partial"`` (then call
     :func:`flush` before reading the states); ``flags``: a contiguous int8 ``[P]`` tensor on the
     activations' device to fill with 1 for the rows holding NaN/inf (as float32) and 0 for the
-    others; the selecting launch finds them in the tile it reads anyway (rows wider than one tile,
-    and ``k == N``, flag the rows whose float32 sum is not finite: a superset); ``rows``: int64
+    others; the selecting launch finds them in the tile it reads anyway (the torch selection, which
+    rows wider than one tile take, and ``k == N`` flag the rows whose float32 sum is not finite:
+    a superset); ``rows``: int64
     ``[R]`` indices of the rows of ``acts`` to take (each in range: they are not checked, which
     would wait for the device), read in place by the selecting launch; then ``P`` is ``R``
     (outputs, features and flags are per taken row).

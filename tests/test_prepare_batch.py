@@ -255,3 +255,26 @@ def test_device_accumulate_totals_beside_five_streams(monkeypatch):
     ref = DenseState(9, 4)
     reference.scatter_events(values, indices, [(feats[4], ref)])
     assert torch.equal(states[4].count, ref.count)
+
+
+def test_device_accumulate_strided_totals_and_partial_mode(monkeypatch):
+    """Totals the launch cannot take (strided) go through ``add_totals`` as before; the totals
+    target also serves the partial mode (its states are weakly referenced there)."""
+    from kernels import reference, triton_dense
+    from txray_engine.accumulate import DenseState
+
+    values, indices = reference.select_topk(torch.randn(6, 5, generator=torch.Generator()
+                                                        .manual_seed(1)), 2)
+    feats = torch.tensor([0, 1, -1, 2, 0, 1])
+    ref_count, ref_mass = torch.zeros(5, dtype=torch.int64), torch.zeros(5, dtype=torch.float64)
+    reference.add_totals(values, indices, ref_count, ref_mass)
+    monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
+    monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
+    count, mass = torch.zeros(10, dtype=torch.int64)[::2], torch.zeros(10, dtype=torch.float64)[::2]
+    kernels.accumulate(values, indices, [(feats, DenseState(5, 3))], (count, mass))
+    assert torch.equal(count, ref_count) and torch.allclose(mass, ref_mass, rtol=1e-12, atol=0)
+    count, mass = torch.zeros(5, dtype=torch.int64), torch.zeros(5, dtype=torch.float64)
+    target = triton_dense.totals_target(count, mass, 6)  # kept until flushed (partial mode)
+    triton_dense.dense_scatter_events(values, indices, [target], mode="partial")
+    triton_dense.flush(target[1])
+    assert torch.equal(count, ref_count) and torch.allclose(mass, ref_mass, rtol=1e-6, atol=0)

@@ -88,10 +88,9 @@ def test_bad_flags_are_refused(bad, message):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_select_rows_device_branch_counts_the_kept_nonfinite_rows(k, monkeypatch):
-    """The CUDA branch of ``select_rows`` (every row selected, the kept ones taken): ``suspects``
-    counts the kept rows holding NaN/inf, with no extra pass over the activations."""
+    """The CUDA branch of ``select_rows`` (the kept rows read in place by the kernel):
+    ``suspects`` counts the kept rows holding NaN/inf, with no extra pass over the activations."""
     monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
-    monkeypatch.setattr(kernels, "_select_every_row", lambda acts: True)
     monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
     calls = []
     monkeypatch.setattr(reference, "suspect_rows", lambda a: calls.append(a) or None)
