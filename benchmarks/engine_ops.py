@@ -3,10 +3,11 @@ interpreter (``TRITON_INTERPRET=1``): ``Accumulator.prepare_batch`` and ``commit
 batch, with the dispatch forced down the CUDA branch. On a GPU each torch operator that computes
 is a kernel launch (a few microseconds of host time each), so for the small per-layer work of a
 collection run the count is what the host pays. Views and allocations are listed apart (no
-launch); the Triton interpreter's own operators are not counted. Dense states only: a sparse
-state made on the CPU keeps no persistent GPU hash table, so its count would not be a GPU's.
+launch); the Triton interpreter's own operators are not counted. ``--sparse`` makes the token
+and predicted-token streams sparse states with the GPU's persistent hash table (as a wide
+vocabulary would on a GPU).
 
-    TRITON_INTERPRET=1 python benchmarks/engine_ops.py [--layers 6] [--k 1]
+    TRITON_INTERPRET=1 python benchmarks/engine_ops.py [--layers 6] [--k 1] [--sparse]
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
-from kernels import triton_dense  # noqa: E402
-from txray_engine.accumulate import Accumulator  # noqa: E402
+from kernels import triton_dense, triton_sparse  # noqa: E402
+from txray_engine.accumulate import Accumulator, SparseState  # noqa: E402
+from txray_engine.accumulate.layer import LayerState  # noqa: E402
 
 #: Operators that launch nothing on a GPU (metadata, or the caching allocator).
 NO_LAUNCH = {"view", "detach", "slice", "squeeze", "unsqueeze", "expand", "empty", "alias",
@@ -59,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--k", type=int, default=1)
+    parser.add_argument("--sparse", action="store_true",
+                        help="token and predicted streams in sparse states (GPU hash tables)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("error: run with TRITON_INTERPRET=1 (the CUDA branch is taken on CPU tensors)")
@@ -68,6 +72,8 @@ def main() -> None:
     launches: collections.Counter = collections.Counter()
     counter = _Counter()
     triton_dense._launch = _paused(counter, launches, "triton dense", triton_dense._launch)
+    table = triton_sparse.TritonSparseTable
+    table._insert = _paused(counter, launches, "triton insert", table._insert)
 
     gen = torch.Generator().manual_seed(0)
     b, t, n = 2, 32, 40
@@ -77,9 +83,15 @@ def main() -> None:
     feats = {name: torch.randint(0, len(v), (b, t), generator=gen) for name, v in streams.items()}
     mask = torch.rand(b, t, generator=gen) > 0.2
     acc = Accumulator(streams, k=args.k, kind="dense")
+    if args.sparse:
+        for name in acts:
+            acc.layers[name] = layer = LayerState.create(n, acc.vocab_sizes, "dense")
+            for stream in ("token", "predicted"):
+                layer.streams[stream] = SparseState(n, len(streams[stream]), table="triton")
     for prepared in acc.prepare_batch(acts, feats, mask):  # the states exist before counting
         acc.commit(prepared)
-    print(f"{args.layers} layers x {len(streams)} streams, k={args.k}, dense states, "
+    kinds = "pos dense, token and predicted sparse" if args.sparse else "dense states"
+    print(f"{args.layers} layers x {len(streams)} streams, k={args.k}, {kinds}, "
           f"one masked batch of {b} x {t} positions")
     for phase in ("prepare", "commit"):
         launches.clear()

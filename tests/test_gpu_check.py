@@ -45,3 +45,8 @@ def test_engine_ops_counts_the_device_path():
     assert prepare.startswith("prepare:") and "{'triton dense': 3}" in prepare
     assert commit.startswith("commit:") and "{'triton dense': 3}" in commit
     assert "index_add_" not in commit
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_ops.py"), "--layers",
+                          "2", "--sparse", "--k", "3"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "'triton insert': 4" in run.stdout.splitlines()[-1]  # 2 layers x 2 sparse streams
