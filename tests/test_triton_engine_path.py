@@ -164,3 +164,35 @@ def test_bad_rows_are_refused():
     with pytest.raises(ValueError, match="features must be a 1-D tensor of 2 ids"):
         triton_dense.dense_select_accumulate(x, 2, [(torch.zeros(6, dtype=torch.int64), None)],
                                              rows=torch.tensor([0, 1]))
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_engine_masked_batches_under_inference_mode():
+    """The engine on CUDA: masked layers of one batch (kept rows read in place, flags, totals in
+    the scatter launch, bins once per batch), the first batch under torch.inference_mode, the
+    second outside it: the CPU engine's sums."""
+    import importlib
+
+    import test_kernels_triton  # noqa: F401  (the engine without its Zarr store, as on the GPU image)
+    acc_mod = importlib.import_module("txray_engine.accumulate")
+    streams = {"a": [str(i) for i in range(17)], "b": [str(i) for i in range(300)]}
+    gen = torch.Generator().manual_seed(9)
+    got = acc_mod.Accumulator(streams, k=8, device="cuda", nonfinite="skip")
+    want = acc_mod.Accumulator(streams, k=8, nonfinite="skip")
+    for batch in range(2):
+        acts = {f"l{i}": torch.randn(3, 40, 1000, generator=gen).to(torch.bfloat16)
+                for i in range(3)}
+        acts["l1"][1, 2, 7] = float("nan")
+        feats = {"a": torch.randint(-1, 17, (3, 40), generator=gen),
+                 "b": torch.randint(0, 300, (3, 40), generator=gen)}
+        mask = torch.rand(3, 40, generator=gen) > 0.2
+        mask[1, 2] = True
+        with torch.inference_mode(batch == 0):
+            for p in got.prepare_batch({n: a.cuda() for n, a in acts.items()},
+                                       {n: f.cuda() for n, f in feats.items()}, mask.cuda()):
+                got.commit(p)
+        for p in want.prepare_batch(acts, feats, mask):
+            want.commit(p)
+    assert acc_mod.same_sums(got, want)
+    assert got.layers["l1"].skipped_nonfinite == 2
