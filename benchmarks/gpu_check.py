@@ -451,10 +451,17 @@ def _fused(acts, k, targets, method="auto", mode="direct"):
         triton_dense.ARGMAX_ROUNDS = saved
 
 
-def _device_ms(fn) -> str:
-    """The CUDA-graph replay time of ``fn`` (device time alone), else the whole call's (marked)."""
+def _device_time(fn) -> tuple[float, bool]:
+    """``(ms, from a graph)``: the CUDA-graph replay time of ``fn`` (device time alone), else the
+    whole call's."""
     t = bench_graph(fn)
-    return f"{t:.3g}" if t is not None else f"{bench(fn):.3g} (call)"
+    return (t, True) if t is not None else (bench(fn), False)
+
+
+def _device_ms(fn) -> str:
+    """:func:`_device_time` as table text (a whole call's time marked)."""
+    t, graph = _device_time(fn)
+    return f"{t:.3g}" if graph else f"{t:.3g} (call)"
 
 
 PART3_METHODS = ("argmax", "argmax-fp32", "candidates", "threshold", "torch")
@@ -534,14 +541,11 @@ def _part4_flags(acts) -> None:
     emit("| k | selection alone | + fused flags | + separate sum pass | fused / separate |")
     emit("|---|---|---|---|---|")
     flags = torch.empty(acts.shape[0], dtype=torch.int8, device=acts.device)
-    def timed(fn):
-        got = bench_graph(fn)
-        return bench(fn) if got is None else got
-
     for k in (1, 8):
-        t_sel = timed(lambda: triton_dense.select_topk(acts, k))
-        t_fused = timed(lambda: triton_dense.select_topk(acts, k, flags=flags))
-        t_sep = timed(lambda: (reference.suspect_rows(acts), triton_dense.select_topk(acts, k)))
+        t_sel, _ = _device_time(lambda: triton_dense.select_topk(acts, k))
+        t_fused, _ = _device_time(lambda: triton_dense.select_topk(acts, k, flags=flags))
+        t_sep, _ = _device_time(lambda: (reference.suspect_rows(acts),
+                                         triton_dense.select_topk(acts, k)))
         emit(f"| {k} | {t_sel:.3g} | {t_fused:.3g} | {t_sep:.3g} | {t_fused / t_sep:.2f} |")
     emit("")
 
@@ -664,7 +668,7 @@ def _part5_breakdown() -> bool:
     ok = True
     try:
         for k in (1, 8):
-            ref_v, ref_i = reference.select_topk(acts.float(), k)
+            _, ref_i = reference.select_topk(acts.float(), k)
             for cm in widths:
                 if time.perf_counter() - T0 > ARGS.budget + 150:
                     emit("(skipped: past the budget)")
@@ -678,7 +682,7 @@ def _part5_breakdown() -> bool:
                 for streams in (0, 1, 4):
                     states = [DenseState(n, 17, device=DEVICE) for _ in range(streams)]
                     targets = list(zip(feats[:streams], states))
-                    v, i = triton_dense.dense_select_accumulate(acts, k, targets,
+                    _, i = triton_dense.dense_select_accumulate(acts, k, targets,
                                                                 method="candidates")
                     good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values)
                     ok &= good

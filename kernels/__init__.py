@@ -209,7 +209,7 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
     if indices.shape[0] == 0:
         _add_positions(targets, bins)
         return
-    if not (cpu.AVAILABLE and values.device.type == "cpu" and totals[0].device.type == "cpu"):
+    if not (positions_in_kernels(values.device) and totals[0].device.type == "cpu"):
         if not checked:
             check_targets(values, indices, targets, totals[0].numel())
         _add_positions(targets, bins)

@@ -43,10 +43,14 @@ def _flagged(x, k, method):
     return values, indices, flags
 
 
-def _check(x, k, method):
-    n = x.shape[1]
+def _skip_if_too_narrow(method, n, k):
     if method == "candidates" and triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
         pytest.skip(f"rows of {n} are too narrow for k={k} candidate chunks")
+
+
+def _check(x, k, method):
+    n = x.shape[1]
+    _skip_if_too_narrow(method, n, k)
     values, indices, flags = _flagged(x, k, method)
     assert set(flags.tolist()) <= {0, 1}
     exact = _exact(x)
@@ -128,8 +132,7 @@ def test_rows_are_read_in_place(method, dtype, n, k):
     x = _rows(20, n, dtype)[:, : n]
     x = torch.nan_to_num(x, nan=1.0, posinf=2.0, neginf=-2.0)
     x[11] = 0.5  # no huge values either: every taken row finite, even to a float32 sum
-    if method == "candidates" and triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
-        pytest.skip(f"rows of {n} are too narrow for k={k} candidate chunks")
+    _skip_if_too_narrow(method, n, k)
     rows = _kept_rows(20)
     flags = torch.full((rows.numel(),), 7, dtype=torch.int8)
     values, indices = triton_dense.select_topk(x, k, method=method, rows=rows, flags=flags)
