@@ -394,24 +394,18 @@ def id_bounds(tensors) -> list[tuple[int, int]]:
     return [tuple(int(b) for b in _min_max(_int64(t).reshape(-1))) for t in tensors]
 
 
-def select_topk(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(values [R, k] float32, indices [R, k] int64, nonfinite row positions)`` of the rows
-    ``rows`` (int64 indices; ``None``: all ``P``) of ``acts [P, N]``, read in place (no copy of the
-    kept rows). The non-finite positions index the output rows.
-
-    Values and indices of non-finite rows are unspecified; so are rows that overflow float32 (a
-    float64 input is read as float32, the engine's value type, so such rows are flagged).
-    """
+def read_rows(acts: torch.Tensor, rows: torch.Tensor | None):
+    """``(a, half, src, R)``: ``acts [P, N]`` as the row kernels read it (bf16/fp16 as they are,
+    ``half`` their ``kernels.cpu_half`` kind, else ``None``; other dtypes as float32;
+    contiguous), the rows ``rows`` as checked int64 indices (an empty array: every row), and the
+    number ``R`` of rows to read."""
     a = acts.detach()
     half = _HALF.get(a.dtype)  # bf16 / fp16: read as they are (kernels.cpu_half)
     if half is None and a.dtype != torch.float32:
         a = a.float()
     if not a.is_contiguous():
         a = a.contiguous()
-    p, n = a.shape
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
+    p = a.shape[0]
     src = _NO_ROWS.numpy()
     if rows is not None:
         src = _int64(rows).reshape(-1)
@@ -421,6 +415,22 @@ def select_topk(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None
                 raise ValueError(f"rows must index the {p} rows of the activations, got "
                                  f"{lo if lo < 0 else hi}")
         p = src.shape[0]
+    return a, half, src, p
+
+
+def select_topk(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(values [R, k] float32, indices [R, k] int64, nonfinite row positions)`` of the rows
+    ``rows`` (int64 indices; ``None``: all ``P``) of ``acts [P, N]``, read in place (no copy of the
+    kept rows). The non-finite positions index the output rows.
+
+    Values and indices of non-finite rows are unspecified; so are rows that overflow float32 (a
+    float64 input is read as float32, the engine's value type, so such rows are flagged).
+    """
+    a, half, src, p = read_rows(acts, rows)
+    n = a.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
     vals = np.empty((p, k), np.float32)
     idx = np.empty((p, k), np.int64)
     bad = np.zeros(p, np.bool_)

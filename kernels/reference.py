@@ -102,3 +102,16 @@ def select_accumulate(acts: torch.Tensor, k: int,
     values, indices = select_topk(acts, k)
     scatter_events(values, indices, targets)
     return values, indices
+
+
+def above_floor(acts: torch.Tensor, floor: torch.Tensor, cap: int,
+                rows: torch.Tensor | None = None):
+    """The cells of rows ``rows`` (``None``: all) of ``acts [P, N]`` above ``floor [N]``
+    (float32 ``>``): ``(row, column, value)``, rows indexing ``rows``, values float32, in
+    row-major order; ``None`` when there are more than ``cap``. The top examples' scan."""
+    a = (acts if rows is None else acts.index_select(0, rows)).float()
+    above = a > floor.float()
+    if int(above.count_nonzero()) > max(0, int(cap)):
+        return None
+    r, c = above.nonzero().unbind(1)
+    return r, c, a[r, c]
