@@ -148,3 +148,29 @@ def run_cli(*args, code=0) -> str:
     res = CliRunner().invoke(main, [str(a) for a in args])
     assert res.exit_code == code, res.output
     return res.output
+
+
+def naive_top_examples(batches, m: int):
+    """Each neuron's first ``m`` offered activations by (float32 value descending, offer order):
+    a Python loop over ``batches`` of ``(acts [P, N], doc [P], pos [P], context [P, W])``.
+    Returns ``{n: [(value, doc, pos, context tuple), ...]}``; ``-inf`` is never kept."""
+    offered = defaultdict(list)
+    for acts, doc, pos, ctx in batches:
+        a = np.asarray(acts, dtype=np.float32)
+        for p in range(a.shape[0]):
+            for n in range(a.shape[1]):
+                if a[p, n] != -np.inf:
+                    offered[n].append((float(a[p, n]), int(doc[p]), int(pos[p]),
+                                       tuple(int(c) for c in ctx[p])))
+    return {n: sorted(rows, key=lambda r: -r[0])[:m] for n, rows in offered.items()}
+
+
+def assert_top_examples_match(ex, ref, n_neurons: int) -> None:
+    """``TopExamples`` ``ex`` holds ``ref`` (:func:`naive_top_examples`), empty slots elsewhere."""
+    for n in range(n_neurons):
+        want = ref.get(n, [])
+        got = [(float(ex.value[n, j]), int(ex.doc[n, j]), int(ex.pos[n, j]),
+                tuple(int(c) for c in ex.context[n, j])) for j in range(ex.m)]
+        assert got[: len(want)] == want, f"neuron {n}"
+        empty = (-np.inf, -1, -1, (-1,) * ex.width)
+        assert all(g == empty for g in got[len(want):]), f"neuron {n}: empty slots"

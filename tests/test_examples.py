@@ -1,10 +1,120 @@
 """Top examples per neuron: against a per-neuron sort, chunking and merging, store round trip."""
 
 import numpy as np
+import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from naive import assert_top_examples_match, naive_top_examples
 from txray_engine import Accumulator, Batch, Collector, Stream, Vocabulary, merge, open_store
-from txray_engine.accumulate.examples import context_windows
+from txray_engine.accumulate import examples as examples_module
+from txray_engine.accumulate.examples import TopExamples, context_windows
+
+# how a batch is offered: as the CPU chooses per batch, every batch by its best rows (the first
+# batches' way), by int64 keys on every column (the CUDA way), and by keys in blocks of one column
+PATHS = ["auto", "batch-best", "keys", "key-blocks"]
+
+
+@st.composite
+def offered_batches(draw):
+    """Batches of a stream for one ``TopExamples``: few distinct values (ties across and inside
+    batches, -0.0 beside 0.0, -inf) or any float32, batches shorter and longer than ``m``; some
+    with padding rows of NaN around their kept rows (offered with ``rows``)."""
+    n, m, w = draw(st.integers(1, 7)), draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    pool = st.sampled_from([-np.inf, -2.0, -0.0, 0.0, 0.5, 1.0, 3.0]) if draw(st.booleans()) \
+        else st.floats(-1e3, 1e3, width=32)
+    batches, at = [], 0
+    for b in range(draw(st.integers(1, 5))):
+        p = draw(st.integers(0, 9))
+        acts = torch.tensor(draw(st.lists(pool, min_size=p * n, max_size=p * n)),
+                            dtype=torch.float32).reshape(p, n)
+        ctx = torch.arange(at, at + p).unsqueeze(1) * 10 + torch.arange(w)
+        rows = None
+        if draw(st.booleans()):  # kept rows among padding, in any order
+            pad = draw(st.integers(0, 4))
+            rows = torch.tensor(draw(st.permutations(range(p + pad)))[:p], dtype=torch.long)
+            full = torch.full((p + pad, n), float("nan"))
+            full[rows] = acts
+            rows = rows if p else torch.zeros(0, dtype=torch.long)
+        batches.append(((acts, torch.full((p,), b), torch.arange(p), ctx),
+                        None if rows is None else (full, rows)))
+        at += p
+    return n, m, w, batches
+
+
+def _offer_all(monkeypatch, path, n, m, w, batches):
+    if path == "batch-best":
+        monkeypatch.setattr(examples_module, "_CANDIDATES_PER_SLOT", -1)
+    if path == "key-blocks":
+        monkeypatch.setattr(examples_module, "_KEY_BYTES", 8 * 10)  # one column of ≤ 10 rows
+    ex = TopExamples(n, m, w)
+    for batch, padded in batches:
+        if path.startswith("key"):
+            if batch[0].shape[0]:  # update's own early return
+                ex._offer_by_keys(None, *batch)
+        elif padded is None:
+            ex.update(*batch)
+        else:
+            ex.update(padded[0], *batch[1:], rows=padded[1])
+    return ex
+
+
+def _plain(batches):
+    return [batch for batch, _ in batches]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=offered_batches())
+def test_top_examples_match_the_loop_with_ties(monkeypatch, path, case):
+    n, m, w, batches = case
+    with monkeypatch.context() as mp:
+        ex = _offer_all(mp, path, n, m, w, batches)
+    assert_top_examples_match(ex, naive_top_examples(_plain(batches), m), n)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=offered_batches(), cut=st.integers(0, 5))
+def test_top_examples_of_parts_merge_to_the_whole(case, cut):
+    n, m, w, batches = case
+    first, second = TopExamples(n, m, w), TopExamples(n, m, w)
+    for i, batch in enumerate(_plain(batches)):
+        (first if i < cut else second).update(*batch)
+    first.merge_(second)
+    assert_top_examples_match(first, naive_top_examples(_plain(batches), m), n)
+
+
+def test_top_examples_take_half_precision_as_float32():
+    g = torch.Generator().manual_seed(3)
+    acts = (torch.randn(40, 9, generator=g) * 4).round() / 4  # exact in bf16, many ties
+    batch = (acts, torch.zeros(40, dtype=torch.long), torch.arange(40),
+             torch.arange(40).unsqueeze(1))
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+        ex = TopExamples(9, 3, 1)
+        ex.update(acts.to(dtype), *batch[1:])
+        assert_top_examples_match(ex, naive_top_examples([batch], 3), 9)
+
+
+def test_top_examples_candidates_path_skips_neurons_without_any():
+    """Once the lists are full, a batch below every neuron's m-th value changes nothing, and one
+    above it in a single neuron changes only that neuron's list."""
+    g = torch.Generator().manual_seed(0)
+    ex = TopExamples(6, 2, 1)
+    first = torch.rand(8, 6, generator=g) + 1.0
+    ex.update(first, torch.zeros(8, dtype=torch.long), torch.arange(8),
+              torch.arange(8).unsqueeze(1))
+    before = ex.value.clone()
+    ex.update(torch.zeros(5, 6), torch.ones(5, dtype=torch.long), torch.arange(5),
+              torch.zeros(5, 1, dtype=torch.long))
+    assert torch.equal(ex.value, before)
+    spike = torch.zeros(5, 6)
+    spike[3, 4] = 5.0
+    ex.update(spike, torch.full((5,), 2), torch.arange(5), torch.zeros(5, 1, dtype=torch.long))
+    changed = (ex.value != before).any(1)
+    assert changed.tolist() == [False] * 4 + [True, False]
+    assert (ex.value[4, 0], ex.doc[4, 0], ex.pos[4, 0]) == (5.0, 2, 3)
 
 
 def _where(p, ids, offset=0, r=2):
@@ -56,3 +166,32 @@ def test_collector_stores_examples_with_documents(tmp_path):
     for n in range(5):
         d, p = int(ex["examples_doc"][n, 0]), int(ex["examples_pos"][n, 0])
         assert ex["examples_context"][n, 0, 1] == all_ids[d, p]
+
+
+@pytest.mark.parametrize("nonfinite", ["error", "skip"])
+def test_engine_examples_of_masked_batches_match_the_loop(nonfinite):
+    """The accumulator's top examples over masked batches (padding holds NaN and is never read;
+    with ``skip`` a NaN at a kept position too) against the loop over the kept finite positions,
+    in order: position (b, t) of a batch is row b * T + t."""
+    g = torch.Generator().manual_seed(1)
+    acc = Accumulator({"t": list("abcdefghi")}, k=2, examples=3, context_radius=1,
+                      nonfinite=nonfinite)
+    kept_batches = []
+    for b in range(6):
+        acts = (torch.randn(3, 8, 20, generator=g) * 2).round()  # ties
+        ids = torch.randint(0, 9, (3, 8), generator=g)
+        mask = torch.rand(3, 8, generator=g) > 0.3
+        acts[~mask] = float("nan")
+        if nonfinite == "skip" and b == 2:
+            acts[1, 2, 5] = float("nan")
+            mask[1, 2] = True
+        where = {"doc": torch.arange(3).unsqueeze(1).expand(3, 8) + 10 * b,
+                 "pos": torch.arange(8).expand(3, 8),
+                 "context": context_windows(ids, mask, 1)}
+        acc.observe("l", acts, {"t": ids}, mask=mask, where=where)
+        keep = mask.reshape(-1) & ~acts.reshape(24, 20).isnan().any(1)
+        kept_batches.append((acts.reshape(24, 20)[keep], where["doc"].reshape(-1)[keep],
+                             where["pos"].reshape(-1)[keep],
+                             where["context"].reshape(24, 3)[keep]))
+    assert acc.layers["l"].skipped_nonfinite == (1 if nonfinite == "skip" else 0)
+    assert_top_examples_match(acc.layers["l"].examples, naive_top_examples(kept_batches, 3), 20)

@@ -34,7 +34,8 @@ class Prepared:
     indices: torch.Tensor
     features: dict[str, torch.Tensor]
     skipped_nonfinite: int
-    examples: tuple | None = None  # (acts [P, N], doc [P], pos [P], context [P, W])
+    # (acts [P, N], kept rows [R] or None for all, and per kept row doc, pos [R], context [R, W])
+    examples: tuple | None = None
     vocab_sizes: dict | None = None  # the streams' sizes the ids were checked against
     bins: dict | None = None  # the features' count bins, shared by the layers of a batch
 
@@ -190,9 +191,8 @@ class Accumulator:
         n = int(activations.shape[-1])
         flat = pos.features
         ex = None
-        if self.examples:
-            acts = activations.detach().reshape(-1, n)
-            ex = (acts if pos.index is None else acts.index_select(0, pos.index), *pos.where)
+        if self.examples:  # the kept rows are read in place
+            ex = (activations.detach().reshape(-1, n), pos.index, *pos.where)
         values, indices = sel.values, sel.indices
         bad_rows = sel.nonfinite() if suspects else None  # waits again, on this rare path only
         skipped = 0
@@ -208,7 +208,10 @@ class Accumulator:
             good[bad_rows] = False
             values, indices = values[good], indices[good]
             flat = {name: f[good] for name, f in flat.items()}
-            ex = tuple(t[good] for t in ex) if ex is not None else None
+            if ex is not None:
+                acts, rows, *where = ex
+                rows = good.nonzero().squeeze(1) if rows is None else rows[good]
+                ex = (acts, rows, *(t[good] for t in where))
             skipped = int(bad_rows.numel())
         bins = None  # where the kernels count positions by themselves, none are needed
         if not skipped and not kernels.positions_in_kernels(self.device):
@@ -242,7 +245,9 @@ class Accumulator:
             if state.examples is None:
                 state.examples = TopExamples(p.n_neurons, self.examples,
                                              2 * self.context_radius + 1, dev)
-            state.examples.update(*(t.to(dev) for t in p.examples))
+            acts, rows, *where = p.examples
+            state.examples.update(acts.to(dev), *(t.to(dev) for t in where),
+                                  rows=None if rows is None else rows.to(dev))
         state.skipped_nonfinite += p.skipped_nonfinite
 
     # -- merging ------------------------------------------------------------------------------

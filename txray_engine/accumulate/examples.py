@@ -1,19 +1,48 @@
 """Top examples: each neuron's ``m`` strongest activations over the stream, with where they
 occurred (document, position) and the input tokens around them, for reports.
 
-Mergeable like the sums: the top-m of a union is the top-m of the two top-m lists. Among equal
-values an example already kept (earlier batches, or the first state of a merge) stays; inside one
-batch torch.topk decides.
+The order is exact and the same on every device: largest value first, and among equal values the
+one offered first (an earlier batch, then a lower row of the batch; in a merge, the first state).
+So a stream split into parts and merged keeps what the whole stream keeps, and a resumed run what
+an uninterrupted one keeps. Values are compared as float32, the dtype they are kept in.
+
+How a batch is offered (each way gives that result):
+
+- **Candidates** (CPU, once the lists fill): only activations above a neuron's current ``m``-th
+  value can enter, and after the first batches few do (about ``m / batches seen`` per neuron on
+  a stationary stream). One column max finds the neurons that have any; their candidates are
+  ordered and merged. A batch then costs a column max instead of a column ``topk``.
+- **Batch best** (CPU, batches with many candidates, such as the first): each column's best
+  ``m`` rows of the batch, from a ``topk`` of its values and the earliest rows equal to the
+  ``m``-th.
+- **Keys** (CUDA): ``topk`` down each column of int64 keys ``value bits << 32 | ~row``, so ties
+  go to the lower row without a wait for the host.
 """
 
 from __future__ import annotations
 
 import torch
 
+import kernels
+
+_KEY_BYTES = 64 << 20  # bound on the int64 keys of one column block of the keys path
+_CANDIDATES_PER_SLOT = 4  # the candidates path takes up to this many candidates per kept slot
+
+
+def _rows_of(acts: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return acts if rows is None else acts.index_select(0, rows)
+
+
+def _order_bits(v: torch.Tensor) -> torch.Tensor:
+    """int64 whose order is that of the float32 values ``v`` (``-0.0`` as ``+0.0``)."""
+    bits = (v + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
 
 class TopExamples:
-    """Running top-``m`` per neuron: ``value [N, m]`` (raw activation, ``-inf`` = empty slot),
-    ``doc``, ``pos`` ``[N, m]`` and ``context [N, m, W]`` (token ids, ``-1`` outside the text)."""
+    """Running top-``m`` per neuron: ``value [N, m]`` (raw activation as float32, ``-inf`` =
+    empty slot), ``doc``, ``pos`` ``[N, m]`` and ``context [N, m, W]`` (token ids, ``-1`` outside
+    the text). ``-inf`` activations are never kept."""
 
     def __init__(self, n_neurons: int, m: int, width: int, device="cpu"):
         self.m, self.width = int(m), int(width)
@@ -22,33 +51,127 @@ class TopExamples:
         self.pos = torch.full((n_neurons, m), -1, dtype=torch.long, device=device)
         self.context = torch.full((n_neurons, m, width), -1, dtype=torch.long, device=device)
 
-    def _keep_best(self, value, doc, pos, context) -> None:
-        order = torch.sort(value, dim=1, descending=True, stable=True).indices[:, : self.m]
-        self.value = torch.gather(value, 1, order)
-        self.doc = torch.gather(doc, 1, order)
-        self.pos = torch.gather(pos, 1, order)
-        self.context = torch.gather(context, 1, order.unsqueeze(-1).expand(-1, -1, self.width))
-
+    # -- offering a batch -----------------------------------------------------------------------
     def update(self, acts: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor,
-               context: torch.Tensor) -> None:
-        """Offer positions ``acts [P, N]`` with ``doc``, ``pos`` ``[P]`` and ``context [P, W]``."""
-        if acts.shape[0] == 0:
+               context: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Offer the rows ``rows`` (``None``: all) of ``acts [P, N]`` (no NaN among them: the
+        accumulator drops such rows first), with their ``doc``, ``pos`` ``[R]`` and
+        ``context [R, W]``."""
+        n_rows = acts.shape[0] if rows is None else rows.shape[0]
+        if n_rows == 0 or self.m == 0:
             return
-        mm = min(self.m, acts.shape[0])
-        v, i = torch.topk(acts.float(), mm, dim=0)  # [mm, N]: this batch's best per neuron
-        v, i = v.t(), i.t()
-        self._keep_best(torch.cat([self.value, v], 1), torch.cat([self.doc, doc[i]], 1),
-                        torch.cat([self.pos, pos[i]], 1),
-                        torch.cat([self.context, context[i]], 1))
+        if acts.device.type == "cuda":  # no wait for the host: the keys path on every column
+            self._offer_by_keys(None, _rows_of(acts, rows), doc, pos, context)
+            return
+        floor = self.value[:, -1]  # the m-th value; a candidate must beat it
+        found = None
+        if not bool(floor.isneginf().all()):  # else every neuron has candidates
+            found = kernels.above_floor(acts, floor, _CANDIDATES_PER_SLOT * self.m * floor.numel(),
+                                        rows)
+        if found is None:  # many candidates, as in the first batches
+            cols, (best, at) = slice(None), self._batch_best(_rows_of(acts, rows))
+        elif found[0].numel() == 0:
+            return
+        else:
+            cols, js = torch.unique(found[1], return_inverse=True)
+            best, at = self._candidates(found[0], js, found[2], cols.numel())
+        self._merge_rows(cols, best, at, doc, pos, context)
+
+    def _batch_best(self, sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each column's first ``mm = min(m, P)`` rows of ``sub [P, c]`` by (value, lower row),
+        as values and rows ``[c, mm]`` in that order (row ``-1`` for ``-inf``): a ``topk`` of
+        ``mm + 1`` per column, and for the columns whose ``mm + 1``-th value ties the ``mm``-th,
+        the earliest rows holding it."""
+        n_rows = sub.shape[0]
+        mm = min(self.m, n_rows)
+        cols_rows = sub.t().to(torch.float32, memory_format=torch.contiguous_format)  # [c, P]
+        top = torch.topk(cols_rows, min(mm + 1, n_rows), dim=1)
+        best, at = top.values[:, :mm], top.indices[:, :mm]
+        if n_rows > mm:
+            tied = (top.values[:, mm] == best[:, mm - 1]).nonzero().squeeze(1)
+            if tied.numel():
+                t_rows, edge = cols_rows[tied], best[tied, mm - 1:]
+                wanted = mm - (best[tied] > edge).sum(1, keepdim=True)
+                at_edge = t_rows == edge
+                take = (t_rows > edge) | (
+                    at_edge & (torch.cumsum(at_edge, 1, dtype=torch.int32) <= wanted))
+                at[tied] = take.nonzero()[:, 1].view(-1, mm)  # exactly mm per column, ascending
+                best[tied] = torch.gather(t_rows, 1, at[tied])
+        order = torch.sort(at, dim=1).indices  # rows ascending, then values descending (stable)
+        at, best = torch.gather(at, 1, order), torch.gather(best, 1, order)
+        order = torch.sort(best, dim=1, descending=True, stable=True).indices
+        at, best = torch.gather(at, 1, order), torch.gather(best, 1, order)
+        return best, at.masked_fill(best == -torch.inf, -1)
+
+    def _candidates(self, rows, js, value, n_cols: int):
+        """Each column's first ``m`` of the cells ``(rows, js, value)`` (row-major order) by
+        (value, lower row), as values and rows ``[n_cols, m]`` in that order (row ``-1`` =
+        none)."""
+        order = torch.sort(value, descending=True, stable=True).indices  # ties: lower row first
+        order = order[torch.sort(js[order], stable=True).indices]  # then by column
+        rows, js, value = rows[order], js[order], value[order]
+        per_col = torch.bincount(js, minlength=n_cols)
+        rank = torch.arange(js.numel()) - (torch.cumsum(per_col, 0) - per_col)[js]
+        keep = rank < self.m
+        rows, js, rank, value = rows[keep], js[keep], rank[keep], value[keep]
+        best = torch.full((n_cols, self.m), -torch.inf)
+        best[js, rank] = value
+        at = torch.full((n_cols, self.m), -1, dtype=torch.long)
+        at[js, rank] = rows
+        return best, at
+
+    def _offer_by_keys(self, cols, sub, doc, pos, context) -> None:
+        """:meth:`_batch_best` without a wait for the host: each column's best ``min(m, P)`` rows
+        of ``sub [P, c]`` as the ``topk`` of int64 keys, in column blocks that bound them, merged
+        into ``cols`` (``None`` = every neuron)."""
+        n_rows, n_cols = sub.shape
+        mm = min(self.m, n_rows)
+        low = (n_rows - 1 - torch.arange(n_rows, device=sub.device)).unsqueeze(1)
+        step = max(1, _KEY_BYTES // (8 * n_rows))
+        for a in range(0, n_cols, step):
+            block = sub[:, a:a + step].float()
+            keys = (_order_bits(block) << 32) | low
+            at = (n_rows - 1) - (torch.topk(keys, mm, dim=0).values & 0xFFFFFFFF)  # [mm, c]
+            best = torch.gather(block, 0, at).t()
+            at = at.t().masked_fill(best == -torch.inf, -1)
+            where = torch.arange(a, a + block.shape[1], device=sub.device) \
+                if cols is None else cols[a:a + step]
+            self._merge_rows(where, best, at, doc, pos, context)
+
+    def _merge_rows(self, cols, best, at, doc, pos, context) -> None:
+        """Merge candidates ``best [c, x]`` at batch rows ``at`` (``-1`` = none, sorted by value
+        then row) into the lists of neurons ``cols``; the kept examples win ties."""
+        empty = at < 0
+        safe = at.clamp(min=0)
+        cand_doc = doc[safe].masked_fill(empty, -1)
+        cand_pos = pos[safe].masked_fill(empty, -1)
+        cand_ctx = context[safe].masked_fill(empty.unsqueeze(-1), -1)
+        self._keep_best(cols, torch.cat([self.value[cols], best], 1),
+                        torch.cat([self.doc[cols], cand_doc], 1),
+                        torch.cat([self.pos[cols], cand_pos], 1),
+                        torch.cat([self.context[cols], cand_ctx], 1))
+
+    def _keep_best(self, cols, value, doc, pos, context) -> None:
+        """The first ``m`` of each row by value, earlier columns first among equal values, into
+        the lists of neurons ``cols``."""
+        order = torch.sort(value, dim=1, descending=True, stable=True).indices[:, : self.m]
+        self.value[cols] = torch.gather(value, 1, order)
+        self.doc[cols] = torch.gather(doc, 1, order)
+        self.pos[cols] = torch.gather(pos, 1, order)
+        self.context[cols] = torch.gather(context, 1,
+                                          order.unsqueeze(-1).expand(-1, -1, self.width))
 
     def merge_(self, other: "TopExamples") -> "TopExamples":
+        """Add ``other``'s examples; among equal values this state's stay first."""
         if (other.m, other.width) != (self.m, self.width):
             raise ValueError("cannot merge top examples of different sizes")
-        self._keep_best(torch.cat([self.value, other.value], 1),
+        every = slice(None)
+        self._keep_best(every, torch.cat([self.value, other.value], 1),
                         torch.cat([self.doc, other.doc], 1), torch.cat([self.pos, other.pos], 1),
                         torch.cat([self.context, other.context], 1))
         return self
 
+    # -- storage --------------------------------------------------------------------------------
     def arrays(self) -> dict:
         return {key: t.cpu().numpy().copy() for key, t in  # a snapshot, not a view
                 (("examples_value", self.value), ("examples_doc", self.doc),
