@@ -261,6 +261,7 @@ def part1() -> bool:
         ok &= check_case(f"{name:15s} {dtype:8s} {data:10s} P={p} N={n} V={v} k={k} streams={streams}",
                          IMPLS[name], acts, k, feats[:streams], n, v, kinds, rtol)
     ok &= check_nonfinite_rows()
+    ok &= check_examples()
     emit(f"\n({time.perf_counter() - t0:.0f} s)\n")
     return ok
 
@@ -301,6 +302,35 @@ def check_nonfinite_rows() -> bool:
          f"range, finite rows exact, flags exact"
          + (f"  -- {', '.join(bad)}" if bad else ""))
     return not bad
+
+
+def _examples_stream(n, p, batches, seed=5):
+    """Masked bf16 batches with many ties (small integers) for top examples: ``(acts, rows, doc,
+    pos, context)`` on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    for b in range(batches):
+        acts = (torch.randn(p, n, generator=g) * 4).round().to(torch.bfloat16)
+        rows = torch.randperm(p, generator=g)[: p * 4 // 5]
+        yield acts, rows, torch.full((rows.numel(),), b), rows.clone(), \
+            torch.stack([rows, rows + 1, rows + 2], 1)
+
+
+def check_examples() -> bool:
+    """Top examples on the device (CUDA: ``topk`` of int64 value|row keys) against the CPU's
+    (one scan above each neuron's m-th value, then a merge): the same lists, ties included."""
+    from txray_engine.accumulate.examples import TopExamples
+    n, p = (40, 48) if ARGS.smoke else (1000, 4096)
+    dev, cpu = TopExamples(n, 8, 3, DEVICE), TopExamples(n, 8, 3)
+    for acts, rows, *where in _examples_stream(n, p, 6):
+        cpu.update(acts, *where, rows=rows)
+        if DEVICE.type == "cuda":
+            dev.update(acts.to(DEVICE), *(t.to(DEVICE) for t in where), rows=rows.to(DEVICE))
+        else:  # --smoke: the CUDA branch's keys path, on the CPU
+            dev._offer_by_keys(None, acts.index_select(0, rows), *where)
+    same = all(torch.equal(getattr(dev, f).cpu(), getattr(cpu, f))
+               for f in ("value", "doc", "pos", "context"))
+    emit(f"{'PASS' if same else 'FAIL'}  top examples (m = 8, ties, kept rows) equal to the CPU's")
+    return same
 
 
 # ------------------------------------------------------------------------------------------------
@@ -529,6 +559,7 @@ def part4() -> None:
         del acc
     emit("")
     _part4_flags(acts)
+    _part4_examples(acts, p)
     _part4_batch(acts, feats, streams, p)
 
 
@@ -547,6 +578,20 @@ def _part4_flags(acts) -> None:
         t_sep, _ = _device_time(lambda: (reference.suspect_rows(acts),
                                          triton_dense.select_topk(acts, k)))
         emit(f"| {k} | {t_sel:.3g} | {t_fused:.3g} | {t_sep:.3g} | {t_fused / t_sep:.2f} |")
+    emit("")
+
+
+def _part4_examples(acts, p) -> None:
+    """What top examples (``--examples 8``) add per layer: ``TopExamples.update`` on the same
+    bf16 block, 80% of its rows kept, next to the selection of every row (k = 1)."""
+    from txray_engine.accumulate.examples import TopExamples
+    ex = TopExamples(acts.shape[1], 8, 11, DEVICE)
+    rows = torch.arange(p, device=DEVICE)[torch.arange(p, device=DEVICE) % 5 != 0]
+    ctx = torch.zeros(rows.numel(), 11, dtype=torch.long, device=DEVICE)
+    t_ex = bench(lambda: ex.update(acts, rows, rows, ctx, rows=rows))
+    t_sel = bench(lambda: triton_dense.select_topk(acts, 1))
+    emit(f"Top examples, m = 8, per layer: update {t_ex:.3g} ms (whole call), selection of every "
+         f"row at k = 1 {t_sel:.3g} ms: {t_ex / t_sel:.3g}x")
     emit("")
 
 

@@ -195,3 +195,4 @@ def test_engine_examples_of_masked_batches_match_the_loop(nonfinite):
                              where["context"].reshape(24, 3)[keep]))
     assert acc.layers["l"].skipped_nonfinite == (1 if nonfinite == "skip" else 0)
     assert_top_examples_match(acc.layers["l"].examples, naive_top_examples(kept_batches, 3), 20)
+

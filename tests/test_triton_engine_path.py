@@ -199,3 +199,31 @@ def test_gpu_engine_masked_batches_under_inference_mode():
             want.commit(p)
     assert acc_mod.same_sums(got, want)
     assert got.layers["l1"].skipped_nonfinite == 2
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("m", [1, 8])
+def test_gpu_top_examples_equal_the_cpu(m):
+    """Top examples on CUDA (``topk`` of int64 value|row keys, no host wait) keep what the CPU's
+    scan keeps, ties and masked rows included, through the accumulator as the engine runs it."""
+    import importlib
+
+    import test_kernels_triton  # noqa: F401  (the engine without its Zarr store, as on the GPU image)
+    acc_mod = importlib.import_module("txray_engine.accumulate")
+    windows = importlib.import_module("txray_engine.accumulate.examples").context_windows
+    gen = torch.Generator().manual_seed(m)
+    accs = {dev: acc_mod.Accumulator({"t": [str(i) for i in range(9)]}, k=2, examples=m,
+                                     context_radius=1, device=dev) for dev in ("cpu", "cuda")}
+    for b in range(5):
+        acts = (torch.randn(4, 64, 300, generator=gen) * 3).round().to(torch.bfloat16)  # ties
+        ids = torch.randint(0, 9, (4, 64), generator=gen)
+        mask = torch.rand(4, 64, generator=gen) > 0.25
+        where = {"doc": torch.arange(4).unsqueeze(1).expand(4, 64) + 4 * b,
+                 "pos": torch.arange(64).expand(4, 64), "context": windows(ids, mask, 1)}
+        for dev, acc in accs.items():
+            acc.observe("l", acts.to(dev), {"t": ids.to(dev)}, mask=mask.to(dev),
+                        where={key: t.to(dev) for key, t in where.items()})
+    a, c = (accs[d].layers["l"].examples for d in ("cpu", "cuda"))
+    for field in ("value", "doc", "pos", "context"):
+        assert torch.equal(getattr(a, field), getattr(c, field).cpu()), field
