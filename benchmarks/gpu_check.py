@@ -316,21 +316,32 @@ def _examples_stream(n, p, batches, seed=5):
 
 
 def check_examples() -> bool:
-    """Top examples on the device (CUDA: ``topk`` of int64 value|row keys) against the CPU's
-    (one scan above each neuron's m-th value, then a merge): the same lists, ties included."""
-    from txray_engine.accumulate.examples import TopExamples
+    """Top examples on the device against the CPU's (one scan above each neuron's m-th value,
+    then a merge): the same lists, ties included, both CUDA ways (``topk`` of int64 value|row
+    keys, and with ``CUDA_SCAN`` the CPU's way)."""
+    examples = importlib.import_module("txray_engine.accumulate.examples")
     n, p = (40, 48) if ARGS.smoke else (1000, 4096)
-    dev, cpu = TopExamples(n, 8, 3, DEVICE), TopExamples(n, 8, 3)
-    for acts, rows, *where in _examples_stream(n, p, 6):
-        cpu.update(acts, *where, rows=rows)
-        if DEVICE.type == "cuda":
-            dev.update(acts.to(DEVICE), *(t.to(DEVICE) for t in where), rows=rows.to(DEVICE))
-        else:  # --smoke: the CUDA branch's keys path, on the CPU
-            dev._offer_by_keys(None, acts.index_select(0, rows), *where)
-    same = all(torch.equal(getattr(dev, f).cpu(), getattr(cpu, f))
-               for f in ("value", "doc", "pos", "context"))
-    emit(f"{'PASS' if same else 'FAIL'}  top examples (m = 8, ties, kept rows) equal to the CPU's")
-    return same
+    bad = []
+    saved = examples.CUDA_SCAN
+    try:
+        for scan in (False, True):
+            examples.CUDA_SCAN = scan
+            dev, cpu = examples.TopExamples(n, 8, 3, DEVICE), examples.TopExamples(n, 8, 3)
+            for acts, rows, *where in _examples_stream(n, p, 6):
+                cpu.update(acts, *where, rows=rows)
+                if DEVICE.type == "cuda" or scan:
+                    dev.update(acts.to(DEVICE), *(t.to(DEVICE) for t in where),
+                               rows=rows.to(DEVICE))
+                else:  # --smoke: the CUDA branch's keys path, on the CPU
+                    dev._offer_by_keys(None, acts.index_select(0, rows), *where)
+            if not all(torch.equal(getattr(dev, f).cpu(), getattr(cpu, f))
+                       for f in ("value", "doc", "pos", "context")):
+                bad.append("scan" if scan else "keys")
+    finally:
+        examples.CUDA_SCAN = saved
+    emit(f"{'PASS' if not bad else 'FAIL'}  top examples (m = 8, ties, kept rows) equal to the "
+         f"CPU's, keys and scan" + (f"  -- {', '.join(bad)}" if bad else ""))
+    return not bad
 
 
 # ------------------------------------------------------------------------------------------------
@@ -583,15 +594,37 @@ def _part4_flags(acts) -> None:
 
 def _part4_examples(acts, p) -> None:
     """What top examples (``--examples 8``) add per layer: ``TopExamples.update`` on the same
-    bf16 block, 80% of its rows kept, next to the selection of every row (k = 1)."""
-    from txray_engine.accumulate.examples import TopExamples
-    ex = TopExamples(acts.shape[1], 8, 11, DEVICE)
+    bf16 block, 80% of its rows kept, once the lists are full (four other batches offered first;
+    each timed call starts from those lists again), both CUDA ways, next to the selection of
+    every row (k = 1)."""
+    examples = importlib.import_module("txray_engine.accumulate.examples")
+    n = acts.shape[1]
     rows = torch.arange(p, device=DEVICE)[torch.arange(p, device=DEVICE) % 5 != 0]
     ctx = torch.zeros(rows.numel(), 11, dtype=torch.long, device=DEVICE)
-    t_ex = bench(lambda: ex.update(acts, rows, rows, ctx, rows=rows))
-    t_sel = bench(lambda: triton_dense.select_topk(acts, 1))
-    emit(f"Top examples, m = 8, per layer: update {t_ex:.3g} ms (whole call), selection of every "
-         f"row at k = 1 {t_sel:.3g} ms: {t_ex / t_sel:.3g}x")
+    ex = examples.TopExamples(n, 8, 11, DEVICE)
+    for seed in range(4):
+        ex.update(make_acts(p, n, torch.bfloat16, seed=100 + seed), rows, rows, ctx, rows=rows)
+    full = [t.clone() for t in (ex.value, ex.doc, ex.pos, ex.context)]
+
+    def offer():
+        ex.value, ex.doc, ex.pos, ex.context = (t.clone() for t in full)
+        ex.update(acts, rows, rows, ctx, rows=rows)
+
+    def restore_only():
+        ex.value, ex.doc, ex.pos, ex.context = (t.clone() for t in full)
+
+    saved = examples.CUDA_SCAN
+    times = {}
+    try:
+        for scan in (False, True):
+            examples.CUDA_SCAN = scan
+            times[scan] = bench(offer)
+    finally:
+        examples.CUDA_SCAN = saved
+    t_restore, t_sel = bench(restore_only), bench(lambda: triton_dense.select_topk(acts, 1))
+    emit(f"Top examples, m = 8, per layer once the lists are full (whole calls, ms, each with a "
+         f"copy of the lists: {t_restore:.3g}): keys {times[False]:.3g}, scan {times[True]:.3g}; "
+         f"selection of every row at k = 1: {t_sel:.3g}")
     emit("")
 
 

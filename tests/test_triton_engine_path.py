@@ -204,14 +204,18 @@ def test_gpu_engine_masked_batches_under_inference_mode():
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("m", [1, 8])
-def test_gpu_top_examples_equal_the_cpu(m):
-    """Top examples on CUDA (``topk`` of int64 value|row keys, no host wait) keep what the CPU's
-    scan keeps, ties and masked rows included, through the accumulator as the engine runs it."""
+@pytest.mark.parametrize("scan", [False, True])
+def test_gpu_top_examples_equal_the_cpu(m, scan, monkeypatch):
+    """Top examples on CUDA (``topk`` of int64 value|row keys, no host wait; or with
+    ``CUDA_SCAN`` the CPU's way) keep what the CPU's scan keeps, ties and masked rows included,
+    through the accumulator as the engine runs it."""
     import importlib
 
     import test_kernels_triton  # noqa: F401  (the engine without its Zarr store, as on the GPU image)
     acc_mod = importlib.import_module("txray_engine.accumulate")
-    windows = importlib.import_module("txray_engine.accumulate.examples").context_windows
+    examples = importlib.import_module("txray_engine.accumulate.examples")
+    monkeypatch.setattr(examples, "CUDA_SCAN", scan)
+    windows = examples.context_windows
     gen = torch.Generator().manual_seed(m)
     accs = {dev: acc_mod.Accumulator({"t": [str(i) for i in range(9)]}, k=2, examples=m,
                                      context_radius=1, device=dev) for dev in ("cpu", "cuda")}

@@ -15,7 +15,7 @@ How a batch is offered (each way gives that result):
 - **Batch best** (CPU, batches with many candidates, such as the first): each column's best
   ``m`` rows of the batch, from a ``topk`` of its values and the earliest rows equal to the
   ``m``-th.
-- **Keys** (CUDA): ``topk`` down each column of int64 keys ``value bits << 32 | ~row``, so ties
+- **Keys** (CUDA, unless :data:`CUDA_SCAN`): ``topk`` down each column of int64 keys ``value bits << 32 | ~row``, so ties
   go to the lower row without a wait for the host.
 """
 
@@ -27,6 +27,11 @@ import kernels
 
 _KEY_BYTES = 64 << 20  # bound on the int64 keys of one column block of the keys path
 _CANDIDATES_PER_SLOT = 4  # the candidates path takes up to this many candidates per kept slot
+#: Whether CUDA tensors take the CPU's way (the scan above each neuron's m-th value, by the torch
+#: reference of ``kernels.above_floor``; it waits for the device to size the candidates) instead
+#: of the keys path, which never waits but ranks every column's rows. ``gpu_check`` Part 4 times
+#: both on a full list; no GPU has run it yet.
+CUDA_SCAN = False
 
 
 def _rows_of(acts: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -60,7 +65,7 @@ class TopExamples:
         n_rows = acts.shape[0] if rows is None else rows.shape[0]
         if n_rows == 0 or self.m == 0:
             return
-        if acts.device.type == "cuda":  # no wait for the host: the keys path on every column
+        if acts.device.type == "cuda" and not CUDA_SCAN:  # no wait for the host
             self._offer_by_keys(None, _rows_of(acts, rows), doc, pos, context)
             return
         floor = self.value[:, -1]  # the m-th value; a candidate must beat it
@@ -111,12 +116,13 @@ class TopExamples:
         order = order[torch.sort(js[order], stable=True).indices]  # then by column
         rows, js, value = rows[order], js[order], value[order]
         per_col = torch.bincount(js, minlength=n_cols)
-        rank = torch.arange(js.numel()) - (torch.cumsum(per_col, 0) - per_col)[js]
+        start = torch.cumsum(per_col, 0) - per_col
+        rank = torch.arange(js.numel(), device=js.device) - start[js]
         keep = rank < self.m
         rows, js, rank, value = rows[keep], js[keep], rank[keep], value[keep]
-        best = torch.full((n_cols, self.m), -torch.inf)
+        best = torch.full((n_cols, self.m), -torch.inf, device=js.device)
         best[js, rank] = value
-        at = torch.full((n_cols, self.m), -1, dtype=torch.long)
+        at = torch.full((n_cols, self.m), -1, dtype=torch.long, device=js.device)
         at[js, rank] = rows
         return best, at
 
