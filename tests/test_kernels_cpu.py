@@ -299,6 +299,17 @@ def test_half_rows_are_read_as_they_are(dtype, n, k):
     assert cpu.select_topk(bad, k)[2].tolist() == [5, 6]
 
 
+def test_every_cached_kernel_module_is_watched():
+    """A module whose numba kernels are cached must be among the sources whose edits drop the
+    cache (its kernels may compile in another one's functions)."""
+    from pathlib import Path
+
+    from kernels import cpu_cache
+    folder = Path(cpu_cache.__file__).parent
+    cached = {p.stem for p in folder.glob("*.py") if "cache=True" in p.read_text()}
+    assert cached and cached <= set(cpu_cache.SOURCES)
+
+
 def test_cached_kernels_are_dropped_when_a_source_they_use_is_newer(tmp_path):
     """numba checks only the defining file; an edit to cpu.py must also recompile cpu_half's
     kernels (which compile in its row functions)."""
