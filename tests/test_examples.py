@@ -196,3 +196,52 @@ def test_engine_examples_of_masked_batches_match_the_loop(nonfinite):
     assert acc.layers["l"].skipped_nonfinite == (1 if nonfinite == "skip" else 0)
     assert_top_examples_match(acc.layers["l"].examples, naive_top_examples(kept_batches, 3), 20)
 
+
+
+def _one_row(value):
+    return (torch.tensor([value]), torch.tensor([1]), torch.tensor([0]),
+            torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_restored_examples_own_their_lists(tmp_path):
+    """``from_arrays`` copies: updating one restored state changes neither the arrays it came
+    from (read-only memory maps included) nor another state restored from them."""
+    ex = TopExamples(3, 2, 1)
+    ex.update(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), torch.tensor([0, 0]),
+              torch.tensor([0, 1]), torch.zeros(2, 1, dtype=torch.long))
+    saved = ex.arrays()
+    np.save(tmp_path / "v.npy", saved["examples_value"])
+    mapped = dict(saved, examples_value=np.load(tmp_path / "v.npy", mmap_mode="r"))
+    before = {k: v.copy() for k, v in saved.items()}
+    a, b, c = (TopExamples.from_arrays(arrays) for arrays in (saved, saved, mapped))
+    for state in (a, c):
+        state.update(*_one_row([9.0, 9.0, 9.0]))
+        assert state.value[:, 0].tolist() == [9.0] * 3
+    assert torch.equal(b.value, torch.from_numpy(before["examples_value"]))
+    assert all(np.array_equal(saved[k], before[k]) for k in saved)
+
+
+def test_examples_made_under_inference_mode_take_later_batches():
+    """Lists made under ``torch.inference_mode`` (a state, a restore, a merge) are normal tensors:
+    later batches outside it update them in place."""
+    src = TopExamples(3, 2, 1)
+    src.update(*_one_row([1.0, 2.0, 3.0]))
+    with torch.inference_mode():
+        fresh, restored = TopExamples(3, 2, 1), TopExamples.from_arrays(src.arrays())
+        merged = Accumulator({"t": ["a"]}, examples=2, context_radius=0)
+        merged.merge_(_accumulator_with_examples())
+    fresh.update(*_one_row([5.0, 5.0, 5.0]))
+    restored.update(*_one_row([5.0, 5.0, 5.0]))
+    assert fresh.value[:, 0].tolist() == restored.value[:, 0].tolist() == [5.0] * 3
+    merged.observe("l", torch.full((1, 3), 7.0), {"t": torch.zeros(1, dtype=torch.long)},
+                   where={"doc": torch.tensor([3]), "pos": torch.tensor([0]),
+                          "context": torch.zeros(1, 1, dtype=torch.long)})
+    assert merged.layers["l"].examples.value[:, 0].tolist() == [7.0] * 3
+
+
+def _accumulator_with_examples():
+    acc = Accumulator({"t": ["a"]}, examples=2, context_radius=0)
+    acc.observe("l", torch.ones(2, 3), {"t": torch.zeros(2, dtype=torch.long)},
+                where={"doc": torch.tensor([0, 0]), "pos": torch.tensor([0, 1]),
+                       "context": torch.zeros(2, 1, dtype=torch.long)})
+    return acc

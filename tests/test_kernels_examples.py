@@ -86,3 +86,19 @@ def test_above_floor_random(p, n, parts, cap, seed):
             _same(acts, floor, cap, torch.randint(0, p, (p // 2 + 1,), generator=g))
     finally:
         cpu_examples.get_num_threads, cpu_examples._MAX_PARTS = saved
+
+
+def test_above_floor_memory_follows_the_block_not_the_cap():
+    """A large ``cap`` on a small block reserves room for the block's cells only."""
+    import tracemalloc
+
+    from kernels import cpu_examples
+    acts, floor = torch.randn(4, 5000), torch.zeros(5000)
+    cpu_examples.above_floor(acts, floor, 10)  # compiled before measuring
+    tracemalloc.start()
+    try:
+        found = cpu_examples.above_floor(acts, floor, 10**9)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found is not None and peak < 4 * 5000 * 20 * 2  # the block's cells, not 10**9 slots

@@ -105,7 +105,8 @@ class Accumulator:
     # -- two-phase form used by the collector (validate everything, then add) ----------------------
     def prepare(self, layer, activations, features, mask=None, where=None) -> Prepared:
         """Validate and select one layer's positions, changing nothing (:meth:`commit` adds
-        them); the arguments are those of :meth:`observe`."""
+        them); the arguments are those of :meth:`observe`. With ``examples``, the commit reads
+        the kept rows of ``activations`` again: leave them unchanged until then."""
         return self.prepare_batch({layer: activations}, features, mask, where)[0]
 
     def prepare_batch(self, activations: dict, features: dict[str, torch.Tensor], mask=None,
@@ -118,7 +119,8 @@ class Accumulator:
         tile (N > 16,384) at 1 < k < N take the torch selection, which waits once more per layer
         to settle ties.
 
-        Nothing changes: a bad input raises before any :meth:`commit`. Checks run cheapest first:
+        Nothing changes: a bad input raises before any :meth:`commit`. With ``examples``, the
+        commits read the kept rows of the activations again: leave them unchanged until then. Checks run cheapest first:
         every layer's activations (type, shape, k), then the shared positions (streams, mask, id
         shapes), then the ids against the vocabularies, ``where``, and last the non-finite rows
         of each layer.
@@ -246,6 +248,8 @@ class Accumulator:
                 state.examples = TopExamples(p.n_neurons, self.examples,
                                              2 * self.context_radius + 1, dev)
             acts, rows, *where = p.examples
+            if rows is not None and acts.device != dev:  # move the kept rows only
+                acts, rows = acts.index_select(0, rows), None
             state.examples.update(acts.to(dev), *(t.to(dev) for t in where),
                                   rows=None if rows is None else rows.to(dev))
         state.skipped_nonfinite += p.skipped_nonfinite

@@ -27,6 +27,7 @@ import kernels
 
 _KEY_BYTES = 64 << 20  # bound on the int64 keys of one column block of the keys path
 _CANDIDATES_PER_SLOT = 4  # the candidates path takes up to this many candidates per kept slot
+_MAX_CANDIDATES = 1 << 18  # and at most this many (sorting more costs more than a batch topk)
 #: Whether CUDA tensors take the CPU's way (the scan above each neuron's m-th value, by the torch
 #: reference of ``kernels.above_floor``; it waits for the device to size the candidates) instead
 #: of the keys path, which never waits but ranks every column's rows. ``gpu_check`` Part 4 times
@@ -51,10 +52,11 @@ class TopExamples:
 
     def __init__(self, n_neurons: int, m: int, width: int, device="cpu"):
         self.m, self.width = int(m), int(width)
-        self.value = torch.full((n_neurons, m), -torch.inf, device=device)
-        self.doc = torch.full((n_neurons, m), -1, dtype=torch.long, device=device)
-        self.pos = torch.full((n_neurons, m), -1, dtype=torch.long, device=device)
-        self.context = torch.full((n_neurons, m, width), -1, dtype=torch.long, device=device)
+        with torch.inference_mode(False):  # the lists are updated in place, also outside it
+            self.value = torch.full((n_neurons, m), -torch.inf, device=device)
+            self.doc = torch.full((n_neurons, m), -1, dtype=torch.long, device=device)
+            self.pos = torch.full((n_neurons, m), -1, dtype=torch.long, device=device)
+            self.context = torch.full((n_neurons, m, width), -1, dtype=torch.long, device=device)
 
     # -- offering a batch -----------------------------------------------------------------------
     def update(self, acts: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor,
@@ -71,8 +73,8 @@ class TopExamples:
         floor = self.value[:, -1]  # the m-th value; a candidate must beat it
         found = None
         if not bool(floor.isneginf().all()):  # else every neuron has candidates
-            found = kernels.above_floor(acts, floor, _CANDIDATES_PER_SLOT * self.m * floor.numel(),
-                                        rows)
+            cap = min(_CANDIDATES_PER_SLOT * self.m * floor.numel(), _MAX_CANDIDATES)
+            found = kernels.above_floor(acts, floor, cap, rows)
         if found is None:  # many candidates, as in the first batches
             cols, (best, at) = slice(None), self._batch_best(_rows_of(acts, rows))
         elif found[0].numel() == 0:
@@ -185,12 +187,13 @@ class TopExamples:
 
     @classmethod
     def from_arrays(cls, arrays: dict, device="cpu") -> "TopExamples":
-        value = torch.from_numpy(arrays["examples_value"])
+        """A state holding copies of ``arrays`` (as :meth:`arrays` gives them): updates never
+        write into the caller's arrays."""
+        value = arrays["examples_value"]
         ex = cls(value.shape[0], value.shape[1], arrays["examples_context"].shape[2], device)
-        ex.value = value.to(device)
-        ex.doc = torch.from_numpy(arrays["examples_doc"]).to(device)
-        ex.pos = torch.from_numpy(arrays["examples_pos"]).to(device)
-        ex.context = torch.from_numpy(arrays["examples_context"]).to(device)
+        with torch.inference_mode(False):
+            for name in ("value", "doc", "pos", "context"):
+                setattr(ex, name, torch.tensor(arrays[f"examples_{name}"], device=device))
         return ex
 
 
