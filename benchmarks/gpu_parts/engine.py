@@ -1,0 +1,144 @@
+"""Part 4 of ``gpu_check``: the engine's own entry points on the device (``observe``,
+``prepare_batch`` + ``commit``), the selection's NaN/inf check, and top examples."""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import torch
+
+from .common import (ARGS, DEVICE, T0, Accumulator, DenseState, bench, device_time, emit,
+                     make_acts, make_features, reference, triton_dense)
+
+def part4() -> None:
+    """``Accumulator.observe`` on CUDA tensors (what ``collect`` runs per captured layer): checks
+    of the ids, the selection (with the NaN/inf check), per-neuron totals and 3 streams, against the
+    fused kernel alone on the same input."""
+    n = 40 if ARGS.smoke else 4096
+    p = 32 if ARGS.smoke else 8192
+    emit(f"## Part 4: the engine path, Accumulator.observe (N={n}, P={p}, bf16, 3 streams: "
+         "V=17 and 50,000 dense where it fits, 50,000 sparse)")
+    emit("")
+    emit("| k | kind | observe ms | Mtok/s | fused kernel ms (1 stream) | observe / fused |")
+    emit("|---|---|---|---|---|---|")
+    acts = make_acts(p, n, torch.bfloat16)
+    streams = {"pos": [str(i) for i in range(17)], "token": [str(i) for i in range(50_000)],
+               "pred": [str(i) for i in range(50_000)]}
+    feats = dict(zip(streams, make_features(p, 50_000, 3)))
+    feats["pos"] = feats["pos"] % 17
+    for k, kind in _engine_cases():
+        acc = Accumulator(streams, k=k, kind=kind, device=DEVICE)
+        t_obs = bench(lambda: acc.observe("layer", acts, feats))
+        one = DenseState(n, 17, device=DEVICE)
+        t_fused = bench(lambda: triton_dense.dense_select_accumulate(acts, k, [(feats["pos"], one)]))
+        emit(f"| {k} | {kind} | {t_obs:.3g} | {p / t_obs / 1e3:.3g} | {t_fused:.3g} | "
+             f"{t_obs / t_fused:.3g}x |")
+        del acc
+    emit("")
+    _part4_flags(acts)
+    _part4_examples(acts, p)
+    _part4_batch(acts, feats, streams, p)
+
+
+def _part4_flags(acts) -> None:
+    """What the engine's NaN/inf check costs: the selection alone, with the flags written by the
+    selecting launch (``flags=``, the engine's path), and with a separate float32 row-sum pass
+    (``reference.suspect_rows``, the engine's path before the flags were fused)."""
+    emit("The selection's NaN/inf check (same input; ms of CUDA-graph replays: device time)")
+    emit("")
+    emit("| k | selection alone | + fused flags | + separate sum pass | fused / separate |")
+    emit("|---|---|---|---|---|")
+    flags = torch.empty(acts.shape[0], dtype=torch.int8, device=acts.device)
+    for k in (1, 8):
+        t_sel, _ = device_time(lambda: triton_dense.select_topk(acts, k))
+        t_fused, _ = device_time(lambda: triton_dense.select_topk(acts, k, flags=flags))
+        t_sep, _ = device_time(lambda: (reference.suspect_rows(acts),
+                                         triton_dense.select_topk(acts, k)))
+        emit(f"| {k} | {t_sel:.3g} | {t_fused:.3g} | {t_sep:.3g} | {t_fused / t_sep:.2f} |")
+    emit("")
+
+
+def _part4_examples(acts, p) -> None:
+    """What top examples (``--examples 8``) add per layer: ``TopExamples.update`` on the same
+    bf16 block, 80% of its rows kept, once the lists are full (four other batches offered first;
+    each timed call starts from those lists again), both CUDA ways, next to the selection of
+    every row (k = 1)."""
+    examples = importlib.import_module("txray_engine.accumulate.examples")
+    n = acts.shape[1]
+    rows = torch.arange(p, device=DEVICE)[torch.arange(p, device=DEVICE) % 5 != 0]
+    ctx = torch.zeros(rows.numel(), 11, dtype=torch.long, device=DEVICE)
+    ex = examples.TopExamples(n, 8, 11, DEVICE)
+    for seed in range(4):
+        ex.update(make_acts(p, n, torch.bfloat16, seed=100 + seed), rows, rows, ctx, rows=rows)
+    full = [t.clone() for t in (ex.value, ex.doc, ex.pos, ex.context)]
+
+    def offer():
+        ex.value, ex.doc, ex.pos, ex.context = (t.clone() for t in full)
+        ex.update(acts, rows, rows, ctx, rows=rows)
+
+    def restore_only():
+        ex.value, ex.doc, ex.pos, ex.context = (t.clone() for t in full)
+
+    saved = examples.CUDA_SCAN
+    times = {}
+    try:
+        for scan in (False, True):
+            examples.CUDA_SCAN = scan
+            times[scan] = bench(offer)
+    finally:
+        examples.CUDA_SCAN = saved
+    t_restore, t_sel = bench(restore_only), bench(lambda: triton_dense.select_topk(acts, 1))
+    emit(f"Top examples, m = 8, per layer once the lists are full (whole calls, ms, each with a "
+         f"copy of the lists: {t_restore:.3g}): keys {times[False]:.3g}, scan {times[True]:.3g}; "
+         f"selection of every row at k = 1: {t_sel:.3g}")
+    emit("")
+
+
+def _engine_cases():
+    """Part 4's ``(k, state kind)`` rows, while the time budget lasts."""
+    for k in (1, 8):
+        for kind in ("dense", "sparse"):
+            if time.perf_counter() - T0 > ARGS.budget + 60:
+                emit("(skipped: past the budget)")
+                return
+            yield k, kind
+
+
+def _part4_batch(acts, feats, streams, p, layers=8) -> None:
+    """The collector's form: the layers of one forward pass, with a padding mask (20% of the
+    positions), prepared together (``prepare_batch``: positions kept and checked once, one
+    read-back) against one ``observe`` per layer."""
+    emit(f"{layers} layers of one batch (same input per layer), 20% of the positions masked; ms "
+         "per layer")
+    emit("")
+    emit("| k | kind | observe per layer | prepare_batch + commit | speed-up | of which prepare "
+         "| of which commit |")
+    emit("|---|---|---|---|---|---|---|")
+    mask = torch.arange(p, device=DEVICE) % 5 != 0
+    batch = {f"layer{i}": acts for i in range(layers)}
+    for k, kind in _engine_cases():
+        one = Accumulator(streams, k=k, kind=kind, device=DEVICE)
+        many = Accumulator(streams, k=k, kind=kind, device=DEVICE)
+
+        def per_layer():
+            for name, a in batch.items():
+                one.observe(name, a, feats, mask)
+
+        def together():
+            for prepared in many.prepare_batch(batch, feats, mask):
+                many.commit(prepared)
+
+        t_one, t_many = bench(per_layer) / layers, bench(together) / layers
+        prepared = many.prepare_batch(batch, feats, mask)  # where the time goes
+
+        def commit_only():
+            for q in prepared:
+                many.commit(q)
+
+        t_prep = bench(lambda: many.prepare_batch(batch, feats, mask)) / layers
+        t_commit = bench(commit_only) / layers
+        emit(f"| {k} | {kind} | {t_one:.3g} | {t_many:.3g} | {t_one / t_many:.3g}x | "
+             f"{t_prep:.3g} | {t_commit:.3g} |")
+        del one, many
+    emit("")
