@@ -5,7 +5,8 @@ columns, concatenated with the kept lists and sorted again.
 The two see the same batches, in turn per batch (these machines are shared; their speed drifts),
 and must keep the same values. Early batches are the expensive ones for the engine (every neuron
 has candidates); the table shows the first batch, batches 2-5, the last 10 (a longer stream
-stays there or below) and the stream's mean. The engine's numba scan is loaded (from numba's
+stays there or below) and the stream's mean. Then the engine's cost of them:
+``Accumulator.observe`` of masked batches with ``examples=8`` against the same without examples. The engine's numba kernel is loaded (from numba's
 cache, once per process) before the timing. Run:
 ``.venv/bin/python -m pytest benchmarks/bench_examples.py --benchmark-enable -s``
 """
@@ -15,7 +16,7 @@ import time
 import pytest
 import torch
 
-import kernels
+from txray_engine import Accumulator
 from txray_engine.accumulate.examples import TopExamples
 
 P, BATCHES, M, WIDTH = 2048, 40, 8, 11
@@ -47,7 +48,9 @@ class BaselineTop:
 def test_top_examples_stream(n, dtype):
     g = torch.Generator().manual_seed(0)
     engine, base = TopExamples(n, M, WIDTH), BaselineTop(n, M, WIDTH)
-    kernels.above_floor(torch.zeros(1, 3, dtype=dtype), torch.zeros(3), 3)  # load the scan
+    scratch = TopExamples(3, M, WIDTH)  # load the numba kernel before timing
+    scratch.update(torch.zeros(1, 3, dtype=dtype), torch.zeros(1, dtype=torch.long),
+                   torch.zeros(1, dtype=torch.long), torch.zeros(1, WIDTH, dtype=torch.long))
     times = {"engine": [], "baseline": [], "sum": []}
     for b in range(BATCHES):
         acts = torch.randn(P, n, generator=g).to(dtype)
@@ -77,3 +80,37 @@ def test_zz_print_examples_table():
               f"{mean['engine']:.2f} / {mean['baseline']:.2f} | "
               f"{mean['baseline'] / mean['engine']:.2f}x, {late['baseline'] / late['engine']:.2f}x "
               f"| {mean['sum']:.2f} |")
+
+
+ENGINE_ROWS = []
+
+
+@pytest.mark.parametrize("n", [1024, 4096])
+def test_engine_with_and_without_examples(n):
+    """``observe`` (k = 1, one stream) of 40 batches of 8 x 256 positions, 20% padding, with top
+    examples (m = 8, context 11) and without, batch by batch in turn."""
+    g = torch.Generator().manual_seed(1)
+    streams = {"t": [str(i) for i in range(50)]}
+    accs = {"with": Accumulator(streams, examples=M, context_radius=WIDTH // 2),
+            "without": Accumulator(streams)}
+    times = {name: [] for name in accs}
+    for b in range(BATCHES):
+        acts = torch.randn(8, 256, n, generator=g)
+        ids = torch.randint(0, 50, (8, 256), generator=g)
+        mask = torch.rand(8, 256, generator=g) > 0.2
+        where = {"doc": torch.arange(8).unsqueeze(1).expand(8, 256) + 8 * b,
+                 "pos": torch.arange(256).expand(8, 256),
+                 "context": torch.randint(0, 50, (8, 256, WIDTH), generator=g)}
+        for name, acc in accs.items():
+            t = time.perf_counter()
+            acc.observe("l", acts, {"t": ids}, mask, where if name == "with" else None)
+            times[name].append(time.perf_counter() - t)
+    ENGINE_ROWS.append((n, {k: sum(v[1:]) / (len(v) - 1) * 1e3 for k, v in times.items()}))
+
+
+def test_zz_print_engine_table():
+    print(f"\nobserve, ms per batch of 8 x 256 positions (20% padding), batches 2-{BATCHES}\n\n"
+          "| N | with examples | without | examples add |\n|---|---|---|---|")
+    for n, ms in ENGINE_ROWS:
+        print(f"| {n} | {ms['with']:.2f} | {ms['without']:.2f} | "
+              f"{ms['with'] / ms['without'] - 1:.0%} |")

@@ -4,9 +4,10 @@ The pure-PyTorch reference in :mod:`kernels.reference` defines the semantics (an
 the lower neuron index wins among equal activations). :func:`select` (and :func:`select_rows`,
 its form for chosen rows that does not wait for a GPU), :func:`scatter`, :func:`add_totals`,
 :func:`accumulate` (positions + events + per-neuron totals, what the engine calls) and
-:func:`above_floor` (the top examples' scan) dispatch on the device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the
-selection, and one call for dense states) and :mod:`kernels.cpu_table` (the hash table of sparse
-states), CUDA tensors the Triton kernels of :mod:`kernels.triton_dense` and
+:func:`offer_examples` (the running top examples) dispatch on the device: CPU tensors take the
+numba fast paths of :mod:`kernels.cpu` (the selection, and one call for dense states),
+:mod:`kernels.cpu_table` (the hash table of sparse states) and :mod:`kernels.cpu_examples`,
+CUDA tensors the Triton kernels of :mod:`kernels.triton_dense` and
 :mod:`kernels.triton_sparse` (imported only then), so callers never change. All give the
 reference's results.
 """
@@ -25,9 +26,9 @@ from . import cpu, reference, targets  # noqa: E402
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk  # noqa: E402
 from .targets import check_targets, is_dense_state  # noqa: E402
 
-__all__ = ["Selection", "above_floor", "accumulate", "add_totals", "check_targets", "id_bounds", "nonfinite_rows",
-           "positions_in_kernels", "scatter", "scatter_events", "select", "select_accumulate",
-           "select_rows", "select_topk"]
+__all__ = ["Selection", "accumulate", "add_totals", "check_targets", "id_bounds", "nonfinite_rows",
+           "offer_examples", "positions_in_kernels", "scatter", "scatter_events", "select",
+           "select_accumulate", "select_rows", "select_topk"]
 
 
 def _triton_ok(t: torch.Tensor) -> bool:
@@ -129,15 +130,18 @@ def select(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None
     return sel.values, sel.indices, sel.nonfinite()
 
 
-def above_floor(acts: torch.Tensor, floor: torch.Tensor, cap: int,
-                rows: torch.Tensor | None = None):
-    """The cells of rows ``rows`` of ``acts [P, N]`` above ``floor [N]``, the top examples' scan
-    (:func:`kernels.reference.above_floor`): on the CPU one numba pass
-    (:mod:`kernels.cpu_examples`), elsewhere the torch reference."""
-    if cpu.AVAILABLE and acts.device.type == "cpu" and acts.dim() == 2:
-        from . import cpu_examples
-        return cpu_examples.above_floor(acts, floor, cap, rows)
-    return reference.above_floor(acts, floor, cap, rows)
+def offer_examples(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None = None) -> bool:
+    """Offer rows of ``acts`` to the running top examples ``lists``, in place, where a kernel
+    takes them: on the CPU one numba pass (:mod:`kernels.cpu_examples`; the semantics of
+    :func:`kernels.reference.offer_examples`). Returns whether it did; otherwise nothing changed
+    and the caller takes its torch way."""
+    if not cpu.AVAILABLE or acts.device.type != "cpu":
+        return False
+    from . import cpu_examples
+    if not cpu_examples.usable(acts, lists):
+        return False
+    cpu_examples.offer(acts, lists, batch, rows)
+    return True
 
 
 def id_bounds(tensors) -> list[tuple[int, int]]:

@@ -108,10 +108,35 @@ def above_floor(acts: torch.Tensor, floor: torch.Tensor, cap: int,
                 rows: torch.Tensor | None = None):
     """The cells of rows ``rows`` (``None``: all) of ``acts [P, N]`` above ``floor [N]``
     (float32 ``>``): ``(row, column, value)``, rows indexing ``rows``, values float32, in
-    row-major order; ``None`` when there are more than ``cap``. The top examples' scan."""
+    row-major order; ``None`` when there are more than ``cap``. The torch way of the top
+    examples (``TopExamples``) finds its candidates with it where no kernel takes the batch."""
     a = (acts if rows is None else acts.index_select(0, rows)).float()
     above = a > floor.float()
     if int(above.count_nonzero()) > max(0, int(cap)):
         return None
     r, c = above.nonzero().unbind(1)
     return r, c, a[r, c]
+
+
+def offer_examples(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None = None) -> None:
+    """The running top examples' definition: each neuron's list ``lists = (value [N, m], doc,
+    pos [N, m], context [N, m, W])`` followed by the offered rows ``rows`` (``None``: all) of
+    ``acts [P, N]`` (``batch = (doc, pos [R], context [R, W])``), stably sorted by float32
+    value, descending; the first ``m`` kept, in place. So among equal values the one offered
+    first stays first; ``-0.0`` equals ``+0.0``; ``-inf`` and NaN never enter."""
+    value, doc, pos, context = lists
+    bdoc, bpos, bctx = batch
+    m = value.shape[1]
+    a = (acts if rows is None else acts.index_select(0, rows)).float().t()  # [N, R]
+    if a.shape[1] == 0 or m == 0:
+        return
+    vals = torch.cat([value, a.masked_fill(a.isnan(), -torch.inf)], 1)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, :m]
+    new, row, slot = order >= m, (order - m).clamp(min=0), order.clamp(max=m - 1)
+    width = context.shape[2]
+    kept = (torch.gather(vals, 1, order), torch.where(new, bdoc[row], doc.gather(1, slot)),
+            torch.where(new, bpos[row], pos.gather(1, slot)),
+            torch.where(new.unsqueeze(-1), bctx[row],
+                        context.gather(1, slot.unsqueeze(-1).expand(-1, -1, width))))
+    for target, got in zip(lists, kept):
+        target.copy_(got)

@@ -6,14 +6,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import kernels
 from naive import assert_top_examples_match, naive_top_examples
 from txray_engine import Accumulator, Batch, Collector, Stream, Vocabulary, merge, open_store
 from txray_engine.accumulate import examples as examples_module
 from txray_engine.accumulate.examples import TopExamples, context_windows
 
-# how a batch is offered: as the CPU chooses per batch, every batch by its best rows (the first
-# batches' way), by int64 keys on every column (the CUDA way), and by keys in blocks of one column
-PATHS = ["auto", "batch-best", "keys", "key-blocks"]
+# how a batch is offered: the CPU kernel (numba), the torch way (candidates, or each column's best
+# rows where they are many), every batch by its best rows, by int64 keys on every column (the CUDA
+# way), and by keys in blocks of one column
+PATHS = ["numba", "torch", "batch-best", "keys", "key-blocks"]
 
 
 @st.composite
@@ -44,6 +46,8 @@ def offered_batches(draw):
 
 
 def _offer_all(monkeypatch, path, n, m, w, batches):
+    if path in ("torch", "batch-best"):
+        monkeypatch.setattr(kernels.cpu, "AVAILABLE", False)
     if path == "batch-best":
         monkeypatch.setattr(examples_module, "_CANDIDATES_PER_SLOT", -1)
     if path == "key-blocks":

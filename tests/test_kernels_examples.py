@@ -1,5 +1,6 @@
-"""The top examples' scan (``kernels.above_floor``): the numba CPU pass against the torch
-reference, over shapes, dtypes, kept rows, ties at the floor and the cap."""
+"""The running top examples' CPU kernel (``kernels.cpu_examples.offer``) against the torch
+definition (``kernels.reference.offer_examples``): shapes, dtypes, kept rows, ties, the split of
+the columns between threads."""
 
 import pytest
 import torch
@@ -10,95 +11,90 @@ import kernels
 from kernels import cpu, reference
 
 pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="numba not installed")
+FIELDS = ("value", "doc", "pos", "context")
 
 
-def _same(acts, floor, cap, rows=None):
+def _lists(n, m, w, seed=0):
+    """Lists as a stream leaves them: some neurons full, some partly, some empty."""
+    g = torch.Generator().manual_seed(seed)
+    value = (torch.randn(n, m, generator=g) * 2).round().sort(1, descending=True).values
+    value[::3, m // 2:] = -torch.inf
+    value[1::5] = -torch.inf
+    empty = value == -torch.inf
+    doc = torch.randint(0, 50, (n, m), generator=g).masked_fill(empty, -1)
+    pos = torch.randint(0, 50, (n, m), generator=g).masked_fill(empty, -1)
+    ctx = torch.randint(0, 50, (n, m, w), generator=g).masked_fill(empty.unsqueeze(-1), -1)
+    return [value, doc, pos, ctx]
+
+
+def _same(acts, m, w, rows=None, seed=0):
     from kernels import cpu_examples
-    got = cpu_examples.above_floor(acts, floor, cap, rows)
-    want = reference.above_floor(acts, floor, cap, rows)
-    if want is None:
-        assert got is None
-        return
-    assert got is not None and len(got) == 3
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and torch.equal(g, w)
+    r = acts.shape[0] if rows is None else rows.shape[0]
+    g = torch.Generator().manual_seed(seed + 1)
+    batch = (torch.randint(0, 9, (r,), generator=g), torch.arange(r),
+             torch.randint(0, 9, (r, w), generator=g))
+    got, want = _lists(acts.shape[1], m, w, seed), _lists(acts.shape[1], m, w, seed)
+    assert cpu_examples.usable(acts, got)
+    cpu_examples.offer(acts, got, batch, rows)
+    reference.offer_examples(acts, want, batch, rows)
+    for field, a, b in zip(FIELDS, got, want):
+        assert torch.equal(a, b), field
     return got
 
 
 @pytest.mark.parametrize("n", [1, 5, 63, 64, 65, 130, 1031])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_above_floor_matches_reference(n, dtype):
+def test_offer_matches_reference(n, dtype):
     g = torch.Generator().manual_seed(n)
-    acts = (torch.randn(37, n, generator=g) * 2).to(dtype)
-    floor = (torch.randn(n, generator=g) + 1.5).to(dtype).float()  # some cells tie the floor
-    acts[3] = floor.to(dtype)  # a row equal to the floor: never above
+    acts = (torch.randn(37, n, generator=g) * 2).round().to(dtype)  # ties, with the lists too
     acts[5] = -0.0
-    floor[: n // 2] = torch.where(floor[: n // 2] > 2, 0.0, floor[: n // 2])  # -0.0 vs +0.0
-    floor[-1] = -torch.inf
-    acts[7, 0] = float("nan")  # never above
-    found = _same(acts, floor, 37 * n)
-    assert found[0].numel() > 0
-    keep = torch.tensor([36, 0, 5, 5, 20, 3])  # any order, repeats
-    _same(acts, floor, 37 * n, keep)
-    _same(acts[:, ::2] if n > 1 else acts, floor[::2] if n > 1 else floor, 37 * n)  # strided
-
-
-def test_above_floor_cap_and_empty_rows():
-    acts = torch.arange(24.0).reshape(4, 6) - 1
-    floor = torch.full((6,), 10.0)
-    assert _same(acts, floor, 12)[0].numel() == 12  # exactly the cap: returned
-    assert _same(acts, floor, 11) is None  # one more than the cap
-    assert _same(acts, floor, 0, torch.tensor([0, 1, 0]))[0].numel() == 0  # -1..10: none above
-    assert _same(acts, floor, 5, torch.zeros(0, dtype=torch.long))[0].numel() == 0
-    assert _same(torch.zeros(0, 6), floor, 5)[0].numel() == 0
-
-
-def test_above_floor_rejects_bad_arguments():
-    from kernels import cpu_examples
-    acts = torch.zeros(4, 6)
-    with pytest.raises(ValueError, match="floor must have shape"):
-        cpu_examples.above_floor(acts, torch.zeros(5), 10)
-    with pytest.raises(ValueError, match="rows must index the 4 rows"):
-        cpu_examples.above_floor(acts, torch.zeros(6), 10, torch.tensor([4]))
-
-
-def test_dispatch_takes_the_numba_pass_on_cpu(monkeypatch):
-    from kernels import cpu_examples
-    calls = []
-    monkeypatch.setattr(cpu_examples, "above_floor", lambda *a: calls.append(a) or "numba")
-    assert kernels.above_floor(torch.zeros(2, 3), torch.zeros(3), 4) == "numba" and calls
+    acts[6, : n // 2] = -torch.inf
+    acts[7, -1] = float("nan")  # never enters
+    for m in (1, 3, 8, 40):  # 40 > the batch: the lists never fill
+        _same(acts, m, 3)
+        _same(acts, m, 2, torch.tensor([36, 0, 5, 5, 20, 3]))  # any order, repeats
+    if n > 1:
+        _same(acts[:, ::2], 4, 2)  # strided
 
 
 @settings(max_examples=60, deadline=None)
-@given(p=st.integers(0, 40), n=st.integers(1, 150), parts=st.integers(1, 8),
-       cap=st.integers(0, 200), seed=st.integers(0, 2**16))
-def test_above_floor_random(p, n, parts, cap, seed):
-    """Random blocks with ties at the floor, split into any number of per-thread parts."""
+@given(p=st.integers(0, 40), n=st.integers(1, 200), m=st.integers(1, 9), parts=st.integers(1, 8),
+       seed=st.integers(0, 2**16))
+def test_offer_random_over_any_split_of_the_columns(p, n, m, parts, seed):
     from kernels import cpu_examples
     g = torch.Generator().manual_seed(seed)
     acts = torch.randn(p, n, generator=g).round()
-    floor = torch.randn(n, generator=g).round() + 1
     saved = cpu_examples.get_num_threads, cpu_examples._MAX_PARTS
     cpu_examples.get_num_threads, cpu_examples._MAX_PARTS = (lambda: 8), parts
     try:
-        _same(acts, floor, cap)
+        _same(acts, m, 2, seed=seed)
         if p:
-            _same(acts, floor, cap, torch.randint(0, p, (p // 2 + 1,), generator=g))
+            _same(acts, m, 1, torch.randint(0, p, (p // 2 + 1,), generator=g), seed)
     finally:
         cpu_examples.get_num_threads, cpu_examples._MAX_PARTS = saved
 
 
-def test_above_floor_memory_follows_the_block_not_the_cap():
-    """A large ``cap`` on a small block reserves room for the block's cells only."""
-    import tracemalloc
-
+def test_offer_rejects_bad_arguments_and_changes_nothing():
     from kernels import cpu_examples
-    acts, floor = torch.randn(4, 5000), torch.zeros(5000)
-    cpu_examples.above_floor(acts, floor, 10)  # compiled before measuring
-    tracemalloc.start()
-    try:
-        found = cpu_examples.above_floor(acts, floor, 10**9)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert found is not None and peak < 4 * 5000 * 20 * 2  # the block's cells, not 10**9 slots
+    lists = _lists(6, 2, 1)
+    before = [t.clone() for t in lists]
+    batch = (torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long),
+             torch.zeros(4, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="activations have 5 neurons, the lists 6"):
+        cpu_examples.offer(torch.zeros(4, 5), lists, batch)
+    with pytest.raises(ValueError, match="must describe the 3 offered rows"):
+        cpu_examples.offer(torch.ones(4, 6), lists, batch, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="rows must index the 4 rows"):
+        cpu_examples.offer(torch.ones(4, 6), lists, batch, torch.tensor([0, 1, 2, 4]))
+    assert all(torch.equal(a, b) for a, b in zip(lists, before))
+
+
+def test_dispatch_takes_the_kernel_only_for_lists_it_can_write():
+    lists = _lists(6, 2, 1)
+    batch = (torch.zeros(1, dtype=torch.long),) * 2 + (torch.zeros(1, 1, dtype=torch.long),)
+    assert kernels.offer_examples(torch.ones(1, 6), lists, batch)
+    odd = [lists[0].double(), *lists[1:]]  # not the lists TopExamples makes: the torch way
+    assert not kernels.offer_examples(torch.ones(1, 6), odd, batch)
+    with torch.inference_mode():
+        frozen = [t.clone() for t in lists]
+    assert not kernels.offer_examples(torch.ones(1, 6), frozen, batch)

@@ -207,7 +207,7 @@ def test_gpu_engine_masked_batches_under_inference_mode():
 @pytest.mark.parametrize("scan", [False, True])
 def test_gpu_top_examples_equal_the_cpu(m, scan, monkeypatch):
     """Top examples on CUDA (``topk`` of int64 value|row keys, no host wait; or with
-    ``CUDA_SCAN`` the CPU's way) keep what the CPU's scan keeps, ties and masked rows included,
+    ``CUDA_SCAN`` the torch way) keep what the CPU's kernel keeps, ties and masked rows included,
     through the accumulator as the engine runs it."""
     import importlib
 

@@ -166,9 +166,9 @@ def _examples_stream(n, p, batches, seed=5):
 
 
 def check_examples() -> bool:
-    """Top examples on the device against the CPU's (one scan above each neuron's m-th value,
-    then a merge): the same lists, ties included, both CUDA ways (``topk`` of int64 value|row
-    keys, and with ``CUDA_SCAN`` the CPU's way)."""
+    """Top examples on the device against the CPU's (the numba kernel): the same lists, ties
+    included, both CUDA ways (``topk`` of int64 value|row keys, and with ``CUDA_SCAN`` the torch
+    way: candidates above each neuron's m-th value)."""
     examples = importlib.import_module("txray_engine.accumulate.examples")
     n, p = (40, 48) if ARGS.smoke else (1000, 4096)
     bad = []

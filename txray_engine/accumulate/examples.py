@@ -8,15 +8,15 @@ an uninterrupted one keeps. Values are compared as float32, the dtype they are k
 
 How a batch is offered (each way gives that result):
 
-- **Candidates** (CPU, once the lists fill): only activations above a neuron's current ``m``-th
-  value can enter, and after the first batches few do (about ``m / batches seen`` per neuron on
-  a stationary stream). One column max finds the neurons that have any; their candidates are
-  ordered and merged. A batch then costs a column max instead of a column ``topk``.
-- **Batch best** (CPU, batches with many candidates, such as the first): each column's best
-  ``m`` rows of the batch, from a ``topk`` of its values and the earliest rows equal to the
-  ``m``-th.
-- **Keys** (CUDA, unless :data:`CUDA_SCAN`): ``topk`` down each column of int64 keys ``value bits << 32 | ~row``, so ties
-  go to the lower row without a wait for the host.
+- **CPU** (numba, :mod:`kernels.cpu_examples`): one pass over the batch, each thread owning a
+  range of neurons' lists; only an activation above a neuron's current ``m``-th value can enter,
+  and once the lists fill few do, so a batch costs about one read of its rows.
+- **Keys** (CUDA, unless :data:`CUDA_SCAN`): ``topk`` down each column of int64 keys
+  ``value bits << 32 | ~row``, so ties go to the lower row without a wait for the host.
+- **Torch** (``CUDA_SCAN`` on CUDA, and a CPU without numba): the candidates above each neuron's
+  ``m``-th value (:func:`kernels.reference.above_floor`) ordered and merged; batches with many
+  candidates, such as the first, take each column's best ``m`` rows of the batch instead (a
+  ``topk`` and the earliest rows equal to the ``m``-th).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import kernels
 _KEY_BYTES = 64 << 20  # bound on the int64 keys of one column block of the keys path
 _CANDIDATES_PER_SLOT = 4  # the candidates path takes up to this many candidates per kept slot
 _MAX_CANDIDATES = 1 << 18  # and at most this many (sorting more costs more than a batch topk)
-#: Whether CUDA tensors take the CPU's way (the scan above each neuron's m-th value, by the torch
-#: reference of ``kernels.above_floor``; it waits for the device to size the candidates) instead
-#: of the keys path, which never waits but ranks every column's rows. ``gpu_check`` Part 4 times
+#: Whether CUDA tensors take the torch way (the candidates above each neuron's m-th value; it
+#: waits for the device to size them) instead of the keys path, which never waits but ranks every
+#: column's rows. ``gpu_check`` Part 4 times
 #: both on a full list; no GPU has run it yet.
 CUDA_SCAN = False
 
@@ -67,6 +67,9 @@ class TopExamples:
         n_rows = acts.shape[0] if rows is None else rows.shape[0]
         if n_rows == 0 or self.m == 0:
             return
+        lists = (self.value, self.doc, self.pos, self.context)
+        if kernels.offer_examples(acts, lists, (doc, pos, context), rows):  # CPU: one numba pass
+            return
         if acts.device.type == "cuda" and not CUDA_SCAN:  # no wait for the host
             self._offer_by_keys(None, _rows_of(acts, rows), doc, pos, context)
             return
@@ -74,7 +77,7 @@ class TopExamples:
         found = None
         if not bool(floor.isneginf().all()):  # else every neuron has candidates
             cap = min(_CANDIDATES_PER_SLOT * self.m * floor.numel(), _MAX_CANDIDATES)
-            found = kernels.above_floor(acts, floor, cap, rows)
+            found = kernels.reference.above_floor(acts, floor, cap, rows)
         if found is None:  # many candidates, as in the first batches
             cols, (best, at) = slice(None), self._batch_best(_rows_of(acts, rows))
         elif found[0].numel() == 0:
