@@ -30,8 +30,7 @@ _CANDIDATES_PER_SLOT = 4  # the candidates path takes up to this many candidates
 _MAX_CANDIDATES = 1 << 18  # and at most this many (sorting more costs more than a batch topk)
 #: Whether CUDA tensors take the torch way (the candidates above each neuron's m-th value; it
 #: waits for the device to size them) instead of the keys path, which never waits but ranks every
-#: column's rows. ``gpu_check`` Part 4 times
-#: both on a full list; no GPU has run it yet.
+#: column's rows. ``gpu_check`` Part 4 times both on full lists; no GPU has run it yet.
 CUDA_SCAN = False
 
 
