@@ -151,7 +151,8 @@ def usable(acts: torch.Tensor, lists) -> bool:
     return (AVAILABLE and acts.device.type == "cpu" and acts.dim() == 2
             and value.dtype == torch.float32 and value.device.type == "cpu"
             and all(t.dtype == torch.int64 and t.device.type == "cpu" for t in (doc, pos, context))
-            and all(t.is_contiguous() and not t.is_inference() for t in lists))
+            and all(t.is_contiguous() and not t.is_inference() and not t.requires_grad
+                    for t in lists))
 
 
 def offer(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None = None) -> None:
@@ -161,6 +162,10 @@ def offer(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None = None) ->
     :func:`kernels.reference.offer_examples` (checked by :func:`usable` first)."""
     a, half, src, total = read_rows(acts, rows)
     value, doc, pos, context = lists
+    if value.dim() != 2 or doc.shape != value.shape or pos.shape != value.shape or \
+            context.dim() != 3 or context.shape[:2] != value.shape:
+        raise ValueError(f"the lists must be value, doc, pos [N, m] and context [N, m, W], got "
+                         f"{[tuple(t.shape) for t in lists]}")
     n, m = value.shape
     if a.shape[1] != n:
         raise ValueError(f"activations have {a.shape[1]} neurons, the lists {n}")

@@ -225,6 +225,13 @@ def test_restored_examples_own_their_lists(tmp_path):
     assert all(np.array_equal(saved[k], before[k]) for k in saved)
 
 
+def test_restoring_lists_of_inconsistent_shapes_is_refused():
+    arrays = TopExamples(3, 2, 1).arrays()
+    arrays["examples_pos"] = arrays["examples_pos"][:2]
+    with pytest.raises(ValueError, match=r"must be value, doc, pos \[N, m\]"):
+        TopExamples.from_arrays(arrays)
+
+
 def test_examples_made_under_inference_mode_take_later_batches():
     """Lists made under ``torch.inference_mode`` (a state, a restore, a merge) are normal tensors:
     later batches outside it update them in place."""

@@ -86,6 +86,11 @@ def test_offer_rejects_bad_arguments_and_changes_nothing():
         cpu_examples.offer(torch.ones(4, 6), lists, batch, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="rows must index the 4 rows"):
         cpu_examples.offer(torch.ones(4, 6), lists, batch, torch.tensor([0, 1, 2, 4]))
+    wrong_pos = torch.zeros(6, 3, dtype=torch.long)
+    for bad in ([lists[0], lists[1][:3], *lists[2:]], [*lists[:2], wrong_pos, lists[3]],
+                [*lists[:3], lists[3][:, :1]]):
+        with pytest.raises(ValueError, match="the lists must be value, doc, pos"):
+            cpu_examples.offer(torch.ones(4, 6), bad, batch)
     assert all(torch.equal(a, b) for a, b in zip(lists, before))
 
 
@@ -98,3 +103,5 @@ def test_dispatch_takes_the_kernel_only_for_lists_it_can_write():
     with torch.inference_mode():
         frozen = [t.clone() for t in lists]
     assert not kernels.offer_examples(torch.ones(1, 6), frozen, batch)
+    tracked = [lists[0].clone().requires_grad_(), *lists[1:]]
+    assert not kernels.offer_examples(torch.ones(1, 6), tracked, batch)

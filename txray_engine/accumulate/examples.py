@@ -191,8 +191,13 @@ class TopExamples:
     def from_arrays(cls, arrays: dict, device="cpu") -> "TopExamples":
         """A state holding copies of ``arrays`` (as :meth:`arrays` gives them): updates never
         write into the caller's arrays."""
-        value = arrays["examples_value"]
-        ex = cls(value.shape[0], value.shape[1], arrays["examples_context"].shape[2], device)
+        value, context = arrays["examples_value"], arrays["examples_context"]
+        shapes = [tuple(arrays[f"examples_{k}"].shape) for k in ("value", "doc", "pos")]
+        if len(shapes[0]) != 2 or len(set(shapes)) != 1 or context.ndim != 3 or \
+                tuple(context.shape[:2]) != shapes[0]:
+            raise ValueError(f"top examples must be value, doc, pos [N, m] and context "
+                             f"[N, m, W], got shapes {shapes + [tuple(context.shape)]}")
+        ex = cls(value.shape[0], value.shape[1], context.shape[2], device)
         with torch.inference_mode(False):
             for name in ("value", "doc", "pos", "context"):
                 setattr(ex, name, torch.tensor(arrays[f"examples_{name}"], device=device))

@@ -183,7 +183,8 @@ class LayerView:
         state.tokens = self.tokens
         state.skipped_nonfinite = self.skipped_nonfinite
         if self.examples is not None:
-            state.examples = TopExamples.from_arrays(self.examples, device)
+            with damaged(f"layer {self.name!r} of stage {self.stage.name!r}"):
+                state.examples = TopExamples.from_arrays(self.examples, device)
         return state
 
     def stream(self, name: str) -> "StreamView":
