@@ -119,11 +119,11 @@ class Accumulator:
         tile (N > 16,384) at 1 < k < N take the torch selection, which waits once more per layer
         to settle ties.
 
-        Nothing changes: a bad input raises before any :meth:`commit`. With ``examples``, the
-        commits read the kept rows of the activations again: leave them unchanged until then. Checks run cheapest first:
+        Nothing changes: a bad input raises before any :meth:`commit`. Checks run cheapest first:
         every layer's activations (type, shape, k), then the shared positions (streams, mask, id
         shapes), then the ids against the vocabularies, ``where``, and last the non-finite rows
-        of each layer.
+        of each layer. With ``examples``, the commits read the kept rows of the activations
+        again: leave them unchanged until then.
         """
         items = list(activations.items())
         if not items:
