@@ -3,13 +3,13 @@
 The pure-PyTorch reference in :mod:`kernels.reference` defines the semantics (and the tie-break:
 the lower neuron index wins among equal activations). :func:`select` (and :func:`select_rows`,
 its form for chosen rows that does not wait for a GPU), :func:`scatter`, :func:`add_totals`,
-:func:`accumulate` (positions + events + per-neuron totals, what the engine calls) and
-:func:`offer_examples` (the running top examples) dispatch on the device: CPU tensors take the
-numba fast paths of :mod:`kernels.cpu` (the selection, and one call for dense states),
-:mod:`kernels.cpu_table` (the hash table of sparse states) and :mod:`kernels.cpu_examples`,
-CUDA tensors the Triton kernels of :mod:`kernels.triton_dense` and
-:mod:`kernels.triton_sparse` (imported only then), so callers never change. All give the
-reference's results.
+:func:`accumulate` (positions + events + per-neuron totals, what the engine calls),
+:func:`offer_examples` and :func:`best_rows_above` (the running top examples) dispatch on the
+device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the selection, and one call
+for dense states), :mod:`kernels.cpu_table` (the hash table of sparse states) and
+:mod:`kernels.cpu_examples`, CUDA tensors the Triton kernels of :mod:`kernels.triton_dense`,
+:mod:`kernels.triton_sparse` and :mod:`kernels.triton_examples` (imported only then), so callers
+never change. All give the reference's results.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from . import cpu, reference, targets  # noqa: E402
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk  # noqa: E402
 from .targets import check_targets, is_dense_state  # noqa: E402
 
-__all__ = ["Selection", "accumulate", "add_totals", "check_targets", "id_bounds", "nonfinite_rows",
-           "offer_examples", "positions_in_kernels", "scatter", "scatter_events", "select",
-           "select_accumulate", "select_rows", "select_topk"]
+__all__ = ["Selection", "accumulate", "add_totals", "best_rows_above", "check_targets", "id_bounds",
+           "nonfinite_rows", "offer_examples", "positions_in_kernels", "scatter", "scatter_events",
+           "select", "select_accumulate", "select_rows", "select_topk"]
 
 
 def _triton_ok(t: torch.Tensor) -> bool:
@@ -142,6 +142,19 @@ def offer_examples(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None =
         return False
     cpu_examples.offer(acts, lists, batch, rows)
     return True
+
+
+def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
+                    rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's first ``m`` offered rows above ``floor``, by value and then row (the batch
+    step of the top examples on a GPU; :func:`kernels.reference.best_rows_above` defines it): on
+    CUDA one read of the rows in Triton (:mod:`kernels.triton_examples`, ``m`` up to its
+    ``MAX_M``), otherwise the torch reference."""
+    if _triton_ok(acts):
+        from . import triton_examples
+        if m <= triton_examples.MAX_M:
+            return triton_examples.best_rows_above(acts, floor, m, rows)
+    return reference.best_rows_above(acts, floor, m, rows)
 
 
 def id_bounds(tensors) -> list[tuple[int, int]]:

@@ -118,6 +118,45 @@ def above_floor(acts: torch.Tensor, floor: torch.Tensor, cap: int,
     return r, c, a[r, c]
 
 
+#: Bound on the int64 keys :func:`best_rows_above` builds at once (it ranks columns in blocks).
+KEY_BYTES = 64 << 20
+
+
+def _order_bits(v: torch.Tensor) -> torch.Tensor:
+    """int64 whose order is that of the float32 values ``v`` (``-0.0`` as ``+0.0``)."""
+    bits = (v + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
+                    rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's first ``m`` of the rows ``rows`` (``None``: all) of ``acts [P, N]`` whose
+    float32 value is above ``floor [N]``, by value (descending) and then row (ascending): ``best``
+    float32 and ``at`` int64 ``[N, m]``, ``at`` indexing ``rows`` (``-inf`` / ``-1`` where fewer
+    qualify). The batch step of the top examples on the GPU (``kernels.triton_examples``): ranked
+    here as the ``topk`` down each column of int64 keys ``value bits << 32 | ~row``, in column
+    blocks of at most :data:`KEY_BYTES`."""
+    sub = acts if rows is None else acts.index_select(0, rows)
+    n_rows, n_cols = sub.shape
+    best = torch.full((n_cols, m), -torch.inf, device=acts.device)
+    at = torch.full((n_cols, m), -1, dtype=torch.int64, device=acts.device)
+    mm = min(m, n_rows)
+    if mm == 0:
+        return best, at
+    low = (n_rows - 1 - torch.arange(n_rows, device=acts.device)).unsqueeze(1)
+    step = max(1, KEY_BYTES // (8 * n_rows))
+    for a in range(0, n_cols, step):
+        block = sub[:, a:a + step].float()
+        keys = (_order_bits(block) << 32) | low
+        keys.masked_fill_(~(block > floor[a:a + step].float()), torch.iinfo(torch.int64).min)
+        top = torch.topk(keys, mm, dim=0).values  # [mm, c]
+        rank = (n_rows - 1) - (top & 0xFFFFFFFF)
+        none = top == torch.iinfo(torch.int64).min
+        best[a:a + step, :mm] = torch.gather(block, 0, rank).masked_fill(none, -torch.inf).t()
+        at[a:a + step, :mm] = rank.masked_fill(none, -1).t()
+    return best, at
+
+
 def offer_examples(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None = None) -> None:
     """The running top examples' definition: each neuron's list ``lists = (value [N, m], doc,
     pos [N, m], context [N, m, W])`` followed by the offered rows ``rows`` (``None``: all) of

@@ -7,14 +7,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernels
+from kernels import triton_examples
 from naive import assert_top_examples_match, naive_top_examples
 from txray_engine import Accumulator, Batch, Collector, Stream, Vocabulary, merge, open_store
 from txray_engine.accumulate import examples as examples_module
 from txray_engine.accumulate.examples import TopExamples, context_windows
 
 # how a batch is offered: the CPU kernel (numba), the torch way (candidates, or each column's best
-# rows where they are many), every batch by its best rows, by int64 keys on every column (the CUDA
-# way), and by keys in blocks of one column
+# rows where they are many), every batch by its best rows, the CUDA way (each column's best rows
+# above its floor, merged: kernels.best_rows_above) with its torch reference (int64 keys on every
+# column, or in blocks of one column) and with the Triton kernel (interpreted; its own test below)
 PATHS = ["numba", "torch", "batch-best", "keys", "key-blocks"]
 
 
@@ -51,12 +53,15 @@ def _offer_all(monkeypatch, path, n, m, w, batches):
     if path == "batch-best":
         monkeypatch.setattr(examples_module, "_CANDIDATES_PER_SLOT", -1)
     if path == "key-blocks":
-        monkeypatch.setattr(examples_module, "_KEY_BYTES", 8 * 10)  # one column of ≤ 10 rows
+        monkeypatch.setattr(kernels.reference, "KEY_BYTES", 8 * 10)  # one column of ≤ 10 rows
+    if path == "triton":  # the CUDA tensors' kernel, on the CPU's tensors
+        monkeypatch.setattr(kernels, "best_rows_above", triton_examples.best_rows_above)
     ex = TopExamples(n, m, w)
     for batch, padded in batches:
-        if path.startswith("key"):
+        if path in ("keys", "key-blocks", "triton"):  # update's CUDA branch
             if batch[0].shape[0]:  # update's own early return
-                ex._offer_by_keys(None, *batch)
+                acts, rows = (batch[0], None) if padded is None else padded
+                ex._offer_best_rows(acts, rows, *batch[1:])
         elif padded is None:
             ex.update(*batch)
         else:
@@ -76,6 +81,17 @@ def test_top_examples_match_the_loop_with_ties(monkeypatch, path, case):
     n, m, w, batches = case
     with monkeypatch.context() as mp:
         ex = _offer_all(mp, path, n, m, w, batches)
+    assert_top_examples_match(ex, naive_top_examples(_plain(batches), m), n)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=offered_batches())
+def test_top_examples_through_the_triton_kernel_match_the_loop(monkeypatch, case):
+    """The CUDA way with its Triton kernel (under the interpreter: fewer cases)."""
+    n, m, w, batches = case
+    with monkeypatch.context() as mp:
+        ex = _offer_all(mp, "triton", n, m, w, batches)
     assert_top_examples_match(ex, naive_top_examples(_plain(batches), m), n)
 
 
