@@ -12,11 +12,13 @@ Where events come from:
   run when the sums are read (``to_stats``), or when it holds half as many cells as the master
   (and at least ``min_compact / 4``), so its memory stays within about twice the master's (plus
   room for one chunk of ``kernels.cpu_table.CHUNK_EVENTS`` events);
-- on a CUDA device (with Triton), likewise a persistent hash table in device memory
-  (:class:`kernels.triton_sparse.TritonSparseTable`): one insert launch per batch and stream and
-  no sort; it counts its cells (a sync) only once the events since the last count could have
-  filled it to its drain size; drained the same way, its run merged into the master by
-  sort-and-reduce;
+- on a CUDA device (with Triton), a persistent hash table in device memory
+  (:class:`kernels.triton_sparse.TritonSparseTable`) that *is* the state: one insert launch per
+  batch and stream, no sort, and no master (merged stats are inserted into it as cells). It grows
+  when it fills (it counts its cells, a sync, only once the events since the last count could
+  have filled it), and a read sorts a copy of its cells. Draining it into a master, as the CPU
+  does, would re-sort the master each time the table met half its cells again: on text, whose
+  frequent cells recur in every batch, that is most of the cost (``gpu_check`` Part 2b);
 - otherwise (and for merges) each batch is reduced by key at once (sort-and-reduce) and pushed as
   a run.
 """
@@ -57,7 +59,8 @@ def _reduce_by_key(keys, count, mass, peak):
 
 
 class SparseState(StreamState):
-    """Sorted (key, count, mass, peak) master plus pending reduced runs."""
+    """Sorted (key, count, mass, peak) master plus pending reduced runs (and a CPU hash table); on
+    CUDA a hash table alone."""
 
     kind = "sparse"
 
@@ -90,6 +93,9 @@ class SparseState(StreamState):
         self._pending_cells = 0
 
     def _push(self, run) -> None:
+        if self._table_kind == "triton":  # the table holds the state: the run's cells join it
+            self._table.add_cells(*run)
+            return
         self._pending.append(run)
         self._pending_cells += run[0].numel()
         if self._pending_cells >= max(self.min_compact, self._master[0].numel()):
@@ -116,6 +122,8 @@ class SparseState(StreamState):
         # the table takes up to 4 slots of 28 bytes per cell it holds (plus room for one chunk of
         # events), the master 28 bytes per cell: drain it once it holds half the master's cells
         # (the GPU table counts its cells only when asked, a sync: ask once its bound passes)
+        if self._table_kind == "triton":  # the state itself: it grows, never drained
+            return
         limit = max(self.min_compact // 4, self._master[0].numel() // 2)
         if self._table.cells_upper_bound >= limit and self._table.nnz >= limit:
             self._compact()
@@ -178,8 +186,12 @@ class SparseState(StreamState):
         self._push(run)
 
     def to_stats(self) -> SparseStats:
-        self._compact()
-        keys, count, mass, peak = (t.cpu().numpy().copy() for t in self._master)
+        if self._table_kind == "triton":  # a sorted copy of the table's cells, the table kept
+            cells = self._table.to_coo()
+        else:
+            self._compact()
+            cells = self._master
+        keys, count, mass, peak = (t.cpu().numpy().copy() for t in cells)
         return SparseStats.from_keys(self.n_neurons, self.n_features, keys, count, mass, peak,
                                      **self._stats_counters())
 
