@@ -2,7 +2,7 @@
 
 Run on a CUDA machine (finishes in under 4 minutes; needs torch + triton, not zarr)::
 
-    python benchmarks/gpu_check.py [--out results.md]
+    python benchmarks/gpu_check.py [--out results.md] [--sweep] [--parts 1,2b,4]
 
 or on the CPU through the Triton interpreter, with tiny shapes (under a minute)::
 
@@ -39,11 +39,14 @@ from gpu_parts.throughput import part2, part2_sparse_events, part3
 def main() -> int:
     emit(f"# gpu_check ({'smoke, ' if ARGS.smoke else ''}{DEVICE})")
     emit("")
-    ok = part1()
-    part2()
-    part2_sparse_events()
-    part3()
-    part4()
+    parts = {part.strip() for part in ARGS.parts.split(",")}
+    unknown = parts - {"1", "2", "2b", "3", "4"}
+    if unknown:
+        sys.exit(f"--parts: unknown part(s) {', '.join(sorted(unknown))} (choose from 1,2,2b,3,4)")
+    ok = part1() if "1" in parts else True
+    for name, part in (("2", part2), ("2b", part2_sparse_events), ("3", part3), ("4", part4)):
+        if name in parts:
+            part()
     if ARGS.sweep:
         ok &= part5()
     emit(f"Part 1: {'ALL PASS' if ok else 'FAILURES (see above)'}; total {time.perf_counter() - T0:.0f} s")

@@ -23,6 +23,8 @@ def _parse():
     ap.add_argument("--sweep", action="store_true",
                     help="also time the fused kernel's launch shapes (triton_dense.LAUNCH_SHAPES), "
                          "each checked against the reference")
+    ap.add_argument("--parts", default="1,2,2b,3,4",
+                    help="comma-separated parts to run (Part 5 is --sweep), e.g. 1,2b,4")
     ap.add_argument("--budget", type=float, default=180.0,
                     help="seconds after which the remaining benchmark rows are skipped")
     return ap.parse_args()
@@ -51,7 +53,8 @@ def _engine_states():
 
 
 DenseState, SparseState, Accumulator = _engine_states()
-from kernels import reference, triton_dense, triton_sparse  # noqa: E402
+import kernels  # noqa: E402
+from kernels import reference, triton_dense, triton_examples, triton_sparse  # noqa: E402
 
 if ARGS.smoke:  # let the tiny shape "D" take the wide-row fallback, as N = 20,000 does on the GPU
     triton_dense.MAX_FUSED_BLOCK_N = 64

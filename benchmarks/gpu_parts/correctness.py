@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from .common import (ARGS, DEVICE, DenseState, SparseState, emit, free_bytes, make_acts,
-                     make_features, reference, triton_dense, triton_sparse)
+from .common import (ARGS, DEVICE, DenseState, SparseState, emit, free_bytes, kernels, make_acts,
+                     make_features, reference, triton_dense, triton_examples, triton_sparse)
 
 def states_equal(got, want, rtol) -> str:
     for i, (s, r) in enumerate(zip(got, want)):
@@ -167,28 +167,30 @@ def _examples_stream(n, p, batches, seed=5):
 
 def check_examples() -> bool:
     """Top examples on the device against the CPU's (the numba kernel): the same lists, ties
-    included, both CUDA ways (``topk`` of int64 value|row keys, and with ``CUDA_SCAN`` the torch
-    way: candidates above each neuron's m-th value)."""
+    included, both CUDA ways (each neuron's best rows above its m-th value, from the Triton kernel
+    ``kernels.triton_examples``, merged; and with ``CUDA_SCAN`` the torch way: candidates above
+    each neuron's m-th value). ``--smoke``: the first way's branch on the CPU, kernel interpreted."""
     examples = importlib.import_module("txray_engine.accumulate.examples")
     n, p = (40, 48) if ARGS.smoke else (1000, 4096)
     bad = []
-    saved = examples.CUDA_SCAN
+    saved = examples.CUDA_SCAN, kernels.best_rows_above
     try:
         for scan in (False, True):
             examples.CUDA_SCAN = scan
+            kernels.best_rows_above = triton_examples.best_rows_above
             dev, cpu = examples.TopExamples(n, 8, 3, DEVICE), examples.TopExamples(n, 8, 3)
             for acts, rows, *where in _examples_stream(n, p, 6):
                 cpu.update(acts, *where, rows=rows)
                 if DEVICE.type == "cuda" or scan:
                     dev.update(acts.to(DEVICE), *(t.to(DEVICE) for t in where),
                                rows=rows.to(DEVICE))
-                else:  # --smoke: the CUDA branch's keys path, on the CPU
-                    dev._offer_by_keys(None, acts.index_select(0, rows), *where)
+                else:  # --smoke: the CUDA branch, on the CPU
+                    dev._offer_best_rows(acts, rows, *where)
             if not all(torch.equal(getattr(dev, f).cpu(), getattr(cpu, f))
                        for f in ("value", "doc", "pos", "context")):
-                bad.append("scan" if scan else "keys")
+                bad.append("scan" if scan else "best rows")
     finally:
-        examples.CUDA_SCAN = saved
+        examples.CUDA_SCAN, kernels.best_rows_above = saved
     emit(f"{'PASS' if not bad else 'FAIL'}  top examples (m = 8, ties, kept rows) equal to the "
-         f"CPU's, keys and scan" + (f"  -- {', '.join(bad)}" if bad else ""))
+         f"CPU's, best rows (Triton) and scan" + (f"  -- {', '.join(bad)}" if bad else ""))
     return not bad

@@ -9,7 +9,7 @@ import time
 import torch
 
 from .common import (ARGS, DEVICE, T0, Accumulator, DenseState, bench, device_time, emit,
-                     make_acts, make_features, reference, triton_dense)
+                     make_acts, make_features, reference, triton_dense, triton_examples)
 
 def part4() -> None:
     """``Accumulator.observe`` on CUDA tensors (what ``collect`` runs per captured layer): checks
@@ -63,7 +63,8 @@ def _part4_examples(acts, p) -> None:
     """What top examples (``--examples 8``) add per layer: ``TopExamples.update`` on the same
     bf16 block, 80% of its rows kept, once the lists are full (four other batches offered first;
     each timed call starts from those lists again), both CUDA ways, next to the selection of
-    every row (k = 1)."""
+    every row (k = 1); and the first way's batch step alone, the Triton kernel against its torch
+    reference (``topk`` of int64 keys down every column)."""
     examples = importlib.import_module("txray_engine.accumulate.examples")
     n = acts.shape[1]
     rows = torch.arange(p, device=DEVICE)[torch.arange(p, device=DEVICE) % 5 != 0]
@@ -90,8 +91,38 @@ def _part4_examples(acts, p) -> None:
         examples.CUDA_SCAN = saved
     t_restore, t_sel = bench(restore_only), bench(lambda: triton_dense.select_topk(acts, 1))
     emit(f"Top examples, m = 8, per layer once the lists are full (whole calls, ms, each with a "
-         f"copy of the lists: {t_restore:.3g}): keys {times[False]:.3g}, scan {times[True]:.3g}; "
-         f"selection of every row at k = 1: {t_sel:.3g}")
+         f"copy of the lists: {t_restore:.3g}): best rows {times[False]:.3g}, scan "
+         f"{times[True]:.3g}; selection of every row at k = 1: {t_sel:.3g}")
+    emit("")
+    _part4_best_rows(acts, full[0][:, -1], rows)
+
+
+def _part4_best_rows(acts, floor, rows) -> None:
+    """The best rows alone (``kernels.triton_examples`` against its torch reference, ``topk`` of
+    int64 keys down every column), bf16, every 5th row left out: for empty lists (the first
+    batch: every row can enter) and full ones (after four batches)."""
+    emit("The best rows alone (top examples' batch step on CUDA), ms, bf16, 80% of the rows offered")
+    emit("")
+    emit("| N | P | m | lists | Triton | torch keys | speed-up | act GB/s (Triton) |")
+    emit("|---|---|---|---|---|---|---|---|")
+    cases = [(acts, floor, rows, 8)]
+    if not ARGS.smoke:
+        for n, p, m in ((16384, 4096, 8), (16384, 4096, 64)):
+            big = make_acts(p, n, torch.bfloat16, seed=7)
+            keep = torch.arange(p, device=DEVICE)[torch.arange(p, device=DEVICE) % 5 != 0]
+            lists = triton_examples.best_rows_above(make_acts(4 * p, n, torch.bfloat16, seed=8),
+                                                    torch.full((n,), -torch.inf, device=DEVICE), m)
+            cases.append((big, lists[0][:, -1].contiguous(), keep, m))
+    for x, full_floor, keep, m in cases:
+        for label, fl in (("empty", torch.full_like(full_floor, -torch.inf)), ("full", full_floor)):
+            if time.perf_counter() - T0 > ARGS.budget + 60:
+                emit("(skipped: past the budget)")
+                return
+            t_k = bench(lambda: triton_examples.best_rows_above(x, fl, m, keep))
+            t_r = bench(lambda: reference.best_rows_above(x, fl, m, keep))
+            gbs = keep.numel() * x.shape[1] * x.element_size() / t_k / 1e6
+            emit(f"| {x.shape[1]} | {keep.numel()} | {m} | {label} | {t_k:.3g} | {t_r:.3g} | "
+                 f"{t_r / t_k:.3g}x | {gbs:.3g} |")
     emit("")
 
 
