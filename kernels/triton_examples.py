@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .triton_dense import _cdiv, _check_cuda, _interpret, _next_pow2
 
-__all__ = ["MAX_M", "best_rows_above"]
+__all__ = ["LAUNCH", "LAUNCH_VARIANTS", "MAX_M", "best_rows_above"]
 
 #: The largest list length the kernel keeps in registers (longer lists take the torch reference).
 MAX_M = 128
@@ -98,18 +98,28 @@ def _best_rows_kernel(x_ptr, s_xp, s_xn, rows_ptr, floor_ptr, out_ptr, P, N, CHU
     tl.store(dst, hold, mask=col_ok[:, None] & (slot[None, :] < M))
 
 
-def _shape(p: int, n: int, m: int) -> tuple[int, int, int, int]:
-    """``(BLOCK_N, TILE, rows per chunk, chunks)``."""
+#: Launch shape on a GPU: columns per program (at most; fewer where ``m`` is long, so that a
+#: program's ``[columns, m]`` keys fit in registers), rows per tile, warps per program. Measured on
+#: an H200 (``gpu_check`` Part 4): 128 / 16 / 4. Part 4 also times the shapes of
+#: :data:`LAUNCH_VARIANTS`, each checked against the reference, for the next choice.
+LAUNCH = (128, 16, 4)
+#: Narrower programs pass over more tiles (fewer columns that could hold an entrant) and reduce
+#: within one warp; longer tiles pay one check for more rows.
+LAUNCH_VARIANTS = ((128, 16, 4), (64, 16, 2), (32, 16, 1), (32, 32, 1), (32, 64, 1), (16, 32, 1))
+_INTERPRET_LAUNCH = (16, 4, 1)  # the interpreter pays per program and per op: small ones
+
+
+def _shape(p: int, n: int, m: int) -> tuple[int, int, int, int, int]:
+    """``(BLOCK_N, TILE, rows per chunk, chunks, num_warps)``."""
     mp = _next_pow2(m)
-    if _interpret():  # the interpreter pays per program and per op: few, small ones
-        block_n, tile = 16, 4
-    else:  # [BLOCK_N, MP] int64 keys in registers: at most 8 per thread at 4 warps
-        block_n, tile = max(16, min(128, 1024 // mp)), 16
+    block_n, tile, warps = _INTERPRET_LAUNCH if _interpret() else LAUNCH
+    # [BLOCK_N, MP] int64 keys in registers: at most 8 per thread at 4 warps
+    block_n = max(16, min(block_n, 256 * warps // mp))
     col_blocks = _cdiv(n, block_n)
-    chunks = max(1, min(_cdiv(_TARGET_PROGRAMS, col_blocks), _cdiv(p, tile),
+    chunks = max(1, min(_cdiv(_TARGET_PROGRAMS * 4 // warps, col_blocks), _cdiv(p, tile),
                         _KEYS_BYTES // (8 * n * m)))
     rows = _cdiv(_cdiv(p, chunks), tile) * tile
-    return block_n, tile, rows, _cdiv(p, rows)
+    return block_n, tile, rows, _cdiv(p, rows), warps
 
 
 def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
@@ -140,13 +150,13 @@ def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
     if p == 0 or n == 0:
         return (torch.full((n, m), -torch.inf, device=acts.device),
                 torch.full((n, m), -1, dtype=torch.int64, device=acts.device))
-    block_n, tile, chunk, chunks = _shape(p, n, m)
+    block_n, tile, chunk, chunks, warps = _shape(p, n, m)
     keys = torch.empty((n, chunks, m), dtype=torch.int64, device=acts.device)
     src = rows.contiguous() if rows is not None else floor  # a dummy pointer without rows
     _best_rows_kernel[(chunks, _cdiv(n, block_n))](
         acts, acts.stride(0), acts.stride(1), src, floor.contiguous(), keys, p, n, chunk, chunks,
         M=m, MP=_next_pow2(m), BLOCK_N=block_n, TILE=tile, GATHER=rows is not None,
-        num_warps=1 if _interpret() else 4)
+        num_warps=warps)
     top = torch.topk(keys.view(n, chunks * m), m, dim=1).values  # sorted: value, then row
     high = (top >> 32).to(torch.int32)
     value = torch.where(high < 0, high ^ 0x7FFFFFFF, high).view(torch.float32)

@@ -82,6 +82,18 @@ def test_nan_and_neg_inf_never_enter(impl, device):
     assert at.cpu().tolist() == [[1, -1], [-1, -1], [0, -1]]
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+@pytest.mark.parametrize("launch", [(32, 8, 1), (16, 16, 2), (64, 4, 2)])
+def test_other_launch_shapes_give_the_same_rows(monkeypatch, launch):
+    """The launch shapes gpu_check times (more columns per program, longer tiles, more warps),
+    under the interpreter on the CPU."""
+    monkeypatch.setattr(triton_examples, "_INTERPRET_LAUNCH", launch)
+    acts, floor = _case(45, 70, torch.bfloat16, seed=11)
+    for m in (1, 5, 16):
+        _check(triton_examples.best_rows_above, "cpu", acts, floor, m,
+               torch.randperm(45, generator=torch.Generator().manual_seed(m))[:40])
+
+
 @pytest.mark.parametrize("impl, device", IMPLS[2:])
 @pytest.mark.parametrize("m", [1, 8, 33, 128])
 def test_best_rows_on_the_gpu_at_scale(impl, device, m):

@@ -113,16 +113,48 @@ def _part4_best_rows(acts, floor, rows) -> None:
             lists = triton_examples.best_rows_above(make_acts(4 * p, n, torch.bfloat16, seed=8),
                                                     torch.full((n,), -torch.inf, device=DEVICE), m)
             cases.append((big, lists[0][:, -1].contiguous(), keep, m))
-    for x, full_floor, keep, m in cases:
-        for label, fl in (("empty", torch.full_like(full_floor, -torch.inf)), ("full", full_floor)):
-            if time.perf_counter() - T0 > ARGS.budget + 60:
+    cases = [(x, keep, m, label, fl) for x, full_floor, keep, m in cases
+             for label, fl in (("empty", torch.full_like(full_floor, -torch.inf)),
+                               ("full", full_floor))]
+    for x, keep, m, label, fl in cases:
+        if time.perf_counter() - T0 > ARGS.budget + 60:
+            emit("(skipped: past the budget)")
+            return
+        t_k = bench(lambda: triton_examples.best_rows_above(x, fl, m, keep))
+        t_r = bench(lambda: reference.best_rows_above(x, fl, m, keep))
+        gbs = keep.numel() * x.shape[1] * x.element_size() / t_k / 1e6
+        emit(f"| {x.shape[1]} | {keep.numel()} | {m} | {label} | {t_k:.3g} | {t_r:.3g} | "
+             f"{t_r / t_k:.3g}x | {gbs:.3g} |")
+    emit("")
+    _part4_best_rows_shapes(cases)
+
+
+def _part4_best_rows_shapes(cases) -> None:
+    """The best rows' launch shapes (``triton_examples.LAUNCH_VARIANTS``: columns per program,
+    rows per tile, warps) on Part 4's cases, each result checked against the reference."""
+    emit("The best rows by launch shape (columns / tile rows / warps; ms, lower is better; "
+         "\"WRONG\" where a result differs from the reference)")
+    emit("")
+    variants = triton_examples.LAUNCH_VARIANTS
+    emit("| N | m | lists | " + " | ".join("/".join(map(str, v)) for v in variants) + " |")
+    emit("|---|---|---|" + "---|" * len(variants))
+    saved = triton_examples.LAUNCH
+    try:
+        for x, keep, m, label, fl in cases:
+            if time.perf_counter() - T0 > ARGS.budget + 90:
                 emit("(skipped: past the budget)")
                 return
-            t_k = bench(lambda: triton_examples.best_rows_above(x, fl, m, keep))
-            t_r = bench(lambda: reference.best_rows_above(x, fl, m, keep))
-            gbs = keep.numel() * x.shape[1] * x.element_size() / t_k / 1e6
-            emit(f"| {x.shape[1]} | {keep.numel()} | {m} | {label} | {t_k:.3g} | {t_r:.3g} | "
-                 f"{t_r / t_k:.3g}x | {gbs:.3g} |")
+            want = reference.best_rows_above(x, fl, m, keep)
+            cells = []
+            for variant in variants:
+                triton_examples.LAUNCH = variant
+                got = triton_examples.best_rows_above(x, fl, m, keep)
+                same = torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+                t = bench(lambda: triton_examples.best_rows_above(x, fl, m, keep))
+                cells.append(f"{t:.3g}" if same else "WRONG")
+            emit(f"| {x.shape[1]} | {m} | {label} | " + " | ".join(cells) + " |")
+    finally:
+        triton_examples.LAUNCH = saved
     emit("")
 
 
