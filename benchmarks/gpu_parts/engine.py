@@ -133,7 +133,7 @@ def _part4_best_rows_shapes(cases) -> None:
     """The best rows' launch shapes (``triton_examples.LAUNCH_VARIANTS``: columns per program,
     rows per tile, warps) on Part 4's cases, each result checked against the reference."""
     emit("The best rows by launch shape (columns / tile rows / warps; ms, lower is better; "
-         "\"WRONG\" where a result differs from the reference)")
+         "each result checked against the reference)")
     emit("")
     variants = triton_examples.LAUNCH_VARIANTS
     emit("| N | m | lists | " + " | ".join("/".join(map(str, v)) for v in variants) + " |")
