@@ -14,8 +14,8 @@ probing always terminates and the load factor stays below ``max_load`` (0.5 by d
 inserted in chunks of at most ``CHUNK_EVENTS`` events, which bounds the slack.
 
 :func:`sparse_accumulate` feeds ``SparseState`` targets from a ``[P, k]`` selection: into the
-state's own persistent table (a ``SparseState`` on a CUDA device keeps one, drained into its sorted
-master when read), or else by reducing the call's events in a per-state scratch table and pushing
+state's own persistent table (a ``SparseState`` on a CUDA device keeps one as its whole state; a
+read sorts a copy of its cells), or else by reducing the call's events in a per-state scratch table and pushing
 the sorted reduced run into the state (the run ``SparseState.add_events`` would push). Either way
 the state's ``to_stats()`` equals the reference's. :func:`select_accumulate` is the whole CUDA hot path for any
 mix of dense and sparse targets (fused dense kernel + tables); :func:`scatter_events` is the same
