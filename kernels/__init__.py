@@ -150,10 +150,13 @@ def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
     step of the top examples on a GPU; :func:`kernels.reference.best_rows_above` defines it): on
     CUDA one read of the rows in Triton (:mod:`kernels.triton_examples`, ``m`` up to its
     ``MAX_M``), otherwise the torch reference."""
-    if _triton_ok(acts):
+    if _triton_ok(acts) and acts.dim() == 2 and acts.is_floating_point():
         from . import triton_examples
-        if m <= triton_examples.MAX_M:
-            return triton_examples.best_rows_above(acts, floor, m, rows)
+        if 1 <= m <= triton_examples.MAX_M:
+            if acts.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                acts = acts.float()  # float64: compared as float32, as the selection does
+            return triton_examples.best_rows_above(acts, floor.float(), m,
+                                                   None if rows is None else rows.long())
     return reference.best_rows_above(acts, floor, m, rows)
 
 

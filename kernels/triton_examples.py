@@ -32,10 +32,10 @@ __all__ = ["LAUNCH", "LAUNCH_VARIANTS", "MAX_M", "best_rows_above"]
 #: The largest list length the kernel keeps in registers (longer lists take the torch reference).
 MAX_M = 128
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_KEYS_BYTES = 32 << 20  # bound on the [N, chunks, m] int64 keys of one call
+_KEYS_BYTES = 32 << 20  # bound on the [N, chunks, m] int64 keys of one call (beyond one chunk)
 _TARGET_PROGRAMS = 2048  # enough programs in flight to hide the latency of the tile loads
 _PLACEHOLDER_LOW = 0xFFFFFFFF  # low half of a placeholder key (a row's is at most 2**31 - 1)
-_ROW_LIMIT = (1 << 31) - 1
+_ROW_LIMIT = 1 << 30  # row arithmetic in the kernel is int32: a chunk's end stays below 2**31
 
 
 @triton.jit
@@ -57,6 +57,7 @@ def _best_rows_kernel(x_ptr, s_xp, s_xn, rows_ptr, floor_ptr, out_ptr, P, N, CHU
     col_ok = cols < N
     cols64 = cols.to(tl.int64)
     floor = tl.load(floor_ptr + cols, mask=col_ok, other=float("-inf"))
+    floor = tl.where(floor != floor, float("inf"), floor)  # a NaN floor admits nothing (x > NaN)
     slot = tl.arange(0, MP)
     # M placeholders ranking just above a row holding the floor's value; padding slots never leave
     hold = (_order32(floor).to(tl.int64) << 32)[:, None] | \
@@ -113,7 +114,10 @@ def _shape(p: int, n: int, m: int) -> tuple[int, int, int, int, int]:
     """``(BLOCK_N, TILE, rows per chunk, chunks, num_warps)``."""
     mp = _next_pow2(m)
     block_n, tile, warps = _INTERPRET_LAUNCH if _interpret() else LAUNCH
-    # [BLOCK_N, MP] int64 keys in registers: at most 8 per thread at 4 warps
+    if block_n & (block_n - 1) or tile & (tile - 1):
+        raise ValueError(f"LAUNCH needs powers of two for columns and tile rows, got {LAUNCH}")
+    # [BLOCK_N, MP] int64 keys in registers: 8 per thread where m allows it (2 * 128 / m columns
+    # per warp), never fewer than 16 columns (so more keys per thread for m above 32 at 4 warps)
     block_n = max(16, min(block_n, 256 * warps // mp))
     col_blocks = _cdiv(n, block_n)
     chunks = max(1, min(_cdiv(_TARGET_PROGRAMS * 4 // warps, col_blocks), _cdiv(p, tile),
@@ -127,22 +131,25 @@ def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
     """Each column's first ``m`` offered rows above ``floor`` by (value, earlier row): ``best``
     float32 and ``at`` int64 ``[N, m]`` (``-inf`` / ``-1`` = none). ``acts [P, N]`` fp32/fp16/bf16,
     any strides; ``floor [N]`` float32; ``rows`` int64 ``[R]`` (the offered rows of ``acts``, read in
-    place) or ``None`` (all). CUDA tensors (CPU ones under ``TRITON_INTERPRET=1``)."""
+    place, each in range: not checked, as that would wait for the device) or ``None`` (all). CUDA
+    tensors (CPU ones under ``TRITON_INTERPRET=1``)."""
     if not isinstance(acts, torch.Tensor) or acts.dim() != 2 or acts.dtype not in _ACT_DTYPES:
         raise ValueError(f"acts must be a 2-D float32/float16/bfloat16 tensor, got "
                          f"{getattr(acts, 'dtype', type(acts).__name__)} "
                          f"{tuple(getattr(acts, 'shape', ()))}")
     p_all, n = acts.shape
-    if not 1 <= int(m) <= MAX_M:
-        raise ValueError(f"m must be in [1, {MAX_M}] for the kernel, got {m}")
-    m = int(m)
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_M:
+        raise ValueError(f"m must be an int in [1, {MAX_M}] for the kernel, got {m!r}")
     if not isinstance(floor, torch.Tensor) or tuple(floor.shape) != (n,) or \
             floor.dtype != torch.float32 or floor.device != acts.device:
         raise ValueError(f"floor must be a float32 [{n}] tensor on {acts.device}, got "
-                         f"{getattr(floor, 'dtype', None)} {tuple(getattr(floor, 'shape', ()))}")
+                         f"{getattr(floor, 'dtype', None)} {tuple(getattr(floor, 'shape', ()))} "
+                         f"on {getattr(floor, 'device', None)}")
     if rows is not None and (not isinstance(rows, torch.Tensor) or rows.dim() != 1 or
                              rows.dtype != torch.int64 or rows.device != acts.device):
-        raise ValueError(f"rows must be a 1-D int64 tensor on {acts.device} or None")
+        raise ValueError(f"rows must be a 1-D int64 tensor on {acts.device} or None, got "
+                         f"{getattr(rows, 'dtype', type(rows).__name__)} "
+                         f"{tuple(getattr(rows, 'shape', ()))} on {getattr(rows, 'device', None)}")
     _check_cuda(acts, "acts")
     p = p_all if rows is None else rows.shape[0]
     if p > _ROW_LIMIT:
@@ -162,4 +169,8 @@ def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
     value = torch.where(high < 0, high ^ 0x7FFFFFFF, high).view(torch.float32)
     low = top & 0xFFFFFFFF
     empty = low == _PLACEHOLDER_LOW
-    return value.masked_fill(empty, -torch.inf), (0x7FFFFFFF - low).masked_fill(empty, -1)
+    at = (0x7FFFFFFF - low).masked_fill(empty, -1)
+    # the activations themselves (the keys hold -0.0 as +0.0): N * m values gathered
+    src_rows = at.clamp(min=0) if rows is None else rows[at.clamp(min=0)]
+    value = acts[src_rows, torch.arange(n, device=acts.device).unsqueeze(1)].float()
+    return value.masked_fill(empty, -torch.inf), at

@@ -51,6 +51,7 @@ def _check(impl, device, acts, floor, m, rows=None):
     want = _loop(acts, floor, m, rows)
     got = impl(acts.to(device), floor.to(device), m, None if rows is None else rows.to(device))
     assert torch.equal(got[0].cpu(), want[0]), "values"
+    assert torch.equal(got[0].cpu().signbit(), want[0].signbit()), "the sign of zeros"
     assert torch.equal(got[1].cpu(), want[1]), "rows"
 
 
@@ -106,11 +107,33 @@ def test_best_rows_on_the_gpu_at_scale(impl, device, m):
     assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
 
 
+@pytest.mark.parametrize("impl, device", IMPLS)
+def test_a_nan_floor_admits_nothing(impl, device):
+    """``x > NaN`` is false, whatever the NaN's sign bit (damaged lists could hold one)."""
+    acts = torch.tensor([[1.0, 2.0], [-torch.inf, 3.0], [float("nan"), 0.0]])
+    floor = torch.tensor([-float("nan"), float("nan")])
+    best, at = impl(acts.to(device), floor.to(device), 2)
+    assert (best.cpu() == -torch.inf).all() and (at.cpu() == -1).all()
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1")
+def test_dispatch_to_the_kernel_takes_float64_and_int32_rows(monkeypatch):
+    """What the engine hands over on CUDA (float64 activations, any integer rows) reaches the
+    kernel as it takes them, compared as float32 (here on the CPU's tensors)."""
+    monkeypatch.setattr(kernels, "_triton_ok", lambda t: True)
+    acts, floor = _case(20, 9, torch.float64, seed=3)
+    rows = torch.tensor([3, 1, 19, 7], dtype=torch.int32)
+    got = kernels.best_rows_above(acts, floor, 3, rows)
+    want = _loop(acts.float(), floor, 3, rows.long())
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(acts=torch.zeros(3)), "2-D"),
     (dict(acts=torch.zeros(3, 4, dtype=torch.int32)), "2-D float32"),
     (dict(m=0), "m must be"),
     (dict(m=triton_examples.MAX_M + 1), "m must be"),
+    (dict(m=2.7), "m must be an int"),
     (dict(floor=torch.zeros(5)), "floor must be"),
     (dict(floor=torch.zeros(4, dtype=torch.float64)), "floor must be"),
     (dict(rows=torch.tensor([0, 1], dtype=torch.int32)), "rows must be"),

@@ -102,6 +102,8 @@ class SparseState(StreamState):
             self._compact()
 
     def _compact(self) -> None:
+        if self._table_kind == "triton":  # the table is the whole state: nothing to merge
+            return
         if self._table is not None and self._table.cells_upper_bound:
             run = tuple(torch.as_tensor(a) for a in self._table.drain())
             self._pending.append(run)
