@@ -13,10 +13,12 @@ How: each row is ranked by the int64 key ``order(value) << 32 | (2**31 - 1 - row
 owns a block of columns over a chunk of rows and keeps each column's ``m`` largest keys so far in
 registers, starting from ``m`` placeholders that rank just above any row holding the floor's value.
 It reads the chunk in tiles of ``TILE`` rows; a tile none of whose values beats its column's
-current smallest kept key is passed over after one max (after the first batches, nearly every
-tile), otherwise its rows are offered one by one in row order: an entering key replaces the
-smallest kept one. The ``[N, chunks, m]`` keys are then ranked per column by one ``topk``, and
-placeholders read back as empty slots.
+current smallest kept key is passed over after one max, otherwise its rows are offered one by one
+in row order: an entering key replaces the smallest kept one. (Once the lists fill, a tile of
+128 columns still often holds one entrant: the slow path is what the launch shapes of
+``gpu_check`` Part 4 are for.) The ``[N, chunks, m]`` keys are then ranked per column by one
+``topk``, placeholders read back as empty slots, and the kept rows' values gathered from the
+activations (``N * m`` of them; the keys hold ``-0.0`` as ``+0.0``).
 """
 
 from __future__ import annotations
@@ -165,8 +167,6 @@ def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
         M=m, MP=_next_pow2(m), BLOCK_N=block_n, TILE=tile, GATHER=rows is not None,
         num_warps=warps)
     top = torch.topk(keys.view(n, chunks * m), m, dim=1).values  # sorted: value, then row
-    high = (top >> 32).to(torch.int32)
-    value = torch.where(high < 0, high ^ 0x7FFFFFFF, high).view(torch.float32)
     low = top & 0xFFFFFFFF
     empty = low == _PLACEHOLDER_LOW
     at = (0x7FFFFFFF - low).masked_fill(empty, -1)
