@@ -106,16 +106,20 @@ MAX_FUSED_BLOCK_N = 16384
 #: GPU launch shape per (selection method, bytes per activation) (tunables, from the H200 sweep of
 #: ``benchmarks/gpu_check.py --sweep``, see BENCHMARKS.md): (row-tile elements per program --
 #: several rows per program when N is small, register-tile elements per thread -- sets num_warps,
-#: 4..32, row groups per program -- the next group's tile is read while the current one is
-#: processed, 1 turns that off). Few warps per row make the per-row reductions cheap; 4-byte
-#: inputs hold half the elements per thread. "scatter": the scatter-only launches (k == N, or a
-#: selection made elsewhere).
+#: up to 32, row groups per program -- the next group's tile is read while the current one is
+#: processed, 1 turns that off, fewest warps per program). Few warps per row make the per-row
+#: reductions cheap (one warp: shuffles only, no barrier); 4-byte inputs hold half the elements
+#: per thread. "scatter": the scatter-only launches (k == N, or a selection made elsewhere).
 LAUNCH_SHAPES = {
-    ("candidates", 2): (16384, 128, 4), ("candidates", 4): (16384, 64, 4),
-    ("threshold", 2): (16384, 128, 4), ("threshold", 4): (16384, 32, 4),
-    ("argmax", 2): (8192, 32, 4), ("argmax", 4): (8192, 32, 4),
-    ("scatter", 2): (8192, 32, 1), ("scatter", 4): (8192, 32, 1),
+    ("candidates", 2): (16384, 128, 4, 4), ("candidates", 4): (16384, 64, 4, 4),
+    ("threshold", 2): (16384, 128, 4, 4), ("threshold", 4): (16384, 32, 4, 4),
+    ("argmax", 2): (8192, 32, 4, 4), ("argmax", 4): (8192, 32, 4, 4),
+    ("scatter", 2): (8192, 32, 1, 4), ("scatter", 4): (8192, 32, 1, 4),
 }
+#: How the argmax rounds (``k > 1``) hand their winners to the scatter: ``"batched"`` keeps them
+#: in a ``[rows, next_pow2(k)]`` tile and scatters and writes it after the last round (``k``
+#: lanes per atomic, one vector store); ``"per_round"`` scatters and writes each round's winner.
+ROUND_SCATTER = "per_round"
 #: Column chunk of the scatter loops.
 SCATTER_CHUNK = 2048
 #: Partial mode: positions a state's int32/fp32 partials may hold before they are flushed.
@@ -159,7 +163,8 @@ def _select_scatter_kernel(
         METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
         ROWS: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
         KC: tl.constexpr, FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr,
-        CM: tl.constexpr, KCP: tl.constexpr, FLAGS: tl.constexpr, GATHER: tl.constexpr):
+        CM: tl.constexpr, KCP: tl.constexpr, BATCHED: tl.constexpr, FLAGS: tl.constexpr,
+        GATHER: tl.constexpr):
     """``ROWS`` rows per program (METHODs 1 and 2: ``GROUPS`` consecutive groups of ``ROWS`` rows,
     the tile of the next group loaded while the current one is selected and scattered, so that
     reads stay in flight). METHOD 1 and the search of METHOD 2 hold a row tile of ``BLOCK_N`` (next
@@ -223,7 +228,7 @@ def _select_scatter_kernel(
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                          g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
                          METHOD, NUM_STREAMS, WRITE_OUT, BLOCK_N, CHUNK, KC, FP32_ROUNDS,
-                         EVEN_N, CM, KCP)
+                         EVEN_N, CM, KCP, BATCHED)
             rows, row_ok, x_row, x = nrows, nrow_ok, nx_row, nx
             g0, g1, g2, g3 = ng0, ng1, ng2, ng3
 
@@ -246,9 +251,9 @@ def _launch_config(p: int, block_n: int, method: str, itemsize: int) -> tuple[in
         # small chunks so that the tests walk the chunked loops
         rows = min(8, _next_pow2(p))
         return rows, 2 if p > rows else 1, min(block_n, 16), 1
-    tile, per_thread, groups = LAUNCH_SHAPES[method, 2 if itemsize <= 2 else 4]
+    tile, per_thread, groups, min_warps = LAUNCH_SHAPES[method, 2 if itemsize <= 2 else 4]
     rows = max(1, min(16, tile // block_n, _next_pow2(p)))
-    warps = max(4, min(32, rows * block_n // (32 * per_thread)))
+    warps = max(min_warps, min(32, rows * block_n // (32 * per_thread)))
     chunk = min(block_n, max(1, SCATTER_CHUNK // rows))
     groups = max(1, min(groups, _cdiv(p, rows)))
     return rows, groups, chunk, warps
@@ -281,7 +286,9 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
         WRITE_OUT=write_out, ROWS=rows, GROUPS=groups, BLOCK_N=block_n, CHUNK=chunk,
         KC=k if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
         FP32_ROUNDS=ARGMAX_ROUNDS == "fp32" and method_id == _M_ARGMAX,
-        EVEN_N=selecting and block_n == n, CM=cm, KCP=_next_pow2(k) if cm else 0,
+        EVEN_N=selecting and block_n == n, CM=cm,
+        KCP=_next_pow2(k) if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
+        BATCHED=ROUND_SCATTER == "batched",
         FLAGS=selecting and flags is not None, GATHER=selecting and src_rows is not None,
         num_warps=warps)
 

@@ -105,21 +105,41 @@ def _widen(x, tile_ok, EVEN_N: tl.constexpr):
 def _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
-                NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr, KC: tl.constexpr):
-    """``KC`` rounds of argmax over packed keys (see :func:`_pack`), each winner scattered and
-    knocked out."""
+                NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr, KC: tl.constexpr,
+                KCP: tl.constexpr, BATCHED: tl.constexpr):
+    """``KC`` rounds of argmax over packed keys (see :func:`_pack`), each winner knocked out.
+    ``BATCHED``: the winners are kept in ``[rows, KCP]`` tiles (``KCP``: next power of two of
+    ``KC``) and scattered and written after the last round, ``KC`` lanes per atomic and one
+    vector store per output; else each round scatters and writes its winner."""
+    if BATCHED:
+        slot = tl.arange(0, KCP)[None, :]
+        win_n = tl.zeros([key.shape[0], KCP], tl.int64)
+        win_v = tl.zeros([key.shape[0], KCP], tl.float32)
     for j in range(KC):  # KC == K (constexpr: runtime-bound loops break 3.6's interpreter)
         best = tl.max(key, axis=1)
         hi = best >> 32
         n = tl.minimum(_key_index(best), N - 1)  # only a NaN row (outside the contract) runs out of keys
         val = _key_to_float(hi.to(tl.int32))
-        _scatter_streams(N, n, val, row_ok,
-                         g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
-                         g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
-        if WRITE_OUT:
-            tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
-            tl.store(out_i_ptr + rows64 * K + j, n, mask=row_ok)
+        if BATCHED:
+            win_n = tl.where(slot == j, n[:, None], win_n)
+            win_v = tl.where(slot == j, val[:, None], win_v)
+        else:
+            _scatter_streams(N, n, val, row_ok,
+                             g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                             g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, False)
+            if WRITE_OUT:
+                tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
+                tl.store(out_i_ptr + rows64 * K + j, n, mask=row_ok)
         key = tl.where(key == best[:, None], -9223372036854775807 - 1, key)
+    if BATCHED:
+        won = row_ok[:, None] & (slot < KC)
+        _scatter_streams(N, win_n, win_v, won,
+                         g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                         g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
+        if WRITE_OUT:
+            off = rows64[:, None] * K + slot
+            tl.store(out_v_ptr + off, win_v, mask=won)
+            tl.store(out_i_ptr + off, win_n, mask=won)
 
 
 @triton.jit
@@ -157,7 +177,7 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
                  METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr,
                  FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr, CM: tl.constexpr,
-                 KCP: tl.constexpr):
+                 KCP: tl.constexpr, BATCHED: tl.constexpr):
     """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``."""
     rows64 = rows.to(tl.int64)
     if METHOD == 1 and KC == 1 and CM == 0:  # one fp32 max and one int32 min: the first index
@@ -193,11 +213,12 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
         key = _pack(xc.to(tl.float32), pos, ok)
         _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
-                    g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC)
+                    g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC, KCP,
+                    BATCHED)
     elif METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys
         _key_rounds(_pack(x.to(tl.float32), cols[None, :], tile_ok), rows64, row_ok,
                     out_v_ptr, out_i_ptr, N, K, g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
-                    g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC)
+                    g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC, KCP, BATCHED)
     else:  # METHOD 2: bitwise search of the k-th largest key, stable tie-break by cumsum
         key = _ordered_key(x.to(tl.float32))  # the values are rebuilt from the keys (registers)
         key = tl.where(tile_ok, key, -2147483648)  # below every finite key

@@ -61,18 +61,22 @@ def _states(kinds, n, v, device, table=None):
             SparseState(n, v, device=device, table=table) for kind in kinds]
 
 
-def _dense_impl(method, mode="direct", rounds="int64"):
+def _dense_impl(method, mode="direct", rounds="int64", scatter=None):
+    """``rounds``, ``scatter``: ``triton_dense.ARGMAX_ROUNDS`` and ``ROUND_SCATTER`` for the call
+    (``scatter=None``: the module's default)."""
     def run(acts, k, feats, n, v):
         if method == "candidates" and k < n and \
                 triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
             pytest.skip(f"rows of {n} neurons are too narrow for k={k} candidate chunks")
         states = _states(["dense"] * len(feats), n, v, acts.device)
-        saved, triton_dense.ARGMAX_ROUNDS = triton_dense.ARGMAX_ROUNDS, rounds
+        saved = triton_dense.ARGMAX_ROUNDS, triton_dense.ROUND_SCATTER
+        triton_dense.ARGMAX_ROUNDS = rounds
+        triton_dense.ROUND_SCATTER = scatter or saved[1]
         try:
             out = triton_dense.dense_select_accumulate(acts, k, list(zip(feats, states)),
                                                        method=method, mode=mode)
         finally:
-            triton_dense.ARGMAX_ROUNDS = saved
+            triton_dense.ARGMAX_ROUNDS, triton_dense.ROUND_SCATTER = saved
         for s in states:
             triton_dense.flush(s)
         return (*out, states)
@@ -114,9 +118,12 @@ def _dispatch_impl(acts, k, feats, n, v):
 IMPLS = {
     "dispatch": ("mixed", "direct", _dispatch_impl),
     "dense-auto": ("dense", "direct", _dense_impl("auto")),
-    "dense-argmax": ("dense", "direct", _dense_impl("argmax")),
     "dense-argmax-fp32": ("dense", "direct", _dense_impl("argmax", rounds="fp32")),
-    "dense-candidates": ("dense", "direct", _dense_impl("candidates")),
+    "dense-argmax-batched": ("dense", "direct", _dense_impl("argmax", scatter="batched")),
+    "dense-argmax-per-round": ("dense", "direct", _dense_impl("argmax", scatter="per_round")),
+    "dense-candidates-batched": ("dense", "direct", _dense_impl("candidates", scatter="batched")),
+    "dense-candidates-per-round": ("dense", "direct",
+                                   _dense_impl("candidates", scatter="per_round")),
     "dense-threshold": ("dense", "direct", _dense_impl("threshold")),
     "dense-torchsel": ("dense", "direct", _dense_impl("torch")),
     "dense-partial": ("dense", "partial", _dense_impl("auto", "partial")),

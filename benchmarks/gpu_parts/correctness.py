@@ -50,7 +50,22 @@ def check_case(name, impl, acts, k, feats, n, v, kinds, rtol=1e-12) -> bool:
     return not msg
 
 
+def _round_scatter(method, scatter):
+    """The dense kernel's ``method`` with ``triton_dense.ROUND_SCATTER = scatter``."""
+    def run(a, k, t):
+        saved, triton_dense.ROUND_SCATTER = triton_dense.ROUND_SCATTER, scatter
+        try:
+            return triton_dense.dense_select_accumulate(a, k, t, method=method)
+        finally:
+            triton_dense.ROUND_SCATTER = saved
+    return run
+
+
 IMPLS = {
+    "dense-cand-batch": _round_scatter("candidates", "batched"),
+    "dense-cand-round": _round_scatter("candidates", "per_round"),
+    "dense-argm-batch": _round_scatter("argmax", "batched"),
+    "dense-argm-round": _round_scatter("argmax", "per_round"),
     "dense-auto": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t),
     "dense-argmax": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t, method="argmax"),
     "dense-threshold": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t,
@@ -87,6 +102,8 @@ CASES = [
     ("dense-auto", "D", 8, 2), ("dense-auto", "D", 0, 1), ("sparse", "D", 0, 1),
     ("dense-auto", "E", 1, 1), ("dense-candidates", "E", 3, 1), ("dense-auto", "E", 8, 2),
     ("dense-auto", "E", 16, 1), ("dense-auto", "E", 32, 1),
+    ("dense-cand-batch", "A", 3, 5), ("dense-cand-batch", "E", 3, 1), ("dense-cand-round", "C", 3, 2),
+    ("dense-argm-batch", "B", 5, 2), ("dense-argm-round", "C", 16, 2), ("dense-argm-batch", "C", 16, 2),
 ]
 
 

@@ -7,97 +7,124 @@ import time
 
 import torch
 
-from .common import (ARGS, BLOCK_ELEMS, DEVICE, T0, DenseState, device_ms, emit, make_acts,
-                     make_features, reference, triton_dense)
+from .common import (ARGS, BLOCK_ELEMS, DEVICE, T0, DenseState, device_ms, device_time, emit,
+                     make_acts, make_features, reference, triton_dense)
 
-#: (tile elements, elements per thread, row groups): one of triton_dense.LAUNCH_SHAPES' values
-SHAPE_GRID = [(4096, 16, 4), (8192, 32, 4), (16384, 32, 4), (16384, 64, 4), (16384, 64, 8),
-              (16384, 128, 4)]
+#: (tile elements, elements per thread, row groups, fewest warps): one of
+#: triton_dense.LAUNCH_SHAPES' values. Rows of N = 4096 bf16: the first takes 4 rows over 4 warps;
+#: the one-warp shapes keep each row's reductions inside a warp (shuffles, no barrier).
+SHAPE_GRID = [(16384, 128, 4, 4), (4096, 128, 4, 1), (4096, 128, 8, 1), (4096, 64, 4, 1),
+              (8192, 256, 4, 1), (2048, 64, 4, 1)]
+#: (k, method, ROUND_SCATTER, dtype) rows of the grid at every N
+SWEEP_ROWS = [(1, "candidates", "per_round", torch.bfloat16),
+              (8, "candidates", "per_round", torch.bfloat16),
+              (8, "candidates", "batched", torch.bfloat16),
+              (16, "candidates", "batched", torch.bfloat16),
+              (32, "threshold", "per_round", torch.bfloat16),
+              (8, "candidates", "batched", torch.float32)]
+
+
+def _label(shape) -> str:
+    return " / ".join(str(v) for v in shape)
 
 
 def part5() -> bool:
     """Time each launch shape, and check its selection against the reference (so any of them
     can be made the default)."""
-    emit("## Part 5: launch shapes (bf16, dense V=17, 1 stream; device ms from CUDA-graph "
-         "replays, lower is better; tile / per thread / groups)")
+    emit("## Part 5: launch shapes (dense V=17, 1 stream; device ms from CUDA-graph replays, "
+         "lower is better; tile / per thread / groups / fewest warps)")
     emit("")
-    emit("| N | k | " + " | ".join(f"{t} / {e} / {g}" for t, e, g in SHAPE_GRID) + " |")
-    emit("|---|---|" + "---|" * len(SHAPE_GRID))
-    saved = dict(triton_dense.LAUNCH_SHAPES)
+    emit("| N | k | method | winners | dtype | " + " | ".join(_label(s) for s in SHAPE_GRID) + " |")
+    emit("|---|---|---|---|---|" + "---|" * len(SHAPE_GRID))
+    saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER
     ok = True
+    best = (float("inf"), saved[0]["candidates", 2])  # of k = 8, bf16, batched, at N = 4096 (40)
     try:
         for n in ([16, 40] if ARGS.smoke else [1024, 4096, 16384]):
             p = 32 if ARGS.smoke else BLOCK_ELEMS // n
-            acts = make_acts(p, n, torch.bfloat16)
             feats = make_features(p, 17, 1)
-            for k, method in ((1, "argmax"), (1, "candidates"), (8, "candidates"),
-                              (16, "candidates"), (32, "candidates"), (32, "threshold")):
+            for k, method, scatter, dtype in SWEEP_ROWS:
                 if time.perf_counter() - T0 > ARGS.budget + 120:
                     emit("(skipped: past the budget)")
                     return ok
+                if dtype == torch.float32 and n != 4096 and not ARGS.smoke:
+                    continue
                 if k > n or (method == "candidates" and
                              triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None):
                     continue
+                acts = make_acts(p, n, dtype)
                 ref_v, ref_i = reference.select_topk(acts.float(), k)
                 state = DenseState(n, 17, device=DEVICE)
+                triton_dense.ROUND_SCATTER = scatter
                 row = []
                 for shape in SHAPE_GRID:
-                    triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved})
+                    triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
                     v, i = triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)],
                                                                 method=method)
                     good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values) and \
                         torch.equal(torch.sort(v, 1).values, torch.sort(ref_v, 1).values)
                     ok &= good
-                    t = device_ms(lambda: triton_dense.dense_select_accumulate(
+                    t, graph = device_time(lambda: triton_dense.dense_select_accumulate(
                         acts, k, [(feats[0], state)], method=method))
-                    row.append(t + ("" if good else " WRONG"))
-                emit(f"| {n} | {k} {method} | " + " | ".join(row) + " |")
+                    if good and (k, scatter, dtype, n) == (8, "batched", torch.bfloat16,
+                                                           40 if ARGS.smoke else 4096):
+                        best = min(best, (t, shape))
+                    row.append(f"{t:.3g}" + ("" if graph else " (call)") + ("" if good else " WRONG"))
+                emit(f"| {n} | {k} | {method} | {scatter} | {str(dtype)[6:]} | "
+                     + " | ".join(row) + " |")
     finally:
-        triton_dense.LAUNCH_SHAPES.update(saved)
+        triton_dense.LAUNCH_SHAPES.update(saved[0])
+        triton_dense.ROUND_SCATTER = saved[1]
     emit("")
-    return ok & _part5_breakdown()
+    return ok & _part5_breakdown(best[1])
 
 
-def _part5_breakdown() -> bool:
-    """Where the candidates selection's time goes at the dense target's rows (bf16, k = 1 and 8):
-    the selection alone (no stream), with 1 and 4 streams of scatter, and at each candidate chunk
-    width (the default takes 32 where the row allows), each checked against the reference."""
+def _part5_breakdown(shape) -> bool:
+    """Where the candidates selection's time goes at the dense target's rows (bf16, k = 1 and 8)
+    under launch ``shape``: the selection alone (no stream), with 1 and 4 streams of scatter, by
+    candidate chunk width (the default takes 32 where the row allows) and by how the rounds hand
+    their winners to the scatter, each checked against the reference."""
     n = 40 if ARGS.smoke else 4096
     p = 32 if ARGS.smoke else BLOCK_ELEMS // n
-    widths = (4, 8) if ARGS.smoke else (8, 16, 32)
-    emit(f"Candidates at N={n}, P={p}, bf16, V=17: device ms by streams scattered and by chunk "
-         f"width (default shapes)")
+    rows = [(1, 4 if ARGS.smoke else 32, "per_round")] + [
+        (8, cm, scatter) for cm in ((4, 8) if ARGS.smoke else (16, 32))
+        for scatter in ("per_round", "batched")]
+    emit(f"Candidates at N={n}, P={p}, bf16, V=17, launch shape {_label(shape)}: device ms by "
+         f"streams scattered, chunk width and winners' scatter")
     emit("")
-    emit("| k | chunk | no stream (selection alone) | 1 stream | 4 streams |")
-    emit("|---|---|---|---|---|")
+    emit("| k | chunk | winners | no stream (selection alone) | 1 stream | 4 streams |")
+    emit("|---|---|---|---|---|---|")
     acts = make_acts(p, n, torch.bfloat16)
     feats = make_features(p, 17, 4)
     pick = triton_dense._candidate_chunk
+    saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER
+    triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
     ok = True
     try:
-        for k in (1, 8):
+        for k, cm, scatter in rows:
             _, ref_i = reference.select_topk(acts.float(), k)
-            for cm in widths:
-                if time.perf_counter() - T0 > ARGS.budget + 150:
-                    emit("(skipped: past the budget)")
-                    return ok
-                if pick(triton_dense._next_pow2(n), k) is None or \
-                        triton_dense._next_pow2(n) // cm < 4 * triton_dense._next_pow2(k):
-                    continue
-                triton_dense._candidate_chunk = lambda block_n, kk, cm=cm: \
-                    cm if pick(block_n, kk) is not None else None
-                row = []
-                for streams in (0, 1, 4):
-                    states = [DenseState(n, 17, device=DEVICE) for _ in range(streams)]
-                    targets = list(zip(feats[:streams], states))
-                    _, i = triton_dense.dense_select_accumulate(acts, k, targets,
-                                                                method="candidates")
-                    good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values)
-                    ok &= good
-                    row.append(device_ms(lambda: triton_dense.dense_select_accumulate(
-                        acts, k, targets, method="candidates")) + ("" if good else " WRONG"))
-                emit(f"| {k} | {cm} | " + " | ".join(row) + " |")
+            if time.perf_counter() - T0 > ARGS.budget + 150:
+                emit("(skipped: past the budget)")
+                return ok
+            if pick(triton_dense._next_pow2(n), k) is None or \
+                    triton_dense._next_pow2(n) // cm < 4 * triton_dense._next_pow2(k):
+                continue
+            triton_dense._candidate_chunk = lambda block_n, kk, cm=cm: \
+                cm if pick(block_n, kk) is not None else None
+            triton_dense.ROUND_SCATTER = scatter
+            row = []
+            for streams in (0, 1, 4):
+                states = [DenseState(n, 17, device=DEVICE) for _ in range(streams)]
+                targets = list(zip(feats[:streams], states))
+                _, i = triton_dense.dense_select_accumulate(acts, k, targets, method="candidates")
+                good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values)
+                ok &= good
+                row.append(device_ms(lambda: triton_dense.dense_select_accumulate(
+                    acts, k, targets, method="candidates")) + ("" if good else " WRONG"))
+            emit(f"| {k} | {cm} | {scatter} | " + " | ".join(row) + " |")
     finally:
         triton_dense._candidate_chunk = pick
+        triton_dense.LAUNCH_SHAPES.update(saved[0])
+        triton_dense.ROUND_SCATTER = saved[1]
     emit("")
     return ok
