@@ -111,7 +111,7 @@ MAX_FUSED_BLOCK_N = 16384
 #: reductions cheap (one warp: shuffles only, no barrier); 4-byte inputs hold half the elements
 #: per thread. "scatter": the scatter-only launches (k == N, or a selection made elsewhere).
 LAUNCH_SHAPES = {
-    ("candidates", 2): (16384, 128, 4, 4), ("candidates", 4): (16384, 64, 4, 4),
+    ("candidates", 2): (2048, 128, 4, 1), ("candidates", 4): (16384, 64, 4, 4),
     ("threshold", 2): (16384, 128, 4, 4), ("threshold", 4): (16384, 32, 4, 4),
     ("argmax", 2): (8192, 32, 4, 4), ("argmax", 4): (8192, 32, 4, 4),
     ("scatter", 2): (8192, 32, 1, 4), ("scatter", 4): (8192, 32, 1, 4),

@@ -102,13 +102,15 @@ def _best_rows_kernel(x_ptr, s_xp, s_xn, rows_ptr, floor_ptr, out_ptr, P, N, CHU
 
 
 #: Launch shape on a GPU: columns per program (at most; fewer where ``m`` is long, so that a
-#: program's ``[columns, m]`` keys fit in registers), rows per tile, warps per program. Measured on
-#: an H200 (``gpu_check`` Part 4): 128 / 16 / 4. Part 4 also times the shapes of
-#: :data:`LAUNCH_VARIANTS`, each checked against the reference, for the next choice.
-LAUNCH = (128, 16, 4)
-#: Narrower programs pass over more tiles (fewer columns that could hold an entrant) and reduce
-#: within one warp; longer tiles pay one check for more rows.
-LAUNCH_VARIANTS = ((128, 16, 4), (64, 16, 2), (32, 16, 1), (32, 32, 1), (32, 64, 1), (16, 32, 1))
+#: program's ``[columns, m]`` keys fit in registers; never fewer than 16), rows per tile, warps per
+#: program. Measured on an H200 (``gpu_check`` Part 4, BENCHMARKS.md): 16 / 32 / 1 took 0.39-0.48
+#: ms per batch step where 128 / 16 / 4 took 0.72-0.75 (m = 8, full lists), and 6.5 ms against
+#: 12.3 at m = 64 on empty lists. Part 4 also times the shapes of :data:`LAUNCH_VARIANTS`, each
+#: checked against the reference, for the next choice.
+LAUNCH = (16, 32, 1)
+#: Narrow one-warp programs pass over more tiles (fewer columns that could hold an entrant) and
+#: reduce within one warp; longer tiles pay one check for more rows.
+LAUNCH_VARIANTS = ((16, 32, 1), (128, 16, 4), (32, 16, 1), (16, 16, 1), (16, 64, 1), (16, 32, 2))
 _INTERPRET_LAUNCH = (16, 4, 1)  # the interpreter pays per program and per op: small ones
 
 

@@ -23,6 +23,8 @@ def _parse():
     ap.add_argument("--sweep", action="store_true",
                     help="also time the fused kernel's launch shapes (triton_dense.LAUNCH_SHAPES), "
                          "each checked against the reference")
+    ap.add_argument("--sweep-n", default="1024,4096,16384",
+                    help="comma-separated row widths N of the launch-shape sweep")
     ap.add_argument("--parts", default="1,2,2b,3,4",
                     help="comma-separated parts to run (Part 5 is --sweep), e.g. 1,2b,4")
     ap.add_argument("--budget", type=float, default=180.0,

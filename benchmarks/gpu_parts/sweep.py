@@ -11,17 +11,18 @@ from .common import (ARGS, BLOCK_ELEMS, DEVICE, T0, DenseState, device_ms, devic
                      make_acts, make_features, reference, triton_dense)
 
 #: (tile elements, elements per thread, row groups, fewest warps): one of
-#: triton_dense.LAUNCH_SHAPES' values. Rows of N = 4096 bf16: the first takes 4 rows over 4 warps;
-#: the one-warp shapes keep each row's reductions inside a warp (shuffles, no barrier).
-SHAPE_GRID = [(16384, 128, 4, 4), (4096, 128, 4, 1), (4096, 128, 8, 1), (4096, 64, 4, 1),
-              (8192, 256, 4, 1), (2048, 64, 4, 1)]
+#: triton_dense.LAUNCH_SHAPES' values, the 2-byte candidates' default first. Rows of N = 4096:
+#: one row per warp in the first two (its reductions are shuffles, no barrier); the third takes
+#: 2 warps at 256 elements per thread, the fourth 4 rows over 4 warps.
+SHAPE_GRID = [(2048, 128, 4, 1), (4096, 128, 4, 1), (16384, 256, 4, 1), (16384, 128, 4, 4),
+              (2048, 128, 8, 1), (2048, 128, 2, 1)]
 #: (k, method, ROUND_SCATTER, dtype) rows of the grid at every N
 SWEEP_ROWS = [(1, "candidates", "per_round", torch.bfloat16),
               (8, "candidates", "per_round", torch.bfloat16),
               (8, "candidates", "batched", torch.bfloat16),
               (16, "candidates", "batched", torch.bfloat16),
               (32, "threshold", "per_round", torch.bfloat16),
-              (8, "candidates", "batched", torch.float32)]
+              (8, "candidates", "per_round", torch.float32)]
 
 
 def _label(shape) -> str:
@@ -38,17 +39,15 @@ def part5() -> bool:
     emit("|---|---|---|---|---|" + "---|" * len(SHAPE_GRID))
     saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER
     ok = True
-    best = (float("inf"), saved[0]["candidates", 2])  # of k = 8, bf16, batched, at N = 4096 (40)
+    best = (float("inf"), saved[0]["candidates", 2])  # k = 8, bf16, default scatter, N = 4096
     try:
-        for n in ([16, 40] if ARGS.smoke else [1024, 4096, 16384]):
+        for n in ([16, 40] if ARGS.smoke else [int(v) for v in ARGS.sweep_n.split(",")]):
             p = 32 if ARGS.smoke else BLOCK_ELEMS // n
             feats = make_features(p, 17, 1)
             for k, method, scatter, dtype in SWEEP_ROWS:
                 if time.perf_counter() - T0 > ARGS.budget + 120:
                     emit("(skipped: past the budget)")
                     return ok
-                if dtype == torch.float32 and n != 4096 and not ARGS.smoke:
-                    continue
                 if k > n or (method == "candidates" and
                              triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None):
                     continue
@@ -66,7 +65,7 @@ def part5() -> bool:
                     ok &= good
                     t, graph = device_time(lambda: triton_dense.dense_select_accumulate(
                         acts, k, [(feats[0], state)], method=method))
-                    if good and (k, scatter, dtype, n) == (8, "batched", torch.bfloat16,
+                    if good and (k, scatter, dtype, n) == (8, saved[1], torch.bfloat16,
                                                            40 if ARGS.smoke else 4096):
                         best = min(best, (t, shape))
                     row.append(f"{t:.3g}" + ("" if graph else " (call)") + ("" if good else " WRONG"))
