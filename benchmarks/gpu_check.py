@@ -39,7 +39,7 @@ from gpu_parts.throughput import part2, part2_sparse_events, part3
 def main() -> int:
     emit(f"# gpu_check ({'smoke, ' if ARGS.smoke else ''}{DEVICE})")
     emit("")
-    parts = {part.strip() for part in ARGS.parts.split(",")}
+    parts = {part.strip() for part in ARGS.parts.split(",") if part.strip()}
     unknown = parts - {"1", "2", "2b", "3", "4"}
     if unknown:
         sys.exit(f"--parts: unknown part(s) {', '.join(sorted(unknown))} (choose from 1,2,2b,3,4)")

@@ -25,6 +25,15 @@ def _parse():
                          "each checked against the reference")
     ap.add_argument("--sweep-n", default="1024,4096,16384",
                     help="comma-separated row widths N of the launch-shape sweep")
+    ap.add_argument("--shapes", default="",
+                    help="launch shapes of the sweep as tile/per_thread/groups/fewest_warps, "
+                         "comma-separated (default: gpu_parts.sweep.SHAPE_GRID)")
+    ap.add_argument("--sweep-rows", default="",
+                    help="rows of the sweep as k:method:winners:dtype, comma-separated, e.g. "
+                         "8:candidates:batched:float32 (default: gpu_parts.sweep.SWEEP_ROWS)")
+    ap.add_argument("--breakdown", default="",
+                    help="rows of the sweep's candidates breakdown as N:k:chunk:winners, "
+                         "comma-separated (default: gpu_parts.sweep.BREAKDOWN_ROWS)")
     ap.add_argument("--parts", default="1,2,2b,3,4",
                     help="comma-separated parts to run (Part 5 is --sweep), e.g. 1,2b,4")
     ap.add_argument("--budget", type=float, default=180.0,

@@ -23,6 +23,18 @@ SWEEP_ROWS = [(1, "candidates", "per_round", torch.bfloat16),
               (16, "candidates", "batched", torch.bfloat16),
               (32, "threshold", "per_round", torch.bfloat16),
               (8, "candidates", "per_round", torch.float32)]
+#: (N, k, chunk width, ROUND_SCATTER) rows of the candidates breakdown
+BREAKDOWN_ROWS = [(4096, 1, 32, "per_round"), (4096, 8, 16, "per_round"), (4096, 8, 16, "batched"),
+                  (4096, 8, 32, "per_round"), (4096, 8, 32, "batched")]
+SMOKE_BREAKDOWN_ROWS = [(40, 1, 4, "per_round"), (40, 8, 4, "per_round"), (40, 8, 8, "batched")]
+
+
+def _rows(spec: str, default, types, sep=":"):
+    """``--sweep-rows`` / ``--breakdown`` / ``--shapes``: ``sep``-separated fields per row,
+    commas between rows."""
+    if not spec:
+        return default
+    return [tuple(t(v) for t, v in zip(types, row.split(sep))) for row in spec.split(",")]
 
 
 def _label(shape) -> str:
@@ -35,8 +47,9 @@ def part5() -> bool:
     emit("## Part 5: launch shapes (dense V=17, 1 stream; device ms from CUDA-graph replays, "
          "lower is better; tile / per thread / groups / fewest warps)")
     emit("")
-    emit("| N | k | method | winners | dtype | " + " | ".join(_label(s) for s in SHAPE_GRID) + " |")
-    emit("|---|---|---|---|---|" + "---|" * len(SHAPE_GRID))
+    grid = _rows(ARGS.shapes, SHAPE_GRID, (int,) * 4, "/")
+    emit("| N | k | method | winners | dtype | " + " | ".join(_label(s) for s in grid) + " |")
+    emit("|---|---|---|---|---|" + "---|" * len(grid))
     saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER
     ok = True
     best = (float("inf"), saved[0]["candidates", 2])  # k = 8, bf16, default scatter, N = 4096
@@ -44,7 +57,8 @@ def part5() -> bool:
         for n in ([16, 40] if ARGS.smoke else [int(v) for v in ARGS.sweep_n.split(",")]):
             p = 32 if ARGS.smoke else BLOCK_ELEMS // n
             feats = make_features(p, 17, 1)
-            for k, method, scatter, dtype in SWEEP_ROWS:
+            for k, method, scatter, dtype in _rows(ARGS.sweep_rows, SWEEP_ROWS,
+                                                   (int, str, str, lambda d: getattr(torch, d))):
                 if time.perf_counter() - T0 > ARGS.budget + 120:
                     emit("(skipped: past the budget)")
                     return ok
@@ -56,7 +70,7 @@ def part5() -> bool:
                 state = DenseState(n, 17, device=DEVICE)
                 triton_dense.ROUND_SCATTER = scatter
                 row = []
-                for shape in SHAPE_GRID:
+                for shape in grid:
                     triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
                     v, i = triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)],
                                                                 method=method)
@@ -79,28 +93,30 @@ def part5() -> bool:
 
 
 def _part5_breakdown(shape) -> bool:
-    """Where the candidates selection's time goes at the dense target's rows (bf16, k = 1 and 8)
-    under launch ``shape``: the selection alone (no stream), with 1 and 4 streams of scatter, by
-    candidate chunk width (the default takes 32 where the row allows) and by how the rounds hand
-    their winners to the scatter, each checked against the reference."""
-    n = 40 if ARGS.smoke else 4096
-    p = 32 if ARGS.smoke else BLOCK_ELEMS // n
-    rows = [(1, 4 if ARGS.smoke else 32, "per_round")] + [
-        (8, cm, scatter) for cm in ((4, 8) if ARGS.smoke else (16, 32))
-        for scatter in ("per_round", "batched")]
-    emit(f"Candidates at N={n}, P={p}, bf16, V=17, launch shape {_label(shape)}: device ms by "
-         f"streams scattered, chunk width and winners' scatter")
+    """Where the candidates selection's time goes at the dense target's rows (bf16) under launch
+    ``shape``: the selection alone (no stream), with 1 and 4 streams of scatter, by candidate
+    chunk width (the default: ``triton_dense.CANDIDATE_WIDTH``) and by how the rounds hand their
+    winners to the scatter, each checked against the reference."""
+    rows = _rows(ARGS.breakdown, SMOKE_BREAKDOWN_ROWS if ARGS.smoke else BREAKDOWN_ROWS,
+                 (int, int, int, str))
+    emit(f"Candidates, bf16, V=17, {BLOCK_ELEMS if not ARGS.smoke else 'few'} activations per "
+         f"call, launch shape {_label(shape)}: device ms by streams scattered, chunk width and "
+         f"winners' scatter")
     emit("")
-    emit("| k | chunk | winners | no stream (selection alone) | 1 stream | 4 streams |")
-    emit("|---|---|---|---|---|---|")
-    acts = make_acts(p, n, torch.bfloat16)
-    feats = make_features(p, 17, 4)
+    emit("| N | k | chunk | winners | no stream (selection alone) | 1 stream | 4 streams |")
+    emit("|---|---|---|---|---|---|---|")
+    inputs = {}
     pick = triton_dense._candidate_chunk
     saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER
     triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
     ok = True
     try:
-        for k, cm, scatter in rows:
+        for n, k, cm, scatter in rows:
+            if n not in inputs:
+                p = 32 if ARGS.smoke else BLOCK_ELEMS // n
+                inputs.clear()
+                inputs[n] = make_acts(p, n, torch.bfloat16), make_features(p, 17, 4)
+            acts, feats = inputs[n]
             _, ref_i = reference.select_topk(acts.float(), k)
             if time.perf_counter() - T0 > ARGS.budget + 150:
                 emit("(skipped: past the budget)")
@@ -120,7 +136,7 @@ def _part5_breakdown(shape) -> bool:
                 ok &= good
                 row.append(device_ms(lambda: triton_dense.dense_select_accumulate(
                     acts, k, targets, method="candidates")) + ("" if good else " WRONG"))
-            emit(f"| {k} | {cm} | {scatter} | " + " | ".join(row) + " |")
+            emit(f"| {n} | {k} | {cm} | {scatter} | " + " | ".join(row) + " |")
     finally:
         triton_dense._candidate_chunk = pick
         triton_dense.LAUNCH_SHAPES.update(saved[0])
