@@ -16,7 +16,8 @@ Selection strategies (``method="auto"`` picks the one measured fastest on an H20
 * ``k == N`` -- ``"all"``: no selection, every element is an event.
 * ``k <= 16`` (``k == 1``: 2-byte inputs), or ``k <= CANDIDATES_MAX_K`` where the row tile
   (next power of two of N) is at least ``256 k``; only where the tile holds at least ``4 k``
-  chunks of 4+ elements -- ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32)
+  chunks of 4+ elements -- ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32
+  for ``k == 1``, 16 for larger ``k``: ``CANDIDATE_WIDTH``)
   columns, ``k`` rounds of argmax over those chunk maxima (packed keys, ties to the lower chunk)
   name the ``k`` winning chunks, which hold the row's top ``k`` (a chunk ranked above an
   element's own chunk holds its maximum, which ranks above that element: larger, or equal at a
@@ -111,15 +112,18 @@ MAX_FUSED_BLOCK_N = 16384
 #: reductions cheap (one warp: shuffles only, no barrier); 4-byte inputs hold half the elements
 #: per thread. "scatter": the scatter-only launches (k == N, or a selection made elsewhere).
 LAUNCH_SHAPES = {
-    ("candidates", 2): (2048, 128, 4, 1), ("candidates", 4): (16384, 64, 4, 4),
+    ("candidates", 2): (2048, 128, 4, 1), ("candidates", 4): (2048, 128, 4, 1),
     ("threshold", 2): (16384, 128, 4, 4), ("threshold", 4): (16384, 32, 4, 4),
-    ("argmax", 2): (8192, 32, 4, 4), ("argmax", 4): (8192, 32, 4, 4),
+    ("argmax", 2): (8192, 32, 4, 4), ("argmax", 4): (2048, 64, 4, 1),
     ("scatter", 2): (8192, 32, 1, 4), ("scatter", 4): (8192, 32, 1, 4),
 }
 #: How the argmax rounds (``k > 1``) hand their winners to the scatter: ``"batched"`` keeps them
 #: in a ``[rows, next_pow2(k)]`` tile and scatters and writes it after the last round (``k``
 #: lanes per atomic, one vector store); ``"per_round"`` scatters and writes each round's winner.
-ROUND_SCATTER = "per_round"
+ROUND_SCATTER = "batched"
+#: Widest candidate chunk: (for k == 1, for larger k) (H200, ``gpu_check --sweep``: at k = 8, 16
+#: against 32 took 0.148 against 0.245 ms at N = 1,024, 0.089 against 0.103 at N = 4,096).
+CANDIDATE_WIDTH = (32, 16)
 #: Column chunk of the scatter loops.
 SCATTER_CHUNK = 2048
 #: Partial mode: positions a state's int32/fp32 partials may hold before they are flushed.
@@ -296,10 +300,11 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
 def _candidate_chunk(block_n: int, k: int) -> int | None:
     """Chunk width of the candidates selection for a row tile of ``block_n`` and ``k``, or
     ``None`` where it does not apply: at least ``4 k`` chunks (the k winners then hold a small
-    share of the row) of at least 4 elements; 32 elements where the row allows."""
+    share of the row) of at least 4 elements; ``CANDIDATE_WIDTH`` elements where the row allows."""
     if k > CANDIDATES_MAX_K:
         return None
-    chunk = block_n // max(4 * _next_pow2(k), block_n // 32)
+    widest = CANDIDATE_WIDTH[0 if k == 1 else 1]
+    chunk = block_n // max(4 * _next_pow2(k), block_n // widest)
     return chunk if chunk >= 4 else None
 
 
@@ -311,7 +316,7 @@ def _auto_method(k: int, n: int, itemsize: int) -> int:
     if _candidate_chunk(block_n, k) is not None:
         # k = 1: one max per element beats max + index min for 2-byte inputs; fp32 rows are
         # read at ~80% of copy bandwidth by the max + index min already. k > 16: the winners'
-        # k * 32 elements must stay a small share of the row, else the threshold search wins.
+        # k * CM elements must stay a small share of the row, else the threshold search wins.
         if (k > 1 or itemsize <= 2) and (k <= 16 or block_n >= 256 * k):
             return _M_CANDIDATES
     return _M_ARGMAX if k <= ARGMAX_MAX_K else _M_THRESHOLD

@@ -501,3 +501,21 @@ def test_argmax_rounds_never_take_a_neuron_twice(rounds, monkeypatch):
     ref_v, ref_i = reference.select_topk(x, 3)
     assert torch.equal(torch.sort(indices, 1).values, torch.sort(ref_i, 1).values)
     assert torch.equal(torch.sort(values, 1).values, torch.sort(ref_v, 1).values)
+
+
+def test_launch_shapes_and_candidate_widths(monkeypatch):
+    """The GPU launch rules (as on a device, not the interpreter's small programs): 2-byte and
+    4-byte candidates take one warp per row up to N = 4096 (128 elements per thread), several rows
+    per warp below, and 4 warps for a row of 16384; the threshold search keeps 4 warps at least;
+    candidate chunks are 32 wide for k = 1 and 16 for larger k, at least 4 k of them."""
+    monkeypatch.setattr(triton_dense, "_interpret", lambda: False)
+    config = triton_dense._launch_config  # (rows per group, groups, scatter chunk, warps)
+    assert config(16384, 4096, "candidates", 2) == (1, 4, 2048, 1)
+    assert config(65536, 1024, "candidates", 2) == (2, 4, 1024, 1)
+    assert config(16384, 4096, "candidates", 4) == (1, 4, 2048, 1)
+    assert config(4096, 16384, "candidates", 2) == (1, 4, 2048, 4)
+    assert config(3, 4096, "candidates", 2) == (1, 3, 2048, 1)  # no more groups than rows
+    assert config(16384, 1024, "threshold", 2)[3] == 4
+    chunk = triton_dense._candidate_chunk
+    assert (chunk(4096, 1), chunk(4096, 8), chunk(1024, 32), chunk(64, 8)) == (32, 16, 8, None)
+    assert chunk(16384, 33) is None  # above CANDIDATES_MAX_K
