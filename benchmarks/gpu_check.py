@@ -18,7 +18,10 @@ a torch-native version written the way a user would (``torch.topk`` + ``index_pu
 + ``scatter_reduce_`` for dense; ``torch.topk`` + ``SparseState.add_events``, i.e. ``torch.unique`` +
 ``index_add_``, for sparse). Part 2b times the sparse accumulation alone (a selection given: the
 issue's sparse events/s without the selection in front). Part 3 compares the selection methods and the accumulation modes at
-N = 4096. Times: ``triton.testing.do_bench`` (median ms) of the whole Python call, and for dense
+N = 4096. Part 4 times the engine's entry points (``observe``, ``prepare_batch`` + ``commit``, top
+examples) and shows where their host time goes: the lines that wait for the device (CUDA's sync
+debug mode), the operators and runtime calls of most host time (``torch.profiler``) and the Python
+functions of most own time (cProfile). Times: ``triton.testing.do_bench`` (median ms) of the whole Python call, and for dense
 rows also of its CUDA-graph replay (the device time alone: at ~0.1 ms per call the host's launch
 path is most of the call); on the CPU a plain timer.
 """

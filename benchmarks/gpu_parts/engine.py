@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import collections
+import cProfile
 import importlib
+import os
+import pstats
 import time
+import warnings
 
 import torch
 
@@ -39,6 +44,7 @@ def part4() -> None:
     _part4_flags(acts)
     _part4_examples(acts, p)
     _part4_batch(acts, feats, streams, p)
+    _part4_host(acts, feats, streams, p)
 
 
 def _part4_flags(acts) -> None:
@@ -204,4 +210,83 @@ def _part4_batch(acts, feats, streams, p, layers=8) -> None:
         emit(f"| {k} | {kind} | {t_one:.3g} | {t_many:.3g} | {t_one / t_many:.3g}x | "
              f"{t_prep:.3g} | {t_commit:.3g} |")
         del one, many
+    emit("")
+
+
+def _part4_host(acts, feats, streams, p, layers=8) -> None:
+    """Where the host's time goes in ``prepare_batch`` + ``commit`` of one batch (k = 8, the
+    kinds of :func:`_engine_cases`): the lines that make the host wait for the device (CUDA's
+    sync debug mode, one warning per synchronizing call, grouped by the engine's line that made
+    it), and the operators and runtime calls of most host time (``torch.profiler``)."""
+    mask = torch.arange(p, device=DEVICE) % 5 != 0
+    batch = {f"layer{i}": acts for i in range(layers)}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for k, kind in _engine_cases():
+        if k != 8:
+            continue
+        acc = Accumulator(streams, k=k, kind=kind, device=DEVICE)
+
+        def together():
+            for prepared in acc.prepare_batch(batch, feats, mask):
+                acc.commit(prepared)
+
+        for _ in range(3):  # compile, allocate, grow the tables
+            together()
+        waits = collections.Counter()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    together()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            for w in caught:
+                where = os.path.relpath(w.filename, root) if w.filename.startswith(root) else \
+                    os.path.basename(w.filename)
+                waits[f"{where}:{w.lineno}"] += 1
+        emit(f"Host time of prepare_batch + commit, k = {k}, {kind}, {layers} layers: waits for "
+             f"the device (CUDA sync debug mode, by calling line): "
+             + (", ".join(f"{line} x{n}" for line, n in waits.most_common()) or
+                ("none" if DEVICE.type == "cuda" else "n/a on the CPU")))
+        emit("")
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if DEVICE.type == "cuda":  # the runtime and driver calls (launches, copies, syncs)
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            together()
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()
+        rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        emit("| operator or runtime call | calls | self host ms | per call us |")
+        emit("|---|---|---|---|")
+        for e in rows[:14]:
+            emit(f"| {e.key} | {e.count} | {e.self_cpu_time_total / 1e3:.3g} | "
+                 f"{e.self_cpu_time_total / max(1, e.count):.3g} |")
+        emit("")
+        _python_time(together, root)
+        del acc
+
+
+def _python_time(fn, root, top=12) -> None:
+    """The Python functions of most own time in ``fn`` (cProfile): the engine's code against
+    Triton's launcher and torch's bindings."""
+    profile = cProfile.Profile()
+    profile.enable()
+    fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tottime, cumtime, ...)}
+    total = sum(v[2] for v in stats.values())
+    emit(f"Python functions by own time (cProfile, {1e3 * total:.3g} ms in all, profiled):")
+    emit("")
+    emit("| function | calls | own ms | cumulative ms |")
+    emit("|---|---|---|---|")
+    for (file, line, name), (_, calls, own, cum, _) in sorted(
+            stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]:
+        where = os.path.relpath(file, root) if file.startswith(root) else \
+            "/".join(file.split("/")[-2:])
+        emit(f"| {where}:{line} {name} | {calls} | {1e3 * own:.3g} | {1e3 * cum:.3g} |")
     emit("")
