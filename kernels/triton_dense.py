@@ -117,7 +117,7 @@ LAUNCH_SHAPES = {
     ("argmax", 2): (8192, 32, 4, 4), ("argmax", 4): (2048, 64, 4, 1),
     ("scatter", 2): (8192, 32, 1, 4), ("scatter", 4): (8192, 32, 1, 4),
 }
-#: How the argmax rounds (``k > 1``) hand their winners to the scatter: ``"batched"`` keeps them
+#: How the argmax rounds of ``k > 1`` hand their winners to the scatter: ``"batched"`` keeps them
 #: in a ``[rows, next_pow2(k)]`` tile and scatters and writes it after the last round (``k``
 #: lanes per atomic, one vector store); ``"per_round"`` scatters and writes each round's winner.
 ROUND_SCATTER = "batched"
@@ -292,7 +292,7 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
         FP32_ROUNDS=ARGMAX_ROUNDS == "fp32" and method_id == _M_ARGMAX,
         EVEN_N=selecting and block_n == n, CM=cm,
         KCP=_next_pow2(k) if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
-        BATCHED=ROUND_SCATTER == "batched",
+        BATCHED=ROUND_SCATTER == "batched" and k > 1,  # (one round: nothing to batch)
         FLAGS=selecting and flags is not None, GATHER=selecting and src_rows is not None,
         num_warps=warps)
 
