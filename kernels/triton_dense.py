@@ -120,6 +120,7 @@ LAUNCH_SHAPES = {
 #: How the argmax rounds of ``k > 1`` hand their winners to the scatter: ``"batched"`` keeps them
 #: in a ``[rows, next_pow2(k)]`` tile and scatters and writes it after the last round (``k``
 #: lanes per atomic, one vector store); ``"per_round"`` scatters and writes each round's winner.
+#: (The ``ARGMAX_ROUNDS = "fp32"`` rounds always scatter per round.)
 ROUND_SCATTER = "batched"
 #: Widest candidate chunk: (for k == 1, for larger k) (H200, ``gpu_check --sweep``: at k = 8, 16
 #: against 32 took 0.148 against 0.245 ms at N = 1,024, 0.089 against 0.103 at N = 4,096).
