@@ -123,9 +123,7 @@ class SparseState(StreamState):
     def _bound_table(self) -> None:
         # the table takes up to 4 slots of 28 bytes per cell it holds (plus room for one chunk of
         # events), the master 28 bytes per cell: drain it once it holds half the master's cells
-        # (the GPU table counts its cells only when asked, a sync: ask once its bound passes)
-        if self._table_kind == "triton":  # the state itself: it grows, never drained
-            return
+        # (the CPU table's states only: the GPU table is the state, it grows and is never drained)
         limit = max(self.min_compact // 4, self._master[0].numel() // 2)
         if self._table.cells_upper_bound >= limit and self._table.nnz >= limit:
             self._compact()
@@ -137,7 +135,6 @@ class SparseState(StreamState):
         if self._table_kind != "triton":
             return False
         self._table.add_selection(values, indices, features)
-        self._bound_table()
         return True
 
     def add_selection(self, values: torch.Tensor, indices: torch.Tensor, features: torch.Tensor,
@@ -167,7 +164,6 @@ class SparseState(StreamState):
     def add_events(self, neurons, features, values):
         if self._table_kind == "triton":
             self._table.add(neurons, features, values.to(torch.float32))
-            self._bound_table()
             return
         keys = neurons * self.n_features + features
         if self._table_kind == "cpu":
