@@ -5,6 +5,7 @@ are imported, so ``--smoke`` can turn the Triton interpreter on), the device, th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -81,6 +82,20 @@ LINES: list[str] = []
 def emit(line: str = "") -> None:
     print(line, flush=True)
     LINES.append(line)
+
+
+@contextlib.contextmanager
+def kernel_settings():
+    """Restores the dense kernel's tunables (``triton_dense.LAUNCH_SHAPES``, ``ROUND_SCATTER``,
+    ``CANDIDATE_WIDTH``) on exit, for the parts that time or check other values of them; yields
+    the values on entry, ``(shapes, round scatter, candidate width)``."""
+    saved = (dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER,
+             triton_dense.CANDIDATE_WIDTH)
+    try:
+        yield saved
+    finally:
+        triton_dense.LAUNCH_SHAPES.update(saved[0])
+        triton_dense.ROUND_SCATTER, triton_dense.CANDIDATE_WIDTH = saved[1:]
 
 
 def sync() -> None:

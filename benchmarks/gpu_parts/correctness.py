@@ -9,8 +9,9 @@ import time
 
 import torch
 
-from .common import (ARGS, DEVICE, DenseState, SparseState, emit, free_bytes, kernels, make_acts,
-                     make_features, reference, triton_dense, triton_examples, triton_sparse)
+from .common import (ARGS, DEVICE, DenseState, SparseState, emit, free_bytes, kernel_settings,
+                     kernels, make_acts, make_features, reference, triton_dense, triton_examples,
+                     triton_sparse)
 
 def states_equal(got, want, rtol) -> str:
     for i, (s, r) in enumerate(zip(got, want)):
@@ -53,11 +54,9 @@ def check_case(name, impl, acts, k, feats, n, v, kinds, rtol=1e-12) -> bool:
 def _round_scatter(method, scatter):
     """The dense kernel's ``method`` with ``triton_dense.ROUND_SCATTER = scatter``."""
     def run(a, k, t):
-        saved, triton_dense.ROUND_SCATTER = triton_dense.ROUND_SCATTER, scatter
-        try:
+        with kernel_settings():
+            triton_dense.ROUND_SCATTER = scatter
             return triton_dense.dense_select_accumulate(a, k, t, method=method)
-        finally:
-            triton_dense.ROUND_SCATTER = saved
     return run
 
 

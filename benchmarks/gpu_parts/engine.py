@@ -13,8 +13,8 @@ import warnings
 
 import torch
 
-from .common import (ARGS, DEVICE, T0, Accumulator, DenseState, bench, device_time, emit,
-                     make_acts, make_features, reference, triton_dense, triton_examples)
+from .common import (ARGS, DEVICE, ROOT, T0, Accumulator, DenseState, bench, device_time, emit,
+                     make_acts, make_features, reference, sync, triton_dense, triton_examples)
 
 def part4() -> None:
     """``Accumulator.observe`` on CUDA tensors (what ``collect`` runs per captured layer): checks
@@ -164,9 +164,9 @@ def _part4_best_rows_shapes(cases) -> None:
     emit("")
 
 
-def _engine_cases():
+def _engine_cases(ks=(1, 8)):
     """Part 4's ``(k, state kind)`` rows, while the time budget lasts."""
-    for k in (1, 8):
+    for k in ks:
         for kind in ("dense", "sparse"):
             if time.perf_counter() - T0 > ARGS.budget + 60:
                 emit("(skipped: past the budget)")
@@ -220,10 +220,7 @@ def _part4_host(acts, feats, streams, p, layers=8) -> None:
     it), and the operators and runtime calls of most host time (``torch.profiler``)."""
     mask = torch.arange(p, device=DEVICE) % 5 != 0
     batch = {f"layer{i}": acts for i in range(layers)}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for k, kind in _engine_cases():
-        if k != 8:
-            continue
+    for k, kind in _engine_cases(ks=(8,)):
         acc = Accumulator(streams, k=k, kind=kind, device=DEVICE)
 
         def together():
@@ -234,7 +231,7 @@ def _part4_host(acts, feats, streams, p, layers=8) -> None:
             together()
         waits = collections.Counter()
         if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
+            sync()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 torch.cuda.set_sync_debug_mode("warn")
@@ -243,9 +240,7 @@ def _part4_host(acts, feats, streams, p, layers=8) -> None:
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             for w in caught:
-                where = os.path.relpath(w.filename, root) if w.filename.startswith(root) else \
-                    os.path.basename(w.filename)
-                waits[f"{where}:{w.lineno}"] += 1
+                waits[f"{_where(w.filename)}:{w.lineno}"] += 1
         emit(f"Host time of prepare_batch + commit, k = {k}, {kind}, {layers} layers: waits for "
              f"the device (CUDA sync debug mode, by calling line): "
              + (", ".join(f"{line} x{n}" for line, n in waits.most_common()) or
@@ -256,8 +251,7 @@ def _part4_host(acts, feats, streams, p, layers=8) -> None:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as prof:
             together()
-            if DEVICE.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
         rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         emit("| operator or runtime call | calls | self host ms | per call us |")
         emit("|---|---|---|---|")
@@ -265,18 +259,23 @@ def _part4_host(acts, feats, streams, p, layers=8) -> None:
             emit(f"| {e.key} | {e.count} | {e.self_cpu_time_total / 1e3:.3g} | "
                  f"{e.self_cpu_time_total / max(1, e.count):.3g} |")
         emit("")
-        _python_time(together, root)
+        _python_time(together)
         del acc
 
 
-def _python_time(fn, root, top=12) -> None:
+def _where(file: str) -> str:
+    """A source file as the tables name it: relative to the project, else its last two parts."""
+    return os.path.relpath(file, ROOT) if file.startswith(str(ROOT)) else \
+        "/".join(file.split("/")[-2:])
+
+
+def _python_time(fn, top=12) -> None:
     """The Python functions of most own time in ``fn`` (cProfile): the engine's code against
     Triton's launcher and torch's bindings."""
     profile = cProfile.Profile()
     profile.enable()
     fn()
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     profile.disable()
     stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tottime, cumtime, ...)}
     total = sum(v[2] for v in stats.values())
@@ -286,7 +285,5 @@ def _python_time(fn, root, top=12) -> None:
     emit("|---|---|---|---|")
     for (file, line, name), (_, calls, own, cum, _) in sorted(
             stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]:
-        where = os.path.relpath(file, root) if file.startswith(root) else \
-            "/".join(file.split("/")[-2:])
-        emit(f"| {where}:{line} {name} | {calls} | {1e3 * own:.3g} | {1e3 * cum:.3g} |")
+        emit(f"| {_where(file)}:{line} {name} | {calls} | {1e3 * own:.3g} | {1e3 * cum:.3g} |")
     emit("")

@@ -8,7 +8,7 @@ import time
 import torch
 
 from .common import (ARGS, BLOCK_ELEMS, DEVICE, T0, DenseState, device_ms, device_time, emit,
-                     make_acts, make_features, reference, triton_dense)
+                     kernel_settings, make_acts, make_features, reference, triton_dense)
 
 #: (tile elements, elements per thread, row groups, fewest warps): one of
 #: triton_dense.LAUNCH_SHAPES' values, the 2-byte candidates' default first. Rows of N = 4096:
@@ -41,6 +41,11 @@ def _label(shape) -> str:
     return " / ".join(str(v) for v in shape)
 
 
+def _same_rows(indices, ref_indices) -> bool:
+    """Whether every row selected the reference's neurons (in any order)."""
+    return torch.equal(torch.sort(indices, 1).values, torch.sort(ref_indices, 1).values)
+
+
 def part5() -> bool:
     """Time each launch shape, and check its selection against the reference (so any of them
     can be made the default)."""
@@ -50,10 +55,9 @@ def part5() -> bool:
     grid = _rows(ARGS.shapes, SHAPE_GRID, (int,) * 4, "/")
     emit("| N | k | method | winners | dtype | " + " | ".join(_label(s) for s in grid) + " |")
     emit("|---|---|---|---|---|" + "---|" * len(grid))
-    saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER
     ok = True
-    best = (float("inf"), saved[0]["candidates", 2])  # k = 8, bf16, default scatter, N = 4096
-    try:
+    with kernel_settings() as saved:
+        best = (float("inf"), saved[0]["candidates", 2])  # k = 8, bf16, default scatter, N = 4096
         for n in ([16, 40] if ARGS.smoke else [int(v) for v in ARGS.sweep_n.split(",")]):
             p = 32 if ARGS.smoke else BLOCK_ELEMS // n
             feats = make_features(p, 17, 1)
@@ -61,7 +65,7 @@ def part5() -> bool:
                                                    (int, str, str, lambda d: getattr(torch, d))):
                 if time.perf_counter() - T0 > ARGS.budget + 120:
                     emit("(skipped: past the budget)")
-                    return ok
+                    return ok  # (the settings are restored on the way out)
                 if k > n or (method == "candidates" and
                              triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None):
                     continue
@@ -74,7 +78,7 @@ def part5() -> bool:
                     triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
                     v, i = triton_dense.dense_select_accumulate(acts, k, [(feats[0], state)],
                                                                 method=method)
-                    good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values) and \
+                    good = _same_rows(i, ref_i) and \
                         torch.equal(torch.sort(v, 1).values, torch.sort(ref_v, 1).values)
                     ok &= good
                     t, graph = device_time(lambda: triton_dense.dense_select_accumulate(
@@ -85,9 +89,6 @@ def part5() -> bool:
                     row.append(f"{t:.3g}" + ("" if graph else " (call)") + ("" if good else " WRONG"))
                 emit(f"| {n} | {k} | {method} | {scatter} | {str(dtype)[6:]} | "
                      + " | ".join(row) + " |")
-    finally:
-        triton_dense.LAUNCH_SHAPES.update(saved[0])
-        triton_dense.ROUND_SCATTER = saved[1]
     emit("")
     return ok & _part5_breakdown(best[1])
 
@@ -106,40 +107,34 @@ def _part5_breakdown(shape) -> bool:
     emit("| N | k | chunk | winners | no stream (selection alone) | 1 stream | 4 streams |")
     emit("|---|---|---|---|---|---|---|")
     inputs = {}
-    pick = triton_dense._candidate_chunk
-    saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER
-    triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
     ok = True
-    try:
+    with kernel_settings() as saved:
+        triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
         for n, k, cm, scatter in rows:
+            if time.perf_counter() - T0 > ARGS.budget + 150:
+                emit("(skipped: past the budget)")
+                return ok
+            block_n = triton_dense._next_pow2(n)
+            if triton_dense._candidate_chunk(block_n, k) is None or \
+                    block_n // cm < 4 * triton_dense._next_pow2(k):
+                continue  # (candidates do not apply, or chunks of cm would be too few)
             if n not in inputs:
                 p = 32 if ARGS.smoke else BLOCK_ELEMS // n
                 inputs.clear()
                 inputs[n] = make_acts(p, n, torch.bfloat16), make_features(p, 17, 4)
             acts, feats = inputs[n]
             _, ref_i = reference.select_topk(acts.float(), k)
-            if time.perf_counter() - T0 > ARGS.budget + 150:
-                emit("(skipped: past the budget)")
-                return ok
-            if pick(triton_dense._next_pow2(n), k) is None or \
-                    triton_dense._next_pow2(n) // cm < 4 * triton_dense._next_pow2(k):
-                continue
-            triton_dense._candidate_chunk = lambda block_n, kk, cm=cm: \
-                cm if pick(block_n, kk) is not None else None
+            triton_dense.CANDIDATE_WIDTH = (cm, cm)  # exactly cm: 4 k chunks of cm fit the row
             triton_dense.ROUND_SCATTER = scatter
             row = []
             for streams in (0, 1, 4):
                 states = [DenseState(n, 17, device=DEVICE) for _ in range(streams)]
                 targets = list(zip(feats[:streams], states))
                 _, i = triton_dense.dense_select_accumulate(acts, k, targets, method="candidates")
-                good = torch.equal(torch.sort(i, 1).values, torch.sort(ref_i, 1).values)
+                good = _same_rows(i, ref_i)
                 ok &= good
                 row.append(device_ms(lambda: triton_dense.dense_select_accumulate(
                     acts, k, targets, method="candidates")) + ("" if good else " WRONG"))
             emit(f"| {n} | {k} | {cm} | {scatter} | " + " | ".join(row) + " |")
-    finally:
-        triton_dense._candidate_chunk = pick
-        triton_dense.LAUNCH_SHAPES.update(saved[0])
-        triton_dense.ROUND_SCATTER = saved[1]
     emit("")
     return ok
