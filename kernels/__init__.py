@@ -202,9 +202,9 @@ def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
         reference.add_totals(values, indices, count, mass)
 
 
-def _add_positions(targets, bins) -> None:
+def _add_positions(targets, counts) -> None:
     for i, (features, state) in enumerate(targets):
-        known = None if bins is None else bins[i]
+        known = None if counts is None else counts[i]
         if known is None:
             state.add_positions(features)
         else:
@@ -221,12 +221,12 @@ def _totals_in_launch(values: torch.Tensor, count: torch.Tensor, mass: torch.Ten
 
 def positions_in_kernels(device: torch.device) -> bool:
     """Whether :func:`accumulate` counts positions inside its own kernels on ``device`` (the CPU's
-    numba path), so that count bins made ahead for it would go unused."""
+    numba path), so that position counts made ahead for it would go unused."""
     return cpu.AVAILABLE and torch.device(device).type == "cpu"
 
 
 def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
-               checked: bool = False, bins=None) -> None:
+               checked: bool = False, counts=None) -> None:
     """Everything a selection adds: each target's positions (``state.add_positions``) and events
     (:func:`scatter`), and the per-neuron ``totals=(count, mass)`` (:func:`add_totals`). On the
     CPU, dense targets and the totals take one numba call, and a state with an
@@ -234,16 +234,16 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
 
     Shapes and ids are checked before anything changes (bad ones raise ``ValueError``; on a GPU
     that is one read-back); ``checked=True`` skips that, for a caller that checked them (the
-    ``Accumulator`` checks ids in ``prepare``, and its selections hold valid neurons). ``bins``:
-    ``None``, or per target the count bins of its ids (or ``None``) made ahead, for
+    ``Accumulator`` checks ids in ``prepare``, and its selections hold valid neurons). ``counts``:
+    ``None``, or per target the position counts of its ids (or ``None``) made ahead, for
     ``state.add_positions`` (the layers of one batch share them)."""
     if indices.shape[0] == 0:
-        _add_positions(targets, bins)
+        _add_positions(targets, counts)
         return
     if not (positions_in_kernels(values.device) and totals[0].device.type == "cpu"):
         if not checked:
             check_targets(values, indices, targets, totals[0].numel())
-        _add_positions(targets, bins)
+        _add_positions(targets, counts)
         if _triton_ok(values) and _totals_in_launch(values, *totals):  # the totals ride along
             from . import triton_dense  # in the streams' scatter launch
             scatter(values, indices, [*targets, triton_dense.totals_target(*totals,

@@ -125,15 +125,18 @@ def test_device_path_waits_twice_per_batch_whatever_the_layers(triton, monkeypat
 
 
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
-def test_counting_positions_never_waits(kind):
-    """``add_positions`` (the positions of a commit on a GPU) adds without reading anything back;
-    missing ids are read back only when ``missing`` is asked."""
+@pytest.mark.parametrize("shared", [False, True])
+def test_counting_positions_never_waits(kind, shared):
+    """``add_positions`` (the positions of a commit on a GPU) adds without reading anything back,
+    from the ids or from their position counts made ahead (``shared``, as the layers of one batch
+    share them); missing ids are read back only when ``missing`` is asked."""
     from txray_engine.accumulate import make_state
+    from txray_engine.accumulate.state import position_counts
 
     state = make_state(4, 6, kind)
     with _Waits() as w:
-        state.add_positions(torch.tensor([0, -1, 5, 5, -1, 2]))
-        state.add_positions(torch.tensor([-1, 1]))
+        for ids in (torch.tensor([0, -1, 5, 5, -1, 2]), torch.tensor([-1, 1])):
+            state.add_positions(ids, position_counts(ids, 6) if shared else None)
     assert w.waits == []
     assert state.feature_freq.tolist() == [1, 1, 1, 0, 0, 2] and state.missing == 3
     state.missing = 1
@@ -182,10 +185,12 @@ class _Ops(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
-def test_device_commit_makes_bins_once_per_batch_and_totals_in_the_launch(kind, monkeypatch):
-    """CUDA's commit (through the interpreter): the count bins of each stream's ids are made once
-    per batch, not per layer (the layers share the ids), and the per-neuron totals ride in the
-    streams' scatter launch (no ``index_add_``); the sums stay the numba path's."""
+def test_device_commit_counts_positions_once_per_batch_and_totals_in_the_launch(kind,
+                                                                                 monkeypatch):
+    """CUDA's commit (through the interpreter): the position counts of each stream's ids are made
+    once per batch (one ``index_add_`` each), each layer adds them with one ``add_`` per stream
+    (no sorting ``index_put_``), and the per-neuron totals ride in the streams' scatter launch;
+    the sums stay the numba path's."""
     layers = 12
     acts, feats, mask, _ = _batch(seed=4, widths=(7,) * layers)
     want = Accumulator(STREAMS, k=2, kind=kind)
@@ -199,18 +204,20 @@ def test_device_commit_makes_bins_once_per_batch_and_totals_in_the_launch(kind, 
         for p in got.prepare_batch(acts, feats, mask):
             got.commit(p)
     assert counted.ops.get("clamp_") == len(STREAMS)
-    assert counted.ops.get("index_put_") == layers * len(STREAMS)
-    assert "index_add_" not in counted.ops
+    assert counted.ops.get("index_add_") == len(STREAMS)
+    assert counted.ops.get("add_") == layers * len(STREAMS)
+    assert "index_put_" not in counted.ops
     assert same_sums(want, got)
 
 
-def test_count_bins_are_made_once_per_batch_and_vocabulary():
+def test_position_counts_are_made_once_per_batch_and_vocabulary():
     from txray_engine.accumulate.positions import Positions
 
-    pos = Positions((4,), None, {"tok": torch.tensor([-1, 0, 2, 5])})
-    first = pos.count_bins("tok", 3)
-    assert first.tolist() == [0, 1, 3, 4] and pos.count_bins("tok", 3) is first
-    assert pos.count_bins("tok", 9).tolist() == [0, 1, 3, 6]  # another vocabulary
+    pos = Positions((5,), None, {"tok": torch.tensor([-1, 0, 2, 5, 2])})
+    first = pos.position_counts("tok", 3)
+    # bin 0: missing ids, bins 1..3: ids 0..2, bin 4: past the vocabulary
+    assert first.tolist() == [1, 1, 0, 2, 1] and pos.position_counts("tok", 3) is first
+    assert pos.position_counts("tok", 9).tolist() == [1, 1, 0, 2, 0, 0, 1, 0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("skip_row", [False, True])

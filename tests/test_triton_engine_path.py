@@ -173,7 +173,7 @@ def test_bad_rows_are_refused():
 @gpu
 def test_gpu_engine_masked_batches_under_inference_mode():
     """The engine on CUDA: masked layers of one batch (kept rows read in place, flags, totals in
-    the scatter launch, bins once per batch), the first batch under torch.inference_mode, the
+    the scatter launch, position counts once per batch), the first batch under torch.inference_mode, the
     second outside it: the CPU engine's sums."""
     import importlib
 

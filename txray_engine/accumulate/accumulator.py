@@ -37,7 +37,7 @@ class Prepared:
     # (acts [P, N], kept rows [R] or None for all, and per kept row doc, pos [R], context [R, W])
     examples: tuple | None = None
     vocab_sizes: dict | None = None  # the streams' sizes the ids were checked against
-    bins: dict | None = None  # the features' count bins, shared by the layers of a batch
+    counts: dict | None = None  # the features' position counts, shared by the layers of a batch
 
 
 class Accumulator:
@@ -215,10 +215,10 @@ class Accumulator:
                 rows = good.nonzero().squeeze(1) if rows is None else rows[good]
                 ex = (acts, rows, *(t[good] for t in where))
             skipped = int(bad_rows.numel())
-        bins = None  # where the kernels count positions by themselves, none are needed
+        counts = None  # where the kernels count positions by themselves, none are needed
         if not skipped and not kernels.positions_in_kernels(self.device):
-            bins = {s.name: pos.count_bins(s.name, len(s.vocab)) for s in self.streams}
-        return Prepared(layer, n, values, indices, flat, skipped, ex, self.vocab_sizes, bins)
+            counts = {s.name: pos.position_counts(s.name, len(s.vocab)) for s in self.streams}
+        return Prepared(layer, n, values, indices, flat, skipped, ex, self.vocab_sizes, counts)
 
     def commit(self, p: Prepared) -> None:
         """Add a prepared batch of one layer to its sums (:meth:`prepare`)."""
@@ -241,8 +241,8 @@ class Accumulator:
         dev = self.device
         state.add_selection(p.values.to(dev), p.indices.to(dev),  # prepare checked the ids
                             {n: f.to(dev) for n, f in p.features.items()}, checked=True,
-                            bins=None if p.bins is None else
-                            {n: b.to(dev) for n, b in p.bins.items()})
+                            counts=None if p.counts is None else
+                            {n: c.to(dev) for n, c in p.counts.items()})
         if p.examples is not None:
             if state.examples is None:
                 state.examples = TopExamples(p.n_neurons, self.examples,

@@ -47,15 +47,16 @@ class LayerState:
 
     def add_selection(self, values: torch.Tensor, indices: torch.Tensor,
                       features: dict[str, torch.Tensor], *, checked: bool = False,
-                      bins: dict[str, torch.Tensor] | None = None) -> None:
+                      counts: dict[str, torch.Tensor] | None = None) -> None:
         """Add selected neurons ``indices``/``values`` ``[P, k]`` of ``P`` positions whose ids are
         ``features[name]`` ``[P]`` (bad shapes or ids raise ``ValueError`` and change nothing;
-        ``checked=True``: the caller checked them; ``bins``: the ids' count bins per stream,
-        where the caller has them, see ``StreamState.add_positions``)."""
+        ``checked=True``: the caller checked them; ``counts``: the ids' position counts per
+        stream, where the caller has them, see ``StreamState.add_positions``)."""
         targets = [(features[name], state) for name, state in self.streams.items()]
         kernels.accumulate(values, indices, targets, (self.neuron_count, self.neuron_mass),
                            checked=checked,
-                           bins=None if bins is None else [bins.get(name) for name in self.streams])
+                           counts=None if counts is None else
+                           [counts.get(name) for name in self.streams])
         self.tokens += int(indices.shape[0])
 
     def merge_(self, other: "LayerState") -> "LayerState":

@@ -17,7 +17,7 @@ import torch
 import kernels
 
 from ..errors import InputError
-from .state import position_bins
+from .state import position_counts
 
 
 @dataclass
@@ -27,23 +27,23 @@ class Positions:
     ``lead``: the positions' shape (the activations' shape without the neuron dimension);
     ``index``: flat indices of the kept positions (``None``: all are kept); ``features``: each
     stream's ids at the kept positions (int64 ``[R]``); ``where``: ``(doc, pos, context)`` of the
-    kept positions, for top examples (``None`` when not asked); ``bins``: the streams' count
-    bins, made on first use (:meth:`count_bins`).
+    kept positions, for top examples (``None`` when not asked); ``counts``: the streams'
+    position counts, made on first use (:meth:`position_counts`).
     """
 
     lead: tuple
     index: torch.Tensor | None
     features: dict[str, torch.Tensor]
     where: tuple | None = None
-    bins: dict = field(default_factory=dict)  # (stream, vocabulary size) -> count bins
+    counts: dict = field(default_factory=dict)  # (stream, vocabulary size) -> position counts
 
-    def count_bins(self, name: str, n_features: int) -> torch.Tensor:
-        """The count bins of stream ``name``'s kept ids (``state.position_bins``), made once
-        for all the layers of the batch."""
+    def position_counts(self, name: str, n_features: int) -> torch.Tensor:
+        """How many of stream ``name``'s kept ids fall in each count bin
+        (``state.position_counts``), made once for all the layers of the batch."""
         key = (name, n_features)
-        if key not in self.bins:
-            self.bins[key] = position_bins(self.features[name], n_features)
-        return self.bins[key]
+        if key not in self.counts:
+            self.counts[key] = position_counts(self.features[name], n_features)
+        return self.counts[key]
 
     def position_of(self, row: int) -> tuple:
         """The multi-index in ``lead`` of kept row ``row`` (for error messages)."""

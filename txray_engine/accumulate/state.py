@@ -78,17 +78,20 @@ class StreamState(ABC):
         self._missing = int(value)
 
     # -- updates ---------------------------------------------------------------------------------
-    def add_positions(self, features: torch.Tensor, bins: torch.Tensor | None = None) -> None:
+    def add_positions(self, features: torch.Tensor, counts: torch.Tensor | None = None) -> None:
         """Count observed positions: ``features`` holds one id per position, ``-1`` = missing;
-        ``bins``: their :func:`position_bins`, where the caller has them (the layers of one batch
-        share them: on a GPU that saves two operators per layer and stream).
+        ``counts``: their :func:`position_counts`, where the caller has them (the layers of one
+        batch share them: on a GPU each layer and stream then adds one vector instead of
+        scattering its positions again).
 
         No wait on any device. Ids are the caller's to check (the ``Accumulator`` does, before
         anything changes): one past the vocabulary lands in a bin that is never read, rather than
         stopping a GPU with an assert."""
-        if bins is None:
+        if counts is None:
             bins = position_bins(features, self.n_features)
-        self._bins.index_put_((bins,), self._one, accumulate=True)
+            self._bins.index_add_(0, bins, self._one.expand(bins.shape[0]))
+        else:
+            self._bins += counts
         self._binned = True
 
     @abstractmethod
@@ -139,6 +142,17 @@ def position_bins(features: torch.Tensor, n_features: int) -> torch.Tensor:
     """The count bins of ids ``features`` in a vocabulary of ``n_features``: ``id + 1``, missing
     ids in bin 0, ids past the vocabulary in bin ``n_features + 1`` (see ``StreamState._bins``)."""
     return (features + 1).clamp_(0, n_features + 1)
+
+
+def position_counts(features: torch.Tensor, n_features: int) -> torch.Tensor:
+    """How many of ids ``features`` fall in each count bin of a vocabulary of ``n_features``
+    (int64 ``[n_features + 2]``, the layout of ``StreamState._bins``; see :func:`position_bins`).
+
+    One scatter of atomic adds on a GPU, where ``index_put_(accumulate=True)`` would sort."""
+    bins = position_bins(features, n_features)
+    counts = torch.zeros(n_features + 2, dtype=torch.int64, device=features.device)
+    return counts.index_add_(0, bins, torch.ones(1, dtype=torch.int64,
+                                                 device=features.device).expand(bins.shape[0]))
 
 
 def dense_bytes(n_neurons: int, n_features: int) -> int:
