@@ -7,15 +7,26 @@ launch); the Triton interpreter's own operators are not counted. ``--sparse`` ma
 and predicted-token streams sparse states with the GPU's persistent hash table (as a wide
 vocabulary would on a GPU).
 
-    TRITON_INTERPRET=1 python benchmarks/engine_ops.py [--layers 6] [--k 1] [--sparse]
+``--host`` times the same calls instead, with every Triton kernel replaced by a stub that
+launches nothing (a selecting launch's flags are zeroed, as a finite batch's would be): what is
+left is the engine's own host work per layer, its Python and the torch operators on tiny CPU
+tensors (each costs about what a kernel launch costs a GPU's host), without the Triton launcher.
+Medians of ``--repeat`` batches, then cProfile's top functions of one more batch.
+
+    TRITON_INTERPRET=1 python benchmarks/engine_ops.py [--layers 6] [--k 1] [--sparse] [--host]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
+import io
 import os
+import pstats
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -57,12 +68,64 @@ def _paused(counter, launches, name, fn):
     return run
 
 
+class _StubKernel:
+    """A ``@triton.jit`` kernel's stand-in: ``kernel[grid](*args, **meta)`` launches nothing;
+    ``flags_arg``: the position of an int8 flags argument to zero (a finite batch)."""
+
+    def __init__(self, flags_arg: int | None = None):
+        self.flags_arg = flags_arg
+        self.launches = 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.launches += 1
+            if self.flags_arg is not None and meta.get("FLAGS"):
+                args[self.flags_arg].zero_()
+        return launch
+
+
+def _host_times(acc, acts, feats, mask, layers: int, repeat: int) -> None:
+    """Median host time per layer of ``prepare_batch`` and ``commit`` with the kernels stubbed,
+    then the top functions of one more batch."""
+    dense = triton_dense._select_scatter_kernel = _StubKernel(flags_arg=5)
+    insert = triton_sparse._insert_kernel = _StubKernel()
+
+    def batch():
+        t0 = time.perf_counter()
+        prepared = acc.prepare_batch(acts, feats, mask)
+        t1 = time.perf_counter()
+        for p in prepared:
+            acc.commit(p)
+        return t1 - t0, time.perf_counter() - t1
+
+    for _ in range(3):
+        batch()
+    times = [batch() for _ in range(repeat)]
+    for phase, i in (("prepare", 0), ("commit", 1)):
+        per_layer = statistics.median(t[i] for t in times) / layers * 1e6
+        print(f"{phase}: {per_layer:.0f} µs per layer (median of {repeat} batches)")
+    batches = repeat + 3
+    print(f"stubbed launches per batch: {dense.launches / batches:g} dense, "
+          f"{insert.launches / batches:g} insert")
+    profile = cProfile.Profile()
+    profile.runcall(batch)
+    stats = pstats.Stats(profile, stream=io.StringIO()).stats
+    top = sorted(stats.items(), key=lambda item: -item[1][2])[:20]
+    print(f"one batch under cProfile (slower than timed), µs per layer: own time, with callees")
+    for (path, line, name), (_, calls, own, cumulative, _) in top:
+        where = f"{Path(path).name}:{line}({name})" if line else name
+        print(f"{own / layers * 1e6:8.1f} {cumulative / layers * 1e6:8.1f} {calls:6d}  {where}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--k", type=int, default=1)
     parser.add_argument("--sparse", action="store_true",
                         help="token and predicted streams in sparse states (GPU hash tables)")
+    parser.add_argument("--host", action="store_true",
+                        help="time the host work per layer, with the Triton kernels stubbed")
+    parser.add_argument("--repeat", type=int, default=20, help="batches timed with --host")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("error: run with TRITON_INTERPRET=1 (the CUDA branch is taken on CPU tensors)")
@@ -93,6 +156,9 @@ def main() -> None:
     kinds = "pos dense, token and predicted sparse" if args.sparse else "dense states"
     print(f"{args.layers} layers x {len(streams)} streams, k={args.k}, {kinds}, "
           f"one masked batch of {b} x {t} positions")
+    if args.host:
+        _host_times(acc, acts, feats, mask, args.layers, args.repeat)
+        return
     for phase in ("prepare", "commit"):
         launches.clear()
         with counter:

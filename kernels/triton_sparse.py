@@ -99,6 +99,12 @@ def _check_device_ok(t: torch.Tensor, what: str) -> None:
                          "(set TRITON_INTERPRET=1 to test on the CPU)")
 
 
+def _span(t: torch.Tensor | None, i: int, j: int) -> torch.Tensor | None:
+    """``t[i:j]``, or ``t`` itself where that is all of it (a call's events usually fit one
+    launch, and each view costs the host about as much as a launch's own checks)."""
+    return t if t is None or (i == 0 and j == t.shape[0]) else t[i:j]
+
+
 class TritonSparseTable:
     """Open-addressing hash table of ``(key, count, mass, peak)`` cells on one device."""
 
@@ -208,7 +214,8 @@ class TritonSparseTable:
         for i in range(0, e, CHUNK_EVENTS):
             j = min(e, i + CHUNK_EVENTS)
             self._reserve(j - i)
-            self._insert(_SRC_SELECTION, j - i, 1, a=neurons[i:j], v=values[i:j], f=features[i:j])
+            self._insert(_SRC_SELECTION, j - i, 1, a=_span(neurons, i, j), v=_span(values, i, j),
+                         f=_span(features, i, j))
 
     def add_selection(self, values: torch.Tensor, indices: torch.Tensor | None,
                       features: torch.Tensor) -> None:
@@ -231,8 +238,8 @@ class TritonSparseTable:
             j = min(p, i + rows)
             self._reserve((j - i) * k)
             src = _SRC_ALL if indices is None else _SRC_SELECTION
-            self._insert(src, (j - i) * k, k, a=None if indices is None else indices[i:j],
-                         v=values[i:j], f=features[i:j])
+            self._insert(src, (j - i) * k, k, a=_span(indices, i, j), v=_span(values, i, j),
+                         f=_span(features, i, j))
 
     def add_cells(self, keys: torch.Tensor, count: torch.Tensor, mass: torch.Tensor,
                   peak: torch.Tensor) -> None:
@@ -245,7 +252,8 @@ class TritonSparseTable:
         for i in range(0, e, CHUNK_EVENTS):
             j = min(e, i + CHUNK_EVENTS)
             self._reserve(j - i)
-            self._insert(_SRC_CELLS, j - i, 1, a=keys[i:j], v=peak[i:j], c=count[i:j], m=mass[i:j])
+            self._insert(_SRC_CELLS, j - i, 1, a=_span(keys, i, j), v=_span(peak, i, j),
+                         c=_span(count, i, j), m=_span(mass, i, j))
 
     # -- reads -----------------------------------------------------------------------------------
     def to_coo(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

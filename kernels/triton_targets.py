@@ -121,6 +121,7 @@ class _Totals:
 
 
 _ZEROS: dict = {}  # device -> int64 zeros (the totals' feature ids), grown when a call needs more
+_ZERO_VIEWS: dict = {}  # device -> (those zeros, the view of the last call's p of them)
 _PEAKS: dict = {}  # (device, width) -> the totals' scratch peak
 
 
@@ -135,8 +136,11 @@ def totals_target(count: torch.Tensor, mass: torch.Tensor, p: int) -> tuple:
     if zeros is None or zeros.numel() < p:
         zeros = _ZEROS[device] = torch.zeros(max(p, 2 * (0 if zeros is None else zeros.numel())),
                                              dtype=torch.int64, device=device)
+    last = _ZERO_VIEWS.get(device)  # the layers of a batch share their p: one view for all
+    if last is None or last[0] is not zeros or last[1].numel() != p:
+        last = _ZERO_VIEWS[device] = (zeros, zeros[:p])
     peak = _PEAKS.get((device, count.numel()))
     if peak is None:
         peak = _PEAKS[device, count.numel()] = torch.empty(count.numel(), dtype=torch.float32,
                                                            device=device)
-    return zeros[:p], _Totals(count, mass, peak)
+    return last[1], _Totals(count, mass, peak)

@@ -6,6 +6,7 @@ package's Zarr store)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,19 @@ def test_engine_ops_counts_the_device_path():
                          text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "'triton insert': 4" in run.stdout.splitlines()[-1]  # 2 layers x 2 sparse streams
+
+
+def test_engine_ops_times_the_host_work():
+    """``engine_ops.py --host``: the same calls with the kernels stubbed, timed per layer, and
+    the functions that take the time."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_ops.py"), "--layers",
+                          "2", "--sparse", "--k", "3", "--host", "--repeat", "2"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert re.match(r"prepare: \d+ µs per layer", lines[1]), lines[1]
+    assert re.match(r"commit: \d+ µs per layer", lines[2]), lines[2]
+    # 2 layers: 2 selecting + 2 scatter launches and 2 x 2 sparse inserts per batch
+    assert lines[3] == "stubbed launches per batch: 4 dense, 4 insert", lines[3]
+    assert any("accumulate" in line for line in lines[5:])

@@ -338,6 +338,32 @@ def test_table_growth_and_merge():
     assert torch.allclose(m2, 2 * got[2], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("chunk", [7, 64])
+def test_table_chunks_give_the_whole_call(chunk, monkeypatch):
+    """Events, selections and cells inserted in several launches (``CHUNK_EVENTS`` small; one
+    launch takes the whole call when it fits) hold what one launch of everything holds."""
+    gen = torch.Generator().manual_seed(3)
+    n, v, p, k = 13, 5, 19, 3
+    values, indices = reference.select_topk(torch.randn(p, n, generator=gen), k)
+    features = torch.randint(-1, v, (p,), generator=gen)
+    neurons = torch.randint(0, n, (p,), generator=gen)
+
+    def fill():
+        table = triton_sparse.TritonSparseTable(n, v, device="cpu", capacity=16)
+        table.add_selection(values, indices, features)
+        table.add_selection(values[:, :1].expand(p, n), None, features)  # all neurons
+        table.add(neurons, features, values[:, 0])
+        table.add_cells(*table.to_coo())
+        return table.to_coo()
+
+    whole = fill()
+    monkeypatch.setattr(triton_sparse, "CHUNK_EVENTS", chunk)
+    parts = fill()
+    for a, b in zip(whole[:2] + whole[3:], parts[:2] + parts[3:]):
+        assert torch.equal(a, b)
+    assert torch.allclose(whole[2], parts[2], rtol=1e-12, atol=0)
+
+
 def test_scatter_drops_out_of_range_ids():
     acts, feats, n, v = _make_case("random-f32")
     values, indices = reference.select_topk(acts, 3)
