@@ -29,7 +29,9 @@ Selection strategies (``method="auto"`` picks the one measured fastest on an H20
   ``k``, ``k`` rounds of a row max over packed int64 keys
   ``(order-preserving int32 of the value) << 32 | (2**31 - 1 - n)``, whose max is the largest value
   and, among equal values, the lowest index, the winner's key then knocked out
-  (``ARGMAX_ROUNDS = "fp32"``: rounds of fp32 max and index min instead, half the registers).
+  (``ARGMAX_ROUNDS = "fp32"``: rounds of fp32 max and index min instead, half the registers;
+  ``KEYS_16BIT``: for fp16/bf16 rows, int32 keys ``(16-bit order-preserving key) << 16 |
+  (65535 - n)``, here and in the candidates' rounds).
   Gives the selection in compact form, so the scatter is ``k`` small vector atomics per row. Each
   program takes several groups of rows (``LAUNCH_SHAPES``) and loads the next group while it works
   on the current one (all selecting methods do). Where N is a power of two the tile needs no column
@@ -102,6 +104,11 @@ CANDIDATES_MAX_K = 32
 #: one reduction per round; ``"fp32"`` a float max and an index min per round on half the
 #: registers (rows must be finite, as everywhere in the engine).
 ARGMAX_ROUNDS = "int64"
+#: Whether the argmax rounds (``"argmax"`` with int64 rounds, and ``"candidates"``) of fp16 / bf16
+#: rows pack (value, index) into int32 keys, ``(order-preserving 16-bit key) << 16 | (65535 -
+#: n)``: the same selection with half the key registers and one 32-bit shuffle and max per
+#: reduction step instead of 64-bit ones.
+KEYS_16BIT = False
 #: Widest row tile (next power of two of N) held in registers by one program.
 MAX_FUSED_BLOCK_N = 16384
 #: GPU launch shape per (selection method, bytes per activation) (tunables, from the H200 sweep of
@@ -169,7 +176,7 @@ def _select_scatter_kernel(
         ROWS: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
         KC: tl.constexpr, FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr,
         CM: tl.constexpr, KCP: tl.constexpr, BATCHED: tl.constexpr, FLAGS: tl.constexpr,
-        GATHER: tl.constexpr):
+        GATHER: tl.constexpr, KEY16: tl.constexpr):
     """``ROWS`` rows per program (METHODs 1 and 2: ``GROUPS`` consecutive groups of ``ROWS`` rows,
     the tile of the next group loaded while the current one is selected and scattered, so that
     reads stay in flight). METHOD 1 and the search of METHOD 2 hold a row tile of ``BLOCK_N`` (next
@@ -233,7 +240,7 @@ def _select_scatter_kernel(
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                          g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
                          METHOD, NUM_STREAMS, WRITE_OUT, BLOCK_N, CHUNK, KC, FP32_ROUNDS,
-                         EVEN_N, CM, KCP, BATCHED)
+                         EVEN_N, CM, KCP, BATCHED, KEY16)
             rows, row_ok, x_row, x = nrows, nrow_ok, nx_row, nx
             g0, g1, g2, g3 = ng0, ng1, ng2, ng3
 
@@ -295,7 +302,17 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
         KCP=_next_pow2(k) if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
         BATCHED=ROUND_SCATTER == "batched" and k > 1,  # (one round: nothing to batch)
         FLAGS=selecting and flags is not None, GATHER=selecting and src_rows is not None,
-        num_warps=warps)
+        KEY16=_key16(method_id, k, x.dtype), num_warps=warps)
+
+
+def _key16(method_id: int, k: int, dtype: torch.dtype) -> int:
+    """The kernel's ``KEY16``: whether the argmax rounds pack int32 keys of the 2-byte values
+    (1: bf16, 2: fp16; ``KEYS_16BIT``), else 0 (int64 keys of fp32 values, or no keys: the fp32
+    rounds of ``"argmax"``)."""
+    if not KEYS_16BIT or method_id not in (_M_ARGMAX, _M_CANDIDATES) or \
+            (method_id == _M_ARGMAX and (k == 1 or ARGMAX_ROUNDS == "fp32")):
+        return 0
+    return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)
 
 
 def _candidate_chunk(block_n: int, k: int) -> int | None:

@@ -91,6 +91,46 @@ def _key_index(key):
 
 
 @triton.jit
+def _pack16(x, idx, ok):
+    """Packed int32 keys of 2-byte floats ``x`` (fp16 or bf16, as loaded):
+    ``(order-preserving 16-bit key) << 16 | (65535 - idx)`` (``idx < 65536``), the same order as
+    :func:`_pack` on half the bits; ``INT32_MIN`` where not ``ok``."""
+    bits = x.to(tl.int16, bitcast=True).to(tl.int32)
+    bits = tl.where(bits == -32768, 0, bits)  # -0.0 -> +0.0
+    key = (tl.where(bits < 0, bits ^ 0x7FFF, bits) << 16) | (65535 - idx)
+    return tl.where(ok, key, -2147483648)
+
+
+@triton.jit
+def _key_parts(best, N, KEY16: tl.constexpr):
+    """``(index, fp32 value)`` of packed keys ``best``: int64 :func:`_pack` keys (``KEY16 == 0``),
+    or int32 :func:`_pack16` keys of bf16 (1) or fp16 (2) values. An index past the row (only a
+    NaN row, outside the contract, runs out of keys) names the last neuron."""
+    if KEY16 == 0:
+        n = _key_index(best)
+        val = _key_to_float((best >> 32).to(tl.int32))
+    else:
+        n = 65535 - (best & 65535)
+        hi = best >> 16
+        bits = tl.where(hi < 0, hi ^ 0x7FFF, hi).to(tl.int16)
+        if KEY16 == 1:
+            val = bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
+        else:
+            val = bits.to(tl.float16, bitcast=True).to(tl.float32)
+    return tl.minimum(n, N - 1), val
+
+
+@triton.jit
+def _knock_out(key, best, KEY16: tl.constexpr):
+    """``key`` with each row's ``best`` replaced by the lowest key of its width."""
+    if KEY16 == 0:
+        key = tl.where(key == best[:, None], -9223372036854775807 - 1, key)
+    else:
+        key = tl.where(key == best[:, None], -2147483648, key)
+    return key
+
+
+@triton.jit
 def _widen(x, tile_ok, EVEN_N: tl.constexpr):
     """The tile as fp32, ``-inf`` outside ``tile_ok`` (when N fills the tile only padding rows are
     outside, and those are never scattered nor written: no mask)."""
@@ -106,8 +146,9 @@ def _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                 g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                 g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
                 NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr, KC: tl.constexpr,
-                KCP: tl.constexpr, BATCHED: tl.constexpr):
-    """``KC`` rounds of argmax over packed keys (see :func:`_pack`), each winner knocked out.
+                KCP: tl.constexpr, BATCHED: tl.constexpr, KEY16: tl.constexpr):
+    """``KC`` rounds of argmax over packed keys (:func:`_pack`, or :func:`_pack16` where
+    ``KEY16``, see :func:`_key_parts`), each winner knocked out.
     ``BATCHED``: the winners are kept in ``[rows, KCP]`` tiles (``KCP``: next power of two of
     ``KC``) and scattered and written after the last round, ``KC`` lanes per atomic and one
     vector store per output; else each round scatters and writes its winner."""
@@ -117,9 +158,7 @@ def _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
         win_v = tl.zeros([key.shape[0], KCP], tl.float32)
     for j in range(KC):  # KC == K (constexpr: runtime-bound loops break 3.6's interpreter)
         best = tl.max(key, axis=1)
-        hi = best >> 32
-        n = tl.minimum(_key_index(best), N - 1)  # only a NaN row (outside the contract) runs out of keys
-        val = _key_to_float(hi.to(tl.int32))
+        n, val = _key_parts(best, N, KEY16)
         if BATCHED:
             win_n = tl.where(slot == j, n[:, None], win_n)
             win_v = tl.where(slot == j, val[:, None], win_v)
@@ -130,7 +169,7 @@ def _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
             if WRITE_OUT:
                 tl.store(out_v_ptr + rows64 * K + j, val, mask=row_ok)
                 tl.store(out_i_ptr + rows64 * K + j, n, mask=row_ok)
-        key = tl.where(key == best[:, None], -9223372036854775807 - 1, key)
+        key = _knock_out(key, best, KEY16)
     if BATCHED:
         won = row_ok[:, None] & (slot < KC)
         _scatter_streams(N, win_n, win_v, won,
@@ -177,8 +216,9 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
                  METHOD: tl.constexpr, NUM_STREAMS: tl.constexpr, WRITE_OUT: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr,
                  FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr, CM: tl.constexpr,
-                 KCP: tl.constexpr, BATCHED: tl.constexpr):
-    """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``."""
+                 KCP: tl.constexpr, BATCHED: tl.constexpr, KEY16: tl.constexpr):
+    """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``. ``KEY16``:
+    the argmax rounds of a 2-byte tile pack int32 keys (:func:`_key_parts`)."""
     rows64 = rows.to(tl.int64)
     if METHOD == 1 and KC == 1 and CM == 0:  # one fp32 max and one int32 min: the first index
         # (rows are finite, as everywhere in the engine: padding at -inf never ties a real max)
@@ -198,27 +238,38 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
         # (2-D and 1-D tensors only: 3-D ones met wrong reductions in some Triton layouts)
         cm = tl.reshape(tl.max(tl.reshape(xf, [x.shape[0] * (BLOCK_N // CM), CM]), axis=1),
                         [x.shape[0], BLOCK_N // CM])
-        ck = _pack(cm, tl.arange(0, BLOCK_N // CM)[None, :], True)
+        if KEY16 == 0:
+            ck = _pack(cm, tl.arange(0, BLOCK_N // CM)[None, :], True)
+        else:  # (each maximum is one of the row's 2-byte values: narrowed exactly)
+            ck = _pack16(cm.to(x.dtype), tl.arange(0, BLOCK_N // CM)[None, :], True)
         c = tl.arange(0, KCP * CM)[None, :]  # slot c // CM, element c % CM of its chunk
         first = tl.zeros([x.shape[0], KCP * CM], tl.int32)  # first column of each slot's chunk
         for j in range(KC):
             best = tl.max(ck, axis=1)
-            cid = _key_index(best).to(tl.int32)
-            first = tl.where(c // CM == j, cid[:, None] * CM, first)
-            ck = tl.where(ck == best[:, None], -9223372036854775807 - 1, ck)
+            cid, _ = _key_parts(best, BLOCK_N // CM, KEY16)
+            first = tl.where(c // CM == j, cid.to(tl.int32)[:, None] * CM, first)
+            ck = _knock_out(ck, best, KEY16)
         # their elements, read again (L1/L2: this program has just read them)
         pos = first + c % CM
         ok = row_ok[:, None] & (c < KC * CM) & (pos < N)
         xc = tl.load(x_row + pos.to(tl.int64) * stride_xn, mask=ok, other=0.0)
-        key = _pack(xc.to(tl.float32), pos, ok)
+        if KEY16 == 0:
+            key = _pack(xc.to(tl.float32), pos, ok)
+        else:
+            key = _pack16(xc, pos, ok)
         _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC, KCP,
-                    BATCHED)
+                    BATCHED, KEY16)
     elif METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys
-        _key_rounds(_pack(x.to(tl.float32), cols[None, :], tile_ok), rows64, row_ok,
-                    out_v_ptr, out_i_ptr, N, K, g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
-                    g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC, KCP, BATCHED)
+        if KEY16 == 0:
+            key = _pack(x.to(tl.float32), cols[None, :], tile_ok)
+        else:
+            key = _pack16(x, cols[None, :], tile_ok)
+        _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
+                    g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
+                    g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC, KCP,
+                    BATCHED, KEY16)
     else:  # METHOD 2: bitwise search of the k-th largest key, stable tie-break by cumsum
         key = _ordered_key(x.to(tl.float32))  # the values are rebuilt from the keys (registers)
         key = tl.where(tile_ok, key, -2147483648)  # below every finite key

@@ -61,22 +61,24 @@ def _states(kinds, n, v, device, table=None):
             SparseState(n, v, device=device, table=table) for kind in kinds]
 
 
-def _dense_impl(method, mode="direct", rounds="int64", scatter=None):
-    """``rounds``, ``scatter``: ``triton_dense.ARGMAX_ROUNDS`` and ``ROUND_SCATTER`` for the call
-    (``scatter=None``: the module's default)."""
+def _dense_impl(method, mode="direct", rounds="int64", scatter=None, keys16=False):
+    """``rounds``, ``scatter``, ``keys16``: ``triton_dense.ARGMAX_ROUNDS``, ``ROUND_SCATTER`` and
+    ``KEYS_16BIT`` for the call (``scatter=None``: the module's default)."""
     def run(acts, k, feats, n, v):
         if method == "candidates" and k < n and \
                 triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
             pytest.skip(f"rows of {n} neurons are too narrow for k={k} candidate chunks")
         states = _states(["dense"] * len(feats), n, v, acts.device)
-        saved = triton_dense.ARGMAX_ROUNDS, triton_dense.ROUND_SCATTER
+        saved = triton_dense.ARGMAX_ROUNDS, triton_dense.ROUND_SCATTER, triton_dense.KEYS_16BIT
         triton_dense.ARGMAX_ROUNDS = rounds
         triton_dense.ROUND_SCATTER = scatter or saved[1]
+        triton_dense.KEYS_16BIT = keys16
         try:
             out = triton_dense.dense_select_accumulate(acts, k, list(zip(feats, states)),
                                                        method=method, mode=mode)
         finally:
-            triton_dense.ARGMAX_ROUNDS, triton_dense.ROUND_SCATTER = saved
+            (triton_dense.ARGMAX_ROUNDS, triton_dense.ROUND_SCATTER,
+             triton_dense.KEYS_16BIT) = saved
         for s in states:
             triton_dense.flush(s)
         return (*out, states)
@@ -124,6 +126,12 @@ IMPLS = {
     "dense-candidates-batched": ("dense", "direct", _dense_impl("candidates", scatter="batched")),
     "dense-candidates-per-round": ("dense", "direct",
                                    _dense_impl("candidates", scatter="per_round")),
+    # int32 (value, index) keys of 2-byte rows (fp32 rows keep int64 keys)
+    "dense-argmax-keys16": ("dense", "direct", _dense_impl("argmax", keys16=True)),
+    "dense-candidates-keys16": ("dense", "direct", _dense_impl("candidates", keys16=True)),
+    "dense-candidates-keys16-per-round": ("dense", "direct",
+                                          _dense_impl("candidates", scatter="per_round",
+                                                      keys16=True)),
     "dense-threshold": ("dense", "direct", _dense_impl("threshold")),
     "dense-torchsel": ("dense", "direct", _dense_impl("torch")),
     "dense-partial": ("dense", "partial", _dense_impl("auto", "partial")),
@@ -514,6 +522,44 @@ def test_gpu_engine_entry_point_matches_cpu(kind):
         cpu_acc.observe("l", acts[:, half], {s: f[:, half] for s, f in feats.items()},
                         mask=mask[:, half])
     assert acc_mod.same_sums(gpu_acc, cpu_acc)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [100, 256, 1000])
+@pytest.mark.parametrize("k", [1, 3, 8, 16])
+@pytest.mark.parametrize("method", ["candidates", "argmax"])
+def test_keys16_select_the_reference(method, k, n, dtype, monkeypatch):
+    """The int32 keys of 2-byte rows (``KEYS_16BIT``) keep the reference's top k and its values,
+    on rows wide enough for k = 8 and 16 candidates: ties (the lower index wins), ``-0.0``
+    against ``+0.0``, all-equal and all-negative rows, values one 2-byte step apart, infinities;
+    and the selection of the int64 keys, scatter included."""
+    if method == "candidates" and \
+            triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
+        pytest.skip(f"rows of {n} neurons are too narrow for k={k} candidate chunks")
+    gen = torch.Generator().manual_seed(n + k)
+    x = torch.randn(19, n, generator=gen) * 4
+    x[0] = 0.0
+    x[1, ::3] = -0.0
+    x[2] = x[2, 0]
+    x[3] = -x[3].abs() - 1
+    x[4] = torch.randint(-3, 4, (n,), generator=gen).float()  # many ties
+    x[5, 7], x[5, 9], x[6, 1] = float("inf"), -float("inf"), -float("inf")
+    acts = x.to(dtype)
+    one = torch.finfo(dtype).eps  # one step apart near 1
+    acts[7] = 1.0
+    acts[7, n // 2] = 1.0 + one
+    acts[7, n // 3] = 1.0 + 2 * one
+    want_v, want_i = reference.select_topk(acts.float(), k)
+    feats = _features(acts.shape[0], 7, 2, gen, "random")
+    got, int64 = ({"keys16": flag} for flag in (True, False))
+    for out, flag in ((got, True), (int64, False)):
+        monkeypatch.setattr(triton_dense, "KEYS_16BIT", flag)
+        out["states"] = _states(["dense"] * 2, n, 7, "cpu")
+        out["v"], out["i"] = triton_dense.dense_select_accumulate(
+            acts, k, list(zip(feats, out["states"])), method=method)
+    _check_selection(acts, k, got["v"], got["i"], want_v, want_i)
+    assert torch.equal(got["i"], int64["i"]) and torch.equal(got["v"], int64["v"])
+    _check_states(got["states"], int64["states"], 1e-12)
 
 
 @pytest.mark.parametrize("rounds", ["int64", "fp32"])

@@ -30,10 +30,12 @@ def _parse():
                     help="launch shapes of the sweep as tile/per_thread/groups/fewest_warps, "
                          "comma-separated (default: gpu_parts.sweep.SHAPE_GRID)")
     ap.add_argument("--sweep-rows", default="",
-                    help="rows of the sweep as k:method:winners:dtype, comma-separated, e.g. "
-                         "8:candidates:batched:float32 (default: gpu_parts.sweep.SWEEP_ROWS)")
+                    help="rows of the sweep as k:method:winners:dtype[:keys], comma-separated, "
+                         "e.g. 8:candidates:batched:bfloat16:int32 (keys: int64, the default, or "
+                         "int32, triton_dense.KEYS_16BIT; default rows: "
+                         "gpu_parts.sweep.SWEEP_ROWS)")
     ap.add_argument("--breakdown", default="",
-                    help="rows of the sweep's candidates breakdown as N:k:chunk:winners, "
+                    help="rows of the sweep's candidates breakdown as N:k:chunk:winners[:keys], "
                          "comma-separated (default: gpu_parts.sweep.BREAKDOWN_ROWS)")
     ap.add_argument("--parts", default="1,2,2b,3,4",
                     help="comma-separated parts to run (Part 5 is --sweep), e.g. 1,2b,4")
@@ -87,15 +89,17 @@ def emit(line: str = "") -> None:
 @contextlib.contextmanager
 def kernel_settings():
     """Restores the dense kernel's tunables (``triton_dense.LAUNCH_SHAPES``, ``ROUND_SCATTER``,
-    ``CANDIDATE_WIDTH``) on exit, for the parts that time or check other values of them; yields
-    the values on entry, ``(shapes, round scatter, candidate width)``."""
+    ``CANDIDATE_WIDTH``, ``KEYS_16BIT``) on exit, for the parts that time or check other values
+    of them; yields the values on entry, ``(shapes, round scatter, candidate width, 16-bit
+    keys)``."""
     saved = (dict(triton_dense.LAUNCH_SHAPES), triton_dense.ROUND_SCATTER,
-             triton_dense.CANDIDATE_WIDTH)
+             triton_dense.CANDIDATE_WIDTH, triton_dense.KEYS_16BIT)
     try:
         yield saved
     finally:
         triton_dense.LAUNCH_SHAPES.update(saved[0])
-        triton_dense.ROUND_SCATTER, triton_dense.CANDIDATE_WIDTH = saved[1:]
+        (triton_dense.ROUND_SCATTER, triton_dense.CANDIDATE_WIDTH,
+         triton_dense.KEYS_16BIT) = saved[1:]
 
 
 def sync() -> None:

@@ -51,11 +51,13 @@ def check_case(name, impl, acts, k, feats, n, v, kinds, rtol=1e-12) -> bool:
     return not msg
 
 
-def _round_scatter(method, scatter):
-    """The dense kernel's ``method`` with ``triton_dense.ROUND_SCATTER = scatter``."""
+def _round_scatter(method, scatter, keys16=False):
+    """The dense kernel's ``method`` with ``triton_dense.ROUND_SCATTER = scatter`` and
+    ``KEYS_16BIT = keys16``."""
     def run(a, k, t):
         with kernel_settings():
             triton_dense.ROUND_SCATTER = scatter
+            triton_dense.KEYS_16BIT = keys16
             return triton_dense.dense_select_accumulate(a, k, t, method=method)
     return run
 
@@ -65,6 +67,9 @@ IMPLS = {
     "dense-cand-round": _round_scatter("candidates", "per_round"),
     "dense-argm-batch": _round_scatter("argmax", "batched"),
     "dense-argm-round": _round_scatter("argmax", "per_round"),
+    "dense-cand-key16": _round_scatter("candidates", "batched", keys16=True),
+    "dense-cand-key16-round": _round_scatter("candidates", "per_round", keys16=True),
+    "dense-argm-key16": _round_scatter("argmax", "batched", keys16=True),
     "dense-auto": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t),
     "dense-argmax": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t, method="argmax"),
     "dense-threshold": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t,
@@ -103,6 +108,10 @@ CASES = [
     ("dense-auto", "E", 16, 1), ("dense-auto", "E", 32, 1),
     ("dense-cand-batch", "A", 3, 5), ("dense-cand-batch", "E", 3, 1), ("dense-cand-round", "C", 3, 2),
     ("dense-argm-batch", "B", 5, 2), ("dense-argm-round", "C", 16, 2), ("dense-argm-batch", "C", 16, 2),
+    ("dense-cand-key16", "A", 1, 2), ("dense-cand-key16", "A", 3, 5), ("dense-cand-key16", "C", 4, 2),
+    ("dense-cand-key16", "E", 4, 1), ("dense-cand-key16-round", "E", 4, 2),
+    ("dense-argm-key16", "A", 8, 2), ("dense-argm-key16", "C", 16, 2),
+    ("dense-cand-key16", "B", 1, 1),  # (fp32: int64 keys)
 ]
 
 

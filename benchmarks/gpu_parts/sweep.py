@@ -16,25 +16,32 @@ from .common import (ARGS, BLOCK_ELEMS, DEVICE, T0, DenseState, device_ms, devic
 #: 2 warps at 256 elements per thread, the fourth 4 rows over 4 warps.
 SHAPE_GRID = [(2048, 128, 4, 1), (4096, 128, 4, 1), (16384, 256, 4, 1), (16384, 128, 4, 4),
               (2048, 128, 8, 1), (2048, 128, 2, 1)]
-#: (k, method, ROUND_SCATTER, dtype) rows of the grid at every N
-SWEEP_ROWS = [(1, "candidates", "per_round", torch.bfloat16),
-              (8, "candidates", "per_round", torch.bfloat16),
-              (8, "candidates", "batched", torch.bfloat16),
-              (16, "candidates", "batched", torch.bfloat16),
-              (32, "threshold", "per_round", torch.bfloat16),
-              (8, "candidates", "per_round", torch.float32)]
-#: (N, k, chunk width, ROUND_SCATTER) rows of the candidates breakdown
-BREAKDOWN_ROWS = [(4096, 1, 32, "per_round"), (4096, 8, 16, "per_round"), (4096, 8, 16, "batched"),
-                  (4096, 8, 32, "per_round"), (4096, 8, 32, "batched")]
-SMOKE_BREAKDOWN_ROWS = [(40, 1, 4, "per_round"), (40, 8, 4, "per_round"), (40, 8, 8, "batched")]
+#: (k, method, ROUND_SCATTER, dtype, keys of the argmax rounds: "int64", or "int32" for
+#: triton_dense.KEYS_16BIT) rows of the grid at every N
+SWEEP_ROWS = [(1, "candidates", "per_round", torch.bfloat16, "int64"),
+              (1, "candidates", "per_round", torch.bfloat16, "int32"),
+              (8, "candidates", "batched", torch.bfloat16, "int64"),
+              (8, "candidates", "batched", torch.bfloat16, "int32"),
+              (16, "candidates", "batched", torch.bfloat16, "int64"),
+              (16, "candidates", "batched", torch.bfloat16, "int32"),
+              (32, "threshold", "per_round", torch.bfloat16, "int64"),
+              (8, "candidates", "batched", torch.float32, "int64")]
+#: (N, k, chunk width, ROUND_SCATTER, keys) rows of the candidates breakdown
+BREAKDOWN_ROWS = [(4096, 1, 32, "per_round", "int64"), (4096, 1, 32, "per_round", "int32"),
+                  (4096, 8, 16, "batched", "int64"), (4096, 8, 16, "batched", "int32"),
+                  (4096, 8, 32, "batched", "int32"), (4096, 16, 16, "batched", "int32")]
+SMOKE_BREAKDOWN_ROWS = [(40, 1, 4, "per_round", "int64"), (40, 8, 4, "per_round", "int32"),
+                        (40, 8, 8, "batched", "int32")]
+KEYS = {"int64": False, "int32": True}  # -> triton_dense.KEYS_16BIT
 
 
 def _rows(spec: str, default, types, sep=":"):
     """``--sweep-rows`` / ``--breakdown`` / ``--shapes``: ``sep``-separated fields per row,
-    commas between rows."""
+    commas between rows; a row without its last field (the keys) takes ``int64``."""
     if not spec:
         return default
-    return [tuple(t(v) for t, v in zip(types, row.split(sep))) for row in spec.split(",")]
+    rows = [tuple(t(v) for t, v in zip(types, row.split(sep))) for row in spec.split(",")]
+    return [row + ("int64",) if len(row) == len(types) - 1 else row for row in rows]
 
 
 def _label(shape) -> str:
@@ -53,16 +60,17 @@ def part5() -> bool:
          "lower is better; tile / per thread / groups / fewest warps)")
     emit("")
     grid = _rows(ARGS.shapes, SHAPE_GRID, (int,) * 4, "/")
-    emit("| N | k | method | winners | dtype | " + " | ".join(_label(s) for s in grid) + " |")
-    emit("|---|---|---|---|---|" + "---|" * len(grid))
+    emit("| N | k | method | winners | dtype | keys | " + " | ".join(_label(s) for s in grid)
+         + " |")
+    emit("|---|---|---|---|---|---|" + "---|" * len(grid))
     ok = True
     with kernel_settings() as saved:
         best = (float("inf"), saved[0]["candidates", 2])  # k = 8, bf16, default scatter, N = 4096
         for n in ([16, 40] if ARGS.smoke else [int(v) for v in ARGS.sweep_n.split(",")]):
             p = 32 if ARGS.smoke else BLOCK_ELEMS // n
             feats = make_features(p, 17, 1)
-            for k, method, scatter, dtype in _rows(ARGS.sweep_rows, SWEEP_ROWS,
-                                                   (int, str, str, lambda d: getattr(torch, d))):
+            for k, method, scatter, dtype, keys in _rows(
+                    ARGS.sweep_rows, SWEEP_ROWS, (int, str, str, lambda d: getattr(torch, d), str)):
                 if time.perf_counter() - T0 > ARGS.budget + 120:
                     emit("(skipped: past the budget)")
                     return ok  # (the settings are restored on the way out)
@@ -73,6 +81,7 @@ def part5() -> bool:
                 ref_v, ref_i = reference.select_topk(acts.float(), k)
                 state = DenseState(n, 17, device=DEVICE)
                 triton_dense.ROUND_SCATTER = scatter
+                triton_dense.KEYS_16BIT = KEYS[keys]
                 row = []
                 for shape in grid:
                     triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
@@ -83,11 +92,11 @@ def part5() -> bool:
                     ok &= good
                     t, graph = device_time(lambda: triton_dense.dense_select_accumulate(
                         acts, k, [(feats[0], state)], method=method))
-                    if good and (k, scatter, dtype, n) == (8, saved[1], torch.bfloat16,
-                                                           40 if ARGS.smoke else 4096):
+                    if good and (k, scatter, dtype, n, KEYS[keys]) == (
+                            8, saved[1], torch.bfloat16, 40 if ARGS.smoke else 4096, saved[3]):
                         best = min(best, (t, shape))
                     row.append(f"{t:.3g}" + ("" if graph else " (call)") + ("" if good else " WRONG"))
-                emit(f"| {n} | {k} | {method} | {scatter} | {str(dtype)[6:]} | "
+                emit(f"| {n} | {k} | {method} | {scatter} | {str(dtype)[6:]} | {keys} | "
                      + " | ".join(row) + " |")
     emit("")
     return ok & _part5_breakdown(best[1])
@@ -96,21 +105,21 @@ def part5() -> bool:
 def _part5_breakdown(shape) -> bool:
     """Where the candidates selection's time goes at the dense target's rows (bf16) under launch
     ``shape``: the selection alone (no stream), with 1 and 4 streams of scatter, by candidate
-    chunk width (the default: ``triton_dense.CANDIDATE_WIDTH``) and by how the rounds hand their
-    winners to the scatter, each checked against the reference."""
+    chunk width (the default: ``triton_dense.CANDIDATE_WIDTH``), by how the rounds hand their
+    winners to the scatter and by the width of their keys, each checked against the reference."""
     rows = _rows(ARGS.breakdown, SMOKE_BREAKDOWN_ROWS if ARGS.smoke else BREAKDOWN_ROWS,
-                 (int, int, int, str))
+                 (int, int, int, str, str))
     emit(f"Candidates, bf16, V=17, {BLOCK_ELEMS if not ARGS.smoke else 'few'} activations per "
          f"call, launch shape {_label(shape)}: device ms by streams scattered, chunk width and "
          f"winners' scatter")
     emit("")
-    emit("| N | k | chunk | winners | no stream (selection alone) | 1 stream | 4 streams |")
-    emit("|---|---|---|---|---|---|---|")
+    emit("| N | k | chunk | winners | keys | no stream (selection alone) | 1 stream | 4 streams |")
+    emit("|---|---|---|---|---|---|---|---|")
     inputs = {}
     ok = True
     with kernel_settings() as saved:
         triton_dense.LAUNCH_SHAPES.update({m: shape for m in saved[0]})
-        for n, k, cm, scatter in rows:
+        for n, k, cm, scatter, keys in rows:
             if time.perf_counter() - T0 > ARGS.budget + 150:
                 emit("(skipped: past the budget)")
                 return ok
@@ -126,6 +135,7 @@ def _part5_breakdown(shape) -> bool:
             _, ref_i = reference.select_topk(acts.float(), k)
             triton_dense.CANDIDATE_WIDTH = (cm, cm)  # exactly cm: 4 k chunks of cm fit the row
             triton_dense.ROUND_SCATTER = scatter
+            triton_dense.KEYS_16BIT = KEYS[keys]
             row = []
             for streams in (0, 1, 4):
                 states = [DenseState(n, 17, device=DEVICE) for _ in range(streams)]
@@ -135,6 +145,6 @@ def _part5_breakdown(shape) -> bool:
                 ok &= good
                 row.append(device_ms(lambda: triton_dense.dense_select_accumulate(
                     acts, k, targets, method="candidates")) + ("" if good else " WRONG"))
-            emit(f"| {n} | {k} | {cm} | {scatter} | " + " | ".join(row) + " |")
+            emit(f"| {n} | {k} | {cm} | {scatter} | {keys} | " + " | ".join(row) + " |")
     emit("")
     return ok
