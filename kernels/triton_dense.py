@@ -31,7 +31,7 @@ Selection strategies (``method="auto"`` picks the one measured fastest on an H20
   and, among equal values, the lowest index, the winner's key then knocked out
   (``ARGMAX_ROUNDS = "fp32"``: rounds of fp32 max and index min instead, half the registers;
   ``KEYS_16BIT``: for fp16/bf16 rows, int32 keys ``(16-bit order-preserving key) << 16 |
-  (65535 - n)``, here and in the candidates' rounds).
+  (65535 - n)``, here and in the candidates' rounds; and a 16-step threshold search).
   Gives the selection in compact form, so the scatter is ``k`` small vector atomics per row. Each
   program takes several groups of rows (``LAUNCH_SHAPES``) and loads the next group while it works
   on the current one (all selecting methods do). Where N is a power of two the tile needs no column
@@ -104,10 +104,11 @@ CANDIDATES_MAX_K = 32
 #: one reduction per round; ``"fp32"`` a float max and an index min per round on half the
 #: registers (rows must be finite, as everywhere in the engine).
 ARGMAX_ROUNDS = "int64"
-#: Whether the argmax rounds (``"argmax"`` with int64 rounds, and ``"candidates"``) of fp16 / bf16
-#: rows pack (value, index) into int32 keys, ``(order-preserving 16-bit key) << 16 | (65535 -
-#: n)``: the same selection with half the key registers and one 32-bit shuffle and max per
-#: reduction step instead of 64-bit ones.
+#: Whether the selections of fp16 / bf16 rows key the values on 16 bits: the argmax rounds
+#: (``"argmax"`` with int64 rounds, and ``"candidates"``) pack (value, index) into int32 keys,
+#: ``(order-preserving 16-bit key) << 16 | (65535 - n)`` (the same selection with half the key
+#: registers, and one 32-bit shuffle and max per reduction step instead of 64-bit ones), and
+#: ``"threshold"`` searches 16 bits instead of 32 (half the steps, each a count over the row).
 KEYS_16BIT = False
 #: Widest row tile (next power of two of N) held in registers by one program.
 MAX_FUSED_BLOCK_N = 16384
@@ -306,10 +307,10 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
 
 
 def _key16(method_id: int, k: int, dtype: torch.dtype) -> int:
-    """The kernel's ``KEY16``: whether the argmax rounds pack int32 keys of the 2-byte values
-    (1: bf16, 2: fp16; ``KEYS_16BIT``), else 0 (int64 keys of fp32 values, or no keys: the fp32
-    rounds of ``"argmax"``)."""
-    if not KEYS_16BIT or method_id not in (_M_ARGMAX, _M_CANDIDATES) or \
+    """The kernel's ``KEY16``: whether the selection keys 2-byte values on 16 bits (1: bf16,
+    2: fp16; ``KEYS_16BIT``), else 0 (keys of fp32 values, or no keys: the fp32 rounds of
+    ``"argmax"``)."""
+    if not KEYS_16BIT or method_id not in _SELECTING or \
             (method_id == _M_ARGMAX and (k == 1 or ARGMAX_ROUNDS == "fp32")):
         return 0
     return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)

@@ -91,14 +91,31 @@ def _key_index(key):
 
 
 @triton.jit
+def _ordered16(x):
+    """2-byte floats ``x`` (fp16 or bf16, as loaded) -> int32 in ``[-32768, 32767]`` with the same
+    order (``-0.0`` mapped to ``+0.0``), as :func:`_ordered_key` does for fp32."""
+    bits = x.to(tl.int16, bitcast=True).to(tl.int32)
+    bits = tl.where(bits == -32768, 0, bits)
+    return tl.where(bits < 0, bits ^ 0x7FFF, bits)
+
+
+@triton.jit
+def _from_ordered16(key, KEY16: tl.constexpr):
+    """The fp32 value of :func:`_ordered16` keys of bf16 (``KEY16 == 1``) or fp16 (2) values."""
+    bits = tl.where(key < 0, key ^ 0x7FFF, key).to(tl.int16)
+    if KEY16 == 1:
+        val = bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
+    else:
+        val = bits.to(tl.float16, bitcast=True).to(tl.float32)
+    return val
+
+
+@triton.jit
 def _pack16(x, idx, ok):
     """Packed int32 keys of 2-byte floats ``x`` (fp16 or bf16, as loaded):
     ``(order-preserving 16-bit key) << 16 | (65535 - idx)`` (``idx < 65536``), the same order as
     :func:`_pack` on half the bits; ``INT32_MIN`` where not ``ok``."""
-    bits = x.to(tl.int16, bitcast=True).to(tl.int32)
-    bits = tl.where(bits == -32768, 0, bits)  # -0.0 -> +0.0
-    key = (tl.where(bits < 0, bits ^ 0x7FFF, bits) << 16) | (65535 - idx)
-    return tl.where(ok, key, -2147483648)
+    return tl.where(ok, (_ordered16(x) << 16) | (65535 - idx), -2147483648)
 
 
 @triton.jit
@@ -111,13 +128,19 @@ def _key_parts(best, N, KEY16: tl.constexpr):
         val = _key_to_float((best >> 32).to(tl.int32))
     else:
         n = 65535 - (best & 65535)
-        hi = best >> 16
-        bits = tl.where(hi < 0, hi ^ 0x7FFF, hi).to(tl.int16)
-        if KEY16 == 1:
-            val = bits.to(tl.bfloat16, bitcast=True).to(tl.float32)
-        else:
-            val = bits.to(tl.float16, bitcast=True).to(tl.float32)
+        val = _from_ordered16(best >> 16, KEY16)
     return tl.minimum(n, N - 1), val
+
+
+@triton.jit
+def _key_value(key, KEY16: tl.constexpr):
+    """The fp32 value of unpacked keys: :func:`_ordered_key` ones (``KEY16 == 0``), or
+    :func:`_ordered16` ones."""
+    if KEY16 == 0:
+        val = _key_to_float(key)
+    else:
+        val = _from_ordered16(key, KEY16)
+    return val
 
 
 @triton.jit
@@ -210,6 +233,19 @@ def _fp32_rounds(xf, idx, ok, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
 
 
 @triton.jit
+def _kth_key(key, K, BITS: tl.constexpr):
+    """Per row, the largest ``t`` with ``count(key >= t) >= K``, for keys of ``BITS`` bits
+    (signed, in int32), built bit by bit from the lowest such key (offset binary)."""
+    t = tl.full([key.shape[0]], -(1 << (BITS - 1)), tl.int64)
+    one = tl.full([key.shape[0]], 1, tl.int64)
+    for b in range(BITS):
+        cand = t + (one << (BITS - 1 - b))
+        cnt = tl.sum((key >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
+        t = tl.where(cnt >= K, cand, t)
+    return t
+
+
+@triton.jit
 def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, out_i_ptr, N, K,
                  g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                  g2, c2, m2, p2, V2, g3, c3, m3, p3, V3,
@@ -217,8 +253,9 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
                  BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, KC: tl.constexpr,
                  FP32_ROUNDS: tl.constexpr, EVEN_N: tl.constexpr, CM: tl.constexpr,
                  KCP: tl.constexpr, BATCHED: tl.constexpr, KEY16: tl.constexpr):
-    """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``. ``KEY16``:
-    the argmax rounds of a 2-byte tile pack int32 keys (:func:`_key_parts`)."""
+    """Select (METHOD 1 or 2) and scatter the rows ``rows`` of the loaded tile ``x``. ``KEY16``
+    (a 2-byte tile): the argmax rounds pack int32 keys (:func:`_key_parts`), and the threshold
+    search runs over 16-bit keys (:func:`_ordered16`), 16 steps instead of 32."""
     rows64 = rows.to(tl.int64)
     if METHOD == 1 and KC == 1 and CM == 0:  # one fp32 max and one int32 min: the first index
         # (rows are finite, as everywhere in the engine: padding at -inf never ties a real max)
@@ -271,15 +308,13 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC, KCP,
                     BATCHED, KEY16)
     else:  # METHOD 2: bitwise search of the k-th largest key, stable tie-break by cumsum
-        key = _ordered_key(x.to(tl.float32))  # the values are rebuilt from the keys (registers)
-        key = tl.where(tile_ok, key, -2147483648)  # below every finite key
-        # t: the largest int32 t with count(key >= t) >= K, built bit by bit (offset binary)
-        t = tl.full([x.shape[0]], -2147483648, tl.int64)
-        one = tl.full([x.shape[0]], 1, tl.int64)
-        for b in range(32):
-            cand = t + (one << (31 - b))
-            cnt = tl.sum((key >= cand.to(tl.int32)[:, None]).to(tl.int32), axis=1)
-            t = tl.where(cnt >= K, cand, t)
+        # (the values are rebuilt from the keys, held in registers)
+        if KEY16 == 0:
+            key = tl.where(tile_ok, _ordered_key(x.to(tl.float32)), -2147483648)
+            t = _kth_key(key, K, 32)
+        else:  # padding below every 16-bit key
+            key = tl.where(tile_ok, _ordered16(x), -32769)
+            t = _kth_key(key, K, 16)
         thr = t.to(tl.int32)[:, None]
         # take every key > thr, and the first K - count(key > thr) keys == thr in index order
         need = K - tl.sum((key > thr).to(tl.int32), axis=1)
@@ -287,7 +322,7 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
             gt = tile_ok & (key > thr)
             eq = tile_ok & (key == thr)
             sel = gt | (eq & (tl.cumsum(eq.to(tl.int32), axis=1) <= need[:, None]))
-            val = _key_to_float(key)
+            val = _key_value(key, KEY16)
             _scatter_streams(N, cols[None, :], val, sel,
                              g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                              g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)
@@ -302,13 +337,16 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
                 ccols = c + tl.arange(0, CHUNK)
                 ok = row_ok[:, None] & (ccols < N)[None, :]
                 xc = tl.load(x_row + ccols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
-                kc = _ordered_key(xc.to(tl.float32))
+                if KEY16 == 0:
+                    kc = _ordered_key(xc.to(tl.float32))
+                else:
+                    kc = _ordered16(xc)
                 gt = ok & (kc > thr)
                 eq = ok & (kc == thr)
                 rank = tl.cumsum(eq.to(tl.int32), axis=1) + taken[:, None]
                 sel = gt | (eq & (rank <= need[:, None]))
                 taken += tl.sum(eq.to(tl.int32), axis=1)
-                val = _key_to_float(kc)
+                val = _key_value(kc, KEY16)
                 _scatter_streams(N, ccols[None, :], val, sel,
                                  g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                                  g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, True)

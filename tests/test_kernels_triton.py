@@ -132,6 +132,7 @@ IMPLS = {
     "dense-candidates-keys16-per-round": ("dense", "direct",
                                           _dense_impl("candidates", scatter="per_round",
                                                       keys16=True)),
+    "dense-threshold-keys16": ("dense", "direct", _dense_impl("threshold", keys16=True)),
     "dense-threshold": ("dense", "direct", _dense_impl("threshold")),
     "dense-torchsel": ("dense", "direct", _dense_impl("torch")),
     "dense-partial": ("dense", "partial", _dense_impl("auto", "partial")),
@@ -526,13 +527,16 @@ def test_gpu_engine_entry_point_matches_cpu(kind):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n", [100, 256, 1000])
-@pytest.mark.parametrize("k", [1, 3, 8, 16])
-@pytest.mark.parametrize("method", ["candidates", "argmax"])
+@pytest.mark.parametrize("k", [1, 3, 8, 16, 32])
+@pytest.mark.parametrize("method", ["candidates", "argmax", "threshold"])
 def test_keys16_select_the_reference(method, k, n, dtype, monkeypatch):
-    """The int32 keys of 2-byte rows (``KEYS_16BIT``) keep the reference's top k and its values,
-    on rows wide enough for k = 8 and 16 candidates: ties (the lower index wins), ``-0.0``
-    against ``+0.0``, all-equal and all-negative rows, values one 2-byte step apart, infinities;
-    and the selection of the int64 keys, scatter included."""
+    """The 16-bit keys of 2-byte rows (``KEYS_16BIT``: int32 (value, index) keys in the argmax
+    rounds, a 16-step threshold search) keep the reference's top k and its values, on rows wide
+    enough for k = 8 and 16 candidates: ties (the lower index wins), ``-0.0`` against ``+0.0``,
+    all-equal and all-negative rows, values one 2-byte step apart, infinities; and the
+    selection of the 32-bit keys, scatter included."""
+    if method == "argmax" and k > triton_dense.ARGMAX_MAX_K:
+        pytest.skip(f"k={k} is past the argmax rounds")
     if method == "candidates" and \
             triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
         pytest.skip(f"rows of {n} neurons are too narrow for k={k} candidate chunks")

@@ -70,6 +70,7 @@ IMPLS = {
     "dense-cand-key16": _round_scatter("candidates", "batched", keys16=True),
     "dense-cand-key16-round": _round_scatter("candidates", "per_round", keys16=True),
     "dense-argm-key16": _round_scatter("argmax", "batched", keys16=True),
+    "dense-thr-key16": _round_scatter("threshold", "batched", keys16=True),
     "dense-auto": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t),
     "dense-argmax": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t, method="argmax"),
     "dense-threshold": lambda a, k, t: triton_dense.dense_select_accumulate(a, k, t,
@@ -112,6 +113,7 @@ CASES = [
     ("dense-cand-key16", "E", 4, 1), ("dense-cand-key16-round", "E", 4, 2),
     ("dense-argm-key16", "A", 8, 2), ("dense-argm-key16", "C", 16, 2),
     ("dense-cand-key16", "B", 1, 1),  # (fp32: int64 keys)
+    ("dense-thr-key16", "A", 32, 2), ("dense-thr-key16", "C", 8, 2), ("dense-thr-key16", "E", 3, 5),
 ]
 
 

@@ -25,6 +25,9 @@ SWEEP_ROWS = [(1, "candidates", "per_round", torch.bfloat16, "int64"),
               (16, "candidates", "batched", torch.bfloat16, "int64"),
               (16, "candidates", "batched", torch.bfloat16, "int32"),
               (32, "threshold", "per_round", torch.bfloat16, "int64"),
+              (32, "threshold", "per_round", torch.bfloat16, "int32"),
+              (32, "candidates", "batched", torch.bfloat16, "int64"),
+              (32, "candidates", "batched", torch.bfloat16, "int32"),
               (8, "candidates", "batched", torch.float32, "int64")]
 #: (N, k, chunk width, ROUND_SCATTER, keys) rows of the candidates breakdown
 BREAKDOWN_ROWS = [(4096, 1, 32, "per_round", "int64"), (4096, 1, 32, "per_round", "int32"),
