@@ -303,14 +303,14 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
         KCP=_next_pow2(k) if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
         BATCHED=ROUND_SCATTER == "batched" and k > 1,  # (one round: nothing to batch)
         FLAGS=selecting and flags is not None, GATHER=selecting and src_rows is not None,
-        KEY16=_key16(method_id, k, x.dtype), num_warps=warps)
+        KEY16=_key16(method_id, k, x.dtype, block_n), num_warps=warps)
 
 
-def _key16(method_id: int, k: int, dtype: torch.dtype) -> int:
+def _key16(method_id: int, k: int, dtype: torch.dtype, block_n: int) -> int:
     """The kernel's ``KEY16``: whether the selection keys 2-byte values on 16 bits (1: bf16,
     2: fp16; ``KEYS_16BIT``), else 0 (keys of fp32 values, or no keys: the fp32 rounds of
-    ``"argmax"``)."""
-    if not KEYS_16BIT or method_id not in _SELECTING or \
+    ``"argmax"``). The packed keys hold an index below 65536: a wider tile keeps 32-bit keys."""
+    if not KEYS_16BIT or method_id not in _SELECTING or block_n > 65536 or \
             (method_id == _M_ARGMAX and (k == 1 or ARGMAX_ROUNDS == "fp32")):
         return 0
     return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)

@@ -44,7 +44,42 @@ def part4() -> None:
     _part4_flags(acts)
     _part4_examples(acts, p)
     _part4_batch(acts, feats, streams, p)
+    _part4_positions(feats["token"])
     _part4_host(acts, feats, streams, p)
+
+
+def _part4_positions(ids, calls=200) -> None:
+    """What counting a layer's positions costs per stream, host and device together (wall time
+    of ``calls`` calls, one sync at the end): an ``index_put_(accumulate=True)`` of the
+    positions' bins (the commit up to 1cac9f7; a sort on CUDA), against one ``add_`` of the
+    batch's position counts (the commit since), and the counts themselves (once per batch)."""
+    state_mod = importlib.import_module("txray_engine.accumulate.state")
+    emit(f"Counting positions per layer and stream ({ids.numel()} positions; us per call, wall "
+         f"time of {calls} calls)")
+    emit("")
+    emit("| V | index_put_ of the bins | add_ of the counts | counts (per batch) |")
+    emit("|---|---|---|---|")
+
+    def wall(fn) -> float:
+        fn()
+        sync()
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        return (time.perf_counter() - t) / calls * 1e6
+
+    for v in (17, 50_000):
+        f = ids % v
+        bins = state_mod.position_bins(f, v)
+        counts = state_mod.position_counts(f, v)
+        target = torch.zeros(v + 2, dtype=torch.int64, device=DEVICE)
+        one = torch.ones(1, dtype=torch.int64, device=DEVICE)
+        t_put = wall(lambda: target.index_put_((bins,), one, accumulate=True))
+        t_add = wall(lambda: target.add_(counts))
+        t_counts = wall(lambda: state_mod.position_counts(f, v))
+        emit(f"| {v} | {t_put:.3g} | {t_add:.3g} | {t_counts:.3g} |")
+    emit("")
 
 
 def _part4_flags(acts) -> None:

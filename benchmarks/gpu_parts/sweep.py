@@ -38,13 +38,20 @@ SMOKE_BREAKDOWN_ROWS = [(40, 1, 4, "per_round", "int64"), (40, 8, 4, "per_round"
 KEYS = {"int64": False, "int32": True}  # -> triton_dense.KEYS_16BIT
 
 
-def _rows(spec: str, default, types, sep=":"):
+def _rows(spec: str, default, types, sep=":", last=None):
     """``--sweep-rows`` / ``--breakdown`` / ``--shapes``: ``sep``-separated fields per row,
-    commas between rows; a row without its last field (the keys) takes ``int64``."""
+    commas between rows; ``last``: the value of an optional last field (the keys)."""
     if not spec:
         return default
-    rows = [tuple(t(v) for t, v in zip(types, row.split(sep))) for row in spec.split(",")]
-    return [row + ("int64",) if len(row) == len(types) - 1 else row for row in rows]
+    rows = []
+    for row in spec.split(","):
+        fields = row.split(sep)
+        if last is not None and len(fields) == len(types) - 1:
+            fields.append(last)
+        if len(fields) != len(types):
+            raise SystemExit(f"error: {row!r} needs {len(types)} fields separated by {sep!r}")
+        rows.append(tuple(t(v) for t, v in zip(types, fields)))
+    return rows
 
 
 def _label(shape) -> str:
@@ -73,7 +80,8 @@ def part5() -> bool:
             p = 32 if ARGS.smoke else BLOCK_ELEMS // n
             feats = make_features(p, 17, 1)
             for k, method, scatter, dtype, keys in _rows(
-                    ARGS.sweep_rows, SWEEP_ROWS, (int, str, str, lambda d: getattr(torch, d), str)):
+                    ARGS.sweep_rows, SWEEP_ROWS, (int, str, str, lambda d: getattr(torch, d), str),
+                    last="int64"):
                 if time.perf_counter() - T0 > ARGS.budget + 120:
                     emit("(skipped: past the budget)")
                     return ok  # (the settings are restored on the way out)
@@ -111,7 +119,7 @@ def _part5_breakdown(shape) -> bool:
     chunk width (the default: ``triton_dense.CANDIDATE_WIDTH``), by how the rounds hand their
     winners to the scatter and by the width of their keys, each checked against the reference."""
     rows = _rows(ARGS.breakdown, SMOKE_BREAKDOWN_ROWS if ARGS.smoke else BREAKDOWN_ROWS,
-                 (int, int, int, str, str))
+                 (int, int, int, str, str), last="int64")
     emit(f"Candidates, bf16, V=17, {BLOCK_ELEMS if not ARGS.smoke else 'few'} activations per "
          f"call, launch shape {_label(shape)}: device ms by streams scattered, chunk width and "
          f"winners' scatter")
