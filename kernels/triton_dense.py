@@ -15,7 +15,8 @@ Selection strategies (``method="auto"`` picks the one measured fastest on an H20
 
 * ``k == N`` -- ``"all"``: no selection, every element is an event.
 * ``k <= 16`` (``k == 1``: 2-byte inputs), or ``k <= CANDIDATES_MAX_K`` where the row tile
-  (next power of two of N) is at least ``256 k``; only where the tile holds at least ``4 k``
+  (next power of two of N) is at least ``256 k``, or 1,024 where the keys are 16-bit
+  (``KEYS_16BIT``, 2-byte rows); only where the tile holds at least ``4 k``
   chunks of 4+ elements -- ``"candidates"``: the row's maxima per chunk of ``CM`` (up to 32
   for ``k == 1``, 16 for larger ``k``: ``CANDIDATE_WIDTH``)
   columns, ``k`` rounds of argmax over those chunk maxima (packed keys, ties to the lower chunk)
@@ -109,7 +110,11 @@ ARGMAX_ROUNDS = "int64"
 #: ``(order-preserving 16-bit key) << 16 | (65535 - n)`` (the same selection with half the key
 #: registers, and one 32-bit shuffle and max per reduction step instead of 64-bit ones), and
 #: ``"threshold"`` searches 16 bits instead of 32 (half the steps, each a count over the row).
-KEYS_16BIT = False
+#: For k > 1 (H200, ``gpu_check --sweep``, bf16, 2²⁶ activations: k = 8 0.0555 against 0.0892 ms
+#: at N = 4,096, 0.0576 against 0.0924 at N = 16,384; k = 16 0.111 against 0.198; k = 32
+#: threshold 0.954 against 1.20); k = 1 keeps the 32-bit keys (0.0625 against 0.0453 ms at
+#: N = 16,384, a tie at 4,096).
+KEYS_16BIT = True
 #: Widest row tile (next power of two of N) held in registers by one program.
 MAX_FUSED_BLOCK_N = 16384
 #: GPU launch shape per (selection method, bytes per activation) (tunables, from the H200 sweep of
@@ -139,6 +144,7 @@ SCATTER_CHUNK = 2048
 PARTIAL_FLUSH_ROWS = 4096
 
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_HALF = {2: torch.bfloat16, 4: torch.float32}  # a dtype of each width, for _key16 (fp16 keys alike)
 _METHODS = ("auto", "all", "argmax", "candidates", "threshold", "torch")
 _M_ALL, _M_ARGMAX, _M_THRESHOLD, _M_PRESELECTED = 0, 1, 2, 3  # the kernel's METHOD
 _M_CANDIDATES = 4  # launched as METHOD 1 with a candidate chunk (CM > 0)
@@ -310,9 +316,9 @@ def _key16(method_id: int, k: int, dtype: torch.dtype, block_n: int) -> int:
     """The kernel's ``KEY16``: whether the selection keys 2-byte values on 16 bits (1: bf16,
     2: fp16; ``KEYS_16BIT``), else 0 (keys of fp32 values, or no keys: the fp32 rounds of
     ``"argmax"``). The packed keys hold an index below 65536: a wider tile keeps 32-bit keys."""
-    if not KEYS_16BIT or method_id not in _SELECTING or block_n > 65536 or \
-            (method_id == _M_ARGMAX and (k == 1 or ARGMAX_ROUNDS == "fp32")):
-        return 0
+    if not KEYS_16BIT or method_id not in _SELECTING or block_n > 65536 or k == 1 or \
+            (method_id == _M_ARGMAX and ARGMAX_ROUNDS == "fp32"):
+        return 0  # (k = 1 keeps the 32-bit keys: 0.0625 against 0.0453 ms at N = 16,384)
     return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)
 
 
@@ -334,9 +340,14 @@ def _auto_method(k: int, n: int, itemsize: int) -> int:
         return _M_PRESELECTED
     if _candidate_chunk(block_n, k) is not None:
         # k = 1: one max per element beats max + index min for 2-byte inputs; fp32 rows are
-        # read at ~80% of copy bandwidth by the max + index min already. k > 16: the winners'
-        # k * CM elements must stay a small share of the row, else the threshold search wins.
-        if (k > 1 or itemsize <= 2) and (k <= 16 or block_n >= 256 * k):
+        # read at ~80% of copy bandwidth by the max + index min already. k > 16: with 32-bit
+        # keys the winners' k * CM elements must stay a small share of the row, else the
+        # threshold search wins; with 16-bit keys the candidates win from rows of 1,024 (k = 32:
+        # 0.445 against 0.954 ms at N = 1,024, 0.209 against 0.954 at 4,096; narrower rows are
+        # not timed)
+        keys16 = block_n >= 1024 and \
+            _key16(_M_CANDIDATES, k, _HALF.get(itemsize, torch.float32), block_n)
+        if (k > 1 or itemsize <= 2) and (k <= 16 or keys16 or block_n >= 256 * k):
             return _M_CANDIDATES
     return _M_ARGMAX if k <= ARGMAX_MAX_K else _M_THRESHOLD
 

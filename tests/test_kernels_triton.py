@@ -61,9 +61,9 @@ def _states(kinds, n, v, device, table=None):
             SparseState(n, v, device=device, table=table) for kind in kinds]
 
 
-def _dense_impl(method, mode="direct", rounds="int64", scatter=None, keys16=False):
+def _dense_impl(method, mode="direct", rounds="int64", scatter=None, keys16=None):
     """``rounds``, ``scatter``, ``keys16``: ``triton_dense.ARGMAX_ROUNDS``, ``ROUND_SCATTER`` and
-    ``KEYS_16BIT`` for the call (``scatter=None``: the module's default)."""
+    ``KEYS_16BIT`` for the call (``None``: the module's default)."""
     def run(acts, k, feats, n, v):
         if method == "candidates" and k < n and \
                 triton_dense._candidate_chunk(triton_dense._next_pow2(n), k) is None:
@@ -72,7 +72,7 @@ def _dense_impl(method, mode="direct", rounds="int64", scatter=None, keys16=Fals
         saved = triton_dense.ARGMAX_ROUNDS, triton_dense.ROUND_SCATTER, triton_dense.KEYS_16BIT
         triton_dense.ARGMAX_ROUNDS = rounds
         triton_dense.ROUND_SCATTER = scatter or saved[1]
-        triton_dense.KEYS_16BIT = keys16
+        triton_dense.KEYS_16BIT = saved[2] if keys16 is None else keys16
         try:
             out = triton_dense.dense_select_accumulate(acts, k, list(zip(feats, states)),
                                                        method=method, mode=mode)
@@ -126,13 +126,10 @@ IMPLS = {
     "dense-candidates-batched": ("dense", "direct", _dense_impl("candidates", scatter="batched")),
     "dense-candidates-per-round": ("dense", "direct",
                                    _dense_impl("candidates", scatter="per_round")),
-    # int32 (value, index) keys of 2-byte rows (fp32 rows keep int64 keys)
-    "dense-argmax-keys16": ("dense", "direct", _dense_impl("argmax", keys16=True)),
-    "dense-candidates-keys16": ("dense", "direct", _dense_impl("candidates", keys16=True)),
-    "dense-candidates-keys16-per-round": ("dense", "direct",
-                                          _dense_impl("candidates", scatter="per_round",
-                                                      keys16=True)),
-    "dense-threshold-keys16": ("dense", "direct", _dense_impl("threshold", keys16=True)),
+    # KEYS_16BIT is the default (2-byte rows keyed on 16 bits, for k > 1): 32-bit keys too
+    "dense-argmax-keys32": ("dense", "direct", _dense_impl("argmax", keys16=False)),
+    "dense-candidates-keys32": ("dense", "direct", _dense_impl("candidates", keys16=False)),
+    "dense-threshold-keys32": ("dense", "direct", _dense_impl("threshold", keys16=False)),
     "dense-threshold": ("dense", "direct", _dense_impl("threshold")),
     "dense-torchsel": ("dense", "direct", _dense_impl("torch")),
     "dense-partial": ("dense", "partial", _dense_impl("auto", "partial")),
@@ -595,3 +592,21 @@ def test_launch_shapes_and_candidate_widths(monkeypatch):
     chunk = triton_dense._candidate_chunk
     assert (chunk(4096, 1), chunk(4096, 8), chunk(1024, 32), chunk(64, 8)) == (32, 16, 8, None)
     assert chunk(16384, 33) is None  # above CANDIDATES_MAX_K
+
+
+@pytest.mark.parametrize("keys16", [True, False])
+def test_auto_method(keys16, monkeypatch):
+    """What ``method="auto"`` picks (the H200's fastest, BENCHMARKS.md): the candidates for
+    k <= 16, and for k = 32 on 2-byte rows of 1,024+ with 16-bit keys (else where the row tile
+    is 256 k); the threshold search beyond; 16-bit keys for k > 1 on 2-byte rows only."""
+    monkeypatch.setattr(triton_dense, "KEYS_16BIT", keys16)
+    auto, cand, thr = triton_dense._auto_method, triton_dense._M_CANDIDATES, \
+        triton_dense._M_THRESHOLD
+    assert auto(8, 1024, 2) == auto(16, 4096, 2) == auto(8, 4096, 4) == cand
+    assert auto(32, 1024, 2) == auto(32, 4096, 2) == (cand if keys16 else thr)
+    assert auto(32, 300, 2) == auto(32, 4096, 4) == thr
+    assert auto(32, 16384, 4) == cand
+    key16 = triton_dense._key16
+    assert key16(cand, 8, torch.bfloat16, 4096) == (1 if keys16 else 0)
+    assert key16(cand, 8, torch.float16, 4096) == (2 if keys16 else 0)
+    assert key16(cand, 1, torch.bfloat16, 4096) == key16(cand, 8, torch.float32, 4096) == 0
