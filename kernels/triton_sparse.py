@@ -7,10 +7,14 @@ probing from a multiplicative (Fibonacci) hash, then adds with 64-bit atomics (c
 ``tl.atomic_max`` (peak), so the sums are the exact ones of :class:`SparseState` (counts and peaks
 bit-identical, mass up to float64 rounding of the summation order).
 
-Growth: before a launch of ``E`` events the table makes sure that ``size + E <= max_load * capacity``
-(``E`` bounds the new cells; the true size is read back, one sync, only when the running upper bound
-passes the limit) and otherwise rehashes into a power-of-two capacity at least twice as large. So
-probing always terminates and the load factor stays below ``max_load`` (0.5 by default). Batches are
+Growth: before a launch of ``E`` events the table makes sure that ``size + E`` stays under
+``HARD_LOAD * capacity`` (``E`` bounds the new cells: a running upper bound of the size, the true
+size read back, one sync, only when the bound passes that limit), and a table whose true size
+``+ E`` passes ``max_load * capacity`` (0.5 by default) rehashes into a power-of-two capacity at
+least twice as large. So probing always terminates, the load stays under ``max_load`` after each
+count of the cells and under ``HARD_LOAD`` between counts, and a stream whose cells recur (most
+of its events fall on cells the table holds) counts them, and waits for the device, every few
+calls rather than whenever its bound passes ``max_load``. Batches are
 inserted in chunks of at most ``CHUNK_EVENTS`` events, which bounds the slack.
 
 :func:`sparse_accumulate` feeds ``SparseState`` targets from a ``[P, k]`` selection: into the
@@ -37,11 +41,13 @@ from . import reference, triton_dense
 from .targets import is_sparse_state, split_targets
 from .triton_dense import _cdiv, _interpret, _next_pow2
 
-__all__ = ["CHUNK_EVENTS", "TritonSparseTable", "scatter_events", "select_accumulate",
+__all__ = ["CHUNK_EVENTS", "HARD_LOAD", "TritonSparseTable", "scatter_events", "select_accumulate",
            "sparse_accumulate", "sparse_select_accumulate"]
 
 #: Events per insert launch (bounds the capacity slack reserved for one launch).
 CHUNK_EVENTS = 1 << 20
+#: Load a table may reach between two counts of its cells (see the module docstring).
+HARD_LOAD = 0.9
 _EMPTY = -1
 _SRC_SELECTION, _SRC_ALL, _SRC_CELLS = 0, 1, 2
 
@@ -159,11 +165,10 @@ class TritonSparseTable:
 
     def _reserve(self, events: int) -> None:
         """Make room for ``events`` possibly new cells under the load limit."""
-        limit = self.max_load * self.capacity
-        if self._size_ub + events <= limit:
+        if self._size_ub + events <= max(HARD_LOAD, self.max_load) * self.capacity:
             return
-        need = self.nnz + events
-        if need <= limit:
+        need = self.nnz + events  # (one wait for the device)
+        if need <= self.max_load * self.capacity:
             return
         cap = max(2 * self.capacity, _next_pow2(int(need / self.max_load) + 1))
         cells = self._occupied()

@@ -328,7 +328,7 @@ def test_table_growth_and_merge():
     values = torch.randn(e, generator=gen)
     for i in range(0, e, 100):  # several adds, several growths
         table.add(neurons[i:i + 100], features[i:i + 100], values[i:i + 100])
-    assert table.capacity > 16 and table.nnz <= table.max_load * table.capacity
+    assert table.capacity > 16 and table.nnz <= triton_sparse.HARD_LOAD * table.capacity
     ref = SparseState(n, v)
     ok = features >= 0
     ref.add_events(neurons[ok], features[ok], values[ok])
@@ -342,6 +342,34 @@ def test_table_growth_and_merge():
     k2, c2, m2, p2 = table.to_coo()
     assert torch.equal(k2, got[0]) and torch.equal(c2, 2 * got[1]) and torch.equal(p2, got[3])
     assert torch.allclose(m2, 2 * got[2], rtol=1e-12, atol=0)
+
+
+def test_table_counts_its_cells_every_few_calls_when_they_recur(monkeypatch):
+    """A stream whose cells recur (the same 60 events per call) makes its table count its cells,
+    a wait for the device, only when the bound on new cells passes ``HARD_LOAD``: once in several
+    calls, the true load under ``HARD_LOAD`` throughout and under ``max_load`` after each count
+    (with the bound held under ``max_load`` instead, it counted 10 times in these 12 calls)."""
+    counts = []
+    nnz = triton_sparse.TritonSparseTable.nnz
+
+    def counted(table):
+        counts.append(nnz.fget(table))
+        return counts[-1]
+
+    monkeypatch.setattr(triton_sparse.TritonSparseTable, "nnz", property(counted))
+    gen = torch.Generator().manual_seed(4)
+    n, v, e = 13, 11, 60
+    neurons, features = torch.randint(0, n, (e,), generator=gen), torch.randint(0, v, (e,),
+                                                                                 generator=gen)
+    table = triton_sparse.TritonSparseTable(n, v, device="cpu", capacity=256)
+    cells = int(torch.unique(neurons * v + features).numel())
+    for _ in range(12):
+        table.add(neurons, features, torch.ones(e))
+        held = int((table.keys != -1).sum())
+        assert held == cells <= triton_sparse.HARD_LOAD * table.capacity
+    assert table.capacity == 256  # never grown: the cells fit under max_load
+    assert 1 <= len(counts) <= 4 and all(c <= table.max_load * 256 for c in counts)
+    assert int(table.count.sum()) == 12 * e
 
 
 @pytest.mark.parametrize("chunk", [7, 64])
