@@ -144,7 +144,6 @@ SCATTER_CHUNK = 2048
 PARTIAL_FLUSH_ROWS = 4096
 
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_HALF = {2: torch.bfloat16, 4: torch.float32}  # a dtype of each width, for _key16 (fp16 keys alike)
 _METHODS = ("auto", "all", "argmax", "candidates", "threshold", "torch")
 _M_ALL, _M_ARGMAX, _M_THRESHOLD, _M_PRESELECTED = 0, 1, 2, 3  # the kernel's METHOD
 _M_CANDIDATES = 4  # launched as METHOD 1 with a candidate chunk (CM > 0)
@@ -312,14 +311,20 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
         KEY16=_key16(method_id, k, x.dtype, block_n), num_warps=warps)
 
 
+def _keys16_apply(method_id: int, k: int, itemsize: int, block_n: int) -> bool:
+    """Whether the selection keys the values on 16 bits (``KEYS_16BIT``): 2-byte rows, k > 1
+    (k = 1 keeps the 32-bit keys: 0.0625 against 0.0453 ms at N = 16,384), a method with keys
+    (not the fp32 rounds of ``"argmax"``), and a tile whose indices fit the keys' 16 bits."""
+    return KEYS_16BIT and itemsize == 2 and k > 1 and block_n <= 65536 and \
+        method_id in _SELECTING and not (method_id == _M_ARGMAX and ARGMAX_ROUNDS == "fp32")
+
+
 def _key16(method_id: int, k: int, dtype: torch.dtype, block_n: int) -> int:
-    """The kernel's ``KEY16``: whether the selection keys 2-byte values on 16 bits (1: bf16,
-    2: fp16; ``KEYS_16BIT``), else 0 (keys of fp32 values, or no keys: the fp32 rounds of
-    ``"argmax"``). The packed keys hold an index below 65536: a wider tile keeps 32-bit keys."""
-    if not KEYS_16BIT or method_id not in _SELECTING or block_n > 65536 or k == 1 or \
-            (method_id == _M_ARGMAX and ARGMAX_ROUNDS == "fp32"):
-        return 0  # (k = 1 keeps the 32-bit keys: 0.0625 against 0.0453 ms at N = 16,384)
-    return {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 0)
+    """The kernel's ``KEY16``: 1 (bf16) or 2 (fp16) where :func:`_keys16_apply`, else 0 (keys of
+    fp32 values, or no keys)."""
+    if not _keys16_apply(method_id, k, dtype.itemsize, block_n):
+        return 0
+    return {torch.bfloat16: 1, torch.float16: 2}[dtype]
 
 
 def _candidate_chunk(block_n: int, k: int) -> int | None:
@@ -345,8 +350,7 @@ def _auto_method(k: int, n: int, itemsize: int) -> int:
         # threshold search wins; with 16-bit keys the candidates win from rows of 1,024 (k = 32:
         # 0.445 against 0.954 ms at N = 1,024, 0.209 against 0.954 at 4,096; narrower rows are
         # not timed)
-        keys16 = block_n >= 1024 and \
-            _key16(_M_CANDIDATES, k, _HALF.get(itemsize, torch.float32), block_n)
+        keys16 = block_n >= 1024 and _keys16_apply(_M_CANDIDATES, k, itemsize, block_n)
         if (k > 1 or itemsize <= 2) and (k <= 16 or keys16 or block_n >= 256 * k):
             return _M_CANDIDATES
     return _M_ARGMAX if k <= ARGMAX_MAX_K else _M_THRESHOLD

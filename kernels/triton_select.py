@@ -133,6 +133,28 @@ def _key_parts(best, N, KEY16: tl.constexpr):
 
 
 @triton.jit
+def _ordered(x, KEY16: tl.constexpr):
+    """Order-preserving int32 keys of a loaded tile: of its fp32 values (``KEY16 == 0``), or
+    16-bit ones of its 2-byte values (:func:`_ordered16`)."""
+    if KEY16 == 0:
+        key = _ordered_key(x.to(tl.float32))
+    else:
+        key = _ordered16(x)
+    return key
+
+
+@triton.jit
+def _packed(x, idx, ok, KEY16: tl.constexpr):
+    """Packed (value, index) keys of a loaded tile: int64 :func:`_pack` keys of its fp32 values
+    (``KEY16 == 0``), or int32 :func:`_pack16` keys of its 2-byte values."""
+    if KEY16 == 0:
+        key = _pack(x.to(tl.float32), idx, ok)
+    else:
+        key = _pack16(x, idx, ok)
+    return key
+
+
+@triton.jit
 def _key_value(key, KEY16: tl.constexpr):
     """The fp32 value of unpacked keys: :func:`_ordered_key` ones (``KEY16 == 0``), or
     :func:`_ordered16` ones."""
@@ -290,30 +312,22 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
         pos = first + c % CM
         ok = row_ok[:, None] & (c < KC * CM) & (pos < N)
         xc = tl.load(x_row + pos.to(tl.int64) * stride_xn, mask=ok, other=0.0)
-        if KEY16 == 0:
-            key = _pack(xc.to(tl.float32), pos, ok)
-        else:
-            key = _pack16(xc, pos, ok)
-        _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
+        _key_rounds(_packed(xc, pos, ok, KEY16), rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC, KCP,
                     BATCHED, KEY16)
     elif METHOD == 1:  # k rounds of argmax over packed (value, inverted index) keys
-        if KEY16 == 0:
-            key = _pack(x.to(tl.float32), cols[None, :], tile_ok)
-        else:
-            key = _pack16(x, cols[None, :], tile_ok)
-        _key_rounds(key, rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
+        _key_rounds(_packed(x, cols[None, :], tile_ok, KEY16), rows64, row_ok, out_v_ptr, out_i_ptr, N, K,
                     g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,
                     g2, c2, m2, p2, V2, g3, c3, m3, p3, V3, NUM_STREAMS, WRITE_OUT, KC, KCP,
                     BATCHED, KEY16)
     else:  # METHOD 2: bitwise search of the k-th largest key, stable tie-break by cumsum
         # (the values are rebuilt from the keys, held in registers)
         if KEY16 == 0:
-            key = tl.where(tile_ok, _ordered_key(x.to(tl.float32)), -2147483648)
+            key = tl.where(tile_ok, _ordered(x, KEY16), -2147483648)
             t = _kth_key(key, K, 32)
         else:  # padding below every 16-bit key
-            key = tl.where(tile_ok, _ordered16(x), -32769)
+            key = tl.where(tile_ok, _ordered(x, KEY16), -32769)
             t = _kth_key(key, K, 16)
         thr = t.to(tl.int32)[:, None]
         # take every key > thr, and the first K - count(key > thr) keys == thr in index order
@@ -337,10 +351,7 @@ def _select_rows(x, rows, row_ok, cols, tile_ok, x_row, stride_xn, out_v_ptr, ou
                 ccols = c + tl.arange(0, CHUNK)
                 ok = row_ok[:, None] & (ccols < N)[None, :]
                 xc = tl.load(x_row + ccols[None, :].to(tl.int64) * stride_xn, mask=ok, other=0.0)
-                if KEY16 == 0:
-                    kc = _ordered_key(xc.to(tl.float32))
-                else:
-                    kc = _ordered16(xc)
+                kc = _ordered(xc, KEY16)
                 gt = ok & (kc > thr)
                 eq = ok & (kc == thr)
                 rank = tl.cumsum(eq.to(tl.int32), axis=1) + taken[:, None]

@@ -88,8 +88,7 @@ class StreamState(ABC):
         anything changes): one past the vocabulary lands in a bin that is never read, rather than
         stopping a GPU with an assert."""
         if counts is None:
-            bins = position_bins(features, self.n_features)
-            self._bins.index_add_(0, bins, self._one.expand(bins.shape[0]))
+            _count_into(self._bins, features, self.n_features, self._one)
         else:
             self._bins += counts
         self._binned = True
@@ -149,10 +148,18 @@ def position_counts(features: torch.Tensor, n_features: int) -> torch.Tensor:
     (int64 ``[n_features + 2]``, the layout of ``StreamState._bins``; see :func:`position_bins`).
 
     One scatter of atomic adds on a GPU, where ``index_put_(accumulate=True)`` would sort."""
+    return _count_into(torch.zeros(n_features + 2, dtype=torch.int64, device=features.device),
+                       features, n_features)
+
+
+def _count_into(counts: torch.Tensor, features: torch.Tensor, n_features: int,
+                one: torch.Tensor | None = None) -> torch.Tensor:
+    """``counts`` (int64 ``[n_features + 2]``) with the positions of ids ``features`` added to
+    their bins, in place; ``one``: an int64 1 on their device, where the caller keeps one."""
     bins = position_bins(features, n_features)
-    counts = torch.zeros(n_features + 2, dtype=torch.int64, device=features.device)
-    return counts.index_add_(0, bins, torch.ones(1, dtype=torch.int64,
-                                                 device=features.device).expand(bins.shape[0]))
+    if one is None:
+        one = torch.ones(1, dtype=torch.int64, device=counts.device)
+    return counts.index_add_(0, bins, one.expand(bins.shape[0]))
 
 
 def dense_bytes(n_neurons: int, n_features: int) -> int:
