@@ -263,9 +263,10 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _launch_config(p: int, block_n: int, method: str, itemsize: int) -> tuple[int, int, int, int]:
+def _launch_config(p: int, block_n: int, method: str, itemsize: int, interpret: bool
+                   ) -> tuple[int, int, int, int]:
     """(rows per group, row groups per program, column chunk of the scatter loops, num_warps)."""
-    if _interpret():  # 8 rows per group, 2 groups (the interpreter pays per program and per op);
+    if interpret:  # 8 rows per group, 2 groups (the interpreter pays per program and per op);
         # small chunks so that the tests walk the chunked loops
         rows = min(8, _next_pow2(p))
         return rows, 2 if p > rows else 1, min(block_n, 16), 1
@@ -288,18 +289,28 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
     ``[P, k]`` with their indices in ``out_i`` (any strides). ``flags``: int8 ``[P]`` that a
     selecting launch fills with its rows' non-finite flags; ``src_rows``: int64 ``[R]``, the rows
     of ``x`` a selecting launch selects (then ``R`` outputs)."""
+    grid, args, meta = _launch_plan(method_id, x, n, k, group, mode, out_v, out_i, write_out,
+                                    flags, src_rows, _interpret())
+    _select_scatter_kernel[grid](*args, **meta)
+
+
+def _launch_plan(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags, src_rows,
+                 interpret):
+    """``(grid, arguments, keyword arguments)`` of the kernel for :func:`_launch` (launch shapes
+    for the interpreter where ``interpret``, else for a GPU); ``benchmarks/kernel_resources.py``
+    compiles the same launch for a GPU architecture."""
     p = x.shape[0] if src_rows is None else src_rows.shape[0]
     block_n = _next_pow2(k if method_id == _M_PRESELECTED else n)
     rows, groups, chunk, warps = _launch_config(
-        p, block_n, _SHAPE_KEY.get(method_id, "scatter"), x.element_size())
+        p, block_n, _SHAPE_KEY.get(method_id, "scatter"), x.element_size(), interpret)
     selecting = method_id in _SELECTING
     if not selecting:
         groups = 1
     cm = _candidate_chunk(block_n, k) if method_id == _M_CANDIDATES else 0
-    _select_scatter_kernel[(_cdiv(p, rows * groups),)](
-        x, x.stride(0), x.stride(1), out_v, out_i, out_i if flags is None else flags,
-        out_i if src_rows is None else src_rows, out_i.stride(0), out_i.stride(1), p, n, k,
-        *_stream_args(group, mode, x.device),
+    args = (x, x.stride(0), x.stride(1), out_v, out_i, out_i if flags is None else flags,
+            out_i if src_rows is None else src_rows, out_i.stride(0), out_i.stride(1), p, n, k,
+            *_stream_args(group, mode, x.device))
+    meta = dict(
         METHOD=_M_ARGMAX if method_id == _M_CANDIDATES else method_id, NUM_STREAMS=len(group),
         WRITE_OUT=write_out, ROWS=rows, GROUPS=groups, BLOCK_N=block_n, CHUNK=chunk,
         KC=k if method_id in (_M_ARGMAX, _M_CANDIDATES) else 0,
@@ -309,6 +320,7 @@ def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None
         BATCHED=ROUND_SCATTER == "batched" and k > 1,  # (one round: nothing to batch)
         FLAGS=selecting and flags is not None, GATHER=selecting and src_rows is not None,
         KEY16=_key16(method_id, k, x.dtype, block_n), num_warps=warps)
+    return (_cdiv(p, rows * groups),), args, meta
 
 
 def _keys16_apply(method_id: int, k: int, itemsize: int, block_n: int) -> bool:

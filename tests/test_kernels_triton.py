@@ -605,13 +605,14 @@ def test_argmax_rounds_never_take_a_neuron_twice(rounds, monkeypatch):
     assert torch.equal(torch.sort(values, 1).values, torch.sort(ref_v, 1).values)
 
 
-def test_launch_shapes_and_candidate_widths(monkeypatch):
+def test_launch_shapes_and_candidate_widths():
     """The GPU launch rules (as on a device, not the interpreter's small programs): 2-byte and
     4-byte candidates take one warp per row up to N = 4096 (128 elements per thread), several rows
     per warp below, and 4 warps for a row of 16384; the threshold search keeps 4 warps at least;
     candidate chunks are 32 wide for k = 1 and 16 for larger k, at least 4 k of them."""
-    monkeypatch.setattr(triton_dense, "_interpret", lambda: False)
-    config = triton_dense._launch_config  # (rows per group, groups, scatter chunk, warps)
+    def config(*args):  # (rows per group, groups, scatter chunk, warps)
+        return triton_dense._launch_config(*args, interpret=False)
+
     assert config(16384, 4096, "candidates", 2) == (1, 4, 2048, 1)
     assert config(65536, 1024, "candidates", 2) == (2, 4, 1024, 1)
     assert config(16384, 4096, "candidates", 4) == (1, 4, 2048, 1)

@@ -12,10 +12,12 @@ from .common import (ARGS, BLOCK_ELEMS, DEVICE, T0, DenseState, device_ms, devic
 
 #: (tile elements, elements per thread, row groups, fewest warps): one of
 #: triton_dense.LAUNCH_SHAPES' values, the 2-byte candidates' default first. Rows of N = 4096:
-#: one row per warp in the first two (its reductions are shuffles, no barrier); the third takes
-#: 2 warps at 256 elements per thread, the fourth 4 rows over 4 warps.
-SHAPE_GRID = [(2048, 128, 4, 1), (4096, 128, 4, 1), (16384, 256, 4, 1), (16384, 128, 4, 4),
-              (2048, 128, 8, 1), (2048, 128, 2, 1)]
+#: one row per warp in the first three (its reductions are shuffles, no barrier); the second
+#: without the next group's tile in registers (no prefetch: 62 registers instead of 146 at k = 8
+#: for sm_90, 32 resident warps per SM instead of 13, ``benchmarks/kernel_resources.py``); the
+#: fourth takes 2 warps at 256 elements per thread, the fifth 4 rows over 4 warps.
+SHAPE_GRID = [(2048, 128, 4, 1), (2048, 128, 1, 1), (4096, 128, 4, 1), (16384, 256, 4, 1),
+              (16384, 128, 4, 4), (2048, 128, 2, 1)]
 #: (k, method, ROUND_SCATTER, dtype, keys of the argmax rounds: "int64", or "int32" for
 #: triton_dense.KEYS_16BIT) rows of the grid at every N
 SWEEP_ROWS = [(1, "candidates", "per_round", torch.bfloat16, "int64"),

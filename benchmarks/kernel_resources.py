@@ -1,0 +1,210 @@
+"""What the fused select + scatter kernel costs a GPU, found without one: each launch compiled for
+a GPU architecture, as ``kernels.triton_dense`` makes it, with its registers, spills, shared
+memory, the occupancy they allow and the instructions of its machine code::
+
+    python benchmarks/kernel_resources.py [--arch 90] [--n 1024,4096,16384] [--k 1,8,32]
+        [--dtype bfloat16,float32] [--streams 1] [--shapes 2048/128/4/1,2048/128/1/1]
+
+Compiles with the installed Triton and the ``ptxas`` and ``cuobjdump`` that its NVIDIA backend
+ships (no GPU, no CUDA driver): the launch goes through the launcher's own plan
+(``triton_dense._launch_plan`` with the GPU launch shapes) and Triton's own argument
+specialization, so the code is the code a GPU would run with this Triton version (the GPU image
+has triton 3.6; a ``pip install triton==3.6.0`` in a second environment compiles what it runs).
+
+Columns: the launch (rows per row group x groups per program, warps), registers per thread,
+local memory per thread (spills), static shared memory, resident warps per SM (the least of the
+architecture's warp, block, register and shared-memory limits) and the static count of machine
+instructions, of which global loads, warp reductions (``REDUX``), shuffles and global atomics.
+Static figures: they explain a timing (a latency-bound kernel gains from more resident warps),
+they do not replace one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernels import triton_dense  # noqa: E402
+
+#: Per-SM limits by compute capability: (warps, blocks, 32-bit registers, shared memory bytes,
+#: shared memory reserved per block). CUDA C Programming Guide, "Compute capabilities".
+ARCH_LIMITS = {80: (64, 32, 65536, 167936, 1024), 86: (48, 16, 65536, 102400, 1024),
+               89: (48, 24, 65536, 102400, 1024), 90: (64, 32, 65536, 233472, 1024)}
+#: Registers are allocated per warp in units of 256 (8 per thread).
+REGISTER_UNIT = 256
+#: Instruction counts reported beside the total: (column, SASS opcode prefix)
+OPCODES = (("loads", "LDG"), ("REDUX", "REDUX"), ("SHFL", "SHFL"), ("atomics", ("RED", "ATOM")))
+
+
+@dataclass
+class Resources:
+    """What one compiled launch uses."""
+    registers: int
+    local_bytes: int
+    shared_bytes: int
+    warps: int
+    instructions: int
+    opcodes: dict
+
+
+def resident_warps(registers: int, shared_bytes: int, warps: int, arch: int) -> int:
+    """Warps of blocks of ``warps`` warps, ``registers`` per thread and ``shared_bytes`` of
+    shared memory that fit on one SM of compute capability ``arch`` (``arch // 10 . arch % 10``)."""
+    max_warps, max_blocks, regs, smem, reserved = ARCH_LIMITS[arch]
+    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    blocks = min(max_blocks, max_warps // warps, regs // (per_warp * warps),
+                 smem // (shared_bytes + reserved))
+    return blocks * warps
+
+
+def _tool(name: str) -> str:
+    import triton
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if not path.exists():
+        raise SystemExit(f"error: {path} is missing: this Triton has no NVIDIA backend binaries "
+                         "(install the triton wheel from PyPI)")
+    return str(path)
+
+
+def compile_launch(grid, args, meta, arch: int):
+    """The kernel of one launch (``triton_dense._launch_plan``'s output) compiled for ``sm_<arch>``
+    with Triton's own argument specialization (the binder a GPU launch uses)."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = triton_dense._select_scatter_kernel
+    if not hasattr(fn, "_pack_args"):
+        raise SystemExit("error: the kernel was built for the Triton interpreter: unset "
+                         "TRITON_INTERPRET to compile it for a GPU")
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    kwargs = dict(meta, debug=False)
+    for knob in ("instrumentation_mode", "fpsan_homomorphic_casts"):  # (the launch sets these)
+        if hasattr(knobs.compilation, knob):
+            kwargs[knob] = getattr(knobs.compilation, knob)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization,
+                                                          options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                          options=options.__dict__)
+
+
+def resources(compiled) -> Resources:
+    """Registers, spills, shared memory and instruction counts of a compiled kernel (read from
+    its cubin with ``cuobjdump``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "kernel.cubin")
+        Path(cubin).write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin], check=True,
+                               capture_output=True, text=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], check=True,
+                              capture_output=True, text=True).stdout
+
+    def field(name):
+        return int(re.search(rf"{name}:(\d+)", usage).group(1))
+
+    ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z0-9_]+)", sass, re.M)
+    counts = {col: sum(op.startswith(prefix) for op in ops) for col, prefix in OPCODES}
+    return Resources(field("REG"), field("LOCAL"), field("SHARED"), compiled.metadata.num_warps,
+                     len(ops), counts)
+
+
+class _State:
+    """A dense target (the launch reads its tensors' types and alignment, never their values)."""
+
+    def __init__(self, n: int, v: int):
+        self.n_neurons, self.n_features = n, v
+        self.count = torch.empty(n * v, dtype=torch.int64)
+        self.mass = torch.empty(n * v, dtype=torch.float64)
+        self.peak = torch.empty(n * v, dtype=torch.float32)
+
+
+def plan(n: int, k: int, dtype: torch.dtype, streams: int = 1, method: str = "auto",
+         p: int | None = None, v: int = 17):
+    """The launch ``dense_select_accumulate`` makes for ``[p, n]`` activations (p = 2**26 / n, as
+    ``gpu_check`` Part 2) of ``dtype``, ``k`` and ``streams`` dense streams of ``v`` features,
+    with the GPU launch shapes; ``(method name, grid, args, meta)``."""
+    p = p or max(1024, (1 << 26) // n)
+    method_id = triton_dense._pick_method(method, k, n, dtype.itemsize)
+    if method_id not in triton_dense._SELECTING:
+        raise SystemExit(f"error: N={n}, k={k} takes the {method_id=} launch, not a selection")
+    x = torch.empty((p, n), dtype=dtype)
+    group = [(torch.empty(p, dtype=torch.int64), _State(n, v), v) for _ in range(streams)]
+    out_v = torch.empty((p, k), dtype=torch.float32)
+    out_i = torch.empty((p, k), dtype=torch.int64)
+    grid, args, meta = triton_dense._launch_plan(method_id, x, n, k, group, "direct", out_v, out_i,
+                                                 True, None, None, interpret=False)
+    return triton_dense._SHAPE_KEY[method_id], grid, args, meta
+
+
+def _ints(spec: str) -> list[int]:
+    return [int(v) for v in spec.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90, choices=sorted(ARCH_LIMITS),
+                    help="compute capability (90: H100/H200)")
+    ap.add_argument("--n", default="1024,4096,16384", help="neurons per row (comma-separated)")
+    ap.add_argument("--k", default="1,8,32", help="neurons kept per row (comma-separated)")
+    ap.add_argument("--dtype", default="bfloat16,float32",
+                    help="activation dtypes: bfloat16, float16, float32 (comma-separated)")
+    ap.add_argument("--streams", type=int, default=1, help="dense streams scattered into (0-4)")
+    ap.add_argument("--method", default="auto",
+                    choices=["auto", "argmax", "candidates", "threshold"])
+    ap.add_argument("--shapes", default="",
+                    help="launch shapes to compare, tile/per_thread/groups/fewest_warps "
+                         "(comma-separated; triton_dense.LAUNCH_SHAPES), each in place of the "
+                         "method's own; default: the method's own")
+    args = ap.parse_args(argv)
+    try:
+        dtypes = [getattr(torch, d) for d in args.dtype.split(",")]
+        shapes = [tuple(int(f) for f in s.split("/")) for s in args.shapes.split(",") if s]
+    except (AttributeError, ValueError) as err:
+        raise SystemExit(f"error: --dtype or --shapes: {err}") from None
+    if any(len(s) != 4 for s in shapes):
+        raise SystemExit("error: --shapes takes 4 fields per shape: tile/per_thread/groups/warps")
+    import triton
+    print(f"# Fused kernel resources, sm_{args.arch}, triton {triton.__version__}, "
+          f"{args.streams} dense stream(s)\n")
+    print("| N | k | dtype | method | launch shape | rows x groups, warps | registers | spills (B) "
+          "| shared (B) | warps/SM | instructions | " + " | ".join(c for c, _ in OPCODES) + " |")
+    print("|" + "---|" * (11 + len(OPCODES)))
+    saved = dict(triton_dense.LAUNCH_SHAPES)
+    try:
+        for dtype in dtypes:
+            for n in _ints(args.n):
+                for k in _ints(args.k):
+                    name = plan(n, k, dtype, args.streams, args.method)[0]
+                    key = (name, 2 if dtype.itemsize <= 2 else 4)
+                    for shape in shapes or [saved[key]]:
+                        triton_dense.LAUNCH_SHAPES[key] = shape
+                        _, grid, largs, meta = plan(n, k, dtype, args.streams, args.method)
+                        r = resources(compile_launch(grid, largs, meta, args.arch))
+                        warps = resident_warps(r.registers, r.shared_bytes, r.warps, args.arch)
+                        print(f"| {n} | {k} | {str(dtype)[6:]} | {name} | "
+                              f"{' / '.join(map(str, shape))} | {meta['ROWS']} x "
+                              f"{meta['GROUPS']}, {r.warps} | {r.registers} | {r.local_bytes} | "
+                              f"{r.shared_bytes} | {warps} | {r.instructions} | "
+                              + " | ".join(str(r.opcodes[c]) for c, _ in OPCODES) + " |",
+                              flush=True)
+    finally:
+        triton_dense.LAUNCH_SHAPES.update(saved)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""``benchmarks/kernel_resources.py``: the fused kernel compiled for sm_90 on this CPU (Triton's
+bundled ptxas / cuobjdump), and the occupancy arithmetic."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import kernel_resources  # noqa: E402
+
+
+@pytest.mark.parametrize("registers, shared, warps, arch, expected", [
+    (146, 1024, 1, 90, 13),  # registers: 152 per thread, 4,864 per warp -> 13 blocks
+    (62, 1024, 1, 90, 32),  # the 32 blocks of an SM
+    (66, 1024, 2, 90, 28),  # 72 per thread, 2 warps -> 14 blocks
+    (255, 0, 4, 90, 8),  # 256 per thread: 2 blocks of 4 warps
+    (32, 100 * 1024, 4, 90, 8),  # shared memory: 2 blocks of 101 KiB in 228 KiB
+    (32, 0, 1, 86, 16),  # the 16 blocks of an sm_86 SM
+])
+def test_resident_warps(registers, shared, warps, arch, expected):
+    assert kernel_resources.resident_warps(registers, shared, warps, arch) == expected
+
+
+def test_compiles_the_launch_for_sm90():
+    """One launch compiled for sm_90 as the launcher makes it (N = 256, k = 8, bf16: the
+    candidates in one warp with 16-bit keys), its cubin read back: sane figures, and the
+    scatter's atomics and the warp reductions of the rounds are there."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
+                          "--n", "256", "--k", "8", "--dtype", "bfloat16"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 256 ")]
+    assert len(rows) == 1, out.stdout
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    (n, k, dtype, method, shape, launch, regs, spills, shared, resident, instructions,
+     loads, redux, shfl, atomics) = cells
+    assert (n, k, dtype, method) == ("256", "8", "bfloat16", "candidates")
+    assert launch.endswith(", 1")  # one warp
+    assert 16 <= int(regs) <= 255 and int(spills) == 0
+    assert 1 <= int(resident) <= 64
+    assert int(instructions) > 100 and int(loads) > 0
+    assert int(atomics) >= 3  # count, mass, peak of one stream
+    assert int(redux) + int(shfl) > 0  # the rounds' warp reductions
+
+
+def test_refuses_the_interpreter():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
+                          "--n", "256", "--k", "8", "--dtype", "bfloat16"],
+                         env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and "unset TRITON_INTERPRET" in out.stderr
