@@ -3,6 +3,7 @@
 Run on a CUDA machine (finishes in under 4 minutes; needs torch + triton, not zarr)::
 
     python benchmarks/gpu_check.py [--out results.md] [--sweep] [--parts 1,2b,4]
+        [--launch-shapes candidates:2=2048/128/1/1]
 
 or on the CPU through the Triton interpreter, with tiny shapes (under a minute)::
 
@@ -32,7 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_parts.common import ARGS, DEVICE, LINES, T0, emit  # parses the arguments first
+from gpu_parts.common import (ARGS, DEVICE, LINES, T0, emit,  # parses the arguments first
+                              set_launch_shapes)
 from gpu_parts.correctness import part1
 from gpu_parts.engine import part4
 from gpu_parts.sweep import part5
@@ -40,12 +42,16 @@ from gpu_parts.throughput import part2, part2_sparse_events, part3
 
 
 def main() -> int:
-    emit(f"# gpu_check ({'smoke, ' if ARGS.smoke else ''}{DEVICE})")
-    emit("")
     parts = {part.strip() for part in ARGS.parts.split(",") if part.strip()}
     unknown = parts - {"1", "2", "2b", "3", "4"}
     if unknown:
         sys.exit(f"--parts: unknown part(s) {', '.join(sorted(unknown))} (choose from 1,2,2b,3,4)")
+    shapes = set_launch_shapes(ARGS.launch_shapes)
+    emit(f"# gpu_check ({'smoke, ' if ARGS.smoke else ''}{DEVICE})")
+    emit("")
+    if shapes:
+        emit(f"Launch shapes set for this run: {', '.join(shapes)}")
+        emit("")
     ok = part1() if "1" in parts else True
     for name, part in (("2", part2), ("2b", part2_sparse_events), ("3", part3), ("4", part4)):
         if name in parts:

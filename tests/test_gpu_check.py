@@ -25,14 +25,29 @@ def test_gpu_check_smoke_passes_on_cpu(tmp_path):
     path = os.pathsep.join([str(blocked.parent), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
-                          "--sweep", "--out", str(out)],
+                          "--sweep", "--launch-shapes", "candidates:2=2048/128/1/1",
+                          "--out", str(out)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     text = out.read_text()
     assert "Part 1: ALL PASS" in text
+    assert "Launch shapes set for this run: candidates:2=2048/128/1/1" in text
     for part in ("## Part 2", "## Part 3", "## Part 4", "## Part 5"):
         assert part in text, f"{part} missing"
     assert "WRONG" not in text and "FAIL " not in text
+
+
+@pytest.mark.parametrize("entry", ["candidates:2=2048/128/1", "candidate:2=2048/128/1/1",
+                                   "candidates:3=2048/128/1/1", "candidates:2=2048/0/1/1"])
+def test_gpu_check_refuses_a_malformed_launch_shape(entry):
+    """A bad ``--launch-shapes`` entry stops the run with what to write, before any part."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
+                          "--parts", "", "--launch-shapes", entry], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert f"--launch-shapes entry {entry!r}" in run.stderr and "candidates:2" in run.stderr
+    assert "# gpu_check" not in run.stdout
 
 
 def test_engine_ops_counts_the_device_path():

@@ -37,6 +37,11 @@ def _parse():
     ap.add_argument("--breakdown", default="",
                     help="rows of the sweep's candidates breakdown as N:k:chunk:winners[:keys], "
                          "comma-separated (default: gpu_parts.sweep.BREAKDOWN_ROWS)")
+    ap.add_argument("--launch-shapes", default="",
+                    help="set triton_dense.LAUNCH_SHAPES entries for the whole run (every part), "
+                         "as method:bytes=tile/per_thread/groups/fewest_warps, comma-separated, "
+                         "e.g. candidates:2=2048/128/1/1 (methods: candidates, threshold, argmax, "
+                         "scatter; bytes per activation: 2 or 4)")
     ap.add_argument("--parts", default="1,2,2b,3,4",
                     help="comma-separated parts to run (Part 5 is --sweep), e.g. 1,2b,4")
     ap.add_argument("--budget", type=float, default=180.0,
@@ -84,6 +89,28 @@ LINES: list[str] = []
 def emit(line: str = "") -> None:
     print(line, flush=True)
     LINES.append(line)
+
+
+def set_launch_shapes(spec: str) -> list[str]:
+    """``--launch-shapes``: sets the named ``triton_dense.LAUNCH_SHAPES`` entries; returns them
+    as ``method:bytes=shape`` for the header. A malformed entry stops the run before any part."""
+    done = []
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        try:
+            key, shape = entry.split("=")
+            method, width = key.split(":")
+            fields = tuple(int(v) for v in shape.split("/"))
+            if (method, int(width)) not in triton_dense.LAUNCH_SHAPES or len(fields) != 4 or \
+                    min(fields) < 1:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"error: --launch-shapes entry {entry!r}: expected "
+                             f"method:bytes=tile/per_thread/groups/fewest_warps with method:bytes "
+                             f"one of {', '.join(f'{m}:{b}' for m, b in triton_dense.LAUNCH_SHAPES)}"
+                             f" and four positive integers") from None
+        triton_dense.LAUNCH_SHAPES[method, int(width)] = fields
+        done.append(f"{method}:{width}={shape}")
+    return done
 
 
 @contextlib.contextmanager
