@@ -3,7 +3,7 @@
 Run on a CUDA machine (finishes in under 4 minutes; needs torch + triton, not zarr)::
 
     python benchmarks/gpu_check.py [--out results.md] [--sweep] [--parts 1,2b,4]
-        [--launch-shapes candidates:2=2048/128/1/1]
+        [--launch-shapes candidates:2=2048/128/1/1] [--candidate-width 32,8]
 
 or on the CPU through the Triton interpreter, with tiny shapes (under a minute)::
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from gpu_parts.common import (ARGS, DEVICE, LINES, T0, emit,  # parses the arguments first
-                              set_launch_shapes)
+                              set_candidate_width, set_launch_shapes)
 from gpu_parts.correctness import part1
 from gpu_parts.engine import part4
 from gpu_parts.sweep import part5
@@ -47,10 +47,14 @@ def main() -> int:
     if unknown:
         sys.exit(f"--parts: unknown part(s) {', '.join(sorted(unknown))} (choose from 1,2,2b,3,4)")
     shapes = set_launch_shapes(ARGS.launch_shapes)
+    width = set_candidate_width(ARGS.candidate_width)
     emit(f"# gpu_check ({'smoke, ' if ARGS.smoke else ''}{DEVICE})")
     emit("")
     if shapes:
         emit(f"Launch shapes set for this run: {', '.join(shapes)}")
+        emit("")
+    if width:
+        emit(f"Candidate width set for this run: {width}")
         emit("")
     ok = part1() if "1" in parts else True
     for name, part in (("2", part2), ("2b", part2_sparse_events), ("3", part3), ("4", part4)):

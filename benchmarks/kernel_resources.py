@@ -4,6 +4,7 @@ memory, the occupancy they allow and the instructions of its machine code::
 
     python benchmarks/kernel_resources.py [--arch 90] [--n 1024,4096,16384] [--k 1,8,32]
         [--dtype bfloat16,float32] [--streams 1] [--shapes 2048/128/4/1,2048/128/1/1]
+        [--candidate-width 32,8]
 
 Compiles with the installed Triton and the ``ptxas`` and ``cuobjdump`` that its NVIDIA backend
 ships (no GPU, no CUDA driver): the launch goes through the launcher's own plan
@@ -11,7 +12,7 @@ ships (no GPU, no CUDA driver): the launch goes through the launcher's own plan
 specialization, so the code is the code a GPU would run with this Triton version (the GPU image
 has triton 3.6; a ``pip install triton==3.6.0`` in a second environment compiles what it runs).
 
-Columns: the launch (rows per row group x groups per program, warps), registers per thread,
+Columns: the candidates' chunk width, the launch (rows per row group x groups per program, warps), registers per thread,
 local memory per thread (spills), static shared memory, resident warps per SM (the least of the
 architecture's warp, block, register and shared-memory limits) and the static count of machine
 instructions, of which global loads, warp reductions (``REDUX``), shuffles and global atomics.
@@ -169,40 +170,51 @@ def main(argv=None) -> int:
                     help="launch shapes to compare, tile/per_thread/groups/fewest_warps "
                          "(comma-separated; triton_dense.LAUNCH_SHAPES), each in place of the "
                          "method's own; default: the method's own")
+    ap.add_argument("--candidate-width", default="",
+                    help="the candidates' widest chunk for k = 1 and for larger k, e.g. 32,8 "
+                         "(triton_dense.CANDIDATE_WIDTH; default: its value)")
     args = ap.parse_args(argv)
     try:
         dtypes = [getattr(torch, d) for d in args.dtype.split(",")]
         shapes = [tuple(int(f) for f in s.split("/")) for s in args.shapes.split(",") if s]
+        width = tuple(int(w) for w in args.candidate_width.split(",")) \
+            if args.candidate_width else triton_dense.CANDIDATE_WIDTH
     except (AttributeError, ValueError) as err:
-        raise SystemExit(f"error: --dtype or --shapes: {err}") from None
-    if any(len(s) != 4 for s in shapes):
-        raise SystemExit("error: --shapes takes 4 fields per shape: tile/per_thread/groups/warps")
+        raise SystemExit(f"error: --dtype, --shapes or --candidate-width: {err}") from None
+    if any(len(s) != 4 or min(s) < 1 for s in shapes):
+        raise SystemExit("error: --shapes takes 4 positive fields per shape: "
+                         "tile/per_thread/groups/warps")
+    if len(width) != 2 or any(w < 4 or w & (w - 1) for w in width):
+        raise SystemExit("error: --candidate-width takes two powers of two of at least 4")
     import triton
     print(f"# Fused kernel resources, sm_{args.arch}, triton {triton.__version__}, "
           f"{args.streams} dense stream(s)\n")
-    print("| N | k | dtype | method | launch shape | rows x groups, warps | registers | spills (B) "
-          "| shared (B) | warps/SM | instructions | " + " | ".join(c for c, _ in OPCODES) + " |")
-    print("|" + "---|" * (11 + len(OPCODES)))
-    saved = dict(triton_dense.LAUNCH_SHAPES)
+    print("| N | k | dtype | method | chunk | launch shape | rows x groups, warps | registers "
+          "| spills (B) | shared (B) | warps/SM | instructions | "
+          + " | ".join(c for c, _ in OPCODES) + " |")
+    print("|" + "---|" * (12 + len(OPCODES)))
+    saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.CANDIDATE_WIDTH
+    triton_dense.CANDIDATE_WIDTH = width
     try:
         for dtype in dtypes:
             for n in _ints(args.n):
                 for k in _ints(args.k):
                     name = plan(n, k, dtype, args.streams, args.method)[0]
                     key = (name, 2 if dtype.itemsize <= 2 else 4)
-                    for shape in shapes or [saved[key]]:
+                    for shape in shapes or [saved[0][key]]:
                         triton_dense.LAUNCH_SHAPES[key] = shape
                         _, grid, largs, meta = plan(n, k, dtype, args.streams, args.method)
                         r = resources(compile_launch(grid, largs, meta, args.arch))
                         warps = resident_warps(r.registers, r.shared_bytes, r.warps, args.arch)
-                        print(f"| {n} | {k} | {str(dtype)[6:]} | {name} | "
+                        print(f"| {n} | {k} | {str(dtype)[6:]} | {name} | {meta['CM'] or '-'} | "
                               f"{' / '.join(map(str, shape))} | {meta['ROWS']} x "
                               f"{meta['GROUPS']}, {r.warps} | {r.registers} | {r.local_bytes} | "
                               f"{r.shared_bytes} | {warps} | {r.instructions} | "
                               + " | ".join(str(r.opcodes[c]) for c, _ in OPCODES) + " |",
                               flush=True)
     finally:
-        triton_dense.LAUNCH_SHAPES.update(saved)
+        triton_dense.LAUNCH_SHAPES.update(saved[0])
+        triton_dense.CANDIDATE_WIDTH = saved[1]
     return 0
 
 

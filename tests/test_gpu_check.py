@@ -26,12 +26,13 @@ def test_gpu_check_smoke_passes_on_cpu(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
                           "--sweep", "--launch-shapes", "candidates:2=2048/128/1/1",
-                          "--out", str(out)],
+                          "--candidate-width", "32,8", "--out", str(out)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     text = out.read_text()
     assert "Part 1: ALL PASS" in text
     assert "Launch shapes set for this run: candidates:2=2048/128/1/1" in text
+    assert "Candidate width set for this run: 32,8" in text
     for part in ("## Part 2", "## Part 3", "## Part 4", "## Part 5"):
         assert part in text, f"{part} missing"
     assert "WRONG" not in text and "FAIL " not in text
@@ -48,6 +49,15 @@ def test_gpu_check_refuses_a_malformed_launch_shape(entry):
     assert run.returncode != 0
     assert f"--launch-shapes entry {entry!r}" in run.stderr and "candidates:2" in run.stderr
     assert "# gpu_check" not in run.stdout
+
+
+@pytest.mark.parametrize("width", ["32", "32,6", "32,2", "a,8"])
+def test_gpu_check_refuses_a_malformed_candidate_width(width):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
+                          "--parts", "", "--candidate-width", width], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and f"--candidate-width {width!r}" in run.stderr
 
 
 def test_engine_ops_counts_the_device_path():

@@ -37,9 +37,9 @@ def test_compiles_the_launch_for_sm90():
     rows = [line for line in out.stdout.splitlines() if line.startswith("| 256 ")]
     assert len(rows) == 1, out.stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    (n, k, dtype, method, shape, launch, regs, spills, shared, resident, instructions,
+    (n, k, dtype, method, chunk, shape, launch, regs, spills, shared, resident, instructions,
      loads, redux, shfl, atomics) = cells
-    assert (n, k, dtype, method) == ("256", "8", "bfloat16", "candidates")
+    assert (n, k, dtype, method, chunk) == ("256", "8", "bfloat16", "candidates", "8")
     assert launch.endswith(", 1")  # one warp
     assert 16 <= int(regs) <= 255 and int(spills) == 0
     assert 1 <= int(resident) <= 64

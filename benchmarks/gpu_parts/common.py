@@ -42,6 +42,9 @@ def _parse():
                          "as method:bytes=tile/per_thread/groups/fewest_warps, comma-separated, "
                          "e.g. candidates:2=2048/128/1/1 (methods: candidates, threshold, argmax, "
                          "scatter; bytes per activation: 2 or 4)")
+    ap.add_argument("--candidate-width", default="",
+                    help="set triton_dense.CANDIDATE_WIDTH for the whole run: the candidates' "
+                         "widest chunk for k = 1 and for larger k, e.g. 32,8")
     ap.add_argument("--parts", default="1,2,2b,3,4",
                     help="comma-separated parts to run (Part 5 is --sweep), e.g. 1,2b,4")
     ap.add_argument("--budget", type=float, default=180.0,
@@ -111,6 +114,22 @@ def set_launch_shapes(spec: str) -> list[str]:
         triton_dense.LAUNCH_SHAPES[method, int(width)] = fields
         done.append(f"{method}:{width}={shape}")
     return done
+
+
+def set_candidate_width(spec: str) -> str:
+    """``--candidate-width``: sets ``triton_dense.CANDIDATE_WIDTH``; returns it for the header
+    (empty: unchanged). A malformed value stops the run before any part."""
+    if not spec:
+        return ""
+    try:
+        widths = tuple(int(v) for v in spec.split(","))
+        if len(widths) != 2 or any(w < 4 or w & (w - 1) for w in widths):
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"error: --candidate-width {spec!r}: expected two powers of two of at "
+                         f"least 4, for k = 1 and for larger k, e.g. 32,8") from None
+    triton_dense.CANDIDATE_WIDTH = widths
+    return f"{widths[0]},{widths[1]}"
 
 
 @contextlib.contextmanager

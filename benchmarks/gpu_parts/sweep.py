@@ -137,9 +137,10 @@ def _part5_breakdown(shape) -> bool:
                 emit("(skipped: past the budget)")
                 return ok
             block_n = triton_dense._next_pow2(n)
-            if triton_dense._candidate_chunk(block_n, k) is None or \
+            if block_n > triton_dense.MAX_FUSED_BLOCK_N or \
+                    triton_dense._candidate_chunk(block_n, k) is None or \
                     block_n // cm < 4 * triton_dense._next_pow2(k):
-                continue  # (candidates do not apply, or chunks of cm would be too few)
+                continue  # (no fused tile, candidates do not apply, or too few chunks of cm)
             if n not in inputs:
                 p = 32 if ARGS.smoke else BLOCK_ELEMS // n
                 inputs.clear()
