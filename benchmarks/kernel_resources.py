@@ -12,10 +12,12 @@ ships (no GPU, no CUDA driver): the launch goes through the launcher's own plan
 specialization, so the code is the code a GPU would run with this Triton version (the GPU image
 has triton 3.6; a ``pip install triton==3.6.0`` in a second environment compiles what it runs).
 
-Columns: the candidates' chunk width, the launch (rows per row group x groups per program, warps), registers per thread,
-local memory per thread (spills), static shared memory, resident warps per SM (the least of the
-architecture's warp, block, register and shared-memory limits) and the static count of machine
-instructions, of which global loads, warp reductions (``REDUX``), shuffles and global atomics.
+Columns: the candidates' chunk width, the launch (rows per row group x groups per program,
+warps), registers per thread, local memory per thread (spills), static shared memory, resident
+warps per SM (the least of the architecture's warp, block, register and shared-memory limits),
+the count of machine instructions, of which global loads, warp reductions (``REDUX``), shuffles
+and global atomics, and the loops (backward branches: a loop's body counts once in the
+instructions, however many times it runs).
 Static figures: they explain a timing (a latency-bound kernel gains from more resident warps),
 they do not replace one.
 """
@@ -44,6 +46,8 @@ ARCH_LIMITS = {80: (64, 32, 65536, 167936, 1024), 86: (48, 16, 65536, 102400, 10
 REGISTER_UNIT = 256
 #: Instruction counts reported beside the total: (column, SASS opcode prefix)
 OPCODES = (("loads", "LDG"), ("REDUX", "REDUX"), ("SHFL", "SHFL"), ("atomics", ("RED", "ATOM")))
+#: Columns after the opcodes: backward branches (a loop's body counts once in the instructions)
+EXTRA = ("loops",)
 
 
 @dataclass
@@ -119,6 +123,10 @@ def resources(compiled) -> Resources:
 
     ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z0-9_]+)", sass, re.M)
     counts = {col: sum(op.startswith(prefix) for op in ops) for col, prefix in OPCODES}
+    # loops: branches back to an earlier address (not the branch-to-self that pads the end)
+    counts["loops"] = sum(int(target, 16) < int(at, 16) for at, target in re.findall(
+        r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]\s+)?BRA(?:\.[A-Z.]+)?\s+0x([0-9a-f]+)",
+        sass, re.M))
     return Resources(field("REG"), field("LOCAL"), field("SHARED"), compiled.metadata.num_warps,
                      len(ops), counts)
 
@@ -191,8 +199,8 @@ def main(argv=None) -> int:
           f"{args.streams} dense stream(s)\n")
     print("| N | k | dtype | method | chunk | launch shape | rows x groups, warps | registers "
           "| spills (B) | shared (B) | warps/SM | instructions | "
-          + " | ".join(c for c, _ in OPCODES) + " |")
-    print("|" + "---|" * (12 + len(OPCODES)))
+          + " | ".join([c for c, _ in OPCODES] + list(EXTRA)) + " |")
+    print("|" + "---|" * (12 + len(OPCODES) + len(EXTRA)))
     saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.CANDIDATE_WIDTH
     triton_dense.CANDIDATE_WIDTH = width
     try:
@@ -210,7 +218,8 @@ def main(argv=None) -> int:
                               f"{' / '.join(map(str, shape))} | {meta['ROWS']} x "
                               f"{meta['GROUPS']}, {r.warps} | {r.registers} | {r.local_bytes} | "
                               f"{r.shared_bytes} | {warps} | {r.instructions} | "
-                              + " | ".join(str(r.opcodes[c]) for c, _ in OPCODES) + " |",
+                              + " | ".join(str(r.opcodes[c]) for c in
+                                           [c for c, _ in OPCODES] + list(EXTRA)) + " |",
                               flush=True)
     finally:
         triton_dense.LAUNCH_SHAPES.update(saved[0])

@@ -38,7 +38,7 @@ def test_compiles_the_launch_for_sm90():
     assert len(rows) == 1, out.stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     (n, k, dtype, method, chunk, shape, launch, regs, spills, shared, resident, instructions,
-     loads, redux, shfl, atomics) = cells
+     loads, redux, shfl, atomics, loops) = cells
     assert (n, k, dtype, method, chunk) == ("256", "8", "bfloat16", "candidates", "8")
     assert launch.endswith(", 1")  # one warp
     assert 16 <= int(regs) <= 255 and int(spills) == 0
@@ -46,6 +46,7 @@ def test_compiles_the_launch_for_sm90():
     assert int(instructions) > 100 and int(loads) > 0
     assert int(atomics) >= 3  # count, mass, peak of one stream
     assert int(redux) + int(shfl) > 0  # the rounds' warp reductions
+    assert int(loops) >= 1  # the loop over the program's row groups
 
 
 def test_refuses_the_interpreter():

@@ -107,10 +107,10 @@ def set_launch_shapes(spec: str) -> list[str]:
                     min(fields) < 1:
                 raise ValueError
         except ValueError:
+            keys = ", ".join(f"{m}:{b}" for m, b in triton_dense.LAUNCH_SHAPES)
             raise SystemExit(f"error: --launch-shapes entry {entry!r}: expected "
                              f"method:bytes=tile/per_thread/groups/fewest_warps with method:bytes "
-                             f"one of {', '.join(f'{m}:{b}' for m, b in triton_dense.LAUNCH_SHAPES)}"
-                             f" and four positive integers") from None
+                             f"one of {keys} and four positive integers") from None
         triton_dense.LAUNCH_SHAPES[method, int(width)] = fields
         done.append(f"{method}:{width}={shape}")
     return done
