@@ -4,7 +4,7 @@ memory, the occupancy they allow and the instructions of its machine code::
 
     python benchmarks/kernel_resources.py [--arch 90] [--n 1024,4096,16384] [--k 1,8,32]
         [--dtype bfloat16,float32] [--streams 1] [--shapes 2048/128/4/1,2048/128/1/1]
-        [--candidate-width 32,8]
+        [--candidate-width 32,8] [--flags] [--rows]
 
 Compiles with the installed Triton and the ``ptxas`` and ``cuobjdump`` that its NVIDIA backend
 ships (no GPU, no CUDA driver): the launch goes through the launcher's own plan
@@ -13,11 +13,12 @@ specialization, so the code is the code a GPU would run with this Triton version
 has triton 3.6; a ``pip install triton==3.6.0`` in a second environment compiles what it runs).
 
 Columns: the candidates' chunk width, the launch (rows per row group x groups per program,
-warps), registers per thread, local memory per thread (spills), static shared memory, resident
-warps per SM (the least of the architecture's warp, block, register and shared-memory limits),
-the count of machine instructions, of which global loads, warp reductions (``REDUX``), shuffles
-and global atomics, and the loops (backward branches: a loop's body counts once in the
-instructions, however many times it runs).
+warps), registers per thread, local memory per thread (spills), shared memory (the cubin's
+static and the dynamic that Triton asks for at launch), resident warps per SM (the least of the
+architecture's warp, block, register and shared-memory limits, counted as CUDA's occupancy
+calculator does), the count of machine instructions (padding NOPs left out), of which global
+loads, warp reductions (``REDUX``), shuffles and global atomics, and the loops (backward
+branches: a loop's body counts once in the instructions, however many times it runs).
 Static figures: they explain a timing (a latency-bound kernel gains from more resident warps),
 they do not replace one.
 """
@@ -39,15 +40,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import triton_dense  # noqa: E402
 
 #: Per-SM limits by compute capability: (warps, blocks, 32-bit registers, shared memory bytes,
-#: shared memory reserved per block). CUDA C Programming Guide, "Compute capabilities".
+#: shared memory reserved per block). CUDA C Programming Guide, "Compute capabilities"; the same
+#: as CUDA's occupancy calculator (``cuda_occupancy.h``).
 ARCH_LIMITS = {80: (64, 32, 65536, 167936, 1024), 86: (48, 16, 65536, 102400, 1024),
                89: (48, 24, 65536, 102400, 1024), 90: (64, 32, 65536, 233472, 1024)}
-#: Registers are allocated per warp in units of 256 (8 per thread).
-REGISTER_UNIT = 256
-#: Instruction counts reported beside the total: (column, SASS opcode prefix)
-OPCODES = (("loads", "LDG"), ("REDUX", "REDUX"), ("SHFL", "SHFL"), ("atomics", ("RED", "ATOM")))
+#: Registers are allocated per warp in units of 256 (8 per thread), each warp's from one of the
+#: SM's 4 sub-partitions of the register file (a quarter each); shared memory in units of 128 B.
+REGISTER_UNIT, REGISTER_PARTS, SHARED_UNIT = 256, 4, 128
+#: Instruction counts reported beside the total: (column, SASS opcodes without their modifiers)
+OPCODES = (("loads", {"LDG"}), ("REDUX", {"REDUX"}), ("SHFL", {"SHFL"}),
+           ("atomics", {"RED", "REDG", "ATOM", "ATOMG"}))
 #: Columns after the opcodes: backward branches (a loop's body counts once in the instructions)
 EXTRA = ("loops",)
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass
@@ -55,7 +60,8 @@ class Resources:
     """What one compiled launch uses."""
     registers: int
     local_bytes: int
-    shared_bytes: int
+    static_shared: int  # in the cubin
+    dynamic_shared: int  # asked for at launch (Triton's scratch)
     warps: int
     instructions: int
     opcodes: dict
@@ -63,11 +69,16 @@ class Resources:
 
 def resident_warps(registers: int, shared_bytes: int, warps: int, arch: int) -> int:
     """Warps of blocks of ``warps`` warps, ``registers`` per thread and ``shared_bytes`` of
-    shared memory that fit on one SM of compute capability ``arch`` (``arch // 10 . arch % 10``)."""
+    shared memory (static and dynamic) that fit on one SM of compute capability ``arch``
+    (``arch // 10 . arch % 10``), as CUDA's occupancy calculator counts them; 0 where such a
+    block cannot launch."""
     max_warps, max_blocks, regs, smem, reserved = ARCH_LIMITS[arch]
+    if warps > 32:  # more than 1,024 threads
+        return 0
     per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
-    blocks = min(max_blocks, max_warps // warps, regs // (per_warp * warps),
-                 smem // (shared_bytes + reserved))
+    warps_by_regs = (regs // REGISTER_PARTS // per_warp) * REGISTER_PARTS
+    per_block = -(-shared_bytes // SHARED_UNIT) * SHARED_UNIT + reserved
+    blocks = min(max_blocks, max_warps // warps, warps_by_regs // warps, smem // per_block)
     return blocks * warps
 
 
@@ -95,7 +106,7 @@ def compile_launch(grid, args, meta, arch: int):
                          "TRITON_INTERPRET to compile it for a GPU")
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
-    kwargs = dict(meta, debug=False)
+    kwargs = dict(meta, debug=bool(fn.debug or knobs.runtime.debug))  # (as a launch sets it)
     for knob in ("instrumentation_mode", "fpsan_homomorphic_casts"):  # (the launch sets these)
         if hasattr(knobs.compilation, knob):
             kwargs[knob] = getattr(knobs.compilation, knob)
@@ -121,14 +132,15 @@ def resources(compiled) -> Resources:
     def field(name):
         return int(re.search(rf"{name}:(\d+)", usage).group(1))
 
-    ops = re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z0-9_]+)", sass, re.M)
-    counts = {col: sum(op.startswith(prefix) for op in ops) for col, prefix in OPCODES}
+    ops = [op for op in re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z0-9_]+)",
+                                   sass, re.M) if op != "NOP"]  # (NOPs: padding)
+    counts = {col: sum(op in names for op in ops) for col, names in OPCODES}
     # loops: branches back to an earlier address (not the branch-to-self that pads the end)
     counts["loops"] = sum(int(target, 16) < int(at, 16) for at, target in re.findall(
         r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]\s+)?BRA(?:\.[A-Z.]+)?\s+0x([0-9a-f]+)",
         sass, re.M))
-    return Resources(field("REG"), field("LOCAL"), field("SHARED"), compiled.metadata.num_warps,
-                     len(ops), counts)
+    return Resources(field("REG"), field("LOCAL"), field("SHARED"), compiled.metadata.shared,
+                     compiled.metadata.num_warps, len(ops), counts)
 
 
 class _State:
@@ -142,28 +154,44 @@ class _State:
 
 
 def plan(n: int, k: int, dtype: torch.dtype, streams: int = 1, method: str = "auto",
-         p: int | None = None, v: int = 17):
+         p: int | None = None, v: int = 17, flags: bool = False, rows: bool = False):
     """The launch ``dense_select_accumulate`` makes for ``[p, n]`` activations (p = 2**26 / n, as
     ``gpu_check`` Part 2) of ``dtype``, ``k`` and ``streams`` dense streams of ``v`` features,
-    with the GPU launch shapes; ``(method name, grid, args, meta)``."""
+    with the GPU launch shapes; with ``flags`` it flags the rows holding NaN/inf, with ``rows``
+    it reads rows given by index (the engine's selection: ``streams=0, flags=True``, and
+    ``rows=True`` for a masked batch). Returns ``(method name, grid, args, meta)``; raises
+    ``ValueError`` for a launch the library refuses."""
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N) for a selection, got k={k}, N={n}")
+    if not 0 <= streams <= triton_dense.MAX_STREAMS:
+        raise ValueError(f"streams must be in [0, {triton_dense.MAX_STREAMS}], got {streams}")
     p = p or max(1024, (1 << 26) // n)
     method_id = triton_dense._pick_method(method, k, n, dtype.itemsize)
     if method_id not in triton_dense._SELECTING:
-        raise SystemExit(f"error: N={n}, k={k} takes the {method_id=} launch, not a selection")
+        raise ValueError(f"N={n} is wider than one fused tile: a torch selection, then the "
+                         f"scatter launch")
     x = torch.empty((p, n), dtype=dtype)
     group = [(torch.empty(p, dtype=torch.int64), _State(n, v), v) for _ in range(streams)]
     out_v = torch.empty((p, k), dtype=torch.float32)
     out_i = torch.empty((p, k), dtype=torch.int64)
-    grid, args, meta = triton_dense._launch_plan(method_id, x, n, k, group, "direct", out_v, out_i,
-                                                 True, None, None, interpret=False)
+    grid, args, meta = triton_dense._launch_plan(
+        method_id, x, n, k, group, "direct", out_v, out_i, True,
+        torch.empty(p, dtype=torch.int8) if flags else None,
+        torch.empty(p, dtype=torch.int64) if rows else None, interpret=False)
     return triton_dense._SHAPE_KEY[method_id], grid, args, meta
 
 
-def _ints(spec: str) -> list[int]:
-    return [int(v) for v in spec.split(",") if v.strip()]
+def _ints(spec: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --{what} takes comma-separated integers, got {spec!r}") from None
+    if not values or min(values) < 1:
+        raise SystemExit(f"error: --{what} takes positive integers, got {spec!r}")
+    return values
 
 
-def main(argv=None) -> int:
+def _args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, choices=sorted(ARCH_LIMITS),
                     help="compute capability (90: H100/H200)")
@@ -171,7 +199,12 @@ def main(argv=None) -> int:
     ap.add_argument("--k", default="1,8,32", help="neurons kept per row (comma-separated)")
     ap.add_argument("--dtype", default="bfloat16,float32",
                     help="activation dtypes: bfloat16, float16, float32 (comma-separated)")
-    ap.add_argument("--streams", type=int, default=1, help="dense streams scattered into (0-4)")
+    ap.add_argument("--streams", type=int, default=1,
+                    help=f"dense streams scattered into (0-{triton_dense.MAX_STREAMS})")
+    ap.add_argument("--flags", action="store_true",
+                    help="the launch also flags the rows holding NaN/inf (as the engine's)")
+    ap.add_argument("--rows", action="store_true",
+                    help="the launch reads rows given by index (a masked batch's, as the engine's)")
     ap.add_argument("--method", default="auto",
                     choices=["auto", "argmax", "candidates", "threshold"])
     ap.add_argument("--shapes", default="",
@@ -182,42 +215,62 @@ def main(argv=None) -> int:
                     help="the candidates' widest chunk for k = 1 and for larger k, e.g. 32,8 "
                          "(triton_dense.CANDIDATE_WIDTH; default: its value)")
     args = ap.parse_args(argv)
+    args.n, args.k = _ints(args.n, "n"), _ints(args.k, "k")
+    unknown = [d for d in args.dtype.split(",") if d not in DTYPES]
+    if unknown:
+        raise SystemExit(f"error: --dtype: {', '.join(unknown)} (choose from {', '.join(DTYPES)})")
+    args.dtype = [DTYPES[d] for d in args.dtype.split(",")]
+    if not 0 <= args.streams <= triton_dense.MAX_STREAMS:
+        raise SystemExit(f"error: --streams must be in [0, {triton_dense.MAX_STREAMS}]")
     try:
-        dtypes = [getattr(torch, d) for d in args.dtype.split(",")]
-        shapes = [tuple(int(f) for f in s.split("/")) for s in args.shapes.split(",") if s]
-        width = tuple(int(w) for w in args.candidate_width.split(",")) \
-            if args.candidate_width else triton_dense.CANDIDATE_WIDTH
-    except (AttributeError, ValueError) as err:
-        raise SystemExit(f"error: --dtype, --shapes or --candidate-width: {err}") from None
-    if any(len(s) != 4 or min(s) < 1 for s in shapes):
-        raise SystemExit("error: --shapes takes 4 positive fields per shape: "
-                         "tile/per_thread/groups/warps")
+        args.shapes = [triton_dense.check_launch_shape(s.split("/"))
+                       for s in args.shapes.split(",") if s]
+    except ValueError as err:
+        raise SystemExit(f"error: --shapes: {err}") from None
+    width = _ints(args.candidate_width, "candidate-width") if args.candidate_width else \
+        list(triton_dense.CANDIDATE_WIDTH)
     if len(width) != 2 or any(w < 4 or w & (w - 1) for w in width):
         raise SystemExit("error: --candidate-width takes two powers of two of at least 4")
+    args.candidate_width = tuple(width)
+    return args
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
     import triton
     print(f"# Fused kernel resources, sm_{args.arch}, triton {triton.__version__}, "
-          f"{args.streams} dense stream(s)\n")
+          f"{args.streams} dense stream(s){', flags' if args.flags else ''}"
+          f"{', rows by index' if args.rows else ''}\n")
     print("| N | k | dtype | method | chunk | launch shape | rows x groups, warps | registers "
-          "| spills (B) | shared (B) | warps/SM | instructions | "
+          "| spills (B) | shared (B), static + dynamic | warps/SM | instructions | "
           + " | ".join([c for c, _ in OPCODES] + list(EXTRA)) + " |")
     print("|" + "---|" * (12 + len(OPCODES) + len(EXTRA)))
     saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.CANDIDATE_WIDTH
-    triton_dense.CANDIDATE_WIDTH = width
+    triton_dense.CANDIDATE_WIDTH = args.candidate_width
+    options = dict(streams=args.streams, method=args.method, flags=args.flags, rows=args.rows)
     try:
-        for dtype in dtypes:
-            for n in _ints(args.n):
-                for k in _ints(args.k):
-                    name = plan(n, k, dtype, args.streams, args.method)[0]
+        for dtype in args.dtype:
+            for n in args.n:
+                for k in args.k:
+                    if k >= n:
+                        print(f"(N={n}, k={k}: no selection to compile)")
+                        continue
+                    try:
+                        name = plan(n, k, dtype, **options)[0]
+                    except ValueError as err:
+                        raise SystemExit(f"error: N={n}, k={k}, {dtype}: {err}") from None
                     key = (name, 2 if dtype.itemsize <= 2 else 4)
-                    for shape in shapes or [saved[0][key]]:
+                    for shape in args.shapes or [saved[0][key]]:
                         triton_dense.LAUNCH_SHAPES[key] = shape
-                        _, grid, largs, meta = plan(n, k, dtype, args.streams, args.method)
+                        _, grid, largs, meta = plan(n, k, dtype, **options)
                         r = resources(compile_launch(grid, largs, meta, args.arch))
-                        warps = resident_warps(r.registers, r.shared_bytes, r.warps, args.arch)
+                        shared = r.static_shared + r.dynamic_shared
+                        warps = resident_warps(r.registers, shared, r.warps, args.arch)
                         print(f"| {n} | {k} | {str(dtype)[6:]} | {name} | {meta['CM'] or '-'} | "
                               f"{' / '.join(map(str, shape))} | {meta['ROWS']} x "
                               f"{meta['GROUPS']}, {r.warps} | {r.registers} | {r.local_bytes} | "
-                              f"{r.shared_bytes} | {warps} | {r.instructions} | "
+                              f"{r.static_shared} + {r.dynamic_shared} | {warps} | "
+                              f"{r.instructions} | "
                               + " | ".join(str(r.opcodes[c]) for c in
                                            [c for c, _ in OPCODES] + list(EXTRA)) + " |",
                               flush=True)

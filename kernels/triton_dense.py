@@ -92,8 +92,8 @@ from .triton_targets import (_PARTIALS, MAX_STREAMS, _check_device, _dense_targe
                              _stream_args, flush, totals_target)
 
 __all__ = ["ARGMAX_MAX_K", "CANDIDATES_MAX_K", "LAUNCH_SHAPES", "MAX_FUSED_BLOCK_N", "MAX_STREAMS",
-           "PARTIAL_FLUSH_ROWS", "dense_scatter_events", "dense_select_accumulate", "flush", "select_topk",
-           "totals_target"]
+           "PARTIAL_FLUSH_ROWS", "check_launch_shape", "dense_scatter_events",
+           "dense_select_accumulate", "flush", "select_topk", "totals_target"]
 
 #: Largest k for the repeated-argmax selection over the whole row; larger k use the bitwise
 #: threshold search (where the candidates selection does not apply).
@@ -261,6 +261,23 @@ def _cdiv(a: int, b: int) -> int:
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
+
+
+def check_launch_shape(shape) -> tuple[int, int, int, int]:
+    """``shape`` as a value of :data:`LAUNCH_SHAPES`, checked: ``(tile, elements per thread, row
+    groups, fewest warps)``, positive integers, the tile, elements per thread and fewest warps
+    powers of two (so the warps of every launch are) and at most 32 warps (1,024 threads). Raises
+    ``ValueError`` saying what is wrong: a GPU launch would fail on it."""
+    try:
+        fields = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        fields = ()
+    if len(fields) != 4 or min(fields) < 1 or fields[3] > 32 or \
+            any(v & (v - 1) for v in (fields[0], fields[1], fields[3])):
+        raise ValueError(f"a launch shape is (tile, elements per thread, row groups, fewest "
+                         f"warps): positive integers, the tile, elements per thread and fewest "
+                         f"warps powers of two, the warps at most 32; got {shape!r}")
+    return fields
 
 
 def _launch_config(p: int, block_n: int, method: str, itemsize: int, interpret: bool

@@ -39,7 +39,9 @@ def test_gpu_check_smoke_passes_on_cpu(tmp_path):
 
 
 @pytest.mark.parametrize("entry", ["candidates:2=2048/128/1", "candidate:2=2048/128/1/1",
-                                   "candidates:3=2048/128/1/1", "candidates:2=2048/0/1/1"])
+                                   "candidates:3=2048/128/1/1", "candidates:2=2048/0/1/1",
+                                   "candidates:2=2048/128/1/3", "candidates:2=2048/40/1/1",
+                                   "candidates:2=2048/128/1/64"])
 def test_gpu_check_refuses_a_malformed_launch_shape(entry):
     """A bad ``--launch-shapes`` entry stops the run with what to write, before any part."""
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -14,12 +14,15 @@ import kernel_resources  # noqa: E402
 
 
 @pytest.mark.parametrize("registers, shared, warps, arch, expected", [
-    (146, 1024, 1, 90, 13),  # registers: 152 per thread, 4,864 per warp -> 13 blocks
+    (146, 1024, 1, 90, 12),  # 152 per thread, 4,864 per warp: 3 in each 16,384-register quarter
     (62, 1024, 1, 90, 32),  # the 32 blocks of an SM
-    (66, 1024, 2, 90, 28),  # 72 per thread, 2 warps -> 14 blocks
-    (255, 0, 4, 90, 8),  # 256 per thread: 2 blocks of 4 warps
+    (66, 1024, 2, 90, 28),  # 72 per thread: 7 warps per quarter, 28 -> 14 blocks of 2
+    (86, 0, 1, 90, 20),  # 88 per thread: 5 per quarter (65,536 // 2,816 would give 23)
+    (255, 0, 4, 90, 8),  # 256 per thread: 2 warps per quarter, 2 blocks of 4
     (32, 100 * 1024, 4, 90, 8),  # shared memory: 2 blocks of 101 KiB in 228 KiB
+    (32, 100 * 1024 + 1, 4, 90, 8),  # (rounded up to 128 B)
     (32, 0, 1, 86, 16),  # the 16 blocks of an sm_86 SM
+    (32, 0, 64, 90, 0),  # more than 1,024 threads: no launch
 ])
 def test_resident_warps(registers, shared, warps, arch, expected):
     assert kernel_resources.resident_warps(registers, shared, warps, arch) == expected
@@ -39,14 +42,44 @@ def test_compiles_the_launch_for_sm90():
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     (n, k, dtype, method, chunk, shape, launch, regs, spills, shared, resident, instructions,
      loads, redux, shfl, atomics, loops) = cells
+    static, dynamic = (int(v) for v in shared.split(" + "))
     assert (n, k, dtype, method, chunk) == ("256", "8", "bfloat16", "candidates", "8")
     assert launch.endswith(", 1")  # one warp
     assert 16 <= int(regs) <= 255 and int(spills) == 0
     assert 1 <= int(resident) <= 64
     assert int(instructions) > 100 and int(loads) > 0
-    assert int(atomics) >= 3  # count, mass, peak of one stream
+    assert int(atomics) >= 3  # count, mass, peak of one stream (REDG/ATOMG, not REDUX)
+    assert static >= 0 and dynamic >= 0
     assert int(redux) + int(shfl) > 0  # the rounds' warp reductions
     assert int(loops) >= 1  # the loop over the program's row groups
+
+
+def test_compiles_the_engines_selection():
+    """The engine's selecting launch: no stream, NaN/inf flags, rows read by index."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
+                          "--n", "256", "--k", "1,256", "--dtype", "float16", "--streams", "0",
+                          "--flags", "--rows"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "0 dense stream(s), flags, rows by index" in out.stdout
+    assert "(N=256, k=256: no selection to compile)" in out.stdout
+    row = [line for line in out.stdout.splitlines() if line.startswith("| 256 | 1 ")]
+    assert len(row) == 1 and row[0].split("|")[-2].strip().isdigit()
+    atomics = row[0].split("|")[-3].strip()
+    assert atomics == "0"  # no stream: nothing scattered
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "float64"], "--dtype: float64"), (["--k", "8,x"], "--k takes"),
+    (["--n", "0"], "--n takes positive"), (["--streams", "5"], "--streams must be"),
+    (["--shapes", "2048/0/4/1"], "--shapes: a launch shape"),
+    (["--candidate-width", "32,6"], "--candidate-width takes"),
+])
+def test_refuses_bad_arguments(args, message):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
+                          *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_refuses_the_interpreter():

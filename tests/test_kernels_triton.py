@@ -624,6 +624,17 @@ def test_launch_shapes_and_candidate_widths():
     assert chunk(16384, 33) is None  # above CANDIDATES_MAX_K
 
 
+def test_launch_shapes_are_checked():
+    """Every default launch shape passes the check; shapes a GPU launch would fail on do not."""
+    for shape in triton_dense.LAUNCH_SHAPES.values():
+        assert triton_dense.check_launch_shape(shape) == shape
+    assert triton_dense.check_launch_shape(["2048", "128", "3", "1"]) == (2048, 128, 3, 1)
+    for bad in [(2048, 128, 4), (2048, 0, 4, 1), (2048, 128, 4, 3), (12288, 128, 4, 1),
+                (2048, 40, 4, 1), (2048, 128, 4, 64), ("a", 1, 1, 1), None]:
+        with pytest.raises(ValueError, match="powers of two"):
+            triton_dense.check_launch_shape(bad)
+
+
 @pytest.mark.parametrize("keys16", [True, False])
 def test_auto_method(keys16, monkeypatch):
     """What ``method="auto"`` picks (the H200's fastest, BENCHMARKS.md): the candidates for

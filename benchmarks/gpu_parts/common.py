@@ -102,15 +102,14 @@ def set_launch_shapes(spec: str) -> list[str]:
         try:
             key, shape = entry.split("=")
             method, width = key.split(":")
-            fields = tuple(int(v) for v in shape.split("/"))
-            if (method, int(width)) not in triton_dense.LAUNCH_SHAPES or len(fields) != 4 or \
-                    min(fields) < 1:
-                raise ValueError
-        except ValueError:
+            if (method, int(width)) not in triton_dense.LAUNCH_SHAPES:
+                raise ValueError("unknown method:bytes")
+            fields = triton_dense.check_launch_shape(shape.split("/"))
+        except ValueError as err:
             keys = ", ".join(f"{m}:{b}" for m, b in triton_dense.LAUNCH_SHAPES)
             raise SystemExit(f"error: --launch-shapes entry {entry!r}: expected "
                              f"method:bytes=tile/per_thread/groups/fewest_warps with method:bytes "
-                             f"one of {keys} and four positive integers") from None
+                             f"one of {keys} ({err})") from None
         triton_dense.LAUNCH_SHAPES[method, int(width)] = fields
         done.append(f"{method}:{width}={shape}")
     return done

@@ -14,7 +14,7 @@ from .common import (ARGS, BLOCK_ELEMS, DEVICE, T0, DenseState, device_ms, devic
 #: triton_dense.LAUNCH_SHAPES' values, the 2-byte candidates' default first. Rows of N = 4096:
 #: one row per warp in the first three (its reductions are shuffles, no barrier); the second
 #: without the next group's tile in registers (no prefetch: 62 registers instead of 146 at k = 8
-#: for sm_90, 32 resident warps per SM instead of 13, ``benchmarks/kernel_resources.py``); the
+#: for sm_90, 32 resident warps per SM instead of 12, ``benchmarks/kernel_resources.py``); the
 #: fourth takes 2 warps at 256 elements per thread, the fifth 4 rows over 4 warps.
 SHAPE_GRID = [(2048, 128, 4, 1), (2048, 128, 1, 1), (4096, 128, 4, 1), (16384, 256, 4, 1),
               (16384, 128, 4, 4), (2048, 128, 2, 1)]
@@ -71,7 +71,11 @@ def part5() -> bool:
     emit("## Part 5: launch shapes (dense V=17, 1 stream; device ms from CUDA-graph replays, "
          "lower is better; tile / per thread / groups / fewest warps)")
     emit("")
-    grid = _rows(ARGS.shapes, SHAPE_GRID, (int,) * 4, "/")
+    try:
+        grid = [triton_dense.check_launch_shape(s) for s in
+                _rows(ARGS.shapes, SHAPE_GRID, (int,) * 4, "/")]
+    except ValueError as err:
+        raise SystemExit(f"error: --shapes: {err}") from None
     emit("| N | k | method | winners | dtype | keys | " + " | ".join(_label(s) for s in grid)
          + " |")
     emit("|---|---|---|---|---|---|" + "---|" * len(grid))
