@@ -87,7 +87,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from .triton_select import _feats4, _scatter_streams, _select_rows
+from .triton_select import _feats4, _nonfinite_rows, _scatter_streams, _select_rows
 from .triton_targets import (_PARTIALS, MAX_STREAMS, _check_device, _dense_targets,  # noqa: F401
                              _stream_args, flush, totals_target)
 
@@ -238,9 +238,7 @@ def _select_scatter_kernel(
             nx = tl.load(nx_row + col_off, mask=nrow_ok[:, None] & col_ok, other=0.0)
             ng0, ng1, ng2, ng3 = _feats4(f0, f1, f2, f3, nrows, nrow_ok, NUM_STREAMS)
             if FLAGS:  # (padding columns were loaded as 0.0: finite)
-                expo = x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000
-                bad = tl.max(expo, axis=1) == 0x7F800000
-                tl.store(flag_ptr + rows, bad.to(tl.int8), mask=row_ok)
+                tl.store(flag_ptr + rows, _nonfinite_rows(x).to(tl.int8), mask=row_ok)
             _select_rows(x, rows, row_ok, cols, row_ok[:, None] & col_ok, x_row, stride_xn,
                          out_v_ptr, out_i_ptr, N, K,
                          g0, c0, m0, p0, V0, g1, c1, m1, p1, V1,

@@ -27,6 +27,24 @@ def _key_to_float(key):
 
 
 @triton.jit
+def _nonfinite_rows(x):
+    """Per row of a loaded tile, whether it holds NaN/inf: a float is non-finite exactly where its
+    exponent bits are all ones (integer operations, so the device and the interpreter agree).
+    2-byte tiles are tested on their own 16 bits (a bf16 / fp16 value is non-finite exactly where
+    its fp32 widening is), without widening the tile."""
+    if x.dtype == tl.bfloat16:
+        expo = x.to(tl.int16, bitcast=True) & 0x7F80
+        bad = tl.max(expo, axis=1) == 0x7F80
+    elif x.dtype == tl.float16:
+        expo = x.to(tl.int16, bitcast=True) & 0x7C00
+        bad = tl.max(expo, axis=1) == 0x7C00
+    else:
+        expo = x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000
+        bad = tl.max(expo, axis=1) == 0x7F800000
+    return bad
+
+
+@triton.jit
 def _feats(f_ptr, rows, row_ok, ON: tl.constexpr):
     """The feature ids of ``rows`` of one stream (``-1`` where masked, or for an unused stream)."""
     if ON:
