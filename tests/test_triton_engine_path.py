@@ -71,6 +71,24 @@ def test_flags_name_exactly_the_nonfinite_rows(method, dtype, n, k):
     _check(_rows(20, n, dtype), k, method)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_flags_of_2_byte_values_at_the_exponent_edge(dtype):
+    """2-byte tiles are flagged on their own exponent bits: every non-finite bit pattern (both
+    signs, every mantissa), the largest finite ones below them, and a spread of the others, one
+    per row, are flagged exactly where the float32 widening is not finite. (Every one of the
+    65,536 patterns of each type was checked the same way once, 2.5 minutes here.)"""
+    top = 0x7F80 if dtype == torch.bfloat16 else 0x7C00  # exponent bits all ones
+    edge = torch.arange(top - 64, 0x8000, dtype=torch.int32)  # finite up to inf, then NaNs
+    spread = torch.arange(0, 0x8000, 97, dtype=torch.int32)
+    bits = torch.cat([edge, spread, edge | 0x8000, spread | 0x8000]).to(torch.int16)
+    x = torch.stack([bits.view(dtype), torch.zeros(bits.numel(), dtype=dtype)], 1)
+    flags = torch.full((x.shape[0],), 7, dtype=torch.int8)
+    triton_dense.select_topk(x, 1, flags=flags)
+    exact = _exact(x)
+    assert int(exact.sum()) >= 2 * (0x8000 - top)  # (the edges hold every non-finite pattern)
+    assert torch.equal(flags.bool(), exact)
+
+
 def test_flags_where_k_is_n_and_in_partial_chunks(monkeypatch):
     x = _rows(20, 12, torch.float32)
     _check(x, 12, "all")
