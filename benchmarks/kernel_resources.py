@@ -227,11 +227,12 @@ def _args(argv):
                        for s in args.shapes.split(",") if s]
     except ValueError as err:
         raise SystemExit(f"error: --shapes: {err}") from None
-    width = _ints(args.candidate_width, "candidate-width") if args.candidate_width else \
-        list(triton_dense.CANDIDATE_WIDTH)
-    if len(width) != 2 or any(w < 4 or w & (w - 1) for w in width):
-        raise SystemExit("error: --candidate-width takes two powers of two of at least 4")
-    args.candidate_width = tuple(width)
+    try:
+        args.candidate_width = triton_dense.check_candidate_width(
+            args.candidate_width.split(",") if args.candidate_width else
+            triton_dense.CANDIDATE_WIDTH)
+    except ValueError as err:
+        raise SystemExit(f"error: --candidate-width: {err}") from None
     return args
 
 

@@ -92,8 +92,9 @@ from .triton_targets import (_PARTIALS, MAX_STREAMS, _check_device, _dense_targe
                              _stream_args, flush, totals_target)
 
 __all__ = ["ARGMAX_MAX_K", "CANDIDATES_MAX_K", "LAUNCH_SHAPES", "MAX_FUSED_BLOCK_N", "MAX_STREAMS",
-           "PARTIAL_FLUSH_ROWS", "check_launch_shape", "dense_scatter_events",
-           "dense_select_accumulate", "flush", "select_topk", "totals_target"]
+           "PARTIAL_FLUSH_ROWS", "check_candidate_width", "check_launch_shape",
+           "dense_scatter_events", "dense_select_accumulate", "flush", "select_topk",
+           "totals_target"]
 
 #: Largest k for the repeated-argmax selection over the whole row; larger k use the bitwise
 #: threshold search (where the candidates selection does not apply).
@@ -275,6 +276,20 @@ def check_launch_shape(shape) -> tuple[int, int, int, int]:
         raise ValueError(f"a launch shape is (tile, elements per thread, row groups, fewest "
                          f"warps): positive integers, the tile, elements per thread and fewest "
                          f"warps powers of two, the warps at most 32; got {shape!r}")
+    return fields
+
+
+def check_candidate_width(widths) -> tuple[int, int]:
+    """``widths`` as a value of :data:`CANDIDATE_WIDTH`, checked: the widest candidate chunk for
+    k = 1 and for larger k, two powers of two of at least 4 (a chunk of the row tile). Raises
+    ``ValueError`` saying what is wrong."""
+    try:
+        fields = tuple(int(v) for v in widths)
+    except (TypeError, ValueError):
+        fields = ()
+    if len(fields) != 2 or any(w < 4 or w & (w - 1) for w in fields):
+        raise ValueError(f"the candidate width is (widest chunk for k = 1, for larger k): two "
+                         f"powers of two of at least 4; got {widths!r}")
     return fields
 
 

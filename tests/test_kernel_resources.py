@@ -74,7 +74,8 @@ def test_compiles_the_engines_selection():
     (["--dtype", "float64"], "--dtype: float64"), (["--k", "8,x"], "--k takes"),
     (["--n", "0"], "--n takes positive"), (["--streams", "5"], "--streams must be"),
     (["--shapes", "2048/0/4/1"], "--shapes: a launch shape"),
-    (["--candidate-width", "32,6"], "--candidate-width takes"),
+    (["--candidate-width", "32,6"], "--candidate-width: the candidate width"),
+    (["--candidate-width", "32,x"], "--candidate-width: the candidate width"),
 ])
 def test_refuses_bad_arguments(args, message):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),

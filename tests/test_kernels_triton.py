@@ -635,6 +635,15 @@ def test_launch_shapes_are_checked():
             triton_dense.check_launch_shape(bad)
 
 
+def test_candidate_widths_are_checked():
+    assert triton_dense.check_candidate_width(triton_dense.CANDIDATE_WIDTH) == \
+        triton_dense.CANDIDATE_WIDTH
+    assert triton_dense.check_candidate_width(["32", "8"]) == (32, 8)
+    for bad in [(32,), (32, 6), (32, 2), (32, 8, 8), ("a", 8), None]:
+        with pytest.raises(ValueError, match="powers of two"):
+            triton_dense.check_candidate_width(bad)
+
+
 @pytest.mark.parametrize("keys16", [True, False])
 def test_auto_method(keys16, monkeypatch):
     """What ``method="auto"`` picks (the H200's fastest, BENCHMARKS.md): the candidates for

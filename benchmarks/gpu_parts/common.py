@@ -121,12 +121,9 @@ def set_candidate_width(spec: str) -> str:
     if not spec:
         return ""
     try:
-        widths = tuple(int(v) for v in spec.split(","))
-        if len(widths) != 2 or any(w < 4 or w & (w - 1) for w in widths):
-            raise ValueError
-    except ValueError:
-        raise SystemExit(f"error: --candidate-width {spec!r}: expected two powers of two of at "
-                         f"least 4, for k = 1 and for larger k, e.g. 32,8") from None
+        widths = triton_dense.check_candidate_width(spec.split(","))
+    except ValueError as err:
+        raise SystemExit(f"error: --candidate-width {spec!r}: {err} (e.g. 32,8)") from None
     triton_dense.CANDIDATE_WIDTH = widths
     return f"{widths[0]},{widths[1]}"
 
