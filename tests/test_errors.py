@@ -134,6 +134,39 @@ def test_cli_errors_leave_store_unchanged(word_model, tmp_path):
         assert tree_digest(store) == before, extra
 
 
+def _mark_unfinished(store, stage="s"):
+    """Make a complete stage look like one whose run was killed (status in_progress)."""
+    import json
+    meta = store / stage / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["txray_engine"]["status"] = "in_progress"
+    meta.write_text(json.dumps(doc))
+
+
+def test_resume_with_other_collection_settings_is_refused(word_model, tmp_path):
+    """A resume must not mix statistics of two collections: another k, another layer list or
+    other options are refused, the message names what differs, and the store stays as it was."""
+    store = tmp_path / "s.zarr"
+    assert _collect(word_model, store, "-k", "2").exit_code == 0
+    _mark_unfinished(store)
+    before = tree_digest(store)
+    cases = [
+        (("-k", "3"), ["collection.k"]),
+        (("-k", "all"), ["collection.k"]),
+        (("-k", "2", "--layers", "decoder"), ["collection.layers"]),
+        (("-k", "2", "--max-length", "7"), ["options.max_length"]),
+        (("-k", "2", "--streams", "token,predicted"), ["options.streams", "collection.streams"]),
+    ]
+    for extra, words in cases:
+        res = _collect(word_model, store, "--resume", *extra)
+        _assert_clean_error(res, "other settings", "--overwrite", *words)
+        assert tree_digest(store) == before, extra
+    res = _collect(word_model, store, "--resume", "-k", "2")
+    assert res.exit_code == 0, res.output
+    from txray_engine import open_store
+    assert open_store(store).stage("s").status == "complete"
+
+
 def test_cli_empty_corpus_creates_no_store(word_model, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")

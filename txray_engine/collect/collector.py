@@ -14,6 +14,7 @@ from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
 from ..errors import CorpusError
 from ..features.streams import Batch, Stream, stream_features
+from ..store.format import fingerprint
 from ..store.writer import StageWriter
 
 
@@ -54,7 +55,9 @@ class Collector:
         What to do when the stage exists (see :class:`StageWriter`). After a resume,
         :attr:`cursor` tells how many corpus units were already counted: skip them.
     identity : dict, optional
-        Model/corpus/options description stored with the stage and checked on resume.
+        Model/corpus/options description stored with the stage and checked on resume. The
+        collection settings (resolved layers, k, streams and their vocabularies, non-finite
+        policy, examples) are added to it as ``collection``: a resume must match them too.
     flush_every : float
         Seconds between flushes (0 = after every step).
     forward : callable, optional
@@ -82,7 +85,16 @@ class Collector:
                                        context_radius=context_radius)
         self.streams = self.accumulator.streams
         self.capture = LayerCapture(model, layers, time_first)
-        self.writer = StageWriter(store, stage, mode, identity) if store is not None else None
+        # what shapes the statistics is part of the identity a resume must match: resuming with
+        # another k or another layer list would mix statistics of two different collections
+        collection = {"layers": self.capture.names, "k": k if isinstance(k, str) else int(k),
+                      "streams": [{"name": s.name, "source": s.source,
+                                   "vocabulary": fingerprint(list(s.vocab))} for s in self.streams],
+                      "nonfinite": nonfinite, "examples": int(examples),
+                      "context_radius": int(context_radius),
+                      "time_first": sorted(self.capture.time_first)}
+        self.writer = (StageWriter(store, stage, mode, {**(identity or {}), "collection": collection})
+                       if store is not None else None)
         self.flush_every = float(flush_every)
         self.forward = forward or default_forward
         self.cursor = {"units": 0, "documents": 0}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
@@ -32,6 +33,23 @@ MODES = ("new", "resume", "overwrite")
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def differences(stored: dict, identity: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the settings of ``identity`` that differ from those ``stored`` with a stage.
+
+    A stage killed before its first commit holds no settings: then nothing can be named.
+    """
+    out = []
+    for key, value in identity.items():
+        if key not in stored:
+            continue
+        old, new = stored[key], json.loads(json.dumps(value, default=str))
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 class StageWriter:
@@ -106,18 +124,21 @@ class StageWriter:
             return
         if self.mode == "new":
             raise StageExistsError(f"stage {self.stage!r} already exists in {str(self.path)!r}: "
-                                   f"pass --resume to continue it or --overwrite to replace it, or "
-                                   f"choose another stage name")
+                                   f"continue it (--resume, mode='resume') or replace it "
+                                   f"(--overwrite, mode='overwrite'), or choose another stage "
+                                   f"name")
         if self.mode == "overwrite":
             self._replace_pending = True
             return
         if meta.get("status") == "complete":
             raise StageExistsError(f"stage {self.stage!r} is already complete: nothing to resume; "
-                                   f"pass --overwrite to collect it again")
+                                   f"collect it again with --overwrite (mode='overwrite')")
         if meta.get("fingerprint") != self.fingerprint:
-            raise StageExistsError(f"stage {self.stage!r} was started with a different model, "
-                                   f"corpus or options; resume with the same ones, or pass "
-                                   f"--overwrite")
+            changed = differences(meta, self.identity)
+            what = (f"with other settings ({', '.join(changed)})" if changed else
+                    "with a different model, corpus or options")
+            raise StageExistsError(f"stage {self.stage!r} was started {what}; resume with the "
+                                   f"same ones, or overwrite it (--overwrite, mode='overwrite')")
         self._snapshot = meta.get("snapshot")
         self._seq = int(self._snapshot[len(SNAPSHOT_PREFIX):]) if self._snapshot else 0
         self.cursor = dict(meta.get("cursor") or {})
