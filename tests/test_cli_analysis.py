@@ -57,3 +57,18 @@ def test_prune_structural_copy_of_hf_model(tmp_path, word_model):
     pruned = torch.load(out_model, weights_only=False)
     assert pruned.model.layers[0].mlp.up_proj.weight.shape == (19, 16)
     assert pruned(input_ids=torch.tensor([[2, 3, 4]])).logits.shape == (1, 3, 20)
+
+
+def test_neurons_shows_features_and_refuses_bad_ids(two_stages):
+    out = run_cli("neurons", two_stages, "--stage", "text", "--top", "2", "--features", "3")
+    assert out.startswith("lstm: ") and "of 12 neurons alive" in out
+    assert out.count("  neuron ") == 2 and "token:" in out and "predicted:" in out
+    out = run_cli("neurons", two_stages, "--stage", "text", "--neuron", "11", "--stream", "token")
+    assert "neuron 11: selected" in out and "predicted:" not in out
+    for bad in ("12", "-1"):
+        err = run_cli("neurons", two_stages, "--stage", "text", "--neuron", "0", "--neuron", bad,
+                      code=2)
+        assert err == f"error: neuron {bad} is not in layer 'lstm', whose neurons are 0 to 11\n"
+    for opt in ("--layer", "--stream"):
+        err = run_cli("neurons", two_stages, "--stage", "text", opt, "nope", code=2)
+        assert err.startswith("error: ") and "'nope'" in err and len(err.splitlines()) == 1

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..errors import InputError
 from .base import by_option, format_features, human_size, main
 
 
@@ -51,8 +52,17 @@ def neurons(store, stage, layer_names, streams, neurons, top, features, by):
     from ..store import open_store
 
     st = open_store(store).stage(stage)
-    for lname in layer_names or st.layers:
-        lv = st.layer(lname)
+    views = {lname: st.layer(lname) for lname in layer_names or st.layers}
+    # check every request before printing anything
+    for lv in list(views.values())[:1]:
+        for sname in streams:
+            lv.stream(sname)  # an unknown stream raises the store's message
+    for lname, lv in views.items():
+        bad = [n for n in neurons if not 0 <= n < lv.n_neurons]
+        if bad:
+            raise InputError(f"neuron {bad[0]} is not in layer {lname!r}, whose neurons are "
+                             f"0 to {lv.n_neurons - 1}")
+    for lname, lv in views.items():
         ids = list(neurons) or [int(i) for i in np.argsort(-lv.neuron_count, kind="stable")[:top]]
         click.echo(f"{lname}: {int(lv.alive.sum())} of {lv.n_neurons} neurons alive, "
                    f"{lv.tokens} tokens")
