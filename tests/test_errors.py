@@ -220,3 +220,25 @@ def test_cli_bad_model_paths(tmp_path, word_model):
                                     str(word_model["text"]), "--layers", "x", "--store",
                                     str(tmp_path / "s"), "--stage", "s"])
     _assert_clean_error(res, "not a module")
+
+
+def test_cli_unavailable_device_bad_gguf_and_tokenizer(word_model, tmp_path):
+    """Devices this machine lacks, a missing GGUF file and an unreadable tokenizer directory get
+    one line each and create no store."""
+    store = tmp_path / "s.zarr"
+    if not torch.cuda.is_available():
+        for dev in ("cuda", "cuda:1"):
+            _assert_clean_error(_collect(word_model, store, "--device", dev),
+                                f"device '{dev}' is not available", "--device cpu")
+    _assert_clean_error(_collect(word_model, store, "--device", "tpu"), "unknown device 'tpu'")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "model.gguf").write_bytes(b"")
+    res = CliRunner().invoke(main, ["layers", "--model", str(hf_dir), "--gguf-file", "nope.gguf"])
+    _assert_clean_error(res, "no GGUF file 'nope.gguf'", "it has: model.gguf")
+    res = CliRunner().invoke(main, ["collect", "--model", str(word_model["ckpt"]), "--tokenizer",
+                                    str(tmp_path), "--corpus", str(word_model["text"]),
+                                    "--layers", "lstm", "--store", str(store), "--stage", "s"])
+    _assert_clean_error(res, "cannot load a tokenizer from")
+    assert len(res.output.splitlines()) == 1
+    assert not store.exists()

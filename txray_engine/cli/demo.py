@@ -27,6 +27,7 @@ def demo(config_name, out, reviews_cache, seeds, device, as_json, quiet):
     their polarity, and prune neurons guided by the measures; prints a summary per RQ."""
     import torch
 
+    from ..collect.models import check_device
     from ..corpora import fetch_reviews
     from ..demo import format_summary, preset, run_demo
 
@@ -37,6 +38,7 @@ def demo(config_name, out, reviews_cache, seeds, device, as_json, quiet):
         except ValueError:
             raise click.BadParameter("use integers separated by commas", param_hint="--seeds")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     reviews = fetch_reviews(reviews_cache)
     log = (lambda msg: None) if as_json or quiet else (lambda msg: click.echo(msg, err=True))
     results = run_demo(cfg, out, reviews, device, log, quiet=quiet or as_json)

@@ -38,6 +38,26 @@ def smollm2_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def check_device(device) -> torch.device:
+    """``device`` as a ``torch.device``, or one clear error when this machine does not have it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            why = ("this torch is built without CUDA" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise InputError(f"device {device!r} is not available: {why}; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"device {device!r} is not available: this machine has {n} CUDA "
+                             f"GPU(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r} is not available here; use --device cpu")
+    return dev
+
+
 def _hf_load(path: Path, gguf_file: str | None, device):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -47,6 +67,10 @@ def _hf_load(path: Path, gguf_file: str | None, device):
                          "'txray_engine[hf]'") from None
     kw = {"local_files_only": True}
     if gguf_file:
+        if not (path / gguf_file).is_file():
+            found = sorted(p.name for p in path.glob("*.gguf"))
+            raise InputError(f"no GGUF file {gguf_file!r} in {str(path)!r}; it has: "
+                             f"{', '.join(found) or 'none'}")
         kw["gguf_file"] = gguf_file
     model = None
     for cls in (transformers.AutoModelForCausalLM, transformers.AutoModel):
@@ -55,6 +79,8 @@ def _hf_load(path: Path, gguf_file: str | None, device):
             break
         except (ValueError, KeyError):
             continue
+        except OSError as e:  # missing or unreadable weight files
+            raise InputError(f"cannot load the model in {str(path)!r}: {e}") from None
     if model is None:
         raise InputError(f"{str(path)!r} holds no model transformers can load")
     try:
@@ -68,6 +94,7 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
                vocab: str | None = None, lower: bool = False, device="cpu",
                require_tokenizer: bool = True) -> LoadedModel:
     """Load ``spec`` (see the module docstring) and its tokenizer."""
+    device = check_device(device)
     if spec == "smollm2":
         path, gguf_file = smollm2_dir(), gguf_file or SMOLLM2_GGUF
     else:
@@ -93,8 +120,13 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
         hf = False
     if tokenizer:
         import transformers
-        tok = HFTokenizer(transformers.AutoTokenizer.from_pretrained(tokenizer,
-                                                                     local_files_only=True))
+        try:
+            hf_tok = transformers.AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"cannot load a tokenizer from {tokenizer!r} (a Hugging Face "
+                             f"tokenizer directory with tokenizer.json): {first}") from None
+        tok = HFTokenizer(hf_tok)
     elif vocab:
         tok = WordTokenizer.from_file(vocab, lower=lower)
     if tok is None and require_tokenizer:
