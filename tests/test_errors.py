@@ -188,6 +188,33 @@ def test_cli_nonfinite_model(word_model, tmp_path):
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_cli_skip_nonfinite_counts_positions_per_layer(word_model, tmp_path):
+    """NaN embeddings for unknown words: every position from a document's first unknown word on
+    is non-finite in the LSTM; --skip-nonfinite leaves them out and says how many, per layer."""
+    import json
+    model = torch.load(word_model["ckpt"], weights_only=False)
+    model.embedding.weight.data[0] = float("nan")  # <unk>
+    bad = tmp_path / "bad.pt"
+    torch.save(model, bad)
+    store = tmp_path / "x.zarr"
+    args = ["collect", "--model", str(bad), "--vocab", str(word_model["vocab"]), "--corpus",
+            str(word_model["text"]), "--layers", "lstm", "--layers", "decoder", "--store",
+            str(store), "--stage", "s", "-q", "--skip-nonfinite", "--json"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    from txray_engine import open_store
+    st = open_store(store).stage("s")
+    skipped = st.skipped_nonfinite()
+    assert set(skipped) == {"lstm", "decoder"} and skipped["lstm"] > 0
+    assert summary["skipped_nonfinite"] == skipped
+    assert st.layer("lstm").tokens + skipped["lstm"] == summary["tokens_this_run"]
+    info = CliRunner().invoke(main, ["info", str(store)]).output
+    assert f"layer lstm: 12 neurons, {skipped['lstm']} positions skipped (non-finite" in info
+    res = CliRunner().invoke(main, args[:-1] + ["--overwrite"])
+    assert f"layer lstm: {skipped['lstm']} positions with non-finite activations" in res.output
+
+
 def test_cli_second_writer_and_foreign_store(word_model, tmp_path):
     store = tmp_path / "s.zarr"
     assert _collect(word_model, store).exit_code == 0

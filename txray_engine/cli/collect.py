@@ -80,6 +80,9 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
                    f"{summary['tokens_this_run']} tokens this run "
                    f"({summary['tokens_per_second']} tokens/s), layers: "
                    f"{', '.join(summary['layers'])}")
+        for layer, n in summary["skipped_nonfinite"].items():
+            click.echo(f"layer {layer}: {n} positions with non-finite activations skipped "
+                       f"(in all, this stage)")
 
 
 @main.group()

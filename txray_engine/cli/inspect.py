@@ -26,12 +26,16 @@ def info(store, as_json):
     if not data["stages"]:
         click.echo("  no stages")
     for name, st in data["stages"].items():
-        click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, "
-                   f"{st['documents']} documents, k={st['k']}")
+        # a stage collected from Python without document counts shows its units instead
+        docs = (f"{st['documents']} documents" if st["documents"] else
+                f"{st['units'] or 0} units")
+        click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, {docs}, k={st['k']}")
         streams = ", ".join(f"{s} ({v['size']})" for s, v in st["streams"].items())
         click.echo(f"    streams: {streams}")
         for layer, n in st["layers"].items():
-            click.echo(f"    layer {layer}: {n} neurons")
+            skipped = st["skipped_nonfinite"].get(layer)
+            click.echo(f"    layer {layer}: {n} neurons" + (
+                f", {skipped} positions skipped (non-finite activations)" if skipped else ""))
 
 
 @main.command()

@@ -84,5 +84,8 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     elapsed = time.monotonic() - start
     return {"store": str(store), "stage": stage, "layers": col.layers, "streams": list(streams),
             "k": k, "tokens_this_run": tokens, "documents": cursor["documents"],
-            "units": cursor["units"], "resumed_from_units": skip, "seconds": round(elapsed, 2),
+            "units": cursor["units"], "resumed_from_units": skip,
+            "skipped_nonfinite": {n: s.skipped_nonfinite for n, s in col.accumulator.layers.items()
+                                  if s.skipped_nonfinite},
+            "seconds": round(elapsed, 2),
             "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 else None}

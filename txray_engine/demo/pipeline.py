@@ -43,7 +43,7 @@ def collect_stage(model, docs: Docs, streams, store, stage: str, cfg, pad: int, 
             ids, mask = ids.to(device), mask.to(device)
             col.step(Batch(input_ids=ids, inputs={"input_ids": ids, "attention_mask": mask},
                            mask=mask, labels=None if labels is None else labels.to(device),
-                           features={"pos": pos.to(device)}))
+                           features={"pos": pos.to(device)}), documents=ids.shape[0])
 
 
 def _summary(cmp) -> dict:

@@ -64,7 +64,9 @@ class Store:
         for name in self.stages:
             st = self.stage(name)
             out["stages"][name] = {"status": st.status, "tokens": st.tokens, "k": st.k,
-                                   "documents": st.meta.get("cursor", {}).get("documents"),
+                                   "documents": st.cursor.get("documents"),
+                                   "units": st.cursor.get("units"),
+                                   "skipped_nonfinite": st.skipped_nonfinite(),
                                    "layers": st.meta.get("layers", {}),
                                    "streams": st.meta.get("streams", {}),
                                    "model": st.meta.get("model"), "corpus": st.meta.get("corpus")}
@@ -94,6 +96,11 @@ class Stage:
     cursor = property(lambda self: dict(self.meta.get("cursor", {})))
     layers = property(lambda self: list(self.meta.get("layers", {})))
     streams = property(lambda self: list(self.meta.get("streams", {})))
+
+    def skipped_nonfinite(self) -> dict:
+        """``{layer: positions skipped}`` for the layers where ``--skip-nonfinite`` skipped any."""
+        counts = {name: self.layer(name).skipped_nonfinite for name in self.layers}
+        return {name: n for name, n in counts.items() if n}
 
     @cached_property
     def _vocabularies(self) -> dict:
