@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from naive import run_cli
 from txray_engine import open_store
 
 REVIEWS = Path(__file__).resolve().parents[1] / ".cache" / "reviews"
@@ -78,6 +79,21 @@ def test_tiny_pipeline_structure_and_invariants(tiny_run):
         if row["fraction"] == 0.0:
             assert row["metric"] == pytest.approx(accs[row["finetune_seed"]])
             assert row["pruned"] == 0
+
+
+def test_demo_checkpoints_work_with_the_cli(tiny_run, tmp_path):
+    """Every checkpoint the demo leaves is a whole module, and with its vocab.txt the CLI
+    collects from it: the language model of the last epoch, on a line of text."""
+    out, _ = tiny_run
+    ckpts = out / "checkpoints"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The film was a quiet, lovely surprise.\nA dull plot.\n")
+    res = run_cli("collect", "--model", ckpts / "lm-epoch2.pt", "--vocab", ckpts / "vocab.txt",
+                  "--lower", "--corpus", corpus, "--layers", "lstm", "--store",
+                  tmp_path / "s.zarr", "--stage", "lm", "-q")
+    assert "stage 'lm' complete" in res and "2 documents" in res
+    for name in ("classifier-s0.pt", "classifier-s1.pt"):
+        assert "lstm\tLSTM" in run_cli("layers", "--model", ckpts / name)
 
 
 def test_pruned_neurons_really_output_zero(tiny_run):

@@ -15,7 +15,6 @@ from ..collect.collector import Collector
 from ..features.pos import POS_VOCAB
 from ..features.streams import Batch, Stream
 from ..measures import compare_streams, feature_group_mass, stage_table
-from ..models import LSTMLanguageModel
 from ..prune import evaluate_pruning, summarize
 from ..store import open_store
 from .config import DemoConfig
@@ -88,10 +87,11 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
                            out / "checkpoints", device, log, quiet)
     epochs = sorted({1, (cfg.lm_epochs + 1) // 2, cfg.lm_epochs})
     heldout = windows(data.wiki_heldout, 128)
-    probe = LSTMLanguageModel(len(data.vocab), cfg.emb_dim, cfg.hidden).to(device)
+    # with this file the checkpoints are ready for `txray collect --vocab ... --lower`
+    (out / "checkpoints" / "vocab.txt").write_text("".join(w + "\n" for w in data.vocab))
     for e in epochs:
-        probe.load_state_dict(torch.load(out / "checkpoints" / f"lm-epoch{e}.pt",
-                                         map_location=device))
+        probe = torch.load(out / "checkpoints" / f"lm-epoch{e}.pt", map_location=device,
+                           weights_only=False)
         collect_stage(probe.eval(), heldout, [tok, pos], store, f"wiki-epoch{e}", cfg, pad,
                       device, {**ident, "model": f"lm-epoch{e}", "corpus": "wikipedia-heldout"})
     ppl = {h["epoch"]: h["valid_ppl"] for h in history}

@@ -65,7 +65,7 @@ def train_lm(cfg, vocab_size: int, train: Docs, valid: Docs, eos: int, ckpt_dir:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
             opt.step()
         ppl = perplexity(model, valid, eos, cfg.bptt, cfg.lm_batch, device)
-        torch.save(model.state_dict(), ckpt_dir / f"lm-epoch{epoch}.pt")
+        torch.save(model, ckpt_dir / f"lm-epoch{epoch}.pt")  # whole module: `txray` loads it
         history.append({"epoch": epoch, "valid_ppl": ppl})
         log(f"  language model epoch {epoch}/{cfg.lm_epochs}: validation perplexity {ppl:.1f}")
     return model, history
