@@ -41,6 +41,11 @@ def test_collect_and_info_word_model(word_model, tmp_path):
     assert data["stages"]["reviews"]["documents"] == 60
     layers = _run("layers", "--model", word_model["ckpt"]).output
     assert "lstm\tLSTM" in layers
+    assert _run("layers", "--model", word_model["ckpt"], "--pattern", "dec*").output == \
+        "decoder\tLinear\n"
+    res = CliRunner().invoke(main, ["layers", "--model", str(word_model["ckpt"]), "--pattern",
+                                    "mlp*"])
+    assert res.exit_code == 2 and res.output.startswith("error: no module path of ")
 
 
 def test_unknown_words_and_windows(word_model, tmp_path):

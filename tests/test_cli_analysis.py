@@ -27,7 +27,7 @@ def test_compare_human_json_csv(two_stages, tmp_path):
     assert "not in both stages" in err
 
 
-def test_prune_mask_files(two_stages, tmp_path):
+def test_prune_mask_files(two_stages, word_model, tmp_path):
     mask = tmp_path / "m.json"
     out = run_cli("prune", two_stages, "--stage", "reviews", "--against", "text", "--layer", "lstm",
                "--selector", "most_changed", "--fraction", "0.25", "--out", mask)
@@ -40,6 +40,13 @@ def test_prune_mask_files(two_stages, tmp_path):
     err = run_cli("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
                "most_changed", "--count", "2", "--out", mask, code=2)
     assert "--against" in err
+    # an LSTM layer cannot be pruned structurally: one message, and neither file is written
+    mask2, copy = tmp_path / "m2.json", tmp_path / "copy.pt"
+    err = run_cli("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
+                  "lowest_mass", "--count", "2", "--out", mask2, "--model", word_model["ckpt"],
+                  "--save-pruned", copy, code=2)
+    assert err.startswith("error: ") and "MLP" in err and len(err.splitlines()) == 1
+    assert not mask2.exists() and not copy.exists()
 
 
 def test_prune_structural_copy_of_hf_model(tmp_path, word_model):

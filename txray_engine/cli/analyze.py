@@ -147,6 +147,12 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
     doc = {"store": str(store), "stage": stage, "against": against, "stream": stream,
            "selector": selector, "fraction": fraction, "count": count, "seed": seed,
            "shared_only": shared_only, "layers": selection, "layer_sizes": sizes}
+    shrunk = {}
+    if model_spec:  # prune in memory first: a model that cannot be pruned leaves no file behind
+        from ..collect.models import load_model
+
+        model = load_model(model_spec, gguf_file, require_tokenizer=False).model
+        shrunk = {layer: prune_mlp(model, layer, units) for layer, units in selection.items()}
     with open(out, "w") as fh:
         json.dump(doc, fh, indent=1)
     for layer, units in selection.items():
@@ -155,11 +161,7 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
     if model_spec:
         import torch
 
-        from ..collect.models import load_model
-
-        model = load_model(model_spec, gguf_file, require_tokenizer=False).model
-        for layer, units in selection.items():
-            info = prune_mlp(model, layer, units)
+        for layer, info in shrunk.items():
             click.echo(f"{layer}: MLP width {info['before']} → {info['after']}")
         torch.save(model, save_pruned)
         click.echo(f"wrote pruned model to {save_pruned}")

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from ..errors import InputError
 from .base import main, parse_k
 
 
@@ -134,6 +135,10 @@ def layers(model_spec, gguf_file, pattern):
     from ..collect.models import load_model
 
     model = load_model(model_spec, gguf_file, require_tokenizer=False).model
-    for name, mod in model.named_modules():
-        if name and fnmatch.fnmatchcase(name, pattern):
-            click.echo(f"{name}\t{type(mod).__name__}")
+    found = [(name, mod) for name, mod in model.named_modules()
+             if name and fnmatch.fnmatchcase(name, pattern)]
+    if not found:
+        raise InputError(f"no module path of {type(model).__name__} matches {pattern!r}: run "
+                         f"`txray layers` without --pattern to see them all")
+    for name, mod in found:
+        click.echo(f"{name}\t{type(mod).__name__}")
