@@ -269,3 +269,16 @@ def test_cli_unavailable_device_bad_gguf_and_tokenizer(word_model, tmp_path):
     _assert_clean_error(res, "cannot load a tokenizer from")
     assert len(res.output.splitlines()) == 1
     assert not store.exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["collect", "--model", "m.pt"], "Missing option '--corpus'"),
+    (["compare", "s.zarr", "--bogus"], "No such option '--bogus'"),
+    (["collect", "--model", "m.pt", "--corpus", "c.txt", "--layers", "x", "--store", "s",
+      "--stage", "s", "-k", "x"], "Invalid value for '-k': use a positive integer or 'all'"),
+])
+def test_usage_errors_are_one_line(args, words):
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2
+    assert res.output.startswith(f"error: {words}") and res.output.count("\n") == 1, res.output
+    assert f"{args[0]} --help`" in res.output

@@ -30,7 +30,8 @@ min_count_option = click.option("--min-count", default=1, show_default=True,
 
 
 class TxRayGroup(click.Group):
-    """Turns engine errors into one line on stderr and exit code 2 (``--debug`` shows tracebacks)."""
+    """Turns engine errors and a command's usage errors into one line on stderr and exit code 2
+    (``--debug`` shows tracebacks)."""
 
     def invoke(self, ctx):
         try:
@@ -39,6 +40,12 @@ class TxRayGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except click.UsageError as e:  # a bad or missing option of a command
+            if ctx.params.get("debug"):
+                raise
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
             ctx.exit(2)
 
 
