@@ -38,28 +38,58 @@ def test_gpu_check_smoke_passes_on_cpu(tmp_path):
     assert "WRONG" not in text and "FAIL " not in text
 
 
-@pytest.mark.parametrize("entry", ["candidates:2=2048/128/1", "candidate:2=2048/128/1/1",
-                                   "candidates:3=2048/128/1/1", "candidates:2=2048/0/1/1",
-                                   "candidates:2=2048/128/1/3", "candidates:2=2048/40/1/1",
-                                   "candidates:2=2048/128/1/64"])
-def test_gpu_check_refuses_a_malformed_launch_shape(entry):
-    """A bad ``--launch-shapes`` entry stops the run with what to write, before any part."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
-                          "--parts", "", "--launch-shapes", entry], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0
-    assert f"--launch-shapes entry {entry!r}" in run.stderr and "candidates:2" in run.stderr
-    assert "# gpu_check" not in run.stdout
+LAUNCH_SHAPES_BAD = ["candidates:2=2048/128/1", "candidate:2=2048/128/1/1",
+                     "candidates:3=2048/128/1/1", "candidates:2=2048/0/1/1",
+                     "candidates:2=2048/128/1/3", "candidates:2=2048/40/1/1",
+                     "candidates:2=2048/128/1/64"]
+CANDIDATE_WIDTH_BAD = ["32", "32,6", "32,2", "a,8"]
+
+# every malformed value through the script's own checks, in one process (each run of the script
+# costs seconds of imports); the two runs below show the script stops on them before any part
+_CHECK_ALL = """
+import json, sys
+root, shapes, widths = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+sys.argv = ["gpu_check.py", "--smoke", "--parts", ""]  # what gpu_parts.common parses on import
+sys.path.insert(0, root)
+from gpu_parts.common import set_candidate_width, set_launch_shapes
+out = {}
+for fn, values in ((set_launch_shapes, shapes), (set_candidate_width, widths)):
+    for v in values:
+        try:
+            fn(v)
+            out[v] = None
+        except SystemExit as e:
+            out[v] = str(e)
+print(json.dumps(out))
+"""
 
 
-@pytest.mark.parametrize("width", ["32", "32,6", "32,2", "a,8"])
-def test_gpu_check_refuses_a_malformed_candidate_width(width):
+def test_gpu_check_refuses_malformed_launch_shapes_and_candidate_widths():
+    """Each bad ``--launch-shapes`` entry and ``--candidate-width`` value gets a message with
+    what to write."""
+    import json
+    run = subprocess.run([sys.executable, "-c", _CHECK_ALL, str(ROOT / "benchmarks"),
+                          json.dumps(LAUNCH_SHAPES_BAD), json.dumps(CANDIDATE_WIDTH_BAD)],
+                         cwd=ROOT, env=dict(os.environ, TRITON_INTERPRET="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    messages = json.loads(run.stdout.splitlines()[-1])
+    for entry in LAUNCH_SHAPES_BAD:
+        assert f"--launch-shapes entry {entry!r}" in messages[entry], entry
+        assert "candidates:2" in messages[entry]
+    for width in CANDIDATE_WIDTH_BAD:
+        assert f"--candidate-width {width!r}" in messages[width], width
+
+
+@pytest.mark.parametrize("flag, value", [("--launch-shapes", LAUNCH_SHAPES_BAD[0]),
+                                         ("--candidate-width", CANDIDATE_WIDTH_BAD[1])])
+def test_gpu_check_stops_on_a_malformed_value_before_any_part(flag, value):
     env = dict(os.environ, TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
-                          "--parts", "", "--candidate-width", width], cwd=ROOT, env=env,
+                          "--parts", "1", flag, value], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0 and f"--candidate-width {width!r}" in run.stderr
+    assert run.returncode != 0 and f"{flag} {value!r}" in run.stderr.replace(" entry", "")
+    assert "# gpu_check" not in run.stdout and "Traceback" not in run.stderr
 
 
 def test_engine_ops_counts_the_device_path():
