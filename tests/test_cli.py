@@ -66,9 +66,11 @@ def test_hf_directory_with_pos_stream(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on the mat .\nthe big dog ran , and a red house was small .\n")
     store = tmp_path / "s.zarr"
-    _run("collect", "--model", model_dir, "--corpus", corpus, "--layers",
-         "transformer.h.*.mlp.act", "--streams", "token,pos,predicted", "--store", store,
-         "--stage", "s", "-q")
+    res = _run("collect", "--model", model_dir, "--corpus", corpus, "--layers",
+               "transformer.h.*.mlp.act", "--streams", "token,pos,predicted", "--store", store,
+               "--stage", "s", "-q")
+    # -q: the summary line only, no progress bar of the model's loading either
+    assert res.output.startswith("stage 's' complete") and res.output.count("\n") == 1
     st = open_store(store).stage("s")
     assert st.layers == ["transformer.h.0.mlp.act", "transformer.h.1.mlp.act"]
     pos = st.layer("transformer.h.1.mlp.act").stream("pos")

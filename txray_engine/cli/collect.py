@@ -67,7 +67,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
     names = [s.strip() for s in streams.split(",") if s.strip()]
     corpus = Corpus(corpus_paths, fmt, unit, text_field,
                     label_field if "label" in names else None)
-    loaded = load_model(model_spec, gguf_file, tokenizer, vocab, lower, device)
+    loaded = load_model(model_spec, gguf_file, tokenizer, vocab, lower, device, quiet=quiet)
     summary = collect_corpus(
         loaded, corpus, layers, names, k, store=store, stage=stage,
         mode="resume" if resume else "overwrite" if overwrite else "new", batch_size=batch_size,

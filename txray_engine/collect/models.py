@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +60,25 @@ def check_device(device) -> torch.device:
     return dev
 
 
-def _hf_load(path: Path, gguf_file: str | None, device):
+@contextlib.contextmanager
+def _silenced(quiet: bool):
+    """With ``quiet``, no progress bars from loading (transformers' own, and the plain tqdm of its
+    GGUF conversion, which only a redirected stderr stops)."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def _hf_load(path: Path, gguf_file: str | None, device, quiet: bool = False):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import transformers
@@ -75,7 +95,8 @@ def _hf_load(path: Path, gguf_file: str | None, device):
     model = None
     for cls in (transformers.AutoModelForCausalLM, transformers.AutoModel):
         try:
-            model = cls.from_pretrained(str(path), dtype=torch.float32, **kw)
+            with _silenced(quiet):
+                model = cls.from_pretrained(str(path), dtype=torch.float32, **kw)
             break
         except (ValueError, KeyError):
             continue
@@ -92,8 +113,8 @@ def _hf_load(path: Path, gguf_file: str | None, device):
 
 def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = None,
                vocab: str | None = None, lower: bool = False, device="cpu",
-               require_tokenizer: bool = True) -> LoadedModel:
-    """Load ``spec`` (see the module docstring) and its tokenizer."""
+               require_tokenizer: bool = True, quiet: bool = False) -> LoadedModel:
+    """Load ``spec`` (see the module docstring) and its tokenizer; ``quiet``: no progress bars."""
     device = check_device(device)
     if spec == "smollm2":
         path, gguf_file = smollm2_dir(), gguf_file or SMOLLM2_GGUF
@@ -104,7 +125,7 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
                              f"checkpoint file, or 'smollm2'")
     tok = None
     if path.is_dir():
-        model, hf_tok = _hf_load(path, gguf_file, device)
+        model, hf_tok = _hf_load(path, gguf_file, device, quiet)
         tok = HFTokenizer(hf_tok) if hf_tok is not None else None
         hf = True
     else:
