@@ -190,3 +190,25 @@ def test_stages_list_in_creation_order(tmp_path):
     assert open_store(path).stages == ["pretrained", "finetuned", "aaa"]
     _write(path, _acc(seed=3), stage="pretrained", mode="overwrite")  # keeps its place
     assert open_store(path).stages == ["pretrained", "finetuned", "aaa"]
+
+
+def test_reading_ignores_a_half_written_snapshot_and_names_a_missing_one(tmp_path):
+    """A flush killed mid-write leaves a partial snap- folder (removed by the next writer):
+    readers open the committed snapshot by name, with no warning; a stage whose committed
+    snapshot is gone gets one clear error."""
+    import warnings
+    path = tmp_path / "s.zarr"
+    acc = _acc()
+    _write(path, acc)
+    partial = path / "s" / "snap-000099" / "enc.lstm"
+    partial.mkdir(parents=True)
+    (partial / "junk").write_bytes(b"x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same_sums(_load(path), acc)
+    meta = path / "s" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"][ATTR]["snapshot"] = "snap-000077"
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="no committed snapshot .'snap-000077'."):
+        open_store(path).stage("s")
