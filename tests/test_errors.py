@@ -282,3 +282,16 @@ def test_usage_errors_are_one_line(args, words):
     assert res.exit_code == 2
     assert res.output.startswith(f"error: {words}") and res.output.count("\n") == 1, res.output
     assert f"{args[0]} --help`" in res.output
+
+
+def test_cli_layer_without_position_axis(word_model, tmp_path):
+    """A classifier head gives one vector per sequence: the message says so and what to pick."""
+    from naive import WORDS
+    from txray_engine.models import LSTMClassifier
+    torch.save(LSTMClassifier(len(WORDS), 2, 8, 6), tmp_path / "clf.pt")
+    res = CliRunner().invoke(main, ["collect", "--model", str(tmp_path / "clf.pt"), "--vocab",
+                                    str(word_model["vocab"]), "--corpus", str(word_model["text"]),
+                                    "--layers", "head", "--store", str(tmp_path / "s.zarr"),
+                                    "--stage", "s", "-q"])
+    _assert_clean_error(res, "layer 'head'", "one vector per sequence", "txray layers")
+    assert not (tmp_path / "s.zarr").exists()

@@ -70,8 +70,7 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
     if mask is not None:
         mask = torch.as_tensor(mask, device=device)
         if tuple(mask.shape) != lead:
-            raise InputError(f"layer {layer!r}: mask has shape {tuple(mask.shape)} but the "
-                             f"activations have {lead} positions (shape {tuple(acts_shape)})")
+            raise _mismatch(layer, "mask", tuple(mask.shape), acts_shape, "")
         keep = mask.reshape(-1).bool()
         index = torch.nonzero(keep).squeeze(1)  # on a GPU: the batch's one wait for a size
         if index.shape[0] == keep.shape[0]:
@@ -80,13 +79,22 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
     for name in names:
         f = torch.as_tensor(features[name], device=device)
         if tuple(f.shape) != lead:
-            raise InputError(f"layer {layer!r}: stream {name!r} has shape {tuple(f.shape)} "
-                             f"but the activations have {lead} positions (shape "
-                             f"{tuple(acts_shape)}); give one id per position")
+            raise _mismatch(layer, f"stream {name!r}", tuple(f.shape), acts_shape,
+                            "; give one id per position")
         if f.dtype.is_floating_point or f.dtype == torch.bool or f.is_complex():
             raise InputError(f"stream {name!r}: ids must be integers, got {f.dtype}")
         flat[name] = _kept(f.reshape(-1).long(), index)
     return Positions(lead, index, flat)
+
+
+def _mismatch(layer: str, what: str, shape: tuple, acts_shape, fix: str) -> InputError:
+    """The error for positions (``shape``) that do not match the activations' leading axes."""
+    lead = tuple(acts_shape[:-1])
+    if len(shape) > len(lead) and shape[:len(lead)] == lead:  # e.g. (B, T) against (B,)
+        fix = (f"; the layer gives one vector per sequence, not one per position: choose a "
+               f"layer with a position axis (list them with `txray layers`)")
+    return InputError(f"layer {layer!r}: {what} has shape {shape} but the activations have "
+                      f"{lead} positions (shape {tuple(acts_shape)}){fix}")
 
 
 def _kept(t: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
