@@ -156,3 +156,14 @@ def test_numba_join_equals_numpy_reference(a, b, by, min_count):
     for col in x.columns:
         np.testing.assert_allclose(x[col].astype(float), y[col].astype(float), rtol=1e-12,
                                    atol=1e-12, equal_nan=True, err_msg=col)
+
+
+def test_neuron_table_shows_its_rows():
+    from txray_engine.measures.table import NeuronTable
+    t = NeuronTable({"neuron": np.arange(12), "hellinger": np.linspace(0, 1, 12)})
+    text = repr(t)
+    lines = text.splitlines()
+    assert lines[0] == "NeuronTable: 12 rows" and lines[1].split() == ["neuron", "hellinger"]
+    assert lines[2].split() == ["0", "0"] and lines[-1] == "... 2 more rows"
+    assert len(lines) == 2 + 10 + 1
+    assert repr(t.head(3)).splitlines()[-1].split() == ["2", "0.1818"]

@@ -25,6 +25,12 @@ class NeuronTable:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
 
+    def __repr__(self) -> str:
+        """The first rows as :meth:`format` renders them (what a REPL shows)."""
+        shown = 10
+        text = f"NeuronTable: {len(self)} rows\n" + self.head(shown).format()
+        return text + (f"\n... {len(self) - shown} more rows" if len(self) > shown else "")
+
     @property
     def names(self) -> list[str]:
         return list(self.columns)
