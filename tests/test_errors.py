@@ -66,6 +66,10 @@ def test_bad_observations(features, mask, match):
 def test_bad_k_and_width():
     with pytest.raises(InputError, match="positive integer"):
         Accumulator(VOCAB, k=0)
+    with pytest.raises(InputError, match="kind must be one of auto, dense, sparse, got 'dens'"):
+        Accumulator(VOCAB, kind="dens")
+    with pytest.raises(InputError, match="activations need a position axis"):
+        Accumulator(VOCAB).observe("enc", torch.randn(4), {"tok": torch.zeros(4, dtype=torch.long)})
     acc = Accumulator(VOCAB, k=5)
     with pytest.raises(InputError, match="has 4 neurons but k=5"):
         acc.observe("enc", torch.randn(2, 4), {"tok": torch.zeros(2, dtype=torch.long)})

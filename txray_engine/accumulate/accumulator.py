@@ -19,7 +19,7 @@ from ..features.vocab import Vocabulary
 from .examples import TopExamples
 from .layer import LayerState
 from .positions import Positions, batch_positions, id_bounds_parts, keep_where, read_back
-from .state import DEFAULT_DENSE_BUDGET
+from .state import DEFAULT_DENSE_BUDGET, STATE_KINDS
 
 NONFINITE_POLICIES = ("error", "skip")
 
@@ -71,6 +71,8 @@ class Accumulator:
             raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if k != "all" and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise InputError(f"k must be a positive integer or 'all', got {k!r}")
+        if kind not in STATE_KINDS:
+            raise InputError(f"kind must be one of {', '.join(STATE_KINDS)}, got {kind!r}")
         self.streams: list[Stream] = list(streams)
         self.k = k
         self.kind = kind

@@ -90,7 +90,10 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
 def _mismatch(layer: str, what: str, shape: tuple, acts_shape, fix: str) -> InputError:
     """The error for positions (``shape``) that do not match the activations' leading axes."""
     lead = tuple(acts_shape[:-1])
-    if len(shape) > len(lead) and shape[:len(lead)] == lead:  # e.g. (B, T) against (B,)
+    if not lead:
+        fix = ("; activations need a position axis: [positions, neurons] or "
+               "[batch, positions, neurons]")
+    elif len(shape) > len(lead) and shape[:len(lead)] == lead:  # e.g. (B, T) against (B,)
         fix = (f"; the layer gives one vector per sequence, not one per position: choose a "
                f"layer with a position axis (list them with `txray layers`)")
     return InputError(f"layer {layer!r}: {what} has shape {shape} but the activations have "

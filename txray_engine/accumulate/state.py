@@ -167,6 +167,10 @@ def dense_bytes(n_neurons: int, n_features: int) -> int:
     return n_neurons * n_features * DENSE_CELL_BYTES
 
 
+#: The ``kind`` values of :func:`make_state` (and of ``Accumulator``).
+STATE_KINDS = ("auto", "dense", "sparse")
+
+
 def make_state(n_neurons: int, n_features: int, kind: str = "auto",
                dense_budget: int = DEFAULT_DENSE_BUDGET, device="cpu") -> StreamState:
     """Create a state: ``kind`` is ``"dense"``, ``"sparse"`` or ``"auto"`` (dense when it fits
@@ -180,4 +184,4 @@ def make_state(n_neurons: int, n_features: int, kind: str = "auto",
         return DenseState(n_neurons, n_features, device=device)
     if kind == "sparse":
         return SparseState(n_neurons, n_features, device=device)
-    raise ValueError(f"unknown state kind {kind!r}: use 'auto', 'dense' or 'sparse'")
+    raise ValueError(f"unknown state kind {kind!r}: use one of {', '.join(STATE_KINDS)}")
