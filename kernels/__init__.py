@@ -5,9 +5,9 @@ the lower neuron index wins among equal activations). :func:`select` (and :func:
 its form for chosen rows that does not wait for a GPU), :func:`scatter`, :func:`add_totals`,
 :func:`accumulate` (positions + events + per-neuron totals, what the engine calls),
 :func:`offer_examples` and :func:`best_rows_above` (the running top examples) dispatch on the
-device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the selection, and one call
-for dense states), :mod:`kernels.cpu_table` (the hash table of sparse states) and
-:mod:`kernels.cpu_examples`, CUDA tensors the Triton kernels of :mod:`kernels.triton_dense`,
+device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the selection),
+:mod:`kernels.cpu_scatter` (one call for dense states), :mod:`kernels.cpu_table` (the hash table
+of sparse states) and :mod:`kernels.cpu_examples`, CUDA tensors the Triton kernels of :mod:`kernels.triton_dense`,
 :mod:`kernels.triton_sparse` and :mod:`kernels.triton_examples` (imported only then), so callers
 never change. All give the reference's results.
 """
@@ -22,7 +22,7 @@ from . import cpu_cache
 
 cpu_cache.drop_stale()  # before the numba kernels below load anything from their cache
 
-from . import cpu, reference, targets  # noqa: E402
+from . import cpu, cpu_scatter, reference, targets  # noqa: E402
 from .reference import nonfinite_rows, scatter_events, select_accumulate, select_topk  # noqa: E402
 from .targets import check_targets, is_dense_state  # noqa: E402
 
@@ -164,7 +164,7 @@ def id_bounds(tensors) -> list[tuple[int, int]]:
     """``(min, max)`` of each non-empty integer tensor: on the CPU one numba pass each, on a GPU
     one read-back for all (:func:`kernels.targets.id_bounds`)."""
     if cpu.AVAILABLE and all(t.device.type == "cpu" for t in tensors):
-        return cpu.id_bounds(tensors)
+        return cpu_scatter.id_bounds(tensors)
     return targets.id_bounds(tensors)
 
 
@@ -189,7 +189,7 @@ def scatter(values: torch.Tensor, indices: torch.Tensor, targets) -> None:
         return
     fast, rest = _cpu_dense(targets, values)
     if fast:
-        cpu.accumulate_dense(values, indices, fast, positions=False)
+        cpu_scatter.accumulate_dense(values, indices, fast, positions=False)
     scatter_events(values, indices, rest)
 
 
@@ -197,7 +197,7 @@ def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
                mass: torch.Tensor) -> None:
     """Per-neuron totals of a selection, in place (see :func:`kernels.reference.add_totals`)."""
     if cpu.AVAILABLE and count.device.type == "cpu" and values.device.type == "cpu":
-        cpu.accumulate_dense(values, indices, [], positions=False, totals=(count, mass))
+        cpu_scatter.accumulate_dense(values, indices, [], positions=False, totals=(count, mass))
     else:
         reference.add_totals(values, indices, count, mass)
 
@@ -254,12 +254,12 @@ def accumulate(values: torch.Tensor, indices: torch.Tensor, targets, totals, *,
         return
     fast, rest = _cpu_dense(targets, values)
     if not checked and (rest or not fast):  # check everything once, before any call changes it
-        cpu.check_selection(values, indices, targets, totals[0].numel())
+        cpu_scatter.check_selection(values, indices, targets, totals[0].numel())
         checked = True
     if fast:
-        cpu.accumulate_dense(values, indices, fast, positions=True, totals=totals, checked=checked)
+        cpu_scatter.accumulate_dense(values, indices, fast, positions=True, totals=totals, checked=checked)
     else:
-        cpu.add_totals(values, indices, *totals)
+        cpu_scatter.add_totals(values, indices, *totals)
     for features, state in rest:
         if hasattr(state, "add_selection"):
             state.add_selection(values, indices, features, checked=True)

@@ -2,9 +2,9 @@
 
 numba drops a cached kernel when the file that defines it changes, not when a file it calls into
 does: the kernels of :mod:`kernels.cpu_half`, :mod:`kernels.cpu_table` and
-:mod:`kernels.cpu_examples` compile in functions of :mod:`kernels.cpu` and :mod:`kernels.cpu_half`,
-and several use :mod:`kernels.prefetch`. An edit (or a checkout) touching only
-``cpu.py`` would leave the 16-bit path running the old code. So, before any of them compiles,
+:mod:`kernels.cpu_examples` compile in functions of :mod:`kernels.cpu`, :mod:`kernels.cpu_half`
+and :mod:`kernels.cpu_scatter`, and several use :mod:`kernels.prefetch`. An edit (or a checkout)
+touching only ``cpu.py`` would leave the 16-bit path running the old code. So, before any of them compiles,
 :func:`drop_stale` removes the cache of every CPU kernel when a kernel source is newer than the
 oldest cache index; they compile again on first use.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SOURCES = ("cpu", "cpu_half", "cpu_table", "cpu_examples", "prefetch")
+SOURCES = ("cpu", "cpu_half", "cpu_scatter", "cpu_table", "cpu_examples", "prefetch")
 
 
 def drop_stale(folder: Path | None = None) -> bool:

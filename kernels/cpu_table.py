@@ -33,7 +33,7 @@ CHUNK_EVENTS = 1 << 16
 _FIB = np.uint64(0x9E3779B97F4A7C15)
 
 if AVAILABLE:
-    from .cpu import _ids_ok
+    from .cpu_scatter import _ids_ok
     from .prefetch import positions_ahead, prefetch
 
     @njit(boundscheck=False, inline="always", cache=True)
@@ -71,7 +71,7 @@ if AVAILABLE:
                        n_features, freq):
         """Positions (``freq``) and events of a selection ``[P, k]`` with ids ``features`` ``[P]``
         (checked by the caller); returns ``(new slots, missing ids)``. (The event update is written
-        out as in ``kernels.cpu._accumulate_dense``: a helper taking the arrays costs reference
+        out as in ``kernels.cpu_scatter._accumulate_dense``: a helper taking the arrays costs reference
         counting per event.)"""
         p, k = indices.shape
         new = 0

@@ -1,10 +1,11 @@
 """A software prefetch hint for the numba kernels: ``prefetch(array, i)`` asks the CPU to bring
 the cache line of ``array[i]`` in, for writing, without waiting for it.
 
-The scatter loops (:mod:`kernels.cpu`, :mod:`kernels.cpu_table`) update cells at random places of
-states that the activations streaming through have just evicted from the caches. The CPU's own
-look-ahead keeps only a few such misses in flight; hinting the cells a fixed number of events
-ahead keeps more: 1.2-1.7x faster on cold states at k = 1, no change at k = 8 (BENCHMARKS.md).
+The scatter loops (:mod:`kernels.cpu_scatter`, :mod:`kernels.cpu_table`) update cells at random
+places of states that the activations streaming through have just evicted from the caches. The
+CPU's own look-ahead keeps only a few such misses in flight; hinting the cells a fixed number of
+events ahead keeps more: 1.2-1.7x faster on cold states at k = 1, no change at k = 8
+(BENCHMARKS.md).
 
 The hint is ``llvm.prefetch`` (locality 3, data). Where this numba/LLVM cannot compile it,
 ``prefetch`` is a no-op, so the kernels stay correct on every supported version.

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels
-from kernels import cpu, reference
+from kernels import cpu, cpu_scatter, reference
 
 pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="numba not installed")
 
@@ -176,7 +176,7 @@ def test_dense_accumulate_rejects_bad_ids_and_changes_nothing():
     for idx, feats in [([[1], [4]], [0, 1]), ([[1], [-1]], [0, 1]), ([[1], [2]], [0, 3]),
                        ([[1], [2]], [-2, 0])]:
         with pytest.raises(ValueError):
-            cpu.accumulate_dense(values, torch.tensor(idx), [(torch.tensor(feats), state)],
+            cpu_scatter.accumulate_dense(values, torch.tensor(idx), [(torch.tensor(feats), state)],
                                  totals=(neuron_count, torch.zeros(4, dtype=torch.float64)))
         assert torch.equal(state.count, count) and not neuron_count.any()
         assert not state.feature_freq.any() and state.missing == 0
@@ -224,7 +224,7 @@ def test_id_bounds_cpu_matches_the_batched_read_back():
     assert kernels.id_bounds(ids) == targets.id_bounds(ids) == \
         [(int(t.min()), int(t.max())) for t in ids]
     with pytest.raises(ValueError):
-        cpu.id_bounds([torch.zeros(0, dtype=torch.long)])
+        cpu_scatter.id_bounds([torch.zeros(0, dtype=torch.long)])
 
 
 def test_prefetch_hint_compiles_here():
@@ -406,11 +406,11 @@ def test_dense_state_views_follow_replaced_tensors():
     state = DenseState(3, 2)
     values, indices = torch.ones(2, 1), torch.tensor([[0], [2]])
     feats = torch.tensor([1, -1])
-    cpu.accumulate_dense(values, indices, [(feats, state)])
+    cpu_scatter.accumulate_dense(values, indices, [(feats, state)])
     first = state.count
     state.count = torch.zeros_like(first)
     state.feature_freq = torch.zeros(2, dtype=torch.int64)
-    cpu.accumulate_dense(values, indices, [(feats, state)])
+    cpu_scatter.accumulate_dense(values, indices, [(feats, state)])
     assert first.tolist() == [0, 1, 0, 0, 0, 0] and state.count.tolist() == first.tolist()
     assert state.feature_freq.tolist() == [0, 1]
 
