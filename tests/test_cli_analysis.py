@@ -79,3 +79,34 @@ def test_neurons_shows_features_and_refuses_bad_ids(two_stages):
     for opt in ("--layer", "--stream"):
         err = run_cli("neurons", two_stages, "--stage", "text", opt, "nope", code=2)
         assert err.startswith("error: ") and "'nope'" in err and len(err.splitlines()) == 1
+
+
+def test_output_files_get_their_folder_or_one_clear_error(two_stages, tmp_path):
+    """--csv and --out into a new folder create it; a path through a file, or a store that
+    cannot be read, is one line, no traceback."""
+    csv_path = tmp_path / "new" / "deeper" / "t.csv"
+    run_cli("compare", two_stages, "text", "reviews", "--csv", csv_path)
+    assert csv_path.read_text().startswith("layer,stream,neuron")
+    mask = tmp_path / "masks" / "m.json"
+    run_cli("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
+            "lowest_mass", "--count", "2", "--out", mask)
+    assert json.loads(mask.read_text())["layers"]["lstm"]
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    err = run_cli("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
+                  "lowest_mass", "--count", "2", "--out", blocker / "m.json", code=2)
+    assert err == f"error: cannot write '{blocker / 'm.json'}': '{blocker}' is a file, not a " \
+                  f"folder\n"
+
+
+def test_unreadable_files_are_one_line(two_stages, tmp_path, monkeypatch):
+    """An OSError on a file the user named (here: opening the store) is one line with the path."""
+    import txray_engine.store.reader as reader
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(two_stages))
+
+    monkeypatch.setattr(reader.Store, "__init__", denied)
+    err = run_cli("info", two_stages, code=2)
+    assert err == f"error: cannot use {str(two_stages)!r}: Permission denied; check the path " \
+                  f"and its permissions\n"

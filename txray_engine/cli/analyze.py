@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from .base import by_option, format_features, main, min_count_option
+from .base import by_option, format_features, main, min_count_option, output_file
 
 TABLE_COLUMNS = ["neuron", "hellinger", "hellinger_length", "length_a", "length_b",
                  "length_shift", "mass_shift", "compat_hellinger"]
@@ -87,7 +87,7 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
                            f"{format_features(vb, int(nid), features, by)}")
     full = NeuronTable({k: np.concatenate([t[k] for t in tables]) for k in tables[0].names})
     if csv_path:
-        full.to_csv(csv_path)
+        full.to_csv(output_file(csv_path))
         if not as_json:
             click.echo(f"wrote {len(full)} rows to {csv_path}")
     if as_json:
@@ -153,7 +153,7 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
 
         model = load_model(model_spec, gguf_file, require_tokenizer=False).model
         shrunk = {layer: prune_mlp(model, layer, units) for layer, units in selection.items()}
-    with open(out, "w") as fh:
+    with open(output_file(out), "w") as fh:
         json.dump(doc, fh, indent=1)
     for layer, units in selection.items():
         click.echo(f"{layer}: {len(units)} of {sizes[layer]} neurons selected ({selector})")
@@ -163,5 +163,5 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
 
         for layer, info in shrunk.items():
             click.echo(f"{layer}: MLP width {info['before']} → {info['after']}")
-        torch.save(model, save_pruned)
+        torch.save(model, output_file(save_pruned))
         click.echo(f"wrote pruned model to {save_pruned}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..errors import TxRayError
+from ..errors import InputError, TxRayError
 
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -30,8 +32,8 @@ min_count_option = click.option("--min-count", default=1, show_default=True,
 
 
 class TxRayGroup(click.Group):
-    """Turns engine errors and a command's usage errors into one line on stderr and exit code 2
-    (``--debug`` shows tracebacks)."""
+    """Turns engine errors, unusable files and a command's usage errors into one line on stderr
+    and exit code 2 (``--debug`` shows tracebacks)."""
 
     def invoke(self, ctx):
         try:
@@ -40,6 +42,13 @@ class TxRayGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except OSError as e:  # a file the user named cannot be read or written
+            if ctx.params.get("debug"):
+                raise
+            where = f" {e.filename!r}" if e.filename else ""
+            click.echo(f"error: cannot use{where}: {e.strerror or e}; check the path and its "
+                       f"permissions", err=True)
             ctx.exit(2)
         except click.UsageError as e:  # a bad or missing option of a command
             if ctx.params.get("debug"):
@@ -54,6 +63,16 @@ class TxRayGroup(click.Group):
 @click.version_option(package_name="txray_engine")
 def main(debug: bool) -> None:
     """Neuron × feature statistics of PyTorch models (TX-Ray), streamed into a Zarr store."""
+
+
+def output_file(path) -> Path:
+    """``path`` of a file a command writes, its folder created (like the report's)."""
+    out = Path(path)
+    folder = next((p for p in out.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise InputError(f"cannot write {str(out)!r}: {str(folder)!r} is a file, not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def parse_k(value: str):

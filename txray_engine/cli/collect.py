@@ -8,7 +8,7 @@ import json
 import click
 
 from ..errors import InputError
-from .base import main, parse_k
+from .base import main, output_file, parse_k
 
 
 @main.command()
@@ -120,7 +120,7 @@ def corpus_reviews(cache, jsonl, which):
     rows = read_reviews(folder, which)
     click.echo(f"{len(rows)} {which} with polarity labels in {folder}")
     if jsonl:
-        with open(jsonl, "w", encoding="utf-8") as fh:
+        with open(output_file(jsonl), "w", encoding="utf-8") as fh:
             for label, text in rows:
                 fh.write(json.dumps({"text": text, "label": label}) + "\n")
         click.echo(f"wrote {jsonl}")
