@@ -122,7 +122,10 @@ def test_cli_errors_leave_store_unchanged(word_model, tmp_path):
     before = tree_digest(store)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("the cat sat on the mat\nthe caf\u00e9 was big\n".encode("latin-1"))
     cases = [
+        (("--overwrite",), latin1, ["not UTF-8 text", "byte 0xe9", "convert the file"]),
         (("--overwrite", "--layers", "lstmm"), None, ["no module", "did you mean: lstm"]),
         (("--overwrite", "-k", "13"), None, ["12 neurons but k=13"]),
         (("--overwrite", "-k", "0"), None, ["positive integer"]),

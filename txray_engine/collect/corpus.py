@@ -55,21 +55,28 @@ class Corpus:
 
     def __iter__(self) -> Iterator[Document]:
         for path in self.paths:
-            fmt = self._format(path)
-            with open(path, encoding="utf-8-sig") as fh:
-                if fmt == "text" and self.unit == "file":
-                    text = fh.read().strip()
-                    if text:
-                        yield Document(text)
+            try:
+                yield from self._read(path)
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{path}: not UTF-8 text (it holds byte "
+                                  f"{e.object[e.start]:#04x}); convert the file to UTF-8") from None
+
+    def _read(self, path: Path) -> Iterator[Document]:
+        fmt = self._format(path)
+        with open(path, encoding="utf-8-sig") as fh:
+            if fmt == "text" and self.unit == "file":
+                text = fh.read().strip()
+                if text:
+                    yield Document(text)
+                return
+            for lineno, line in enumerate(fh, 1):
+                line = line.strip()
+                if not line:
                     continue
-                for lineno, line in enumerate(fh, 1):
-                    line = line.strip()
-                    if not line:
-                        continue
-                    if fmt == "text":
-                        yield Document(line)
-                    else:
-                        yield self._json_doc(path, lineno, line)
+                if fmt == "text":
+                    yield Document(line)
+                else:
+                    yield self._json_doc(path, lineno, line)
 
     def _json_doc(self, path: Path, lineno: int, line: str) -> Document:
         try:
