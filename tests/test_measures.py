@@ -167,3 +167,26 @@ def test_neuron_table_shows_its_rows():
     assert lines[2].split() == ["0", "0"] and lines[-1] == "... 2 more rows"
     assert len(lines) == 2 + 10 + 1
     assert repr(t.head(3)).splitlines()[-1].split() == ["2", "0.1818"]
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_shared_neurons_without_a_distribution_get_no_distance(engine):
+    """Neuron 0 fires once for 'a' in stage A and once for 'b' in stage B: with min_count=2 it
+    has no distribution in either stage, so its distance is undefined (it was 0: 'unchanged');
+    neuron 1 fired only below zero in B (mass 0): no distribution there by mass (it was
+    1/sqrt(2)), one by count. Such neurons stay out of the summary's mean."""
+    count_a = np.array([[1, 0, 0], [0, 3, 0], [0, 3, 0]])
+    count_b = np.array([[0, 1, 0], [0, 3, 0], [0, 3, 0]])
+    mass_a = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0]])
+    mass_b = np.array([[0, 1.0, 0], [0, 0.0, 0], [0, 2.0, 0]])
+    a, b = from_dense(count_a, mass_a), from_dense(count_b, mass_b)
+    by_mass = compare(a, b, min_count=2, engine=engine)
+    assert by_mass["shared"].tolist() == [True, True, True]
+    assert np.isnan(by_mass["hellinger"][:2]).all() and by_mass["hellinger"][2] == 0.0
+    assert np.isnan(by_mass["compat_hellinger"][:2]).all()
+    summary = by_mass.summary()
+    assert summary["shared_without_distribution"] == 2 and summary["hellinger_mean"] == 0.0
+    assert by_mass.least_changed(3)["neuron"].tolist()[0] == 2  # not a neuron without one
+    by_count = compare(a, b, by="count", min_count=2, engine=engine)
+    assert np.isnan(by_count["hellinger"][0]) and by_count["hellinger"][1:].tolist() == [0, 0]
+    assert compare(a, b, engine=engine)["hellinger"][0] == 1.0  # min_count=1: disjoint supports

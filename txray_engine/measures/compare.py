@@ -4,7 +4,8 @@ Definitions (TX-Ray, see docs/MEASURES.md):
 
 - shared neurons: alive in both stages; only-A / only-B: alive in one;
 - Hellinger distance ``H(p, q) = sqrt(1 - Σ_f sqrt(p_f q_f))`` of each shared neuron's
-  distributions, in [0, 1];
+  distributions, in [0, 1]; NaN where a stage gives the neuron no distribution (every cell under
+  ``min_count``, or, by mass, only non-positive activations);
 - Hellinger length: size of the union of the two supports; length shift ``len_B - len_A``;
 - mass shift ``mass_B - mass_A``;
 - reference-compatible Hellinger (``compat``): the number the public TX-Ray code computes, from
@@ -173,12 +174,15 @@ class Comparison:
     def summary(self) -> dict:
         shared = self["shared"]
         h = self["hellinger"][shared]
+        h = h[~np.isnan(h)]  # shared neurons without a distribution in a stage have no distance
         return {"neurons": self.n_neurons, "shared": int(shared.sum()),
                 "only_a": int(self["only_a"].sum()), "only_b": int(self["only_b"].sum()),
                 "dead_both": int((~self["alive_a"] & ~self["alive_b"]).sum()),
+                "shared_without_distribution": int(shared.sum()) - h.size,
                 "hellinger_mean": float(h.mean()) if h.size else None,
                 "hellinger_median": float(np.median(h)) if h.size else None,
-                "length_shift_mean": float(self["length_shift"][shared].mean()) if h.size else None,
+                "length_shift_mean": (float(self["length_shift"][shared].mean())
+                                      if shared.any() else None),
                 "mass_a": float(self["mass_a"].sum()), "mass_b": float(self["mass_b"].sum()),
                 **self.unaligned, **self.options}
 
@@ -230,7 +234,12 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
         mass_a, mass_b = ca.per_row(ca.mass), cb.per_row(cb.mass)
     else:
         raise InputError(f"engine must be 'auto', 'numba' or 'numpy', got {engine!r}")
-    hel = np.where(shared, h, nan)
+    # a shared neuron may still have no distribution in a stage: every cell under min_count, or
+    # (by mass) selected only with activations <= 0; its distance is undefined, not 0 or 1/sqrt(2)
+    has_a = (mass_a > 0) if by == "mass" else (len_a > 0)
+    has_b = (mass_b > 0) if by == "mass" else (len_b > 0)
+    comparable = shared & has_a & has_b
+    hel = np.where(comparable, h, nan)
     cols = {
         "neuron": np.arange(a.n_neurons),
         "alive_a": alive_a, "alive_b": alive_b, "shared": shared,
@@ -239,7 +248,7 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
         "hellinger_length": comp_union,
         "length_a": len_a, "length_b": len_b, "length_shift": len_b - len_a,
         "mass_a": mass_a, "mass_b": mass_b, "mass_shift": mass_b - mass_a,
-        "compat_hellinger": np.where(shared, comp, nan),
+        "compat_hellinger": np.where(shared & (mass_a > 0) & (mass_b > 0), comp, nan),
         "compat_union": comp_union,
     }
     return Comparison(cols, unaligned, {"by": by, "min_count": min_count,
