@@ -205,3 +205,30 @@ def test_hf_collector_matches_naive_on_captured_activations():
                                                        attention_mask=mask.long()))
     ref = naive_sums(acts.numpy(), {"token": ids.numpy()}, 3, mask.numpy())
     assert_matches_naive(col.accumulator.layers[layer], ref, rtol=1e-9)
+
+
+def test_collector_runs_the_model_in_eval_mode_and_restores_every_module():
+    """Dropout left on would make the statistics random: inside the context the model is in eval
+    mode, two runs over the same batches give the same sums, and each module gets its own mode
+    back (here a submodule the user froze in eval stays so); eval_mode=False keeps the modes."""
+    from txray_engine import same_sums
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 4))
+    model.train()
+    model[3].eval()
+    streams = [Stream("tok", Vocabulary(["a", "b", "c"]), "input")]
+    x = torch.randn(5, 7, 6, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 3, (5, 7), generator=torch.Generator().manual_seed(2))
+
+    def run(**kw):
+        with Collector(model, ["1"], streams, k=2, **kw) as col:
+            assert model.training is not kw.get("eval_mode", True)
+            col.step(Batch(input_ids=ids, inputs=x))
+        return col.accumulator
+
+    assert same_sums(run(), run())
+    assert [m.training for m in model] == [True, True, True, False]
+    assert not same_sums(run(eval_mode=False), run(eval_mode=False))  # dropout on: differs
+    col = Collector(model, ["1"], streams)
+    with pytest.raises(InputError, match="context manager"):
+        col.step(Batch(input_ids=ids, inputs=x))

@@ -12,7 +12,7 @@ from ..accumulate.accumulator import Accumulator
 from ..accumulate.examples import context_windows
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
-from ..errors import CorpusError
+from ..errors import CorpusError, InputError
 from ..features.streams import Batch, Stream, stream_features
 from ..store.format import fingerprint
 from ..store.writer import StageWriter
@@ -42,7 +42,9 @@ class Collector:
     Parameters
     ----------
     model : nn.Module
-        Any PyTorch model; it is run under ``torch.no_grad()`` and not modified.
+        Any PyTorch model; it is run under ``torch.no_grad()`` and not modified. Inside the
+        context it is in eval mode (no dropout: the same input gives the same statistics), and
+        every module gets its own mode back on exit; ``eval_mode=False`` leaves the modes alone.
     layers : list of str
         Module paths or glob patterns (``model.layers.*.mlp.act_fn``).
     streams : list of Stream
@@ -73,7 +75,7 @@ class Collector:
                  dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
                  flush_every: float = 60.0, time_first: Iterable[str] = (),
                  forward: Callable | None = None, device=None, examples: int = 0,
-                 context_radius: int = 5):
+                 context_radius: int = 5, eval_mode: bool = True):
         if (store is None) != (stage is None):
             raise ValueError("give both store and stage, or neither")
         self.model = model
@@ -98,6 +100,9 @@ class Collector:
         self.flush_every = float(flush_every)
         self.forward = forward or default_forward
         self.cursor = {"units": 0, "documents": 0}
+        self.eval_mode = eval_mode
+        self._modes: list = []  # (module, training) to restore on exit
+        self._entered = False
         self._last_flush = time.monotonic()
         self._dirty = False
 
@@ -121,10 +126,18 @@ class Collector:
             if self.writer is not None:
                 self.writer.close()
             raise
+        if self.eval_mode:
+            self._modes = [(m, m.training) for m in self.model.modules()]
+            self.model.eval()
+        self._entered = True
         return self
 
     def step(self, batch: Batch, documents: int = 0) -> None:
         """Run one batch and add it; ``documents`` = corpus documents it completes."""
+        if not self._entered:
+            raise InputError("use the Collector as a context manager: `with Collector(...) as "
+                             "col: col.step(batch)` (entering it installs the hooks and opens "
+                             "the store)")
         try:
             with torch.no_grad():
                 output = self.forward(self.model, batch)
@@ -171,6 +184,10 @@ class Collector:
             if exc_type is None and self.writer is not None:
                 self.flush(status="complete")
         finally:
+            self._entered = False
+            for module, training in self._modes:
+                module.training = training
+            self._modes = []
             self.capture.remove()
             if self.writer is not None:
                 self.writer.close()
