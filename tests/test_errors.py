@@ -302,3 +302,21 @@ def test_cli_layer_without_position_axis(word_model, tmp_path):
                                     "--stage", "s", "-q"])
     _assert_clean_error(res, "layer 'head'", "one vector per sequence", "txray layers")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_merge_refuses_another_k_or_other_feature_ids():
+    """Counts of top-1 and top-3 selections, or ids meaning other strings, must not be added up."""
+    from txray_engine import merge
+    acts, ids = torch.randn(6, 4), {"tok": torch.tensor([0, 1, 2, 0, 1, 2])}
+    one, three = Accumulator(VOCAB, k=1), Accumulator(VOCAB, k=3)
+    one.observe("enc", acts, ids)
+    three.observe("enc", acts, ids)
+    with pytest.raises(InputError, match="k=1 and k=3"):
+        merge(one, three)
+    shuffled = Accumulator({"tok": ["c", "b", "a"]}, k=1)
+    shuffled.observe("enc", acts, ids)
+    with pytest.raises(InputError, match="same ids must mean the same features"):
+        merge(one, shuffled)
+    again = Accumulator({"tok": Vocabulary(["a", "b", "c"])}, k=1)
+    again.observe("enc", acts, ids)
+    assert merge(one, again).layers["enc"].tokens == 12

@@ -258,9 +258,13 @@ class Accumulator:
 
     # -- merging ------------------------------------------------------------------------------
     def merge_(self, other: "Accumulator") -> "Accumulator":
-        """Add ``other`` into this accumulator (same streams and vocabulary sizes)."""
-        if other.vocab_sizes != self.vocab_sizes:
-            raise InputError("cannot merge accumulators with different streams or vocabularies")
+        """Add ``other`` into this accumulator (same k, streams and vocabularies)."""
+        if other.k != self.k:
+            raise InputError(f"cannot merge accumulators of k={self.k} and k={other.k}: their "
+                             f"counts mean different things; collect both with one k")
+        if [(s.name, s.vocab) for s in other.streams] != [(s.name, s.vocab) for s in self.streams]:
+            raise InputError("cannot merge accumulators with different streams or vocabularies "
+                             "(the same ids must mean the same features)")
         for name, layer in other.layers.items():
             if name in self.layers:
                 self.layers[name].merge_(layer)
