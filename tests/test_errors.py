@@ -320,3 +320,20 @@ def test_merge_refuses_another_k_or_other_feature_ids():
     again = Accumulator({"tok": Vocabulary(["a", "b", "c"])}, k=1)
     again.observe("enc", acts, ids)
     assert merge(one, again).layers["enc"].tokens == 12
+
+
+def test_one_name_where_a_list_is_expected(word_model, tmp_path):
+    """A single layer, corpus file, stream list 'token,label' or stage list 'a,b' given as one
+    string means what it says (it was split into characters: layer 'l', file 'c', ...)."""
+    from txray_engine.collect import Corpus, collect_corpus, load_model
+    from txray_engine.report import build_report
+    lm = load_model(str(word_model["ckpt"]), vocab=str(word_model["vocab"]))
+    corpus = Corpus(str(word_model["jsonl"]), label_field="label")
+    store = tmp_path / "s.zarr"
+    run = collect_corpus(lm, corpus, "lstm", "token,label", store=store, stage="a", quiet=True)
+    assert run["layers"] == ["lstm"] and run["streams"] == ["token", "label"]
+    collect_corpus(lm, corpus, "lstm", "token", store=store, stage="b", quiet=True)
+    rep = build_report(store, stages="a,b", layers="lstm", out=tmp_path / "r.html")
+    assert rep.stages == ["a", "b"] and rep.layers == ["lstm"]
+    with pytest.raises(InputError, match="Stream objects, or a dict"):
+        Accumulator(["token"])

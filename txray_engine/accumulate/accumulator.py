@@ -64,6 +64,9 @@ class Accumulator:
                        for n, v in streams.items()]
         if not streams:
             raise InputError("no feature streams given: name at least one (e.g. token)")
+        if not all(isinstance(s, Stream) for s in streams):
+            raise InputError("streams are Stream objects, or a dict {name: vocabulary}, e.g. "
+                             "Accumulator({'token': ['a', 'b']})")
         names = [s.name for s in streams]
         if len(set(names)) != len(names):
             raise InputError(f"stream names must be unique, got {names}")

@@ -34,7 +34,7 @@ def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
 
     Raises ``LayerNotFoundError`` naming close matches when a name or pattern matches nothing.
     """
-    names = list(names)
+    names = [names] if isinstance(names, str) else list(names)  # one name, or several
     if not names:
         raise InputError("no layers given: name at least one module path (see `txray layers`)")
     modules = [n for n, _ in model.named_modules() if n]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -37,6 +38,8 @@ class Corpus:
 
     def __post_init__(self):
         self._documents: int | None = None
+        if isinstance(self.paths, (str, os.PathLike)):  # one file
+            self.paths = [self.paths]
         self.paths = [Path(p) for p in self.paths]
         if not self.paths:
             raise CorpusError("no corpus files given: pass one or more text or JSONL files")

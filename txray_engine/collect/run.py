@@ -21,6 +21,8 @@ STREAM_NAMES = ("token", "pos", "label", "predicted")
 
 def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stream], dict]:
     """The streams named (token, pos, label, predicted) and what their ids need."""
+    if isinstance(names, str):  # "token,pos" as on the command line
+        names = [n.strip() for n in names.split(",") if n.strip()]
     names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in STREAM_NAMES]
     if unknown or not names:
@@ -50,6 +52,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                    examples: int = 0) -> dict:
     """Collect ``stage`` of ``store`` from ``corpus``; returns a summary of the run."""
     stream_objs, needs = build_streams(streams, loaded, corpus)
+    streams = [s.name for s in stream_objs]
     identity = {"model": loaded.identity, "corpus": corpus.identity(),
                 "options": {"max_length": max_length, "max_documents": max_documents,
                             "streams": list(streams), "nonfinite": nonfinite,

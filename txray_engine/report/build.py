@@ -67,6 +67,8 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
     if out.is_dir():
         raise InputError(f"{str(out)!r} is a folder: give a file name for the report, e.g. "
                          f"{str(out / 'report.html')!r}")
+    stages, layers = ([s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+                      for v in (stages, layers))  # "a,b" as on the command line
     data = ReportData(open_store(store_path), stages, layers, stream, limits, by, int(min_count))
     html, n_figures = render(data, title)
     out.parent.mkdir(parents=True, exist_ok=True)
