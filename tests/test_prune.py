@@ -45,6 +45,27 @@ def test_selectors():
     with pytest.raises(InputError, match="no 'hellinger'"):
         select_neurons(NeuronTable({"neuron": np.arange(2), "mass": np.ones(2)}), "most_changed",
                        count=1)
+    with pytest.raises(InputError, match="whole number"):
+        select_neurons(t, "random", count=2.5)
+
+
+def test_fractions_round_half_up():
+    """5% of 10 neurons is 1 (rounding half to even made it 0: a pruning point that pruned
+    nothing), 15% is 2, 25% is 3, 35% is 4."""
+    from txray_engine.prune.select import how_many
+    assert [how_many(10, None, f) for f in (0.05, 0.15, 0.25, 0.35, 0.0, 1.0)] == \
+        [1, 2, 3, 4, 0, 10]
+    assert how_many(7, None, 0.5) == 4 and how_many(6, None, 1 / 6) == 1
+
+
+def test_select_neurons_takes_a_comparison(two_stages):
+    from txray_engine import open_store
+    from txray_engine.measures import compare_streams
+    st = open_store(two_stages)
+    cmp = compare_streams(st.stage("text").layer("lstm").stream("token"),
+                          st.stage("reviews").layer("lstm").stream("token"))
+    assert select_neurons(cmp, "most_changed", count=3).tolist() == \
+        select_neurons(cmp.table(), "most_changed", count=3).tolist()
 
 
 def test_mask_zeroes_units_and_is_removable():
@@ -61,6 +82,25 @@ def test_mask_zeroes_units_and_is_removable():
     assert not torch.allclose(masked, base)
     assert torch.equal(model(x), base)
     assert not model[1]._forward_hooks
+
+
+def test_mask_pattern_and_unit_checks():
+    """A pattern masks the units in every module it matches; ids past a layer's width fail at
+    the forward pass with the layer named, negative ids when the mask is made (they would mask
+    from the end), and nothing stays hooked."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU())
+    seen = []
+    for m in (model[1], model[3]):
+        m.register_forward_hook(lambda m, i, o: seen.append(o))
+    with mask_units(model, {"[13]": [2]}):
+        model(torch.randn(3, 4))
+    assert all(torch.all(o[:, 2] == 0) for o in seen) and len(seen) == 2
+    with mask_units(model, {"1": [6]}):
+        with pytest.raises(InputError, match=r"layer '1': unit 6 is outside its 6 units"):
+            model(torch.randn(3, 4))
+    with pytest.raises(InputError, match="0 or more, got -1"):
+        mask_units(model, {"1": [0, -1]})
+    assert len(model[1]._forward_hooks) == len(model[3]._forward_hooks) == 1  # the test's own
 
 
 def test_mask_recurrent_tuple_output():

@@ -20,7 +20,11 @@ from ..capture.hooks import resolve_layers
 from ..errors import InputError
 
 
-def _zero_units(output, units: torch.Tensor):
+def _zero_units(output, units: torch.Tensor, layer: str = ""):
+    width = _width(output)
+    if width is not None and units.numel() and int(units.max()) >= width:
+        raise InputError(f"mask of layer {layer!r}: unit {int(units.max())} is outside its "
+                         f"{width} units (0 to {width - 1}); was the mask made for this model?")
     if isinstance(output, nn.utils.rnn.PackedSequence):
         data = output.data.clone()
         data[..., units] = 0
@@ -30,10 +34,19 @@ def _zero_units(output, units: torch.Tensor):
         out[..., units] = 0
         return out
     if isinstance(output, tuple) and output:
-        return (_zero_units(output[0], units), *output[1:])
+        return (_zero_units(output[0], units, layer), *output[1:])
     if isinstance(output, list) and output:
-        return [_zero_units(output[0], units), *output[1:]]
+        return [_zero_units(output[0], units, layer), *output[1:]]
     raise InputError(f"cannot mask a module output of type {type(output).__name__}")
+
+
+def _width(output) -> int | None:
+    """Units in the last dimension of a module output (its first tensor), if it has one."""
+    while isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if isinstance(output, nn.utils.rnn.PackedSequence):
+        output = output.data
+    return output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() else None
 
 
 class UnitMask:
@@ -44,10 +57,16 @@ class UnitMask:
         self._handles = []
         try:
             for layer, units in selection.items():
-                (name,) = resolve_layers(model, [layer]) if layer not in modules else (layer,)
-                idx = torch.as_tensor(np.asarray(list(units), dtype=np.int64))
-                self._handles.append(modules[name].register_forward_hook(
-                    lambda m, i, o, idx=idx: _zero_units(o, idx.to(_device(o)))))
+                idx = torch.as_tensor(np.asarray(list(units), dtype=np.int64).reshape(-1))
+                if idx.numel() and int(idx.min()) < 0:
+                    raise InputError(f"mask of layer {layer!r}: unit ids are 0 or more, got "
+                                     f"{int(idx.min())}")
+                # an exact path, or a pattern: the same units of every module it matches
+                names = [layer] if layer in modules else resolve_layers(model, [layer])
+                for name in names:
+                    self._handles.append(modules[name].register_forward_hook(
+                        lambda m, i, o, idx=idx, name=name: _zero_units(o, idx.to(_device(o)),
+                                                                         name)))
         except BaseException:
             self.remove()
             raise
@@ -71,7 +90,8 @@ def _device(o):
 
 
 def mask_units(model: nn.Module, selection: dict[str, Iterable[int]]) -> UnitMask:
-    """Zero ``selection[layer]`` units of each layer's output until the mask is removed."""
+    """Zero ``selection[layer]`` units of each layer's output until the mask is removed; a glob
+    pattern as ``layer`` masks those units in every module it matches."""
     return UnitMask(model, selection)
 
 

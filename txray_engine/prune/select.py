@@ -9,6 +9,8 @@ or liveness is used.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import InputError
@@ -27,14 +29,16 @@ def _column(table: NeuronTable, name: str, side: str) -> np.ndarray:
 
 
 def how_many(n_neurons: int, count: int | None, fraction: float | None) -> int:
+    """Neurons to select: ``count``, or ``fraction`` of ``n_neurons`` rounded half up (5% of 10
+    neurons is 1, not 0 as rounding half to even would make it)."""
     if (count is None) == (fraction is None):
         raise InputError("give exactly one of count or fraction")
     if fraction is not None:
         if not 0.0 <= fraction <= 1.0:
             raise InputError(f"fraction must be in [0, 1], got {fraction}")
-        return int(round(fraction * n_neurons))
-    if count < 0:
-        raise InputError(f"count must be ≥ 0, got {count}")
+        return min(n_neurons, math.floor(fraction * n_neurons + 0.5))
+    if isinstance(count, bool) or int(count) != count or count < 0:
+        raise InputError(f"count must be a whole number ≥ 0, got {count}")
     return int(count)
 
 
@@ -47,6 +51,8 @@ def select_neurons(table: NeuronTable, selector: str, *, count: int | None = Non
     pool is smaller (e.g. only shared neurons have a Hellinger distance, only dead ones are dead).
     Ties are broken by neuron id; ``random`` is seeded.
     """
+    if hasattr(table, "table") and not isinstance(table, NeuronTable):  # a Comparison
+        table = table.table()
     if selector not in SELECTORS:
         raise InputError(f"unknown selector {selector!r}: choose from {', '.join(SELECTORS)}")
     if side not in ("a", "b"):
