@@ -337,3 +337,29 @@ def test_one_name_where_a_list_is_expected(word_model, tmp_path):
     assert rep.stages == ["a", "b"] and rep.layers == ["lstm"]
     with pytest.raises(InputError, match="Stream objects, or a dict"):
         Accumulator(["token"])
+
+
+def test_reading_and_measuring_mistakes_are_input_errors(two_stages):
+    """Mistakes in the Python API raise the engine's InputError (a ValueError) with what to do,
+    never a KeyError, TypeError or AttributeError from inside."""
+    from txray_engine import Stream, open_store
+    from txray_engine.measures import compare
+    st = open_store(two_stages)
+    a, b = (st.stage(s).layer("lstm").stream("token") for s in ("text", "reviews"))
+    cases = [
+        (lambda: a.top_features(1, 3, by="Mass"), "by must be 'mass' or 'count'"),
+        (lambda: a.top_features(1, -1), "n must be 0 or more"),
+        (lambda: a.row(3.0), "integer id"),
+        (lambda: a.csr("masses"), "use one of count, mass, peak"),
+        (lambda: Vocabulary(["a", "a"]), "must be unique"),
+        (lambda: Stream("t", Vocabulary(["a"]), "inputs"), "unknown source"),
+        (lambda: compare(a.stats, b.stats, min_count=0), "at least 1"),
+    ]
+    for call, words in cases:
+        with pytest.raises(InputError, match=words):
+            call()
+    views = compare(a, b)  # two StreamViews: as compare_streams
+    assert views.summary() == compare(a.stats, b.stats, list(a.vocab), list(b.vocab),
+                                      neuron_count_a=a.layer.neuron_count,
+                                      neuron_count_b=b.layer.neuron_count).summary()
+    assert repr(views).startswith("Comparison: 12 neurons, ")

@@ -27,6 +27,8 @@ import torch
 
 import kernels
 
+from ..errors import InputError
+
 _CANDIDATES_PER_SLOT = 4  # the candidates path takes up to this many candidates per kept slot
 _MAX_CANDIDATES = 1 << 18  # and at most this many (sorting more costs more than a batch topk)
 #: Whether CUDA tensors take the torch way (the candidates above each neuron's m-th value; it
@@ -158,7 +160,7 @@ class TopExamples:
     def merge_(self, other: "TopExamples") -> "TopExamples":
         """Add ``other``'s examples; among equal values this state's stay first."""
         if (other.m, other.width) != (self.m, self.width):
-            raise ValueError("cannot merge top examples of different sizes")
+            raise InputError("cannot merge top examples of different sizes")
         every = slice(None)
         self._keep_best(every, torch.cat([self.value, other.value], 1),
                         torch.cat([self.doc, other.doc], 1), torch.cat([self.pos, other.pos], 1),
@@ -179,7 +181,7 @@ class TopExamples:
         shapes = [tuple(arrays[f"examples_{k}"].shape) for k in ("value", "doc", "pos")]
         if len(shapes[0]) != 2 or len(set(shapes)) != 1 or context.ndim != 3 or \
                 tuple(context.shape[:2]) != shapes[0]:
-            raise ValueError(f"top examples must be value, doc, pos [N, m] and context "
+            raise InputError(f"top examples must be value, doc, pos [N, m] and context "
                              f"[N, m, W], got shapes {shapes + [tuple(context.shape)]}")
         ex = cls(value.shape[0], value.shape[1], context.shape[2], device)
         with torch.inference_mode(False):

@@ -9,6 +9,7 @@ import torch
 
 import kernels
 
+from ..errors import InputError
 from .examples import TopExamples
 from .state import DEFAULT_DENSE_BUDGET, StreamState, make_state
 from .stats import SparseStats
@@ -61,7 +62,7 @@ class LayerState:
 
     def merge_(self, other: "LayerState") -> "LayerState":
         if other.n_neurons != self.n_neurons or set(other.streams) != set(self.streams):
-            raise ValueError("cannot merge layer states of different widths or streams")
+            raise InputError("cannot merge layer states of different widths or streams")
         for name, state in self.streams.items():
             state.merge_(other.streams[name])
         self.neuron_count += other.neuron_count.to(self.neuron_count.device)

@@ -32,6 +32,7 @@ import torch
 import kernels
 from kernels import cpu_table
 
+from ..errors import InputError
 from .state import StreamState
 from .stats import SparseStats
 
@@ -72,12 +73,12 @@ class SparseState(StreamState):
             table = "cpu" if self.device.type == "cpu" and cpu_table.AVAILABLE else \
                 "triton" if self.device.type == "cuda" and _triton_available() else False
         if table not in (False, "cpu", "triton"):
-            raise ValueError(f"table must be None, True, False, 'cpu' or 'triton', got {table!r}")
+            raise InputError(f"table must be None, True, False, 'cpu' or 'triton', got {table!r}")
         if table == "cpu" and (self.device.type != "cpu" or not cpu_table.AVAILABLE):
-            raise ValueError(f"table='cpu' needs a CPU state and numba (state on {self.device}, "
+            raise InputError(f"table='cpu' needs a CPU state and numba (state on {self.device}, "
                              f"numba {'installed' if cpu_table.AVAILABLE else 'missing'})")
         if table == "triton" and not (self.device.type == "cuda" or _interpreted()):
-            raise ValueError(f"table='triton' needs a CUDA state (got {self.device}; on the CPU "
+            raise InputError(f"table='triton' needs a CUDA state (got {self.device}; on the CPU "
                              "only under TRITON_INTERPRET=1, for tests)")
         # one hash table or none; both kinds give nnz, cells_upper_bound, drain() and nbytes
         self._table_kind = table or None

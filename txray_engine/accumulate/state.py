@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ..errors import InputError
 from .stats import SparseStats
 
 #: Bytes per dense cell: int64 count + float64 mass + float32 peak.
@@ -34,7 +35,7 @@ class StreamState(ABC):
 
     def __init__(self, n_neurons: int, n_features: int, device: torch.device | str = "cpu"):
         if n_neurons < 1 or n_features < 1:
-            raise ValueError(f"a state needs n_neurons ≥ 1 and n_features ≥ 1, got "
+            raise InputError(f"a state needs n_neurons ≥ 1 and n_features ≥ 1, got "
                              f"{n_neurons} × {n_features}")
         self.n_neurons = int(n_neurons)
         self.n_features = int(n_features)
@@ -124,7 +125,7 @@ class StreamState(ABC):
         """Add ``other`` (a state of either kind, or ``SparseStats``) into this state, in place."""
         stats = other.to_stats() if isinstance(other, StreamState) else other
         if stats.shape != (self.n_neurons, self.n_features):
-            raise ValueError(f"cannot merge a {stats.shape[0]} × {stats.shape[1]} state into a "
+            raise InputError(f"cannot merge a {stats.shape[0]} × {stats.shape[1]} state into a "
                              f"{self.n_neurons} × {self.n_features} one")
         self._merge_cells(stats)
         self.feature_freq += torch.from_numpy(stats.feature_freq).to(self.device)
@@ -184,4 +185,4 @@ def make_state(n_neurons: int, n_features: int, kind: str = "auto",
         return DenseState(n_neurons, n_features, device=device)
     if kind == "sparse":
         return SparseState(n_neurons, n_features, device=device)
-    raise ValueError(f"unknown state kind {kind!r}: use one of {', '.join(STATE_KINDS)}")
+    raise InputError(f"unknown state kind {kind!r}: use one of {', '.join(STATE_KINDS)}")

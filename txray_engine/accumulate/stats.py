@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..errors import InputError
+
 #: Value arrays of a ``SparseStats`` and their dtypes.
 VALUE_DTYPES = {"count": np.int64, "mass": np.float64, "peak": np.float32}
 
@@ -153,5 +155,5 @@ def _row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
 
 def _check_value(value: str) -> str:
     if value not in VALUE_DTYPES:
-        raise ValueError(f"unknown value {value!r}: use one of {', '.join(VALUE_DTYPES)}")
+        raise InputError(f"unknown value {value!r}: use one of {', '.join(VALUE_DTYPES)}")
     return value

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import InputError
 from .vocab import Vocabulary
 
 SOURCES = ("input", "predicted", "label", "feature")
@@ -32,7 +33,7 @@ class Stream:
 
     def __post_init__(self):
         if self.source not in SOURCES:
-            raise ValueError(f"stream {self.name!r}: unknown source {self.source!r}; "
+            raise InputError(f"stream {self.name!r}: unknown source {self.source!r}; "
                              f"use one of {', '.join(SOURCES)}")
         if not isinstance(self.vocab, Vocabulary):
             self.vocab = Vocabulary(self.vocab)
@@ -114,5 +115,4 @@ def stream_features(streams: list[Stream], batch: Batch, logits=None) -> dict[st
 
 
 def _missing(stream: Stream, why: str):
-    from ..errors import InputError
     return InputError(f"stream {stream.name!r} (source {stream.source}): {why}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from ..errors import InputError
+
 
 class Vocabulary:
     """Feature strings indexed by id ``0 .. len - 1``.
@@ -20,9 +22,9 @@ class Vocabulary:
                 if s in seen:
                     dup.append(s)
                 seen.add(s)
-            raise ValueError(f"vocabulary strings must be unique; repeated: {dup[:5]}")
+            raise InputError(f"vocabulary strings must be unique; repeated: {dup[:5]}")
         if not self.items:
-            raise ValueError("a vocabulary needs at least one entry")
+            raise InputError("a vocabulary needs at least one entry")
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "Vocabulary":

@@ -158,6 +158,13 @@ class Comparison:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
 
+    def __repr__(self) -> str:
+        s = self.summary()
+        mean = "n/a" if s["hellinger_mean"] is None else f"{s['hellinger_mean']:.4f}"
+        return (f"Comparison: {s['neurons']} neurons, {s['shared']} shared, {s['only_a']} only "
+                f"in A, {s['only_b']} only in B; Hellinger mean {mean} (by {s['by']}, min_count "
+                f"{s['min_count']}); columns: {', '.join(self.columns)}")
+
     @property
     def n_neurons(self) -> int:
         return len(self.columns["neuron"])
@@ -198,7 +205,14 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
     feature string. ``engine``: ``"numba"`` (one parallel merge-join per row, the default when
     numba is installed) or ``"numpy"`` (vectorised over all cells; the reference).
     """
+    if hasattr(a, "stats") and hasattr(b, "stats") and vocab_a is None and vocab_b is None:
+        # two StreamViews: what compare_streams does (their vocabularies and selection counts)
+        return compare_streams(a, b, by=by, min_count=min_count,
+                               min_neuron_count=min_neuron_count, engine=engine)
     _check_by(by)
+    if int(min_count) < 1 or int(min_neuron_count) < 1:
+        raise InputError(f"min_count and min_neuron_count must be at least 1, got {min_count} "
+                         f"and {min_neuron_count}")
     if a.n_neurons != b.n_neurons:
         raise InputError(f"the stages have {a.n_neurons} and {b.n_neurons} neurons: compare the "
                          f"same layer of the same architecture")

@@ -15,7 +15,7 @@ from ..accumulate.examples import TopExamples
 from ..accumulate.layer import LayerState
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..accumulate.stats import SparseStats
-from ..errors import StoreError
+from ..errors import InputError, StoreError
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
 from .format import VOCAB_GROUP, damaged, group_attrs, open_root, read_stats
@@ -236,6 +236,8 @@ class StreamView:
 
     def row(self, neuron: int) -> dict[str, np.ndarray]:
         """One neuron's cells (``indices``, ``count``, ``mass``, ``peak``), reading only its chunks."""
+        if isinstance(neuron, bool) or not isinstance(neuron, (int, np.integer)):
+            raise InputError(f"a neuron is an integer id, got {neuron!r}")
         if not 0 <= neuron < self.layer.n_neurons:
             raise StoreError(f"neuron {neuron} is outside layer {self.layer.name!r} "
                              f"(0..{self.layer.n_neurons - 1})")
@@ -246,6 +248,10 @@ class StreamView:
                      ) -> list[tuple[str, float]]:
         """The neuron's ``n`` strongest features as (string, value) by ``mass`` or ``count``;
         with ``share`` the value is the fraction of the neuron's total."""
+        if by not in ("mass", "count"):
+            raise InputError(f"by must be 'mass' or 'count', got {by!r}")
+        if n < 0:
+            raise InputError(f"n must be 0 or more, got {n}")
         r = self.row(neuron)
         order = np.argsort(-r[by], kind="stable")[:n]
         total = (float(r[by].sum()) or 1.0) if share else 1.0
