@@ -68,6 +68,10 @@ def test_bad_k_and_width():
         Accumulator(VOCAB, k=0)
     with pytest.raises(InputError, match="kind must be one of auto, dense, sparse, got 'dens'"):
         Accumulator(VOCAB, kind="dens")
+    with pytest.raises(InputError, match="dense_budget is bytes"):
+        Accumulator(VOCAB, dense_budget=-1)
+    import numpy as np
+    assert Accumulator(VOCAB, k=np.int64(2)).k == 2  # a numpy integer is an integer
     with pytest.raises(InputError, match="activations need a position axis"):
         Accumulator(VOCAB).observe("enc", torch.randn(4), {"tok": torch.zeros(4, dtype=torch.long)})
     acc = Accumulator(VOCAB, k=5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 import kernels
@@ -72,10 +73,15 @@ class Accumulator:
             raise InputError(f"stream names must be unique, got {names}")
         if nonfinite not in NONFINITE_POLICIES:
             raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if isinstance(k, np.integer):
+            k = int(k)
         if k != "all" and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise InputError(f"k must be a positive integer or 'all', got {k!r}")
         if kind not in STATE_KINDS:
             raise InputError(f"kind must be one of {', '.join(STATE_KINDS)}, got {kind!r}")
+        if dense_budget < 0:
+            raise InputError(f"dense_budget is bytes per layer and stream, 0 or more, got "
+                             f"{dense_budget}")
         self.streams: list[Stream] = list(streams)
         self.k = k
         self.kind = kind
