@@ -57,10 +57,8 @@ def neurons(store, stage, layer_names, streams, neurons, top, features, by):
 
     st = open_store(store).stage(stage)
     views = {lname: st.layer(lname) for lname in layer_names or st.layers}
-    # check every request before printing anything
-    for lv in list(views.values())[:1]:
-        for sname in streams:
-            lv.stream(sname)  # an unknown stream raises the store's message
+    for sname in streams:  # check every request before printing anything
+        st.vocab(sname)  # an unknown stream raises the store's message
     for lname, lv in views.items():
         bad = [n for n in neurons if not 0 <= n < lv.n_neurons]
         if bad:

@@ -89,7 +89,7 @@ class Collector:
         self.capture = LayerCapture(model, layers, time_first)
         # what shapes the statistics is part of the identity a resume must match: resuming with
         # another k or another layer list would mix statistics of two different collections
-        collection = {"layers": self.capture.names, "k": k if isinstance(k, str) else int(k),
+        collection = {"layers": self.capture.names, "k": self.accumulator.k,
                       "streams": [{"name": s.name, "source": s.source,
                                    "vocabulary": fingerprint(list(s.vocab))} for s in self.streams],
                       "nonfinite": nonfinite, "examples": int(examples),

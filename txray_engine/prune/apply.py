@@ -20,11 +20,7 @@ from ..capture.hooks import resolve_layers
 from ..errors import InputError
 
 
-def _zero_units(output, units: torch.Tensor, layer: str = ""):
-    width = _width(output)
-    if width is not None and units.numel() and int(units.max()) >= width:
-        raise InputError(f"mask of layer {layer!r}: unit {int(units.max())} is outside its "
-                         f"{width} units (0 to {width - 1}); was the mask made for this model?")
+def _zero_units(output, units: torch.Tensor):
     if isinstance(output, nn.utils.rnn.PackedSequence):
         data = output.data.clone()
         data[..., units] = 0
@@ -34,19 +30,34 @@ def _zero_units(output, units: torch.Tensor, layer: str = ""):
         out[..., units] = 0
         return out
     if isinstance(output, tuple) and output:
-        return (_zero_units(output[0], units, layer), *output[1:])
+        return (_zero_units(output[0], units), *output[1:])
     if isinstance(output, list) and output:
-        return [_zero_units(output[0], units, layer), *output[1:]]
+        return [_zero_units(output[0], units), *output[1:]]
     raise InputError(f"cannot mask a module output of type {type(output).__name__}")
 
 
-def _width(output) -> int | None:
-    """Units in the last dimension of a module output (its first tensor), if it has one."""
+def _first_tensor(output):
+    """What a mask zeroes: a module output's first tensor (of a PackedSequence: its data)."""
     while isinstance(output, (tuple, list)) and output:
         output = output[0]
-    if isinstance(output, nn.utils.rnn.PackedSequence):
-        output = output.data
-    return output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() else None
+    return output.data if isinstance(output, nn.utils.rnn.PackedSequence) else output
+
+
+def _mask_hook(layer: str, units: torch.Tensor):
+    """A forward hook zeroing ``units`` of the output; ids past its width are a clear error (the
+    largest id is taken once here, not read back from the device at every forward pass)."""
+    top = int(units.max()) if units.numel() else -1
+
+    def hook(module, inputs, output):
+        first = _first_tensor(output)
+        if not isinstance(first, torch.Tensor):
+            return _zero_units(output, units)  # raises its message for this output type
+        if first.dim() and top >= first.shape[-1]:
+            raise InputError(f"mask of layer {layer!r}: unit {top} is outside its "
+                             f"{first.shape[-1]} units (0 to {first.shape[-1] - 1}); was the mask "
+                             f"made for this model?")
+        return _zero_units(output, units.to(first.device))
+    return hook
 
 
 class UnitMask:
@@ -65,8 +76,7 @@ class UnitMask:
                 names = [layer] if layer in modules else resolve_layers(model, [layer])
                 for name in names:
                     self._handles.append(modules[name].register_forward_hook(
-                        lambda m, i, o, idx=idx, name=name: _zero_units(o, idx.to(_device(o)),
-                                                                         name)))
+                        _mask_hook(name, idx)))
         except BaseException:
             self.remove()
             raise
@@ -81,12 +91,6 @@ class UnitMask:
 
     def __exit__(self, *exc) -> None:
         self.remove()
-
-
-def _device(o):
-    while isinstance(o, (tuple, list)):
-        o = o[0]
-    return o.data.device if isinstance(o, nn.utils.rnn.PackedSequence) else o.device
 
 
 def mask_units(model: nn.Module, selection: dict[str, Iterable[int]]) -> UnitMask:
