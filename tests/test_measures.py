@@ -11,7 +11,8 @@ from scipy.stats import entropy as scipy_entropy
 
 from txray_engine.accumulate import SparseStats
 from txray_engine.measures import (align_vocabularies, compare, compat_hellinger, distributions,
-                                   entropy, feature_group_mass, length, top_features)
+                                   entropy, feature_group_mass, length, stage_table,
+                                   top_features)
 
 
 def from_dense(count, mass, freq=None):
@@ -77,6 +78,20 @@ def test_count_based_distributions_and_min_count():
     assert entropy(s, "count")[0] == pytest.approx(scipy_entropy([0.1, 0.3, 0.6], base=2))
     ids, shares = top_features(s, 2)
     assert ids.tolist() == [[0, 3]] and shares[0].tolist() == pytest.approx([5 / 8, 2 / 8])
+
+
+def test_entropy_is_nan_for_neurons_without_a_distribution():
+    # one feature only: 0 bits; never selected, only activations <= 0 (by mass), or every cell
+    # under min_count: no distribution, so NaN (0 would read as "one feature only")
+    count = np.array([[4, 0, 0], [0, 0, 0], [2, 1, 0], [1, 1, 0]])
+    mass = np.array([[3.0, 0, 0], [0, 0, 0], [0.0, 0.0, 0], [1.0, 1.0, 0]])
+    s = from_dense(count, mass)
+    h = entropy(s)
+    assert h[0] == 0 and np.isnan(h[1]) and np.isnan(h[2]) and h[3] == pytest.approx(1.0)
+    assert entropy(s, "count")[2] == pytest.approx(scipy_entropy([2, 1], base=2))
+    assert np.isnan(entropy(s, "count", min_count=2)[3])
+    table = stage_table(s).sort("entropy")
+    assert table["neuron"].tolist()[:2] == [3, 0]
 
 
 def test_min_neuron_count_marks_rare_neurons_dead():

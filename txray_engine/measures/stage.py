@@ -56,11 +56,17 @@ def alive(neuron_count: np.ndarray, min_count: int = 1) -> np.ndarray:
 
 def entropy(stats: SparseStats, by: str = "mass", min_count: int = 1, base: float = 2.0
             ) -> np.ndarray:
-    """Entropy of each neuron's distribution (bits by default; 0 for empty rows)."""
+    """Entropy of each neuron's distribution (bits by default).
+
+    NaN for a neuron without a distribution (never selected, every cell under ``min_count``, or,
+    by mass, only activations ≤ 0): 0 would read as "fires for one feature only".
+    """
     p = distributions(stats, by, min_count)
     terms = p.copy()
     terms.data = -p.data * np.log(p.data) / np.log(base)
-    return row_sums(terms)
+    h = row_sums(terms)
+    h[np.diff(p.indptr) == 0] = np.nan
+    return h
 
 
 def top_features(stats: SparseStats, n: int = 10, by: str = "mass", min_count: int = 1
