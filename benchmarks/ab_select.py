@@ -41,7 +41,8 @@ def old_kernels(commit: str, folder: Path):
                           capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(blob)) as tar:
         tar.extractall(folder, filter="data")
-    (folder / "kernels").rename(folder / "kernels_old")
+    package = folder / "kernels" / "txray_kernels"  # kernels/ itself before the package had a name
+    (package if package.is_dir() else folder / "kernels").rename(folder / "kernels_old")
     sys.path.insert(0, str(folder))
     import kernels_old.cpu
     return kernels_old.cpu
@@ -52,11 +53,11 @@ def main() -> None:
     ap.add_argument("--against", required=True, help="the commit to compare with")
     ap.add_argument("--calls", type=int, default=24, help="calls of each version per case")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from kernels import cpu as new
+    sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]
+    from txray_kernels import cpu as new
     with tempfile.TemporaryDirectory() as tmp:
         old = old_kernels(args.against, Path(tmp))
-        print(f"kernels.cpu.select_topk: this tree against {args.against} (medians of "
+        print(f"txray_kernels.cpu.select_topk: this tree against {args.against} (medians of "
               f"{args.calls} interleaved calls, blocks of at least 64 MiB)\n")
         print("| N | k | dtype | rows | before ms | now ms | speed-up | sum ms | now, % of sum "
               "| before, % of sum |\n|---|---|---|---|---|---|---|---|---|---|")

@@ -1,7 +1,7 @@
 """CPU throughput of the engine's select + accumulate path, in one run with its baselines.
 
 For each shape: the engine (``Accumulator.observe``: validation, non-finite check, top-k, scatter
-into the exact state the engine picks), its selection step alone (``kernels.select``), a
+into the exact state the engine picks), its selection step alone (``txray_kernels.select``), a
 torch-native baseline written the way a user would (``topk`` + ``index_put_(accumulate=True)`` /
 ``scatter_reduce_`` into dense int64/float64/float32 tensors), and ``torch.sum`` over the same
 activations (the read-bandwidth ceiling); bf16/fp16 inputs against ``.float()`` first. GB/s
@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-import kernels
+import txray_kernels as kernels
 from txray_engine import Accumulator
 
 P = 8192  # tokens per call

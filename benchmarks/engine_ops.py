@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]  # runnable without installing
 
-import kernels  # noqa: E402
-from kernels import triton_dense, triton_sparse  # noqa: E402
+import txray_kernels as kernels  # noqa: E402
+from txray_kernels import triton_dense, triton_sparse  # noqa: E402
 from txray_engine.accumulate import Accumulator, SparseState  # noqa: E402
 from txray_engine.accumulate.layer import LayerState  # noqa: E402
 

@@ -9,7 +9,7 @@ or on the CPU through the Triton interpreter, with tiny shapes (under a minute):
 
     TRITON_INTERPRET=1 python benchmarks/gpu_check.py --smoke
 
-Part 1 prints PASS/FAIL per case (the kernels against ``kernels.reference`` on the same device).
+Part 1 prints PASS/FAIL per case (the kernels against ``txray_kernels.reference`` on the same device).
 Part 2 prints, for N in {1024, 4096, 16384}, k in {1, 8, 32}, bf16 and fp32: the fused dense kernel
 (V = 17, and V = 50,000 where two states fit in memory) and the sparse path (V = 50,000, ids
 uniform, and for bf16 also Zipf-distributed as word types in text), 2**26 activations per call: tokens/s,

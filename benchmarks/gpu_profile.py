@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import triton_dense  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]  # runnable without installing
+from txray_kernels import triton_dense  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--method", default="auto",
                     choices=["auto", "argmax", "candidates", "threshold", "torch"],
-                    help="selection method (see kernels.triton_dense)")
+                    help="selection method (see txray_kernels.triton_dense)")
     ap.add_argument("--rounds", default=triton_dense.ARGMAX_ROUNDS, choices=["int64", "fp32"],
                     help="ARGMAX_ROUNDS of the argmax selection")
     args = ap.parse_args()

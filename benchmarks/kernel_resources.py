@@ -1,5 +1,5 @@
 """What the fused select + scatter kernel costs a GPU, found without one: each launch compiled for
-a GPU architecture, as ``kernels.triton_dense`` makes it, with its registers, spills, shared
+a GPU architecture, as ``txray_kernels.triton_dense`` makes it, with its registers, spills, shared
 memory, the occupancy they allow and the instructions of its machine code::
 
     python benchmarks/kernel_resources.py [--arch 90] [--n 1024,4096,16384] [--k 1,8,32]
@@ -36,8 +36,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import triton_dense  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]  # runnable without installing
+from txray_kernels import triton_dense  # noqa: E402
 
 #: Per-SM limits by compute capability: (warps, blocks, 32-bit registers, shared memory bytes,
 #: shared memory reserved per block). CUDA C Programming Guide, "Compute capabilities"; the same

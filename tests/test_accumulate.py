@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from naive import assert_matches_naive, naive_sums
 from txray_engine import Accumulator
 from txray_engine.errors import InputError
-import kernels
-from kernels import cpu_table
+import txray_kernels as kernels
+from txray_kernels import cpu_table
 from txray_engine.accumulate import SparseState, make_state
 
 KINDS = ["dense", "sparse"]
@@ -248,7 +248,7 @@ def test_sparse_table_must_suit_the_device(monkeypatch):
 
 
 def test_kernels_accumulate_checks_ids_on_every_device_path(monkeypatch):
-    """The device (non-numba) path of ``kernels.accumulate`` checks shapes and ids with one
+    """The device (non-numba) path of ``txray_kernels.accumulate`` checks shapes and ids with one
     read-back before changing anything, as the CPU path does; ``checked=True`` is for callers
     that checked (the Accumulator)."""
     from txray_engine.accumulate.layer import LayerState

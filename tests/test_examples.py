@@ -6,8 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import triton_examples
+import txray_kernels as kernels
+from txray_kernels import triton_examples
 from naive import assert_top_examples_match, naive_top_examples
 from txray_engine import Accumulator, Batch, Collector, Stream, Vocabulary, merge, open_store
 from txray_engine.accumulate import examples as examples_module
@@ -15,7 +15,7 @@ from txray_engine.accumulate.examples import TopExamples, context_windows
 
 # how a batch is offered: the CPU kernel (numba), the torch way (candidates, or each column's best
 # rows where they are many), every batch by its best rows, the CUDA way (each column's best rows
-# above its floor, merged: kernels.best_rows_above) with its torch reference (int64 keys on every
+# above its floor, merged: txray_kernels.best_rows_above) with its torch reference (int64 keys on every
 # column, or in blocks of one column) and with the Triton kernel (interpreted; its own test below)
 PATHS = ["numba", "torch", "batch-best", "keys", "key-blocks"]
 

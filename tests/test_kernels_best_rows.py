@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-import kernels
-from kernels import reference, triton_examples
+import txray_kernels as kernels
+from txray_kernels import reference, triton_examples
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 IMPLS = [

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import cpu, cpu_scatter, reference
+import txray_kernels as kernels
+from txray_kernels import cpu, cpu_scatter, reference
 
 pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="numba not installed")
 
@@ -122,7 +122,7 @@ def test_wide_rows_with_many_chunks(k):
 
 
 def test_cpu_table_grows_and_drains_sorted_exact_sums():
-    from kernels.cpu_table import CpuSparseTable
+    from txray_kernels.cpu_table import CpuSparseTable
 
     rng = np.random.default_rng(0)
     table = CpuSparseTable(capacity=16)
@@ -149,7 +149,7 @@ def test_cpu_table_grows_and_drains_sorted_exact_sums():
 @given(a=st.dictionaries(st.integers(0, 60), st.integers(1, 5), max_size=30),
        b=st.dictionaries(st.integers(0, 60), st.integers(1, 5), max_size=30))
 def test_merge_runs_sums_equal_keys(a, b):
-    from kernels.cpu_table import merge_runs
+    from txray_kernels.cpu_table import merge_runs
 
     def run(d, seed):
         keys = np.array(sorted(d), np.int64)
@@ -197,7 +197,7 @@ def test_float64_rows_beyond_float32_are_nonfinite_on_every_path():
 
 
 def test_table_capacity_follows_cells_not_call_size():
-    from kernels.cpu_table import CHUNK_EVENTS, CpuSparseTable
+    from txray_kernels.cpu_table import CHUNK_EVENTS, CpuSparseTable
 
     table = CpuSparseTable()
     p, k = 3 * CHUNK_EVENTS, 4
@@ -217,7 +217,7 @@ def test_table_capacity_follows_cells_not_call_size():
 
 
 def test_id_bounds_cpu_matches_the_batched_read_back():
-    from kernels import targets
+    from txray_kernels import targets
     g = torch.Generator().manual_seed(3)
     ids = [torch.randint(-1, 50, (37,), generator=g), torch.randint(0, 9, (5, 4), generator=g).int(),
            torch.randint(-5, 5, (20,), generator=g)[::3]]  # int32, 2-D, strided
@@ -232,7 +232,7 @@ def test_prefetch_hint_compiles_here():
     same results, slower cold scatters)."""
     from numba import njit
 
-    from kernels import prefetch
+    from txray_kernels import prefetch
 
     if not prefetch.ACTIVE:
         pytest.skip("llvm.prefetch does not compile on this numba/LLVM: the hint is a no-op")
@@ -252,7 +252,7 @@ def test_prefetch_hint_compiles_here():
 
 @pytest.mark.parametrize("dtype,kind", [(torch.bfloat16, 0), (torch.float16, 1)])
 def test_half_widening_is_exact_for_every_bit_pattern(dtype, kind):
-    from kernels import cpu_half
+    from txray_kernels import cpu_half
     bits = np.arange(1 << 16, dtype=np.uint16)
     got = cpu_half.widen(bits, kind)
     ref = torch.from_numpy(bits.view(np.int16)).view(dtype).float().numpy()
@@ -264,7 +264,7 @@ def test_half_widening_is_exact_for_every_bit_pattern(dtype, kind):
 def test_fp16_integer_widening_is_exact_too():
     """The integer fp16 path (taken where LLVM's ``fpext`` does not compile or check out) is
     exact on every pattern as well; the import-time check compares the two."""
-    from kernels import cpu_half
+    from txray_kernels import cpu_half
     bits = np.arange(1 << 16, dtype=np.uint16)
     got = np.empty(1 << 16, np.uint32)
     cpu_half._fp16_bits(bits, got)
@@ -304,7 +304,7 @@ def test_every_cached_kernel_module_is_watched():
     cache (its kernels may compile in another one's functions)."""
     from pathlib import Path
 
-    from kernels import cpu_cache
+    from txray_kernels import cpu_cache
     folder = Path(cpu_cache.__file__).parent
     cached = {p.stem for p in folder.glob("*.py") if "cache=True" in p.read_text()}
     assert cached and cached <= set(cpu_cache.SOURCES)
@@ -315,7 +315,7 @@ def test_cached_kernels_are_dropped_when_a_source_they_use_is_newer(tmp_path):
     kernels (which compile in its row functions)."""
     import os
 
-    from kernels import cpu_cache
+    from txray_kernels import cpu_cache
     cache = tmp_path / "__pycache__"
     cache.mkdir()
     for name in cpu_cache.SOURCES:
@@ -424,7 +424,7 @@ def test_fp16_where_fpext_is_no_instruction(tmp_path):
     import subprocess
     import sys
 
-    code = ("import torch, kernels; from kernels import cpu_half, reference\n"
+    code = ("import torch, txray_kernels as kernels; from txray_kernels import cpu_half, reference\n"
             "a = torch.randn(64, 300, generator=torch.Generator().manual_seed(0)).half()\n"
             "a[3, 7] = float('nan'); a[5] = a[5].abs().neg()\n"
             "v, i, bad = kernels.select(a, 3)\n"
@@ -433,7 +433,8 @@ def test_fp16_where_fpext_is_no_instruction(tmp_path):
             "assert bad.tolist() == [3]\n"
             "assert torch.equal(i[good].sort(1).values, ir[good].sort(1).values)\n"
             "print('FPEXT', cpu_half.FPEXT)\n")
-    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join(sys.path))  # the package's folder, installed or not
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]

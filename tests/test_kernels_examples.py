@@ -1,5 +1,5 @@
-"""The running top examples' CPU kernel (``kernels.cpu_examples.offer``) against the torch
-definition (``kernels.reference.offer_examples``): shapes, dtypes, kept rows, ties, the split of
+"""The running top examples' CPU kernel (``txray_kernels.cpu_examples.offer``) against the torch
+definition (``txray_kernels.reference.offer_examples``): shapes, dtypes, kept rows, ties, the split of
 the columns between threads."""
 
 import pytest
@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import cpu, reference
+import txray_kernels as kernels
+from txray_kernels import cpu, reference
 
 pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="numba not installed")
 FIELDS = ("value", "doc", "pos", "context")
@@ -28,7 +28,7 @@ def _lists(n, m, w, seed=0):
 
 
 def _same(acts, m, w, rows=None, seed=0):
-    from kernels import cpu_examples
+    from txray_kernels import cpu_examples
     r = acts.shape[0] if rows is None else rows.shape[0]
     g = torch.Generator().manual_seed(seed + 1)
     batch = (torch.randint(0, 9, (r,), generator=g), torch.arange(r),
@@ -61,7 +61,7 @@ def test_offer_matches_reference(n, dtype):
 @given(p=st.integers(0, 40), n=st.integers(1, 200), m=st.integers(1, 9), parts=st.integers(1, 8),
        seed=st.integers(0, 2**16))
 def test_offer_random_over_any_split_of_the_columns(p, n, m, parts, seed):
-    from kernels import cpu_examples
+    from txray_kernels import cpu_examples
     g = torch.Generator().manual_seed(seed)
     acts = torch.randn(p, n, generator=g).round()
     saved = cpu_examples.get_num_threads, cpu_examples._MAX_PARTS
@@ -75,7 +75,7 @@ def test_offer_random_over_any_split_of_the_columns(p, n, m, parts, seed):
 
 
 def test_offer_rejects_bad_arguments_and_changes_nothing():
-    from kernels import cpu_examples
+    from txray_kernels import cpu_examples
     lists = _lists(6, 2, 1)
     before = [t.clone() for t in lists]
     batch = (torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long),

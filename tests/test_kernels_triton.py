@@ -1,5 +1,5 @@
 """The kernels against the torch reference (kernels.reference), one shared suite: the Triton
-kernels, and the engine's dispatch (``kernels.select`` + ``kernels.scatter``: numba on CPU tensors).
+kernels, and the engine's dispatch (``txray_kernels.select`` + ``txray_kernels.scatter``: numba on CPU tensors).
 
 On the CPU everything runs under ``TRITON_INTERPRET=1`` (set by conftest.py) with tiny shapes; the
 ``gpu`` tests run bigger shapes on CUDA (``TRITON_INTERPRET=0 pytest -m gpu tests/test_kernels_triton.py``).
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels import reference, triton_dense, triton_sparse
+import txray_kernels as kernels
+from txray_kernels import reference, triton_dense, triton_sparse
 
 
 def _accumulate_states():
@@ -108,7 +108,7 @@ def _scatter_impl(acts, k, feats, n, v):
 
 
 def _dispatch_impl(acts, k, feats, n, v):
-    """What the engine calls: ``kernels.select`` + ``kernels.scatter`` (numba on CPU tensors,
+    """What the engine calls: ``txray_kernels.select`` + ``txray_kernels.scatter`` (numba on CPU tensors,
     Triton on CUDA ones)."""
     states = _states(_mixed_kinds(len(feats)), n, v, acts.device)
     values, indices, bad = kernels.select(acts, k)
@@ -450,8 +450,8 @@ def test_gpu_wide_rows_and_partial_chunks():
 @gpu
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
 def test_gpu_engine_entry_point_matches_cpu(kind):
-    """``Accumulator(device="cuda").observe`` (the collector's path: ``kernels.select`` and
-    ``kernels.accumulate`` on CUDA tensors) gives the CPU engine's sums. ``device="cuda"`` names no
+    """``Accumulator(device="cuda").observe`` (the collector's path: ``txray_kernels.select`` and
+    ``txray_kernels.accumulate`` on CUDA tensors) gives the CPU engine's sums. ``device="cuda"`` names no
     index: the states must still accept the ``cuda:0`` tensors they are fed."""
     acc_mod = importlib.import_module("txray_engine.accumulate")
     streams = {"a": [str(i) for i in range(17)], "b": [str(i) for i in range(300)]}

@@ -1,4 +1,4 @@
-"""The dense kernel's launch rules and selection variants (``kernels.triton_dense``): 16-bit
+"""The dense kernel's launch rules and selection variants (``txray_kernels.triton_dense``): 16-bit
 keys, argmax rounds, launch shapes, candidate widths and what ``method="auto"`` picks; the
 selections against the torch reference under ``TRITON_INTERPRET=1``."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference, triton_dense
+from txray_kernels import reference, triton_dense
 from test_kernels_triton import _check_selection, _check_states, _features, _states
 
 

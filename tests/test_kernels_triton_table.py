@@ -1,4 +1,4 @@
-"""The GPU sparse state's hash table (``kernels.triton_sparse.TritonSparseTable``) under
+"""The GPU sparse state's hash table (``txray_kernels.triton_sparse.TritonSparseTable``) under
 ``TRITON_INTERPRET=1``: growth, merge, when it counts its cells, chunked launches; against the
 engine's sparse state (``SparseState``)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference, triton_sparse
+from txray_kernels import reference, triton_sparse
 from test_kernels_triton import SparseState  # the states without the Zarr store (GPU image)
 
 

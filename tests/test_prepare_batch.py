@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import kernels
+import txray_kernels as kernels
 from txray_engine import Accumulator
 from txray_engine.accumulate import same_sums
 from txray_engine.errors import InputError, NonFiniteError
@@ -243,9 +243,9 @@ def test_device_commit_under_inference_mode(skip_row, monkeypatch):
 
 
 def test_device_accumulate_totals_beside_five_streams(monkeypatch):
-    """``kernels.accumulate``'s CUDA branch with five dense streams: the totals take the second
+    """``txray_kernels.accumulate``'s CUDA branch with five dense streams: the totals take the second
     launch's free slot, and equal the reference's ``add_totals``."""
-    from kernels import reference
+    from txray_kernels import reference
     from txray_engine.accumulate import DenseState
 
     g = torch.Generator().manual_seed(3)
@@ -267,7 +267,7 @@ def test_device_accumulate_totals_beside_five_streams(monkeypatch):
 def test_device_accumulate_strided_totals_and_partial_mode(monkeypatch):
     """Totals the launch cannot take (strided) go through ``add_totals`` as before; the totals
     target also serves the partial mode (its states are weakly referenced there)."""
-    from kernels import reference, triton_dense
+    from txray_kernels import reference, triton_dense
     from txray_engine.accumulate import DenseState
 
     values, indices = reference.select_topk(torch.randn(6, 5, generator=torch.Generator()

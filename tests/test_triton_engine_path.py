@@ -1,8 +1,8 @@
 """What the engine's GPU path asks of the fused selection
-(:func:`kernels.triton_dense.dense_select_accumulate`): it flags the rows holding NaN/inf from the
+(:func:`txray_kernels.triton_dense.dense_select_accumulate`): it flags the rows holding NaN/inf from the
 tile it reads (``flags=``) and reads a masked batch's kept rows in place (``rows=``), so the
 activations are read once and the kept rows never copied. Against an exact check and the
-reference, on every selection method, and through :func:`kernels.select_rows`' CUDA branch (under
+reference, on every selection method, and through :func:`txray_kernels.select_rows`' CUDA branch (under
 the interpreter on the CPU, on CUDA with ``-m gpu``).
 """
 
@@ -13,8 +13,8 @@ import os
 import pytest
 import torch
 
-import kernels
-from kernels import reference, triton_dense
+import txray_kernels as kernels
+from txray_kernels import reference, triton_dense
 
 HUGE = {torch.float32: 3e38, torch.bfloat16: 3e38, torch.float16: 6e4}
 # the interpreter reduces NaN rows with numpy, which warns (the selection of such rows is unspecified)

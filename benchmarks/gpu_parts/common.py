@@ -55,7 +55,7 @@ def _parse():
 ARGS = _parse()
 if ARGS.smoke:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]  # the image runs the tree without installing it
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -75,8 +75,8 @@ def _engine_states():
 
 
 DenseState, SparseState, Accumulator = _engine_states()
-import kernels  # noqa: E402
-from kernels import reference, triton_dense, triton_examples, triton_sparse  # noqa: E402
+import txray_kernels as kernels  # noqa: E402
+from txray_kernels import reference, triton_dense, triton_examples, triton_sparse  # noqa: E402
 
 if ARGS.smoke:  # let the tiny shape "D" take the wide-row fallback, as N = 20,000 does on the GPU
     triton_dense.MAX_FUSED_BLOCK_N = 64

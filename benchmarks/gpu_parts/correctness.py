@@ -1,4 +1,4 @@
-"""Part 1 of ``gpu_check``: every kernel path against ``kernels.reference`` on the device (dtypes,
+"""Part 1 of ``gpu_check``: every kernel path against ``txray_kernels.reference`` on the device (dtypes,
 layouts, strategies, several streams, modes), the non-finite rows of the engine's call, and the top
 examples against the CPU's lists."""
 
@@ -119,7 +119,7 @@ CASES = [
 
 def part1() -> bool:
     t0 = time.perf_counter()
-    emit("## Part 1: correctness against kernels.reference on " + str(DEVICE))
+    emit("## Part 1: correctness against txray_kernels.reference on " + str(DEVICE))
     emit("")
     shapes = SMOKE_SHAPES if ARGS.smoke else SHAPES
     kinds_of = {"sparse": ["sparse"] * 5, "mixed": ["dense", "sparse"] * 2 + ["dense"]}
@@ -144,7 +144,7 @@ def part1() -> bool:
 
 
 def check_nonfinite_rows() -> bool:
-    """The engine selects rows before it knows which hold NaN/inf (``kernels.select_rows``; those
+    """The engine selects rows before it knows which hold NaN/inf (``txray_kernels.select_rows``; those
     rows are dropped or rejected after): every method must still name neurons in range on such
     rows, select the finite rows beside them exactly, and flag exactly the rows holding NaN/inf
     (row 5's huge finite values overflow a float32 row sum, but are no NaN/inf), reading the
@@ -195,7 +195,7 @@ def _examples_stream(n, p, batches, seed=5):
 def check_examples() -> bool:
     """Top examples on the device against the CPU's (the numba kernel): the same lists, ties
     included, both CUDA ways (each neuron's best rows above its m-th value, from the Triton kernel
-    ``kernels.triton_examples``, merged; and with ``CUDA_SCAN`` the torch way: candidates above
+    ``txray_kernels.triton_examples``, merged; and with ``CUDA_SCAN`` the torch way: candidates above
     each neuron's m-th value). ``--smoke``: the first way's branch on the CPU, kernel interpreted."""
     examples = importlib.import_module("txray_engine.accumulate.examples")
     n, p = (40, 48) if ARGS.smoke else (1000, 4096)

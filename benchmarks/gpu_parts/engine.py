@@ -139,7 +139,7 @@ def _part4_examples(acts, p) -> None:
 
 
 def _part4_best_rows(acts, floor, rows) -> None:
-    """The best rows alone (``kernels.triton_examples`` against its torch reference, ``topk`` of
+    """The best rows alone (``txray_kernels.triton_examples`` against its torch reference, ``topk`` of
     int64 keys down every column), bf16, every 5th row left out: for empty lists (the first
     batch: every row can enter) and full ones (after four batches)."""
     emit("The best rows alone (top examples' batch step on CUDA), ms, bf16, 80% of the rows offered")

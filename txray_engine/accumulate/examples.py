@@ -8,15 +8,15 @@ an uninterrupted one keeps. Values are compared as float32, the dtype they are k
 
 How a batch is offered (each way gives that result):
 
-- **CPU** (numba, :mod:`kernels.cpu_examples`): one pass over the batch, each thread owning a
+- **CPU** (numba, :mod:`txray_kernels.cpu_examples`): one pass over the batch, each thread owning a
   range of neurons' lists; only an activation above a neuron's current ``m``-th value can enter,
   and once the lists fill few do, so a batch costs about one read of its rows.
 - **Best rows** (CUDA, unless :data:`CUDA_SCAN`): each neuron's best ``m`` rows of the batch above
-  its ``m``-th value (:func:`kernels.best_rows_above`: one read of the rows in Triton, ranked by
+  its ``m``-th value (:func:`txray_kernels.best_rows_above`: one read of the rows in Triton, ranked by
   int64 keys ``value bits << 32 | ~row`` so ties go to the lower row) merged into every list,
   without a wait for the host.
 - **Torch** (``CUDA_SCAN`` on CUDA, and a CPU without numba): the candidates above each neuron's
-  ``m``-th value (:func:`kernels.reference.above_floor`) ordered and merged; batches with many
+  ``m``-th value (:func:`txray_kernels.reference.above_floor`) ordered and merged; batches with many
   candidates, such as the first, take each column's best ``m`` rows of the batch instead (a
   ``topk`` and the earliest rows equal to the ``m``-th).
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import txray_kernels as kernels
 
 from ..errors import InputError
 
@@ -130,7 +130,7 @@ class TopExamples:
 
     def _offer_best_rows(self, acts, rows, doc, pos, context) -> None:
         """Each neuron's best ``m`` offered rows above its ``m``-th value
-        (:func:`kernels.best_rows_above`), merged into every list: no wait for the host."""
+        (:func:`txray_kernels.best_rows_above`), merged into every list: no wait for the host."""
         best, at = kernels.best_rows_above(acts, self.value[:, -1], self.m, rows)
         self._merge_rows(slice(None), best, at, doc, pos, context)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import kernels
+import txray_kernels as kernels
 
 from ..errors import InputError
 from .examples import TopExamples

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-import kernels
+import txray_kernels as kernels
 
 from ..errors import InputError
 from .state import position_counts

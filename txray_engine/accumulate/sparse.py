@@ -7,13 +7,13 @@ O(log) like an LSM tree and memory stays proportional to the number of distinct 
 
 Where events come from:
 
-- on the CPU (with numba), a persistent hash table (:class:`kernels.cpu_table.CpuSparseTable`):
+- on the CPU (with numba), a persistent hash table (:class:`txray_kernels.cpu_table.CpuSparseTable`):
   O(1) per event, so repeated cells cost no sorting; it is drained into the master as one sorted
   run when the sums are read (``to_stats``), or when it holds half as many cells as the master
   (and at least ``min_compact / 4``), so its memory stays within about twice the master's (plus
-  room for one chunk of ``kernels.cpu_table.CHUNK_EVENTS`` events);
+  room for one chunk of ``txray_kernels.cpu_table.CHUNK_EVENTS`` events);
 - on a CUDA device (with Triton), a persistent hash table in device memory
-  (:class:`kernels.triton_sparse.TritonSparseTable`) that *is* the state: one insert launch per
+  (:class:`txray_kernels.triton_sparse.TritonSparseTable`) that *is* the state: one insert launch per
   batch and stream, no sort, and no master (merged stats are inserted into it as cells). It grows
   when it fills (it counts its cells, a sync, only once the events since the last count could
   have filled it), and a read sorts a copy of its cells. Draining it into a master, as the CPU
@@ -29,8 +29,8 @@ import os
 
 import torch
 
-import kernels
-from kernels import cpu_table
+import txray_kernels as kernels
+from txray_kernels import cpu_table
 
 from ..errors import InputError
 from .state import StreamState
@@ -86,7 +86,7 @@ class SparseState(StreamState):
         if table == "cpu":
             self._table = cpu_table.CpuSparseTable()
         elif table == "triton":  # on the CPU only under TRITON_INTERPRET=1 (tests)
-            from kernels.triton_sparse import TritonSparseTable
+            from txray_kernels.triton_sparse import TritonSparseTable
             self._table = TritonSparseTable(n_neurons, n_features, device=self.device)
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._master = (empty, empty.clone(), empty.to(torch.float64), empty.to(torch.float32))
@@ -142,7 +142,7 @@ class SparseState(StreamState):
                       *, checked: bool = False) -> None:
         """Positions and events of a selection ``(values, indices)`` ``[P, k]`` whose ids are
         ``features`` ``[P]`` (``-1`` = missing): with the CPU table, one pass for both
-        (``checked=True``: the caller checked shapes and ids, as ``kernels.accumulate`` does)."""
+        (``checked=True``: the caller checked shapes and ids, as ``txray_kernels.accumulate`` does)."""
         if not checked and (tuple(features.shape) != tuple(indices.shape[:1]) or
                             values.shape != indices.shape):
             raise ValueError(f"need values and indices [P, k] and features [P], got "

@@ -1,8 +1,8 @@
 """The fused dense select + scatter kernel: its ``@triton.jit`` entry point.
 
-The launcher, its tunables and the module notes are in :mod:`kernels.triton_dense` (which calls
+The launcher, its tunables and the module notes are in :mod:`txray_kernels.triton_dense` (which calls
 this kernel as ``triton_dense._select_scatter_kernel``, so a benchmark can stub it there); the
-device functions it calls are in :mod:`kernels.triton_select`.
+device functions it calls are in :mod:`txray_kernels.triton_select`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Numba's on-disk cache of the CPU kernels, kept in step with their sources.
 
 numba drops a cached kernel when the file that defines it changes, not when a file it calls into
-does: the kernels of :mod:`kernels.cpu_half`, :mod:`kernels.cpu_table` and
-:mod:`kernels.cpu_examples` compile in functions of :mod:`kernels.cpu`, :mod:`kernels.cpu_half`
-and :mod:`kernels.cpu_scatter`, and several use :mod:`kernels.prefetch`. An edit (or a checkout)
+does: the kernels of :mod:`txray_kernels.cpu_half`, :mod:`txray_kernels.cpu_table` and
+:mod:`txray_kernels.cpu_examples` compile in functions of :mod:`txray_kernels.cpu`, :mod:`txray_kernels.cpu_half`
+and :mod:`txray_kernels.cpu_scatter`, and several use :mod:`txray_kernels.prefetch`. An edit (or a checkout)
 touching only ``cpu.py`` would leave the 16-bit path running the old code. So, before any of them compiles,
 :func:`drop_stale` removes the cache of every CPU kernel when a kernel source is newer than the
 oldest cache index; they compile again on first use.

@@ -1,4 +1,4 @@
-"""The dense targets of a fused launch (:mod:`kernels.triton_dense`): their validation, the kernel
+"""The dense targets of a fused launch (:mod:`txray_kernels.triton_dense`): their validation, the kernel
 arguments of up to :data:`MAX_STREAMS` streams, the int32 / fp32 partials of ``mode="partial"``
 (:func:`flush`), and :func:`totals_target`, which lets a layer's per-neuron totals ride in the
 streams' scatter launch.
@@ -65,7 +65,7 @@ def _dense_targets(targets, p: int, n: int, device) -> list:
             t = getattr(state, name, None)
             if not isinstance(t, torch.Tensor):
                 raise ValueError(f"{what}: the state ({type(state).__name__}) is not a dense state "
-                                 f"(no {name} tensor); use kernels.triton_sparse for sparse states")
+                                 f"(no {name} tensor); use txray_kernels.triton_sparse for sparse states")
             if t.dtype != dtype or t.dim() != 1 or not t.is_contiguous():
                 raise ValueError(f"{what}: state.{name} must be a contiguous 1-D {dtype} tensor, "
                                  f"got {t.dtype} {tuple(t.shape)}")
@@ -127,7 +127,7 @@ _PEAKS: dict = {}  # (device, width) -> the totals' scratch peak
 
 def totals_target(count: torch.Tensor, mass: torch.Tensor, p: int) -> tuple:
     """``(features [p], state)``: the per-neuron totals ``count[n] += 1``, ``mass[n] += max(a, 0)``
-    (int64 / float64 ``[N]``, as :func:`kernels.reference.add_totals` adds them) as one more dense
+    (int64 / float64 ``[N]``, as :func:`txray_kernels.reference.add_totals` adds them) as one more dense
     target of a selection of ``p`` rows, so that the scatter launch that feeds the streams adds
     them too, where they took five torch operators of their own. (In ``mode="partial"`` keep the
     returned target until :func:`flush` has taken its partials.)"""

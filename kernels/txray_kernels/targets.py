@@ -58,7 +58,7 @@ def id_bounds(tensors) -> list[tuple[int, int]]:
 def check_targets(values: torch.Tensor, indices: torch.Tensor, targets, n_neurons: int) -> None:
     """:func:`check_shapes`, and every target's feature ids in ``[-1, state.n_features)`` and
     every neuron id in ``[0, n_neurons)``, on any device with one read-back of all the bounds.
-    The CPU's numba path checks ids in one pass of its own (:func:`kernels.cpu_scatter.check_selection`)."""
+    The CPU's numba path checks ids in one pass of its own (:func:`txray_kernels.cpu_scatter.check_selection`)."""
     check_shapes(values, indices, targets)
     if values.shape[0] == 0:
         return

@@ -1,8 +1,8 @@
-"""Device functions of the fused select + scatter kernel (:mod:`kernels.triton_dense`).
+"""Device functions of the fused select + scatter kernel (:mod:`txray_kernels.triton_dense`).
 
 Order-preserving keys of fp32 values, the scatter of a selection's events into up to four dense
 streams, and the per-row selection strategies the kernel's ``METHOD`` picks between (their
-contracts and trade-offs: the :mod:`kernels.triton_dense` docstring). Only ``@triton.jit``
+contracts and trade-offs: the :mod:`txray_kernels.triton_dense` docstring). Only ``@triton.jit``
 functions, called from inside the kernel: no launcher here.
 """
 

@@ -1,7 +1,7 @@
 """A software prefetch hint for the numba kernels: ``prefetch(array, i)`` asks the CPU to bring
 the cache line of ``array[i]`` in, for writing, without waiting for it.
 
-The scatter loops (:mod:`kernels.cpu_scatter`, :mod:`kernels.cpu_table`) update cells at random
+The scatter loops (:mod:`txray_kernels.cpu_scatter`, :mod:`txray_kernels.cpu_table`) update cells at random
 places of states that the activations streaming through have just evicted from the caches. The
 CPU's own look-ahead keeps only a few such misses in flight; hinting the cells a fixed number of
 events ahead keeps more: 1.2-1.7x faster on cold states at k = 1, no change at k = 8
@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - numba is a dependency
     intrinsic = None
 
 #: How many events ahead the scatter loops hint their cells (a change here recompiles the kernels
-#: that use it: :mod:`kernels.cpu_cache`).
+#: that use it: :mod:`txray_kernels.cpu_cache`).
 DISTANCE = 16
 
 

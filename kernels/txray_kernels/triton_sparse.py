@@ -23,7 +23,7 @@ read sorts a copy of its cells), or else by reducing the call's events in a per-
 the sorted reduced run into the state (the run ``SparseState.add_events`` would push). Either way
 the state's ``to_stats()`` equals the reference's. :func:`select_accumulate` is the whole CUDA hot path for any
 mix of dense and sparse targets (fused dense kernel + tables); :func:`scatter_events` is the same
-for a selection made elsewhere (the counterpart of ``kernels.reference.scatter_events``).
+for a selection made elsewhere (the counterpart of ``txray_kernels.reference.scatter_events``).
 
 Under ``TRITON_INTERPRET=1`` (tests on CPU) CPU tensors are accepted; otherwise CUDA only.
 """
@@ -307,7 +307,7 @@ def sparse_accumulate(values: torch.Tensor, indices: torch.Tensor | None,
 
 def scatter_events(values: torch.Tensor, indices: torch.Tensor,
                    targets: Sequence[tuple[torch.Tensor, object]]) -> None:
-    """GPU counterpart of :func:`kernels.reference.scatter_events` for any mix of targets: dense
+    """GPU counterpart of :func:`txray_kernels.reference.scatter_events` for any mix of targets: dense
     states through the scatter kernel, sparse states through hash tables, others ``add_events``."""
     dense, sparse, other = split_targets(targets)
     if dense:
@@ -321,7 +321,7 @@ def scatter_events(values: torch.Tensor, indices: torch.Tensor,
 def select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[torch.Tensor, object]],
                       *, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """The CUDA hot path for any mix of targets, same contract as
-    :func:`kernels.reference.select_accumulate`: dense states are fed by the fused kernel (the
+    :func:`txray_kernels.reference.select_accumulate`: dense states are fed by the fused kernel (the
     activations are read once), sparse states by hash tables, any other state by ``add_events``."""
     dense, sparse, other = split_targets(targets)
     values, indices = triton_dense.dense_select_accumulate(acts, k, dense, method=method)

@@ -1,10 +1,10 @@
 """The CPU fast path (numba) of the scatter into dense states, same semantics as
-:func:`kernels.reference.scatter_events` and :func:`kernels.reference.add_totals`.
+:func:`txray_kernels.reference.scatter_events` and :func:`txray_kernels.reference.add_totals`.
 
 :func:`accumulate_dense` adds a selection's positions, events and per-neuron totals into dense
 states in one serial call, after :func:`check_selection` (nothing changes on a bad id), which also
 checks a selection against any targets before several calls change them. The selection itself is
-in :mod:`kernels.cpu`.
+in :mod:`txray_kernels.cpu`.
 """
 
 from __future__ import annotations
@@ -176,8 +176,8 @@ def accumulate_dense(values: torch.Tensor, indices: torch.Tensor, targets, *,
     also the corpus frequencies (``feature_freq``, ``missing``), and with
     ``totals=(neuron_count, neuron_mass)`` the per-neuron sums.
 
-    The same sums as :func:`kernels.reference.scatter_events` (and ``add_positions``,
-    :func:`kernels.reference.add_totals`), in serial passes over the events: a selection is small
+    The same sums as :func:`txray_kernels.reference.scatter_events` (and ``add_positions``,
+    :func:`txray_kernels.reference.add_totals`), in serial passes over the events: a selection is small
     next to the activations it came from, and one call keeps the per-call cost (mostly cache
     misses after the activations went through) to one. Bad shapes or ids raise ``ValueError`` and
     change nothing (``checked=True``: the caller ran :func:`check_selection` on these targets).

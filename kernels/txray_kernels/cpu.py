@@ -1,5 +1,5 @@
 """The CPU fast paths (numba) of the select step and of the scatter into dense states, same
-semantics as :mod:`kernels.reference`.
+semantics as :mod:`txray_kernels.reference`.
 
 One pass per row reads the float32 bits as 32-bit integers and keeps, per chunk of 64 columns, the
 *signed* integer maximum and the *unsigned* integer maximum (two vector max instructions per 8
@@ -27,12 +27,12 @@ data) are gathered, each qualifying chunk as a 64-bit mask of its values ≥ ``t
 compares) whose set bits are walked, then fed in index order to an insertion buffer of the k best keys; an element enters only when it beats the
 current k-th strictly, so among equal values the earlier index stays. Otherwise (fewer than k
 chunks, or ``thr <= 0``) every value is fed; that is O(N k) on adversarial rows, so
-``kernels.select`` sends k > ``MAX_K`` to the torch reference. bf16/fp16 rows are widened into a
-float32 row first (:mod:`kernels.cpu_half`) and take the same row functions.
+``txray_kernels.select`` sends k > ``MAX_K`` to the torch reference. bf16/fp16 rows are widened into a
+float32 row first (:mod:`txray_kernels.cpu_half`) and take the same row functions.
 
 Rows are split across numba's threads in blocks of 32.
 
-The scatter into dense states (``accumulate_dense``) is in :mod:`kernels.cpu_scatter`.
+The scatter into dense states (``accumulate_dense``) is in :mod:`txray_kernels.cpu_scatter`.
 """
 
 from __future__ import annotations
@@ -309,12 +309,12 @@ def usable(acts: torch.Tensor) -> bool:
 
 
 _NO_ROWS = torch.zeros(0, dtype=torch.int64)
-_HALF = {torch.bfloat16: 0, torch.float16: 1}  # kernels.cpu_half.BF16 / FP16
+_HALF = {torch.bfloat16: 0, torch.float16: 1}  # txray_kernels.cpu_half.BF16 / FP16
 
 
 def read_rows(acts: torch.Tensor, rows: torch.Tensor | None):
     """``(a, half, src, R)``: ``acts [P, N]`` as the row kernels read it (bf16/fp16 as they are,
-    ``half`` their ``kernels.cpu_half`` kind, else ``None``; other dtypes as float32;
+    ``half`` their ``txray_kernels.cpu_half`` kind, else ``None``; other dtypes as float32;
     contiguous), the rows ``rows`` as checked int64 indices (an empty array: every row), and the
     number ``R`` of rows to read."""
     a = acts.detach()

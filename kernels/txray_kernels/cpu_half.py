@@ -4,7 +4,7 @@ A model run in bf16 or fp16 on the CPU hands the engine 16-bit activations. Wide
 block with ``tensor.float()`` first costs more than the selection itself (torch's CPU conversion
 runs at ~2 GB/s here: 15 ms for 8,192 x 1,024 bf16 values, against ~1 ms for the float32
 selection). Instead every row is widened exactly, in numba, into a float32 row buffer that stays in
-L1, and the float32 row kernels of :mod:`kernels.cpu` select from it: the activations are read
+L1, and the float32 row kernels of :mod:`txray_kernels.cpu` select from it: the activations are read
 once, at two bytes each.
 
 Widening to float32 bits:
@@ -138,7 +138,7 @@ if AVAILABLE:
     @njit(boundscheck=False, inline="always", cache=True)
     def _top1_row16(h, kind, row):
         """``(non-finite, index of the maximum)`` of row ``h`` (16-bit patterns), read as it is:
-        16-bit floats order like their patterns as :func:`kernels.cpu._top1_row` uses float32's
+        16-bit floats order like their patterns as :func:`txray_kernels.cpu._top1_row` uses float32's
         (a positive signed maximum *is* the largest value; +inf/NaN at or above ``0x7F80`` (bf16)
         or ``0x7C00`` (fp16) signed, -inf/-NaN at or above ``0xFF80`` / ``0xFC00`` unsigned), at
         twice the values per vector instruction. Rows whose maximum is not positive are widened
@@ -154,7 +154,7 @@ if AVAILABLE:
     def _select16(h, kind, src, k, vals, idx, bad):
         """Rows ``src`` of ``h`` (uint16 bits ``[P, N]`` of bf16 or fp16, ``kind``; an empty
         ``src``: every row) into ``vals``/``idx`` ``[R, k]`` and ``bad`` ``[R]``, as
-        :func:`kernels.cpu._top1` / ``_select`` do for float32."""
+        :func:`txray_kernels.cpu._top1` / ``_select`` do for float32."""
         n = h.shape[1]
         rows = vals.shape[0]
         for blk in prange((rows + _BLOCK - 1) // _BLOCK):

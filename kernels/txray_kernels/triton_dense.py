@@ -3,7 +3,7 @@
 One launch reads a block of activations ``[P, N]`` (fp32 / fp16 / bf16, any row and column
 stride) once, selects the top-``k`` neurons of every row with the engine's tie-break (equal values:
 the lower neuron index wins, i.e. the first ``k`` of a stable descending sort, see
-:mod:`kernels.reference`) and adds the events into the dense accumulators of up to
+:mod:`txray_kernels.reference`) and adds the events into the dense accumulators of up to
 ``MAX_STREAMS`` target streams at once::
 
     count[n * V + f] += 1;  mass[n * V + f] += max(a, 0);  peak[n * V + f] = max(peak, a)
@@ -41,15 +41,15 @@ Selection strategies (``method="auto"`` picks the one measured fastest on an H20
   (``count(key >= t) >= k``), then ``key > t`` plus the first ``k - count(key > t)`` entries equal to
   ``t`` in index order (a cumsum), i.e. exactly the stable-sort tie-break; predicated atomics over
   the row (in column chunks for wide rows), and a cumsum compaction for the ``[P, k]`` output.
-* rows wider than ``MAX_FUSED_BLOCK_N`` -- ``"torch"``: :func:`kernels.reference.select_topk`
+* rows wider than ``MAX_FUSED_BLOCK_N`` -- ``"torch"``: :func:`txray_kernels.reference.select_topk`
   selects and a scatter-only launch of the same kernel adds the ``[P, k]`` selection.
 
 Values are compared as fp32 (fp16/bf16 are widened exactly); ``-0.0`` ranks equal to ``+0.0`` (as in
 torch) and the argmax/threshold paths report it as ``+0.0`` (they rebuild values from the keys).
 :func:`dense_scatter_events` is the scatter alone, for a selection made elsewhere (the counterpart
-of ``kernels.reference.scatter_events``).
+of ``txray_kernels.reference.scatter_events``).
 
-For the engine's path (``kernels.select_rows``), the selecting launches also flag the rows holding
+For the engine's path (``txray_kernels.select_rows``), the selecting launches also flag the rows holding
 NaN/inf from the tile they hold (``flags=``: the exponent bits, so no second pass over the
 activations) and read only the kept rows of a masked batch, in place (``rows=``);
 :func:`totals_target` lets the per-neuron totals ride in the streams' scatter launch.
@@ -76,7 +76,7 @@ Accumulation modes (``mode=``):
 
 Under ``TRITON_INTERPRET=1`` (tests on CPU) the launchers accept CPU tensors; otherwise CUDA only.
 This module holds the launcher and its tunables; the ``@triton.jit`` entry point is in
-:mod:`kernels.triton_dense_kernel`, its device functions in :mod:`kernels.triton_select`.
+:mod:`txray_kernels.triton_dense_kernel`, its device functions in :mod:`txray_kernels.triton_select`.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def _launch_config(p: int, block_n: int, method: str, itemsize: int, interpret: 
 def _check_cuda(t: torch.Tensor, what: str) -> None:
     if t.device.type != "cuda" and not _interpret():
         raise ValueError(f"the Triton kernels need CUDA tensors, {what} is on {t.device} (use "
-                         "kernels.reference on the CPU, or set TRITON_INTERPRET=1 to test)")
+                         "txray_kernels.reference on the CPU, or set TRITON_INTERPRET=1 to test)")
 
 
 def _launch(method_id, x, n, k, group, mode, out_v, out_i, write_out, flags=None, src_rows=None):
@@ -364,7 +364,7 @@ def select_topk(acts: torch.Tensor, k: int, *, method: str = "auto",
                 flags: torch.Tensor | None = None, rows: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` of every row with the reference tie-break, on the GPU; ``(values f32, indices i64)``
-    ``[P, k]``, order inside a row unspecified (same contract as :func:`kernels.reference.select_topk`).
+    ``[P, k]``, order inside a row unspecified (same contract as :func:`txray_kernels.reference.select_topk`).
     ``flags``, ``rows``: see :func:`dense_select_accumulate`."""
     return dense_select_accumulate(acts, k, [], method=method, flags=flags, rows=rows)
 
@@ -373,7 +373,7 @@ def dense_scatter_events(values: torch.Tensor, indices: torch.Tensor,
                          targets: Sequence[tuple[torch.Tensor, object]], *, mode: str = "direct") -> None:
     """Scatter-only: add a selection ``(values [P, k] float32, indices [P, k] int64)`` (any strides,
     e.g. an expanded ``arange`` for all neurons) into dense targets ``(features [P], state)``; the
-    counterpart of :func:`kernels.reference.scatter_events`. Neuron ids outside the state are
+    counterpart of :func:`txray_kernels.reference.scatter_events`. Neuron ids outside the state are
     dropped."""
     _check_mode(mode)
     if not isinstance(values, torch.Tensor) or not isinstance(indices, torch.Tensor) or \
@@ -413,7 +413,7 @@ def dense_select_accumulate(acts: torch.Tensor, k: int, targets: Sequence[tuple[
                             flags: torch.Tensor | None = None, rows: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused top-k + scatter into dense states; same contract as
-    :func:`kernels.reference.select_accumulate` (every target state must be dense: ``count`` int64,
+    :func:`txray_kernels.reference.select_accumulate` (every target state must be dense: ``count`` int64,
     ``mass`` float64, ``peak`` float32 flat tensors of ``n_neurons * n_features`` cells).
 
     ``method``: ``"auto"`` (see the module docstring), or force ``"argmax"``, ``"candidates"``,

@@ -3,7 +3,7 @@ sorted runs.
 
 :class:`CpuSparseTable` holds ``(key, count, mass, peak)`` cells keyed by
 ``neuron * n_features + feature`` (int64; ``-1`` marks an empty slot), like the GPU's
-:class:`kernels.triton_sparse.TritonSparseTable`, with linear probing from a multiplicative
+:class:`txray_kernels.triton_sparse.TritonSparseTable`, with linear probing from a multiplicative
 (Fibonacci) hash. Each event costs one probe sequence, whatever the number of cells already held,
 so a ``SparseState`` on the CPU adds its events here instead of sorting every batch and merging
 sorted runs (the sort-and-reduce that remains the path without numba, and the one merges use).
@@ -71,7 +71,7 @@ if AVAILABLE:
                        n_features, freq):
         """Positions (``freq``) and events of a selection ``[P, k]`` with ids ``features`` ``[P]``
         (checked by the caller); returns ``(new slots, missing ids)``. (The event update is written
-        out as in ``kernels.cpu_scatter._accumulate_dense``: a helper taking the arrays costs reference
+        out as in ``txray_kernels.cpu_scatter._accumulate_dense``: a helper taking the arrays costs reference
         counting per event.)"""
         p, k = indices.shape
         new = 0

@@ -1,7 +1,7 @@
 """The top examples' batch step on the GPU: each neuron's best rows of a batch above its floor, in
 one read of the activations and without a wait for the host.
 
-:func:`best_rows_above` has the contract of :func:`kernels.reference.best_rows_above`: for every
+:func:`best_rows_above` has the contract of :func:`txray_kernels.reference.best_rows_above`: for every
 column ``n`` of ``acts [P, N]`` (the rows ``rows`` of it, or all), the first ``m`` rows whose
 float32 value is above ``floor[n]``, ordered by value (descending) and then row (ascending), as
 ``best [N, m]`` float32 and ``at [N, m]`` int64 (the row's index among the offered rows; ``-inf`` and

@@ -1,14 +1,14 @@
 """Hot-path kernels: top-k selection and the scatter into accumulators.
 
-The pure-PyTorch reference in :mod:`kernels.reference` defines the semantics (and the tie-break:
+The pure-PyTorch reference in :mod:`txray_kernels.reference` defines the semantics (and the tie-break:
 the lower neuron index wins among equal activations). :func:`select` (and :func:`select_rows`,
 its form for chosen rows that does not wait for a GPU), :func:`scatter`, :func:`add_totals`,
 :func:`accumulate` (positions + events + per-neuron totals, what the engine calls),
 :func:`offer_examples` and :func:`best_rows_above` (the running top examples) dispatch on the
-device: CPU tensors take the numba fast paths of :mod:`kernels.cpu` (the selection),
-:mod:`kernels.cpu_scatter` (one call for dense states), :mod:`kernels.cpu_table` (the hash table
-of sparse states) and :mod:`kernels.cpu_examples`, CUDA tensors the Triton kernels of :mod:`kernels.triton_dense`,
-:mod:`kernels.triton_sparse` and :mod:`kernels.triton_examples` (imported only then), so callers
+device: CPU tensors take the numba fast paths of :mod:`txray_kernels.cpu` (the selection),
+:mod:`txray_kernels.cpu_scatter` (one call for dense states), :mod:`txray_kernels.cpu_table` (the hash table
+of sparse states) and :mod:`txray_kernels.cpu_examples`, CUDA tensors the Triton kernels of :mod:`txray_kernels.triton_dense`,
+:mod:`txray_kernels.triton_sparse` and :mod:`txray_kernels.triton_examples` (imported only then), so callers
 never change. All give the reference's results.
 """
 
@@ -132,8 +132,8 @@ def select(acts: torch.Tensor, k: int, rows: torch.Tensor | None = None
 
 def offer_examples(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None = None) -> bool:
     """Offer rows of ``acts`` to the running top examples ``lists``, in place, where a kernel
-    takes them: on the CPU one numba pass (:mod:`kernels.cpu_examples`; the semantics of
-    :func:`kernels.reference.offer_examples`). Returns whether it did; otherwise nothing changed
+    takes them: on the CPU one numba pass (:mod:`txray_kernels.cpu_examples`; the semantics of
+    :func:`txray_kernels.reference.offer_examples`). Returns whether it did; otherwise nothing changed
     and the caller takes its torch way."""
     if not cpu.AVAILABLE or acts.device.type != "cpu":
         return False
@@ -147,8 +147,8 @@ def offer_examples(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None =
 def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
                     rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each column's first ``m`` offered rows above ``floor``, by value and then row (the batch
-    step of the top examples on a GPU; :func:`kernels.reference.best_rows_above` defines it): on
-    CUDA one read of the rows in Triton (:mod:`kernels.triton_examples`, ``m`` up to its
+    step of the top examples on a GPU; :func:`txray_kernels.reference.best_rows_above` defines it): on
+    CUDA one read of the rows in Triton (:mod:`txray_kernels.triton_examples`, ``m`` up to its
     ``MAX_M``), otherwise the torch reference."""
     if _triton_ok(acts) and acts.dim() == 2 and acts.is_floating_point():
         from . import triton_examples
@@ -162,7 +162,7 @@ def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
 
 def id_bounds(tensors) -> list[tuple[int, int]]:
     """``(min, max)`` of each non-empty integer tensor: on the CPU one numba pass each, on a GPU
-    one read-back for all (:func:`kernels.targets.id_bounds`)."""
+    one read-back for all (:func:`txray_kernels.targets.id_bounds`)."""
     if cpu.AVAILABLE and all(t.device.type == "cpu" for t in tensors):
         return cpu_scatter.id_bounds(tensors)
     return targets.id_bounds(tensors)
@@ -182,7 +182,7 @@ def _cpu_dense(targets, values) -> tuple[list, list]:
 
 def scatter(values: torch.Tensor, indices: torch.Tensor, targets) -> None:
     """Add a selection into every target ``(features [P], state)`` (see
-    :func:`kernels.reference.scatter_events`)."""
+    :func:`txray_kernels.reference.scatter_events`)."""
     if _triton_ok(values):
         from . import triton_sparse
         triton_sparse.scatter_events(values, indices, targets)
@@ -195,7 +195,7 @@ def scatter(values: torch.Tensor, indices: torch.Tensor, targets) -> None:
 
 def add_totals(values: torch.Tensor, indices: torch.Tensor, count: torch.Tensor,
                mass: torch.Tensor) -> None:
-    """Per-neuron totals of a selection, in place (see :func:`kernels.reference.add_totals`)."""
+    """Per-neuron totals of a selection, in place (see :func:`txray_kernels.reference.add_totals`)."""
     if cpu.AVAILABLE and count.device.type == "cpu" and values.device.type == "cpu":
         cpu_scatter.accumulate_dense(values, indices, [], positions=False, totals=(count, mass))
     else:

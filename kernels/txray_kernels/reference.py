@@ -133,7 +133,7 @@ def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
     """Each column's first ``m`` of the rows ``rows`` (``None``: all) of ``acts [P, N]`` whose
     float32 value is above ``floor [N]``, by value (descending) and then row (ascending): ``best``
     float32 and ``at`` int64 ``[N, m]``, ``at`` indexing ``rows`` (``-inf`` / ``-1`` where fewer
-    qualify). The batch step of the top examples on the GPU (``kernels.triton_examples``): ranked
+    qualify). The batch step of the top examples on the GPU (``txray_kernels.triton_examples``): ranked
     here as the ``topk`` down each column of int64 keys ``value bits << 32 | ~row``, in column
     blocks of at most :data:`KEY_BYTES`."""
     sub = acts if rows is None else acts.index_select(0, rows)

@@ -14,10 +14,10 @@ where they came from (a slot of the old list or a row of the batch); each change
 The columns are split into one contiguous range per thread (at most :data:`_MAX_PARTS`), each
 thread owning its neurons' lists and reading every row's slice of them in row order, so no two
 threads touch one list and the order is the stream's. bf16/fp16 slices are widened exactly into a
-float32 buffer first (:mod:`kernels.cpu_half`), as the selection does. Comparisons are float32:
+float32 buffer first (:mod:`txray_kernels.cpu_half`), as the selection does. Comparisons are float32:
 a NaN never enters (callers drop NaN rows), ``-0.0`` equals ``+0.0``.
 
-:func:`kernels.reference.offer_examples` is the torch definition (one stable sort of the old lists
+:func:`txray_kernels.reference.offer_examples` is the torch definition (one stable sort of the old lists
 followed by the batch); results are equal.
 """
 
@@ -159,7 +159,7 @@ def offer(acts: torch.Tensor, lists, batch, rows: torch.Tensor | None = None) ->
     """Offer the rows ``rows`` (``None``: all) of ``acts [P, N]`` to ``lists = (value [N, m]
     float32, doc, pos [N, m] int64, context [N, m, W] int64)``, in place; ``batch = (doc, pos
     [R], context [R, W])`` of the offered rows. Same results as
-    :func:`kernels.reference.offer_examples` (checked by :func:`usable` first)."""
+    :func:`txray_kernels.reference.offer_examples` (checked by :func:`usable` first)."""
     a, half, src, total = read_rows(acts, rows)
     value, doc, pos, context = lists
     if value.dim() != 2 or doc.shape != value.shape or pos.shape != value.shape or \
