@@ -161,6 +161,27 @@ def test_structural_pruning_sequential_and_errors():
         prune_mlp(model, "1", range(6))
 
 
+@pytest.mark.parametrize("case,layer", [
+    (0, "model.layers.1.mlp"), (0, "model.layers.1.mlp.down_proj"), (1, "transformer.h.0.mlp"),
+    (1, "transformer.h.0.mlp.c_proj"), (2, "encoder.layer.1"), (2, "encoder.layer.1.output"),
+    (2, "encoder.layer.1.output.dense"), (2, "encoder.layer.1.output.LayerNorm")])
+def test_structural_pruning_refuses_layers_of_the_mlps_output(case, layer):
+    """Such a layer's units are the MLP's output units: pruning intermediate units by their ids
+    removed other units than a mask of the same layer zeroes. Refused; the model is unchanged."""
+    model = _models()[case][0]
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(InputError, match="output units"):
+        prune_mlp(model, layer, [1, 2])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_structural_pruning_checks_the_collected_width():
+    model, layer, width = _models()[1]
+    with pytest.raises(InputError, match="collected with 16 units"):
+        prune_mlp(model, "transformer.h.0.mlp.dropout", [1], width=16)
+    assert prune_mlp(model, layer, [1], width=width)["after"] == width - 1
+
+
 def test_evaluate_pruning_table():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1))

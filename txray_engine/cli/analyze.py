@@ -152,7 +152,8 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
         from ..collect.models import load_model
 
         model = load_model(model_spec, gguf_file, require_tokenizer=False).model
-        shrunk = {layer: prune_mlp(model, layer, units) for layer, units in selection.items()}
+        shrunk = {layer: prune_mlp(model, layer, units, width=sizes[layer])
+                  for layer, units in selection.items()}
     with open(output_file(out), "w") as fh:
         json.dump(doc, fh, indent=1)
     for layer, units in selection.items():

@@ -127,12 +127,9 @@ def _shrink_in(layer: nn.Module, keep: torch.Tensor) -> None:
         raise InputError(f"cannot shrink a {type(layer).__name__}: only Linear and Conv1D")
 
 
-def mlp_linears(model: nn.Module, layer: str) -> tuple[list[nn.Module], nn.Module]:
-    """``(input projections, output projection)`` around the MLP that ``layer`` names (the MLP
-    module, or its activation)."""
+def _find_mlp(model: nn.Module, layer: str):
+    """``(MLP module's name, input projections, output projection)`` for ``layer``, or None."""
     modules = dict(model.named_modules())
-    if layer not in modules:
-        raise InputError(f"no module {layer!r} in {type(model).__name__}")
     path = layer.split(".")
     for depth in (len(path), len(path) - 1, len(path) - 2):
         if depth < 0:
@@ -143,27 +140,84 @@ def mlp_linears(model: nn.Module, layer: str) -> tuple[list[nn.Module], nn.Modul
             continue
         c = dict(m.named_children())
         if {"gate_proj", "up_proj", "down_proj"} <= set(c):
-            return [c["gate_proj"], c["up_proj"]], c["down_proj"]
+            return name, [c["gate_proj"], c["up_proj"]], c["down_proj"]
         if {"c_fc", "c_proj"} <= set(c):
-            return [c["c_fc"]], c["c_proj"]
+            return name, [c["c_fc"]], c["c_proj"]
         if {"fc1", "fc2"} <= set(c):
-            return [c["fc1"]], c["fc2"]
+            return name, [c["fc1"]], c["fc2"]
         if {"intermediate", "output"} <= set(c) and hasattr(c["intermediate"], "dense"):
-            return [c["intermediate"].dense], c["output"].dense
+            return name, [c["intermediate"].dense], c["output"].dense
         if isinstance(m, nn.Sequential) and depth == len(path) - 1:
             i = int(path[-1])
             if 0 < i < len(m) - 1 and isinstance(m[i - 1], nn.Linear) and \
                     isinstance(m[i + 1], nn.Linear):
-                return [m[i - 1]], m[i + 1]
-    raise InputError(f"{layer!r} is not inside a recognised MLP (Linear → activation → Linear, "
-                     f"gate/up/down, c_fc/c_proj, fc1/fc2, intermediate/output), so it cannot be "
-                     f"removed structurally: apply the mask with txray_engine.prune.mask_units")
+                return name, [m[i - 1]], m[i + 1]
+    return None
 
 
-def prune_mlp(model: nn.Module, layer: str, units: Iterable[int]) -> dict:
-    """Remove intermediate ``units`` of the MLP around ``layer`` in place; returns sizes."""
+def _width(lin: nn.Module) -> int:
+    """Output units of an input projection (Linear weight [out, in], Conv1D [in, out])."""
+    return lin.weight.shape[0] if isinstance(lin, nn.Linear) else lin.weight.shape[1]
+
+
+def mlp_linears(model: nn.Module, layer: str) -> tuple[list[nn.Module], nn.Module]:
+    """``(input projections, output projection)`` of the MLP whose intermediate units ``layer``
+    outputs: its activation, or an input projection (``gate_proj``, ``up_proj``, ``c_fc``,
+    ``fc1``, BERT's ``intermediate``). The MLP module itself, or anything after its activation
+    (the output projection, a dropout after it), outputs the MLP's output units instead: those
+    are refused, since removing intermediate units with their ids would remove other units."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise InputError(f"no module {layer!r} in {type(model).__name__}")
+    found = _find_mlp(model, layer)
+    if found is None:
+        raise InputError(f"{layer!r} is not inside a recognised MLP (Linear → activation → "
+                         f"Linear, gate/up/down, c_fc/c_proj, fc1/fc2, intermediate/output), so "
+                         f"it cannot be removed structurally: apply the mask with "
+                         f"txray_engine.prune.mask_units")
+    name, ins, out = found
+    target = modules[layer]
+    if layer == name or target is model:
+        acts = [n for n, m in modules.items() if n.startswith(f"{name}.") and _is_activation(m)]
+        hint = f" ({acts[0]!r})" if acts else ""
+        raise InputError(f"{layer!r} is the MLP module itself: its output holds the MLP's output "
+                         f"units, not the intermediate ones prune_mlp removes. Collect and prune "
+                         f"its activation{hint}, or mask {layer!r} with mask_units")
+    after_act = any(target is m for m in out.modules()) or any(out is m for m in target.modules()) or (
+        isinstance(target, (nn.Linear, nn.LayerNorm)) and not _is_intermediate(target, ins)) or (
+        type(target).__name__ == "Conv1D" and target not in ins)
+    if after_act:
+        raise InputError(f"{layer!r} outputs the MLP's output units, not its intermediate ones: "
+                         f"prune the MLP through its activation, or mask {layer!r} with "
+                         f"mask_units")
+    return ins, out
+
+
+def _is_activation(m: nn.Module) -> bool:
+    return type(m).__module__ == "torch.nn.modules.activation" or \
+        "activation" in type(m).__name__.lower()
+
+
+def _is_intermediate(m: nn.Module, ins: list[nn.Module]) -> bool:
+    """Whether ``m`` is an input projection, a module holding one, or an activation."""
+    return any(m is i or any(i is d for d in m.modules()) for i in ins) or _is_activation(m)
+
+
+def prune_mlp(model: nn.Module, layer: str, units: Iterable[int], width: int | None = None
+              ) -> dict:
+    """Remove intermediate ``units`` of the MLP around ``layer`` in place; returns sizes.
+
+    ``layer`` outputs the intermediate units (see :func:`mlp_linears`). ``width``: the units the
+    layer was collected with (``LayerView.n_neurons``); when given, a layer of another width is
+    refused before anything changes, as ids from it would name other units.
+    """
     ins, out = mlp_linears(model, layer)
-    width = ins[0].weight.shape[0] if isinstance(ins[0], nn.Linear) else ins[0].weight.shape[1]
+    width_now = _width(ins[0])
+    if width is not None and int(width) != width_now:
+        raise InputError(f"{layer!r} was collected with {int(width)} units, but the MLP around "
+                         f"it has {width_now} intermediate units: its neuron ids are not the "
+                         f"MLP's; prune a layer collected on the MLP's activation")
+    width = width_now
     drop = np.unique(np.asarray(list(units), dtype=np.int64))
     if drop.size and (drop.min() < 0 or drop.max() >= width):
         raise InputError(f"units must be in [0, {width}) for {layer!r}")
