@@ -11,6 +11,7 @@ from txray_kernels import triton_examples
 from naive import assert_top_examples_match, naive_top_examples
 from txray_engine import Accumulator, Batch, Collector, Stream, Vocabulary, merge, open_store
 from txray_engine.accumulate import examples as examples_module
+from txray_engine.errors import InputError
 from txray_engine.accumulate.examples import TopExamples, context_windows
 
 # how a batch is offered: the CPU kernel (numba), the torch way (candidates, or each column's best
@@ -186,6 +187,30 @@ def test_collector_stores_examples_with_documents(tmp_path):
     for n in range(5):
         d, p = int(ex["examples_doc"][n, 0]), int(ex["examples_pos"][n, 0])
         assert ex["examples_context"][n, 0, 1] == all_ids[d, p]
+
+
+def test_merged_shards_name_sequences_by_their_corpus_ids():
+    """Shards number their sequences from 0; with ``unit_ids`` (each sequence's index in the
+    corpus) the merged examples are the whole collection's, ids included."""
+    torch.manual_seed(0)
+    from txray_engine.models import LSTMLanguageModel
+    model = LSTMLanguageModel(12, 6, 5)  # recurrent: no two positions tie
+    streams = [Stream("token", Vocabulary.of_size(12), "input")]
+    ids = torch.randint(0, 12, (6, 5))
+
+    def run(parts):
+        with Collector(model, ["lstm"], streams, k=1, examples=3) as col:
+            for rows in parts:
+                col.step(Batch(input_ids=ids[rows], unit_ids=torch.tensor(rows)))
+        return col.accumulator
+
+    whole = run([[0, 1], [2, 3], [4, 5]]).layers["lstm"].examples
+    merged = merge(run([[0, 2]]), run([[1, 3], [4, 5]])).layers["lstm"].examples  # interleaved
+    for name in ("value", "doc", "pos", "context"):
+        assert torch.equal(getattr(merged, name), getattr(whole, name)), name
+    with pytest.raises(InputError, match="unit_ids must be integer ids, one per sequence"):
+        with Collector(model, ["lstm"], streams, k=1, examples=3) as col:
+            col.step(Batch(input_ids=ids[:2], unit_ids=torch.tensor([0])))
 
 
 @pytest.mark.parametrize("nonfinite", ["error", "skip"])

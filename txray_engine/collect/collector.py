@@ -161,7 +161,15 @@ class Collector:
         """Unit index in the stream, position and input-token context of every position."""
         ids = batch.input_ids
         b, t = ids.shape[0], ids.shape[1] if ids.dim() > 1 else 1
-        doc = (self.cursor["units"] + torch.arange(b, device=ids.device)).unsqueeze(1).expand(b, t)
+        if batch.unit_ids is None:
+            unit = self.cursor["units"] + torch.arange(b, device=ids.device)
+        else:
+            unit = torch.as_tensor(batch.unit_ids)
+            if unit.shape != (b,) or unit.is_floating_point() or unit.is_complex():
+                raise InputError(f"Batch.unit_ids must be integer ids, one per sequence ({b}), "
+                                 f"got {unit.dtype} of shape {tuple(unit.shape)}")
+            unit = unit.to(device=ids.device, dtype=torch.int64)
+        doc = unit.unsqueeze(1).expand(b, t)
         pos = torch.arange(t, device=ids.device).unsqueeze(0).expand(b, t)
         ctx = context_windows(ids.reshape(b, t), batch.mask, self.accumulator.context_radius)
         shape = tuple(ids.shape)

@@ -73,6 +73,11 @@ class Batch:
         Ids per position for ``"feature"`` streams.
     n_units : int
         Corpus units (sequences) this batch consumes; the resume cursor advances by it.
+    unit_ids : Tensor ``[B]`` or None
+        The id the top examples record for each sequence (``examples_doc``). By default a
+        sequence's index in the collection, counted from 0; collections of shards that are merged
+        later give each sequence its id in the whole corpus instead, so that the merged examples
+        name the right sequences.
     """
 
     input_ids: torch.Tensor
@@ -81,6 +86,7 @@ class Batch:
     labels: torch.Tensor | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     n_units: int | None = None
+    unit_ids: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.inputs is None:
