@@ -172,6 +172,25 @@ def test_foreign_and_damaged_stores(tmp_path):
         open_store(path)
 
 
+def test_a_reader_open_across_a_commit_is_told_to_reopen(tmp_path):
+    """Readers take no lock: a commit removes the snapshot an open stage reads. That is no damage,
+    and the reader is told to open the stage again (a fresh one reads the new sums)."""
+    path = tmp_path / "s.zarr"
+    with StageWriter(path, "s", "new", {}) as w:
+        w.commit(_acc(seed=0), {"units": 1})
+        stage = open_store(path).stage("s")
+        layer = stage.layer("enc.mlp")
+        w.commit(_acc(seed=1), {"units": 2})
+        for read in (lambda: stage.layer("enc.lstm"), lambda: layer.neuron_count,
+                     lambda: layer.stream("token")):
+            with pytest.raises(StoreError, match="updated by a writer since it was opened.*"
+                                                 "open the stage again") as e:
+                read()
+            assert "damaged" not in str(e.value)
+    fresh = open_store(path).stage("s")
+    assert same_sums(fresh.accumulator(), _acc(seed=1)) and fresh.cursor == {"units": 2}
+
+
 def test_unknown_names_list_what_exists(tmp_path):
     _write(tmp_path / "s.zarr", _acc())
     st = open_store(tmp_path / "s.zarr")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -92,6 +93,25 @@ class Stage:
             raise StoreError(f"stage {name!r} has no committed snapshot ({snap!r}): the store is "
                              f"damaged; collect the stage again with --overwrite")
 
+    @contextmanager
+    def reading(self, what: str):
+        """Read part of the committed snapshot: a failure is the store's damage, unless a writer
+        has committed a newer snapshot since this stage was opened (removing the old one); that is
+        said as such, since the store is fine."""
+        try:
+            with damaged(what):
+                yield
+        except StoreError:
+            try:
+                now = group_attrs(open_root(self.store.path, "r")[self.name]).get("snapshot")
+            except Exception:
+                now = self.meta.get("snapshot")
+            if now != self.meta.get("snapshot"):
+                raise StoreError(f"stage {self.name!r} was updated by a writer since it was "
+                                 f"opened (snapshot {self.meta.get('snapshot')!r} is now "
+                                 f"{now!r}): open the stage again to read the new sums") from None
+            raise
+
     status = property(lambda self: self.meta.get("status"))
     tokens = property(lambda self: int(self.meta.get("tokens", 0)))
     k = property(lambda self: self.meta.get("k"))
@@ -146,7 +166,8 @@ class LayerView:
     def __init__(self, stage: Stage, name: str):
         self.stage = stage
         self.name = name
-        with damaged(f"layer {name!r} of stage {stage.name!r}"):
+        self.what = f"layer {name!r} of stage {stage.name!r}"
+        with stage.reading(self.what):
             self.group = stage.snapshot[name]
             self.meta = group_attrs(self.group)
         self.n_neurons = int(self.meta["n_neurons"])
@@ -156,12 +177,14 @@ class LayerView:
     @cached_property
     def neuron_count(self) -> np.ndarray:
         """Positions where each neuron was in the top-k."""
-        return self.group["neuron_count"][:]
+        with self.stage.reading(self.what):
+            return self.group["neuron_count"][:]
 
     @cached_property
     def neuron_mass(self) -> np.ndarray:
         """Sum of each neuron's clamped activations where it was selected."""
-        return self.group["neuron_mass"][:]
+        with self.stage.reading(self.what):
+            return self.group["neuron_mass"][:]
 
     @property
     def alive(self) -> np.ndarray:
@@ -171,7 +194,7 @@ class LayerView:
     def examples(self) -> dict[str, np.ndarray] | None:
         """Top examples per neuron (``examples_value``, ``_doc``, ``_pos`` ``[N, m]``,
         ``_context`` ``[N, m, W]``), or None when the stage was collected without them."""
-        with damaged(f"layer {self.name!r} of stage {self.stage.name!r}"):
+        with self.stage.reading(self.what):
             names = set(self.group.array_keys())
             if "examples_value" not in names:
                 return None
@@ -210,7 +233,8 @@ class StreamView:
     def __init__(self, layer: LayerView, name: str):
         self.layer = layer
         self.name = name
-        with damaged(f"stream {name!r} of layer {layer.name!r}"):
+        self.what = f"stream {name!r} of layer {layer.name!r}"
+        with layer.stage.reading(self.what):
             self.group = layer.group[name]
             self.meta = group_attrs(self.group)
 
@@ -220,7 +244,8 @@ class StreamView:
 
     @cached_property
     def stats(self) -> SparseStats:
-        return read_stats(self.group)
+        with self.layer.stage.reading(self.what):
+            return read_stats(self.group)
 
     def csr(self, value: str = "count") -> sp.csr_matrix:
         """``count``, ``mass`` or ``peak`` as a scipy CSR matrix (pattern: cells with count > 0)."""
@@ -232,7 +257,8 @@ class StreamView:
 
     @property
     def feature_freq(self) -> np.ndarray:
-        return self.group["feature_freq"][:]
+        with self.layer.stage.reading(self.what):
+            return self.group["feature_freq"][:]
 
     def row(self, neuron: int) -> dict[str, np.ndarray]:
         """One neuron's cells (``indices``, ``count``, ``mass``, ``peak``), reading only its chunks."""
@@ -241,8 +267,9 @@ class StreamView:
         if not 0 <= neuron < self.layer.n_neurons:
             raise StoreError(f"neuron {neuron} is outside layer {self.layer.name!r} "
                              f"(0..{self.layer.n_neurons - 1})")
-        a, b = (int(x) for x in self.group["indptr"][neuron:neuron + 2])
-        return {k: self.group[k][a:b] for k in ("indices", "count", "mass", "peak")}
+        with self.layer.stage.reading(self.what):
+            a, b = (int(x) for x in self.group["indptr"][neuron:neuron + 2])
+            return {k: self.group[k][a:b] for k in ("indices", "count", "mass", "peak")}
 
     def top_features(self, neuron: int, n: int = 10, by: str = "mass", share: bool = False
                      ) -> list[tuple[str, float]]:
