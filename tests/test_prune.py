@@ -114,6 +114,27 @@ def test_mask_recurrent_tuple_output():
     assert torch.all(out[0][..., [1, 4]] == 0) and out[0][..., 0].abs().sum() > 0
 
 
+class _DictOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return {"skipped": None, "hidden": self.lin(x), "other": x}
+
+
+def test_mask_dict_output_zeroes_the_field_capture_takes():
+    from txray_engine.capture.hooks import LayerCapture
+    model = nn.Sequential()
+    model.add_module("d", _DictOut())
+    x = torch.randn(2, 5, 4)
+    with mask_units(model, {"d": [1]}), LayerCapture(model, ["d"]) as cap:
+        out = model(x)
+        captured = cap.take()["d"]
+    assert torch.all(out["hidden"][..., 1] == 0) and out["hidden"][..., 0].abs().sum() > 0
+    assert torch.equal(captured, out["hidden"]) and torch.equal(out["other"], x)
+
+
 transformers = pytest.importorskip("transformers")
 
 
@@ -197,3 +218,19 @@ def test_evaluate_pruning_table():
     summary = summarize(rows)
     rnd = [s for s in summary if s["selector"] == "random" and s["fraction"] == 0.5][0]
     assert rnd["runs"] == 3 and rnd["std"] >= 0
+
+
+def test_mask_model_output_of_a_whole_encoder():
+    """A ModelOutput (BERT's encoder): its first field, the one capture takes, is zeroed."""
+    from txray_engine.capture.hooks import LayerCapture
+    model = _models()[2][0]
+    ids = torch.randint(0, 30, (2, 7))
+    with torch.no_grad():
+        plain = model(input_ids=ids).last_hidden_state
+    with torch.no_grad(), mask_units(model, {"encoder": [0, 3]}), \
+            LayerCapture(model, ["encoder"]) as cap:
+        out = model(input_ids=ids)
+        captured = cap.take()["encoder"]
+    assert torch.all(out.last_hidden_state[..., [0, 3]] == 0)
+    assert torch.equal(captured, out.last_hidden_state)
+    torch.testing.assert_close(out.last_hidden_state[..., 1], plain[..., 1])

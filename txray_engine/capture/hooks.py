@@ -6,7 +6,8 @@ batch-first ``[batch, time, neurons]``:
 
 - a tuple or list → its first element (``nn.LSTM`` returns ``(output, (h, c))``);
 - a ``PackedSequence`` → padded, batch-first;
-- a Hugging Face ``ModelOutput`` → its first field;
+- a Hugging Face ``ModelOutput`` → its first field, a plain ``dict`` → its first value that is
+  not None;
 - time-first modules (``nn.LSTM``/``nn.GRU``/``nn.RNN`` with ``batch_first=False``, or layers named
   in ``time_first``) → transposed to batch-first.
 
@@ -54,6 +55,26 @@ def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
     return sorted(chosen, key=order.__getitem__)
 
 
+def first_key(output) -> object:
+    """The key of a dict output (a ``ModelOutput`` is one) that capture and masks take: its first
+    value that is not None; None when there is none."""
+    return next((k for k, v in output.items() if v is not None), None)
+
+
+def first_part(output):
+    """What capture and masks look into next: a tuple's or list's first element, a dict's or
+    ``ModelOutput``'s first field; None when the output holds nothing of that kind."""
+    if isinstance(output, dict):
+        key = first_key(output)
+        return None if key is None else output[key]
+    if hasattr(output, "to_tuple"):
+        parts = output.to_tuple()
+        return parts[0] if parts else None
+    if isinstance(output, (tuple, list)) and output:
+        return output[0]
+    return None
+
+
 def output_tensor(output, module: nn.Module, time_first: bool | None = None) -> torch.Tensor:
     """The activation tensor of a module output, batch-first (see the module docstring)."""
     packed = False
@@ -64,10 +85,8 @@ def output_tensor(output, module: nn.Module, time_first: bool | None = None) -> 
             packed = True
         elif isinstance(x, torch.Tensor):
             break
-        elif hasattr(x, "to_tuple"):
-            x = x.to_tuple()[0]
-        elif isinstance(x, (tuple, list)) and x:
-            x = x[0]
+        elif first_part(x) is not None:
+            x = first_part(x)
         else:
             raise InputError(f"{type(module).__name__} returned {type(output).__name__}, which "
                              f"holds no tensor to capture: pick another module")

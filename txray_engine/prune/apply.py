@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture.hooks import resolve_layers
+from ..capture.hooks import first_key, first_part, resolve_layers
 from ..errors import InputError
 
 
@@ -29,17 +29,23 @@ def _zero_units(output, units: torch.Tensor):
         out = output.clone()
         out[..., units] = 0
         return out
+    if isinstance(output, dict) and first_key(output) is not None:  # also a ModelOutput
+        key = first_key(output)
+        output[key] = _zero_units(output[key], units)  # the module's own, fresh container
+        return output
     if isinstance(output, tuple) and output:
-        return (_zero_units(output[0], units), *output[1:])
+        zeroed = (_zero_units(output[0], units), *output[1:])
+        return type(output)(*zeroed) if hasattr(output, "_fields") else zeroed  # namedtuples
     if isinstance(output, list) and output:
         return [_zero_units(output[0], units), *output[1:]]
     raise InputError(f"cannot mask a module output of type {type(output).__name__}")
 
 
 def _first_tensor(output):
-    """What a mask zeroes: a module output's first tensor (of a PackedSequence: its data)."""
-    while isinstance(output, (tuple, list)) and output:
-        output = output[0]
+    """What a mask zeroes: the tensor capture takes (of a PackedSequence: its data)."""
+    while not isinstance(output, (torch.Tensor, nn.utils.rnn.PackedSequence)) and \
+            first_part(output) is not None:
+        output = first_part(output)
     return output.data if isinstance(output, nn.utils.rnn.PackedSequence) else output
 
 
