@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from naive import assert_matches_naive, naive_sums
-from txray_engine import Batch, Collector, Stream, Vocabulary
+from txray_engine import Batch, Collector, Stream, Vocabulary, same_sums
 from txray_engine.capture import LayerCapture, output_tensor, resolve_layers
 from txray_engine.errors import InputError, LayerNotFoundError
 
@@ -87,6 +87,27 @@ def test_packed_sequence_output_is_padded_batch_first():
     assert captured[0].shape[:2] == (3, int(lengths.max()))
     assert torch.allclose(captured[0][0], model.rnn(model.emb(ids[:1]))[0][0].detach(), atol=1e-6)
     assert ref.shape == (3, 7, V)
+
+
+def test_packed_sequences_padded_past_the_longest_count_as_the_trimmed_batch():
+    """Batches padded to a fixed length longer than their longest sequence: the packed output
+    is shorter than the mask, and the masked positions past it are padding."""
+    torch.manual_seed(0)
+    model = RNNLM(nn.LSTM, batch_first=True, packed=True)
+    ids, mask, lengths = _batch(t=9)
+    lengths = torch.minimum(lengths, torch.tensor(6))
+    mask = torch.arange(9)[None, :] < lengths[:, None]
+    accs = []
+    for t in (9, 6):
+        with Collector(model, ["rnn"], _streams(), k=2) as col:
+            col.step(Batch(input_ids=ids[:, :t], inputs={"ids": ids[:, :t], "lengths": lengths},
+                           mask=mask[:, :t]))
+        accs.append(col.accumulator)
+    assert accs[0].layers["rnn"].tokens == int(lengths.sum()) and same_sums(*accs)
+    mask[0, 7] = True  # a real position the output does not have: still an error
+    with pytest.raises(InputError, match="mask has shape"):
+        with Collector(model, ["rnn"], _streams(), k=2) as col:
+            col.step(Batch(input_ids=ids, inputs={"ids": ids, "lengths": lengths}, mask=mask))
 
 
 def test_plain_mlp_any_leading_shape():

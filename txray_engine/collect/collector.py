@@ -144,6 +144,7 @@ class Collector:
             acts = self.capture.take()
         finally:
             self.capture.clear()
+        acts = _pad_packed(acts, batch)
         features = stream_features(self.streams, batch, output_logits(output))
         where = self._where(batch) if self.accumulator.examples else None
         # validate every layer before adding any, so a bad batch changes nothing (the layers
@@ -199,3 +200,25 @@ class Collector:
             self.capture.remove()
             if self.writer is not None:
                 self.writer.close()
+
+
+def _pad_packed(acts: dict, batch: Batch) -> dict:
+    """A packed sequence's output comes padded to the batch's longest sequence, which may be
+    shorter than the batch (padded to a fixed length): zero-pad it to the batch's positions when
+    the mask leaves the missing ones out, as it does for padding."""
+    ids = batch.input_ids
+    if ids.dim() < 2 or batch.mask is None:
+        return acts
+    t = ids.shape[1]
+    short = {name: a for name, a in acts.items() if a.dim() == 3 and a.shape[0] == ids.shape[0]
+             and a.shape[1] < t}
+    if not short:
+        return acts
+    mask = torch.as_tensor(batch.mask)
+    if mask.shape != ids.shape:
+        return acts  # the accumulator names the mismatch
+    out = dict(acts)
+    for name, a in short.items():
+        if not mask[:, a.shape[1]:].bool().any():
+            out[name] = torch.nn.functional.pad(a, (0, 0, 0, t - a.shape[1]))
+    return out
