@@ -191,6 +191,24 @@ def test_a_reader_open_across_a_commit_is_told_to_reopen(tmp_path):
     assert same_sums(fresh.accumulator(), _acc(seed=1)) and fresh.cursor == {"units": 2}
 
 
+def test_reprs_summarise_without_reading_the_sums(tmp_path):
+    acc = _acc()
+    assert repr(acc).startswith("Accumulator(k=2, streams token[40], pos[3], kind='dense'")
+    assert "enc.mlp: LayerState(5 neurons, 5 alive, 200 tokens; token: dense [40], pos: dense [3])" \
+        in repr(acc)
+    path = tmp_path / "s.zarr"
+    _write(path, acc)
+    store = open_store(path)
+    stage = store.stage("s")
+    assert repr(store) == f"Store({str(path)!r}; stages: s (complete))"
+    assert repr(stage) == ("Stage('s', complete; k=2, 200 tokens, 2 documents; layers: enc.lstm, "
+                           "enc.mlp; streams: token, pos)")
+    assert repr(stage.layer("enc.mlp")).startswith("LayerView('enc.mlp' of stage 's': 5 neurons")
+    nnz = stage.layer("enc.mlp").stream("pos").csr().nnz
+    assert repr(stage.layer("enc.mlp").stream("pos")) == (
+        f"StreamView('pos' of layer 'enc.mlp', stage 's': 5 neurons x 3 features, {nnz} cells)")
+
+
 def test_unknown_names_list_what_exists(tmp_path):
     _write(tmp_path / "s.zarr", _acc())
     st = open_store(tmp_path / "s.zarr")

@@ -52,8 +52,22 @@ class Accumulator:
         Neurons kept per position (``1`` is the paper's max-1).
     kind : "auto", "dense" or "sparse"
         State kind per (layer, stream); ``auto`` picks dense when it fits ``dense_budget`` bytes.
+    dense_budget : int
+        Bytes a dense state of one (layer, stream) may take under ``auto``; larger ones are
+        sparse.
     nonfinite : "error" or "skip"
         NaN/inf activations raise (default) or their positions are skipped and counted.
+    device : str or torch.device
+        Where the sums live; activations on another device are moved there.
+    examples : int
+        Top examples kept per neuron (0: none); ``observe`` then needs ``where``.
+    context_radius : int
+        Input tokens kept on each side of an example.
+
+    Attributes
+    ----------
+    layers : dict of str to LayerState
+        The sums, per layer name, created at a layer's first ``observe``.
     """
 
     def __init__(self, streams, k: int | str = 1, kind: str = "auto",
@@ -93,6 +107,14 @@ class Accumulator:
         self.examples = int(examples)
         self.context_radius = int(context_radius)
         self.layers: dict[str, LayerState] = {}
+
+    def __repr__(self) -> str:
+        streams = ", ".join(f"{s.name}[{len(s.vocab)}]" for s in self.streams)
+        examples = f", examples={self.examples}" if self.examples else ""
+        layers = "".join(f"\n  {name}: {state!r}" for name, state in self.layers.items())
+        return (f"Accumulator(k={self.k!r}, streams {streams}, kind={self.kind!r}, "
+                f"device={str(self.device)!r}{examples}; {len(self.layers)} "
+                f"layer{'' if len(self.layers) == 1 else 's'}){layers}")
 
     @property
     def vocab_sizes(self) -> dict[str, int]:

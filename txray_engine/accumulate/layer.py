@@ -32,6 +32,15 @@ class LayerState:
     skipped_nonfinite: int = 0
     examples: TopExamples | None = None
 
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{n}: {type(s).__name__.removesuffix('State').lower()} "
+                          f"[{s.n_features}]" for n, s in self.streams.items())
+        alive = int((self.neuron_count > 0).sum())
+        extra = f", {self.skipped_nonfinite} skipped non-finite" if self.skipped_nonfinite else ""
+        examples = f", top {self.examples.m} examples" if self.examples is not None else ""
+        return (f"LayerState({self.n_neurons} neurons, {alive} alive, {self.tokens} tokens"
+                f"{extra}{examples}; {kinds})")
+
     def __post_init__(self):
         dev = next(iter(self.streams.values())).device if self.streams else torch.device("cpu")
         if self.neuron_count is None:

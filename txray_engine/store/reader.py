@@ -39,6 +39,10 @@ class Store:
         self.root = open_root(self.path, "r")
         self.meta = group_attrs(self.root)
 
+    def __repr__(self) -> str:
+        stages = ", ".join(f"{n} ({self.stage(n).status})" for n in self.stages) or "none"
+        return f"Store({str(self.path)!r}; stages: {stages})"
+
     @property
     def stages(self) -> list[str]:
         """Stage names in the order they were first created (e.g. pretrained, then finetuned)."""
@@ -112,6 +116,12 @@ class Stage:
                                  f"{now!r}): open the stage again to read the new sums") from None
             raise
 
+    def __repr__(self) -> str:
+        docs = self.cursor.get("documents")
+        return (f"Stage({self.name!r}, {self.status}; k={self.k!r}, {self.tokens} tokens"
+                f"{f', {docs} documents' if docs else ''}; layers: {', '.join(self.layers)}; "
+                f"streams: {', '.join(self.streams)})")
+
     status = property(lambda self: self.meta.get("status"))
     tokens = property(lambda self: int(self.meta.get("tokens", 0)))
     k = property(lambda self: self.meta.get("k"))
@@ -173,6 +183,12 @@ class LayerView:
         self.n_neurons = int(self.meta["n_neurons"])
         self.tokens = int(self.meta["tokens"])
         self.skipped_nonfinite = int(self.meta.get("skipped_nonfinite", 0))
+
+    def __repr__(self) -> str:
+        alive = self.meta.get("alive")
+        return (f"LayerView({self.name!r} of stage {self.stage.name!r}: {self.n_neurons} neurons"
+                f"{'' if alive is None else f', {alive} alive'}, {self.tokens} tokens; streams: "
+                f"{', '.join(self.stage.streams)})")
 
     @cached_property
     def neuron_count(self) -> np.ndarray:
@@ -237,6 +253,11 @@ class StreamView:
         with layer.stage.reading(self.what):
             self.group = layer.group[name]
             self.meta = group_attrs(self.group)
+
+    def __repr__(self) -> str:
+        return (f"StreamView({self.name!r} of layer {self.layer.name!r}, stage "
+                f"{self.layer.stage.name!r}: {self.meta.get('n_neurons')} neurons x "
+                f"{self.meta.get('n_features')} features, {self.meta.get('nnz')} cells)")
 
     @cached_property
     def vocab(self) -> Vocabulary:
