@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from naive import make_hf_model_dir
-from txray_engine import open_store
+from txray_engine import open_store, same_sums
 from txray_engine.cli import main
 from txray_engine.features.pos import POS_VOCAB, align_tags
 
@@ -57,6 +57,29 @@ def test_unknown_words_and_windows(word_model, tmp_path):
     assert st.cursor["documents"] == 50 and st.cursor["units"] > 50
     tok = st.layer("lstm").stream("token")
     assert tok.feature_freq[st.vocab("token").id("<unk>")] > 0  # 'zzz'-suffixed words
+
+
+def test_a_stage_stopped_at_max_documents_continues_with_a_higher_limit(word_model, tmp_path):
+    """A pilot run of 20 documents, continued to 50 and then to the whole corpus (60), holds the
+    same sums as one run; a corpus that was read to its end has nothing left to continue."""
+    args = ["--model", word_model["ckpt"], "--vocab", word_model["vocab"], "--corpus",
+            word_model["text"], "--layers", "lstm", "--max-length", "4", "--batch-size", "3",
+            "-k", "2", "--stage", "s", "-q"]
+    one, parts = tmp_path / "one.zarr", tmp_path / "parts.zarr"
+    _run("collect", *args, "--store", one)
+    _run("collect", *args, "--store", parts, "--max-documents", "20")
+    res = CliRunner().invoke(main, ["collect", *map(str, args), "--store", str(parts),
+                                    "--max-documents", "20", "--resume"])
+    assert res.exit_code == 2 and "stopped at its limit of 20 documents" in res.output
+    _run("collect", *args, "--store", parts, "--max-documents", "50", "--resume")
+    assert open_store(parts).stage("s").cursor["documents"] == 50
+    _run("collect", *args, "--store", parts, "--resume")
+    a, b = open_store(one).stage("s"), open_store(parts).stage("s")
+    assert a.cursor == b.cursor and a.status == b.status == "complete"
+    assert same_sums(a.accumulator(), b.accumulator())
+    res = CliRunner().invoke(main, ["collect", *map(str, args), "--store", str(parts),
+                                    "--resume"])
+    assert res.exit_code == 2 and "already complete: nothing to resume;" in res.output
 
 
 def test_hf_directory_with_pos_stream(tmp_path):

@@ -36,7 +36,9 @@ from .base import main, output_file, parse_k
               help="Neurons kept per token: an integer or 'all'.")
 @click.option("--store", required=True, type=click.Path(file_okay=False), help="Store directory.")
 @click.option("--stage", required=True, help="Stage name (checkpoint, corpus, …).")
-@click.option("--resume", is_flag=True, help="Continue an unfinished stage (or start it).")
+@click.option("--resume", is_flag=True,
+              help="Continue an unfinished stage (or start it), or one that stopped at "
+                   "--max-documents with a higher limit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing stage.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=1),

@@ -64,6 +64,13 @@ class Collector:
         Seconds between flushes (0 = after every step).
     forward : callable, optional
         ``forward(model, batch) -> output``; defaults to :func:`default_forward`.
+    kind, dense_budget, nonfinite, device, examples, context_radius
+        As for :class:`~txray_engine.accumulate.Accumulator` (``device``: the model's by default).
+    time_first : list of str
+        Layers whose outputs are ``[time, batch, neurons]`` (recurrent modules are recognised).
+    reopen : callable, optional
+        Given a complete stage's attributes, whether ``mode="resume"`` may continue it (see
+        :class:`StageWriter`); :attr:`extra` holds attributes added to every commit.
 
     On leaving the context without an exception the stage is committed as complete. On an
     exception nothing more is written: the store keeps its last flush, which a resume continues.
@@ -75,7 +82,7 @@ class Collector:
                  dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
                  flush_every: float = 60.0, time_first: Iterable[str] = (),
                  forward: Callable | None = None, device=None, examples: int = 0,
-                 context_radius: int = 5, eval_mode: bool = True):
+                 context_radius: int = 5, eval_mode: bool = True, reopen=None):
         if (store is None) != (stage is None):
             raise ValueError("give both store and stage, or neither")
         self.model = model
@@ -95,8 +102,9 @@ class Collector:
                       "nonfinite": nonfinite, "examples": int(examples),
                       "context_radius": int(context_radius),
                       "time_first": sorted(self.capture.time_first)}
-        self.writer = (StageWriter(store, stage, mode, {**(identity or {}), "collection": collection})
-                       if store is not None else None)
+        self.writer = (StageWriter(store, stage, mode, {**(identity or {}), "collection": collection},
+                                   reopen=reopen) if store is not None else None)
+        self.extra: dict = {}  # more stage attributes for every commit (e.g. a run's limits)
         self.flush_every = float(flush_every)
         self.forward = forward or default_forward
         self.cursor = {"units": 0, "documents": 0}
@@ -181,7 +189,7 @@ class Collector:
         """Commit the current sums and cursor to the store."""
         if self.writer is None:
             return
-        self.writer.commit(self.accumulator, self.cursor, status)
+        self.writer.commit(self.accumulator, self.cursor, status, self.extra)
         self._last_flush = time.monotonic()
         self._dirty = False
 

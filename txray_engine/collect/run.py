@@ -45,6 +45,14 @@ def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stre
     return streams, needs
 
 
+def _more_documents(meta: dict, max_documents: int | None) -> bool:
+    """Whether a complete stage stopped at a document limit that ``max_documents`` raises."""
+    if meta.get("corpus_done", True):  # stages written before the limit was kept say nothing
+        return False
+    done = int((meta.get("cursor") or {}).get("documents", 0))
+    return max_documents is None or max_documents > done
+
+
 def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token",), k=1, *,
                    store, stage, mode="new", batch_size=8, max_length=128,
                    max_documents: int | None = None, kind="auto", dense_budget=512 * 2**20,
@@ -53,10 +61,11 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     """Collect ``stage`` of ``store`` from ``corpus``; returns a summary of the run."""
     stream_objs, needs = build_streams(streams, loaded, corpus)
     streams = [s.name for s in stream_objs]
+    # the document limit is not part of the identity: a stage that stopped at one continues
+    # with a higher one (or none), the same documents in the same order and the rest after them
     identity = {"model": loaded.identity, "corpus": corpus.identity(),
-                "options": {"max_length": max_length, "max_documents": max_documents,
-                            "streams": list(streams), "nonfinite": nonfinite,
-                            "examples": examples}}
+                "options": {"max_length": max_length, "streams": list(streams),
+                            "nonfinite": nonfinite, "examples": examples}}
     docs = iter(corpus)
     if max_documents is not None:
         docs = itertools.islice(docs, max_documents)
@@ -65,7 +74,9 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     tokens = 0
     with Collector(loaded.model, layers, stream_objs, k, store=store, stage=stage, mode=mode,
                    identity=identity, kind=kind, dense_budget=dense_budget, nonfinite=nonfinite,
-                   flush_every=flush_every, device=device, examples=examples) as col:
+                   flush_every=flush_every, device=device, examples=examples,
+                   reopen=lambda meta: _more_documents(meta, max_documents)) as col:
+        col.extra = {"max_documents": max_documents, "corpus_done": False}
         skip = int(col.cursor.get("units", 0))
         units = itertools.islice(units, skip, None)
         total = None if quiet else corpus.count_documents()
@@ -83,6 +94,8 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                                     refresh=False)
         finally:
             bar.close()
+        # stopped by the corpus, not by the limit: nothing more to continue with a higher one
+        col.extra["corpus_done"] = max_documents is None or col.cursor["documents"] < max_documents
         cursor = dict(col.cursor)
     elapsed = time.monotonic() - start
     return {"store": str(store), "stage": stage, "layers": col.layers, "streams": list(streams),

@@ -47,6 +47,9 @@ def differences(stored: dict, identity: dict, prefix: str = "") -> list[str]:
         old, new = stored[key], json.loads(json.dumps(value, default=str))
         if isinstance(old, dict) and isinstance(new, dict):
             out += differences(old, new, f"{prefix}{key}.")
+            # a setting the stage has and this version no longer names (the stage's attributes
+            # hold more than the identity only at the top)
+            out += [f"{prefix}{key}.{k}" for k in old if k not in new]
         elif old != new:
             out.append(f"{prefix}{key}")
     return out
@@ -67,9 +70,14 @@ class StageWriter:
     identity : dict
         JSON-able description of what is collected (model, corpus, k, layers, streams, options).
         Its fingerprint must match when resuming.
+    reopen : callable, optional
+        Given a complete stage's attributes, whether ``resume`` may continue it (e.g. a
+        collection that stopped at a document limit, resumed with a higher one); by default a
+        complete stage is refused.
     """
 
-    def __init__(self, path, stage: str, mode: str = "new", identity: dict | None = None):
+    def __init__(self, path, stage: str, mode: str = "new", identity: dict | None = None,
+                 reopen=None):
         if mode not in MODES:
             raise StoreError(f"unknown write mode {mode!r}: use one of {', '.join(MODES)}")
         self.path = Path(path)
@@ -77,6 +85,7 @@ class StageWriter:
         self.mode = mode
         self.identity = identity or {}
         self.fingerprint = fingerprint(self.identity)
+        self.reopen = reopen
         self._fd: int | None = None
         self._created_dir = False
         self._seq = 0
@@ -130,9 +139,14 @@ class StageWriter:
         if self.mode == "overwrite":
             self._replace_pending = True
             return
-        if meta.get("status") == "complete":
-            raise StageExistsError(f"stage {self.stage!r} is already complete: nothing to resume; "
-                                   f"collect it again with --overwrite (mode='overwrite')")
+        if meta.get("status") == "complete" and not (self.reopen and self.reopen(meta)):
+            limit = meta.get("max_documents")
+            more = (f" (it stopped at its limit of {limit} documents: resume with a higher "
+                    f"--max-documents, or none, to continue it)"
+                    if limit is not None and meta.get("corpus_done") is False else "")
+            raise StageExistsError(f"stage {self.stage!r} is already complete: nothing to resume"
+                                   f"{more}; collect it again with --overwrite "
+                                   f"(mode='overwrite')")
         if meta.get("fingerprint") != self.fingerprint:
             changed = differences(meta, self.identity)
             what = (f"with other settings ({', '.join(changed)})" if changed else
