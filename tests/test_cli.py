@@ -73,6 +73,8 @@ def test_a_stage_stopped_at_max_documents_continues_with_a_higher_limit(word_mod
     assert res.exit_code == 2 and "stopped at its limit of 20 documents" in res.output
     _run("collect", *args, "--store", parts, "--max-documents", "50", "--resume")
     assert open_store(parts).stage("s").cursor["documents"] == 50
+    assert "50 documents, k=2 (stopped at --max-documents 50: --resume with a higher limit " \
+        "continues it)" in _run("info", parts).output
     _run("collect", *args, "--store", parts, "--resume")
     a, b = open_store(one).stage("s"), open_store(parts).stage("s")
     assert a.cursor == b.cursor and a.status == b.status == "complete"

@@ -29,7 +29,11 @@ def info(store, as_json):
         # a stage collected from Python without document counts shows its units instead
         docs = (f"{st['documents']} documents" if st["documents"] else
                 f"{st['units'] or 0} units")
-        click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, {docs}, k={st['k']}")
+        limit = (f" (stopped at --max-documents {st['max_documents']}: --resume with a higher "
+                 f"limit continues it)" if st["status"] == "complete" and
+                 st.get("corpus_done") is False else "")
+        click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, {docs}, "
+                   f"k={st['k']}{limit}")
         streams = ", ".join(f"{s} ({v['size']})" for s, v in st["streams"].items())
         click.echo(f"    streams: {streams}")
         for layer, n in st["layers"].items():

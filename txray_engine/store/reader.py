@@ -71,6 +71,8 @@ class Store:
             out["stages"][name] = {"status": st.status, "tokens": st.tokens, "k": st.k,
                                    "documents": st.cursor.get("documents"),
                                    "units": st.cursor.get("units"),
+                                   "max_documents": st.meta.get("max_documents"),
+                                   "corpus_done": st.meta.get("corpus_done"),
                                    "skipped_nonfinite": st.skipped_nonfinite(),
                                    "layers": st.meta.get("layers", {}),
                                    "streams": st.meta.get("streams", {}),
