@@ -288,8 +288,11 @@ class Accumulator:
         state.skipped_nonfinite += p.skipped_nonfinite
 
     # -- merging ------------------------------------------------------------------------------
-    def merge_(self, other: "Accumulator") -> "Accumulator":
-        """Add ``other`` into this accumulator (same k, streams and vocabularies)."""
+    def merge_(self, other: "Accumulator", ties: str = "first") -> "Accumulator":
+        """Add ``other`` into this accumulator (same k, streams and vocabularies). ``ties``: which
+        of equal top examples stay, this accumulator's (``"first"``, as if ``other``'s input came
+        after this one's) or the lower document and position (``"place"``, for shards whose
+        examples name documents by their index in one corpus)."""
         if other.k != self.k:
             raise InputError(f"cannot merge accumulators of k={self.k} and k={other.k}: their "
                              f"counts mean different things; collect both with one k")
@@ -298,11 +301,11 @@ class Accumulator:
                              "(the same ids must mean the same features)")
         for name, layer in other.layers.items():
             if name in self.layers:
-                self.layers[name].merge_(layer)
+                self.layers[name].merge_(layer, ties)
             else:
                 mine = LayerState.create(layer.n_neurons, self.vocab_sizes, self.kind,
                                          self.dense_budget, self.device)
-                self.layers[name] = mine.merge_(layer)
+                self.layers[name] = mine.merge_(layer, ties)
         return self
 
     def empty_like(self) -> "Accumulator":

@@ -157,14 +157,23 @@ class TopExamples:
         self.context[cols] = torch.gather(context, 1,
                                           order.unsqueeze(-1).expand(-1, -1, self.width))
 
-    def merge_(self, other: "TopExamples") -> "TopExamples":
-        """Add ``other``'s examples; among equal values this state's stay first."""
+    def merge_(self, other: "TopExamples", ties: str = "first") -> "TopExamples":
+        """Add ``other``'s examples; among equal values this state's stay first, or with
+        ``ties="place"`` the lower (doc, pos): what one stream in that order keeps, for parts
+        whose docs are ids in one corpus (shards)."""
         if (other.m, other.width) != (self.m, self.width):
             raise InputError("cannot merge top examples of different sizes")
-        every = slice(None)
-        self._keep_best(every, torch.cat([self.value, other.value], 1),
-                        torch.cat([self.doc, other.doc], 1), torch.cat([self.pos, other.pos], 1),
-                        torch.cat([self.context, other.context], 1))
+        if ties not in ("first", "place"):
+            raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
+        value, doc, pos, context = (torch.cat([getattr(self, k), getattr(other, k)], 1)
+                                    for k in ("value", "doc", "pos", "context"))
+        if ties == "place":  # (doc, pos) ascending, so that the stable sort by value keeps it
+            order = torch.sort(pos, dim=1, stable=True).indices
+            order = torch.gather(order, 1, torch.sort(torch.gather(doc, 1, order), dim=1,
+                                                      stable=True).indices)
+            value, doc, pos = (torch.gather(t, 1, order) for t in (value, doc, pos))
+            context = torch.gather(context, 1, order.unsqueeze(-1).expand(-1, -1, self.width))
+        self._keep_best(slice(None), value, doc, pos, context)
         return self
 
     # -- storage --------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ class LayerState:
                            [counts.get(name) for name in self.streams])
         self.tokens += int(indices.shape[0])
 
-    def merge_(self, other: "LayerState") -> "LayerState":
+    def merge_(self, other: "LayerState", ties: str = "first") -> "LayerState":
+        """Add ``other``'s sums (``ties``: of the top examples, see ``TopExamples.merge_``)."""
         if other.n_neurons != self.n_neurons or set(other.streams) != set(self.streams):
             raise InputError("cannot merge layer states of different widths or streams")
         for name, state in self.streams.items():
@@ -82,7 +83,7 @@ class LayerState:
             if self.examples is None:
                 self.examples = TopExamples(self.n_neurons, other.examples.m,
                                             other.examples.width, self.neuron_count.device)
-            self.examples.merge_(other.examples)
+            self.examples.merge_(other.examples, ties)
         return self
 
     def stream_stats(self) -> dict[str, SparseStats]:

@@ -55,17 +55,29 @@ from .base import main, output_file, parse_k
 @click.option("--examples", default=0, show_default=True, type=click.IntRange(min=0),
               help="Keep each neuron's M strongest activations with their contexts.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
+@click.option("--shard", help="I/N: collect only the documents whose index is I modulo N, into "
+                              "this process's own --store (a '{shard}' in it becomes I); 'env' "
+                              "takes I and N from RANK and WORLD_SIZE (torchrun), and --device "
+                              "cuda from LOCAL_RANK. `txray merge` adds the shards up.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, unit, text_field,
             label_field, streams, layers, k, store, stage, resume, overwrite, batch_size,
             max_length, max_documents, kind, dense_budget_mb, skip_nonfinite, flush_every, examples,
-            device, quiet, as_json):
+            device, shard, quiet, as_json):
     """Run a model over a corpus and store the stage's statistics."""
     from ..collect import Corpus, collect_corpus, load_model
+    from ..collect.run import check_shard
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: pick one")
+    if shard == "env":
+        shard, device = _shard_from_env(device)
+    shard = check_shard(shard)
+    if shard is not None:
+        store = store.replace("{shard}", str(shard[0]))
+    elif "{shard}" in store:
+        raise InputError("--store names '{shard}' but no --shard is given")
     names = [s.strip() for s in streams.split(",") if s.strip()]
     corpus = Corpus(corpus_paths, fmt, unit, text_field,
                     label_field if "label" in names else None)
@@ -75,7 +87,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
         mode="resume" if resume else "overwrite" if overwrite else "new", batch_size=batch_size,
         max_length=max_length, max_documents=max_documents, kind=kind,
         dense_budget=dense_budget_mb * 2**20, nonfinite="skip" if skip_nonfinite else "error",
-        flush_every=flush_every, device=device, quiet=quiet, examples=examples)
+        flush_every=flush_every, device=device, quiet=quiet, examples=examples, shard=shard)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -86,6 +98,46 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
         for layer, n in summary["skipped_nonfinite"].items():
             click.echo(f"layer {layer}: {n} positions with non-finite activations skipped "
                        f"(in all, this stage)")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--store", required=True, type=click.Path(file_okay=False),
+              help="Store to write the merged stage into (may be one of the sources').")
+@click.option("--stage", required=True, help="Name of the merged stage.")
+@click.option("--from-stage", help="Stage to take from each source written as STORE; default: "
+                                   "--stage.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def merge(sources, store, stage, from_stage, overwrite, as_json):
+    """Add up complete stages (shards of `collect --shard`, or parts of a split corpus) into one.
+
+    Each SOURCE is a store directory, or STORE::STAGE for another stage name.
+    """
+    from ..store import merge_stages
+
+    parts = [tuple(s.rsplit("::", 1)) if "::" in s else (s, from_stage or stage) for s in sources]
+    summary = merge_stages(parts, store, stage, "overwrite" if overwrite else "new")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"stage {stage!r} in {store}: {summary['sources']} stages merged, "
+                   f"{summary['documents']} documents, {summary['tokens']} tokens")
+
+
+def _shard_from_env(device: str) -> tuple[str, str]:
+    """``--shard env``: this process's shard from torchrun's RANK and WORLD_SIZE, and on CUDA
+    its own GPU (LOCAL_RANK)."""
+    import os
+
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None or world is None:
+        raise InputError("--shard env reads RANK and WORLD_SIZE (torchrun sets them), but they "
+                         "are not set: give --shard I/N")
+    local = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local is not None:
+        device = f"cuda:{local}"
+    return f"{rank}/{world}", device
 
 
 @main.group()

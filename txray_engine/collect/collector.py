@@ -170,16 +170,14 @@ class Collector:
         """Unit index in the stream, position and input-token context of every position."""
         ids = batch.input_ids
         b, t = ids.shape[0], ids.shape[1] if ids.dim() > 1 else 1
-        if batch.unit_ids is None:
-            unit = self.cursor["units"] + torch.arange(b, device=ids.device)
-        else:
-            unit = torch.as_tensor(batch.unit_ids)
-            if unit.shape != (b,) or unit.is_floating_point() or unit.is_complex():
-                raise InputError(f"Batch.unit_ids must be integer ids, one per sequence ({b}), "
-                                 f"got {unit.dtype} of shape {tuple(unit.shape)}")
-            unit = unit.to(device=ids.device, dtype=torch.int64)
+        unit = (self.cursor["units"] + torch.arange(b, device=ids.device)
+                if batch.unit_ids is None else _per_sequence(batch.unit_ids, b, "unit_ids",
+                                                             "integer ids", ids.device))
         doc = unit.unsqueeze(1).expand(b, t)
         pos = torch.arange(t, device=ids.device).unsqueeze(0).expand(b, t)
+        if batch.offsets is not None:
+            pos = pos + _per_sequence(batch.offsets, b, "offsets", "integer positions",
+                                      ids.device).unsqueeze(1)
         ctx = context_windows(ids.reshape(b, t), batch.mask, self.accumulator.context_radius)
         shape = tuple(ids.shape)
         return {"doc": doc.reshape(shape), "pos": pos.reshape(shape),
@@ -230,3 +228,12 @@ def _pad_packed(acts: dict, batch: Batch) -> dict:
         if not mask[:, a.shape[1]:].bool().any():
             out[name] = torch.nn.functional.pad(a, (0, 0, 0, t - a.shape[1]))
     return out
+
+
+def _per_sequence(values, b: int, name: str, what: str, device) -> torch.Tensor:
+    """``Batch.<name>``: one integer per sequence, as int64 on ``device``."""
+    t = torch.as_tensor(values)
+    if t.shape != (b,) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InputError(f"Batch.{name} must be {what}, one per sequence ({b}), got {t.dtype} "
+                         f"of shape {tuple(t.shape)}")
+    return t.to(device=device, dtype=torch.int64)

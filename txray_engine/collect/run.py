@@ -49,27 +49,54 @@ def _more_documents(meta: dict, max_documents: int | None) -> bool:
     """Whether a complete stage stopped at a document limit that ``max_documents`` raises."""
     if meta.get("corpus_done", True):  # stages written before the limit was kept say nothing
         return False
-    done = int((meta.get("cursor") or {}).get("documents", 0))
-    return max_documents is None or max_documents > done
+    return max_documents is None or max_documents > int(meta.get("max_documents") or 0)
+
+
+def check_shard(shard) -> tuple[int, int] | None:
+    """``(i, n)`` from a pair or ``"i/n"``, checked (0 ≤ i < n)."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(x) for x in (shard.split("/") if isinstance(shard, str) else shard))
+    except (TypeError, ValueError):
+        raise InputError(f"a shard is I/N (this process's shard and the number of shards, "
+                         f"e.g. 0/4), got {shard!r}") from None
+    if not 0 <= i < n:
+        raise InputError(f"shard {i}/{n}: I must be in 0..{n - 1}")
+    return i, n
 
 
 def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token",), k=1, *,
                    store, stage, mode="new", batch_size=8, max_length=128,
                    max_documents: int | None = None, kind="auto", dense_budget=512 * 2**20,
                    nonfinite="error", flush_every=60.0, device="cpu", quiet=False,
-                   examples: int = 0) -> dict:
-    """Collect ``stage`` of ``store`` from ``corpus``; returns a summary of the run."""
+                   examples: int = 0, shard: tuple[int, int] | None = None) -> dict:
+    """Collect ``stage`` of ``store`` from ``corpus``; returns a summary of the run.
+
+    ``shard=(i, n)``: only the documents whose index in the corpus is ``i`` modulo ``n`` (of the
+    first ``max_documents``), so that ``n`` processes (one per GPU, node or job) each collect one
+    shard into their own store, and :func:`~txray_engine.store.merge_stages` adds them up.
+    """
     stream_objs, needs = build_streams(streams, loaded, corpus)
     streams = [s.name for s in stream_objs]
+    shard = check_shard(shard)
     # the document limit is not part of the identity: a stage that stopped at one continues
     # with a higher one (or none), the same documents in the same order and the rest after them
     identity = {"model": loaded.identity, "corpus": corpus.identity(),
                 "options": {"max_length": max_length, "streams": list(streams),
-                            "nonfinite": nonfinite, "examples": examples}}
-    docs = iter(corpus)
-    if max_documents is not None:
-        docs = itertools.islice(docs, max_documents)
-    units = windows(docs, loaded.tokenizer, max_length, needs["tagger"], needs["labels"])
+                            "nonfinite": nonfinite, "examples": examples,
+                            **({"shard": list(shard)} if shard else {})}}
+    read = [0]  # documents read from the corpus, empty ones included
+
+    def indexed():
+        docs = enumerate(corpus)
+        for index, doc in (docs if max_documents is None else
+                           itertools.islice(docs, max_documents)):
+            read[0] += 1
+            if shard is None or index % shard[1] == shard[0]:
+                yield index, doc
+
+    units = windows(indexed(), loaded.tokenizer, max_length, needs["tagger"], needs["labels"])
     start = time.monotonic()
     tokens = 0
     with Collector(loaded.model, layers, stream_objs, k, store=store, stage=stage, mode=mode,
@@ -82,6 +109,8 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
         total = None if quiet else corpus.count_documents()
         if total is not None and max_documents is not None:
             total = min(total, max_documents)
+        if total is not None and shard is not None:
+            total = len(range(shard[0], total, shard[1]))
         bar = tqdm(desc=f"collect {stage}", total=total, unit="doc", disable=quiet,
                    dynamic_ncols=True, initial=int(col.cursor.get("documents", 0)))
         try:
@@ -95,7 +124,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
         finally:
             bar.close()
         # stopped by the corpus, not by the limit: nothing more to continue with a higher one
-        col.extra["corpus_done"] = max_documents is None or col.cursor["documents"] < max_documents
+        col.extra["corpus_done"] = max_documents is None or read[0] < max_documents
         cursor = dict(col.cursor)
     elapsed = time.monotonic() - start
     return {"store": str(store), "stage": stage, "layers": col.layers, "streams": list(streams),

@@ -86,14 +86,19 @@ class Unit:
     pos: list[int] | None
     label: int | None
     last: bool  # the document's final window
+    doc: int = 0  # the document's index in the corpus
+    start: int = 0  # the window's first token's position in the document
 
 
-def windows(docs: Iterable[Document], tokenizer, max_length: int, tagger: Tagger | None = None,
-            labels: Vocabulary | None = None) -> Iterator[Unit]:
-    """Split every document into windows of at most ``max_length`` tokens."""
+def windows(docs: Iterable[Document | tuple[int, Document]], tokenizer, max_length: int,
+            tagger: Tagger | None = None, labels: Vocabulary | None = None) -> Iterator[Unit]:
+    """Split every document into windows of at most ``max_length`` tokens. ``docs`` may pair each
+    document with its index in the corpus (``enumerate(corpus)``, filtered); else they count
+    from 0."""
     if max_length < 1:
         raise InputError(f"max_length must be ≥ 1, got {max_length}")
-    for doc in docs:
+    for n, doc in enumerate(docs):
+        index, doc = doc if isinstance(doc, tuple) else (n, doc)
         ids, offs = tokenizer.encode(doc.text, offsets=tagger is not None)
         if not ids:
             continue
@@ -101,7 +106,7 @@ def windows(docs: Iterable[Document], tokenizer, max_length: int, tagger: Tagger
         label = labels.id(doc.label) if labels is not None else None
         for i in range(0, len(ids), max_length):
             yield Unit(ids[i:i + max_length], pos[i:i + max_length] if pos else None, label,
-                       i + max_length >= len(ids))
+                       i + max_length >= len(ids), index, i)
 
 
 def batches(units: Iterable[Unit], batch_size: int, pad_id: int, hf_inputs: bool,
@@ -136,6 +141,8 @@ def _collate(units: list[Unit], pad_id: int, hf_inputs: bool, device):
         if units[0].label is not None else None
     inputs = {"input_ids": ids, "attention_mask": mask} if hf_inputs else ids
     batch = Batch(input_ids=ids, inputs=inputs, mask=mask.bool(), labels=labels,
-                  features=features, n_units=b)
+                  features=features, n_units=b,
+                  unit_ids=torch.tensor([u.doc for u in units], device=device),
+                  offsets=torch.tensor([u.start for u in units], device=device))
     return batch, sum(u.last for u in units), int(mask.sum())
 

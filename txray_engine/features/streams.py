@@ -77,7 +77,12 @@ class Batch:
         The id the top examples record for each sequence (``examples_doc``). By default a
         sequence's index in the collection, counted from 0; collections of shards that are merged
         later give each sequence its id in the whole corpus instead, so that the merged examples
-        name the right sequences.
+        name the right sequences. ``txray collect`` gives each window its document's index
+        in the corpus.
+    offsets : Tensor ``[B]`` or None
+        The position of each sequence's first token in what ``unit_ids`` names (a window of a
+        longer document starts further in); the top examples record positions from it
+        (``examples_pos``). Default 0.
     """
 
     input_ids: torch.Tensor
@@ -87,6 +92,7 @@ class Batch:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     n_units: int | None = None
     unit_ids: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.inputs is None:

@@ -1,0 +1,100 @@
+"""Merge stages: the sums of several complete stages (shards of one corpus, or parts of a corpus
+split by file) written as one stage, exactly as one collection over all of them would hold them.
+
+Stages are read one at a time, so memory holds the merged sums and one stage's.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..accumulate.accumulator import Accumulator
+from ..errors import InputError, StoreError
+from .reader import open_store
+from .writer import StageWriter
+
+# what every part must share (the corpus may differ: a corpus split by file)
+SHARED = ("model", "collection")
+
+
+def _options(meta: dict) -> dict:
+    return {k: v for k, v in (meta.get("options") or {}).items() if k != "shard"}
+
+
+def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
+    """Refuse parts that do not add up to one collection (see :func:`merge_stages`)."""
+    first_name, first = parts[0][0], parts[0][2]
+    for name, _, meta in parts:
+        if meta.get("status") != "complete":
+            raise StoreError(f"{name} is {meta.get('status')}: finish it first (txray collect "
+                             f"... --resume), then merge")
+        for key in SHARED + ("options",):
+            mine = _options(meta) if key == "options" else meta.get(key)
+            theirs = _options(first) if key == "options" else first.get(key)
+            if mine != theirs:
+                raise InputError(f"{name} and {first_name} differ in {key}: only stages of one "
+                                 f"model collected the same way add up")
+    shards = [(name, (meta.get("options") or {}).get("shard")) for name, _, meta in parts]
+    if any(s is not None for _, s in shards):
+        if any(s is None for _, s in shards) or len({s[1] for _, s in shards}) != 1:
+            raise InputError("merge all shards of one collection (--shard I/N with one N), and "
+                             "nothing else with them")
+        n = shards[0][1][1]
+        seen = [s[0] for _, s in shards]
+        twice = sorted({i for i in seen if seen.count(i) > 1})
+        missing = sorted(set(range(n)) - set(seen))
+        if twice or missing:
+            raise InputError(f"shards of {n}: " + "; ".join(
+                ([f"shard(s) {twice} given twice"] if twice else []) +
+                ([f"shard(s) {missing} missing"] if missing else [])))
+        for name, _, meta in parts:
+            for key in ("corpus", "max_documents"):
+                if meta.get(key) != first.get(key):
+                    raise InputError(f"{name} and {first_name} are shards of different "
+                                     f"collections ({key} differs)")
+
+
+def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
+    """Write the sums of ``sources`` (``[(store path, stage name), ...]``) as ``stage`` of
+    ``store``; returns the new stage's summary.
+
+    The sources must be complete stages of one model collected with the same settings (layers, k,
+    streams and vocabularies, options); their corpora may differ (a corpus split by file). Shards
+    of one ``txray collect --shard I/N`` must all be there, each once. The merged stage holds
+    their summed sums and cursors (tokens, documents, units) and names its sources in
+    ``merged_from``; its top examples are the best of all (the documents keep their indices in
+    the corpus). ``mode`` as for :class:`StageWriter`.
+    """
+    sources = [(os.fspath(p), s) for p, s in sources]
+    if len(sources) < 2:
+        raise InputError("merge needs at least two stages")
+    parts = []
+    for path, name in sources:
+        st = open_store(path).stage(name)
+        parts.append((f"stage {name!r} of {path!r}", st, dict(st.meta)))
+    _check_parts(parts)
+    # shards name documents by their index in one corpus: equal examples go to the earlier
+    # document, as in one collection; other parts keep the order given
+    ties = "place" if (parts[0][2].get("options") or {}).get("shard") else "first"
+    acc: Accumulator | None = None
+    cursor = {"units": 0, "documents": 0}
+    for _, st, meta in parts:
+        part = st.accumulator()
+        acc = part if acc is None else acc.merge_(part, ties)
+        for key in cursor:
+            cursor[key] += int((meta.get("cursor") or {}).get(key, 0))
+    first = parts[0][2]
+    corpora = [meta.get("corpus") for _, _, meta in parts]
+    identity = {key: first[key] for key in SHARED if key in first}
+    identity["options"] = _options(first)
+    identity["corpus"] = corpora[0] if all(c == corpora[0] for c in corpora) else \
+        {"merged": corpora}
+    extra = {"merged_from": [f"{path}::{name}" for path, name in sources]}
+    if "max_documents" in first:
+        extra["max_documents"] = first.get("max_documents")
+        extra["corpus_done"] = all(meta.get("corpus_done", True) for _, _, meta in parts)
+    with StageWriter(store, stage, mode, identity) as writer:
+        writer.commit(acc, cursor, "complete", extra)
+    return {"store": os.fspath(store), "stage": stage, "sources": len(sources),
+            "layers": list(acc.layers), "tokens": max(s.tokens for s in acc.layers.values()),
+            **cursor}
