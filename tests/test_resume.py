@@ -79,3 +79,71 @@ def test_sigkill_at_random_points_then_resume_is_exact(word_model, tmp_path):
     snaps = [k for k in zarr.open_group(str(store), mode="r")["s"].group_keys()
              if k.startswith("snap-")]
     assert snaps == [stage.meta["snapshot"]]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _interrupted_then_resumed(wm, tmp_path, monkeypatch, stop_after, **options):
+    """Collect with a flush after every batch, stopped by an error after ``stop_after`` batches,
+    then resumed; returns (the resumed store, the documents the resume tokenised)."""
+    from txray_engine.collect import Collector, Corpus, collect_corpus, load_model
+    from txray_engine.collect.sequences import WordTokenizer
+
+    loaded = load_model(str(wm["ckpt"]), vocab=str(wm["vocab"]), quiet=True)
+    corpus = Corpus([wm["text"]])
+    kw = dict(layers=["lstm"], streams=["token"], k=2, stage="s", batch_size=3, max_length=4,
+              flush_every=0, quiet=True, **options)
+    real_step, seen = Collector.step, []
+
+    def step(self, *a, **k):
+        if len(seen) == stop_after:
+            raise _Stop
+        seen.append(1)
+        return real_step(self, *a, **k)
+    monkeypatch.setattr(Collector, "step", step)
+    store = tmp_path / "resumed.zarr"
+    try:
+        collect_corpus(loaded, corpus, store=store, **kw)
+    except _Stop:
+        pass
+    monkeypatch.setattr(Collector, "step", real_step)
+    texts = []
+    real_encode = WordTokenizer.encode
+    monkeypatch.setattr(WordTokenizer, "encode",
+                        lambda self, text, offsets=False: texts.append(text) or
+                        real_encode(self, text, offsets))
+    collect_corpus(loaded, corpus, store=store, mode="resume", **kw)
+    monkeypatch.setattr(WordTokenizer, "encode", real_encode)
+    collect_corpus(loaded, corpus, store=tmp_path / "whole.zarr", **kw)
+    return store, texts
+
+
+def test_resume_reads_on_from_the_last_counted_window(word_model, tmp_path, monkeypatch):
+    """A resume does not tokenise (or tag) the documents before its cursor again, and its
+    stage equals one uninterrupted run, down to a document split across batches."""
+    store, texts = _interrupted_then_resumed(word_model, tmp_path, monkeypatch, stop_after=7)
+    a, b = open_store(store).stage("s"), open_store(tmp_path / "whole.zarr").stage("s")
+    assert a.cursor == b.cursor and same_sums(a.accumulator(), b.accumulator())
+    lines = [t for t in word_model["text"].read_text().splitlines() if t.strip()]
+    first = lines.index(texts[0])
+    assert 0 < first and texts == lines[first:]  # from the document of the last counted window
+
+
+def test_resume_with_a_limit_below_what_is_counted_is_refused(word_model, tmp_path):
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--max-documents",
+                                         "40", "--flush-every", "0"))
+    assert res.exit_code == 0, res.output
+    meta = _cursor(store)
+    meta["status"] = "in_progress"  # as if killed after its last flush
+    path = store / "s" / "zarr.json"
+    doc = json.loads(path.read_text())
+    doc["attributes"]["txray_engine"] = meta
+    path.write_text(json.dumps(doc))
+    before = path.read_text()
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume",
+                                         "--max-documents", "5"))
+    assert res.exit_code == 2 and "past where --max-documents 5 stops" in res.output, res.output
+    assert path.read_text() == before

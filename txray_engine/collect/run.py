@@ -52,6 +52,16 @@ def _more_documents(meta: dict, max_documents: int | None) -> bool:
     return max_documents is None or max_documents > int(meta.get("max_documents") or 0)
 
 
+def _skipping(units, skip: int, reached: list):
+    """``units`` after the first ``skip``; ``reached[0]``: whether there were that many."""
+    for n, unit in enumerate(units):
+        if n >= skip:
+            reached[0] = True
+            yield unit
+        elif n == skip - 1:
+            reached[0] = True
+
+
 def check_shard(shard) -> tuple[int, int] | None:
     """``(i, n)`` from a pair or ``"i/n"``, checked (0 ≤ i < n)."""
     if shard is None:
@@ -87,16 +97,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                             "nonfinite": nonfinite, "examples": examples,
                             **({"shard": list(shard)} if shard else {})}}
     read = [0]  # documents read from the corpus, empty ones included
-
-    def indexed():
-        docs = enumerate(corpus)
-        for index, doc in (docs if max_documents is None else
-                           itertools.islice(docs, max_documents)):
-            read[0] += 1
-            if shard is None or index % shard[1] == shard[0]:
-                yield index, doc
-
-    units = windows(indexed(), loaded.tokenizer, max_length, needs["tagger"], needs["labels"])
+    reached = [False]  # whether the corpus (within the limit) reached where a resume continues
     start = time.monotonic()
     tokens = 0
     with Collector(loaded.model, layers, stream_objs, k, store=store, stage=stage, mode=mode,
@@ -105,7 +106,26 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                    reopen=lambda meta: _more_documents(meta, max_documents)) as col:
         col.extra = {"max_documents": max_documents, "corpus_done": False}
         skip = int(col.cursor.get("units", 0))
-        units = itertools.islice(units, skip, None)
+        at = col.cursor.get("at")  # the last unit counted: documents before it are not read again
+
+        def indexed():
+            docs = enumerate(corpus)
+            for index, doc in (docs if max_documents is None else
+                               itertools.islice(docs, max_documents)):
+                read[0] += 1
+                if at is not None and index >= at["doc"]:
+                    reached[0] = True
+                if shard is not None and index % shard[1] != shard[0]:
+                    continue
+                if at is not None and (index < at["doc"] or index == at["doc"] and at["last"]):
+                    continue  # counted before: neither tokenised nor tagged again
+                yield index, doc
+
+        units = windows(indexed(), loaded.tokenizer, max_length, needs["tagger"], needs["labels"])
+        if at is not None:
+            units = (u for u in units if u.doc != at["doc"] or u.start > at["start"])
+        elif skip:  # a cursor of an earlier version: count the windows off
+            units = _skipping(units, skip, reached)
         total = None if quiet else corpus.count_documents()
         if total is not None and max_documents is not None:
             total = min(total, max_documents)
@@ -114,8 +134,11 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
         bar = tqdm(desc=f"collect {stage}", total=total, unit="doc", disable=quiet,
                    dynamic_ncols=True, initial=int(col.cursor.get("documents", 0)))
         try:
-            for batch, docs_done, n_tok in batches(units, batch_size, loaded.tokenizer.pad_id,
-                                                   loaded.hf, device):
+            for batch, docs_done, n_tok, last in batches(units, batch_size,
+                                                         loaded.tokenizer.pad_id, loaded.hf,
+                                                         device):
+                # set before the step: a flush inside it commits the cursor with the batch
+                col.cursor["at"] = {"doc": last.doc, "start": last.start, "last": last.last}
                 col.step(batch, documents=docs_done)
                 tokens += n_tok
                 bar.update(docs_done)
@@ -123,6 +146,11 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                                     refresh=False)
         finally:
             bar.close()
+        if skip and not reached[0]:  # raises: the with-block commits nothing
+            raise InputError(f"stage {stage!r} has counted {col.cursor.get('documents', 0)} "
+                             f"documents, past where --max-documents {max_documents} stops: "
+                             f"resume with a limit of at least the documents it has read, or "
+                             f"none; nothing was written")
         # stopped by the corpus, not by the limit: nothing more to continue with a higher one
         col.extra["corpus_done"] = max_documents is None or read[0] < max_documents
         cursor = dict(col.cursor)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import torch
 
@@ -109,9 +109,19 @@ def windows(docs: Iterable[Document | tuple[int, Document]], tokenizer, max_leng
                        i + max_length >= len(ids), index, i)
 
 
+class Collated(NamedTuple):
+    """One padded batch, the documents it completes, its real tokens, and its last unit (where
+    a resume continues after)."""
+
+    batch: Batch
+    documents: int
+    tokens: int
+    last: Unit
+
+
 def batches(units: Iterable[Unit], batch_size: int, pad_id: int, hf_inputs: bool,
-            device="cpu") -> Iterator[tuple[Batch, int, int]]:
-    """Padded batches of ``batch_size`` units: ``(batch, documents completed, real tokens)``."""
+            device="cpu") -> Iterator[Collated]:
+    """Padded batches of ``batch_size`` units (see :class:`Collated`)."""
     if batch_size < 1:
         raise InputError(f"batch_size must be ≥ 1, got {batch_size}")
     buf: list[Unit] = []
@@ -144,5 +154,5 @@ def _collate(units: list[Unit], pad_id: int, hf_inputs: bool, device):
                   features=features, n_units=b,
                   unit_ids=torch.tensor([u.doc for u in units], device=device),
                   offsets=torch.tensor([u.start for u in units], device=device))
-    return batch, sum(u.last for u in units), int(mask.sum())
+    return Collated(batch, sum(u.last for u in units), int(mask.sum()), units[-1])
 
