@@ -110,3 +110,15 @@ def test_unreadable_files_are_one_line(two_stages, tmp_path, monkeypatch):
     err = run_cli("info", two_stages, code=2)
     assert err == f"error: cannot use {str(two_stages)!r}: Permission denied; check the path " \
                   f"and its permissions\n"
+
+
+def test_output_piped_into_head_ends_quietly(two_stages):
+    """`txray neurons ... | head -1`: the closed pipe is no path error (exit 141, as SIGPIPE)."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "txray_engine.cli", "neurons", str(two_stages),
+                             "--stage", "text", "--top", "12", "--features", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # what head does after its lines (here before the first: no race)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "", err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -43,6 +46,11 @@ class TxRayGroup(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except BrokenPipeError:  # `txray ... | head`: the reader has all it wanted
+            # stdout is gone: point it at /dev/null so the interpreter's final flush is quiet,
+            # and end as a Unix tool killed by SIGPIPE does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except OSError as e:  # a file the user named cannot be read or written
             if ctx.params.get("debug"):
                 raise
