@@ -94,6 +94,20 @@ def test_entropy_is_nan_for_neurons_without_a_distribution():
     assert table["neuron"].tolist()[:2] == [3, 0]
 
 
+def test_equal_distances_rank_by_mass_everywhere():
+    """Neurons 0-2 moved to a disjoint feature (distance 1 each) with masses 1, 3, 2; neuron 3
+    did not move. Most changed: more mass first, in the comparison and in pruning alike."""
+    from txray_engine.prune import select_neurons
+    a = from_dense(np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 0, 1]]),
+                   np.array([[1.0, 0, 0], [3.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]))
+    b = from_dense(np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]]),
+                   np.array([[0, 1.0, 0], [0, 3.0, 0], [0, 2.0, 0], [0, 0, 1.0]]))
+    cmp = compare(a, b)
+    assert cmp.ranked().tolist() == [1, 2, 0, 3] and cmp.ranked(most=False).tolist() == [3, 1, 2, 0]
+    assert cmp.most_changed(2)["neuron"].tolist() == [1, 2]
+    assert select_neurons(cmp, "most_changed", count=2).tolist() == [1, 2]
+
+
 def test_min_neuron_count_marks_rare_neurons_dead():
     count = np.array([[1, 0], [5, 5]])
     s = from_dense(count, count * 1.0)

@@ -174,11 +174,22 @@ class Comparison:
     def table(self) -> NeuronTable:
         return NeuronTable(self.columns)
 
+    def ranked(self, most: bool = True, column: str = "hellinger") -> np.ndarray:
+        """Ids of the shared neurons, most (or least) changed by ``column`` first; among equal
+        values (often many at distance 1 or 0) the one with more activation mass in both stages
+        first, then the lower id; neurons without a value (NaN) last."""
+        shared = np.flatnonzero(self["shared"])
+        value = self[column][shared].astype(np.float64)
+        mass = self["mass_a"][shared] + self["mass_b"][shared]
+        return shared[np.lexsort((shared, -mass, -value if most else value))]
+
     def most_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
-        return self.table().where(self["shared"]).sort(column, descending=True).head(n)
+        """The ``n`` first of :meth:`ranked`, as a table."""
+        return self.table().take(self.ranked(True, column)[:n])
 
     def least_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
-        return self.table().where(self["shared"]).sort(column, descending=False).head(n)
+        """The ``n`` last changed (see :meth:`ranked`), as a table."""
+        return self.table().take(self.ranked(False, column)[:n])
 
     def summary(self) -> dict:
         shared = self["shared"]

@@ -49,7 +49,9 @@ def select_neurons(table: NeuronTable, selector: str, *, count: int | None = Non
 
     ``count`` or ``fraction`` (of all the layer's neurons) says how many; fewer come back when the
     pool is smaller (e.g. only shared neurons have a Hellinger distance, only dead ones are dead).
-    Ties are broken by neuron id; ``random`` is seeded.
+    Ties are broken by neuron id, for ``most_changed``/``least_changed`` first by more mass in
+    both stages (the order ``Comparison.ranked``, ``txray compare`` and the report show);
+    ``random`` is seeded.
     """
     if hasattr(table, "table") and not isinstance(table, NeuronTable):  # a Comparison
         table = table.table()
@@ -78,6 +80,10 @@ def select_neurons(table: NeuronTable, selector: str, *, count: int | None = Non
         pool &= ~np.isnan(score)
         if descending:
             score = -score
+    tie = np.zeros(len(table))
+    if selector in ("most_changed", "least_changed") and \
+            {"mass_a", "mass_b"} <= set(table.columns):
+        tie = -(table["mass_a"] + table["mass_b"]).astype(np.float64)
     idx = np.flatnonzero(pool)
-    order = idx[np.lexsort((neuron[idx], score[idx]))]
+    order = idx[np.lexsort((neuron[idx], tie[idx], score[idx]))]
     return np.sort(neuron[order[:k]])

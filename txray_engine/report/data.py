@@ -209,11 +209,7 @@ class ReportData:
 def changed(cmp, n: int, most: bool = True) -> np.ndarray:
     """Ids of the ``n`` most (or least) changed shared neurons by Hellinger distance; ties (e.g.
     many neurons at distance 1) go to the neuron with more activation mass in both stages."""
-    shared = np.flatnonzero(cmp["shared"])
-    h = cmp["hellinger"][shared]
-    mass = cmp["mass_a"][shared] + cmp["mass_b"][shared]
-    order = np.lexsort((shared, -mass, -h if most else h))
-    return shared[order[:n]]
+    return cmp.ranked(most)[:n]
 
 
 def feature_text(items: list[tuple[str, float]]) -> str:
