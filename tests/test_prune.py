@@ -200,6 +200,8 @@ def test_structural_pruning_checks_the_collected_width():
     model, layer, width = _models()[1]
     with pytest.raises(InputError, match="collected with 16 units"):
         prune_mlp(model, "transformer.h.0.mlp.dropout", [1], width=16)
+    with pytest.raises(InputError, match="neither an input projection nor an activation"):
+        prune_mlp(model, "transformer.h.0.mlp.dropout", [1])  # its width unknown: refused
     assert prune_mlp(model, layer, [1], width=width)["after"] == width - 1
 
 

@@ -71,7 +71,7 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
     _clean_error(merge("a.zarr", "c.zarr"), "shard(s) [0] given twice", "shard(s) [1] missing")
     _clean_error(merge("a.zarr"), "at least two stages")
     _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "2/2"),
-                 "shard 2/2: I must be in 0..1")
+                 "shard 2/2: N must be 1 or more and I in 0..N-1")
     _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "two"),
                  "a shard is I/N")
     _clean_error(_collect(word_model, "--store", tmp_path / "x-{shard}.zarr"),
@@ -85,5 +85,68 @@ def test_shard_env_needs_torchrun_variables(word_model, tmp_path, monkeypatch, e
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "env"),
+    _clean_error(_collect(word_model, "--store", tmp_path / "x-{shard}.zarr", "--shard", "env"),
                  "RANK and WORLD_SIZE")
+    _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "env"),
+                 "put '{shard}' in --store")
+
+
+def test_a_shard_without_documents_still_merges(word_model, tmp_path):
+    """More shards than documents (a pilot with --max-documents below the GPU count): the empty
+    shard is a complete stage with no positions, and the merge is the whole run."""
+    _ok(_collect(word_model, "--store", tmp_path / "whole.zarr", "--max-documents", "2"))
+    for i in range(3):
+        _ok(_collect(word_model, "--store", tmp_path / f"p{i}.zarr", "--shard", f"{i}/3",
+                     "--max-documents", "2"))
+    empty = open_store(tmp_path / "p2.zarr").stage("s")
+    assert empty.status == "complete" and empty.layers == [] and empty.tokens == 0
+    _ok(CliRunner().invoke(main, ["merge", *[str(tmp_path / f"p{i}.zarr") for i in range(3)],
+                                  "--store", str(tmp_path / "m.zarr"), "--stage", "s"]))
+    a, b = open_store(tmp_path / "whole.zarr").stage("s"), open_store(tmp_path / "m.zarr").stage("s")
+    assert same_sums(a.accumulator(), b.accumulator()) and a.cursor == b.cursor
+
+
+def test_merge_refuses_parts_that_overlap_or_a_source_as_target(word_model, tmp_path):
+    from txray_engine.errors import InputError
+    from txray_engine.store import merge_stages
+    _ok(_collect(word_model, "--store", tmp_path / "a.zarr"))
+    _ok(_collect(word_model, "--store", tmp_path / "b.zarr", "--max-documents", "10"))
+    a, b = (str(tmp_path / "a.zarr"), "s"), (str(tmp_path / "b.zarr"), "s")
+    for sources, target, mode, words in [
+            ([a, a], tmp_path / "m.zarr", "new", "given twice"),
+            ([a, b], tmp_path / "m.zarr", "new", "same corpus"),
+            ([a, (str(tmp_path / "c.zarr"), "s")], tmp_path / "a.zarr", "overwrite",
+             "is one of the sources"),
+            ([a, b], tmp_path / "m.zarr", "resume", "mode 'new' or 'overwrite'")]:
+        with pytest.raises(InputError, match=words):
+            merge_stages(sources, target, "s", mode)
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_shards_with_equal_activations_merge_as_one_run():
+    """An embedding layer: a word's activation is the same wherever it occurs, so top examples
+    tie often; shards merged with ties="place" keep what one pass keeps (the earlier document)."""
+    import torch
+    from torch import nn
+
+    from txray_engine import Batch, Collector, Stream, Vocabulary, merge
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(6, 4))
+    streams = [Stream("token", Vocabulary.of_size(6), "input")]
+    ids = torch.randint(0, 2, (9, 5))  # two words: every list is full of equal values
+
+    def run(rows, batch=2):
+        with Collector(model, ["0"], streams, k=1, examples=3, context_radius=1) as col:
+            for i in range(0, len(rows), batch):
+                part = rows[i:i + batch]
+                col.step(Batch(input_ids=ids[part], unit_ids=torch.tensor(part)))
+        return col.accumulator
+
+    whole = run(list(range(9))).layers["0"].examples
+    shards = [run(list(range(i, 9, 3))) for i in (2, 0, 1)]
+    plain = merge(merge(shards[0], shards[1]), shards[2]).layers["0"].examples  # copies
+    merged = shards[0].merge_(shards[1], ties="place").merge_(shards[2], ties="place")
+    merged = merged.layers["0"].examples
+    for key in ("value", "doc", "pos", "context"):
+        assert torch.equal(getattr(merged, key), getattr(whole, key)), key
+    assert not torch.equal(plain.doc, whole.doc)  # the shards' order, without ties="place"

@@ -14,6 +14,8 @@ never change. All give the reference's results.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +29,26 @@ from .reference import nonfinite_rows, scatter_events, select_accumulate, select
 from .targets import check_targets, is_dense_state  # noqa: E402
 
 __all__ = ["Selection", "accumulate", "add_totals", "best_rows_above", "check_targets", "id_bounds",
-           "nonfinite_rows", "offer_examples", "positions_in_kernels", "scatter", "scatter_events",
-           "select", "select_accumulate", "select_rows", "select_topk"]
+           "nonfinite_rows", "offer_examples", "on_device", "on_own_device", "positions_in_kernels",
+           "scatter", "scatter_events", "select", "select_accumulate", "select_rows",
+           "select_topk"]
+
+
+def on_device(device):
+    """A context making ``device`` CUDA's current device (Triton launches there, on its stream),
+    restored after; nothing for other devices. Sums on ``cuda:1`` with another GPU current would
+    otherwise be launched on the wrong one."""
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def on_own_device(method):
+    """Decorate a method of an object with a ``device`` to run it under :func:`on_device`."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with on_device(self.device):
+            return method(self, *args, **kwargs)
+    return run
 
 
 def _triton_ok(t: torch.Tensor) -> bool:

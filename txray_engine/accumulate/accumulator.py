@@ -124,6 +124,7 @@ class Accumulator:
         return n_neurons if self.k == "all" else int(self.k)
 
     # -- the public entry point ------------------------------------------------------------------
+    @kernels.on_own_device
     def observe(self, layer: str, activations: torch.Tensor, features: dict[str, torch.Tensor],
                 mask: torch.Tensor | None = None, where: dict | None = None) -> None:
         """Add positions of ``activations`` ``[..., N]`` to ``layer``.
@@ -142,6 +143,7 @@ class Accumulator:
         the kept rows of ``activations`` again: leave them unchanged until then."""
         return self.prepare_batch({layer: activations}, features, mask, where)[0]
 
+    @kernels.on_own_device
     def prepare_batch(self, activations: dict, features: dict[str, torch.Tensor], mask=None,
                       where=None) -> list[Prepared]:
         """:meth:`prepare` for the layers of one forward pass at once: ``activations`` maps each
@@ -253,6 +255,7 @@ class Accumulator:
             counts = {s.name: pos.position_counts(s.name, len(s.vocab)) for s in self.streams}
         return Prepared(layer, n, values, indices, flat, skipped, ex, self.vocab_sizes, counts)
 
+    @kernels.on_own_device
     def commit(self, p: Prepared) -> None:
         """Add a prepared batch of one layer to its sums (:meth:`prepare`)."""
         if p.vocab_sizes != self.vocab_sizes:  # checked against another accumulator's streams
@@ -288,6 +291,7 @@ class Accumulator:
         state.skipped_nonfinite += p.skipped_nonfinite
 
     # -- merging ------------------------------------------------------------------------------
+    @kernels.on_own_device
     def merge_(self, other: "Accumulator", ties: str = "first") -> "Accumulator":
         """Add ``other`` into this accumulator (same k, streams and vocabularies). ``ties``: which
         of equal top examples stay, this accumulator's (``"first"``, as if ``other``'s input came

@@ -86,6 +86,11 @@ class LayerState:
             self.examples.merge_(other.examples, ties)
         return self
 
+    @property
+    def device(self) -> torch.device:
+        return self.neuron_count.device
+
+    @kernels.on_own_device
     def stream_stats(self) -> dict[str, SparseStats]:
         return {name: s.to_stats() for name, s in self.streams.items()}
 

@@ -75,6 +75,15 @@ def first_part(output):
     return None
 
 
+def innermost(output):
+    """The tensor (or ``PackedSequence``) capture and masks reach through :func:`first_part`s;
+    what is left when there is none."""
+    while not isinstance(output, (torch.Tensor, nn.utils.rnn.PackedSequence)) and \
+            first_part(output) is not None:
+        output = first_part(output)
+    return output
+
+
 def output_tensor(output, module: nn.Module, time_first: bool | None = None) -> torch.Tensor:
     """The activation tensor of a module output, batch-first (see the module docstring)."""
     packed = False
@@ -110,6 +119,7 @@ class LayerCapture:
         self.names = resolve_layers(model, layers)
         self.time_first = set(time_first)
         self.captured: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
+        self.packed: set[str] = set()  # layers whose output was a PackedSequence
         self._handles: list = []
 
     def __enter__(self) -> "LayerCapture":
@@ -127,6 +137,8 @@ class LayerCapture:
     def _hook(self, name: str, module: nn.Module, time_first):
         def hook(_mod, _inputs, output):
             self.captured[name].append(output_tensor(output, module, time_first).detach())
+            (self.packed.add if isinstance(innermost(output), nn.utils.rnn.PackedSequence)
+             else self.packed.discard)(name)
         return hook
 
     def __exit__(self, *exc) -> None:

@@ -72,6 +72,9 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: pick one")
     if shard == "env":
+        if "{shard}" not in store:
+            raise InputError("--shard env runs one process per shard, each with a store of its "
+                             "own: put '{shard}' in --store (e.g. 'part-{shard}.zarr')")
         shard, device = _shard_from_env(device)
     shard = check_shard(shard)
     if shard is not None:

@@ -86,6 +86,6 @@ def neurons(store, stage, layer_names, streams, neurons, top, features, by):
                     mid = len(ctx) // 2
                     words = [("[" + vocab[int(t)] + "]") if i == mid else vocab[int(t)]
                              for i, t in enumerate(ctx) if t >= 0]
-                    click.echo(f"    example {ex['examples_value'][n, j]:.3f} (unit "
-                               f"{ex['examples_doc'][n, j]}, position {ex['examples_pos'][n, j]}):"
+                    click.echo(f"    example {ex['examples_value'][n, j]:.3f} (document "
+                               f"{ex['examples_doc'][n, j]}, token {ex['examples_pos'][n, j]}):"
                                f" {' '.join(words)}")

@@ -71,6 +71,8 @@ class Collector:
     reopen : callable, optional
         Given a complete stage's attributes, whether ``mode="resume"`` may continue it (see
         :class:`StageWriter`); :attr:`extra` holds attributes added to every commit.
+    allow_empty : bool
+        Commit a stage that saw no position (a shard without documents) instead of refusing it.
 
     On leaving the context without an exception the stage is committed as complete. On an
     exception nothing more is written: the store keeps its last flush, which a resume continues.
@@ -82,7 +84,8 @@ class Collector:
                  dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
                  flush_every: float = 60.0, time_first: Iterable[str] = (),
                  forward: Callable | None = None, device=None, examples: int = 0,
-                 context_radius: int = 5, eval_mode: bool = True, reopen=None):
+                 context_radius: int = 5, eval_mode: bool = True, reopen=None,
+                 allow_empty: bool = False):
         if (store is None) != (stage is None):
             raise ValueError("give both store and stage, or neither")
         self.model = model
@@ -109,6 +112,7 @@ class Collector:
         self.forward = forward or default_forward
         self.cursor = {"units": 0, "documents": 0}
         self.eval_mode = eval_mode
+        self.allow_empty = allow_empty
         self._modes: list = []  # (module, training) to restore on exit
         self._entered = False
         self._last_flush = time.monotonic()
@@ -152,7 +156,7 @@ class Collector:
             acts = self.capture.take()
         finally:
             self.capture.clear()
-        acts = _pad_packed(acts, batch)
+        acts = _pad_packed(acts, batch, self.capture.packed)
         features = stream_features(self.streams, batch, output_logits(output))
         where = self._where(batch) if self.accumulator.examples else None
         # validate every layer before adding any, so a bad batch changes nothing (the layers
@@ -193,7 +197,7 @@ class Collector:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is None and not self.accumulator.layers:
+            if exc_type is None and not self.accumulator.layers and not self.allow_empty:
                 raise CorpusError("no positions were collected: the corpus is empty (or every "
                                   "position was masked); check the corpus and the mask")
             if exc_type is None and self.writer is not None:
@@ -208,16 +212,16 @@ class Collector:
                 self.writer.close()
 
 
-def _pad_packed(acts: dict, batch: Batch) -> dict:
-    """A packed sequence's output comes padded to the batch's longest sequence, which may be
-    shorter than the batch (padded to a fixed length): zero-pad it to the batch's positions when
-    the mask leaves the missing ones out, as it does for padding."""
+def _pad_packed(acts: dict, batch: Batch, packed: set) -> dict:
+    """A packed sequence's output (layers ``packed``) comes padded to the batch's longest
+    sequence, which may be shorter than the batch (padded to a fixed length): zero-pad it to the
+    batch's positions when the mask leaves the missing ones out, as it does for padding."""
     ids = batch.input_ids
-    if ids.dim() < 2 or batch.mask is None:
+    if ids.dim() < 2 or batch.mask is None or not packed:
         return acts
     t = ids.shape[1]
-    short = {name: a for name, a in acts.items() if a.dim() == 3 and a.shape[0] == ids.shape[0]
-             and a.shape[1] < t}
+    short = {name: a for name, a in acts.items() if name in packed and a.dim() == 3
+             and a.shape[0] == ids.shape[0] and a.shape[1] < t}
     if not short:
         return acts
     mask = torch.as_tensor(batch.mask)

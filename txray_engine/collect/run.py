@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 
+import torch
 from tqdm.auto import tqdm
 
 from ..errors import CorpusError, InputError
@@ -71,8 +72,8 @@ def check_shard(shard) -> tuple[int, int] | None:
     except (TypeError, ValueError):
         raise InputError(f"a shard is I/N (this process's shard and the number of shards, "
                          f"e.g. 0/4), got {shard!r}") from None
-    if not 0 <= i < n:
-        raise InputError(f"shard {i}/{n}: I must be in 0..{n - 1}")
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"shard {i}/{n}: N must be 1 or more and I in 0..N-1")
     return i, n
 
 
@@ -90,29 +91,32 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     stream_objs, needs = build_streams(streams, loaded, corpus)
     streams = [s.name for s in stream_objs]
     shard = check_shard(shard)
+    if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+        torch.cuda.set_device(device)  # this process's GPU (one per torchrun rank)
     # the document limit is not part of the identity: a stage that stopped at one continues
     # with a higher one (or none), the same documents in the same order and the rest after them
     identity = {"model": loaded.identity, "corpus": corpus.identity(),
                 "options": {"max_length": max_length, "streams": list(streams),
                             "nonfinite": nonfinite, "examples": examples,
                             **({"shard": list(shard)} if shard else {})}}
-    read = [0]  # documents read from the corpus, empty ones included
+    more = [False]  # whether the corpus has documents past max_documents
     reached = [False]  # whether the corpus (within the limit) reached where a resume continues
     start = time.monotonic()
     tokens = 0
     with Collector(loaded.model, layers, stream_objs, k, store=store, stage=stage, mode=mode,
                    identity=identity, kind=kind, dense_budget=dense_budget, nonfinite=nonfinite,
                    flush_every=flush_every, device=device, examples=examples,
-                   reopen=lambda meta: _more_documents(meta, max_documents)) as col:
+                   reopen=lambda meta: _more_documents(meta, max_documents),
+                   allow_empty=shard is not None) as col:  # a shard may hold no document
         col.extra = {"max_documents": max_documents, "corpus_done": False}
         skip = int(col.cursor.get("units", 0))
         at = col.cursor.get("at")  # the last unit counted: documents before it are not read again
 
         def indexed():
-            docs = enumerate(corpus)
-            for index, doc in (docs if max_documents is None else
-                               itertools.islice(docs, max_documents)):
-                read[0] += 1
+            for index, doc in enumerate(corpus):
+                if max_documents is not None and index >= max_documents:
+                    more[0] = True  # the corpus goes on past the limit
+                    return
                 if at is not None and index >= at["doc"]:
                     reached[0] = True
                 if shard is not None and index % shard[1] != shard[0]:
@@ -152,7 +156,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                              f"resume with a limit of at least the documents it has read, or "
                              f"none; nothing was written")
         # stopped by the corpus, not by the limit: nothing more to continue with a higher one
-        col.extra["corpus_done"] = max_documents is None or read[0] < max_documents
+        col.extra["corpus_done"] = not more[0]
         cursor = dict(col.cursor)
     elapsed = time.monotonic() - start
     return {"store": str(store), "stage": stage, "layers": col.layers, "streams": list(streams),

@@ -152,7 +152,8 @@ def _collate(units: list[Unit], pad_id: int, hf_inputs: bool, device):
     inputs = {"input_ids": ids, "attention_mask": mask} if hf_inputs else ids
     batch = Batch(input_ids=ids, inputs=inputs, mask=mask.bool(), labels=labels,
                   features=features, n_units=b,
-                  unit_ids=torch.tensor([u.doc for u in units], device=device),
-                  offsets=torch.tensor([u.start for u in units], device=device))
+                  # on the host: moved to the device only when top examples need them
+                  unit_ids=torch.tensor([u.doc for u in units]),
+                  offsets=torch.tensor([u.start for u in units]))
     return Collated(batch, sum(u.last for u in units), int(mask.sum()), units[-1])
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture.hooks import first_key, first_part, resolve_layers
+from ..capture.hooks import first_key, innermost, resolve_layers
 from ..errors import InputError
 
 
@@ -43,9 +43,7 @@ def _zero_units(output, units: torch.Tensor):
 
 def _first_tensor(output):
     """What a mask zeroes: the tensor capture takes (of a PackedSequence: its data)."""
-    while not isinstance(output, (torch.Tensor, nn.utils.rnn.PackedSequence)) and \
-            first_part(output) is not None:
-        output = first_part(output)
+    output = innermost(output)
     return output.data if isinstance(output, nn.utils.rnn.PackedSequence) else output
 
 
@@ -166,12 +164,15 @@ def _width(lin: nn.Module) -> int:
     return lin.weight.shape[0] if isinstance(lin, nn.Linear) else lin.weight.shape[1]
 
 
-def mlp_linears(model: nn.Module, layer: str) -> tuple[list[nn.Module], nn.Module]:
+def mlp_linears(model: nn.Module, layer: str, width: int | None = None
+                ) -> tuple[list[nn.Module], nn.Module]:
     """``(input projections, output projection)`` of the MLP whose intermediate units ``layer``
     outputs: its activation, or an input projection (``gate_proj``, ``up_proj``, ``c_fc``,
-    ``fc1``, BERT's ``intermediate``). The MLP module itself, or anything after its activation
-    (the output projection, a dropout after it), outputs the MLP's output units instead: those
-    are refused, since removing intermediate units with their ids would remove other units."""
+    ``fc1``, BERT's ``intermediate``). The MLP module itself, its output projection, or what holds
+    that, output the MLP's output units instead: those are refused, since removing intermediate
+    units by their ids would remove other units. Another module inside the MLP (a dropout, a
+    custom activation) is taken only when ``width``, the units it was collected with, is the
+    MLP's intermediate width."""
     modules = dict(model.named_modules())
     if layer not in modules:
         raise InputError(f"no module {layer!r} in {type(model).__name__}")
@@ -189,13 +190,19 @@ def mlp_linears(model: nn.Module, layer: str) -> tuple[list[nn.Module], nn.Modul
         raise InputError(f"{layer!r} is the MLP module itself: its output holds the MLP's output "
                          f"units, not the intermediate ones prune_mlp removes. Collect and prune "
                          f"its activation{hint}, or mask {layer!r} with mask_units")
-    after_act = any(target is m for m in out.modules()) or any(out is m for m in target.modules()) or (
-        isinstance(target, (nn.Linear, nn.LayerNorm)) and not _is_intermediate(target, ins)) or (
-        type(target).__name__ == "Conv1D" and target not in ins)
-    if after_act:
+    if any(target is m for m in out.modules()) or any(out is m for m in target.modules()):
         raise InputError(f"{layer!r} outputs the MLP's output units, not its intermediate ones: "
                          f"prune the MLP through its activation, or mask {layer!r} with "
                          f"mask_units")
+    if width is not None and int(width) != _width(ins[0]):
+        raise InputError(f"{layer!r} was collected with {int(width)} units, but the MLP around "
+                         f"it has {_width(ins[0])} intermediate units: its neuron ids are not "
+                         f"the MLP's; prune a layer collected on the MLP's activation")
+    if not _is_intermediate(target, ins) and width is None:
+        raise InputError(f"{layer!r} is neither an input projection nor an activation of the "
+                         f"MLP, so its units need not be the intermediate ones (a dropout after "
+                         f"the output projection has the output units): prune through the "
+                         f"activation, or give width= (the units it was collected with) to check")
     return ins, out
 
 
@@ -217,13 +224,8 @@ def prune_mlp(model: nn.Module, layer: str, units: Iterable[int], width: int | N
     layer was collected with (``LayerView.n_neurons``); when given, a layer of another width is
     refused before anything changes, as ids from it would name other units.
     """
-    ins, out = mlp_linears(model, layer)
-    width_now = _width(ins[0])
-    if width is not None and int(width) != width_now:
-        raise InputError(f"{layer!r} was collected with {int(width)} units, but the MLP around "
-                         f"it has {width_now} intermediate units: its neuron ids are not the "
-                         f"MLP's; prune a layer collected on the MLP's activation")
-    width = width_now
+    ins, out = mlp_linears(model, layer, width)
+    width = _width(ins[0])
     drop = np.unique(np.asarray(list(units), dtype=np.int64))
     if drop.size and (drop.min() < 0 or drop.max() >= width):
         raise InputError(f"units must be in [0, {width}) for {layer!r}")

@@ -24,6 +24,10 @@ def _options(meta: dict) -> dict:
 def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
     """Refuse parts that do not add up to one collection (see :func:`merge_stages`)."""
     first_name, first = parts[0][0], parts[0][2]
+    names = [name for name, _, _ in parts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"{', '.join(twice)} given twice: each part counts once")
     for name, _, meta in parts:
         if meta.get("status") != "complete":
             raise StoreError(f"{name} is {meta.get('status')}: finish it first (txray collect "
@@ -52,6 +56,13 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
                 if meta.get(key) != first.get(key):
                     raise InputError(f"{name} and {first_name} are shards of different "
                                      f"collections ({key} differs)")
+        return
+    corpora = [meta.get("corpus") for _, _, meta in parts]
+    for i, c in enumerate(corpora):
+        if c is not None and c in corpora[:i]:
+            raise InputError(f"{names[i]} and {names[corpora.index(c)]} were collected over the "
+                             f"same corpus: their documents would count twice (merge shards of "
+                             f"`collect --shard`, or stages over different files)")
 
 
 def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
@@ -68,6 +79,14 @@ def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
     sources = [(os.fspath(p), s) for p, s in sources]
     if len(sources) < 2:
         raise InputError("merge needs at least two stages")
+    if mode not in ("new", "overwrite"):
+        raise InputError(f"merge writes a new stage or replaces one (mode 'new' or 'overwrite'), "
+                         f"not {mode!r}")
+    target = (os.path.realpath(store), stage)
+    if any((os.path.realpath(p), s) == target for p, s in sources):
+        raise InputError(f"stage {stage!r} of {os.fspath(store)!r} is one of the sources: write "
+                         f"the merge under another name (replacing a source while reading it "
+                         f"could lose it)")
     parts = []
     for path, name in sources:
         st = open_store(path).stage(name)
@@ -83,6 +102,11 @@ def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
         acc = part if acc is None else acc.merge_(part, ties)
         for key in cursor:
             cursor[key] += int((meta.get("cursor") or {}).get(key, 0))
+    cursors = [meta.get("cursor") or {} for _, _, meta in parts]
+    ats = [c["at"] for c in cursors if c.get("at")]
+    if ties == "place" and ats and all(c.get("at") or not c.get("units") for c in cursors):
+        # complete shards (empty ones too): all is counted up to the last window
+        cursor["at"] = max(ats, key=lambda at: (at["doc"], at["start"]))
     first = parts[0][2]
     corpora = [meta.get("corpus") for _, _, meta in parts]
     identity = {key: first[key] for key in SHARED if key in first}
@@ -90,11 +114,11 @@ def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
     identity["corpus"] = corpora[0] if all(c == corpora[0] for c in corpora) else \
         {"merged": corpora}
     extra = {"merged_from": [f"{path}::{name}" for path, name in sources]}
-    if "max_documents" in first:
+    if ties == "place" and "max_documents" in first:  # shards of one limit: a higher one continues
         extra["max_documents"] = first.get("max_documents")
         extra["corpus_done"] = all(meta.get("corpus_done", True) for _, _, meta in parts)
     with StageWriter(store, stage, mode, identity) as writer:
         writer.commit(acc, cursor, "complete", extra)
     return {"store": os.fspath(store), "stage": stage, "sources": len(sources),
-            "layers": list(acc.layers), "tokens": max(s.tokens for s in acc.layers.values()),
-            **cursor}
+            "layers": list(acc.layers),
+            "tokens": max((s.tokens for s in acc.layers.values()), default=0), **cursor}

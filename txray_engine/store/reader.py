@@ -40,7 +40,12 @@ class Store:
         self.meta = group_attrs(self.root)
 
     def __repr__(self) -> str:
-        stages = ", ".join(f"{n} ({self.stage(n).status})" for n in self.stages) or "none"
+        def status(name):
+            try:
+                return self.stage(name).status
+            except StoreError:  # a stage a writer has begun but not yet committed
+                return "no snapshot yet"
+        stages = ", ".join(f"{n} ({status(n)})" for n in self.stages) or "none"
         return f"Store({str(self.path)!r}; stages: {stages})"
 
     @property

@@ -47,9 +47,10 @@ def differences(stored: dict, identity: dict, prefix: str = "") -> list[str]:
         old, new = stored[key], json.loads(json.dumps(value, default=str))
         if isinstance(old, dict) and isinstance(new, dict):
             out += differences(old, new, f"{prefix}{key}.")
-            # a setting the stage has and this version no longer names (the stage's attributes
-            # hold more than the identity only at the top)
+            # a setting only one side names (the stage's attributes hold more than the identity
+            # only at the top)
             out += [f"{prefix}{key}.{k}" for k in old if k not in new]
+            out += [f"{prefix}{key}.{k}" for k in new if k not in old]
         elif old != new:
             out.append(f"{prefix}{key}")
     return out
