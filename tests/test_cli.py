@@ -112,3 +112,25 @@ def test_pos_alignment_to_subword_tokens():
     names = [POS_VOCAB[i] if i >= 0 else None for i in ids]
     assert names == ["DT", "NNS", "NNS", "VBD", ".", None]
     assert np.all(np.array(ids[:5]) >= 0)
+
+
+def test_store_refusals_come_before_the_model_loads(word_model, tmp_path, monkeypatch):
+    """A stage that exists, or a store another writer holds, fails at once: the model (35 s for
+    SmolLM2 on a CPU) is not loaded first."""
+    import txray_engine.collect as collect_pkg
+    from txray_engine import StageWriter
+    args = ["collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"], "--corpus",
+            word_model["text"], "--layers", "lstm", "--store", tmp_path / "s.zarr", "--stage",
+            "s", "-q"]
+    _run(*args)
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(collect_pkg, "load_model", no_load)
+    res = CliRunner().invoke(main, list(map(str, args)))
+    assert res.exit_code == 2 and "already exists" in res.output, res.output
+    res = CliRunner().invoke(main, list(map(str, args + ["--resume"])))
+    assert res.exit_code == 2 and "already complete" in res.output, res.output
+    with StageWriter(tmp_path / "s.zarr", "t", "new", {}):
+        res = CliRunner().invoke(main, list(map(str, args[:-2] + ["t", "-q"])))
+    assert res.exit_code == 2 and "being written by another process" in res.output, res.output

@@ -67,7 +67,8 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
             device, shard, quiet, as_json):
     """Run a model over a corpus and store the stage's statistics."""
     from ..collect import Corpus, collect_corpus, load_model
-    from ..collect.run import check_shard
+    from ..collect.run import check_shard, more_documents
+    from ..store import StageWriter
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: pick one")
@@ -84,10 +85,14 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
     names = [s.strip() for s in streams.split(",") if s.strip()]
     corpus = Corpus(corpus_paths, fmt, unit, text_field,
                     label_field if "label" in names else None)
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    # a locked store or a stage that exists fails now, not after the model has loaded
+    StageWriter(store, stage, mode,
+                reopen=lambda meta: more_documents(meta, max_documents)).precheck()
     loaded = load_model(model_spec, gguf_file, tokenizer, vocab, lower, device, quiet=quiet)
     summary = collect_corpus(
         loaded, corpus, layers, names, k, store=store, stage=stage,
-        mode="resume" if resume else "overwrite" if overwrite else "new", batch_size=batch_size,
+        mode=mode, batch_size=batch_size,
         max_length=max_length, max_documents=max_documents, kind=kind,
         dense_budget=dense_budget_mb * 2**20, nonfinite="skip" if skip_nonfinite else "error",
         flush_every=flush_every, device=device, quiet=quiet, examples=examples, shard=shard)

@@ -46,7 +46,7 @@ def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stre
     return streams, needs
 
 
-def _more_documents(meta: dict, max_documents: int | None) -> bool:
+def more_documents(meta: dict, max_documents: int | None) -> bool:
     """Whether a complete stage stopped at a document limit that ``max_documents`` raises."""
     if meta.get("corpus_done", True):  # stages written before the limit was kept say nothing
         return False
@@ -106,7 +106,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     with Collector(loaded.model, layers, stream_objs, k, store=store, stage=stage, mode=mode,
                    identity=identity, kind=kind, dense_budget=dense_budget, nonfinite=nonfinite,
                    flush_every=flush_every, device=device, examples=examples,
-                   reopen=lambda meta: _more_documents(meta, max_documents),
+                   reopen=lambda meta: more_documents(meta, max_documents),
                    allow_empty=shard is not None) as col:  # a shard may hold no document
         col.extra = {"max_documents": max_documents, "corpus_done": False}
         skip = int(col.cursor.get("units", 0))

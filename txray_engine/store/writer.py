@@ -113,6 +113,20 @@ class StageWriter:
             raise
         return self
 
+    def precheck(self) -> None:
+        """What :meth:`open` refuses without knowing the identity (a locked store, a stage that
+        exists or is complete), checked and released at once: a job can fail in a second
+        instead of after loading its model. Nothing is written."""
+        identity, fingerprint = self.identity, self.fingerprint
+        self.identity, self.fingerprint = None, None  # no fingerprint to compare yet
+        try:
+            self.open()
+        finally:
+            self.identity, self.fingerprint = identity, fingerprint
+            self.close()
+            self._replace_pending, self.resumed, self.cursor = False, False, {}
+            self._snapshot, self._seq = None, 0
+
     def _lock(self) -> None:
         self._fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -148,12 +162,14 @@ class StageWriter:
             raise StageExistsError(f"stage {self.stage!r} is already complete: nothing to resume"
                                    f"{more}; collect it again with --overwrite "
                                    f"(mode='overwrite')")
-        if meta.get("fingerprint") != self.fingerprint:
+        if self.fingerprint is not None and meta.get("fingerprint") != self.fingerprint:
             changed = differences(meta, self.identity)
             what = (f"with other settings ({', '.join(changed)})" if changed else
                     "with a different model, corpus or options")
             raise StageExistsError(f"stage {self.stage!r} was started {what}; resume with the "
                                    f"same ones, or overwrite it (--overwrite, mode='overwrite')")
+        if self.fingerprint is None:  # a precheck: nothing more to know, nothing to remove
+            return
         self._snapshot = meta.get("snapshot")
         self._seq = int(self._snapshot[len(SNAPSHOT_PREFIX):]) if self._snapshot else 0
         self.cursor = dict(meta.get("cursor") or {})
