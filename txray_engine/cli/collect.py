@@ -170,7 +170,7 @@ def corpus_wikipedia(out, max_articles, min_words):
 @corpus.command("reviews")
 @click.option("--cache", default=".cache/reviews", show_default=True,
               type=click.Path(file_okay=False), help="Folder for the review files.")
-@click.option("--jsonl", type=click.Path(dir_okay=False),
+@click.option("--out", "--jsonl", "jsonl", type=click.Path(dir_okay=False),
               help="Also write them as JSONL (text, label) for `txray collect`.")
 @click.option("--which", type=click.Choice(["sentences", "reviews"]), default="sentences",
               show_default=True, help="4,000 sentences or 1,500 full reviews.")
