@@ -51,6 +51,9 @@ def test_shards_merge_to_the_whole_collection(word_model, tmp_path, monkeypatch)
     assert a.cursor == b.cursor and a.tokens == b.tokens and b.status == "complete"
     assert b.meta["collection"] == a.meta["collection"] and b.meta["corpus"] == a.meta["corpus"]
     assert "shard" not in b.meta["options"] and len(b.meta["merged_from"]) == 3
+    # a merged stage of shards continues with a higher limit like one collection, and says so
+    res = _collect(word_model, "--store", tmp_path / "m.zarr", "--resume")
+    assert res.exit_code == 2 and "already complete" in res.output  # the corpus was read whole
     # top examples name each token by its document and its position in it, in every shard alike
     ea, eb = a.layer("lstm").examples, b.layer("lstm").examples
     for key in ("examples_value", "examples_doc", "examples_pos", "examples_context"):
@@ -150,3 +153,20 @@ def test_shards_with_equal_activations_merge_as_one_run():
     for key in ("value", "doc", "pos", "context"):
         assert torch.equal(getattr(merged, key), getattr(whole, key)), key
     assert not torch.equal(plain.doc, whole.doc)  # the shards' order, without ties="place"
+
+
+def test_merged_shards_continue_with_a_higher_limit(word_model, tmp_path):
+    """Shards of the first 40 documents, merged, continue to 60 with `collect --resume` as one
+    collection would: the cursor and counts of one 60-document run, the sources still named."""
+    for i in range(2):
+        _ok(_collect(word_model, "--store", tmp_path / f"p{i}.zarr", "--shard", f"{i}/2",
+                     "--max-documents", "40"))
+    _ok(CliRunner().invoke(main, ["merge", str(tmp_path / "p0.zarr"), str(tmp_path / "p1.zarr"),
+                                  "--store", str(tmp_path / "m.zarr"), "--stage", "s"]))
+    _ok(_collect(word_model, "--store", tmp_path / "m.zarr", "--resume", "--max-documents", "60"))
+    _ok(_collect(word_model, "--store", tmp_path / "one.zarr", "--max-documents", "60"))
+    a, b = open_store(tmp_path / "m.zarr").stage("s"), open_store(tmp_path / "one.zarr").stage("s")
+    assert a.cursor == b.cursor and a.tokens == b.tokens and len(a.meta["merged_from"]) == 2
+    for name in ("token", "predicted"):
+        assert (a.layer("lstm").stream(name).csr("count") !=
+                b.layer("lstm").stream(name).csr("count")).nnz == 0

@@ -226,6 +226,8 @@ class StageWriter:
                 "updated": _now(), **self.identity, **(extra or {})}
         prev = dict(sg.attrs).get(ATTR) or {}
         meta["created"] = prev.get("created", meta["updated"])
+        if "merged_from" in prev:  # a merged stage, continued (an overwritten one starts anew)
+            meta.setdefault("merged_from", prev["merged_from"])
         sg.attrs.put({ATTR: meta})  # the atomic switch
         self._snapshot = name
         self.cursor = dict(cursor)
