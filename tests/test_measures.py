@@ -10,9 +10,9 @@ from scipy.spatial.distance import euclidean
 from scipy.stats import entropy as scipy_entropy
 
 from txray_engine.accumulate import SparseStats
-from txray_engine.measures import (align_vocabularies, compare, compat_hellinger, distributions,
-                                   entropy, feature_group_mass, length, stage_table,
-                                   top_features)
+from txray_engine.measures import (align_vocabularies, compare, compare_streams, compat_hellinger,
+                                   distributions, entropy, feature_group_mass, length,
+                                   stage_table, top_features)
 
 
 def from_dense(count, mass, freq=None):
@@ -219,3 +219,20 @@ def test_shared_neurons_without_a_distribution_get_no_distance(engine):
     by_count = compare(a, b, by="count", min_count=2, engine=engine)
     assert np.isnan(by_count["hellinger"][0]) and by_count["hellinger"][1:].tolist() == [0, 0]
     assert compare(a, b, engine=engine)["hellinger"][0] == 1.0  # min_count=1: disjoint supports
+
+
+def test_comparing_two_different_streams_needs_saying_so(tmp_path):
+    import torch
+
+    from txray_engine import Accumulator, StageWriter, open_store
+    from txray_engine.errors import InputError
+    acc = Accumulator({"token": ["a", "b", "c"], "pos": ["NN", "VB"]}, k=1)
+    acc.observe("l", torch.randn(20, 4), {"token": torch.randint(0, 3, (20,)),
+                                         "pos": torch.randint(0, 2, (20,))})
+    with StageWriter(tmp_path / "s.zarr", "s", "new", {}) as w:
+        w.commit(acc, {"units": 1}, "complete")
+    layer = open_store(tmp_path / "s.zarr").stage("s").layer("l")
+    with pytest.raises(InputError, match="other_streams=True"):
+        compare(layer.stream("token"), layer.stream("pos"))
+    cmp = compare_streams(layer.stream("token"), layer.stream("pos"), other_streams=True)
+    assert cmp.summary()["unaligned_a"] == 3  # no feature string in common

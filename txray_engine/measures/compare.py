@@ -282,9 +282,15 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
                                         "min_neuron_count": min_neuron_count})
 
 
-def compare_streams(view_a, view_b, **options) -> Comparison:
+def compare_streams(view_a, view_b, *, other_streams: bool = False, **options) -> Comparison:
     """Compare two ``StreamView``s (same layer and stream of two stages); alive neurons come from
-    each layer's selection counts. ``options`` as for :func:`compare`."""
+    each layer's selection counts. ``options`` as for :func:`compare`. Views of two different
+    streams (token against pos) are refused unless ``other_streams=True`` (e.g. what neurons
+    read, token, against what the model predicts, predicted: one vocabulary)."""
+    if view_a.name != view_b.name and not other_streams:
+        raise InputError(f"stream {view_a.name!r} against stream {view_b.name!r}: a comparison "
+                         f"is of one stream in two stages; pass other_streams=True to compare "
+                         f"two streams (their features are aligned by string)")
     return compare(view_a.stats, view_b.stats, list(view_a.vocab), list(view_b.vocab),
                    neuron_count_a=view_a.layer.neuron_count,
                    neuron_count_b=view_b.layer.neuron_count, **options)
