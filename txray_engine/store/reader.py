@@ -11,6 +11,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+import txray_kernels as kernels
+
 from ..accumulate.accumulator import Accumulator
 from ..accumulate.examples import TopExamples
 from ..accumulate.layer import LayerState
@@ -165,9 +167,10 @@ class Stage:
 
     def load_into(self, acc: Accumulator) -> None:
         """Put every layer of the stage into ``acc`` (same streams; its layers are replaced)."""
-        for name in self.layers:
-            acc.layers[name] = self.layer(name).state(acc.vocab_sizes, acc.kind,
-                                                      acc.dense_budget, acc.device)
+        with kernels.on_device(acc.device):  # a GPU state's inserts run on its own GPU
+            for name in self.layers:
+                acc.layers[name] = self.layer(name).state(acc.vocab_sizes, acc.kind,
+                                                          acc.dense_budget, acc.device)
 
     def layer(self, name: str) -> "LayerView":
         if name not in self.layers:
