@@ -219,7 +219,8 @@ def test_cli_skip_nonfinite_counts_positions_per_layer(word_model, tmp_path):
     skipped = st.skipped_nonfinite()
     assert set(skipped) == {"lstm", "decoder"} and skipped["lstm"] > 0
     assert summary["skipped_nonfinite"] == skipped
-    assert st.layer("lstm").tokens + skipped["lstm"] == summary["tokens_this_run"]
+    assert st.layer("lstm").tokens + skipped["lstm"] == summary["positions_read"]
+    assert summary["tokens_this_run"] == st.tokens  # as txray info counts them
     info = CliRunner().invoke(main, ["info", str(store)]).output
     assert f"layer lstm: 12 neurons, {skipped['lstm']} positions skipped (non-finite" in info
     res = CliRunner().invoke(main, args[:-1] + ["--overwrite"])

@@ -120,7 +120,9 @@ def test_merge_refuses_parts_that_overlap_or_a_source_as_target(word_model, tmp_
             ([a, b], tmp_path / "m.zarr", "new", "same corpus"),
             ([a, (str(tmp_path / "c.zarr"), "s")], tmp_path / "a.zarr", "overwrite",
              "is one of the sources"),
-            ([a, b], tmp_path / "m.zarr", "resume", "mode 'new' or 'overwrite'")]:
+            ([a, b], tmp_path / "m.zarr", "resume", "mode 'new' or 'overwrite'"),
+            ([a, (str(tmp_path / "b.zarr"), "t")], tmp_path / "m.zarr", "new",
+             "has no stage 't' .*--from-stage S, or as .*::S")]:
         with pytest.raises(InputError, match=words):
             merge_stages(sources, target, "s", mode)
     assert not (tmp_path / "m.zarr").exists()

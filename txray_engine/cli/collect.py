@@ -43,7 +43,9 @@ from .base import main, output_file, parse_k
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=1),
               help="Tokens per window; longer documents are split.")
-@click.option("--max-documents", type=click.IntRange(min=1), help="Stop after this many documents.")
+@click.option("--max-documents", type=click.IntRange(min=1),
+              help="Stop after this many documents of the corpus (with --shard: of the whole "
+                   "corpus, split among the shards).")
 @click.option("--state", "kind", type=click.Choice(["auto", "dense", "sparse"]), default="auto",
               show_default=True, help="Accumulator kind per (layer, stream).")
 @click.option("--dense-budget-mb", default=512, show_default=True, type=click.IntRange(min=1),
@@ -111,7 +113,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--store", required=True, type=click.Path(file_okay=False),
-              help="Store to write the merged stage into (may be one of the sources').")
+              help="Store to write the merged stage into (may be a source's store).")
 @click.option("--stage", required=True, help="Name of the merged stage.")
 @click.option("--from-stage", help="Stage to take from each source written as STORE; default: "
                                    "--stage.")

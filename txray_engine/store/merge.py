@@ -89,7 +89,12 @@ def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
                          f"could lose it)")
     parts = []
     for path, name in sources:
-        st = open_store(path).stage(name)
+        source = open_store(path)
+        if name not in source.stages:
+            raise InputError(f"{path!r} has no stage {name!r} (it has "
+                             f"{', '.join(map(repr, source.stages)) or 'none'}): name the stage to "
+                             f"take with --from-stage S, or as {path}::S")
+        st = source.stage(name)
         parts.append((f"stage {name!r} of {path!r}", st, dict(st.meta)))
     _check_parts(parts)
     # shards name documents by their index in one corpus: equal examples go to the earlier
