@@ -46,7 +46,9 @@ def on_own_device(method):
     """Decorate a method of an object with a ``device`` to run it under :func:`on_device`."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with on_device(self.device):
+        if self.device.type != "cuda":  # the CPU's hot path: no context to enter
+            return method(self, *args, **kwargs)
+        with torch.cuda.device(self.device):
             return method(self, *args, **kwargs)
     return run
 

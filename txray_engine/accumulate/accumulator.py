@@ -117,6 +117,11 @@ class Accumulator:
                 f"layer{'' if len(self.layers) == 1 else 's'}){layers}")
 
     @property
+    def tokens(self) -> int:
+        """Positions counted: the most any layer counted (layers skip non-finite ones apart)."""
+        return max((s.tokens for s in self.layers.values()), default=0)
+
+    @property
     def vocab_sizes(self) -> dict[str, int]:
         return {s.name: len(s.vocab) for s in self.streams}
 

@@ -86,19 +86,13 @@ def innermost(output):
 
 def output_tensor(output, module: nn.Module, time_first: bool | None = None) -> torch.Tensor:
     """The activation tensor of a module output, batch-first (see the module docstring)."""
-    packed = False
-    x = output
-    while True:
-        if isinstance(x, nn.utils.rnn.PackedSequence):
-            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True)
-            packed = True
-        elif isinstance(x, torch.Tensor):
-            break
-        elif first_part(x) is not None:
-            x = first_part(x)
-        else:
-            raise InputError(f"{type(module).__name__} returned {type(output).__name__}, which "
-                             f"holds no tensor to capture: pick another module")
+    x = innermost(output)
+    packed = isinstance(x, nn.utils.rnn.PackedSequence)
+    if packed:
+        x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True)
+    elif not isinstance(x, torch.Tensor):
+        raise InputError(f"{type(module).__name__} returned {type(output).__name__}, which "
+                         f"holds no tensor to capture: pick another module")
     if time_first is None:
         time_first = isinstance(module, nn.RNNBase) and not module.batch_first
     if time_first and not packed and x.dim() >= 3:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import torch
@@ -53,19 +52,12 @@ def more_documents(meta: dict, max_documents: int | None) -> bool:
     return max_documents is None or max_documents > int(meta.get("max_documents") or 0)
 
 
-def _tokens(col: Collector) -> int:
-    """Tokens the collection's sums hold (the most any layer counted)."""
-    return max((s.tokens for s in col.accumulator.layers.values()), default=0)
-
-
 def _skipping(units, skip: int, reached: list):
     """``units`` after the first ``skip``; ``reached[0]``: whether there were that many."""
     for n, unit in enumerate(units):
+        reached[0] = reached[0] or n == skip - 1
         if n >= skip:
-            reached[0] = True
             yield unit
-        elif n == skip - 1:
-            reached[0] = True
 
 
 def check_shard(shard) -> tuple[int, int] | None:
@@ -114,7 +106,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                    reopen=lambda meta: more_documents(meta, max_documents),
                    allow_empty=shard is not None) as col:  # a shard may hold no document
         col.extra = {"max_documents": max_documents, "corpus_done": False}
-        counted_before = _tokens(col)
+        counted_before = col.accumulator.tokens
         skip = int(col.cursor.get("units", 0))
         at = col.cursor.get("at")  # the last unit counted: documents before it are not read again
 
@@ -165,7 +157,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
         col.extra["corpus_done"] = not more[0]
         cursor = dict(col.cursor)
     elapsed = time.monotonic() - start
-    counted = _tokens(col) - counted_before  # without positions skipped for non-finite values
+    counted = col.accumulator.tokens - counted_before  # without positions skipped for non-finite values
     return {"store": str(store), "stage": stage, "layers": col.layers, "streams": list(streams),
             "k": k, "tokens_this_run": counted, "positions_read": tokens,
             "documents": cursor["documents"],

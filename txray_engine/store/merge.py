@@ -17,8 +17,10 @@ from .writer import StageWriter
 SHARED = ("model", "collection")
 
 
-def _options(meta: dict) -> dict:
-    return {k: v for k, v in (meta.get("options") or {}).items() if k != "shard"}
+def _settings(meta: dict) -> dict:
+    """What every part must share: model, collection and options (but the shard)."""
+    options = {k: v for k, v in (meta.get("options") or {}).items() if k != "shard"}
+    return {**{key: meta.get(key) for key in SHARED}, "options": options}
 
 
 def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
@@ -32,10 +34,8 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
         if meta.get("status") != "complete":
             raise StoreError(f"{name} is {meta.get('status')}: finish it first (txray collect "
                              f"... --resume), then merge")
-        for key in SHARED + ("options",):
-            mine = _options(meta) if key == "options" else meta.get(key)
-            theirs = _options(first) if key == "options" else first.get(key)
-            if mine != theirs:
+        for key, value in _settings(meta).items():
+            if value != _settings(first)[key]:
                 raise InputError(f"{name} and {first_name} differ in {key}: only stages of one "
                                  f"model collected the same way add up")
     shards = [(name, (meta.get("options") or {}).get("shard")) for name, _, meta in parts]
@@ -114,8 +114,7 @@ def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
         cursor["at"] = max(ats, key=lambda at: (at["doc"], at["start"]))
     first = parts[0][2]
     corpora = [meta.get("corpus") for _, _, meta in parts]
-    identity = {key: first[key] for key in SHARED if key in first}
-    identity["options"] = _options(first)
+    identity = {key: value for key, value in _settings(first).items() if value is not None}
     identity["corpus"] = corpora[0] if all(c == corpora[0] for c in corpora) else \
         {"merged": corpora}
     extra = {"merged_from": [f"{path}::{name}" for path, name in sources]}
@@ -126,4 +125,4 @@ def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
         writer.commit(acc, cursor, "complete", extra)
     return {"store": os.fspath(store), "stage": stage, "sources": len(sources),
             "layers": list(acc.layers),
-            "tokens": max((s.tokens for s in acc.layers.values()), default=0), **cursor}
+            "tokens": acc.tokens, **cursor}

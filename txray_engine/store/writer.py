@@ -222,7 +222,7 @@ class StageWriter:
                 "layers": {n: s.n_neurons for n, s in acc.layers.items()},
                 "streams": {s.name: {"source": s.source, "size": len(s.vocab)} for s in acc.streams},
                 "documents": int(cursor.get("documents", 0)),
-                "tokens": max((s.tokens for s in acc.layers.values()), default=0),
+                "tokens": acc.tokens,
                 "updated": _now(), **self.identity, **(extra or {})}
         prev = dict(sg.attrs).get(ATTR) or {}
         meta["created"] = prev.get("created", meta["updated"])
