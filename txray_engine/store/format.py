@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -14,6 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.api.asynchronous import create_hierarchy
+from zarr.core.array import AsyncArray
+from zarr.core.group import GroupMetadata
+from zarr.core.metadata import ArrayV3Metadata
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore, StorePath
 
 from ..accumulate.stats import SparseStats
 from ..errors import StoreError, TxRayError
@@ -99,11 +106,56 @@ def group_attrs(group: zarr.Group) -> dict:
     return meta
 
 
-async def write_array(group, name: str, data: np.ndarray, chunk: int) -> None:
-    """Create and fill an array in an ``AsyncGroup``, chunked by ``chunk`` along its first axis."""
-    data = np.ascontiguousarray(data)
+@functools.cache
+def _encoding(dtype: str, ndim: int) -> dict:
+    """Zarr's default metadata for arrays of ``dtype`` (codecs, fill value, key encoding), as a
+    dict to give each array its shape and chunks."""
+    meta = zarr.create_array(store=MemoryStore(), shape=(1,) * ndim, dtype=np.dtype(dtype),
+                             chunks=(1,) * ndim).metadata
+    return meta.to_dict()
+
+
+def array_metadata(data: np.ndarray, chunk: int) -> ArrayV3Metadata:
+    """Metadata of an array holding ``data``, chunked by ``chunk`` along its first axis (an
+    array shorter than that is one chunk of its length)."""
     chunks = (max(1, min(chunk, data.shape[0] or 1)), *data.shape[1:])
-    await group.create_array(name, data=data, chunks=chunks)
+    return ArrayV3Metadata.from_dict({
+        **_encoding(data.dtype.str, data.ndim), "shape": list(data.shape),
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}}})
+
+
+def stream_nodes(stats: SparseStats) -> tuple[dict, dict]:
+    """One (layer, stream) as CSR arrays: its group's attributes and ``{name: (data, chunk)}``."""
+    arrays = {"indptr": (stats.indptr.astype(np.int64, copy=False), VECTOR_CHUNK),
+              "feature_freq": (stats.feature_freq.astype(np.int64, copy=False), VECTOR_CHUNK)}
+    arrays |= {c: (getattr(stats, c).astype(dt, copy=False), CELL_CHUNK)
+               for c, dt in CELL_ARRAYS.items()}
+    return stream_attrs(stats), arrays
+
+
+def write_hierarchy(store, groups: dict[str, dict], arrays: dict[str, tuple]) -> None:
+    """Create new groups ``{path: attributes}`` and arrays ``{path: (data, chunk)}`` (paths
+    relative to ``store``'s root; existing parent groups are left as they are) and fill the
+    arrays, all concurrently.
+
+    One call writes a whole snapshot: Zarr creates each node once, without the parent checks and
+    the per-array round trips of ``create_array``, which cost more than the data.
+    """
+    nodes = {path: GroupMetadata(attributes=attrs) for path, attrs in groups.items()}
+    metas = {path: array_metadata(data, chunk) for path, (data, chunk) in arrays.items()}
+
+    async def fill(path, data):
+        if data.size:  # all chunks are written: checking each for the fill value costs more
+            array = AsyncArray(metadata=metas[path], store_path=StorePath(store, path),
+                               config={"write_empty_chunks": True})
+            await array.setitem(slice(None), np.ascontiguousarray(data))
+
+    async def write():
+        async for _ in create_hierarchy(store=store, nodes={**nodes, **metas}):
+            pass
+        await asyncio.gather(*(fill(path, data) for path, (data, _) in arrays.items()))
+
+    sync(write())
 
 
 def stream_attrs(stats: SparseStats) -> dict:
@@ -111,19 +163,8 @@ def stream_attrs(stats: SparseStats) -> dict:
                    "nnz": stats.nnz, "tokens": stats.tokens, "missing": stats.missing}}
 
 
-async def write_stats(parent, name: str, stats: SparseStats) -> None:
-    """Write one (layer, stream) as CSR arrays into a new group ``name`` of ``parent``
-    (an ``AsyncGroup``); all arrays are written concurrently."""
-    group = await parent.create_group(name, attributes=stream_attrs(stats))
-    jobs = [write_array(group, "indptr", stats.indptr.astype(np.int64), VECTOR_CHUNK),
-            write_array(group, "feature_freq", stats.feature_freq.astype(np.int64), VECTOR_CHUNK)]
-    jobs += [write_array(group, c, getattr(stats, c).astype(dt), CELL_CHUNK)
-             for c, dt in CELL_ARRAYS.items()]
-    await asyncio.gather(*jobs)
-
-
 def read_stats(group: zarr.Group) -> SparseStats:
-    """Read one (layer, stream) written by :func:`write_stats`, checking its consistency."""
+    """Read one (layer, stream) written from :func:`stream_nodes`, checking its consistency."""
     meta = group_attrs(group)
     try:
         n, v, nnz = int(meta["n_neurons"]), int(meta["n_features"]), int(meta["nnz"])

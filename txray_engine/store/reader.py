@@ -148,10 +148,17 @@ class Stage:
         with damaged(f"vocabularies of stage {self.name!r}"):
             return group_attrs(self.group[VOCAB_GROUP])["vocabularies"]
 
+    @cached_property
+    def _vocab_objects(self) -> dict:
+        return {}
+
     def vocab(self, stream: str) -> Vocabulary:
+        """The stream's vocabulary (built once per ``Stage``: a layer's checks ask for it)."""
         if stream not in self._vocabularies:
             raise _unknown("stream", stream, list(self._vocabularies))
-        return Vocabulary(self._vocabularies[stream])
+        if stream not in self._vocab_objects:
+            self._vocab_objects[stream] = Vocabulary(self._vocabularies[stream])
+        return self._vocab_objects[stream]
 
     def accumulator(self, kind: str = "auto", dense_budget: int = DEFAULT_DENSE_BUDGET,
                     device="cpu") -> Accumulator:

@@ -11,7 +11,6 @@ which the kernel releases when the process dies.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import fcntl
 import json
@@ -20,13 +19,13 @@ import shutil
 from pathlib import Path
 
 import zarr
-from zarr.core.sync import sync
 
 from ..accumulate.accumulator import Accumulator
 from ..errors import StageExistsError, StoreError, StoreLockedError
 from ..version import FORMAT_VERSION, __version__
 from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, damaged,
-                     fingerprint, group_attrs, open_root, root_attrs, write_array, write_stats)
+                     fingerprint, group_attrs, open_root, root_attrs, stream_nodes,
+                     write_hierarchy)
 
 MODES = ("new", "resume", "overwrite")
 
@@ -210,11 +209,7 @@ class StageWriter:
         self._seq += 1
         name = f"{SNAPSHOT_PREFIX}{self._seq:06d}"
         self._remove_stale_snapshots(also=name)
-        layers = {check_name("layer", n): (s.totals(), s.stream_stats(), {
-            ATTR: {"kind": "layer", "n_neurons": s.n_neurons, "tokens": s.tokens,
-                   "skipped_nonfinite": s.skipped_nonfinite,
-                   "alive": int((s.neuron_count > 0).sum())}}) for n, s in acc.layers.items()}
-        sync(_write_snapshot(sg._async_group, name, layers))
+        write_hierarchy(root.store, *snapshot_nodes(acc, f"{sg.path}/{name}"))
         meta = {"kind": "stage", "format_version": FORMAT_VERSION, "engine_version": __version__,
                 "status": status, "snapshot": name, "cursor": dict(cursor),
                 "fingerprint": self.fingerprint, "k": acc.k,
@@ -274,16 +269,19 @@ class StageWriter:
         self.close()
 
 
-
-async def _write_snapshot(stage_group, name: str, layers: dict) -> None:
-    """Write a whole snapshot group concurrently (one event-loop round trip per commit)."""
-    snap = await stage_group.create_group(name, attributes={ATTR: {"kind": "snapshot",
-                                                                   "layers": list(layers)}})
-
-    async def layer(lname, totals, streams, attrs):
-        lg = await snap.create_group(lname, attributes=attrs)
-        await asyncio.gather(*(write_array(lg, k, a, VECTOR_CHUNK) for k, a in totals.items()),
-                             *(write_stats(lg, check_name("stream", sname), stats)
-                               for sname, stats in streams.items()))
-
-    await asyncio.gather(*(layer(n, *v) for n, v in layers.items()))
+def snapshot_nodes(acc: Accumulator, base: str) -> tuple[dict, dict]:
+    """The snapshot of ``acc`` at path ``base`` as ``{group path: attributes}`` and
+    ``{array path: (data, chunk length)}`` (the layout of docs/FORMAT.md)."""
+    groups = {base: {ATTR: {"kind": "snapshot", "layers": list(acc.layers)}}}
+    arrays = {}
+    for lname, s in acc.layers.items():
+        layer = f"{base}/{check_name('layer', lname)}"
+        groups[layer] = {ATTR: {"kind": "layer", "n_neurons": s.n_neurons, "tokens": s.tokens,
+                                "skipped_nonfinite": s.skipped_nonfinite,
+                                "alive": int((s.neuron_count > 0).sum())}}
+        arrays |= {f"{layer}/{k}": (a, VECTOR_CHUNK) for k, a in s.totals().items()}
+        for sname, stats in s.stream_stats().items():
+            path = f"{layer}/{check_name('stream', sname)}"
+            groups[path], cells = stream_nodes(stats)
+            arrays |= {f"{path}/{k}": v for k, v in cells.items()}
+    return groups, arrays
