@@ -299,15 +299,27 @@ class StreamView:
             return self.group["feature_freq"][:]
 
     def row(self, neuron: int) -> dict[str, np.ndarray]:
-        """One neuron's cells (``indices``, ``count``, ``mass``, ``peak``), reading only its chunks."""
+        """One neuron's cells (``indices``, ``count``, ``mass``, ``peak``), reading only its chunks
+        (or, once :attr:`stats` has been read, slicing it)."""
         if isinstance(neuron, bool) or not isinstance(neuron, (int, np.integer)):
             raise InputError(f"a neuron is an integer id, got {neuron!r}")
         if not 0 <= neuron < self.layer.n_neurons:
             raise StoreError(f"neuron {neuron} is outside layer {self.layer.name!r} "
                              f"(0..{self.layer.n_neurons - 1})")
+        cells = ("indices", "count", "mass", "peak")
+        if "stats" in self.__dict__:  # read whole already (a comparison): slice it in memory
+            s = self.stats
+            a, b = int(s.indptr[neuron]), int(s.indptr[neuron + 1])
+            return {k: getattr(s, k)[a:b] for k in cells}
         with self.layer.stage.reading(self.what):
-            a, b = (int(x) for x in self.group["indptr"][neuron:neuron + 2])
-            return {k: self.group[k][a:b] for k in ("indices", "count", "mass", "peak")}
+            arrays = self._arrays
+            a, b = (int(x) for x in arrays["indptr"][neuron:neuron + 2])
+            return {k: arrays[k][a:b] for k in cells}
+
+    @cached_property
+    def _arrays(self) -> dict:
+        """The stream's arrays, opened once (each opening reads its metadata)."""
+        return {k: self.group[k] for k in ("indptr", "indices", "count", "mass", "peak")}
 
     def top_features(self, neuron: int, n: int = 10, by: str = "mass", share: bool = False
                      ) -> list[tuple[str, float]]:
