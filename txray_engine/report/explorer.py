@@ -51,11 +51,13 @@ def _stream_payload(data: ReportData, layer: str, stream: str, keep: np.ndarray)
                 index[word] = len(strings)
                 strings.append(word)
             glob[f] = index[word]
-        permille = np.rint(shares * 1000).astype(np.int64)
-        rows = []
-        for r in range(ids.shape[0]):
-            m = ids[r] >= 0
-            rows.append(np.stack([glob[ids[r][m]], permille[r][m]], axis=1).ravel().tolist())
+        # each row's features first (in order), then pairs (global id, ‰) cut at its length
+        first = np.argsort(ids < 0, axis=1, kind="stable")
+        ids, shares = np.take_along_axis(ids, first, 1), np.take_along_axis(shares, first, 1)
+        pairs = np.empty((ids.shape[0], 2 * ids.shape[1]), dtype=np.int64)
+        pairs[:, 0::2] = glob[np.maximum(ids, 0)]
+        pairs[:, 1::2] = np.rint(shares * 1000)
+        rows = [row[:2 * n] for row, n in zip(pairs.tolist(), (ids >= 0).sum(1).tolist())]
         rows += [[]] * (keep.size - ok.size)  # neurons beyond this stage's width
         top[s] = rows
     return {"name": stream, "strings": strings, "top": top}
