@@ -170,6 +170,24 @@ def test_module_running_twice_is_an_error():
             col.step(Batch(input_ids=torch.zeros(2, dtype=torch.long), inputs=torch.randn(2, 3)))
 
 
+@pytest.mark.parametrize("inplace", [True, False])
+def test_an_output_changed_in_place_after_capture_is_an_error(inplace):
+    """A ReLU(inplace=True) after the captured Linear overwrote what it computed: counting it
+    would count the ReLU's output under the Linear's name (negative rows all 0, ties to
+    neuron 0). Refused, naming the fix; capturing the ReLU itself is fine."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(inplace=inplace), nn.Linear(6, 2))
+    batch = Batch(input_ids=torch.zeros(5, dtype=torch.long), inputs=torch.randn(5, 3))
+    with Collector(model, ["0", "1"] if not inplace else ["1"], _streams()) as col:
+        col.step(batch)
+    if not inplace:
+        return
+    with pytest.raises(InputError, match="'0'.*changed in place.*inplace=False|'0'.*changed in "
+                                         "place.*out of place"):
+        with Collector(model, ["0"], _streams()) as col:
+            col.step(batch)
+
+
 # -- Hugging Face models from small configs (random weights, no download) --------------------------
 transformers = pytest.importorskip("transformers")
 

@@ -113,6 +113,7 @@ class LayerCapture:
         self.names = resolve_layers(model, layers)
         self.time_first = set(time_first)
         self.captured: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
+        self.versions: dict[str, list] = {n: [] for n in self.names}  # at capture, per call
         self.packed: set[str] = set()  # layers whose output was a PackedSequence
         self._handles: list = []
 
@@ -130,7 +131,9 @@ class LayerCapture:
 
     def _hook(self, name: str, module: nn.Module, time_first):
         def hook(_mod, _inputs, output):
-            self.captured[name].append(output_tensor(output, module, time_first).detach())
+            x = output_tensor(output, module, time_first).detach()
+            self.captured[name].append(x)
+            self.versions[name].append(_version(x))
             (self.packed.add if isinstance(innermost(output), nn.utils.rnn.PackedSequence)
              else self.packed.discard)(name)
         return hook
@@ -146,6 +149,8 @@ class LayerCapture:
     def clear(self) -> None:
         for v in self.captured.values():
             v.clear()
+        for v in self.versions.values():
+            v.clear()
 
     def take(self) -> dict[str, torch.Tensor]:
         """One tensor per layer from the last forward; clears the record.
@@ -159,7 +164,21 @@ class LayerCapture:
                     raise InputError(
                         f"module {name!r} ran {len(got)} times in one forward pass; capture needs a "
                         f"module that runs exactly once per forward (pick a per-layer module)")
+                if _version(got[0]) != self.versions[name][0]:
+                    raise InputError(
+                        f"module {name!r}: its output was changed in place later in the forward "
+                        f"pass (e.g. by a following nn.ReLU(inplace=True)), so what it computed is "
+                        f"gone and would be counted wrongly; capture the module that changed it, "
+                        f"or make that op out of place (for a ReLU: its .inplace = False)")
                 out[name] = got[0]
         finally:
             self.clear()
         return out
+
+
+def _version(x: torch.Tensor):
+    """The tensor's in-place version counter (None for inference tensors, which have none)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
