@@ -182,6 +182,54 @@ def test_structural_pruning_sequential_and_errors():
         prune_mlp(model, "1", range(6))
 
 
+@pytest.mark.parametrize("modules,layer,width", [
+    ([nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)], "0", None),  # the input projection
+    ([nn.Linear(4, 8), nn.GELU(), nn.Dropout(0.1), nn.Linear(8, 3)], "0", None),
+    ([nn.Linear(4, 8), nn.GELU(), nn.Dropout(0.1), nn.Linear(8, 3)], "1", None),
+    ([nn.Linear(4, 8), nn.GELU(), nn.Dropout(0.1), nn.Linear(8, 3)], "2", 8),  # a dropout
+    ([nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3)], "2", None),
+])
+def test_structural_pruning_of_sequential_mlps_equals_masking(modules, layer, width):
+    """Linear, then modules that keep each unit in place (activation, dropout), then Linear:
+    any of the first ones outputs the intermediate units."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*modules).eval()
+    x = torch.randn(6, 4)
+    with torch.no_grad(), mask_units(model, {layer: [1, 4]}):
+        masked = model(x)
+    info = prune_mlp(model, layer, [1, 4], width=width)
+    assert info["after"] == info["before"] - 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), masked, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("modules,layer,message", [
+    ([nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)], "", "the MLP module itself"),
+    ([nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)], "2", "output units"),
+    ([nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 3)], "0", r"Sigmoid\) does not map 0 to 0"),
+    ([nn.Linear(4, 8), nn.Softmax(-1), nn.Linear(8, 3)], "1", "recognised MLP"),
+])
+def test_structural_pruning_refuses_what_masking_would_not_match(modules, layer, message):
+    """A Sequential MLP itself and its output projection hold output units; masking a sigmoid's
+    input leaves sigmoid(0) = 0.5 flowing on, which no removal keeps; a softmax mixes units."""
+    model = nn.Sequential(nn.Identity(), nn.Sequential(*modules))
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(InputError, match=message):
+        prune_mlp(model, "1" + (f".{layer}" if layer else ""), [1, 2])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_structural_pruning_through_an_activation_that_is_not_zero_at_zero():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 3))
+    x = torch.randn(6, 4)
+    with torch.no_grad(), mask_units(model, {"1": [2, 3]}):
+        masked = model(x)
+    prune_mlp(model, "1", [2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), masked)
+
+
 @pytest.mark.parametrize("case,layer", [
     (0, "model.layers.1.mlp"), (0, "model.layers.1.mlp.down_proj"), (1, "transformer.h.0.mlp"),
     (1, "transformer.h.0.mlp.c_proj"), (2, "encoder.layer.1"), (2, "encoder.layer.1.output"),

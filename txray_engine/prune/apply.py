@@ -151,12 +151,30 @@ def _find_mlp(model: nn.Module, layer: str):
             return name, [c["fc1"]], c["fc2"]
         if {"intermediate", "output"} <= set(c) and hasattr(c["intermediate"], "dense"):
             return name, [c["intermediate"].dense], c["output"].dense
-        if isinstance(m, nn.Sequential) and depth == len(path) - 1:
+        if isinstance(m, nn.Sequential) and depth == len(path):  # the MLP itself
+            pair = _sequential_mlp(m, 0)
+            if pair:
+                return name, [m[pair[0]]], m[pair[1]]
+        if isinstance(m, nn.Sequential) and depth == len(path) - 1 and path[-1].isdigit():
             i = int(path[-1])
-            if 0 < i < len(m) - 1 and isinstance(m[i - 1], nn.Linear) and \
-                    isinstance(m[i + 1], nn.Linear):
-                return name, [m[i - 1]], m[i + 1]
+            pair = _sequential_mlp(m, i)
+            if pair is None and isinstance(m[i], nn.Linear) and i > 0:
+                pair = _sequential_mlp(m, i - 1)  # the output projection of the MLP before
+                pair = pair if pair and pair[1] == i else None
+            if pair:
+                return name, [m[pair[0]]], m[pair[1]]
     return None
+
+
+def _sequential_mlp(m: nn.Sequential, i: int) -> tuple[int, int] | None:
+    """``(input, output)`` indices of the Linear → elementwise modules (activation, dropout, …)
+    → Linear of ``m`` whose first Linear or modules between hold index ``i``."""
+    before = next((j for j in range(i, -1, -1) if isinstance(m[j], nn.Linear)), None)
+    after = next((j for j in range(i + 1, len(m)) if isinstance(m[j], nn.Linear)), None)
+    if before is None or after is None or \
+            not all(_elementwise(m[j]) for j in range(before + 1, after)):
+        return None
+    return before, after
 
 
 def _width(lin: nn.Module) -> int:
@@ -203,7 +221,52 @@ def mlp_linears(model: nn.Module, layer: str, width: int | None = None
                          f"MLP, so its units need not be the intermediate ones (a dropout after "
                          f"the output projection has the output units): prune through the "
                          f"activation, or give width= (the units it was collected with) to check")
+    projection = next((i for i in ins if target is i or any(i is d for d in target.modules())),
+                      None)
+    if projection is not None and not (len(ins) > 1 and projection is ins[-1]):
+        # masking a pre-activation unit leaves act(0) flowing into the output projection; only
+        # where act(0) = 0 is removing the unit the same (a gated MLP's up_proj always is)
+        act = _activation_of(modules, name, ins[0], out)
+        if act is not None and not _maps_zero_to_zero(act, ins[0]):
+            raise InputError(f"{layer!r} is an input projection whose activation "
+                             f"({type(act).__name__}) does not map 0 to 0: a masked unit still "
+                             f"passes act(0) on, which removing it cannot keep. Collect and prune "
+                             f"the activation's output instead, or mask {layer!r} with "
+                             f"mask_units")
     return ins, out
+
+
+def _activation_of(modules: dict, name: str, first: nn.Module, out: nn.Module):
+    """The MLP's activation module: the one inside it (between the projections of a
+    ``Sequential``), or None when it is a plain function."""
+    mlp = modules.get(name)
+    if isinstance(mlp, nn.Sequential):
+        kids = list(mlp)
+        i = next(j for j, m in enumerate(kids) if m is first)
+        k = next(j for j, m in enumerate(kids) if m is out)
+        return next((m for m in kids[i + 1:k] if _is_activation(m)), None)
+    return next((m for n, m in modules.items() if n.startswith(f"{name}.") and
+                 _is_activation(m)), None)
+
+
+def _maps_zero_to_zero(act: nn.Module, projection: nn.Module) -> bool:
+    """Whether ``act(0) == 0`` (True when it cannot be told)."""
+    w = projection.weight
+    try:
+        with torch.no_grad():
+            return bool((act(torch.zeros(1, 4, dtype=w.dtype, device=w.device)) == 0).all())
+    except Exception:  # an activation that needs other shapes: nothing to tell
+        return True
+
+
+#: Activation-module types that mix units (not one value per unit)
+_MIXING = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.MultiheadAttention, nn.GLU)
+
+
+def _elementwise(m: nn.Module) -> bool:
+    """Modules that keep each unit where it is (an activation, dropout, identity)."""
+    return (_is_activation(m) and not isinstance(m, _MIXING)) or \
+        isinstance(m, (nn.modules.dropout._DropoutNd, nn.Identity))
 
 
 def _is_activation(m: nn.Module) -> bool:
