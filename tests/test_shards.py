@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from txray_engine import open_store, same_sums
 from txray_engine.cli import main
+from txray_engine.errors import InputError
 
 
 def _collect(wm, *extra):
@@ -128,20 +129,23 @@ def test_merge_refuses_parts_that_overlap_or_a_source_as_target(word_model, tmp_
     assert not (tmp_path / "m.zarr").exists()
 
 
-def test_shards_with_equal_activations_merge_as_one_run():
+def test_shards_with_equal_activations_merge_as_one_run(tmp_path):
     """An embedding layer: a word's activation is the same wherever it occurs, so top examples
-    tie often; shards merged with ties="place" keep what one pass keeps (the earlier document)."""
+    tie often; shards merged with ties="place" keep what one pass keeps (the earlier document),
+    in memory and as stored stages collected from Python."""
     import torch
     from torch import nn
 
     from txray_engine import Batch, Collector, Stream, Vocabulary, merge
+    from txray_engine.store import merge_stages
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(6, 4))
     streams = [Stream("token", Vocabulary.of_size(6), "input")]
     ids = torch.randint(0, 2, (9, 5))  # two words: every list is full of equal values
 
-    def run(rows, batch=2):
-        with Collector(model, ["0"], streams, k=1, examples=3, context_radius=1) as col:
+    def run(rows, batch=2, stage=None):
+        with Collector(model, ["0"], streams, k=1, examples=3, context_radius=1,
+                       store=stage and tmp_path / "s.zarr", stage=stage) as col:
             for i in range(0, len(rows), batch):
                 part = rows[i:i + batch]
                 col.step(Batch(input_ids=ids[part], unit_ids=torch.tensor(part)))
@@ -155,6 +159,17 @@ def test_shards_with_equal_activations_merge_as_one_run():
     for key in ("value", "doc", "pos", "context"):
         assert torch.equal(getattr(merged, key), getattr(whole, key)), key
     assert not torch.equal(plain.doc, whole.doc)  # the shards' order, without ties="place"
+
+    for i in (2, 0, 1):
+        run(list(range(i, 9, 3)), stage=f"part{i}")
+    parts = [(tmp_path / "s.zarr", f"part{i}") for i in (2, 0, 1)]
+    for ties, same in (("place", True), (None, False)):  # None: "first" for non-shard stages
+        merge_stages(parts, tmp_path / "m.zarr", f"m{ties}", ties=ties)
+        stored = open_store(tmp_path / "m.zarr").stage(f"m{ties}").layer("0").examples
+        assert np.array_equal(stored["examples_doc"], whole.doc.numpy()) == same
+        assert np.array_equal(stored["examples_value"], whole.value.numpy())
+    with pytest.raises(InputError, match="ties must be 'first' or 'place'"):
+        merge_stages(parts, tmp_path / "m.zarr", "bad", ties="Place")
 
 
 def test_merged_shards_continue_with_a_higher_limit(word_model, tmp_path):

@@ -65,7 +65,7 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
                              f"`collect --shard`, or stages over different files)")
 
 
-def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
+def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None = None) -> dict:
     """Write the sums of ``sources`` (``[(store path, stage name), ...]``) as ``stage`` of
     ``store``; returns the new stage's summary.
 
@@ -74,7 +74,10 @@ def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
     of one ``txray collect --shard I/N`` must all be there, each once. The merged stage holds
     their summed sums and cursors (tokens, documents, units) and names its sources in
     ``merged_from``; its top examples are the best of all (the documents keep their indices in
-    the corpus). ``mode`` as for :class:`StageWriter`.
+    the corpus). ``mode`` as for :class:`StageWriter`. ``ties``: how equal top examples are
+    settled (see ``Accumulator.merge_``); by default ``"place"`` for ``txray collect --shard``
+    stages, else ``"first"``: shards collected from Python with ``Batch(unit_ids=...)`` pass
+    ``ties="place"``.
     """
     sources = [(os.fspath(p), s) for p, s in sources]
     if len(sources) < 2:
@@ -99,7 +102,10 @@ def merge_stages(sources, store, stage: str, mode: str = "new") -> dict:
     _check_parts(parts)
     # shards name documents by their index in one corpus: equal examples go to the earlier
     # document, as in one collection; other parts keep the order given
-    ties = "place" if (parts[0][2].get("options") or {}).get("shard") else "first"
+    if ties is None:
+        ties = "place" if (parts[0][2].get("options") or {}).get("shard") else "first"
+    elif ties not in ("first", "place"):
+        raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
     acc: Accumulator | None = None
     cursor = {"units": 0, "documents": 0}
     for _, st, meta in parts:
