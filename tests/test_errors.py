@@ -3,6 +3,7 @@
 import fcntl
 import os
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -70,7 +71,6 @@ def test_bad_k_and_width():
         Accumulator(VOCAB, kind="dens")
     with pytest.raises(InputError, match="dense_budget is bytes"):
         Accumulator(VOCAB, dense_budget=-1)
-    import numpy as np
     assert Accumulator(VOCAB, k=np.int64(2)).k == 2  # a numpy integer is an integer
     with pytest.raises(InputError, match="activations need a position axis"):
         Accumulator(VOCAB).observe("enc", torch.randn(4), {"tok": torch.zeros(4, dtype=torch.long)})
@@ -83,6 +83,23 @@ def test_bad_k_and_width():
         acc.observe("enc", torch.randn(2, 3), {"tok": torch.zeros(2, dtype=torch.long)})
     with pytest.raises(InputError, match="floating-point"):
         acc.observe("enc", torch.ones(2, 4, dtype=torch.long), {"tok": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(InputError, match=r"numpy array; pass torch.from_numpy\(a\)"):
+        acc.observe("enc", np.ones((2, 4), np.float32), {"tok": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(InputError, match=r"features must be a dict \{stream name: ids\}"):
+        acc.observe("enc", torch.randn(2, 4), torch.zeros(2, dtype=torch.long))
+    assert acc.tokens == 2  # only the first observation counted
+
+
+def test_labels_of_another_count_than_the_sequences():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    streams = [Stream("label", Vocabulary(["neg", "pos"]), "label")]
+    with Collector(model, ["0"], streams, allow_empty=True) as col:
+        with pytest.raises(InputError, match="has 3 ids .* for 8 sequences; give one label id"):
+            col.step(Batch(input_ids=torch.zeros(8, 5, dtype=torch.long),
+                           inputs=torch.randn(8, 5, 3), labels=torch.tensor([0, 1, 1])))
+        assert not col.accumulator.layers
+    with pytest.raises(InputError, match="give both store and stage"):
+        Collector(model, ["0"], streams, store="s.zarr")
 
 
 def test_bad_batch_in_collector_changes_no_layer():
@@ -348,7 +365,7 @@ def test_reading_and_measuring_mistakes_are_input_errors(two_stages):
     """Mistakes in the Python API raise the engine's InputError (a ValueError) with what to do,
     never a KeyError, TypeError or AttributeError from inside."""
     from txray_engine import Stream, open_store
-    from txray_engine.measures import compare
+    from txray_engine.measures import NeuronTable, compare, compare_streams
     st = open_store(two_stages)
     a, b = (st.stage(s).layer("lstm").stream("token") for s in ("text", "reviews"))
     cases = [
@@ -359,6 +376,8 @@ def test_reading_and_measuring_mistakes_are_input_errors(two_stages):
         (lambda: Vocabulary(["a", "a"]), "must be unique"),
         (lambda: Stream("t", Vocabulary(["a"]), "inputs"), "unknown source"),
         (lambda: compare(a.stats, b.stats, min_count=0), "at least 1"),
+        (lambda: compare_streams(a.stats, b.stats), r"takes StreamViews.*compare\(a, b"),
+        (lambda: NeuronTable({"neuron": np.arange(3), "x": np.arange(2)}), "of one length"),
     ]
     for call, words in cases:
         with pytest.raises(InputError, match=words):

@@ -165,6 +165,9 @@ class Accumulator:
         of each layer. With ``examples``, the commits read the kept rows of the activations
         again: leave them unchanged until then.
         """
+        if not isinstance(features, dict):
+            raise InputError(f"features must be a dict {{stream name: ids}} for the streams "
+                             f"{[s.name for s in self.streams]}, got {type(features).__name__}")
         items = list(activations.items())
         if not items:
             return []
@@ -203,6 +206,9 @@ class Accumulator:
                 for (layer, a), sel, suspects in zip(items, selections, numbers[len(bounds):])]
 
     def _check_activations(self, layer, activations) -> None:
+        if isinstance(activations, np.ndarray):
+            raise InputError(f"layer {layer!r}: activations must be a torch tensor, got a numpy "
+                             f"array; pass torch.from_numpy(a)")
         if not isinstance(activations, torch.Tensor) or not activations.is_floating_point():
             raise InputError(f"layer {layer!r}: activations must be a floating-point tensor, got "
                              f"{getattr(activations, 'dtype', type(activations).__name__)}")

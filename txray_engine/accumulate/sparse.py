@@ -145,7 +145,7 @@ class SparseState(StreamState):
         (``checked=True``: the caller checked shapes and ids, as ``txray_kernels.accumulate`` does)."""
         if not checked and (tuple(features.shape) != tuple(indices.shape[:1]) or
                             values.shape != indices.shape):
-            raise ValueError(f"need values and indices [P, k] and features [P], got "
+            raise InputError(f"need values and indices [P, k] and features [P], got "
                              f"{tuple(values.shape)}, {tuple(indices.shape)}, "
                              f"{tuple(features.shape)}")
         if self._table_kind != "cpu":

@@ -87,7 +87,8 @@ class Collector:
                  context_radius: int = 5, eval_mode: bool = True, reopen=None,
                  allow_empty: bool = False):
         if (store is None) != (stage is None):
-            raise ValueError("give both store and stage, or neither")
+            raise InputError("give both store and stage (the store path and the stage's name), "
+                             "or neither (sums in memory only)")
         self.model = model
         if device is None:
             p = next(model.parameters(), None)

@@ -116,7 +116,12 @@ def stream_features(streams: list[Stream], batch: Batch, logits=None) -> dict[st
         elif s.source == "label":
             if batch.labels is None:
                 raise _missing(s, "Batch.labels is None; give one label id per sequence")
-            ids = batch.labels.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+            labels = torch.as_tensor(batch.labels)
+            if labels.numel() != shape[0]:
+                raise _missing(s, f"Batch.labels has {labels.numel()} ids (shape "
+                                  f"{tuple(labels.shape)}) for {shape[0]} sequences; give one "
+                                  f"label id per sequence")
+            ids = labels.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
         else:
             if s.name not in batch.features:
                 raise _missing(s, f"Batch.features has no {s.name!r}; "

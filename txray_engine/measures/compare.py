@@ -287,6 +287,11 @@ def compare_streams(view_a, view_b, *, other_streams: bool = False, **options) -
     each layer's selection counts. ``options`` as for :func:`compare`. Views of two different
     streams (token against pos) are refused unless ``other_streams=True`` (e.g. what neurons
     read, token, against what the model predicts, predicted: one vocabulary)."""
+    for v in (view_a, view_b):
+        if not all(hasattr(v, a) for a in ("name", "stats", "vocab", "layer")):
+            raise InputError(f"compare_streams takes StreamViews (store.stage(s).layer(l)."
+                             f"stream(name)), got {type(v).__name__}; for SparseStats use "
+                             f"compare(a, b, vocab_a, vocab_b)")
     if view_a.name != view_b.name and not other_streams:
         raise InputError(f"stream {view_a.name!r} against stream {view_b.name!r}: a comparison "
                          f"is of one stream in two stages; pass other_streams=True to compare "

@@ -43,7 +43,9 @@ def length(stats: SparseStats, min_count: int = 1) -> np.ndarray:
 
 
 def activation_mass(stats: SparseStats) -> tuple[np.ndarray, np.ndarray]:
-    """``(mass, share)`` per neuron: its summed clamped activation and its share of the layer's."""
+    """``(mass, share)`` per neuron: its summed clamped activation over the stream's cells and
+    its share of the stream's total. Positions without a feature in this stream are not in its
+    cells: the layer's whole mass per neuron is ``LayerView.neuron_mass``."""
     mass = row_sums(stats.csr("mass"))
     total = mass.sum()
     return mass, (mass / total if total > 0 else np.zeros_like(mass))

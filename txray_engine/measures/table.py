@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from ..errors import InputError
+
 
 class NeuronTable:
     """Columns of equal length, ``neuron`` first."""
@@ -16,7 +18,8 @@ class NeuronTable:
     def __init__(self, columns: dict[str, np.ndarray]):
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
-            raise ValueError(f"columns of different lengths: {lengths}")
+            raise InputError(f"a NeuronTable's columns are one value per neuron, of one length; "
+                             f"got lengths {sorted(lengths)}")
         self.columns = {k: np.asarray(v) for k, v in columns.items()}
 
     def __len__(self) -> int:
