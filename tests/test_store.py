@@ -252,3 +252,84 @@ def test_reading_ignores_a_half_written_snapshot_and_names_a_missing_one(tmp_pat
     meta.write_text(json.dumps(doc))
     with pytest.raises(StoreError, match="no committed snapshot .'snap-000077'."):
         open_store(path).stage("s")
+
+
+def test_a_reader_during_the_removal_of_its_snapshot_is_told_to_reopen(tmp_path, monkeypatch):
+    """The writer switches the stage to its new snapshot, then deletes the old one. A reader of
+    the old one that finds chunks gone reads Zarr's fill value (0) without an error: every read
+    checks afterwards that its snapshot is still the stage's. Here the removal is caught halfway
+    (only the count chunks gone)."""
+    import txray_engine.store.writer as writer_module
+    path = tmp_path / "s.zarr"
+    acc = Accumulator({"token": VOCAB["token"]}, k=2, examples=2)
+    g = torch.Generator().manual_seed(0)
+    acc.observe("l", torch.randn(50, 6, generator=g),
+                {"token": torch.randint(0, 40, (50,), generator=g)},
+                where={"doc": torch.zeros(50, dtype=torch.long), "pos": torch.arange(50),
+                       "context": torch.zeros(50, 11, dtype=torch.long)})
+    with StageWriter(path, "s", "new", {}) as w:
+        w.commit(acc, {"units": 1})
+        old = open_store(path).stage("s")
+        real = shutil.rmtree
+        monkeypatch.setattr(writer_module.shutil, "rmtree",
+                            lambda p, *a, **k: real(f"{p}/l/token/count/c"))
+        w.commit(acc, {"units": 2})
+        monkeypatch.setattr(writer_module.shutil, "rmtree", real)
+        for read in (lambda: old.layer("l").stream("token").csr("count"),
+                     lambda: old.layer("l").stream("token").row(1),
+                     lambda: old.layer("l").examples):  # was None: a removed group lists empty
+            with pytest.raises(StoreError, match="updated by a writer since it was opened"):
+                read()
+    fresh = open_store(path).stage("s")
+    assert fresh.layer("l").stream("token").csr("count").sum() == 100
+    assert fresh.layer("l").examples["examples_value"].shape == (6, 2)
+
+
+def test_a_stage_before_its_first_snapshot_is_not_damaged(tmp_path):
+    """Between a writer's start and its first commit (or after a kill in it) the stage has no
+    snapshot: info lists it, reading it says so; neither calls the store damaged."""
+    from click.testing import CliRunner
+
+    from txray_engine.cli import main
+    from txray_engine.errors import StageNotReadyError
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(), stage="done")
+    with StageWriter(path, "s", "new", {}) as w:
+        w.commit(_acc(), {"units": 1})
+    meta = path / "s" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"][ATTR].update(snapshot=None, status="in_progress", cursor={})
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StageNotReadyError, match="no snapshot yet.*--resume"):
+        open_store(path).stage("s")
+    assert open_store(path).info()["stages"]["s"]["status"] == "no snapshot yet"
+    res = CliRunner().invoke(main, ["info", str(path)])
+    assert res.exit_code == 0 and "stage s: no snapshot yet" in res.output
+    assert "stage done: complete" in res.output
+
+
+@pytest.mark.parametrize("stage,stream", [("run\\1", "token"), ("zarr.json", "token"),
+                                          ("s", "neuron_mass"), ("s", "examples_doc")])
+def test_names_zarr_cannot_hold_are_refused_before_writing(tmp_path, stage, stream):
+    """Zarr reads a backslash as '/' (the stage became groups run/1, and the store unreadable);
+    a stream named as a layer's array collided with it at the first flush."""
+    from txray_engine import Batch, Collector, Stream, Vocabulary
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4))
+    with pytest.raises(StoreError, match="invalid (stage|stream) name"):
+        with Collector(model, ["0"], [Stream(stream, Vocabulary.of_size(3), "input")],
+                       store=tmp_path / "s.zarr", stage=stage) as col:
+            col.step(Batch(input_ids=torch.zeros(2, 2, dtype=torch.long),
+                           inputs=torch.randn(2, 2, 3)))
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_an_overwritten_stage_numbers_its_snapshots_on(tmp_path):
+    """A reader of the replaced stage's last snapshot must not take the new stage's first
+    snapshot, of the same name, for its own."""
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(seed=0))
+    old = open_store(path).stage("s")
+    _write(path, _acc(seed=1), mode="overwrite")
+    assert open_store(path).stage("s").meta["snapshot"] == "snap-000002"
+    with pytest.raises(StoreError, match="updated by a writer"):
+        old.layer("enc.lstm").stream("token").csr("count")

@@ -39,5 +39,10 @@ class StoreLockedError(StoreError):
     """Another writer holds the stage."""
 
 
+class StageNotReadyError(StoreError):
+    """A stage whose writer has not committed its first snapshot yet (writing it, or stopped
+    before it): nothing to read, and nothing damaged."""
+
+
 class CorpusError(TxRayError):
     """A corpus that is empty or cannot be read."""

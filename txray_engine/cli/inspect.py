@@ -26,6 +26,10 @@ def info(store, as_json):
     if not data["stages"]:
         click.echo("  no stages")
     for name, st in data["stages"].items():
+        if st["status"] == "no snapshot yet":
+            click.echo(f"  stage {name}: no snapshot yet (a collection is writing its first, or "
+                       f"stopped before it: --resume continues it)")
+            continue
         # a stage collected from Python without document counts shows its units instead
         docs = (f"{st['documents']} documents" if st["documents"] else
                 f"{st['units'] or 0} units")

@@ -14,7 +14,7 @@ from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
 from ..errors import CorpusError, InputError
 from ..features.streams import Batch, Stream, stream_features
-from ..store.format import fingerprint
+from ..store.format import check_name, fingerprint
 from ..store.writer import StageWriter
 
 
@@ -106,6 +106,11 @@ class Collector:
                       "nonfinite": nonfinite, "examples": int(examples),
                       "context_radius": int(context_radius),
                       "time_first": sorted(self.capture.time_first)}
+        if store is not None:  # names a flush would refuse, refused before any forward pass
+            for kind, names in (("layer", self.capture.names),
+                                ("stream", [s.name for s in self.streams])):
+                for name in names:
+                    check_name(kind, name)
         self.writer = (StageWriter(store, stage, mode, {**(identity or {}), "collection": collection},
                                    reopen=reopen) if store is not None else None)
         self.extra: dict = {}  # more stage attributes for every commit (e.g. a run's limits)

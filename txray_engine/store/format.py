@@ -40,12 +40,23 @@ VECTOR_CHUNK = 1 << 16
 CELL_ARRAYS = {"indices": np.int64, "count": np.int64, "mass": np.float64, "peak": np.float32}
 
 
+#: Arrays of a layer group: a stream group may not take their names
+LAYER_ARRAYS = ("neuron_count", "neuron_mass", "examples_value", "examples_doc", "examples_pos",
+                "examples_context")
+
+
 def check_name(kind: str, name: str) -> str:
-    """Stage, layer and stream names become group names: reject what Zarr cannot hold."""
-    if not isinstance(name, str) or not name or "/" in name or name.startswith((".", "__")) \
+    """Stage, layer and stream names become group names: reject what Zarr cannot hold (Zarr
+    reads a backslash as '/'), and a stream named as one of a layer's arrays."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name \
+            or name.startswith((".", "__")) or name == "zarr.json" \
             or name.startswith(SNAPSHOT_PREFIX) or name == VOCAB_GROUP:
-        raise StoreError(f"invalid {kind} name {name!r}: use a non-empty name without '/', not "
-                         f"starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not '{VOCAB_GROUP}'")
+        raise StoreError(f"invalid {kind} name {name!r}: use a non-empty name without '/' or "
+                         f"'\\', not starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not "
+                         f"'{VOCAB_GROUP}' or 'zarr.json'")
+    if kind == "stream" and name in LAYER_ARRAYS:
+        raise StoreError(f"invalid stream name {name!r}: a layer's group holds an array of that "
+                         f"name; choose another")
     return name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from functools import cached_property
@@ -18,10 +19,10 @@ from ..accumulate.examples import TopExamples
 from ..accumulate.layer import LayerState
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..accumulate.stats import SparseStats
-from ..errors import InputError, StoreError
+from ..errors import InputError, StageNotReadyError, StoreError
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
-from .format import VOCAB_GROUP, damaged, group_attrs, open_root, read_stats
+from .format import ATTR, VOCAB_GROUP, damaged, group_attrs, open_root, read_stats
 
 
 def open_store(path: str | os.PathLike) -> "Store":
@@ -74,7 +75,11 @@ class Store:
                "engine_version": self.meta.get("engine_version"),
                "size_bytes": self.size_on_disk(), "stages": {}}
         for name in self.stages:
-            st = self.stage(name)
+            try:
+                st = self.stage(name)
+            except StageNotReadyError:
+                out["stages"][name] = {"status": "no snapshot yet", "tokens": 0}
+                continue
             out["stages"][name] = {"status": st.status, "tokens": st.tokens, "k": st.k,
                                    "documents": st.cursor.get("documents"),
                                    "units": st.cursor.get("units"),
@@ -102,6 +107,10 @@ class Stage:
                 self.snapshot = self.group[snap] if snap else None
             except KeyError:
                 self.snapshot = None
+        if snap is None:  # a writer's first flush, in progress or killed: the stage is fine
+            raise StageNotReadyError(f"stage {name!r} has no snapshot yet: a collection is "
+                                     f"writing its first one, or was stopped before it; wait "
+                                     f"for it, or continue it with `txray collect ... --resume`")
         if self.snapshot is None:
             raise StoreError(f"stage {name!r} has no committed snapshot ({snap!r}): the store is "
                              f"damaged; collect the stage again with --overwrite")
@@ -115,15 +124,23 @@ class Stage:
             with damaged(what):
                 yield
         except StoreError:
-            try:
-                now = group_attrs(open_root(self.store.path, "r")[self.name]).get("snapshot")
-            except Exception:
-                now = self.meta.get("snapshot")
-            if now != self.meta.get("snapshot"):
-                raise StoreError(f"stage {self.name!r} was updated by a writer since it was "
-                                 f"opened (snapshot {self.meta.get('snapshot')!r} is now "
-                                 f"{now!r}): open the stage again to read the new sums") from None
+            self._check_current()
             raise
+        # a writer switches the pointer before it deletes the old snapshot: while the pointer
+        # still names ours, nothing we read can have been half-deleted (missing chunks read as
+        # zeros, without an error)
+        self._check_current()
+
+    def _check_current(self) -> None:
+        try:  # the stage's own zarr.json, read directly: a cheap check after every read
+            now = json.loads((self.store.path / self.name / "zarr.json").read_text())[
+                "attributes"][ATTR].get("snapshot")
+        except Exception:
+            now = None
+        if now != self.meta.get("snapshot"):
+            raise StoreError(f"stage {self.name!r} was updated by a writer since it was "
+                             f"opened (snapshot {self.meta.get('snapshot')!r} is now "
+                             f"{now!r}): open the stage again to read the new sums") from None
 
     def __repr__(self) -> str:
         docs = self.cursor.get("documents")
@@ -227,9 +244,11 @@ class LayerView:
     def examples(self) -> dict[str, np.ndarray] | None:
         """Top examples per neuron (``examples_value``, ``_doc``, ``_pos`` ``[N, m]``,
         ``_context`` ``[N, m, W]``), or None when the stage was collected without them."""
-        with self.stage.reading(self.what):
-            names = set(self.group.array_keys())
-            if "examples_value" not in names:
+        kept = self.stage.meta.get("examples")
+        if kept is not None and not int(kept.get("m", 0)):
+            return None
+        with self.stage.reading(self.what):  # (a listing of a removed snapshot is empty)
+            if kept is None and "examples_value" not in set(self.group.array_keys()):
                 return None
             return {k: self.group[k][:] for k in ("examples_value", "examples_doc",
                                                   "examples_pos", "examples_context")}

@@ -152,6 +152,10 @@ class StageWriter:
                                    f"name")
         if self.mode == "overwrite":
             self._replace_pending = True
+            # number on from the replaced stage: a reader of its last snapshot must not take the
+            # new stage's first one for it
+            snap = meta.get("snapshot")
+            self._seq = int(snap[len(SNAPSHOT_PREFIX):]) if snap else 0
             return
         if meta.get("status") == "complete" and not (self.reopen and self.reopen(meta)):
             limit = meta.get("max_documents")
