@@ -102,6 +102,25 @@ def test_labels_of_another_count_than_the_sequences():
         Collector(model, ["0"], streams, store="s.zarr")
 
 
+def test_inputs_the_models_forward_cannot_take():
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+
+        def forward(self, x, scale):
+            return self.lin(x) * scale
+
+    streams = [Stream("tok", Vocabulary(VOCAB["tok"]), "input")]
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    with Collector(TwoInputs(), ["lin"], streams, allow_empty=True) as col:
+        with pytest.raises(InputError, match="TwoInputs.forward cannot take the batch's inputs "
+                                             r"\(missing a required argument: 'scale'\)"):
+            col.step(Batch(input_ids=ids, inputs=torch.randn(2, 5, 3)))
+        col.step(Batch(input_ids=ids, inputs={"x": torch.randn(2, 5, 3), "scale": 2.0}))
+    assert col.accumulator.tokens == 10
+
+
 def test_bad_batch_in_collector_changes_no_layer():
     """Layer 2 of a batch is bad: layer 1 of the same batch must not be added either."""
     class Two(torch.nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Callable, Iterable
 
@@ -19,10 +20,18 @@ from ..store.writer import StageWriter
 
 
 def default_forward(model: nn.Module, batch: Batch):
-    """Call ``model(**inputs)`` for a dict of inputs, else ``model(inputs)``."""
-    if isinstance(batch.inputs, dict):
-        return model(**batch.inputs)
-    return model(batch.inputs)
+    """Call ``model(**inputs)`` for a dict of inputs, else ``model(inputs)``; inputs the model's
+    ``forward`` cannot take are refused with what to give instead."""
+    args, kwargs = ((), batch.inputs) if isinstance(batch.inputs, dict) else ((batch.inputs,), {})
+    try:
+        inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as e:
+        raise InputError(f"{type(model).__name__}.forward cannot take the batch's inputs ({e}): "
+                         f"give Batch(inputs={{argument: tensor, ...}}) with its arguments, or "
+                         f"Collector(..., forward=lambda model, batch: model(...))") from None
+    except ValueError:  # no signature to check (a builtin): the call will tell
+        pass
+    return model(*args, **kwargs)
 
 
 def output_logits(output) -> torch.Tensor | None:
