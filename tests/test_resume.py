@@ -147,3 +147,22 @@ def test_resume_with_a_limit_below_what_is_counted_is_refused(word_model, tmp_pa
                                          "--max-documents", "5"))
     assert res.exit_code == 2 and "past where --max-documents 5 stops" in res.output, res.output
     assert path.read_text() == before
+
+
+def test_resume_with_other_weights_of_the_same_model_is_refused(word_model, tmp_path):
+    """A checkpoint trained further (same file name, class and size) would mix the sums of two
+    models in one stage: the weights are part of the model's identity."""
+    import torch
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--max-documents",
+                                         "10"))
+    assert res.exit_code == 0, res.output
+    model = torch.load(word_model["ckpt"], weights_only=False)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    torch.save(model, word_model["ckpt"])
+    before = (store / "s" / "zarr.json").read_text()
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume",
+                                         "--max-documents", "20"))
+    assert res.exit_code == 2 and "other settings (model.weights)" in res.output, res.output
+    assert (store / "s" / "zarr.json").read_text() == before

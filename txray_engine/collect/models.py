@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import os
@@ -153,7 +154,29 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
     if tok is None and require_tokenizer:
         raise InputError(f"no tokenizer for {spec!r}: pass --tokenizer DIR (Hugging Face) or "
                          f"--vocab FILE (one word per line)")
-    n_params = sum(p.numel() for p in model.parameters())
-    identity = {"source": path.name, "class": type(model).__name__, "parameters": n_params,
-                "gguf_file": gguf_file, "tokenizer": tok.identity() if tok else None}
+    identity = {"source": path.name, **model_identity(model), "gguf_file": gguf_file,
+                "tokenizer": tok.identity() if tok else None}
     return LoadedModel(model, tok, hf, identity)
+
+
+def model_identity(model: nn.Module, samples: int = 256) -> dict:
+    """What tells a model's weights apart, for a stage's identity (a resume must match it):
+    class, parameter count, and a hash of up to ``samples`` evenly spaced values of every
+    parameter and buffer (exact values, so the same on any device; another checkpoint of the
+    same architecture differs in practically every tensor)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            flat = t.detach().reshape(-1)
+            if flat.numel() > samples:
+                flat = flat[torch.linspace(0, flat.numel() - 1, samples,
+                                           device=flat.device).long()]
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:".encode())
+            try:
+                h.update(flat.cpu().to(torch.float64 if flat.is_floating_point() else
+                                       torch.int64).numpy().tobytes())
+            except (RuntimeError, TypeError):  # a quantized or complex tensor: its shape only
+                pass
+    return {"class": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "weights": h.hexdigest()[:16]}
