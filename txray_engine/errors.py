@@ -46,3 +46,7 @@ class StageNotReadyError(StoreError):
 
 class CorpusError(TxRayError):
     """A corpus that is empty or cannot be read."""
+
+
+class StageChangedError(StoreError):
+    """A writer committed a newer snapshot of a stage since it was opened: open it again."""

@@ -19,7 +19,7 @@ from ..accumulate.examples import TopExamples
 from ..accumulate.layer import LayerState
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..accumulate.stats import SparseStats
-from ..errors import InputError, StageNotReadyError, StoreError
+from ..errors import InputError, StageChangedError, StageNotReadyError, StoreError
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
 from .format import ATTR, VOCAB_GROUP, damaged, group_attrs, open_root, read_stats
@@ -67,7 +67,14 @@ class Store:
     __getitem__ = stage
 
     def size_on_disk(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        total = 0
+        for root, _, files in os.walk(self.path):  # a writer may delete files meanwhile
+            for f in files:
+                try:
+                    total += os.stat(os.path.join(root, f)).st_size
+                except FileNotFoundError:
+                    pass
+        return total
 
     def info(self) -> dict:
         """A summary: stages with status, tokens, layers and streams, and the size on disk."""
@@ -75,21 +82,27 @@ class Store:
                "engine_version": self.meta.get("engine_version"),
                "size_bytes": self.size_on_disk(), "stages": {}}
         for name in self.stages:
-            try:
-                st = self.stage(name)
-            except StageNotReadyError:
-                out["stages"][name] = {"status": "no snapshot yet", "tokens": 0}
-                continue
-            out["stages"][name] = {"status": st.status, "tokens": st.tokens, "k": st.k,
-                                   "documents": st.cursor.get("documents"),
-                                   "units": st.cursor.get("units"),
-                                   "max_documents": st.meta.get("max_documents"),
-                                   "corpus_done": st.meta.get("corpus_done"),
-                                   "skipped_nonfinite": st.skipped_nonfinite(),
-                                   "layers": st.meta.get("layers", {}),
-                                   "streams": st.meta.get("streams", {}),
-                                   "model": st.meta.get("model"), "corpus": st.meta.get("corpus")}
+            for attempt in range(5):  # a running collection may flush meanwhile: read it again
+                try:
+                    out["stages"][name] = self._stage_info(name)
+                    break
+                except StageChangedError:
+                    if attempt == 4:
+                        raise
         return out
+
+    def _stage_info(self, name: str) -> dict:
+        try:
+            st = self.stage(name)
+        except StageNotReadyError:
+            return {"status": "no snapshot yet", "tokens": 0}
+        return {"status": st.status, "tokens": st.tokens, "k": st.k,
+                "documents": st.cursor.get("documents"), "units": st.cursor.get("units"),
+                "max_documents": st.meta.get("max_documents"),
+                "corpus_done": st.meta.get("corpus_done"),
+                "skipped_nonfinite": st.skipped_nonfinite(),
+                "layers": st.meta.get("layers", {}), "streams": st.meta.get("streams", {}),
+                "model": st.meta.get("model"), "corpus": st.meta.get("corpus")}
 
 
 class Stage:
@@ -107,6 +120,8 @@ class Stage:
                 self.snapshot = self.group[snap] if snap else None
             except KeyError:
                 self.snapshot = None
+        if snap is not None and self.snapshot is None:
+            self._check_current()  # a writer's flush removed it since its meta was read
         if snap is None:  # a writer's first flush, in progress or killed: the stage is fine
             raise StageNotReadyError(f"stage {name!r} has no snapshot yet: a collection is "
                                      f"writing its first one, or was stopped before it; wait "
@@ -138,9 +153,10 @@ class Stage:
         except Exception:
             now = None
         if now != self.meta.get("snapshot"):
-            raise StoreError(f"stage {self.name!r} was updated by a writer since it was "
-                             f"opened (snapshot {self.meta.get('snapshot')!r} is now "
-                             f"{now!r}): open the stage again to read the new sums") from None
+            raise StageChangedError(f"stage {self.name!r} was updated by a writer since it was "
+                                    f"opened (snapshot {self.meta.get('snapshot')!r} is now "
+                                    f"{now!r}): open the stage again to read the new sums") \
+                from None
 
     def __repr__(self) -> str:
         docs = self.cursor.get("documents")
@@ -244,11 +260,10 @@ class LayerView:
     def examples(self) -> dict[str, np.ndarray] | None:
         """Top examples per neuron (``examples_value``, ``_doc``, ``_pos`` ``[N, m]``,
         ``_context`` ``[N, m, W]``), or None when the stage was collected without them."""
-        kept = self.stage.meta.get("examples")
-        if kept is not None and not int(kept.get("m", 0)):
-            return None
-        with self.stage.reading(self.what):  # (a listing of a removed snapshot is empty)
-            if kept is None and "examples_value" not in set(self.group.array_keys()):
+        # the layer's own arrays decide (an Accumulator's `examples` need not match its layers);
+        # a listing of a removed snapshot is empty, but the check after the read catches that
+        with self.stage.reading(self.what):
+            if "examples_value" not in set(self.group.array_keys()):
                 return None
             return {k: self.group[k][:] for k in ("examples_value", "examples_doc",
                                                   "examples_pos", "examples_context")}
@@ -329,7 +344,7 @@ class StreamView:
         if "stats" in self.__dict__:  # read whole already (a comparison): slice it in memory
             s = self.stats
             a, b = int(s.indptr[neuron]), int(s.indptr[neuron + 1])
-            return {k: getattr(s, k)[a:b] for k in cells}
+            return {k: getattr(s, k)[a:b].copy() for k in cells}  # the caller's to change
         with self.layer.stage.reading(self.what):
             arrays = self._arrays
             a, b = (int(x) for x in arrays["indptr"][neuron:neuron + 2])
