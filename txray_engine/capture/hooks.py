@@ -133,7 +133,7 @@ class LayerCapture:
         def hook(_mod, _inputs, output):
             x = output_tensor(output, module, time_first).detach()
             self.captured[name].append(x)
-            self.versions[name].append(_version(x))
+            self.versions[name].append(_stamp(x))
             (self.packed.add if isinstance(innermost(output), nn.utils.rnn.PackedSequence)
              else self.packed.discard)(name)
         return hook
@@ -164,7 +164,7 @@ class LayerCapture:
                     raise InputError(
                         f"module {name!r} ran {len(got)} times in one forward pass; capture needs a "
                         f"module that runs exactly once per forward (pick a per-layer module)")
-                if _version(got[0]) != self.versions[name][0]:
+                if _changed(got[0], self.versions[name][0]):
                     raise InputError(
                         f"module {name!r}: its output was changed in place later in the forward "
                         f"pass (e.g. by a following nn.ReLU(inplace=True)), so what it computed is "
@@ -176,9 +176,20 @@ class LayerCapture:
         return out
 
 
-def _version(x: torch.Tensor):
-    """The tensor's in-place version counter (None for inference tensors, which have none)."""
+def _stamp(x: torch.Tensor):
+    """What tells later whether ``x`` was changed in place: its version counter, or, for an
+    inference tensor (``torch.inference_mode``), which has none, a copy of up to 64 evenly
+    spaced values (an in-place activation after it changes practically all of them)."""
     try:
         return x._version
     except RuntimeError:
-        return None
+        flat = x.reshape(-1)
+        n = min(64, flat.numel())
+        return flat[torch.linspace(0, flat.numel() - 1, n, device=x.device).long()].clone()
+
+
+def _changed(x: torch.Tensor, stamp) -> bool:
+    if not isinstance(stamp, torch.Tensor):
+        return x._version != stamp
+    now = _stamp(x)
+    return not bool(((now == stamp) | (now.isnan() & stamp.isnan())).all())
