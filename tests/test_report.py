@@ -131,6 +131,25 @@ def test_caps_and_choices(pos_store, tmp_path):
     assert "4 of 16 neurons embedded" in page
 
 
+def test_rarely_selected_neurons_can_count_as_dead(pos_store, tmp_path):
+    """The changed tables show how often each neuron was selected; min_neuron_count leaves the
+    rarely selected out of every comparison of the report."""
+    from txray_engine import open_store
+    st = open_store(pos_store)
+    counts = [st.stage(s).layer("enc.0").neuron_count for s in ("pretrained", "finetuned")]
+    cut = int(np.median(np.minimum(*counts))) + 1
+    pages = {}
+    for n in (1, cut):
+        build_report(pos_store, layers=["enc.0"], out=tmp_path / f"{n}.html", min_neuron_count=n)
+        pages[n] = (tmp_path / f"{n}.html").read_text()
+    assert "<th>selected</th>" in pages[1]
+    shared = int((np.minimum(*counts) >= cut).sum())
+    assert shared < 16 and f"{shared} shared" in pages[cut]
+    with pytest.raises(InputError, match="min_neuron_count must be at least 1"):
+        build_report(pos_store, out=tmp_path / "x.html", min_neuron_count=0)
+    assert "neurons whose POS distribution puts most weight on the tag" in pages[1]
+
+
 def test_sampling_helpers():
     assert even_ranks(5, 10).tolist() == [0, 1, 2, 3, 4]
     r = even_ranks(1000, 7)

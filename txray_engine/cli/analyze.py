@@ -8,10 +8,11 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from .base import by_option, format_features, main, min_count_option, output_file
+from .base import (by_option, format_features, main, min_count_option, min_neuron_count_option,
+                   output_file)
 
-TABLE_COLUMNS = ["neuron", "hellinger", "hellinger_length", "length_a", "length_b",
-                 "length_shift", "mass_shift", "compat_hellinger"]
+TABLE_COLUMNS = ["neuron", "hellinger", "selected_a", "selected_b", "hellinger_length", "length_a",
+                 "length_b", "length_shift", "mass_shift", "compat_hellinger"]
 
 
 def _pairs(stage_a, stage_b, layers, streams):
@@ -35,8 +36,7 @@ def _pairs(stage_a, stage_b, layers, streams):
 @click.option("--stream", "streams", multiple=True, help="Stream(s); default: all common ones.")
 @by_option
 @min_count_option
-@click.option("--min-neuron-count", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Neurons selected fewer times count as dead.")
+@min_neuron_count_option
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=0),
               help="Most and least changed neurons shown per layer and stream.")
 @click.option("--features", default=4, show_default=True, type=click.IntRange(min=1))

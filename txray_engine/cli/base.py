@@ -33,6 +33,12 @@ min_count_option = click.option("--min-count", default=1, show_default=True,
                                 type=click.IntRange(min=1),
                                 help="Ignore (neuron, feature) cells seen fewer times.")
 
+#: ``--min-neuron-count``: neurons selected fewer times count as dead in comparisons.
+min_neuron_count_option = click.option(
+    "--min-neuron-count", default=1, show_default=True, type=click.IntRange(min=1),
+    help="Neurons selected fewer times count as dead (a distance from a handful of positions "
+         "is mostly noise).")
+
 
 class TxRayGroup(click.Group):
     """Turns engine errors, unusable files and a command's usage errors into one line on stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .base import by_option, human_size, main, min_count_option
+from .base import by_option, human_size, main, min_count_option, min_neuron_count_option
 
 
 def _names(values) -> list[str]:
@@ -30,17 +30,19 @@ def _names(values) -> list[str]:
               help="Top features per neuron, stage and stream in the explorer.")
 @by_option
 @min_count_option
+@min_neuron_count_option
 @click.option("--title", help="Page title.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def report(store, stages, layers, stream, out, max_neurons, max_points, top_features, by,
-           min_count, title, quiet):
+           min_count, min_neuron_count, title, quiet):
     """Write an offline HTML report: mass, Hellinger, length shift, POS, changed neurons and a
     neuron explorer, in one self-contained file."""
     from ..report import build_report
 
     rep = build_report(store, stages=_names(stages) or None, layers=list(layers) or None, out=out,
                        stream=stream, max_neurons=max_neurons, max_points=max_points,
-                       top_features=top_features, by=by, min_count=min_count, title=title)
+                       top_features=top_features, by=by, min_count=min_count,
+                       min_neuron_count=min_neuron_count, title=title)
     if quiet:
         return
     pairs = ", ".join(f"{a} → {b}" for a, b in rep.pairs) or "none"

@@ -270,6 +270,7 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
     cols = {
         "neuron": np.arange(a.n_neurons),
         "alive_a": alive_a, "alive_b": alive_b, "shared": shared,
+        "selected_a": na.astype(np.int64), "selected_b": nb.astype(np.int64),
         "only_a": alive_a & ~alive_b, "only_b": alive_b & ~alive_a,
         "hellinger": hel,
         "hellinger_length": comp_union,

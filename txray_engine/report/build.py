@@ -27,7 +27,7 @@ class Report:
 def build_report(store_path, stages=None, layers=None, out="report.html", *, stream=None,
                  max_neurons: int = 4096, max_points: int = 3000, top_features: int = 6,
                  changed: int = 10, by: str = "mass", min_count: int = 1,
-                 title: str | None = None) -> Report:
+                 min_neuron_count: int = 1, title: str | None = None) -> Report:
     """Write an HTML report of a store and return what was written.
 
     Parameters
@@ -43,7 +43,8 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
     max_points : points per curve or scatter trace.
     top_features : top features per neuron, stage and stream in the explorer.
     changed : neurons in each most / least changed table.
-    by, min_count : options of the measures (see ``txray_engine.measures``).
+    by, min_count, min_neuron_count : options of the measures (see ``txray_engine.measures``);
+        ``min_neuron_count`` counts neurons selected fewer times as dead in the comparisons.
     title : page title (default: from the store's folder name).
 
     Raises ``StoreError`` (no or damaged store, unknown stage) and ``InputError`` (unknown layer or
@@ -59,8 +60,9 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
 
     if by not in ("mass", "count"):
         raise InputError(f"by must be 'mass' or 'count', got {by!r}")
-    if int(min_count) < 1:
-        raise InputError(f"min_count must be at least 1, got {min_count}")
+    for name, value in (("min_count", min_count), ("min_neuron_count", min_neuron_count)):
+        if int(value) < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
     limits = Limits(max_points=int(max_points), max_neurons=int(max_neurons),
                     explorer_features=int(top_features), changed=int(changed))
     out = Path(out)
@@ -69,7 +71,8 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
                          f"{str(out / 'report.html')!r}")
     stages, layers = ([s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
                       for v in (stages, layers))  # "a,b" as on the command line
-    data = ReportData(open_store(store_path), stages, layers, stream, limits, by, int(min_count))
+    data = ReportData(open_store(store_path), stages, layers, stream, limits, by, int(min_count),
+                      int(min_neuron_count))
     html, n_figures = render(data, title)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")

@@ -77,11 +77,12 @@ class ReportData:
     """
 
     def __init__(self, store, stages=None, layers=None, stream=None, limits: Limits = Limits(),
-                 by: str = "mass", min_count: int = 1):
+                 by: str = "mass", min_count: int = 1, min_neuron_count: int = 1):
         self.store = store
         self.limits = limits
         self.by = by
         self.min_count = min_count
+        self.min_neuron_count = min_neuron_count
         self.notes: list[str] = []
         names = list(stages) if stages else list(store.stages)
         if not names:
@@ -199,7 +200,8 @@ class ReportData:
                 self._cmp[key] = None
             else:
                 try:
-                    self._cmp[key] = compare_streams(va, vb, by=self.by, min_count=self.min_count)
+                    self._cmp[key] = compare_streams(va, vb, by=self.by, min_count=self.min_count,
+                                                    min_neuron_count=self.min_neuron_count)
                 except InputError as e:
                     self.notes.append(f"{layer} / {stream}, {a} → {b}: not compared ({e}).")
                     self._cmp[key] = None

@@ -73,6 +73,18 @@ def _log_ticks(fig: go.Figure) -> dict:
     return {}
 
 
+def _budget_note(data: ReportData, stages: list[str], what: str) -> str:
+    """A sentence when the stages counted rather different numbers of positions (their sums and
+    lengths grow with it), else ""."""
+    tokens = {s: data.store.stage(s).tokens for s in stages}
+    if len(tokens) < 2 or max(tokens.values()) <= 1.2 * max(1, min(tokens.values())):
+        return ""
+    counts = ", ".join(f"{s}: {t:,}" for s, t in tokens.items())
+    return (f" The stages counted different numbers of positions ({counts}): {what} grow with "
+            f"the positions counted, so compare them at equal token budgets "
+            f"(txray collect --max-documents).")
+
+
 # -- 1. activation mass ----------------------------------------------------------------------------
 def mass_figure(data: ReportData, layer: str) -> Plot:
     """Activation mass per neuron, each stage sorted by mass (rank 1 = most), log scale."""
@@ -102,6 +114,7 @@ def mass_figure(data: ReportData, layer: str) -> Plot:
                "the top-k, per stage, sorted from most to least mass. Neurons with no mass (never "
                "selected) cannot be drawn on a log scale and are left out: " + "; ".join(dead)
                + ".")
+    caption += _budget_note(data, data.stages, "sums of activations")
     if capped:
         caption += (" Curves are drawn through evenly spaced ranks: " + "; ".join(capped) +
                     " neurons shown.")
@@ -188,6 +201,7 @@ def length_shift_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | 
     missing = [s for s in LENGTH_STREAMS if s not in streams]
     caption = (f"{a} → {b}: change in the number of features each neuron fired for (TX-Ray's "
                f"length), per neuron alive in both stages. Below 0: the neuron specialised.")
+    caption += _budget_note(data, [a, b], "lengths (features seen)")
     if missing:
         caption += f" No {' or '.join(missing)} stream in both stages: not shown."
     if capped:
@@ -197,7 +211,8 @@ def length_shift_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | 
 
 # -- 4. POS: corpus share against mass share -------------------------------------------------------
 def pos_figure(data: ReportData, layer: str) -> Plot | None:
-    """Per POS tag and stage: share of corpus positions against share of activation mass."""
+    """Per POS tag and stage: share of corpus positions, of activation mass, and of the neurons
+    whose distribution puts most weight on the tag."""
     stages = [s for s in data.stages if data.has_stream(s, POS_STREAM)]
     if not stages:
         return None
@@ -206,13 +221,17 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
     vocab = list(data.view(stages[0], layer, POS_STREAM).vocab)
     for s in stages[1:]:
         vocab += [t for t in data.view(s, layer, POS_STREAM).vocab if t not in vocab]
-    freq, mass = {}, {}
+    freq, mass, lead, led = {}, {}, {}, {}
     for s, g in groups.items():
         index = {t: i for i, t in enumerate(data.view(s, layer, POS_STREAM).vocab)}
         sel = np.array([index.get(t, -1) for t in vocab])
         freq[s] = np.where(sel >= 0, g["frequency_share"][sel], 0.0)
         mass[s] = np.where(sel >= 0, g["mass_share"][sel], 0.0)
-    used = np.flatnonzero(np.any([freq[s] + mass[s] > 0 for s in stages], axis=0))
+        top = data.top(s, layer, POS_STREAM)[0][:, 0]  # each neuron's strongest tag
+        led[s] = int((top >= 0).sum())
+        share = np.bincount(top[top >= 0], minlength=len(index)) / max(1, led[s])
+        lead[s] = np.where(sel >= 0, share[sel], 0.0)
+    used = np.flatnonzero(np.any([freq[s] + mass[s] + lead[s] > 0 for s in stages], axis=0))
     used = used[np.argsort(-freq[stages[0]][used], kind="stable")]
     tags = [vocab[i] for i in used]
     fig = make_subplots(rows=len(stages), cols=1, shared_xaxes=True, vertical_spacing=0.08,
@@ -222,7 +241,8 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
         ratio = np.divide(m, f, out=np.full_like(m, np.nan), where=f > 0)
         custom = np.stack([ratio], axis=1)
         for name, y, color in (("corpus frequency share", f, "#9aa5b4"),
-                               ("activation mass share", m, "#3b6fb6")):
+                               ("activation mass share", m, "#3b6fb6"),
+                               ("neurons led by the tag", lead[s][used], "#d1453b")):
             fig.add_trace(go.Bar(
                 x=tags, y=y, name=name, marker_color=color, showlegend=row == 1,
                 legendgroup=name, customdata=custom,
@@ -233,10 +253,15 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
         fig.update_xaxes(categoryorder="array", categoryarray=tags, showticklabels=True,
                          row=row, col=1)
     fig.update_layout(barmode="group", bargap=0.2)
-    caption = ("Share of the corpus positions with each POS tag against the share of the layer's "
-               "activation mass at those positions, per stage (tags sorted by frequency in "
-               f"{stages[0]}). Mass share above frequency share: the layer's most active neurons "
-               "favour that tag.")
+    caption = ("Per stage and POS tag (sorted by frequency in "
+               f"{stages[0]}): the share of corpus positions with the tag, the share of the "
+               "layer's activation mass at those positions, and the share of the layer's neurons "
+               "whose POS distribution puts most weight on the tag ("
+               + ", ".join(f"{s}: {n:,} neurons" for s, n in led.items()) + "). Mass share above "
+               "frequency share: the selected activations are larger at that tag than on "
+               "average; with k = 1 each position adds one event, so the two stay close. The "
+               "neurons' share says which tags neurons specialise on, and how that moves between "
+               "stages.")
     missing = [s for s in data.stages if s not in stages]
     if missing:
         caption += f" Stage(s) {', '.join(missing)} have no pos stream."

@@ -94,6 +94,7 @@ def changed_table(data: ReportData, layer: str, a: str, b: str) -> str:
             rows.append(
                 f"<tr><td class=num>{neuron_link(layer, n)}</td>"
                 f"<td class=num>{_num(r['hellinger'])}</td>"
+                f"<td class=num>{r['selected_a']:,} → {r['selected_b']:,}</td>"
                 f"<td class=num>{r['length_a']:,} → {r['length_b']:,}</td>"
                 f"<td class=num>{r['mass_a']:.3g} → {r['mass_b']:.3g}</td>"
                 f"<td>{feature_chips(data.features(a, layer, stream, n, lim.table_features))}</td>"
@@ -101,7 +102,7 @@ def changed_table(data: ReportData, layer: str, a: str, b: str) -> str:
                 "</tr>")
         parts.append(
             f"<h4>{esc(title)}</h4><table class='grid changed'><thead><tr><th>neuron</th>"
-            f"<th>Hellinger</th><th>length</th><th>mass</th><th>top {esc(stream)} features in "
+            f"<th>Hellinger</th><th>selected</th><th>length</th><th>mass</th><th>top {esc(stream)} features in "
             f"{esc(a)}</th><th>top {esc(stream)} features in {esc(b)}</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
     return "".join(parts)
