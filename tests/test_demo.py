@@ -79,6 +79,18 @@ def test_tiny_pipeline_structure_and_invariants(tiny_run):
         if row["fraction"] == 0.0:
             assert row["metric"] == pytest.approx(accs[row["finetune_seed"]])
             assert row["pruned"] == 0
+    # the table says how many units each selector pruned: most/least_changed only shared ones
+    for s in r["pruning"]["summary"]:
+        rows = [x["pruned"] for x in r["pruning"]["rows"]
+                if (x["selector"], x["fraction"]) == (s["selector"], s["fraction"])]
+        assert (s["pruned_min"], s["pruned_max"]) == (min(rows), max(rows))
+        if s["selector"] in ("most_changed", "least_changed"):
+            assert s["pruned_max"] <= r["rq3"]["token"]["shared"] or s["fraction"] == 0
+    # noise floors: one model on two halves of one text, per collected epoch and on the reviews
+    assert sorted(map(int, r["rq1"]["split_half"])) == r["rq1"]["epochs_collected"]
+    for floor in [*r["rq1"]["split_half"].values(), r["rq2"]["split_half"]]:
+        assert 0.0 < floor["token"]["hellinger_mean"] <= 1.0 and floor["token"]["shared"] > 0
+    assert "noise floor" in text and "(units pruned)" in text
 
 
 def test_demo_checkpoints_work_with_the_cli(tiny_run, tmp_path):

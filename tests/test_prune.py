@@ -258,6 +258,7 @@ def test_evaluate_pruning_table():
     summary = summarize(rows)
     rnd = [s for s in summary if s["selector"] == "random" and s["fraction"] == 0.5][0]
     assert rnd["runs"] == 3 and rnd["std"] >= 0
+    assert (rnd["pruned_min"], rnd["pruned_max"]) == (3, 3)
 
 
 def test_mask_model_output_of_a_whole_encoder():

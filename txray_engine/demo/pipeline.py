@@ -14,7 +14,7 @@ import torch
 from ..collect.collector import Collector
 from ..features.pos import POS_VOCAB
 from ..features.streams import Batch, Stream
-from ..measures import compare_streams, feature_group_mass, stage_table
+from ..measures import compare, compare_streams, feature_group_mass, stage_table
 from ..prune import evaluate_pruning, summarize
 from ..store import open_store
 from .config import DemoConfig
@@ -34,8 +34,10 @@ def windows(docs: Docs, n: int) -> Docs:
     return Docs(ids, pos)
 
 
-def collect_stage(model, docs: Docs, streams, store, stage: str, cfg, pad: int, device,
-                  identity: dict) -> None:
+def collect_stage(model, docs: Docs, streams, store, stage: str | None, cfg, pad: int, device,
+                  identity: dict | None = None):
+    """Collect ``docs`` into ``stage`` of ``store`` (or, with ``store=None``, only in memory);
+    returns the accumulator."""
     with Collector(model, [LAYER], streams, cfg.k, store=store, stage=stage, mode="overwrite",
                    identity=identity, flush_every=1e9, device=device) as col:
         for ids, mask, labels, pos in review_batches(docs, 64, pad):
@@ -43,6 +45,26 @@ def collect_stage(model, docs: Docs, streams, store, stage: str, cfg, pad: int, 
             col.step(Batch(input_ids=ids, inputs={"input_ids": ids, "attention_mask": mask},
                            mask=mask, labels=None if labels is None else labels.to(device),
                            features={"pos": pos.to(device)}), documents=ids.shape[0])
+    return col.accumulator
+
+
+def split_half(model, docs: Docs, streams, cfg, pad: int, device, seed: int) -> dict:
+    """The noise floor of a comparison: one model on two random halves of the same text,
+    compared as two stages would be (per stream: mean Hellinger and shared neurons). Each half
+    has half the tokens, so the floor sits somewhat above the noise of full-size stages."""
+    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
+    halves = [collect_stage(model, docs.take(order[i::2]), streams, None, None, cfg, pad,
+                            device).layers[LAYER] for i in (0, 1)]
+    out = {}
+    for s in streams:
+        if s.source == "label":
+            continue
+        a, b = (h.stream_stats()[s.name] for h in halves)
+        summary = compare(a, b, list(s.vocab), list(s.vocab),
+                          neuron_count_a=halves[0].neuron_count.cpu().numpy(),
+                          neuron_count_b=halves[1].neuron_count.cpu().numpy()).summary()
+        out[s.name] = {"hellinger_mean": summary["hellinger_mean"], "shared": summary["shared"]}
+    return out
 
 
 def _summary(cmp) -> dict:
@@ -89,11 +111,13 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     heldout = windows(data.wiki_heldout, 128)
     # with this file the checkpoints are ready for `txray collect --vocab ... --lower`
     (out / "checkpoints" / "vocab.txt").write_text("".join(w + "\n" for w in data.vocab))
+    noise = {}
     for e in epochs:
         probe = torch.load(out / "checkpoints" / f"lm-epoch{e}.pt", map_location=device,
                            weights_only=False)
         collect_stage(probe.eval(), heldout, [tok, pos], store, f"wiki-epoch{e}", cfg, pad,
                       device, {**ident, "model": f"lm-epoch{e}", "corpus": "wikipedia-heldout"})
+        noise[e] = split_half(probe.eval(), heldout, [tok, pos], cfg, pad, device, cfg.seeds[0])
     ppl = {h["epoch"]: h["valid_ppl"] for h in history}
     steps = []
     for a, b in zip(epochs, epochs[1:]):
@@ -103,6 +127,7 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
             row[stream] = _summary(_compare(store, f"wiki-epoch{a}", f"wiki-epoch{b}", stream))
         steps.append(row)
     results["rq1"] = {"perplexity": history, "epochs_collected": epochs, "steps": steps,
+                      "split_half": noise,
                       "pos_first": _pos_mass(store, f"wiki-epoch{epochs[0]}"),
                       "pos_last": _pos_mass(store, f"wiki-epoch{epochs[-1]}")}
 
@@ -113,6 +138,11 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     last = f"wiki-epoch{epochs[-1]}"
     results["rq2"] = {s: _summary(_compare(store, last, "reviews-zero-shot", s))
                       for s in ("token", "pos")}
+    results["rq2"]["tokens"] = [open_store(store).stage(s).tokens
+                                for s in (last, "reviews-zero-shot")]
+    # the noise floor of RQ2 and RQ3's comparisons on the reviews: the final LM on two halves
+    results["rq2"]["split_half"] = split_half(lm.eval(), data.reviews_train, [tok, pos], cfg,
+                                              pad, device, cfg.seeds[0])
 
     # RQ3: supervised fine-tuning, one classifier per seed; pruning without retraining
     log(f"[RQ3] fine-tuning classifiers on review polarity (seeds {list(cfg.seeds)})")

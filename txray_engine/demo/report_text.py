@@ -21,6 +21,13 @@ def format_summary(r: dict) -> str:
                      f"{s['ppl_from']:.1f} → {s['ppl_to']:.1f}; Hellinger token "
                      f"{_f(t['hellinger_mean'])}, POS {_f(p['hellinger_mean'])} over "
                      f"{t['shared']} shared neurons")
+    if "split_half" in r["rq1"]:
+        lines.append("  noise floor, one checkpoint on two random halves of the same text: " +
+                     "; ".join(f"epoch {e} token {_f(v['token']['hellinger_mean'])}, POS "
+                               f"{_f(v['pos']['hellinger_mean'])}"
+                               for e, v in r["rq1"]["split_half"].items()))
+        lines.append("  (a change between epochs means something only where it is above the "
+                     "floor of both epochs)")
     first, last = r["rq1"]["pos_first"], r["rq1"]["pos_last"]
     top = sorted(first, key=lambda k: -first[k]["frequency_share"])[:6]
     lines.append("  POS tag: corpus share | mass share first → last epoch")
@@ -33,23 +40,40 @@ def format_summary(r: dict) -> str:
               f"Hellinger token {_f(z['hellinger_mean'])}, POS "
               f"{_f(r['rq2']['pos']['hellinger_mean'])}; mean length shift "
               f"{_f(z['length_shift_mean'], '+.1f')}"]
+    a, b = r["rq2"].get("tokens", (0, 0))
+    if max(a, b) > 1.2 * max(1, min(a, b)):  # rather different budgets
+        lines.append(f"  over {a:,} Wikipedia and {b:,} review tokens: lengths grow with the "
+                     f"tokens counted, so the shift is not only the domain's")
+    if "split_half" in r["rq2"]:
+        h = r["rq2"]["split_half"]
+        lines.append(f"  noise floor, the final LM on two random halves of the reviews: token "
+                     f"{_f(h['token']['hellinger_mean'])}, POS {_f(h['pos']['hellinger_mean'])} "
+                     f"(also the floor of RQ3's comparison)")
     q = r["rq3"]
     accs = [run["test_accuracy"] for run in q["runs"]]
     lines += ["", "RQ3 supervised fine-tuning (zero-shot → supervised, first seed)",
               f"  test accuracy {', '.join(f'{a:.3f}' for a in accs)} (seeds "
               f"{', '.join(str(run['seed']) for run in q['runs'])})",
               f"  {q['token']['shared']} shared, {q['token']['only_a']} lost, "
-              f"{q['token']['only_b']} new, {q['dead_in_supervised']} dead; Hellinger token "
+              f"{q['token']['only_b']} new, {q['token']['dead_both']} dead in both; Hellinger token "
               f"{_f(q['token']['hellinger_mean'])}, POS {_f(q['pos']['hellinger_mean'])}, "
               f"label {_f(q['label']['hellinger_mean'])}",
               "", "Pruning the fine-tuned LSTM without retraining: test accuracy, mean ± std "
-              "over fine-tuning seeds"]
+              "over fine-tuning seeds (units pruned)"]
     summ = r["pruning"]["summary"]
     fractions = sorted({s["fraction"] for s in summ})
-    lines.append("  " + "selector".ljust(14) + "".join(f"{f:>16.0%}" for f in fractions))
+    lines.append("  " + "selector".ljust(14) + "".join(f"{f:>22.0%}" for f in fractions))
     for sel in dict.fromkeys(s["selector"] for s in summ):
         cells = {s["fraction"]: s for s in summ if s["selector"] == sel}
         lines.append("  " + sel.ljust(14) + "".join(
-            f"{cells[f]['mean']:>10.3f}±{cells[f]['std']:.3f}" if f in cells else f"{'-':>16}"
-            for f in fractions))
+            f"{_cell(cells[f]):>22}" if f in cells else f"{'-':>22}" for f in fractions))
+    lines.append("  most/least_changed choose among shared neurons and dead among dead ones: "
+                 "fewer units than the fraction when those are fewer")
     return "\n".join(lines)
+
+
+def _cell(s: dict) -> str:
+    """``0.613±0.016 (50)``; the units pruned as ``lo-hi`` when seeds differ."""
+    lo, hi = s.get("pruned_min"), s.get("pruned_max")
+    units = "" if lo is None else f" ({lo})" if lo == hi else f" ({lo}-{hi})"
+    return f"{s['mean']:.3f}±{s['std']:.3f}{units}"

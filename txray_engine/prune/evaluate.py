@@ -39,10 +39,20 @@ def evaluate_pruning(model: nn.Module, tables: dict[str, NeuronTable],
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation of the metric over seeds, per (selector, fraction)."""
+    """Mean and standard deviation of the metric over seeds, per (selector, fraction), with the
+    fewest and most units pruned (``pruned_min``, ``pruned_max``): a selector whose pool is
+    smaller than the fraction (shared neurons for ``most_changed``, dead ones for ``dead``)
+    prunes fewer, and a table of fractions alone would hide it."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["selector"], r["fraction"]), []).append(r["metric"])
-    return [{"selector": s, "fraction": f, "runs": len(v), "mean": float(np.mean(v)),
-             "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-            for (s, f), v in groups.items()]
+        groups.setdefault((r["selector"], r["fraction"]), []).append(r)
+    out = []
+    for (s, f), group in groups.items():
+        v = [r["metric"] for r in group]
+        row = {"selector": s, "fraction": f, "runs": len(v), "mean": float(np.mean(v)),
+               "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+        if all("pruned" in r for r in group):
+            row |= {"pruned_min": min(r["pruned"] for r in group),
+                    "pruned_max": max(r["pruned"] for r in group)}
+        out.append(row)
+    return out
