@@ -240,8 +240,8 @@ def _activation_of(modules: dict, name: str, first: nn.Module, out: nn.Module):
     """The MLP's activation module: the one inside it (between the projections of a
     ``Sequential``), or None when it is a plain function."""
     mlp = modules.get(name)
-    if isinstance(mlp, nn.Sequential):
-        kids = list(mlp)
+    kids = list(mlp) if isinstance(mlp, nn.Sequential) else []
+    if any(m is first for m in kids) and any(m is out for m in kids):  # Linear, …, Linear
         i = next(j for j, m in enumerate(kids) if m is first)
         k = next(j for j, m in enumerate(kids) if m is out)
         return next((m for m in kids[i + 1:k] if _is_activation(m)), None)
