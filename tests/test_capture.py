@@ -1,5 +1,7 @@
 """Capture on LSTM, GRU, a plain MLP and Hugging Face GPT-2 / BERT / Llama built from small configs."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -188,6 +190,41 @@ def test_an_output_changed_in_place_after_capture_is_an_error(inplace, inference
         # an inference tensor has no version counter: a sample of its values tells
         with Collector(model, ["0"], _streams()) as col, torch.inference_mode(inference):
             col.step(batch)
+
+
+def test_samples_and_model_identity_at_any_size_and_kind():
+    """Positions in integers (float32 ones rounded past the end of 2**25 elements), views without
+    copies, and state_dict values that are not plain tensors (quantized, extra state)."""
+    from txray_engine.capture.hooks import sampled
+    from txray_engine.collect import model_identity
+    big = torch.arange(1 << 25, dtype=torch.int32)
+    assert sampled(big, 3).tolist() == [0, (1 << 24) - 1, (1 << 25) - 1]
+    t = torch.arange(24.).reshape(4, 6).t()  # not contiguous: indexed where it lies
+    assert sampled(t, 4).tolist() == t.reshape(-1)[torch.tensor([0, 7, 15, 23])].tolist()
+
+    class Extra(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def get_extra_state(self):
+            return {"note": 1}
+
+        def set_extra_state(self, state):
+            pass
+
+    models = [Extra()]
+    with warnings.catch_warnings():  # deprecated in torch, still how such models are made
+        warnings.simplefilter("ignore")
+        try:
+            models.append(torch.ao.quantization.quantize_dynamic(
+                nn.Sequential(nn.Linear(4, 4)), {nn.Linear}, dtype=torch.qint8))
+        except (AttributeError, ImportError, RuntimeError):  # a torch without it
+            pass
+    for model in models:
+        assert len(model_identity(model)["weights"]) == 16
+    a, b = Extra(), Extra()
+    assert model_identity(a) != model_identity(b)  # other random weights
 
 
 # -- Hugging Face models from small configs (random weights, no download) --------------------------

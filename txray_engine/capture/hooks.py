@@ -183,9 +183,7 @@ def _stamp(x: torch.Tensor):
     try:
         return x._version
     except RuntimeError:
-        flat = x.reshape(-1)
-        n = min(64, flat.numel())
-        return flat[torch.linspace(0, flat.numel() - 1, n, device=x.device).long()].clone()
+        return sampled(x, 64).clone()
 
 
 def _changed(x: torch.Tensor, stamp) -> bool:
@@ -193,3 +191,15 @@ def _changed(x: torch.Tensor, stamp) -> bool:
         return x._version != stamp
     now = _stamp(x)
     return not bool(((now == stamp) | (now.isnan() & stamp.isnan())).all())
+
+
+def sampled(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to ``n`` evenly spaced elements of ``x`` in row-major order, as a new 1-d tensor,
+    without copying ``x`` (integer positions: float32 positions round past the end of tensors
+    of 2**25 or more elements)."""
+    total = x.numel()
+    n = min(n, total)
+    idx = torch.arange(n, device=x.device, dtype=torch.int64) * (total - 1) // max(1, n - 1)
+    if x.is_contiguous():
+        return x.reshape(-1)[idx]
+    return x[torch.unravel_index(idx, x.shape)]

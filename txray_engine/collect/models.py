@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..capture.hooks import sampled
 from ..errors import InputError
 from .sequences import HFTokenizer, WordTokenizer
 
@@ -166,17 +167,33 @@ def model_identity(model: nn.Module, samples: int = 256) -> dict:
     same architecture differs in practically every tensor)."""
     h = hashlib.sha256()
     with torch.no_grad():
-        for name, t in model.state_dict().items():
-            flat = t.detach().reshape(-1)
-            if flat.numel() > samples:
-                flat = flat[torch.linspace(0, flat.numel() - 1, samples,
-                                           device=flat.device).long()]
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:".encode())
-            try:
-                h.update(flat.cpu().to(torch.float64 if flat.is_floating_point() else
-                                       torch.int64).numpy().tobytes())
-            except (RuntimeError, TypeError):  # a quantized or complex tensor: its shape only
-                pass
+        for name, value in model.state_dict().items():
+            parts = list(_tensors(value))
+            if not parts:  # extra state, a dtype, ...: its kind only
+                h.update(f"{name}:{type(value).__name__}:".encode())
+            for t in parts:
+                h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:".encode())
+                try:
+                    if t.is_quantized:
+                        t = t.int_repr()
+                    elif t.layout != torch.strided:
+                        t = t.coalesce().values() if t.layout == torch.sparse_coo else t.values()
+                    if t.is_complex():
+                        t = torch.view_as_real(t)
+                    h.update(sampled(t.detach(), samples).cpu().to(
+                        torch.float64 if t.is_floating_point() else torch.int64
+                    ).numpy().tobytes())
+                except (RuntimeError, TypeError):  # meta and other data-less tensors: shape only
+                    pass
     return {"class": type(model).__name__,
             "parameters": sum(p.numel() for p in model.parameters()),
             "weights": h.hexdigest()[:16]}
+
+
+def _tensors(value):
+    """The tensors in a state_dict value (a quantized module packs (weight, bias) in a tuple)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
