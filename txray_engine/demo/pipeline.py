@@ -14,11 +14,12 @@ import torch
 from ..collect.collector import Collector
 from ..features.pos import POS_VOCAB
 from ..features.streams import Batch, Stream
-from ..measures import compare, compare_streams, feature_group_mass, stage_table
+from ..measures import compare_streams, feature_group_mass, stage_table
 from ..prune import evaluate_pruning, summarize
 from ..store import open_store
 from .config import DemoConfig
 from .data import DemoData, Docs, load_data
+from .halves import across, floor, halves
 from .train import accuracy, finetune, review_batches, train_lm
 
 LAYER = "lstm"
@@ -46,25 +47,6 @@ def collect_stage(model, docs: Docs, streams, store, stage: str | None, cfg, pad
                            mask=mask, labels=None if labels is None else labels.to(device),
                            features={"pos": pos.to(device)}), documents=ids.shape[0])
     return col.accumulator
-
-
-def split_half(model, docs: Docs, streams, cfg, pad: int, device, seed: int) -> dict:
-    """The noise floor of a comparison: one model on two random halves of the same text,
-    compared as two stages would be (per stream: mean Hellinger and shared neurons). Each half
-    has half the tokens, so the floor sits somewhat above the noise of full-size stages."""
-    order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
-    halves = [collect_stage(model, docs.take(order[i::2]), streams, None, None, cfg, pad,
-                            device).layers[LAYER] for i in (0, 1)]
-    out = {}
-    for s in streams:
-        if s.source == "label":
-            continue
-        a, b = (h.stream_stats()[s.name] for h in halves)
-        summary = compare(a, b, list(s.vocab), list(s.vocab),
-                          neuron_count_a=halves[0].neuron_count.cpu().numpy(),
-                          neuron_count_b=halves[1].neuron_count.cpu().numpy()).summary()
-        out[s.name] = {"hellinger_mean": summary["hellinger_mean"], "shared": summary["shared"]}
-    return out
 
 
 def _summary(cmp) -> dict:
@@ -111,13 +93,17 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     heldout = windows(data.wiki_heldout, 128)
     # with this file the checkpoints are ready for `txray collect --vocab ... --lower`
     (out / "checkpoints" / "vocab.txt").write_text("".join(w + "\n" for w in data.vocab))
-    noise = {}
+    def half(model, docs):  # one half of a text, in memory
+        return collect_stage(model, docs, [tok, pos], None, None, cfg, pad, device).layers[LAYER]
+
+    split_seed = cfg.seeds[0]  # the same two halves of a text for every model
+    half_states = {}  # checkpoint -> its two halves of the held-out text
     for e in epochs:
         probe = torch.load(out / "checkpoints" / f"lm-epoch{e}.pt", map_location=device,
                            weights_only=False)
         collect_stage(probe.eval(), heldout, [tok, pos], store, f"wiki-epoch{e}", cfg, pad,
                       device, {**ident, "model": f"lm-epoch{e}", "corpus": "wikipedia-heldout"})
-        noise[e] = split_half(probe.eval(), heldout, [tok, pos], cfg, pad, device, cfg.seeds[0])
+        half_states[e] = halves(half, probe.eval(), heldout, split_seed)
     ppl = {h["epoch"]: h["valid_ppl"] for h in history}
     steps = []
     for a, b in zip(epochs, epochs[1:]):
@@ -127,7 +113,10 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
             row[stream] = _summary(_compare(store, f"wiki-epoch{a}", f"wiki-epoch{b}", stream))
         steps.append(row)
     results["rq1"] = {"perplexity": history, "epochs_collected": epochs, "steps": steps,
-                      "split_half": noise,
+                      "half_budget": {
+                          "floors": {e: floor(h, [tok, pos]) for e, h in half_states.items()},
+                          "across": [across(half_states[a], half_states[b], [tok, pos])
+                                     for a, b in zip(epochs, epochs[1:])]},
                       "pos_first": _pos_mass(store, f"wiki-epoch{epochs[0]}"),
                       "pos_last": _pos_mass(store, f"wiki-epoch{epochs[-1]}")}
 
@@ -140,9 +129,11 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
                       for s in ("token", "pos")}
     results["rq2"]["tokens"] = [open_store(store).stage(s).tokens
                                 for s in (last, "reviews-zero-shot")]
-    # the noise floor of RQ2 and RQ3's comparisons on the reviews: the final LM on two halves
-    results["rq2"]["split_half"] = split_half(lm.eval(), data.reviews_train, [tok, pos], cfg,
-                                              pad, device, cfg.seeds[0])
+    lm_reviews = halves(half, lm.eval(), data.reviews_train, split_seed)
+    results["rq2"]["half_budget"] = {
+        "across": across(half_states[epochs[-1]], lm_reviews, [tok, pos]),
+        "floor_a": floor(half_states[epochs[-1]], [tok, pos]),
+        "floor_b": floor(lm_reviews, [tok, pos])}
 
     # RQ3: supervised fine-tuning, one classifier per seed; pruning without retraining
     log(f"[RQ3] fine-tuning classifiers on review polarity (seeds {list(cfg.seeds)})")
@@ -156,6 +147,11 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
         collect_stage(clf, data.reviews_train, [tok, pos, label], store, stage, cfg, pad,
                       device, {**ident, "model": f"classifier-s{seed}", "corpus": "reviews-train"})
         cmp = _compare(store, "reviews-zero-shot", stage, "token")
+        if seed == cfg.seeds[0]:
+            clf_reviews = halves(half, clf.eval(), data.reviews_train, split_seed)
+            rq3_half = {"across": across(lm_reviews, clf_reviews, [tok, pos]),
+                        "floor_a": floor(lm_reviews, [tok, pos]),
+                        "floor_b": floor(clf_reviews, [tok, pos])}
         info["vs_zero_shot"] = _summary(cmp)
         runs.append(info)
         metric = lambda m: accuracy(m, data.reviews_test, 64, pad, device)  # noqa: E731
@@ -165,7 +161,8 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
         log(f"  seed {seed}: test accuracy {info['test_accuracy']:.3f}")
     s0 = f"reviews-supervised-s{cfg.seeds[0]}"
     results["rq3"] = {"runs": runs, **{s: _summary(_compare(store, "reviews-zero-shot", s0, s))
-                                       for s in ("token", "pos", "label")}}
+                                       for s in ("token", "pos", "label")},
+                      "half_budget": rq3_half}
     table = stage_table(open_store(store).stage(s0).layer(LAYER).stream("token").stats)
     results["rq3"]["dead_in_supervised"] = int((~table["alive"]).sum())
     results["pruning"] = {"rows": prune_rows, "summary": summarize(

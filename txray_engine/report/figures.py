@@ -259,9 +259,10 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
                "whose POS distribution puts most weight on the tag ("
                + ", ".join(f"{s}: {n:,} neurons" for s, n in led.items()) + "). Mass share above "
                "frequency share: the selected activations are larger at that tag than on "
-               "average; with k = 1 each position adds one event, so the two stay close. The "
-               "neurons' share says which tags neurons specialise on, and how that moves between "
-               "stages.")
+               "average; with k = 1 each position adds one event, so the two stay close. A "
+               "neuron's strongest tag favours frequent tags (a neuron without preference is led "
+               "by the most frequent one): read the neurons' share against the frequency share, "
+               "and how it moves between stages.")
     missing = [s for s in data.stages if s not in stages]
     if missing:
         caption += f" Stage(s) {', '.join(missing)} have no pos stream."
