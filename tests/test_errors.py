@@ -87,7 +87,22 @@ def test_bad_k_and_width():
         acc.observe("enc", np.ones((2, 4), np.float32), {"tok": torch.zeros(2, dtype=torch.long)})
     with pytest.raises(InputError, match=r"features must be a dict \{stream name: ids\}"):
         acc.observe("enc", torch.randn(2, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(InputError, match="keeps none: create it with examples=M"):
+        acc.observe("enc", torch.randn(2, 4), {"tok": torch.zeros(2, dtype=torch.long)},
+                    where={"doc": torch.zeros(2, dtype=torch.long)})
     assert acc.tokens == 2  # only the first observation counted
+
+
+def test_stage_writer_mistakes(tmp_path):
+    from txray_engine import StageWriter
+    with pytest.raises(InputError, match="identity must be JSON.*model_identity"):
+        StageWriter(tmp_path / "s.zarr", "s", identity={"model": torch.tensor([1])})
+    acc = Accumulator(VOCAB)
+    acc.observe("enc", torch.randn(2, 4), {"tok": torch.zeros(2, dtype=torch.long)})
+    with StageWriter(tmp_path / "s.zarr", "s") as w:
+        with pytest.raises(InputError, match="status must be 'in_progress' or 'complete'"):
+            w.commit(acc, {"units": 1}, status="done")
+    assert not (tmp_path / "s.zarr").exists()  # nothing written
 
 
 def test_labels_of_another_count_than_the_sequences():

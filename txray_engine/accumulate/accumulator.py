@@ -202,6 +202,9 @@ class Accumulator:
         if self.examples:
             for device, pos in kept.items():
                 keep_where(first, where, pos, device, 2 * self.context_radius + 1)
+        elif where is not None:
+            raise InputError("where= places top examples, but this accumulator keeps none: create "
+                             "it with examples=M (examples per neuron), or leave where out")
         return [self._prepared(layer, a, sel, kept[a.device], suspects)
                 for (layer, a), sel, suspects in zip(items, selections, numbers[len(bounds):])]
 

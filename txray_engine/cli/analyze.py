@@ -64,9 +64,11 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
         if as_json:
             continue
         s = summaries[-1]
+        alive = (f" (alive: selected at least {min_neuron_count} times)"
+                 if min_neuron_count > 1 else "")
         click.echo(f"{layer} / {stream}: {s['neurons']} neurons, {s['shared']} shared, "
                    f"{s['only_a']} only in {stage_a}, {s['only_b']} only in {stage_b}, "
-                   f"{s['dead_both']} dead in both")
+                   f"{s['dead_both']} dead in both{alive}")
         if s["shared"]:
             click.echo(f"  Hellinger mean {s['hellinger_mean']:.4f}, median "
                        f"{s['hellinger_median']:.4f}; mean length shift "

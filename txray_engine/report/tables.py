@@ -67,10 +67,14 @@ def summary_table(data: ReportData, layer: str) -> str:
                     f"<td class=num>{_num(s['length_shift_mean'], '{:+.2f}')}</td></tr>")
     if not rows:
         return ""
+    alive = (f"<p class=muted>A neuron counts as alive where it was selected at least "
+             f"{data.min_neuron_count:,} times (--min-neuron-count): one selected fewer times in "
+             f"one stage is only in the other, not new or lost.</p>"
+             if data.min_neuron_count > 1 else "")
     return (f"<table class=grid><thead><tr><th>{esc(data.stream)} stream</th><th>shared</th>"
             "<th>only in A</th><th>only in B</th><th>dead in both</th><th>Hellinger mean</th>"
             "<th>median</th><th>mean length shift</th></tr></thead><tbody>" + "".join(rows)
-            + "</tbody></table>")
+            + "</tbody></table>" + alive)
 
 
 def changed_table(data: ReportData, layer: str, a: str, b: str) -> str:

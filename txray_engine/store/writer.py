@@ -21,7 +21,7 @@ from pathlib import Path
 import zarr
 
 from ..accumulate.accumulator import Accumulator
-from ..errors import StageExistsError, StoreError, StoreLockedError
+from ..errors import InputError, StageExistsError, StoreError, StoreLockedError
 from ..version import FORMAT_VERSION, __version__
 from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, damaged,
                      fingerprint, group_attrs, open_root, root_attrs, stream_nodes,
@@ -84,6 +84,12 @@ class StageWriter:
         self.stage = check_name("stage", stage)
         self.mode = mode
         self.identity = identity or {}
+        try:
+            json.dumps(self.identity)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"identity must be JSON (strings, numbers, lists, dicts): {e}; "
+                             f"describe a model with txray_engine.collect.model_identity(model)") \
+                from None
         self.fingerprint = fingerprint(self.identity)
         self.reopen = reopen
         self._fd: int | None = None
@@ -188,9 +194,12 @@ class StageWriter:
     # -- committing -----------------------------------------------------------------------------
     def commit(self, acc: Accumulator, cursor: dict, status: str = "in_progress",
                extra: dict | None = None) -> None:
-        """Write ``acc`` as the stage's new snapshot with ``cursor``, atomically."""
+        """Write ``acc`` as the stage's new snapshot with ``cursor``, atomically. ``status``:
+        ``"in_progress"`` (resumable) or ``"complete"``."""
         if self._fd is None:
             raise StoreError("the writer is not open")
+        if status not in ("in_progress", "complete"):
+            raise InputError(f"status must be 'in_progress' or 'complete', got {status!r}")
         root = self._root_for_write()
         if self._replace_pending:
             if self.stage in set(root.group_keys()):
