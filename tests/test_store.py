@@ -336,3 +336,25 @@ def test_an_overwritten_stage_numbers_its_snapshots_on(tmp_path):
     assert open_store(path).stage("s").meta["snapshot"] == "snap-000002"
     with pytest.raises(StoreError, match="updated by a writer"):
         view.csr("count")
+
+
+def test_neurons_reads_again_when_a_flush_lands_meanwhile(tmp_path, monkeypatch):
+    """A live collection may replace the snapshot while `txray neurons` reads it: the command
+    reads the new one and prints one whole answer, as `txray info` does."""
+    from click.testing import CliRunner
+
+    import txray_engine.cli.inspect as inspect_cli
+    from txray_engine.cli import main
+    from txray_engine.errors import StageChangedError
+    _write(tmp_path / "s.zarr", _acc())
+    real, calls = inspect_cli._neuron_lines, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StageChangedError("stage 's' was updated by a writer since it was opened")
+        return real(*args)
+    monkeypatch.setattr(inspect_cli, "_neuron_lines", flaky)
+    res = CliRunner().invoke(main, ["neurons", str(tmp_path / "s.zarr"), "--stage", "s"])
+    assert res.exit_code == 0 and len(calls) == 2, res.output
+    assert res.output.count("enc.lstm:") == 1 and "updated" not in res.output

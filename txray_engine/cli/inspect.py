@@ -59,10 +59,25 @@ def info(store, as_json):
 @by_option
 def neurons(store, stage, layer_names, streams, neurons, top, features, by):
     """Each neuron's strongest features (share of its mass or count) per stream."""
+    from ..errors import StageChangedError
+
+    for attempt in range(5):  # a running collection may flush meanwhile: read it again
+        try:
+            lines = _neuron_lines(store, stage, layer_names, streams, neurons, top, features, by)
+            break
+        except StageChangedError:
+            if attempt == 4:
+                raise
+    click.echo("\n".join(lines))
+
+
+def _neuron_lines(store, stage, layer_names, streams, neurons, top, features, by) -> list[str]:
+    """What ``txray neurons`` prints, read from one snapshot."""
     import numpy as np
 
     from ..store import open_store
 
+    out = []
     st = open_store(store).stage(stage)
     views = {lname: st.layer(lname) for lname in layer_names or st.layers}
     for sname in streams:  # check every request before printing anything
@@ -74,12 +89,12 @@ def neurons(store, stage, layer_names, streams, neurons, top, features, by):
                              f"0 to {lv.n_neurons - 1}")
     for lname, lv in views.items():
         ids = list(neurons) or [int(i) for i in np.argsort(-lv.neuron_count, kind="stable")[:top]]
-        click.echo(f"{lname}: {int(lv.alive.sum())} of {lv.n_neurons} neurons alive, "
+        out.append(f"{lname}: {int(lv.alive.sum())} of {lv.n_neurons} neurons alive, "
                    f"{lv.tokens} tokens")
         for n in ids:
-            click.echo(f"  neuron {n}: selected {int(lv.neuron_count[n])} times")
+            out.append(f"  neuron {n}: selected {int(lv.neuron_count[n])} times")
             for sname in streams or st.streams:
-                click.echo(f"    {sname:>9}: {format_features(lv.stream(sname), n, features, by)}")
+                out.append(f"    {sname:>9}: {format_features(lv.stream(sname), n, features, by)}")
             ex = lv.examples
             if ex is not None and "token" in st.streams:
                 vocab = st.vocab("token")
@@ -90,6 +105,7 @@ def neurons(store, stage, layer_names, streams, neurons, top, features, by):
                     mid = len(ctx) // 2
                     words = [("[" + vocab[int(t)] + "]") if i == mid else vocab[int(t)]
                              for i, t in enumerate(ctx) if t >= 0]
-                    click.echo(f"    example {ex['examples_value'][n, j]:.3f} (document "
+                    out.append(f"    example {ex['examples_value'][n, j]:.3f} (document "
                                f"{ex['examples_doc'][n, j]}, token {ex['examples_pos'][n, j]}):"
                                f" {' '.join(words)}")
+    return out
