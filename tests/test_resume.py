@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from click.testing import CliRunner
 
 from txray_engine import open_store, same_sums
@@ -166,3 +168,38 @@ def test_resume_with_other_weights_of_the_same_model_is_refused(word_model, tmp_
                                          "--max-documents", "20"))
     assert res.exit_code == 2 and "other settings (model.weights)" in res.output, res.output
     assert (store / "s" / "zarr.json").read_text() == before
+
+
+def test_overlapping_windows_count_every_token_once_and_resume_exactly(word_model, tmp_path,
+                                                                        monkeypatch):
+    """--context-overlap: windows after a document's first repeat tokens before them as context
+    only. Every token is still counted once (the same feature frequencies as without), each
+    window but a document's first has its left context, and a resume equals one run."""
+    from txray_engine.collect.sequences import WordTokenizer, windows
+    from txray_engine.collect.corpus import Document
+    tok = WordTokenizer.from_file(word_model["vocab"])
+    text = " ".join(["the cat sat on the mat"] * 3)  # 18 words
+    units = list(windows([Document(text)], tok, 7, overlap=3))
+    ids = tok.encode(text)[0]
+    assert [(u.start, u.context, len(u.ids)) for u in units] == [(0, 0, 7), (4, 3, 7),
+                                                                  (8, 3, 7), (12, 3, 6)]
+    counted = [i for u in units for i in u.ids[u.context:]]
+    assert counted == ids and [u.last for u in units] == [False, False, False, True]
+    store, _ = _interrupted_then_resumed(word_model, tmp_path, monkeypatch, stop_after=5,
+                                         context_overlap=2)
+    a, b = open_store(store).stage("s"), open_store(tmp_path / "whole.zarr").stage("s")
+    assert a.cursor == b.cursor and same_sums(a.accumulator(), b.accumulator())
+    assert b.meta["options"]["context_overlap"] == 2
+    plain, over = tmp_path / "plain.zarr", tmp_path / "over.zarr"
+    for path, extra in ((plain, []), (over, ["--context-overlap", "2"])):
+        res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], path,
+                                             "--max-length", "4", *extra))
+        assert res.exit_code == 0, res.output
+    p, o = (open_store(s).stage("s") for s in (plain, over))
+    assert p.tokens == o.tokens and o.cursor["units"] > p.cursor["units"]
+    assert np.array_equal(p.layer("lstm").stream("token").feature_freq,
+                          o.layer("lstm").stream("token").feature_freq)
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], tmp_path / "x.zarr",
+                                         "--max-length", "4", "--context-overlap", "4"))
+    assert res.exit_code == 2 and "below the window length (4)" in res.output
+    assert not (tmp_path / "x.zarr").exists()

@@ -43,6 +43,11 @@ from .base import main, output_file, parse_k
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=1),
               help="Tokens per window; longer documents are split.")
+@click.option("--context-overlap", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Tokens each window after a document's first repeats from the one before, "
+                   "as context only (not counted): without it, a window cut inside a document "
+                   "starts without left context, and causal LMs treat its first token like a "
+                   "sequence start.")
 @click.option("--max-documents", type=click.IntRange(min=1),
               help="Stop after this many documents of the corpus (with --shard: of the whole "
                    "corpus, split among the shards).")
@@ -65,15 +70,17 @@ from .base import main, output_file, parse_k
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, unit, text_field,
             label_field, streams, layers, k, store, stage, resume, overwrite, batch_size,
-            max_length, max_documents, kind, dense_budget_mb, skip_nonfinite, flush_every, examples,
-            device, shard, quiet, as_json):
+            max_length, context_overlap, max_documents, kind, dense_budget_mb, skip_nonfinite,
+            flush_every, examples, device, shard, quiet, as_json):
     """Run a model over a corpus and store the stage's statistics."""
     from ..collect import Corpus, collect_corpus, load_model
     from ..collect.run import check_shard, more_documents
+    from ..collect.sequences import check_windows
     from ..store import StageWriter
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: pick one")
+    check_windows(max_length, context_overlap)  # before the model loads
     if shard == "env":
         if "{shard}" not in store:
             raise InputError("--shard env runs one process per shard, each with a store of its "
@@ -97,7 +104,8 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
         mode=mode, batch_size=batch_size,
         max_length=max_length, max_documents=max_documents, kind=kind,
         dense_budget=dense_budget_mb * 2**20, nonfinite="skip" if skip_nonfinite else "error",
-        flush_every=flush_every, device=device, quiet=quiet, examples=examples, shard=shard)
+        flush_every=flush_every, device=device, quiet=quiet, examples=examples, shard=shard,
+        context_overlap=context_overlap)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

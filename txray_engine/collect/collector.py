@@ -34,6 +34,18 @@ def default_forward(model: nn.Module, batch: Batch):
     return model(*args, **kwargs)
 
 
+def _counted(batch: Batch) -> torch.Tensor | None:
+    """The positions to count: ``batch.mask`` without each sequence's leading context."""
+    if batch.context is None:
+        return batch.mask
+    ids = batch.input_ids
+    if ids.dim() != 2:
+        raise InputError(f"Batch.context needs input_ids [B, T], got shape {tuple(ids.shape)}")
+    context = _per_sequence(batch.context, ids.shape[0], "context", "integer counts", ids.device)
+    after = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) >= context.unsqueeze(1)
+    return after if batch.mask is None else batch.mask.bool() & after
+
+
 def output_logits(output) -> torch.Tensor | None:
     """Logits ``[B, T, V]`` of a model output: ``.logits``, a 3-D tensor, or a tuple's first."""
     if hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
@@ -176,7 +188,7 @@ class Collector:
         where = self._where(batch) if self.accumulator.examples else None
         # validate every layer before adding any, so a bad batch changes nothing (the layers
         # share the batch's positions: they are checked and kept once)
-        prepared = self.accumulator.prepare_batch(acts, features, batch.mask, where)
+        prepared = self.accumulator.prepare_batch(acts, features, _counted(batch), where)
         for p in prepared:
             self.accumulator.commit(p)
         self.cursor["units"] += int(batch.n_units)

@@ -14,7 +14,7 @@ from ..features.vocab import Vocabulary
 from .collector import Collector
 from .corpus import Corpus
 from .models import LoadedModel
-from .sequences import batches, windows
+from .sequences import batches, check_windows, windows
 
 STREAM_NAMES = ("token", "pos", "label", "predicted")
 
@@ -78,13 +78,17 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                    store, stage, mode="new", batch_size=8, max_length=128,
                    max_documents: int | None = None, kind="auto", dense_budget=512 * 2**20,
                    nonfinite="error", flush_every=60.0, device="cpu", quiet=False,
-                   examples: int = 0, shard: tuple[int, int] | None = None) -> dict:
+                   examples: int = 0, shard: tuple[int, int] | None = None,
+                   context_overlap: int = 0) -> dict:
     """Collect ``stage`` of ``store`` from ``corpus``; returns a summary of the run.
 
-    ``shard=(i, n)``: only the documents whose index in the corpus is ``i`` modulo ``n`` (of the
+    ``context_overlap``: tokens each window after a document's first repeats from the one
+    before as context only (not counted), so that no counted token but a document's first ones
+    lacks left context. ``shard=(i, n)``: only the documents whose index in the corpus is ``i`` modulo ``n`` (of the
     first ``max_documents``), so that ``n`` processes (one per GPU, node or job) each collect one
     shard into their own store, and :func:`~txray_engine.store.merge_stages` adds them up.
     """
+    check_windows(max_length, context_overlap)
     stream_objs, needs = build_streams(streams, loaded, corpus)
     streams = [s.name for s in stream_objs]
     shard = check_shard(shard)
@@ -95,6 +99,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     identity = {"model": loaded.identity, "corpus": corpus.identity(),
                 "options": {"max_length": max_length, "streams": list(streams),
                             "nonfinite": nonfinite, "examples": examples,
+                            **({"context_overlap": context_overlap} if context_overlap else {}),
                             **({"shard": list(shard)} if shard else {})}}
     more = [False]  # whether the corpus has documents past max_documents
     reached = [False]  # whether the corpus (within the limit) reached where a resume continues
@@ -123,7 +128,8 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                     continue  # counted before: neither tokenised nor tagged again
                 yield index, doc
 
-        units = windows(indexed(), loaded.tokenizer, max_length, needs["tagger"], needs["labels"])
+        units = windows(indexed(), loaded.tokenizer, max_length, needs["tagger"], needs["labels"],
+                        context_overlap)
         if at is not None:
             units = (u for u in units if u.doc != at["doc"] or u.start > at["start"])
         elif skip:  # a cursor of an earlier version: count the windows off

@@ -88,15 +88,27 @@ class Unit:
     last: bool  # the document's final window
     doc: int = 0  # the document's index in the corpus
     start: int = 0  # the window's first token's position in the document
+    context: int = 0  # leading tokens that are context only (overlapping windows)
+
+
+def check_windows(max_length: int, overlap: int = 0) -> None:
+    """Refuse a window length below 1, or an overlap that leaves a window nothing to count."""
+    if max_length < 1:
+        raise InputError(f"max_length must be ≥ 1, got {max_length}")
+    if not 0 <= overlap < max_length:
+        raise InputError(f"the context overlap must be 0 or more and below the window length "
+                         f"({max_length}), got {overlap}")
 
 
 def windows(docs: Iterable[Document | tuple[int, Document]], tokenizer, max_length: int,
-            tagger: Tagger | None = None, labels: Vocabulary | None = None) -> Iterator[Unit]:
+            tagger: Tagger | None = None, labels: Vocabulary | None = None,
+            overlap: int = 0) -> Iterator[Unit]:
     """Split every document into windows of at most ``max_length`` tokens. ``docs`` may pair each
     document with its index in the corpus (``enumerate(corpus)``, filtered); else they count
-    from 0."""
-    if max_length < 1:
-        raise InputError(f"max_length must be ≥ 1, got {max_length}")
+    from 0. With ``overlap`` > 0 each window after a document's first starts ``overlap`` tokens
+    before the first token it counts, which it sees as context only: every token is counted
+    once, and none but a document's first tokens without left context."""
+    check_windows(max_length, overlap)
     for n, doc in enumerate(docs):
         index, doc = doc if isinstance(doc, tuple) else (n, doc)
         ids, offs = tokenizer.encode(doc.text, offsets=tagger is not None)
@@ -104,9 +116,13 @@ def windows(docs: Iterable[Document | tuple[int, Document]], tokenizer, max_leng
             continue
         pos = align_tags(doc.text, offs, tagger(doc.text), POS_VOCAB) if tagger else None
         label = labels.id(doc.label) if labels is not None else None
-        for i in range(0, len(ids), max_length):
-            yield Unit(ids[i:i + max_length], pos[i:i + max_length] if pos else None, label,
-                       i + max_length >= len(ids), index, i)
+        counted = 0  # the first token not counted yet
+        while counted < len(ids):
+            w = max(0, counted - overlap)  # the window's first token
+            end = min(w + max_length, len(ids))
+            yield Unit(ids[w:end], pos[w:end] if pos else None, label, end >= len(ids), index,
+                       w, counted - w)
+            counted = end
 
 
 class Collated(NamedTuple):
@@ -154,6 +170,9 @@ def _collate(units: list[Unit], pad_id: int, hf_inputs: bool, device):
                   features=features, n_units=b,
                   # on the host: moved to the device only when top examples need them
                   unit_ids=torch.tensor([u.doc for u in units]),
-                  offsets=torch.tensor([u.start for u in units]))
-    return Collated(batch, sum(u.last for u in units), int(mask.sum()), units[-1])
+                  offsets=torch.tensor([u.start for u in units]),
+                  context=(torch.tensor([u.context for u in units])
+                           if any(u.context for u in units) else None))
+    return Collated(batch, sum(u.last for u in units),
+                    int(mask.sum()) - sum(u.context for u in units), units[-1])
 

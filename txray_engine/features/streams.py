@@ -83,6 +83,10 @@ class Batch:
         The position of each sequence's first token in what ``unit_ids`` names (a window of a
         longer document starts further in); the top examples record positions from it
         (``examples_pos``). Default 0.
+    context : Tensor ``[B]`` or None
+        Leading positions of each sequence that are context only: run through the model (and
+        shown around top examples) but not counted. Overlapping windows of a long document use
+        it, so that every counted token has left context. Default none.
     """
 
     input_ids: torch.Tensor
@@ -93,6 +97,7 @@ class Batch:
     n_units: int | None = None
     unit_ids: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
+    context: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.inputs is None:
