@@ -59,16 +59,10 @@ def info(store, as_json):
 @by_option
 def neurons(store, stage, layer_names, streams, neurons, top, features, by):
     """Each neuron's strongest features (share of its mass or count) per stream."""
-    from ..errors import StageChangedError
+    from ..store.reader import read_again
 
-    for attempt in range(5):  # a running collection may flush meanwhile: read it again
-        try:
-            lines = _neuron_lines(store, stage, layer_names, streams, neurons, top, features, by)
-            break
-        except StageChangedError:
-            if attempt == 4:
-                raise
-    click.echo("\n".join(lines))
+    click.echo("\n".join(read_again(lambda: _neuron_lines(store, stage, layer_names, streams,
+                                                          neurons, top, features, by))))
 
 
 def _neuron_lines(store, stage, layer_names, streams, neurons, top, features, by) -> list[str]:

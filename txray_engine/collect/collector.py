@@ -24,14 +24,18 @@ def default_forward(model: nn.Module, batch: Batch):
     ``forward`` cannot take are refused with what to give instead."""
     args, kwargs = ((), batch.inputs) if isinstance(batch.inputs, dict) else ((batch.inputs,), {})
     try:
-        inspect.signature(model.forward).bind(*args, **kwargs)
-    except TypeError as e:
-        raise InputError(f"{type(model).__name__}.forward cannot take the batch's inputs ({e}): "
-                         f"give Batch(inputs={{argument: tensor, ...}}) with its arguments, or "
-                         f"Collector(..., forward=lambda model, batch: model(...))") from None
-    except ValueError:  # no signature to check (a builtin): the call will tell
-        pass
-    return model(*args, **kwargs)
+        return model(*args, **kwargs)
+    except TypeError:  # the signature is checked only then: nothing per batch on the way
+        try:
+            inspect.signature(model.forward).bind(*args, **kwargs)
+        except TypeError as e:
+            raise InputError(f"{type(model).__name__}.forward cannot take the batch's inputs "
+                             f"({e}): give Batch(inputs={{argument: tensor, ...}}) with its "
+                             f"arguments, or Collector(..., forward=lambda model, batch: "
+                             f"model(...))") from None
+        except ValueError:  # no signature to check (a builtin)
+            pass
+        raise  # a TypeError from inside the model
 
 
 def _counted(batch: Batch) -> torch.Tensor | None:

@@ -112,9 +112,10 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
         for stream in ("token", "pos"):
             row[stream] = _summary(_compare(store, f"wiki-epoch{a}", f"wiki-epoch{b}", stream))
         steps.append(row)
+    floors = {e: floor(h, [tok, pos]) for e, h in half_states.items()}
     results["rq1"] = {"perplexity": history, "epochs_collected": epochs, "steps": steps,
                       "half_budget": {
-                          "floors": {e: floor(h, [tok, pos]) for e, h in half_states.items()},
+                          "floors": floors,
                           "across": [across(half_states[a], half_states[b], [tok, pos])
                                      for a, b in zip(epochs, epochs[1:])]},
                       "pos_first": _pos_mass(store, f"wiki-epoch{epochs[0]}"),
@@ -130,10 +131,10 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     results["rq2"]["tokens"] = [open_store(store).stage(s).tokens
                                 for s in (last, "reviews-zero-shot")]
     lm_reviews = halves(half, lm.eval(), data.reviews_train, split_seed)
+    lm_reviews_floor = floor(lm_reviews, [tok, pos])
     results["rq2"]["half_budget"] = {
         "across": across(half_states[epochs[-1]], lm_reviews, [tok, pos]),
-        "floor_a": floor(half_states[epochs[-1]], [tok, pos]),
-        "floor_b": floor(lm_reviews, [tok, pos])}
+        "floor_a": floors[epochs[-1]], "floor_b": lm_reviews_floor}
 
     # RQ3: supervised fine-tuning, one classifier per seed; pruning without retraining
     log(f"[RQ3] fine-tuning classifiers on review polarity (seeds {list(cfg.seeds)})")
@@ -150,7 +151,7 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
         if seed == cfg.seeds[0]:
             clf_reviews = halves(half, clf.eval(), data.reviews_train, split_seed)
             rq3_half = {"across": across(lm_reviews, clf_reviews, [tok, pos]),
-                        "floor_a": floor(lm_reviews, [tok, pos]),
+                        "floor_a": lm_reviews_floor,
                         "floor_b": floor(clf_reviews, [tok, pos])}
         info["vs_zero_shot"] = _summary(cmp)
         runs.append(info)

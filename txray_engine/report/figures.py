@@ -76,7 +76,7 @@ def _log_ticks(fig: go.Figure) -> dict:
 def _budget_note(data: ReportData, stages: list[str], what: str) -> str:
     """A sentence when the stages counted rather different numbers of positions (their sums and
     lengths grow with it), else ""."""
-    tokens = {s: data.store.stage(s).tokens for s in stages}
+    tokens = {s: data.stage_objs[s].tokens for s in stages}
     if len(tokens) < 2 or max(tokens.values()) <= 1.2 * max(1, min(tokens.values())):
         return ""
     counts = ", ".join(f"{s}: {t:,}" for s, t in tokens.items())

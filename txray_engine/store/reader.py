@@ -30,6 +30,17 @@ def open_store(path: str | os.PathLike) -> "Store":
     return Store(path)
 
 
+def read_again(read, tries: int = 5):
+    """``read()``, called again while a running collection replaces the snapshot under it
+    (``StageChangedError``), at most ``tries`` times: each call must open the stage afresh."""
+    for attempt in range(tries):
+        try:
+            return read()
+        except StageChangedError:
+            if attempt == tries - 1:
+                raise
+
+
 def _unknown(kind: str, name: str, known) -> StoreError:
     return StoreError(f"unknown {kind} {name!r}: this store has {', '.join(map(repr, known)) or 'none'}")
 
@@ -82,13 +93,7 @@ class Store:
                "engine_version": self.meta.get("engine_version"),
                "size_bytes": self.size_on_disk(), "stages": {}}
         for name in self.stages:
-            for attempt in range(5):  # a running collection may flush meanwhile: read it again
-                try:
-                    out["stages"][name] = self._stage_info(name)
-                    break
-                except StageChangedError:
-                    if attempt == 4:
-                        raise
+            out["stages"][name] = read_again(lambda: self._stage_info(name))
         return out
 
     def _stage_info(self, name: str) -> dict:

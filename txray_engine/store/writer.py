@@ -160,8 +160,7 @@ class StageWriter:
             self._replace_pending = True
             # number on from the replaced stage: a reader of its last snapshot must not take the
             # new stage's first one for it
-            snap = meta.get("snapshot")
-            self._seq = int(snap[len(SNAPSHOT_PREFIX):]) if snap else 0
+            self._seq = _number(meta.get("snapshot"))
             return
         if meta.get("status") == "complete" and not (self.reopen and self.reopen(meta)):
             limit = meta.get("max_documents")
@@ -180,7 +179,7 @@ class StageWriter:
         if self.fingerprint is None:  # a precheck: nothing more to know, nothing to remove
             return
         self._snapshot = meta.get("snapshot")
-        self._seq = int(self._snapshot[len(SNAPSHOT_PREFIX):]) if self._snapshot else 0
+        self._seq = _number(self._snapshot)
         self.cursor = dict(meta.get("cursor") or {})
         self.resumed = True
         self._remove_stale_snapshots()
@@ -280,6 +279,11 @@ class StageWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _number(snapshot: str | None) -> int:
+    """A snapshot's number (``snap-000012`` → 12; none yet → 0)."""
+    return int(snapshot[len(SNAPSHOT_PREFIX):]) if snapshot else 0
 
 
 def snapshot_nodes(acc: Accumulator, base: str) -> tuple[dict, dict]:
