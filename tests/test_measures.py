@@ -45,6 +45,60 @@ def ref_compat(count_a, mass_a, count_b, mass_b):
     return math.sqrt(s) / math.sqrt(2) / len(union), len(union)
 
 
+def reference_rows_compat(records_a, records_b):
+    """The public TX-Ray code's computation, row by row, in plain Python: one record per position
+    (input token, maximum activation, its neuron); per neuron each maximum divided by the sum of
+    the neuron's maxima, averaged per token; then its ``hellinger_distance`` over the union of
+    tokens, divided by the union's size."""
+    def per_neuron(records):
+        rows = {}
+        for token, value, neuron in records:
+            rows.setdefault(neuron, []).append((token, value))
+        out = {}
+        for neuron, rs in rows.items():
+            total = sum(v for _, v in rs)
+            by_token = {}
+            for token, v in rs:
+                by_token.setdefault(token, []).append(v / total)
+            out[neuron] = {t: sum(vs) / len(vs) for t, vs in by_token.items()}
+        return out
+    a, b = per_neuron(records_a), per_neuron(records_b)
+    result = {}
+    for neuron in set(a) & set(b):
+        union = sorted(set(a[neuron]) | set(b[neuron]))
+        s = sum((math.sqrt(a[neuron].get(t, 0)) - math.sqrt(b[neuron].get(t, 0))) ** 2
+                for t in union)
+        result[neuron] = (math.sqrt(s) / math.sqrt(2) / len(union), len(union))
+    return result
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compat_equals_the_public_codes_row_by_row_computation(seed):
+    """Collected with max-1 through the accumulator, as the engine does it, against the
+    reference's per-position records of the same activations (all maxima above 0)."""
+    from txray_engine.accumulate import Accumulator
+    import torch
+
+    rng = np.random.default_rng(seed)
+    n, v, t = 7, 11, 400
+    records, stats = [], []
+    for _ in range(2):
+        acts = torch.tensor(rng.gamma(2.0, 1.0, (t, n)) * rng.random(n) * 3 + 1e-3)
+        tokens = torch.tensor(rng.zipf(1.6, t) % v)
+        acc = Accumulator({"token": [str(i) for i in range(v)]}, k=1)
+        acc.observe("l", acts, {"token": tokens})
+        stats.append(acc.layers["l"].streams["token"].to_stats())
+        a32 = acts.float().numpy()  # the engine selects and sums float32 activations
+        records.append([(int(tok), float(row.max()), int(row.argmax()))
+                        for tok, row in zip(tokens, a32)])
+    cmp = compare(*stats)
+    want = reference_rows_compat(*records)
+    assert set(np.flatnonzero(cmp["shared"])) == set(want) and len(want) >= 3
+    for neuron, (d, union) in want.items():
+        assert cmp["compat_hellinger"][neuron] == pytest.approx(d, rel=1e-9, abs=1e-15)
+        assert cmp["compat_union"][neuron] == union
+
+
 def test_hellinger_and_compat_match_independent_references():
     rng = np.random.default_rng(0)
     ca, ma = random_stage(rng)
