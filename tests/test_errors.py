@@ -52,6 +52,7 @@ def test_masked_nonfinite_positions_are_not_errors():
     ({"tok": torch.full((6,), 3)}, None, "outside its vocabulary of 3"),
     ({"tok": torch.full((6,), -2)}, None, "feature id -2"),
     ({"tok": torch.zeros(6)}, None, "must be integers"),
+    ({"tok": torch.full((6,), 2**64 - 1, dtype=torch.uint64)}, None, "uint64 ids of 2..63"),
     ({}, None, "no ids given"),
     ({"tok": torch.zeros(6, dtype=torch.long), "x": torch.zeros(6, dtype=torch.long)}, None,
      "unknown stream"),

@@ -254,7 +254,9 @@ class Accumulator:
                     f"{pos.position_of(bad_rows[0])} (index in shape {pos.lead}), "
                     f"{bad_rows.numel()} position(s) in this call; fix the model or inputs, or "
                     f"pass nonfinite='skip' (--skip-nonfinite) to skip such positions and count "
-                    f"them")
+                    f"them" + ("; float64 activations are selected in float32, where values "
+                               "beyond ±3.4e38 are inf" if activations.dtype == torch.float64
+                               else ""))
             good = torch.ones(values.shape[0], dtype=torch.bool, device=values.device)
             good[bad_rows] = False
             values, indices = values[good], indices[good]

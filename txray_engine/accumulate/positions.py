@@ -83,7 +83,11 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
                             "; give one id per position")
         if f.dtype.is_floating_point or f.dtype == torch.bool or f.is_complex():
             raise InputError(f"stream {name!r}: ids must be integers, got {f.dtype}")
-        flat[name] = _kept(f.reshape(-1).long(), index)
+        ids = f.reshape(-1).long()
+        if f.dtype == torch.uint64 and bool((ids < 0).any()):  # wrapped: 2**64 - 1 → -1
+            raise InputError(f"stream {name!r}: uint64 ids of 2**63 or more are out of range "
+                             f"for any vocabulary; give ids in 0..V-1 (as int64, -1 = missing)")
+        flat[name] = _kept(ids, index)
     return Positions(lead, index, flat)
 
 

@@ -135,7 +135,8 @@ def compat_hellinger(a: SparseStats, b: SparseStats, min_count: int = 1
     Hellinger distance it shrinks with the support size and is not a distance between
     distributions; use it to reproduce numbers from that code, the proper distance otherwise.
     Computed for every neuron, shared or not (a neuron without mass in one stage counts as all
-    zeros there); :func:`compare`'s ``compat_hellinger`` column is NaN for neurons not shared.
+    zeros there); :func:`compare`'s ``compat_hellinger`` column is NaN for neurons not shared
+    and for shared neurons without mass in a stage.
     """
     ca, cb = _Cells.of(a, min_count), _Cells.of(b, min_count)
     ia, ib = _match(ca, cb)
