@@ -102,6 +102,19 @@ def make_word_model(tmp_path, seed=0):
             "jsonl": jsonl}
 
 
+def own_hook_output(model, layer, call):
+    """What the module ``layer`` returned during ``call()``, from a forward hook of the test's
+    own (the engine's capture not involved)."""
+    got = []
+    h = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o))
+    try:
+        with torch.no_grad():
+            call()
+    finally:
+        h.remove()
+    return got[0]
+
+
 def tree_digest(path):
     """{relative path: sha256} of every file under ``path`` (to prove a store did not change)."""
     import hashlib
@@ -174,3 +187,19 @@ def assert_top_examples_match(ex, ref, n_neurons: int) -> None:
         assert got[: len(want)] == want, f"neuron {n}"
         empty = (-np.inf, -1, -1, (-1,) * ex.width)
         assert all(g == empty for g in got[len(want):]), f"neuron {n}: empty slots"
+
+
+class TimeFirstWordLM(torch.nn.Module):
+    """PyTorch's word-language-model example's layout: ``forward(ids [time, batch])`` returns
+    flat log-probabilities ``[time·batch, V]`` and the hidden state; the weights of an
+    ``LSTMLanguageModel`` (batch-first), so both must give the same statistics."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.encoder, self.rnn, self.decoder = lm.embedding, torch.nn.LSTM(
+            lm.lstm.input_size, lm.lstm.hidden_size), lm.decoder
+        self.rnn.load_state_dict(lm.lstm.state_dict())
+
+    def forward(self, ids):
+        out, hidden = self.rnn(self.encoder(ids))
+        return torch.log_softmax(self.decoder(out).flatten(0, 1), dim=1), hidden

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from naive import assert_matches_naive, naive_sums
+from naive import own_hook_output as _reference_acts
 from txray_engine import Batch, Collector, Stream, Vocabulary, same_sums
 from txray_engine.capture import LayerCapture, output_tensor, resolve_layers
 from txray_engine.errors import InputError, LayerNotFoundError
@@ -50,17 +51,6 @@ def _batch(b=3, t=7, seed=0):
 
 def _streams():
     return [Stream("token", Vocabulary.of_size(V), "input")]
-
-
-def _reference_acts(model, layer, call):
-    got = []
-    h = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: got.append(o))
-    try:
-        with torch.no_grad():
-            call()
-    finally:
-        h.remove()
-    return got[0]
 
 
 @pytest.mark.parametrize("cell,batch_first", [(nn.LSTM, False), (nn.LSTM, True),

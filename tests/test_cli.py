@@ -134,3 +134,36 @@ def test_store_refusals_come_before_the_model_loads(word_model, tmp_path, monkey
     with StageWriter(tmp_path / "s.zarr", "t", "new", {}):
         res = CliRunner().invoke(main, list(map(str, args[:-2] + ["t", "-q"])))
     assert res.exit_code == 2 and "being written by another process" in res.output, res.output
+
+
+def test_time_first_model_counts_as_its_batch_first_twin(word_model, tmp_path):
+    """--time-first: a model taking [time, batch] and returning flat logits, collected with as
+    many sequences per batch as positions (where a wrong layout keeps every shape), gives the
+    batch-first model's sums (nothing tells a time-first model from its shapes: it must be
+    declared)."""
+    import torch
+    from naive import TimeFirstWordLM
+
+    ckpt = tmp_path / "time_first.pt"
+    torch.save(TimeFirstWordLM(word_model["model"]), ckpt)
+    store = tmp_path / "s.zarr"
+    data = ["--vocab", word_model["vocab"], "--corpus", word_model["text"], "--streams",
+            "token,predicted", "-k", "2", "--max-documents", "30", "--store", store, "-q"]
+    common = [*data, "--batch-size", "4", "--max-length", "4"]
+    _run("collect", "--model", word_model["ckpt"], "--layers", "lstm", "--layers", "decoder",
+         "--stage", "batch_first", *common)
+    _run("collect", "--model", ckpt, "--time-first", "--layers", "rnn", "--layers", "decoder",
+         "--stage", "time_first", *common)
+    s = open_store(store)
+    a, b = s.stage("batch_first"), s.stage("time_first")
+    for la, lb in (("lstm", "rnn"), ("decoder", "decoder")):
+        for stream in ("token", "predicted"):
+            va, vb = a.layer(la).stream(stream), b.layer(lb).stream(stream)
+            for what in ("count", "peak"):
+                np.testing.assert_array_equal(va.csr(what).toarray(), vb.csr(what).toarray())
+            np.testing.assert_allclose(va.csr("mass").toarray(), vb.csr("mass").toarray(),
+                                       rtol=1e-6)
+    res = CliRunner().invoke(main, list(map(str, [
+        "collect", "--model", ckpt, "--layers", "decoder", "--layout", "decoder=sideways",
+        "--stage", "x", *common])))
+    assert res.exit_code != 0 and "layout must be one of" in res.output

@@ -191,7 +191,7 @@ def test_overlapping_windows_count_every_token_once_and_resume_exactly(word_mode
     assert a.cursor == b.cursor and same_sums(a.accumulator(), b.accumulator())
     assert b.meta["options"]["context_overlap"] == 2
     plain, over = tmp_path / "plain.zarr", tmp_path / "over.zarr"
-    for path, extra in ((plain, []), (over, ["--context-overlap", "2"])):
+    for path, extra in ((plain, ["--context-overlap", "0"]), (over, ["--context-overlap", "2"])):
         res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], path,
                                              "--max-length", "4", *extra))
         assert res.exit_code == 0, res.output
@@ -203,3 +203,20 @@ def test_overlapping_windows_count_every_token_once_and_resume_exactly(word_mode
                                          "--max-length", "4", "--context-overlap", "4"))
     assert res.exit_code == 2 and "below the window length (4)" in res.output
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_the_default_overlap_and_a_resume_keeps_the_stages_own(word_model, tmp_path):
+    """New stages get 8 tokens of overlap (at most a quarter of the window); a stage collected
+    without one (or before the option) continues without one, not refused as another
+    collection."""
+    def run(store, *extra):
+        res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store,
+                                             "--max-length", "16", *extra))
+        assert res.exit_code == 0, res.output
+        return open_store(store).stage("s").meta["options"]
+
+    assert run(tmp_path / "new.zarr")["context_overlap"] == 4
+    old = tmp_path / "old.zarr"
+    assert "context_overlap" not in run(old, "--context-overlap", "0", "--max-documents", "40")
+    options = run(old, "--resume", "--max-documents", "50")
+    assert "context_overlap" not in options and open_store(old).stage("s").meta["documents"] == 50

@@ -8,8 +8,8 @@ batch-first ``[batch, time, neurons]``:
 - a ``PackedSequence`` → padded, batch-first;
 - a Hugging Face ``ModelOutput`` → its first field, a plain ``dict`` → its first value that is
   not None;
-- time-first modules (``nn.LSTM``/``nn.GRU``/``nn.RNN`` with ``batch_first=False``, or layers named
-  in ``time_first``) → transposed to batch-first.
+- time-first and channels-first outputs → moved to batch-first, each layer's layout recognised
+  from its module or given (see :mod:`~txray_engine.capture.layout`).
 
 Hooks are removed when the context exits, also when the forward raised.
 """
@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError, LayerNotFoundError
+from .layout import (check_layout, legacy_time_first, names_with, recognised_layout,
+                     resolve_layouts, to_batch_first)
 
 
 def is_pattern(name: str) -> bool:
@@ -84,54 +86,78 @@ def innermost(output):
     return output
 
 
-def output_tensor(output, module: nn.Module, time_first: bool | None = None) -> torch.Tensor:
-    """The activation tensor of a module output, batch-first (see the module docstring)."""
+def output_tensor(output, module: nn.Module, layout: str | None = None) -> torch.Tensor:
+    """The activation tensor of a module output, batch-first (see the module docstring);
+    ``layout`` None: recognised from the module alone (else batch-first)."""
     x = innermost(output)
     packed = isinstance(x, nn.utils.rnn.PackedSequence)
     if packed:
         x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True)
-    elif not isinstance(x, torch.Tensor):
+        return x
+    if not isinstance(x, torch.Tensor):
         raise InputError(f"{type(module).__name__} returned {type(output).__name__}, which "
-                         f"holds no tensor to capture: pick another module")
-    if time_first is None:
-        time_first = isinstance(module, nn.RNNBase) and not module.batch_first
-    if time_first and not packed and x.dim() >= 3:
-        x = x.transpose(0, 1)
-    return x
+                         f"holds no tensor to capture: pick another module, or observe what "
+                         f"you need from a hook of your own (Accumulator.observe)")
+    if layout is None:
+        layout = recognised_layout({"": module}, "") or "batch_first"
+    return to_batch_first(x, check_layout(layout, type(module).__name__))
 
 
 class LayerCapture:
     """Context manager that records the outputs of the named modules of ``model``.
 
     After each forward, ``captured[name]`` holds the list of batch-first tensors the module produced
-    (one per call). Use :meth:`take` to fetch and clear them.
+    (one per call). Use :meth:`take` to fetch and clear them. ``layouts`` maps layer names or
+    patterns to ``batch_first``/``time_first``/``channels_first``; ``time_first`` lists layers
+    too (the older spelling); layers given neither are recognised from their modules, else take
+    ``default_layout``.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str],
-                 time_first: Iterable[str] = ()):
+                 time_first: Iterable[str] = (), layouts: dict | None = None,
+                 default_layout: str = "batch_first"):
         self.model = model
         self.names = resolve_layers(model, layers)
-        self.time_first = set(time_first)
+        modules = dict(model.named_modules())
+        given = {n: "time_first" for n in ([time_first] if isinstance(time_first, str)
+                                           else time_first)}
+        given.update(layouts or {})
+        check_layout(default_layout, "default_layout")
+        self.layouts = resolve_layouts(modules, self.names, given, default_layout)
+        by_caller = [n for n in self.names
+                     if any(n == key or fnmatch.fnmatchcase(n, key) for key in given)]
+        # layers taken as time-first because the caller said so: what a stage's identity
+        # recorded before layouts (with "layouts" for what earlier versions took otherwise)
+        self.time_first = set(names_with({n: self.layouts[n] for n in by_caller}, "time_first"))
+        self.changed = {n: lay for n, lay in self.layouts.items()
+                        if lay != ("time_first" if legacy_time_first(modules, n, self.time_first)
+                                   else "batch_first")}
         self.captured: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
         self.versions: dict[str, list] = {n: [] for n in self.names}  # at capture, per call
         self.packed: set[str] = set()  # layers whose output was a PackedSequence
         self._handles: list = []
+
+    def identity(self) -> dict:
+        """How outputs were laid out, for a stage's identity: layers given as time-first, and
+        the layouts earlier versions would not have taken (only when there are any)."""
+        return {"time_first": sorted(self.time_first),
+                **({"layouts": dict(sorted(self.changed.items()))} if self.changed else {})}
 
     def __enter__(self) -> "LayerCapture":
         modules = dict(self.model.named_modules())
         try:
             for name in self.names:
                 module = modules[name]
-                tf = True if name in self.time_first else None
-                self._handles.append(module.register_forward_hook(self._hook(name, module, tf)))
+                self._handles.append(module.register_forward_hook(
+                    self._hook(name, module, self.layouts[name])))
         except BaseException:
             self.remove()
             raise
         return self
 
-    def _hook(self, name: str, module: nn.Module, time_first):
+    def _hook(self, name: str, module: nn.Module, layout: str):
         def hook(_mod, _inputs, output):
-            x = output_tensor(output, module, time_first).detach()
+            x = output_tensor(output, module, layout).detach()
             self.captured[name].append(x)
             self.versions[name].append(_stamp(x))
             (self.packed.add if isinstance(innermost(output), nn.utils.rnn.PackedSequence)
@@ -163,7 +189,9 @@ class LayerCapture:
                 if len(got) != 1:
                     raise InputError(
                         f"module {name!r} ran {len(got)} times in one forward pass; capture needs a "
-                        f"module that runs exactly once per forward (pick a per-layer module)")
+                        f"module that runs exactly once per forward (pick a per-layer module; for "
+                        f"a module applied several times, or a cell stepped in a loop, add each "
+                        f"call's output from a hook of your own with Accumulator.observe)")
                 if _changed(got[0], self.versions[name][0]):
                     raise InputError(
                         f"module {name!r}: its output was changed in place later in the forward "
@@ -179,11 +207,14 @@ class LayerCapture:
 def _stamp(x: torch.Tensor):
     """What tells later whether ``x`` was changed in place: its version counter, or, for an
     inference tensor (``torch.inference_mode``), which has none, a copy of up to 64 evenly
-    spaced values (an in-place activation after it changes practically all of them)."""
+    spaced values and the float64 sum of all (one read: an in-place op that changes any value,
+    e.g. a clamp of the largest 1%, changes the sum)."""
     try:
         return x._version
     except RuntimeError:
-        return sampled(x, 64).clone()
+        x = torch.view_as_real(x) if x.is_complex() else x
+        return torch.cat([sampled(x, 64).to(torch.float64),
+                          torch.sum(x, dtype=torch.float64).reshape(1)])
 
 
 def _changed(x: torch.Tensor, stamp) -> bool:

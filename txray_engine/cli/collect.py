@@ -43,11 +43,22 @@ from .base import main, output_file, parse_k
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=1),
               help="Tokens per window; longer documents are split.")
-@click.option("--context-overlap", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--context-overlap", type=click.IntRange(min=0),
               help="Tokens each window after a document's first repeats from the one before, "
                    "as context only (not counted): without it, a window cut inside a document "
                    "starts without left context, and causal LMs treat its first token like a "
-                   "sequence start.")
+                   "sequence start. Default: 8 (at most a quarter of --max-length); a resumed "
+                   "stage keeps its own.")
+@click.option("--layout", "layouts", multiple=True, metavar="LAYER=LAYOUT",
+              help="How a layer's output is laid out, when its module does not say: "
+                   "batch_first [batch, time, neurons], time_first [time, batch, neurons] or "
+                   "channels_first [batch, neurons, time]; LAYER may be a pattern; repeat for "
+                   "several. Recurrent, batch_first=False attention and *1d sequence modules "
+                   "are recognised.")
+@click.option("--time-first", is_flag=True,
+              help="The model takes [time, batch] inputs and returns [time, batch, vocab] "
+                   "(or flattened) logits, as PyTorch's word-language-model example; layers "
+                   "not recognised otherwise are taken as time-first too.")
 @click.option("--max-documents", type=click.IntRange(min=1),
               help="Stop after this many documents of the corpus (with --shard: of the whole "
                    "corpus, split among the shards).")
@@ -70,8 +81,9 @@ from .base import main, output_file, parse_k
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, unit, text_field,
             label_field, streams, layers, k, store, stage, resume, overwrite, batch_size,
-            max_length, context_overlap, max_documents, kind, dense_budget_mb, skip_nonfinite,
-            flush_every, examples, device, shard, quiet, as_json):
+            max_length, context_overlap, layouts, time_first, max_documents, kind,
+            dense_budget_mb, skip_nonfinite, flush_every, examples, device, shard, quiet,
+            as_json):
     """Run a model over a corpus and store the stage's statistics."""
     from ..collect import Corpus, collect_corpus, load_model
     from ..collect.run import check_shard, more_documents
@@ -80,7 +92,9 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: pick one")
-    check_windows(max_length, context_overlap)  # before the model loads
+    if context_overlap is not None:
+        check_windows(max_length, context_overlap)  # before the model loads
+    layouts = _layouts(layouts)
     if shard == "env":
         if "{shard}" not in store:
             raise InputError("--shard env runs one process per shard, each with a store of its "
@@ -105,7 +119,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
         max_length=max_length, max_documents=max_documents, kind=kind,
         dense_budget=dense_budget_mb * 2**20, nonfinite="skip" if skip_nonfinite else "error",
         flush_every=flush_every, device=device, quiet=quiet, examples=examples, shard=shard,
-        context_overlap=context_overlap)
+        context_overlap=context_overlap, layouts=layouts, time_first=time_first)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -116,6 +130,19 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
         for layer, n in summary["skipped_nonfinite"].items():
             click.echo(f"layer {layer}: {n} positions with non-finite activations skipped "
                        f"(in all, this stage)")
+
+
+def _layouts(values) -> dict:
+    """``--layout a=time_first --layout 'b.*=channels_first'`` → ``{a: ..., b.*: ...}``."""
+    from ..capture.layout import check_layout
+    out = {}
+    for v in values:
+        layer, sep, layout = v.rpartition("=")
+        if not sep or not layer:
+            raise click.BadParameter(f"{v!r}: give LAYER=LAYOUT, e.g. enc=time_first",
+                                     param_hint="--layout")
+        out[layer] = check_layout(layout, f"--layout {layer}")
+    return out
 
 
 @main.command()

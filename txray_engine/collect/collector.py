@@ -13,16 +13,26 @@ from ..accumulate.accumulator import Accumulator
 from ..accumulate.examples import context_windows
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
+from ..capture.layout import layout_hint
 from ..errors import CorpusError, InputError
 from ..features.streams import Batch, Stream, stream_features
 from ..store.format import check_name, fingerprint
 from ..store.writer import StageWriter
 
 
-def default_forward(model: nn.Module, batch: Batch):
+def default_forward(model: nn.Module, batch: Batch, time_first: bool = False):
     """Call ``model(**inputs)`` for a dict of inputs, else ``model(inputs)``; inputs the model's
-    ``forward`` cannot take are refused with what to give instead."""
-    args, kwargs = ((), batch.inputs) if isinstance(batch.inputs, dict) else ((batch.inputs,), {})
+    ``forward`` cannot take are refused with what to give instead. ``time_first``: the model
+    takes ``[time, batch]`` inputs, so each input tensor of the batch's ``[batch, time]`` is
+    given transposed."""
+    inputs = batch.inputs
+    if time_first:
+        shape = tuple(batch.input_ids.shape)
+        turn = (lambda x: x.transpose(0, 1) if isinstance(x, torch.Tensor) and x.dim() >= 2
+                and tuple(x.shape[:2]) == shape else x)
+        inputs = {k: turn(v) for k, v in inputs.items()} if isinstance(inputs, dict) \
+            else turn(inputs)
+    args, kwargs = ((), inputs) if isinstance(inputs, dict) else ((inputs,), {})
     try:
         return model(*args, **kwargs)
     except TypeError:  # the signature is checked only then: nothing per batch on the way
@@ -50,15 +60,36 @@ def _counted(batch: Batch) -> torch.Tensor | None:
     return after if batch.mask is None else batch.mask.bool() & after
 
 
-def output_logits(output) -> torch.Tensor | None:
-    """Logits ``[B, T, V]`` of a model output: ``.logits``, a 3-D tensor, or a tuple's first."""
+def output_logits(output, shape: tuple | None = None, time_first: bool = False
+                  ) -> torch.Tensor | None:
+    """Logits ``[B, T, V]`` of a model output: ``.logits``, a 3-D tensor, or a tuple's first.
+
+    ``shape``: the batch's ``(B, T)``; with it, logits flattened to ``[B·T, V]`` (as PyTorch's
+    word-language-model example returns them) are unflattened, and logits ``[T, B, V]`` of a
+    model not declared time-first are refused with the fix. ``time_first``: the model's logits
+    are ``[T, B, V]`` (or ``[T·B, V]``)."""
     if hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
-        return output.logits
-    if isinstance(output, torch.Tensor):
-        return output if output.dim() == 3 else None
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0] if output[0].dim() == 3 else None
-    return None
+        x = output.logits
+    elif isinstance(output, torch.Tensor):
+        x = output
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        x = output[0]
+    else:
+        return None
+    if shape is not None and len(shape) == 2 and x.dim() == 2 and x.shape[0] == shape[0] * shape[1]:
+        x = x.reshape(*(shape[::-1] if time_first else shape), x.shape[1])
+    if x.dim() != 3:
+        return None
+    if time_first:
+        return x.transpose(0, 1)
+    if shape is not None and len(shape) == 2 and shape[0] != shape[1] and \
+            tuple(x.shape[:2]) == tuple(shape[::-1]):
+        raise InputError(f"the model's logits have shape {tuple(x.shape)}, [time, batch, vocab] "
+                         f"for this batch of {shape[0]} sequences of {shape[1]} positions: a "
+                         f"time-first model; say so with Collector(..., time_first=True) "
+                         f"(txray collect --time-first), which also gives it its inputs "
+                         f"time-first")
+    return x
 
 
 class Collector:
@@ -91,8 +122,16 @@ class Collector:
         ``forward(model, batch) -> output``; defaults to :func:`default_forward`.
     kind, dense_budget, nonfinite, device, examples, context_radius
         As for :class:`~txray_engine.accumulate.Accumulator` (``device``: the model's by default).
-    time_first : list of str
-        Layers whose outputs are ``[time, batch, neurons]`` (recurrent modules are recognised).
+    layouts : dict, optional
+        Layer name or pattern → ``"batch_first"``, ``"time_first"`` or ``"channels_first"``
+        (see :mod:`~txray_engine.capture.layout`): for layers whose module does not say how its
+        output is laid out (recurrent, ``batch_first=False`` attention and ``*1d`` sequence
+        modules are recognised). A wrong layout cannot always be told from a shape.
+    time_first : list of str, or True
+        Layers whose outputs are ``[time, batch, neurons]`` (as ``layouts``); ``True``: the
+        whole model works time-first: it is given its inputs ``[time, batch]`` (the batch
+        stays ``[batch, time]``), its logits are ``[time, batch, vocab]``, and layers not
+        recognised otherwise are time-first.
     reopen : callable, optional
         Given a complete stage's attributes, whether ``mode="resume"`` may continue it (see
         :class:`StageWriter`); :attr:`extra` holds attributes added to every commit.
@@ -107,7 +146,8 @@ class Collector:
                  k: int | str = 1, *, store=None, stage: str | None = None, mode: str = "new",
                  identity: dict | None = None, kind: str = "auto",
                  dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
-                 flush_every: float = 60.0, time_first: Iterable[str] = (),
+                 flush_every: float = 60.0, time_first: Iterable[str] | bool = (),
+                 layouts: dict | None = None,
                  forward: Callable | None = None, device=None, examples: int = 0,
                  context_radius: int = 5, eval_mode: bool = True, reopen=None,
                  allow_empty: bool = False):
@@ -122,7 +162,9 @@ class Collector:
                                        nonfinite=nonfinite, device=device, examples=examples,
                                        context_radius=context_radius)
         self.streams = self.accumulator.streams
-        self.capture = LayerCapture(model, layers, time_first)
+        self.time_first = time_first is True
+        self.capture = LayerCapture(model, layers, () if time_first is True else time_first,
+                                    layouts, "time_first" if self.time_first else "batch_first")
         # what shapes the statistics is part of the identity a resume must match: resuming with
         # another k or another layer list would mix statistics of two different collections
         collection = {"layers": self.capture.names, "k": self.accumulator.k,
@@ -130,7 +172,8 @@ class Collector:
                                    "vocabulary": fingerprint(list(s.vocab))} for s in self.streams],
                       "nonfinite": nonfinite, "examples": int(examples),
                       "context_radius": int(context_radius),
-                      "time_first": sorted(self.capture.time_first)}
+                      **self.capture.identity(),
+                      **({"model_time_first": True} if self.time_first else {})}
         if store is not None:  # names a flush would refuse, refused before any forward pass
             for kind, names in (("layer", self.capture.names),
                                 ("stream", [s.name for s in self.streams])):
@@ -140,7 +183,9 @@ class Collector:
                                    reopen=reopen) if store is not None else None)
         self.extra: dict = {}  # more stage attributes for every commit (e.g. a run's limits)
         self.flush_every = float(flush_every)
-        self.forward = forward or default_forward
+        self.forward = forward or (
+            (lambda m, b: default_forward(m, b, time_first=True)) if self.time_first
+            else default_forward)
         self.cursor = {"units": 0, "documents": 0}
         self.eval_mode = eval_mode
         self.allow_empty = allow_empty
@@ -188,7 +233,11 @@ class Collector:
         finally:
             self.capture.clear()
         acts = _pad_packed(acts, batch, self.capture.packed)
-        features = stream_features(self.streams, batch, output_logits(output))
+        shape = tuple(batch.input_ids.shape)
+        self._check_layouts(acts, shape)
+        logits = (output_logits(output, shape, self.time_first)
+                  if any(s.source == "predicted" for s in self.streams) else None)
+        features = stream_features(self.streams, batch, logits)
         where = self._where(batch) if self.accumulator.examples else None
         # validate every layer before adding any, so a bad batch changes nothing (the layers
         # share the batch's positions: they are checked and kept once)
@@ -200,6 +249,26 @@ class Collector:
         self._dirty = True
         if self.writer is not None and time.monotonic() - self._last_flush >= self.flush_every:
             self.flush()
+
+    def _check_layouts(self, acts: dict, shape: tuple) -> None:
+        """A layer taken as batch-first whose output's shape says otherwise is refused with the
+        layout to give (a shape that could be either, e.g. as many sequences as positions,
+        cannot be told)."""
+        if len(shape) != 2:
+            return
+        for name, a in acts.items():
+            hint = layout_hint(tuple(a.shape), *shape)
+            if hint is None or self.capture.layouts[name] != "batch_first":
+                continue
+            what = {"time_first": "[time, batch, neurons]",
+                    "channels_first": "[batch, neurons, time]"}[hint]
+            raise InputError(
+                f"layer {name!r}: its output has shape {tuple(a.shape)}, {what} for this batch "
+                f"of {shape[0]} sequences of {shape[1]} positions, but was taken as "
+                f"[batch, time, neurons]; say so with Collector(..., layouts={{{name!r}: "
+                f"{hint!r}}}) (txray collect --layout {name}={hint})"
+                + (", or time_first=True (--time-first) for a model that works time-first"
+                   if hint == "time_first" else ""))
 
     def _where(self, batch: Batch) -> dict:
         """Unit index in the stream, position and input-token context of every position."""

@@ -1,7 +1,8 @@
 """Apply a selection to a torch model: a removable mask on any captured layer, or structural
 removal of MLP intermediate neurons that shrinks the weights.
 
-Masking zeroes the selected units of a module's output (its last dimension) with a forward hook;
+Masking zeroes the selected units of a module's output (its last dimension; axis 1 of a channels-first
+layer such as ``nn.Conv1d``) with a forward hook;
 for a recurrent layer this masks what later layers see, not the recurrent state itself.
 Structural removal deletes the units from ``Linear → activation → Linear`` blocks (also gated MLPs
 such as Llama's ``gate_proj``/``up_proj``/``down_proj``, GPT-2's ``Conv1D`` ``c_fc``/``c_proj``
@@ -10,6 +11,7 @@ and BERT's ``intermediate``/``output``): the pruned model computes what the mask
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Iterable
 
 import numpy as np
@@ -17,28 +19,32 @@ import torch
 from torch import nn
 
 from ..capture.hooks import first_key, innermost, resolve_layers
+from ..capture.layout import resolve_layouts, unit_axis
 from ..errors import InputError
 
 
-def _zero_units(output, units: torch.Tensor):
+def _zero_units(output, units: torch.Tensor, channels_first: bool = False):
+    """``output`` with ``units`` zeroed (on its last axis, or on axis 1 of a channels-first
+    output of 3 or more axes), in new tensors."""
     if isinstance(output, nn.utils.rnn.PackedSequence):
-        data = output.data.clone()
-        data[..., units] = 0
-        return output._replace(data=data)
+        return output._replace(data=output.data.index_fill(-1, units, 0))
     if isinstance(output, torch.Tensor):
-        out = output.clone()
-        out[..., units] = 0
-        return out
+        return output.index_fill(_unit_axis(output, channels_first), units, 0)
     if isinstance(output, dict) and first_key(output) is not None:  # also a ModelOutput
         key = first_key(output)
-        output[key] = _zero_units(output[key], units)  # the module's own, fresh container
+        # the module's own, fresh container
+        output[key] = _zero_units(output[key], units, channels_first)
         return output
     if isinstance(output, tuple) and output:
-        zeroed = (_zero_units(output[0], units), *output[1:])
+        zeroed = (_zero_units(output[0], units, channels_first), *output[1:])
         return type(output)(*zeroed) if hasattr(output, "_fields") else zeroed  # namedtuples
     if isinstance(output, list) and output:
-        return [_zero_units(output[0], units), *output[1:]]
+        return [_zero_units(output[0], units, channels_first), *output[1:]]
     raise InputError(f"cannot mask a module output of type {type(output).__name__}")
+
+
+def _unit_axis(x: torch.Tensor, channels_first: bool) -> int:
+    return unit_axis("channels_first" if channels_first else "batch_first", x.dim())
 
 
 def _first_tensor(output):
@@ -47,7 +53,7 @@ def _first_tensor(output):
     return output.data if isinstance(output, nn.utils.rnn.PackedSequence) else output
 
 
-def _mask_hook(layer: str, units: torch.Tensor):
+def _mask_hook(layer: str, units: torch.Tensor, channels_first: bool):
     """A forward hook zeroing ``units`` of the output; ids past its width are a clear error (the
     largest id is taken once here, not read back from the device at every forward pass)."""
     top = int(units.max()) if units.numel() else -1
@@ -56,18 +62,23 @@ def _mask_hook(layer: str, units: torch.Tensor):
         first = _first_tensor(output)
         if not isinstance(first, torch.Tensor):
             return _zero_units(output, units)  # raises its message for this output type
-        if first.dim() and top >= first.shape[-1]:
+        packed = isinstance(innermost(output), nn.utils.rnn.PackedSequence)
+        width = first.shape[_unit_axis(first, channels_first and not packed)] if first.dim() \
+            else 0
+        if first.dim() and top >= width:
             raise InputError(f"mask of layer {layer!r}: unit {top} is outside its "
-                             f"{first.shape[-1]} units (0 to {first.shape[-1] - 1}); was the mask "
+                             f"{width} units (0 to {width - 1}); was the mask "
                              f"made for this model?")
-        return _zero_units(output, units.to(first.device))
+        return _zero_units(output, units.to(first.device), channels_first and not packed)
     return hook
 
 
 class UnitMask:
-    """Forward hooks that zero selected units; a context manager, or call :meth:`remove`."""
+    """Forward hooks that zero selected units; a context manager, or call :meth:`remove`.
+    ``layouts`` as for capture: a channels-first layer's units are its axis 1."""
 
-    def __init__(self, model: nn.Module, selection: dict[str, Iterable[int]]):
+    def __init__(self, model: nn.Module, selection: dict[str, Iterable[int]],
+                 layouts: dict | None = None):
         modules = dict(model.named_modules())
         self._handles = []
         try:
@@ -78,9 +89,13 @@ class UnitMask:
                                      f"{int(idx.min())}")
                 # an exact path, or a pattern: the same units of every module it matches
                 names = [layer] if layer in modules else resolve_layers(model, [layer])
+                # the layouts of these layers (those of a collection's other layers are left)
+                chosen = resolve_layouts(modules, names, {
+                    k: v for k, v in (layouts or {}).items()
+                    if any(n == k or fnmatch.fnmatchcase(n, k) for n in names)})
                 for name in names:
                     self._handles.append(modules[name].register_forward_hook(
-                        _mask_hook(name, idx)))
+                        _mask_hook(name, idx, chosen[name] == "channels_first")))
         except BaseException:
             self.remove()
             raise
@@ -97,10 +112,13 @@ class UnitMask:
         self.remove()
 
 
-def mask_units(model: nn.Module, selection: dict[str, Iterable[int]]) -> UnitMask:
+def mask_units(model: nn.Module, selection: dict[str, Iterable[int]],
+               layouts: dict | None = None) -> UnitMask:
     """Zero ``selection[layer]`` units of each layer's output until the mask is removed; a glob
-    pattern as ``layer`` masks those units in every module it matches."""
-    return UnitMask(model, selection)
+    pattern as ``layer`` masks those units in every module it matches. Units are the last axis,
+    or axis 1 of channels-first layers (``nn.Conv1d`` and the like are recognised; ``layouts``
+    as for :class:`~txray_engine.collect.Collector`)."""
+    return UnitMask(model, selection, layouts)
 
 
 # -- structural removal ---------------------------------------------------------------------------
