@@ -325,3 +325,23 @@ def test_explorer_shows_top_examples(tmp_path):
     first = ex["stages"]["a"][0]
     assert 1 <= len(first) <= 3 and len(first[0][1]) == 5
     assert all(ex["strings"][i].startswith("w") for i in first[0][1] if i >= 0)
+
+
+def test_pairs_compare_one_stage_against_several(tmp_path):
+    """A zero-shot stage against each fine-tuning seed (consecutive stages would compare seed
+    with seed)."""
+    store = make_pos_store(tmp_path / "p.zarr", stages=("zs", "s0", "s1"), layers=("enc.0",),
+                           tokens=400)
+    rep = build_report(store, pairs=[("zs", "s0"), ("zs", "s1")], out=tmp_path / "p.html")
+    assert rep.stages == ["zs", "s0", "s1"] and rep.pairs == [("zs", "s0"), ("zs", "s1")]
+    page = rep.path.read_text()
+    assert "zs → s1" in page and "s0 → s1" not in page
+    out = tmp_path / "c.html"
+    text = run_cli("report", store, "--pairs", "zs:s1", "--pairs", "zs:s0", "--out", out)
+    assert "pairs zs → s1, zs → s0" in text
+    for args, message in ((["--pairs", "zs:s0:s1"], "give a pair as A:B"),
+                          (["--pairs", "zs:s0", "--stages", "zs,s1"], "or pairs, not both"),
+                          (["--pairs", "zs:zs"], "two different stages"),
+                          (["--pairs", "zs:nope"], "unknown stage 'nope'")):
+        err = run_cli("report", store, *args, "--out", out, code=2)
+        assert message in err and len(err.strip().splitlines()) <= 2, err

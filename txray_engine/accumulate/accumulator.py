@@ -225,7 +225,11 @@ class Accumulator:
                              f"(or 'all')")
         if layer in self.layers and self.layers[layer].n_neurons != n:
             raise InputError(f"layer {layer!r} had {self.layers[layer].n_neurons} neurons before "
-                             f"and now has {n}: one layer name must keep one width")
+                             f"and now has {n}: one layer name must keep one width (a captured "
+                             f"module's output is its first tensor, a tuple's first element: "
+                             f"when that is not its activations, e.g. attention weights "
+                             f"[batch, time, time], capture another module or observe what you "
+                             f"need from a hook of your own)")
 
     def _check_ids(self, names: list[str], bounds: list) -> None:
         """Every id in its stream's vocabulary (or -1), from the streams' ``(min, max)``."""

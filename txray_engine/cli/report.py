@@ -12,11 +12,26 @@ def _names(values) -> list[str]:
     return [x for v in values for x in v.replace(",", " ").split()]
 
 
+def _pairs(values) -> list[tuple[str, str]]:
+    """``--pairs a:b,a:c --pairs d:e`` → ``[(a, b), (a, c), (d, e)]``."""
+    out = []
+    for item in _names(values):
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b or ":" in b:
+            raise click.BadParameter(f"{item!r}: give a pair as A:B (two stage names)",
+                                     param_hint="--pairs")
+        out.append((a, b))
+    return out
+
+
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--stages", "stages", multiple=True, metavar="A,B,...",
               help="Stages in order (comma-separated or repeated); consecutive pairs are "
                    "compared. Default: all, in store order.")
+@click.option("--pairs", "pairs", multiple=True, metavar="A:B,C:D",
+              help="Stage pairs to compare instead of consecutive stages (comma-separated or "
+                   "repeated), e.g. zero-shot:seed0,zero-shot:seed1. Not with --stages.")
 @click.option("--layer", "layers", multiple=True,
               help="Layer(s) to show (repeat the option). Default: all the stages share.")
 @click.option("--stream", help="Stream of the Hellinger comparisons (default: token).")
@@ -33,7 +48,7 @@ def _names(values) -> list[str]:
 @min_neuron_count_option
 @click.option("--title", help="Page title.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def report(store, stages, layers, stream, out, max_neurons, max_points, top_features, by,
+def report(store, stages, pairs, layers, stream, out, max_neurons, max_points, top_features, by,
            min_count, min_neuron_count, title, quiet):
     """Write an offline HTML report: mass, Hellinger, length shift, POS, changed neurons and a
     neuron explorer, in one self-contained file."""
@@ -42,7 +57,8 @@ def report(store, stages, layers, stream, out, max_neurons, max_points, top_feat
     rep = build_report(store, stages=_names(stages) or None, layers=list(layers) or None, out=out,
                        stream=stream, max_neurons=max_neurons, max_points=max_points,
                        top_features=top_features, by=by, min_count=min_count,
-                       min_neuron_count=min_neuron_count, title=title)
+                       min_neuron_count=min_neuron_count, title=title,
+                       pairs=_pairs(pairs) or None)
     if quiet:
         return
     pairs = ", ".join(f"{a} → {b}" for a, b in rep.pairs) or "none"

@@ -27,7 +27,7 @@ class Report:
 def build_report(store_path, stages=None, layers=None, out="report.html", *, stream=None,
                  max_neurons: int = 4096, max_points: int = 3000, top_features: int = 6,
                  changed: int = 10, by: str = "mass", min_count: int = 1,
-                 min_neuron_count: int = 1, title: str | None = None) -> Report:
+                 min_neuron_count: int = 1, title: str | None = None, pairs=None) -> Report:
     """Write an HTML report of a store and return what was written.
 
     Parameters
@@ -36,6 +36,9 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
     stages : stage names in the order to compare (consecutive pairs); default all, in the order
         they were collected.
         One stage gives the single-stage plots only.
+    pairs : (A, B) stage pairs to compare instead of consecutive stages (e.g. a zero-shot stage
+        against each fine-tuning seed: ``[("zero-shot", "s0"), ("zero-shot", "s1")]``); the
+        stages are those of the pairs, in order of appearance. Not with ``stages``.
     layers : layer names; default every layer the chosen stages share.
     out : HTML file to write (its folder is created).
     stream : stream of the Hellinger comparisons and tables; default ``token`` when present.
@@ -71,8 +74,10 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
                          f"{str(out / 'report.html')!r}")
     stages, layers = ([s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
                       for v in (stages, layers))  # "a,b" as on the command line
+    if isinstance(pairs, str):  # "a:b,a:c" as on the command line
+        pairs = [p.split(":") for p in pairs.replace(" ", ",").split(",") if p]
     data = ReportData(open_store(store_path), stages, layers, stream, limits, by, int(min_count),
-                      int(min_neuron_count))
+                      int(min_neuron_count), pairs)
     html, n_figures = render(data, title)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")

@@ -71,20 +71,28 @@ def sample(ids: np.ndarray, cap: int, keep=(), seed: int = 0) -> np.ndarray:
 class ReportData:
     """Stages, layers, pairs and cached measures of one report.
 
-    ``stages``: names in the order given (default: the order the stages were collected in); ``layers``: default those
+    ``stages``: names in the order given (default: the order the stages were collected in),
+    consecutive ones compared; ``pairs``: the (A, B) stage pairs to compare instead (e.g. one
+    zero-shot stage against each fine-tuning seed); ``layers``: default those
     common to all chosen stages; ``stream``: the stream of the Hellinger comparison (default
     ``token`` when every stage has it, else the first stream they share).
     """
 
     def __init__(self, store, stages=None, layers=None, stream=None, limits: Limits = Limits(),
-                 by: str = "mass", min_count: int = 1, min_neuron_count: int = 1):
+                 by: str = "mass", min_count: int = 1, min_neuron_count: int = 1, pairs=None):
         self.store = store
         self.limits = limits
         self.by = by
         self.min_count = min_count
         self.min_neuron_count = min_neuron_count
         self.notes: list[str] = []
-        names = list(stages) if stages else list(store.stages)
+        pairs = [tuple(p) for p in pairs] if pairs else None
+        if pairs and any(len(p) != 2 or p[0] == p[1] for p in pairs):
+            raise InputError(f"pairs are (stage A, stage B) of two different stages, got {pairs}")
+        if pairs and stages:
+            raise InputError("give stages (consecutive pairs compared) or pairs, not both")
+        names = list(dict.fromkeys(s for p in pairs for s in p)) if pairs else \
+            list(stages) if stages else list(store.stages)
         if not names:
             raise StoreError(f"store {str(store.path)!r} has no stages: collect one first")
         dup = sorted({s for s in names if names.count(s) > 1})
@@ -96,7 +104,7 @@ class ReportData:
                 self.notes.append(f"Stage {s!r} is {st.status or 'of unknown status'}: its "
                                   f"numbers cover the {st.tokens:,} tokens collected so far.")
         self.stages = names
-        self.pairs = list(zip(names, names[1:]))
+        self.pairs = list(dict.fromkeys(pairs)) if pairs else list(zip(names, names[1:]))
         if not self.pairs:
             self.notes.append(f"Only one stage ({names[0]!r}): the comparisons (Hellinger, length "
                               f"shift, most and least changed neurons) need two stages and are "

@@ -200,7 +200,9 @@ def length_shift_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | 
     fig.update_yaxes(title_text=f"length in {b} − length in {a}", row=1, col=1)
     missing = [s for s in LENGTH_STREAMS if s not in streams]
     caption = (f"{a} → {b}: change in the number of features each neuron fired for (TX-Ray's "
-               f"length), per neuron alive in both stages. Below 0: the neuron specialised.")
+               f"length), per neuron alive in both stages. Below 0: it fired for fewer "
+               f"distinct features, which a neuron selected less often does too: read it "
+               f"against the selections (tables below) before calling it specialised.")
     caption += _budget_note(data, [a, b], "lengths (features seen)")
     if missing:
         caption += f" No {' or '.join(missing)} stream in both stages: not shown."
