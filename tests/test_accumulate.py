@@ -106,8 +106,8 @@ TABLES = [False, "cpu", "triton"]  # "triton": the GPU's table, here under TRITO
 
 @pytest.mark.parametrize("table", TABLES)
 def test_sparse_compaction_is_exact_across_many_batches(table):
-    """Both ways a sparse state takes events: sorted runs merged LSM-style, and the CPU hash table
-    (drained into the master on every read, so reads interleave with adds here)."""
+    """Every way a sparse state takes events: sorted runs merged LSM-style, and the CPU and GPU
+    hash tables (read while adds go on, so reads interleave with adds here)."""
     if table == "cpu" and not cpu_table.AVAILABLE:
         pytest.skip("numba not installed")
     g = torch.Generator().manual_seed(3)
@@ -124,11 +124,15 @@ def test_sparse_compaction_is_exact_across_many_batches(table):
     assert sparse.to_stats().equals(dense.to_stats(), 1e-12)
 
 
-def test_gpu_table_holds_the_state_without_a_master():
-    """On CUDA the hash table is the sparse state: adds, merges and reads never drain it into a
-    sorted master (whose re-sorts cost more than the inserts), and every read is exact."""
+@pytest.mark.parametrize("table", ["cpu", "triton"])
+def test_a_table_holds_the_state_without_a_master(table):
+    """On the CPU and on CUDA the hash table is the sparse state: adds, merges and reads never
+    drain it into a sorted master (whose re-merges cost more than the inserts), and every read
+    is exact."""
+    if table == "cpu" and not cpu_table.AVAILABLE:
+        pytest.skip("numba not installed")
     g = torch.Generator().manual_seed(5)
-    sparse = SparseState(30, 200, min_compact=16, table="triton")
+    sparse = SparseState(30, 200, min_compact=16, table=table)
     dense = make_state(30, 200, "dense")
     other = make_state(30, 200, "dense")
     for i in range(12):

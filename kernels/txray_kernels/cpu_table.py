@@ -1,23 +1,22 @@
-"""Sparse accumulation on the CPU (numba): a persistent open-addressing hash table, and the merge of
-sorted runs.
+"""Sparse accumulation on the CPU (numba): a persistent open-addressing hash table.
 
 :class:`CpuSparseTable` holds ``(key, count, mass, peak)`` cells keyed by
 ``neuron * n_features + feature`` (int64; ``-1`` marks an empty slot), like the GPU's
 :class:`txray_kernels.triton_sparse.TritonSparseTable`, with linear probing from a multiplicative
 (Fibonacci) hash. Each event costs one probe sequence, whatever the number of cells already held,
-so a ``SparseState`` on the CPU adds its events here instead of sorting every batch and merging
-sorted runs (the sort-and-reduce that remains the path without numba, and the one merges use).
+so a ``SparseState`` on the CPU holds its cells here instead of sorting every batch and merging
+sorted runs (the sort-and-reduce that remains the path without numba).
 
 Growth: events go in chunks of at most ``CHUNK_EVENTS``; before a chunk of ``E`` events the table
 makes sure ``size + E <= max_load * capacity`` (``E`` bounds the new cells) and otherwise rehashes
 into a power-of-two capacity at least twice as large, so probing always ends, the load stays below
-``max_load`` (0.5), and the capacity is at most ``4 * (size + CHUNK_EVENTS)`` slots of 28 bytes.
+``max_load`` (0.75), and the capacity is at most ``2 / max_load * (size + CHUNK_EVENTS)`` slots of
+28 bytes (37-75 bytes per cell). Most events of text find a cell already there, whose probe
+sequence stays short at this load (about 2.5 slots).
 
-:meth:`CpuSparseTable.drain` returns the cells sorted by key (the reduced run the state merges)
-and empties the table (keeping its capacity). Counts and peaks are exact; masses are float64
-sums of the float32 values, equal to the reference's up to the summation order.
-:func:`merge_runs` merges two such runs in one linear pass (how a CPU ``SparseState`` folds runs
-into its master without sorting again).
+:meth:`CpuSparseTable.sorted_cells` returns a copy of the cells sorted by key (what a read of a
+CPU ``SparseState``, whose whole state the table is, returns). Counts and peaks are exact; masses
+are float64 sums of the float32 values, equal to the reference's up to the summation order.
 """
 
 from __future__ import annotations
@@ -103,41 +102,11 @@ if AVAILABLE:
                     tpeak[s] = v
         return new, missing
 
-    @njit(boundscheck=False, cache=True)
-    def _merge(ak, ac, am, ap, bk, bc, bm, bp, ok, oc, om, op):
-        """Merge two runs sorted by unique key into ``o*``, summing cells of equal keys; returns
-        the number of cells written."""
-        i = j = n = 0
-        while i < ak.shape[0] or j < bk.shape[0]:
-            if j == bk.shape[0] or (i < ak.shape[0] and ak[i] < bk[j]):
-                ok[n], oc[n], om[n], op[n] = ak[i], ac[i], am[i], ap[i]
-                i += 1
-            elif i == ak.shape[0] or bk[j] < ak[i]:
-                ok[n], oc[n], om[n], op[n] = bk[j], bc[j], bm[j], bp[j]
-                j += 1
-            else:
-                ok[n], oc[n], om[n] = ak[i], ac[i] + bc[j], am[i] + bm[j]
-                op[n] = ap[i] if ap[i] >= bp[j] else bp[j]
-                i += 1
-                j += 1
-            n += 1
-        return n
-
-
-def merge_runs(a, b):
-    """Merge two ``(keys, count, mass, peak)`` runs, each sorted by unique key (numpy arrays),
-    into one: a linear pass, no sort, output the only new memory."""
-    total = a[0].shape[0] + b[0].shape[0]
-    out = (np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.float64),
-           np.empty(total, np.float32))
-    n = _merge(*a, *b, *out)
-    return out if n == total else tuple(x[:n].copy() for x in out)  # don't keep the slack
-
 
 class CpuSparseTable:
     """Open-addressing hash table of ``(key, count, mass, peak)`` cells in host memory."""
 
-    def __init__(self, capacity: int = 1 << 12, max_load: float = 0.5):
+    def __init__(self, capacity: int = 1 << 12, max_load: float = 0.75):
         if not AVAILABLE:
             raise RuntimeError("CpuSparseTable needs numba")
         if not 0.0 < max_load <= 0.9:
@@ -229,16 +198,10 @@ class CpuSparseTable:
         """:attr:`nnz` (exact here; the GPU table's counterpart avoids a sync)."""
         return self.nnz
 
-    def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The cells ``(keys, count, mass, peak)`` sorted by key; the table is emptied (its
-        capacity, bounded by the cells it held, is kept for the cells to come)."""
+    def sorted_cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A copy of the cells ``(keys, count, mass, peak)`` sorted by key; the table is kept."""
         slots = np.flatnonzero(self.keys != _EMPTY)
-        order = np.argsort(self.keys[slots], kind="stable")
+        keys = self.keys[slots]
+        order = np.argsort(keys)  # keys are unique: no stable sort needed
         slots = slots[order]
-        out = (self.keys[slots], self.count[slots], self.mass[slots], self.peak[slots])
-        self.keys.fill(_EMPTY)
-        self.count.fill(0)
-        self.mass.fill(0.0)
-        self.peak.fill(-np.inf)
-        self.nnz = 0
-        return out
+        return keys[order], self.count[slots], self.mass[slots], self.peak[slots]

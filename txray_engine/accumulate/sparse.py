@@ -7,18 +7,18 @@ O(log) like an LSM tree and memory stays proportional to the number of distinct 
 
 Where events come from:
 
-- on the CPU (with numba), a persistent hash table (:class:`txray_kernels.cpu_table.CpuSparseTable`):
-  O(1) per event, so repeated cells cost no sorting; it is drained into the master as one sorted
-  run when the sums are read (``to_stats``), or when it holds half as many cells as the master
-  (and at least ``min_compact / 4``), so its memory stays within about twice the master's (plus
-  room for one chunk of ``txray_kernels.cpu_table.CHUNK_EVENTS`` events);
+- on the CPU (with numba), a persistent hash table (:class:`txray_kernels.cpu_table.CpuSparseTable`)
+  that *is* the state: O(1) per event, no master (merged stats are added to it as cells), and a
+  read (``to_stats``, a flush) sorts a copy of its cells. It holds 28 bytes per slot at a load
+  of at most 0.75 (37-75 bytes per cell; the master and a drained table held about 52).
+  Draining it into a sorted master when it held half the master's cells re-merged the whole
+  master each time: on text, whose frequent cells recur in every batch, that took half the
+  time at k = 32 (a 128k vocabulary over 4,096 neurons; 2.1x the tokens/s without it);
 - on a CUDA device (with Triton), a persistent hash table in device memory
-  (:class:`txray_kernels.triton_sparse.TritonSparseTable`) that *is* the state: one insert launch per
-  batch and stream, no sort, and no master (merged stats are inserted into it as cells). It grows
-  when it fills (it counts its cells, a sync, only once the events since the last count could
-  have filled it), and a read sorts a copy of its cells. Draining it into a master, as the CPU
-  does, would re-sort the master each time the table met half its cells again: on text, whose
-  frequent cells recur in every batch, that is most of the cost (``gpu_check`` Part 2b);
+  (:class:`txray_kernels.triton_sparse.TritonSparseTable`), the state in the same way: one insert
+  launch per batch and stream, no sort. It grows when it fills (it counts its cells, a sync, only
+  once the events since the last count could have filled it), and a read sorts a copy of its
+  cells (``gpu_check`` Part 2b measured the draining design's cost there first);
 - otherwise (and for merges) each batch is reduced by key at once (sort-and-reduce) and pushed as
   a run.
 """
@@ -60,8 +60,8 @@ def _reduce_by_key(keys, count, mass, peak):
 
 
 class SparseState(StreamState):
-    """Sorted (key, count, mass, peak) master plus pending reduced runs (and a CPU hash table); on
-    CUDA a hash table alone."""
+    """A hash table of (key, count, mass, peak) cells on the CPU (numba) and on CUDA; otherwise
+    a sorted master plus pending reduced runs."""
 
     kind = "sparse"
 
@@ -97,37 +97,20 @@ class SparseState(StreamState):
         if self._table_kind == "triton":  # the table holds the state: the run's cells join it
             self._table.add_cells(*run)
             return
+        if self._table_kind == "cpu":
+            self._table.add_cells(*(t.numpy() for t in run))
+            return
         self._pending.append(run)
         self._pending_cells += run[0].numel()
         if self._pending_cells >= max(self.min_compact, self._master[0].numel()):
             self._compact()
 
     def _compact(self) -> None:
-        if self._table_kind == "triton":  # the table is the whole state: nothing to merge
-            return
-        if self._table is not None and self._table.cells_upper_bound:
-            run = tuple(torch.as_tensor(a) for a in self._table.drain())
-            self._pending.append(run)
-            self._pending_cells += run[0].numel()
-        if not self._pending:
+        if self._table is not None or not self._pending:  # a table is the whole state
             return
         runs = [self._master, *self._pending]
-        if self._table_kind == "cpu":  # every run is sorted by unique key: merge linearly
-            merged = tuple(t.numpy() for t in runs[0])
-            for run in runs[1:]:
-                merged = cpu_table.merge_runs(merged, tuple(t.numpy() for t in run))
-            self._master = tuple(torch.from_numpy(a) for a in merged)
-        else:
-            self._master = _reduce_by_key(*(torch.cat([r[i] for r in runs]) for i in range(4)))
+        self._master = _reduce_by_key(*(torch.cat([r[i] for r in runs]) for i in range(4)))
         self._pending, self._pending_cells = [], 0
-
-    def _bound_table(self) -> None:
-        # the table takes up to 4 slots of 28 bytes per cell it holds (plus room for one chunk of
-        # events), the master 28 bytes per cell: drain it once it holds half the master's cells
-        # (the CPU table's states only: the GPU table is the state, it grows and is never drained)
-        limit = max(self.min_compact // 4, self._master[0].numel() // 2)
-        if self._table.cells_upper_bound >= limit and self._table.nnz >= limit:
-            self._compact()
 
     def add_selection_events(self, values: torch.Tensor, indices: torch.Tensor | None,
                              features: torch.Tensor) -> bool:
@@ -160,7 +143,6 @@ class SparseState(StreamState):
                                                   features.numpy(), self.n_neurons,
                                                   self.n_features, self.feature_freq.numpy(),
                                                   checked=checked)
-        self._bound_table()
 
     def add_events(self, neurons, features, values):
         if self._table_kind == "triton":
@@ -169,7 +151,6 @@ class SparseState(StreamState):
         keys = neurons * self.n_features + features
         if self._table_kind == "cpu":
             self._table.add_events(keys.numpy(), values.to(torch.float32).numpy())
-            self._bound_table()
             return
         ones = torch.ones_like(keys)
         values = values.to(torch.float32)
@@ -187,6 +168,8 @@ class SparseState(StreamState):
     def to_stats(self) -> SparseStats:
         if self._table_kind == "triton":  # a sorted copy of the table's cells, the table kept
             cells = self._table.to_coo()
+        elif self._table_kind == "cpu":
+            cells = tuple(torch.from_numpy(a) for a in self._table.sorted_cells())
         else:
             self._compact()
             cells = self._master
