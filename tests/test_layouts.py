@@ -191,6 +191,11 @@ def test_masking_a_channels_first_layer_zeroes_its_channels():
     with pytest.raises(InputError, match="unit 8 is outside its 8 units"):
         with mask_units(model, {"conv": [8]}):
             model(ids)
+    # a channels-first output its module does not announce: given, as to the collection
+    plain = nn.Sequential(nn.Embedding(V, 6), Permute(0, 2, 1), nn.Identity())
+    with mask_units(plain, {"2": [1]}, layouts={"2": "channels_first", "other.*": "time_first"}):
+        out = _own_hook(plain, "2", lambda: plain(ids))
+    assert (out[:, 1] == 0).all() and (out[:, [0, 2, 3, 4, 5]] != 0).all()
 
 
 def test_a_partial_in_place_change_is_seen_under_inference_mode():
@@ -210,3 +215,45 @@ def test_a_partial_in_place_change_is_seen_under_inference_mode():
     with pytest.raises(InputError, match="changed in place"):
         with Collector(Clamped(), ["lin"], _streams()) as col, torch.inference_mode():
             col.step(batch)
+
+
+def test_a_batch_first_attribute_of_a_users_module_is_not_read_as_torchs():
+    """A model that keeps batch_first=False for its own LSTM and transposes around it: its
+    embedding and decoder stay batch-first (only torch's modules' flags are read)."""
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.batch_first = False
+            self.emb = nn.Embedding(V, 6)
+            self.rnn = nn.LSTM(6, 5)
+            self.decoder = nn.Linear(5, 7)
+
+        def forward(self, ids):
+            out, _ = self.rnn(self.emb(ids).transpose(0, 1))
+            return self.decoder(out.transpose(0, 1))
+
+    torch.manual_seed(0)
+    model = LM()
+    ids, mask = _batch(4, 4)
+    with Collector(model, ["emb", "rnn", "decoder"], _streams(), k=2) as col:
+        col.step(Batch(input_ids=ids, mask=mask))
+    for layer, turn in (("emb", False), ("rnn", True), ("decoder", False)):
+        raw = _own_hook(model, layer, lambda: model(ids))
+        _check(col, layer, raw.transpose(0, 1) if turn else raw, ids, mask, 2)
+
+
+def test_a_layer_taken_in_another_layout_than_its_shape_says_names_the_way_out():
+    """A layout given (or recognised) that does not fit the output's shape is refused naming
+    the layout taken and the one to give."""
+    model = nn.Sequential(nn.Embedding(V, 6), nn.Linear(6, 20))
+    ids, mask = _batch(4, 8)
+    with pytest.raises(InputError, match=r"'1': it was taken as channels_first \(given\).*"
+                                         r"layouts=\{'1': 'batch_first'\}"):
+        with Collector(model, ["1"], _streams(), layouts={"1": "channels_first"}) as col:
+            col.step(Batch(input_ids=ids, mask=mask))
+    # a time-first model run without time_first: its LSTM is recognised as time-first
+    lm = WordLM()
+    with pytest.raises(InputError, match=r"'rnn': it was taken as time_first \(recognised from "
+                                         r"its module\).*time_first=True"):
+        with Collector(lm, ["rnn"], _streams()) as col:
+            col.step(Batch(input_ids=ids, mask=mask))

@@ -66,12 +66,17 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
     _ok(_collect(word_model, "--store", tmp_path / "a.zarr", "--shard", "0/2"))
     _ok(_collect(word_model, "--store", tmp_path / "b.zarr", "--shard", "1/2", "-k", "1"))
     _ok(_collect(word_model, "--store", tmp_path / "c.zarr", "--shard", "0/2"))
+    _ok(_collect(word_model, "--store", tmp_path / "d.zarr", "--shard", "1/2",
+                 "--context-overlap", "0"))
     out = tmp_path / "m.zarr"
 
     def merge(*names):
         return CliRunner().invoke(main, ["merge", *[str(tmp_path / n) for n in names],
                                          "--store", str(out), "--stage", "s"])
-    _clean_error(merge("a.zarr", "b.zarr"), "differ in collection")
+    _clean_error(merge("a.zarr", "b.zarr"), "differ in collection.k")
+    # a shard collected before overlaps existed against one collected after
+    _clean_error(merge("a.zarr", "d.zarr"), "differ in options.context_overlap",
+                 "--context-overlap 0")
     _clean_error(merge("a.zarr", "c.zarr"), "shard(s) [0] given twice", "shard(s) [1] missing")
     _clean_error(merge("a.zarr"), "at least two stages")
     _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "2/2"),

@@ -126,6 +126,7 @@ class LayerCapture:
         self.layouts = resolve_layouts(modules, self.names, given, default_layout)
         by_caller = [n for n in self.names
                      if any(n == key or fnmatch.fnmatchcase(n, key) for key in given)]
+        self.given = set(by_caller)  # layers whose layout the caller gave
         # layers taken as time-first because the caller said so: what a stage's identity
         # recorded before layouts (with "layouts" for what earlier versions took otherwise)
         self.time_first = set(names_with({n: self.layouts[n] for n in by_caller}, "time_first"))
@@ -189,9 +190,11 @@ class LayerCapture:
                 if len(got) != 1:
                     raise InputError(
                         f"module {name!r} ran {len(got)} times in one forward pass; capture needs a "
-                        f"module that runs exactly once per forward (pick a per-layer module; for "
-                        f"a module applied several times, or a cell stepped in a loop, add each "
-                        f"call's output from a hook of your own with Accumulator.observe)")
+                        f"module that runs exactly once per forward (pick a per-layer module" +
+                        ("; for a module applied several times, or a cell stepped in a loop, add "
+                         "each call's output from a hook of your own with Accumulator.observe)"
+                         if got else "; a module the forward pass does not call, or calls "
+                         "through a fused path that skips it, gives nothing)"))
                 if _changed(got[0], self.versions[name][0]):
                     raise InputError(
                         f"module {name!r}: its output was changed in place later in the forward "
@@ -207,14 +210,15 @@ class LayerCapture:
 def _stamp(x: torch.Tensor):
     """What tells later whether ``x`` was changed in place: its version counter, or, for an
     inference tensor (``torch.inference_mode``), which has none, a copy of up to 64 evenly
-    spaced values and the float64 sum of all (one read: an in-place op that changes any value,
-    e.g. a clamp of the largest 1%, changes the sum)."""
+    spaced values and the sum of all (one read, in float32 for floating-point outputs: float64
+    took 12x longer; an in-place op that changes values, e.g. a clamp of the largest 1%, changes
+    the sum)."""
     try:
         return x._version
     except RuntimeError:
         x = torch.view_as_real(x) if x.is_complex() else x
-        return torch.cat([sampled(x, 64).to(torch.float64),
-                          torch.sum(x, dtype=torch.float64).reshape(1)])
+        total = torch.sum(x, dtype=torch.float32 if x.is_floating_point() else torch.float64)
+        return torch.cat([sampled(x, 64).to(torch.float64), total.reshape(1).to(torch.float64)])
 
 
 def _changed(x: torch.Tensor, stamp) -> bool:

@@ -13,9 +13,10 @@ once, from the module, and can be given:
 - ``channels_first``: ``[batch, neurons, time]`` (``nn.Conv1d`` and the other ``*1d`` modules
   over sequences: pooling, batch and instance norm).
 
-A module is recognised by its type and by the ``batch_first`` flag of the nearest of itself and
-the modules that contain it; anything else is taken as batch-first unless the caller says
-otherwise (``layouts=`` per layer, or a default for the whole model).
+A module is recognised by its type, and by the ``batch_first`` flag of the nearest of itself and
+the modules that contain it that is one of torch's recurrent, attention or transformer modules;
+anything else is taken as batch-first unless the caller says otherwise (``layouts=`` per layer,
+or a default for the whole model).
 """
 
 from __future__ import annotations
@@ -56,13 +57,14 @@ def recognised_layout(modules: Mapping[str, nn.Module], name: str) -> str | None
 
 
 def _batch_first(module) -> bool | None:
-    """A module's ``batch_first`` flag; torch's transformer layers keep it in their attention
-    (``self_attn``), its encoder and decoder stacks in their layers."""
-    flag = getattr(module, "batch_first", None)
-    if isinstance(flag, bool):
-        return flag
-    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)) and len(module.layers):
-        return _batch_first(module.layers[0])
+    """The ``batch_first`` flag of torch's recurrent, attention and transformer modules (the
+    layers keep it in their attention, ``self_attn``; the stacks in their layers); None for
+    any other module, whose attribute of that name may mean something else (a model that keeps
+    ``batch_first=False`` for its LSTM and transposes around it)."""
+    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention, nn.Transformer)):
+        return bool(module.batch_first)
+    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)):
+        return _batch_first(module.layers[0]) if len(module.layers) else None
     if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
         return _batch_first(module.self_attn)
     return None

@@ -251,24 +251,33 @@ class Collector:
             self.flush()
 
     def _check_layouts(self, acts: dict, shape: tuple) -> None:
-        """A layer taken as batch-first whose output's shape says otherwise is refused with the
-        layout to give (a shape that could be either, e.g. as many sequences as positions,
-        cannot be told)."""
+        """A layer whose output, laid out as taken, does not have the batch's positions while
+        another layout would, is refused with the layout to give (a shape that could be either,
+        e.g. as many sequences as positions, cannot be told)."""
         if len(shape) != 2:
             return
         for name, a in acts.items():
-            hint = layout_hint(tuple(a.shape), *shape)
-            if hint is None or self.capture.layouts[name] != "batch_first":
+            taken = self.capture.layouts[name]
+            if a.dim() != 3 or tuple(a.shape[:2]) == shape:
                 continue
-            what = {"time_first": "[time, batch, neurons]",
-                    "channels_first": "[batch, neurons, time]"}[hint]
+            if taken == "batch_first":
+                hint = layout_hint(tuple(a.shape), *shape)
+                if hint is None:
+                    continue  # the accumulator names the mismatch
+                what = {"time_first": "[time, batch, neurons]",
+                        "channels_first": "[batch, neurons, time]"}[hint]
+                found = f"its output has shape {tuple(a.shape)}, {what} for this batch"
+            else:
+                hint = "batch_first"
+                how = "given" if name in self.capture.given else "recognised from its module"
+                found = (f"it was taken as {taken} ({how}), which gives positions "
+                         f"{tuple(a.shape[:2])} for this batch")
             raise InputError(
-                f"layer {name!r}: its output has shape {tuple(a.shape)}, {what} for this batch "
-                f"of {shape[0]} sequences of {shape[1]} positions, but was taken as "
-                f"[batch, time, neurons]; say so with Collector(..., layouts={{{name!r}: "
-                f"{hint!r}}}) (txray collect --layout {name}={hint})"
-                + (", or time_first=True (--time-first) for a model that works time-first"
-                   if hint == "time_first" else ""))
+                f"layer {name!r}: {found} of {shape[0]} sequences of {shape[1]} positions; give "
+                f"its layout with Collector(..., layouts={{{name!r}: {hint!r}}}) "
+                f"(txray collect --layout {name}={hint})"
+                + (", or time_first=True (--time-first) for a model that takes [time, batch] "
+                   "inputs" if not self.time_first else ""))
 
     def _where(self, batch: Batch) -> dict:
         """Unit index in the stream, position and input-token context of every position."""

@@ -68,8 +68,9 @@ def context_overlap_for(store, stage: str, mode: str, max_length: int,
             options = meta["attributes"]["txray_engine"]["options"]
         except (OSError, ValueError, KeyError, TypeError):
             options = None  # no such stage (a resume starts it), or not one to read here
-        if isinstance(options, dict):
-            return int(options.get("context_overlap", 0))
+        if isinstance(options, dict):  # (within another window length: the resume is refused
+            # for that length, not for an overlap it cannot take)
+            return min(int(options.get("context_overlap", 0)), max_length - 1)
     return min(DEFAULT_CONTEXT_OVERLAP, max_length // 4)
 
 

@@ -15,9 +15,12 @@ from .select import select_neurons
 def evaluate_pruning(model: nn.Module, tables: dict[str, NeuronTable],
                      metric: Callable[[nn.Module], float], selectors: Iterable[str],
                      fractions: Iterable[float], seeds: Iterable[int] = (0,),
-                     shared_only: bool = False, side: str = "b") -> list[dict]:
+                     shared_only: bool = False, side: str = "b",
+                     layouts: dict | None = None) -> list[dict]:
     """Run ``metric(model)`` with each configuration's neurons masked in every layer of
-    ``tables`` (layer → neuron table); returns one row (a dict) per configuration.
+    ``tables`` (layer → neuron table); returns one row (a dict) per configuration. ``layouts``
+    as given to the collection (a channels-first layer's units are its axis 1; see
+    :func:`mask_units`).
 
     Deterministic selectors are evaluated once per fraction (their rows carry ``seed=None``);
     ``random`` once per seed. The model is left unmasked.
@@ -30,7 +33,7 @@ def evaluate_pruning(model: nn.Module, tables: dict[str, NeuronTable],
                                                    shared_only=shared_only, side=side,
                                                    seed=seed or 0)
                              for layer, t in tables.items()}
-                with mask_units(model, selection):
+                with mask_units(model, selection, layouts):
                     value = float(metric(model))
                 rows.append({"selector": selector, "fraction": float(fraction), "seed": seed,
                              "pruned": int(sum(len(v) for v in selection.values())),

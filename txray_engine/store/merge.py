@@ -11,7 +11,7 @@ import os
 from ..accumulate.accumulator import Accumulator
 from ..errors import InputError, StoreError
 from .reader import open_store
-from .writer import StageWriter
+from .writer import StageWriter, differences
 
 # what every part must share (the corpus may differ: a corpus split by file)
 SHARED = ("model", "collection")
@@ -36,8 +36,12 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
                              f"... --resume), then merge")
         for key, value in _settings(meta).items():
             if value != _settings(first)[key]:
-                raise InputError(f"{name} and {first_name} differ in {key}: only stages of one "
-                                 f"model collected the same way add up")
+                named = differences({key: _settings(first)[key]}, {key: value}) or [key]
+                hint = (" (txray collect sets --context-overlap 8 by default since that option "
+                        "exists: collect the other part again, or give --context-overlap 0)"
+                        if any(n.endswith("context_overlap") for n in named) else "")
+                raise InputError(f"{name} and {first_name} differ in {', '.join(named)}: only "
+                                 f"stages of one model collected the same way add up{hint}")
     shards = [(name, (meta.get("options") or {}).get("shard")) for name, _, meta in parts]
     if any(s is not None for _, s in shards):
         if any(s is None for _, s in shards) or len({s[1] for _, s in shards}) != 1:
