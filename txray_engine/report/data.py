@@ -179,6 +179,23 @@ class ReportData:
             out += [s for s in st.streams if s not in out]
         return out
 
+    def prepare(self) -> None:
+        """Compute, one layer at a time, everything the page takes from the streams' cells (top
+        features of every stage and stream, the comparisons of every pair), then let go of the
+        cells: a report of many large layers holds one layer's cells at a time, not all of them
+        (a 128k-vocabulary sweep held about 0.4 GB more per layer)."""
+        for layer in self.layers:
+            for stage in self.stages:
+                for stream in self.all_streams:
+                    if self.has_stream(stage, stream):
+                        self.top(stage, layer, stream)
+            for a, b in self.pairs:
+                for stream in dict.fromkeys((self.stream, *LENGTH_STREAMS)):
+                    self.comparison(a, b, layer, stream)
+            for (stage, lay, stream), view in self._stream_views.items():
+                if lay == layer and stream != POS_STREAM:  # (the POS figure reads its few cells)
+                    view.__dict__.pop("stats", None)
+
     # -- measures ----------------------------------------------------------------------------------
     def top(self, stage: str, layer: str, stream: str):
         """``(feature ids, shares)`` ``[N, top_k]`` of every neuron (padded with -1 / 0)."""

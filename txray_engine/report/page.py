@@ -118,6 +118,7 @@ def render(data: ReportData, title: str | None = None) -> tuple[str, int]:
     import plotly.offline
 
     page = Page(title or f"TX-Ray report: {data.store.path.name}")
+    data.prepare()  # one layer's cells in memory at a time
     mass = _mass_section(page, data)
     hel, shift, changed = _pair_sections(page, data)
     pos = _pos_section(page, data)
