@@ -220,3 +220,34 @@ def test_the_default_overlap_and_a_resume_keeps_the_stages_own(word_model, tmp_p
     assert "context_overlap" not in run(old, "--context-overlap", "0", "--max-documents", "40")
     options = run(old, "--resume", "--max-documents", "50")
     assert "context_overlap" not in options and open_store(old).stage("s").meta["documents"] == 50
+
+
+def test_flushes_wait_ten_times_their_own_time(tmp_path, monkeypatch):
+    """A flush that takes F seconds is followed by the next only after max(flush_every, 10 F):
+    whole snapshots of a large state must not take most of the run; flush_every=0 still
+    flushes after every step."""
+    import time as _time
+    import torch
+    from torch import nn
+    from txray_engine import Batch, Collector, Stream, Vocabulary
+    from txray_engine.store.writer import StageWriter
+
+    commits = []
+    real = StageWriter.commit
+
+    def slow(self, *a, **kw):
+        commits.append(_time.monotonic())
+        _time.sleep(0.05)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(StageWriter, "commit", slow)
+    model = nn.Sequential(nn.Linear(3, 4))
+    streams = [Stream("token", Vocabulary.of_size(5), "input")]
+    batch = Batch(input_ids=torch.zeros(2, dtype=torch.long), inputs=torch.randn(2, 3))
+    for every, want in ((0.001, 2), (0, 11)):
+        commits.clear()
+        with Collector(model, ["0"], streams, store=tmp_path / f"s{every}.zarr", stage="s",
+                       flush_every=every) as col:
+            for _ in range(10):  # well under the 0.5 s that 10 x 0.05 s asks for
+                col.step(batch)
+        assert len(commits) == want  # (with the final commit)

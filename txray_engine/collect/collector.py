@@ -117,7 +117,9 @@ class Collector:
         collection settings (resolved layers, k, streams and their vocabularies, non-finite
         policy, examples) are added to it as ``collection``: a resume must match them too.
     flush_every : float
-        Seconds between flushes (0 = after every step).
+        Seconds between flushes (0 = after every step); at least 10 times the last flush's
+        own time, so that flushing a large state (whole snapshots, growing with the cells
+        seen) takes under a tenth of the run.
     forward : callable, optional
         ``forward(model, batch) -> output``; defaults to :func:`default_forward`.
     kind, dense_budget, nonfinite, device, examples, context_radius
@@ -192,6 +194,7 @@ class Collector:
         self._modes: list = []  # (module, training) to restore on exit
         self._entered = False
         self._last_flush = time.monotonic()
+        self._flush_seconds = 0.0  # the last flush's own time
         self._dirty = False
 
     @property
@@ -247,7 +250,8 @@ class Collector:
         self.cursor["units"] += int(batch.n_units)
         self.cursor["documents"] += int(documents)
         self._dirty = True
-        if self.writer is not None and time.monotonic() - self._last_flush >= self.flush_every:
+        due = self.flush_every and max(self.flush_every, 10 * self._flush_seconds)
+        if self.writer is not None and time.monotonic() - self._last_flush >= due:
             self.flush()
 
     def _check_layouts(self, acts: dict, shape: tuple) -> None:
@@ -300,8 +304,10 @@ class Collector:
         """Commit the current sums and cursor to the store."""
         if self.writer is None:
             return
+        start = time.monotonic()
         self.writer.commit(self.accumulator, self.cursor, status, self.extra)
         self._last_flush = time.monotonic()
+        self._flush_seconds = self._last_flush - start
         self._dirty = False
 
     def __exit__(self, exc_type, exc, tb) -> None:

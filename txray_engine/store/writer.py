@@ -221,7 +221,8 @@ class StageWriter:
         self._seq += 1
         name = f"{SNAPSHOT_PREFIX}{self._seq:06d}"
         self._remove_stale_snapshots(also=name)
-        write_hierarchy(root.store, *snapshot_nodes(acc, f"{sg.path}/{name}"))
+        for groups, arrays in snapshot_nodes(acc, f"{sg.path}/{name}"):  # a layer at a time
+            write_hierarchy(root.store, groups, arrays)
         meta = {"kind": "stage", "format_version": FORMAT_VERSION, "engine_version": __version__,
                 "status": status, "snapshot": name, "cursor": dict(cursor),
                 "fingerprint": self.fingerprint, "k": acc.k,
@@ -286,19 +287,24 @@ def _number(snapshot: str | None) -> int:
     return int(snapshot[len(SNAPSHOT_PREFIX):]) if snapshot else 0
 
 
-def snapshot_nodes(acc: Accumulator, base: str) -> tuple[dict, dict]:
-    """The snapshot of ``acc`` at path ``base`` as ``{group path: attributes}`` and
-    ``{array path: (data, chunk length)}`` (the layout of docs/FORMAT.md)."""
+def snapshot_nodes(acc: Accumulator, base: str):
+    """The snapshot of ``acc`` at path ``base``, one part per layer (the first with the snapshot's
+    own group), each ``({group path: attributes}, {array path: (data, chunk length)})`` (the
+    layout of docs/FORMAT.md). A generator: a flush writes each layer's cells and lets go of
+    them before it takes the next's (their CSR copies of a state of many large layers, held
+    all at once, came near the state's own size)."""
     groups = {base: {ATTR: {"kind": "snapshot", "layers": list(acc.layers)}}}
-    arrays = {}
     for lname, s in acc.layers.items():
         layer = f"{base}/{check_name('layer', lname)}"
         groups[layer] = {ATTR: {"kind": "layer", "n_neurons": s.n_neurons, "tokens": s.tokens,
                                 "skipped_nonfinite": s.skipped_nonfinite,
                                 "alive": int((s.neuron_count > 0).sum())}}
-        arrays |= {f"{layer}/{k}": (a, VECTOR_CHUNK) for k, a in s.totals().items()}
+        arrays = {f"{layer}/{k}": (a, VECTOR_CHUNK) for k, a in s.totals().items()}
         for sname, stats in s.stream_stats().items():
             path = f"{layer}/{check_name('stream', sname)}"
             groups[path], cells = stream_nodes(stats)
             arrays |= {f"{path}/{k}": v for k, v in cells.items()}
-    return groups, arrays
+        yield groups, arrays
+        groups = {}
+    if groups:  # no layer: the snapshot's group alone
+        yield groups, {}
