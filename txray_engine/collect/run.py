@@ -57,8 +57,8 @@ def context_overlap_for(store, stage: str, mode: str, max_length: int,
     :data:`DEFAULT_CONTEXT_OVERLAP` tokens, at most a quarter of the window.
 
     On SmolLM2's last MLP, 361 of 6,144 top examples sat on the first token of windows cut
-    inside documents without an overlap, 26, 22 and 23 with 4, 16 and 32 tokens (the rate of
-    any position): a causal LM gives a sequence's first token outlier activations, and a few
+    inside documents without an overlap, 26, 14, 22 and 23 with 4, 8, 16 and 32 tokens (the
+    rate of any position): a causal LM gives a sequence's first token outlier activations, and a few
     tokens of context take that away, for 1/15 more forward compute on long documents."""
     if given is not None:
         return given
