@@ -331,3 +331,25 @@ def test_an_empty_selection_counts_its_positions(cpu_path, kind, monkeypatch):
     assert state.feature_freq.tolist() == [2, 0, 1, 0, 0] and state.missing == 1
     assert layer.tokens == 4 and not layer.neuron_count.any()
     assert state.to_stats().count.size == 0
+
+
+def test_the_dense_budget_is_shared_by_all_layers_and_streams(tmp_path):
+    """Under auto, dense states take the budget in the order they are made; past it, sparse:
+    30 layers of a mid-size vocabulary no longer each take a budget of their own. A resumed
+    stage is laid out the same way, and both kinds hold the same sums."""
+    from txray_engine import StageWriter, open_store, same_sums
+    per_state = 6 * 50 * 20  # 6 neurons x 50 features, 20 bytes a cell
+    acc = Accumulator({"a": [str(i) for i in range(50)], "b": [str(i) for i in range(50)]}, k=2,
+                      dense_budget=3 * per_state)
+    g = torch.Generator().manual_seed(0)
+    for layer in ("l0", "l1", "l2"):
+        acc.observe(layer, torch.randn(40, 6, generator=g),
+                    {s: torch.randint(0, 50, (40,), generator=g) for s in "ab"})
+    kinds = [(lay, s, st.kind) for lay, ls in acc.layers.items() for s, st in ls.streams.items()]
+    assert [k for *_, k in kinds] == ["dense", "dense", "dense", "sparse", "sparse", "sparse"]
+    assert acc.dense_left == 0
+    with StageWriter(tmp_path / "s.zarr", "s", "new", {"m": 1}) as w:
+        w.commit(acc, {"units": 1}, "complete")
+    back = open_store(tmp_path / "s.zarr").stage("s").accumulator(dense_budget=3 * per_state)
+    assert [st.kind for ls in back.layers.values() for st in ls.streams.values()] == \
+        [k for *_, k in kinds] and same_sums(acc, back, mass_rtol=0)

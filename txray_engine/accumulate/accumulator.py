@@ -51,10 +51,11 @@ class Accumulator:
     k : int or "all"
         Neurons kept per position (``1`` is the paper's max-1).
     kind : "auto", "dense" or "sparse"
-        State kind per (layer, stream); ``auto`` picks dense when it fits ``dense_budget`` bytes.
+        State kind per (layer, stream); ``auto`` picks dense while it fits ``dense_budget``.
     dense_budget : int
-        Bytes a dense state of one (layer, stream) may take under ``auto``; larger ones are
-        sparse.
+        Bytes the dense states of all layers and streams together may take under ``auto``:
+        each new (layer, stream) is dense when it fits what is left, else sparse (so a sweep of
+        many layers stays within it; both kinds give identical sums).
     nonfinite : "error" or "skip"
         NaN/inf activations raise (default) or their positions are skipped and counted.
     device : str or torch.device
@@ -94,7 +95,7 @@ class Accumulator:
         if kind not in STATE_KINDS:
             raise InputError(f"kind must be one of {', '.join(STATE_KINDS)}, got {kind!r}")
         if dense_budget < 0:
-            raise InputError(f"dense_budget is bytes per layer and stream, 0 or more, got "
+            raise InputError(f"dense_budget is bytes for all dense states, 0 or more, got "
                              f"{dense_budget}")
         self.streams: list[Stream] = list(streams)
         self.k = k
@@ -290,7 +291,7 @@ class Accumulator:
         state = self.layers.get(p.layer)
         if state is None:
             state = self.layers[p.layer] = LayerState.create(
-                p.n_neurons, self.vocab_sizes, self.kind, self.dense_budget, self.device)
+                p.n_neurons, self.vocab_sizes, self.kind, self.dense_left, self.device)
         if state.n_neurons != p.n_neurons:  # two prepares of a new layer, of two widths
             raise InputError(f"layer {p.layer!r} has {state.n_neurons} neurons, this batch "
                              f"{p.n_neurons}: one layer name must keep one width")
@@ -328,9 +329,14 @@ class Accumulator:
                 self.layers[name].merge_(layer, ties)
             else:
                 mine = LayerState.create(layer.n_neurons, self.vocab_sizes, self.kind,
-                                         self.dense_budget, self.device)
+                                         self.dense_left, self.device)
                 self.layers[name] = mine.merge_(layer, ties)
         return self
+
+    @property
+    def dense_left(self) -> int:
+        """What is left of ``dense_budget`` for new dense states (bytes)."""
+        return self.dense_budget - sum(layer.dense_memory for layer in self.layers.values())
 
     def empty_like(self) -> "Accumulator":
         return Accumulator(self.streams, self.k, self.kind, self.dense_budget, self.nonfinite,

@@ -11,7 +11,7 @@ import txray_kernels as kernels
 
 from ..errors import InputError
 from .examples import TopExamples
-from .state import DEFAULT_DENSE_BUDGET, StreamState, make_state
+from .state import DEFAULT_DENSE_BUDGET, StreamState, dense_bytes, make_state
 from .stats import SparseStats
 
 
@@ -51,9 +51,20 @@ class LayerState:
     @classmethod
     def create(cls, n_neurons: int, vocab_sizes: dict[str, int], kind: str = "auto",
                dense_budget: int = DEFAULT_DENSE_BUDGET, device="cpu") -> "LayerState":
-        streams = {name: make_state(n_neurons, v, kind, dense_budget, device)
-                   for name, v in vocab_sizes.items()}
+        """A new layer; under ``kind="auto"`` its streams are dense, in order, while together
+        they fit ``dense_budget`` bytes, and sparse past it."""
+        streams = {}
+        for name, v in vocab_sizes.items():
+            streams[name] = make_state(n_neurons, v, kind, dense_budget, device)
+            if streams[name].kind == "dense":
+                dense_budget -= dense_bytes(n_neurons, v)
         return cls(n_neurons, streams)
+
+    @property
+    def dense_memory(self) -> int:
+        """Memory its dense states take."""
+        return sum(dense_bytes(self.n_neurons, s.n_features) for s in self.streams.values()
+                   if s.kind == "dense")
 
     def add_selection(self, values: torch.Tensor, indices: torch.Tensor,
                       features: dict[str, torch.Tensor], *, checked: bool = False,

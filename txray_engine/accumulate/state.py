@@ -24,7 +24,7 @@ from .stats import SparseStats
 #: Bytes per dense cell: int64 count + float64 mass + float32 peak.
 DENSE_CELL_BYTES = 20
 
-#: Default memory budget of one dense (layer, stream) state.
+#: Default memory budget of the dense states of one accumulator (all its layers and streams).
 DEFAULT_DENSE_BUDGET = 512 * 2**20
 
 

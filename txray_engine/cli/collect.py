@@ -65,7 +65,9 @@ from .base import main, output_file, parse_k
 @click.option("--state", "kind", type=click.Choice(["auto", "dense", "sparse"]), default="auto",
               show_default=True, help="Accumulator kind per (layer, stream).")
 @click.option("--dense-budget-mb", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Largest dense state (MiB) before 'auto' goes sparse.")
+              help="Memory (MiB) all dense states of the collection may take together under "
+                   "'auto': each (layer, stream) is dense while it fits what is left, else "
+                   "sparse (identical sums).")
 @click.option("--skip-nonfinite", is_flag=True,
               help="Skip positions with NaN/inf activations (counted) instead of failing.")
 @click.option("--flush-every", default=60.0, show_default=True, type=click.FloatRange(min=0),

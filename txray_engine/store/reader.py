@@ -214,8 +214,9 @@ class Stage:
         """Put every layer of the stage into ``acc`` (same streams; its layers are replaced)."""
         with kernels.on_device(acc.device):  # a GPU state's inserts run on its own GPU
             for name in self.layers:
+                acc.layers.pop(name, None)  # (what it held leaves the budget to the new one)
                 acc.layers[name] = self.layer(name).state(acc.vocab_sizes, acc.kind,
-                                                          acc.dense_budget, acc.device)
+                                                          acc.dense_left, acc.device)
 
     def layer(self, name: str) -> "LayerView":
         if name not in self.layers:
