@@ -247,13 +247,23 @@ def test_a_layer_taken_in_another_layout_than_its_shape_says_names_the_way_out()
     the layout taken and the one to give."""
     model = nn.Sequential(nn.Embedding(V, 6), nn.Linear(6, 20))
     ids, mask = _batch(4, 8)
-    with pytest.raises(InputError, match=r"'1': it was taken as channels_first \(given\).*"
-                                         r"layouts=\{'1': 'batch_first'\}"):
+    with pytest.raises(InputError, match=r"'1': its output has shape \(4, 8, 20\), taken as "
+                                         r"channels_first \(given\).*layouts=\{'1': "
+                                         r"'batch_first'\}"):
         with Collector(model, ["1"], _streams(), layouts={"1": "channels_first"}) as col:
             col.step(Batch(input_ids=ids, mask=mask))
-    # a time-first model run without time_first: its LSTM is recognised as time-first
+    # a time-first model run without time_first: its LSTM says it is time-first, so only the
+    # model's inputs can be wrong (a layout override would run the recurrence over the batch)
     lm = WordLM()
-    with pytest.raises(InputError, match=r"'rnn': it was taken as time_first \(recognised from "
-                                         r"its module\).*time_first=True"):
+    with pytest.raises(InputError, match=r"'rnn': .*while the module is time-first.*"
+                                         r"time_first=True") as info:
         with Collector(lm, ["rnn"], _streams()) as col:
             col.step(Batch(input_ids=ids, mask=mask))
+    assert "--layout" not in str(info.value)
+    # a convolution that shortens the sequence: no layout fits, the positions are named
+    conv = nn.Sequential(nn.Embedding(V, 4), Permute(0, 2, 1), nn.Conv1d(4, 8, 3))
+    with pytest.raises(InputError, match=r"has shape \(4, 8\) but the activations have "
+                                         r"\(4, 6\) positions") as info:
+        with Collector(conv, ["2"], _streams()) as col:
+            col.step(Batch(input_ids=ids, mask=mask))
+    assert "layout" not in str(info.value)

@@ -73,10 +73,10 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
     def merge(*names):
         return CliRunner().invoke(main, ["merge", *[str(tmp_path / n) for n in names],
                                          "--store", str(out), "--stage", "s"])
-    _clean_error(merge("a.zarr", "b.zarr"), "differ in collection.k")
+    _clean_error(merge("a.zarr", "b.zarr"), "differ in collection.k: 2 in", ", 1 in")
     # a shard collected before overlaps existed against one collected after
-    _clean_error(merge("a.zarr", "d.zarr"), "differ in options.context_overlap",
-                 "--context-overlap 0")
+    _clean_error(merge("d.zarr", "a.zarr"), "differ in options.context_overlap: none in",
+                 "a.zarr' again with --context-overlap 0")
     _clean_error(merge("a.zarr", "c.zarr"), "shard(s) [0] given twice", "shard(s) [1] missing")
     _clean_error(merge("a.zarr"), "at least two stages")
     _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "2/2"),

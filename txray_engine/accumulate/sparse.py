@@ -80,7 +80,7 @@ class SparseState(StreamState):
         if table == "triton" and not (self.device.type == "cuda" or _interpreted()):
             raise InputError(f"table='triton' needs a CUDA state (got {self.device}; on the CPU "
                              "only under TRITON_INTERPRET=1, for tests)")
-        # one hash table or none; both kinds give nnz, cells_upper_bound, drain() and nbytes
+        # one hash table or none; both give add_cells, a sorted copy of their cells, nbytes
         self._table_kind = table or None
         self._table = None
         if table == "cpu":
@@ -168,8 +168,10 @@ class SparseState(StreamState):
     def to_stats(self) -> SparseStats:
         if self._table_kind == "triton":  # a sorted copy of the table's cells, the table kept
             cells = self._table.to_coo()
-        elif self._table_kind == "cpu":
-            cells = tuple(torch.from_numpy(a) for a in self._table.sorted_cells())
+        elif self._table_kind == "cpu":  # fresh arrays already: no second copy
+            keys, count, mass, peak = self._table.sorted_cells()
+            return SparseStats.from_keys(self.n_neurons, self.n_features, keys, count, mass,
+                                         peak, **self._stats_counters())
         else:
             self._compact()
             cells = self._master

@@ -102,18 +102,6 @@ def to_batch_first(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x.movedim(1, -1)  # channels_first
 
 
-def layout_hint(shape: tuple, batch: int, time: int) -> str | None:
-    """The layout a batch-first-taken output of ``shape`` really has for a batch of ``batch``
-    sequences of ``time`` positions, when its shape says so unambiguously; else None."""
-    if len(shape) != 3 or shape[:2] == (batch, time):
-        return None
-    if shape[:2] == (time, batch):
-        return "time_first"
-    if shape[0] == batch and shape[2] == time:
-        return "channels_first"
-    return None
-
-
 def unit_axis(layout: str, ndim: int) -> int:
     """The axis of the neurons in an output of ``ndim`` axes with ``layout``."""
     return 1 if layout == "channels_first" and ndim >= 3 else -1

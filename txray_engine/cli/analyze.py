@@ -28,6 +28,35 @@ def _pairs(stage_a, stage_b, layers, streams):
     return [(lay, s) for lay in (layers or common_layers) for s in (streams or common_streams)]
 
 
+def _compare_lines(s: dict, cmp, va, vb, stage_a: str, stage_b: str, min_neuron_count: int,
+                   top: int, features: int, by: str) -> list[str]:
+    """What ``txray compare`` prints for one layer and stream."""
+    alive = (f" (alive: selected at least {min_neuron_count} times)"
+             if min_neuron_count > 1 else "")
+    lines = [f"{s['layer']} / {s['stream']}: {s['neurons']} neurons, {s['shared']} shared, "
+             f"{s['only_a']} only in {stage_a}, {s['only_b']} only in {stage_b}, "
+             f"{s['dead_both']} dead in both{alive}"]
+    if s["shared"]:
+        lines.append(f"  Hellinger mean {s['hellinger_mean']:.4f}, median "
+                     f"{s['hellinger_median']:.4f}; mean length shift "
+                     f"{s['length_shift_mean']:+.2f}")
+    if s["unaligned_a"] or s["unaligned_b"]:
+        lines.append(f"  vocabularies differ: {s['unaligned_a']} features of {stage_a} and "
+                     f"{s['unaligned_b']} of {stage_b} have no counterpart")
+    for title, part in (("most changed", cmp.most_changed(top)),
+                        ("least changed", cmp.least_changed(top))):
+        if not len(part):
+            continue
+        lines.append(f"  {title}:")
+        lines.append("    " + part.format(TABLE_COLUMNS).replace("\n", "\n    "))
+        for nid in part["neuron"]:
+            lines.append(f"    neuron {nid}: {stage_a}: "
+                         f"{format_features(va, int(nid), features, by)}")
+            lines.append(f"    {' ' * len(f'neuron {nid}')}  {stage_b}: "
+                         f"{format_features(vb, int(nid), features, by)}")
+    return lines
+
+
 @main.command()
 @click.argument("store", type=click.Path())
 @click.argument("stage_a")
@@ -48,45 +77,30 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
     """Compare two stages: shared/dead neurons, Hellinger distances, length and mass shifts."""
     from ..measures import NeuronTable, compare_streams
     from ..store import open_store
+    from ..store.reader import read_again
 
-    st = open_store(store)
-    a, b = st.stage(stage_a), st.stage(stage_b)
-    summaries, tables = [], []
-    for layer, stream in _pairs(a, b, layers, streams):
-        va, vb = a.layer(layer).stream(stream), b.layer(layer).stream(stream)
-        cmp = compare_streams(va, vb, by=by, min_count=min_count,
-                              min_neuron_count=min_neuron_count)
-        summaries.append({"layer": layer, "stream": stream, **cmp.summary()})
-        t = cmp.table()
-        n = len(t)
-        tables.append(NeuronTable({"layer": np.array([layer] * n), "stream": np.array([stream] * n),
-                                   **t.columns}))
-        if as_json:
-            continue
-        s = summaries[-1]
-        alive = (f" (alive: selected at least {min_neuron_count} times)"
-                 if min_neuron_count > 1 else "")
-        click.echo(f"{layer} / {stream}: {s['neurons']} neurons, {s['shared']} shared, "
-                   f"{s['only_a']} only in {stage_a}, {s['only_b']} only in {stage_b}, "
-                   f"{s['dead_both']} dead in both{alive}")
-        if s["shared"]:
-            click.echo(f"  Hellinger mean {s['hellinger_mean']:.4f}, median "
-                       f"{s['hellinger_median']:.4f}; mean length shift "
-                       f"{s['length_shift_mean']:+.2f}")
-        if s["unaligned_a"] or s["unaligned_b"]:
-            click.echo(f"  vocabularies differ: {s['unaligned_a']} features of {stage_a} and "
-                       f"{s['unaligned_b']} of {stage_b} have no counterpart")
-        for title, part in (("most changed", cmp.most_changed(top)),
-                            ("least changed", cmp.least_changed(top))):
-            if not len(part):
-                continue
-            click.echo(f"  {title}:")
-            click.echo("    " + part.format(TABLE_COLUMNS).replace("\n", "\n    "))
-            for nid in part["neuron"]:
-                click.echo(f"    neuron {nid}: {stage_a}: "
-                           f"{format_features(va, int(nid), features, by)}")
-                click.echo(f"    {' ' * len(f'neuron {nid}')}  {stage_b}: "
-                           f"{format_features(vb, int(nid), features, by)}")
+    def read():  # everything read before anything is printed: a live collection may replace
+        # the stage's snapshot under a reader, who then opens it again (read_again)
+        st = open_store(store)
+        a, b = st.stage(stage_a), st.stage(stage_b)
+        summaries, tables, lines = [], [], []
+        for layer, stream in _pairs(a, b, layers, streams):
+            va, vb = a.layer(layer).stream(stream), b.layer(layer).stream(stream)
+            cmp = compare_streams(va, vb, by=by, min_count=min_count,
+                                  min_neuron_count=min_neuron_count)
+            summaries.append({"layer": layer, "stream": stream, **cmp.summary()})
+            t = cmp.table()
+            n = len(t)
+            tables.append(NeuronTable({"layer": np.array([layer] * n),
+                                       "stream": np.array([stream] * n), **t.columns}))
+            if not as_json:
+                lines += _compare_lines(summaries[-1], cmp, va, vb, stage_a, stage_b,
+                                        min_neuron_count, top, features, by)
+        return summaries, tables, lines
+
+    summaries, tables, lines = read_again(read)
+    for line in lines:
+        click.echo(line)
     full = NeuronTable({k: np.concatenate([t[k] for t in tables]) for k in tables[0].names})
     if csv_path:
         full.to_csv(output_file(csv_path))

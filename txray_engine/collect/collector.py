@@ -13,7 +13,6 @@ from ..accumulate.accumulator import Accumulator
 from ..accumulate.examples import context_windows
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
-from ..capture.layout import layout_hint
 from ..errors import CorpusError, InputError
 from ..features.streams import Batch, Stream, stream_features
 from ..store.format import check_name, fingerprint
@@ -255,33 +254,46 @@ class Collector:
             self.flush()
 
     def _check_layouts(self, acts: dict, shape: tuple) -> None:
-        """A layer whose output, laid out as taken, does not have the batch's positions while
-        another layout would, is refused with the layout to give (a shape that could be either,
-        e.g. as many sequences as positions, cannot be told)."""
+        """A layer whose output, laid out as taken, does not have the batch's positions is
+        refused with the fix, where its shape tells one: the layout that fits (a layout the
+        caller gave, or batch-first by default), or, for a torch module that says it is
+        time-first but meets [batch, time] inputs, ``time_first=True`` for the model. Otherwise
+        (e.g. a convolution that shortens the sequence) the accumulator names the mismatch; a
+        shape that fits either way (as many sequences as positions) cannot be told."""
         if len(shape) != 2:
             return
         for name, a in acts.items():
             taken = self.capture.layouts[name]
             if a.dim() != 3 or tuple(a.shape[:2]) == shape:
                 continue
-            if taken == "batch_first":
-                hint = layout_hint(tuple(a.shape), *shape)
-                if hint is None:
-                    continue  # the accumulator names the mismatch
-                what = {"time_first": "[time, batch, neurons]",
-                        "channels_first": "[batch, neurons, time]"}[hint]
-                found = f"its output has shape {tuple(a.shape)}, {what} for this batch"
-            else:
-                hint = "batch_first"
-                how = "given" if name in self.capture.given else "recognised from its module"
-                found = (f"it was taken as {taken} ({how}), which gives positions "
-                         f"{tuple(a.shape[:2])} for this batch")
+            raw = tuple(a.shape) if taken == "batch_first" else \
+                (a.shape[1], a.shape[0], a.shape[2]) if taken == "time_first" else \
+                (a.shape[0], a.shape[2], a.shape[1])  # the module's own output
+            fits = [lay for lay, lead in (("batch_first", raw[:2]), ("time_first", raw[1::-1]),
+                                          ("channels_first", (raw[0], raw[2])))
+                    if lead == shape and lay != taken]
+            what = f"its output has shape {raw}"
+            if taken != "batch_first" and name not in self.capture.given:
+                # the module's own flag or type: its layout is not in doubt, the inputs are
+                if taken == "time_first" and not self.time_first and "batch_first" in fits:
+                    raise InputError(
+                        f"layer {name!r}: {what}, [batch, time, neurons] for this batch of "
+                        f"{shape[0]} sequences of {shape[1]} positions, while the module is "
+                        f"time-first: the model gives it [batch, time] inputs unturned, so it "
+                        f"takes [time, batch] inputs itself; say so with time_first=True "
+                        f"(txray collect --time-first)")
+                continue
+            if not fits:
+                continue  # the accumulator names the mismatch
+            hint = fits[0]
+            how = f"taken as {taken}" + (" (given)" if name in self.capture.given else "")
             raise InputError(
-                f"layer {name!r}: {found} of {shape[0]} sequences of {shape[1]} positions; give "
-                f"its layout with Collector(..., layouts={{{name!r}: {hint!r}}}) "
-                f"(txray collect --layout {name}={hint})"
+                f"layer {name!r}: {what}, {how}, which does not give this batch's {shape[0]} "
+                f"sequences of {shape[1]} positions; {hint} does: give its layout with "
+                f"Collector(..., layouts={{{name!r}: {hint!r}}}) (txray collect --layout "
+                f"{name}={hint})"
                 + (", or time_first=True (--time-first) for a model that takes [time, batch] "
-                   "inputs" if not self.time_first else ""))
+                   "inputs" if hint == "time_first" and not self.time_first else ""))
 
     def _where(self, batch: Batch) -> dict:
         """Unit index in the stream, position and input-token context of every position."""

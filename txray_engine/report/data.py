@@ -189,8 +189,8 @@ class ReportData:
                 for stream in self.all_streams:
                     if self.has_stream(stage, stream):
                         self.top(stage, layer, stream)
-            for a, b in self.pairs:
-                for stream in dict.fromkeys((self.stream, *LENGTH_STREAMS)):
+            for stream in dict.fromkeys((self.stream, *LENGTH_STREAMS)):  # (the page's order)
+                for a, b in self.pairs:
                     self.comparison(a, b, layer, stream)
             for (stage, lay, stream), view in self._stream_views.items():
                 if lay == layer and stream != POS_STREAM:  # (the POS figure reads its few cells)

@@ -6,6 +6,7 @@ Stages are read one at a time, so memory holds the merged sums and one stage's.
 
 from __future__ import annotations
 
+import json
 import os
 
 from ..accumulate.accumulator import Accumulator
@@ -23,6 +24,17 @@ def _settings(meta: dict) -> dict:
     return {**{key: meta.get(key) for key in SHARED}, "options": options}
 
 
+def _at(settings: dict, dotted: str) -> str:
+    """The value at a dotted name of ``settings`` as short JSON, or 'none' where it is absent."""
+    value = settings
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return "none"
+        value = value[key]
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
     """Refuse parts that do not add up to one collection (see :func:`merge_stages`)."""
     first_name, first = parts[0][0], parts[0][2]
@@ -34,14 +46,19 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
         if meta.get("status") != "complete":
             raise StoreError(f"{name} is {meta.get('status')}: finish it first (txray collect "
                              f"... --resume), then merge")
-        for key, value in _settings(meta).items():
-            if value != _settings(first)[key]:
-                named = differences({key: _settings(first)[key]}, {key: value}) or [key]
-                hint = (" (txray collect sets --context-overlap 8 by default since that option "
-                        "exists: collect the other part again, or give --context-overlap 0)"
-                        if any(n.endswith("context_overlap") for n in named) else "")
-                raise InputError(f"{name} and {first_name} differ in {', '.join(named)}: only "
-                                 f"stages of one model collected the same way add up{hint}")
+        mine, theirs = _settings(meta), _settings(first)
+        named = differences(theirs, mine)
+        if named:
+            values = "; ".join(f"{n}: {_at(theirs, n)} in {first_name}, {_at(mine, n)} in {name}"
+                               for n in named)
+            hint = ""
+            if "options.context_overlap" in named:
+                want = _at(theirs, "options.context_overlap")
+                hint = (f"; collect {name} again with --context-overlap "
+                        f"{0 if want == 'none' else want} (txray collect sets one by default "
+                        f"since that option exists: 8, at most a quarter of --max-length)")
+            raise InputError(f"{name} and {first_name} differ in {values}: only stages of one "
+                             f"model collected the same way add up{hint}")
     shards = [(name, (meta.get("options") or {}).get("shard")) for name, _, meta in parts]
     if any(s is not None for _, s in shards):
         if any(s is None for _, s in shards) or len({s[1] for _, s in shards}) != 1:

@@ -22,7 +22,7 @@ from ..accumulate.stats import SparseStats
 from ..errors import InputError, StageChangedError, StageNotReadyError, StoreError
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
-from .format import ATTR, VOCAB_GROUP, damaged, group_attrs, open_root, read_stats
+from .format import ATTR, VOCAB_GROUP, damaged, group_attrs, open_root, read_arrays, read_stats
 
 
 def open_store(path: str | os.PathLike) -> "Store":
@@ -271,8 +271,8 @@ class LayerView:
         with self.stage.reading(self.what):
             if "examples_value" not in set(self.group.array_keys()):
                 return None
-            return {k: self.group[k][:] for k in ("examples_value", "examples_doc",
-                                                  "examples_pos", "examples_context")}
+            return read_arrays(self.group, ("examples_value", "examples_doc", "examples_pos",
+                                            "examples_context"))
 
     def state(self, vocab_sizes: dict[str, int], kind="auto",
               dense_budget: int = DEFAULT_DENSE_BUDGET, device="cpu") -> LayerState:

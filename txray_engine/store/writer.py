@@ -260,9 +260,8 @@ class StageWriter:
     def _root_for_write(self) -> zarr.Group:
         if (self.path / "zarr.json").is_file():
             return open_root(self.path, "r+")
-        root = zarr.open_group(str(self.path), mode="w-")
-        root.attrs.put(root_attrs())
-        return root
+        # created with its attributes: a reader never sees a root without them
+        return zarr.open_group(str(self.path), mode="w-", attributes=root_attrs())
 
     # -- closing --------------------------------------------------------------------------------
     def close(self) -> None:
