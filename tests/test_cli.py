@@ -152,8 +152,11 @@ def test_time_first_model_counts_as_its_batch_first_twin(word_model, tmp_path):
     common = [*data, "--batch-size", "4", "--max-length", "4"]
     _run("collect", "--model", word_model["ckpt"], "--layers", "lstm", "--layers", "decoder",
          "--stage", "batch_first", *common)
-    _run("collect", "--model", ckpt, "--time-first", "--layers", "rnn", "--layers", "decoder",
-         "--stage", "time_first", *common)
+    out = _run("collect", "--model", ckpt, "--time-first", "--layers", "rnn", "--layers",
+               "decoder", "--stage", "time_first", *common).output
+    assert "rnn taken as time_first; decoder taken as time_first" in out
+    listed = _run("layers", "--model", ckpt).output.splitlines()
+    assert "rnn\tLSTM\ttime_first" in listed and "decoder\tLinear" in listed
     s = open_store(store)
     a, b = s.stage("batch_first"), s.stage("time_first")
     for la, lb in (("lstm", "rnn"), ("decoder", "decoder")):

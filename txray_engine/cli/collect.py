@@ -129,7 +129,8 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
         click.echo(f"stage {stage!r} complete in {store}: {summary['documents']} documents, "
                    f"{summary['tokens_this_run']} tokens this run "
                    f"({summary['tokens_per_second']} tokens/s), layers: "
-                   f"{', '.join(summary['layers'])}")
+                   f"{', '.join(summary['layers'])}"
+                   + "".join(f"; {n} taken as {lay}" for n, lay in summary["layouts"].items()))
         for layer, n in summary["skipped_nonfinite"].items():
             click.echo(f"layer {layer}: {n} positions with non-finite activations skipped "
                        f"(in all, this stage)")
@@ -233,7 +234,9 @@ def corpus_reviews(cache, jsonl, which):
 @click.option("--gguf-file")
 @click.option("--pattern", default="*", show_default=True, help="Glob over module paths.")
 def layers(model_spec, gguf_file, pattern):
-    """List a model's module paths (the names `--layers` takes)."""
+    """List a model's module paths (the names `--layers` takes), their types, and the layout of
+    those recognised as time-first or channels-first."""
+    from ..capture.layout import recognised_layout
     from ..collect.models import load_model
 
     model = load_model(model_spec, gguf_file, require_tokenizer=False).model
@@ -242,5 +245,8 @@ def layers(model_spec, gguf_file, pattern):
     if not found:
         raise InputError(f"no module path of {type(model).__name__} matches {pattern!r}: run "
                          f"`txray layers` without --pattern to see them all")
-    for name, mod in found:
-        click.echo(f"{name}\t{type(mod).__name__}")
+    modules = dict(model.named_modules())
+    for name, mod in found:  # a third column where the module says its layout is not batch-first
+        layout = recognised_layout(modules, name)
+        click.echo(f"{name}\t{type(mod).__name__}"
+                   + (f"\t{layout}" if layout not in (None, "batch_first") else ""))

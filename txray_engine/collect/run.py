@@ -197,7 +197,9 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
         cursor = dict(col.cursor)
     elapsed = time.monotonic() - start
     counted = col.accumulator.tokens - counted_before  # without positions skipped for non-finite values
-    return {"store": str(store), "stage": stage, "layers": col.layers, "streams": list(streams),
+    return {"store": str(store), "stage": stage, "layers": col.layers,
+            "layouts": {n: lay for n, lay in col.capture.layouts.items() if lay != "batch_first"},
+            "streams": list(streams),
             "k": k, "tokens_this_run": counted, "positions_read": tokens,
             "documents": cursor["documents"],
             "units": cursor["units"], "resumed_from_units": skip,
