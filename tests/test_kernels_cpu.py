@@ -175,6 +175,25 @@ def test_float64_rows_beyond_float32_are_nonfinite_on_every_path():
         assert kernels.select(acts, k)[2].tolist() == [1]
 
 
+@pytest.mark.parametrize("top", [0, 1, 2047, 2048, 2**33 + 5, 2**62 + 11])
+def test_table_reads_sort_keys_of_any_size(top):
+    """The radix sort of a read, across digit boundaries and up to 63-bit keys; an empty table
+    reads as empty."""
+    from txray_kernels.cpu_table import CpuSparseTable
+
+    table = CpuSparseTable()
+    assert all(a.size == 0 for a in table.sorted_cells())
+    rng = np.random.default_rng(top % 97)
+    keys = np.unique(np.concatenate([[0, top], rng.integers(0, top + 1, 3000)])).astype(np.int64)
+    shuffled = rng.permutation(keys)
+    table.add_cells(shuffled, np.arange(1, keys.size + 1), shuffled * 0.5,
+                    (shuffled % 13).astype(np.float32))
+    k, c, m, p = table.sorted_cells()
+    order = np.argsort(shuffled)
+    assert np.array_equal(k, keys) and np.array_equal(c, np.arange(1, keys.size + 1)[order])
+    assert np.array_equal(m, keys * 0.5) and np.array_equal(p, (keys % 13).astype(np.float32))
+
+
 def test_table_capacity_follows_cells_not_call_size():
     from txray_kernels.cpu_table import CHUNK_EVENTS, CpuSparseTable
 

@@ -102,6 +102,40 @@ if AVAILABLE:
                     tpeak[s] = v
         return new, missing
 
+    @njit(boundscheck=False, cache=True)
+    def _sorted_copy(tkeys, tcount, tmass, tpeak, n):
+        """The ``n`` cells of the table sorted by key, as new arrays: one sequential pass packs
+        them, then an LSD radix sort of 11-bit digits (as many passes as the largest key
+        needs: 3 for keys below 2**33) moves keys and sums together, reading and writing in
+        order instead of gathering each cell from a random slot (argsort and gathers took 2-4x
+        longer)."""
+        k, c = np.empty(n, np.int64), np.empty(n, np.int64)
+        m, p = np.empty(n, np.float64), np.empty(n, np.float32)
+        j = 0
+        top = 0
+        for s in range(tkeys.shape[0]):
+            if tkeys[s] != _EMPTY:
+                k[j], c[j], m[j], p[j] = tkeys[s], tcount[s], tmass[s], tpeak[s]
+                top = max(top, tkeys[s])
+                j += 1
+        k2, c2 = np.empty(n, np.int64), np.empty(n, np.int64)
+        m2, p2 = np.empty(n, np.float64), np.empty(n, np.float32)
+        shift = 0
+        while shift < 63 and (top >> shift) > 0:
+            start = np.zeros(2049, np.int64)
+            for i in range(n):
+                start[((k[i] >> shift) & 2047) + 1] += 1
+            for d in range(2048):
+                start[d + 1] += start[d]
+            for i in range(n):
+                d = (k[i] >> shift) & 2047
+                o = start[d]
+                start[d] = o + 1
+                k2[o], c2[o], m2[o], p2[o] = k[i], c[i], m[i], p[i]
+            k, k2, c, c2, m, m2, p, p2 = k2, k, c2, c, m2, m, p2, p
+            shift += 11
+        return k, c, m, p
+
 
 class CpuSparseTable:
     """Open-addressing hash table of ``(key, count, mass, peak)`` cells in host memory."""
@@ -200,8 +234,4 @@ class CpuSparseTable:
 
     def sorted_cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """A copy of the cells ``(keys, count, mass, peak)`` sorted by key; the table is kept."""
-        slots = np.flatnonzero(self.keys != _EMPTY)
-        keys = self.keys[slots]
-        order = np.argsort(keys)  # keys are unique: no stable sort needed
-        slots = slots[order]
-        return keys[order], self.count[slots], self.mass[slots], self.peak[slots]
+        return _sorted_copy(self.keys, self.count, self.mass, self.peak, self.nnz)
