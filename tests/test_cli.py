@@ -157,6 +157,12 @@ def test_time_first_model_counts_as_its_batch_first_twin(word_model, tmp_path):
     assert "rnn taken as time_first; decoder taken as time_first" in out
     listed = _run("layers", "--model", ckpt).output.splitlines()
     assert "rnn\tLSTM\ttime_first" in listed and "decoder\tLinear" in listed
+    _run("prune", store, "--stage", "time_first", "--layer", "rnn", "--selector", "lowest_mass",
+         "--count", "2", "--out", tmp_path / "mask.json")
+    mask = json.loads((tmp_path / "mask.json").read_text())
+    assert mask["layouts"] == {"rnn": "time_first"} and len(mask["layers"]["rnn"]) == 2
+    info = _run("info", store).output
+    assert "layer rnn: 12 neurons, time_first" in info and "layer lstm: 12 neurons\n" in info
     s = open_store(store)
     a, b = s.stage("batch_first"), s.stage("time_first")
     for la, lb in (("lstm", "rnn"), ("decoder", "decoder")):

@@ -267,3 +267,31 @@ def test_a_layer_taken_in_another_layout_than_its_shape_says_names_the_way_out()
         with Collector(conv, ["2"], _streams()) as col:
             col.step(Batch(input_ids=ids, mask=mask))
     assert "layout" not in str(info.value)
+
+
+def test_a_batch_first_model_declared_time_first_is_told_to_leave_it_out():
+    """The mirror of a time-first model run without time_first: a batch-first LSTM given turned
+    inputs. Overriding its layout would run the recurrence over the batch."""
+    class BatchFirstLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(V, 6)
+            self.rnn = nn.LSTM(6, 5, batch_first=True)
+            self.decoder = nn.Linear(5, 7)
+
+        def forward(self, ids):
+            return self.decoder(self.rnn(self.emb(ids))[0])
+
+    ids, mask = _batch(3, 5)
+    with pytest.raises(InputError, match=r"'rnn': .*module is batch-first.*leave time_first "
+                                         r"out") as info:
+        with Collector(BatchFirstLM(), ["rnn", "decoder"], _streams(), time_first=True) as col:
+            col.step(Batch(input_ids=ids, mask=mask))
+    assert "--layout" not in str(info.value)
+    # a layer taken as time-first by the model's declaration, which reads batch-first: both ways
+    # out are named (here the model turns its inputs back itself)
+    turned = nn.Sequential(Permute(1, 0), nn.Embedding(V, 6), nn.Linear(6, 4))
+    with pytest.raises(InputError, match=r"'2': .*declared time-first.*leave time_first out.*"
+                                         r"layouts=\{'2': 'batch_first'\}"):
+        with Collector(turned, ["2"], _streams(), time_first=True) as col:
+            col.step(Batch(input_ids=ids, mask=mask))

@@ -332,7 +332,7 @@ def test_pairs_compare_one_stage_against_several(tmp_path):
     with seed)."""
     store = make_pos_store(tmp_path / "p.zarr", stages=("zs", "s0", "s1"), layers=("enc.0",),
                            tokens=400)
-    rep = build_report(store, pairs=[("zs", "s0"), ("zs", "s1")], out=tmp_path / "p.html")
+    rep = build_report(store, pairs=[("zs", "s0"), "zs:s1"], out=tmp_path / "p.html")
     assert rep.stages == ["zs", "s0", "s1"] and rep.pairs == [("zs", "s0"), ("zs", "s1")]
     page = rep.path.read_text()
     assert "zs → s1" in page and "s0 → s1" not in page

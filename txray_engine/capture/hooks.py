@@ -127,6 +127,9 @@ class LayerCapture:
         by_caller = [n for n in self.names
                      if any(n == key or fnmatch.fnmatchcase(n, key) for key in given)]
         self.given = set(by_caller)  # layers whose layout the caller gave
+        # layers whose module says its layout (its type or a torch module's batch_first flag)
+        self.recognised = {n for n in self.names
+                           if n not in self.given and recognised_layout(modules, n) is not None}
         # layers taken as time-first because the caller said so: what a stage's identity
         # recorded before layouts (with "layouts" for what earlier versions took otherwise)
         self.time_first = set(names_with({n: self.layouts[n] for n in by_caller}, "time_first"))

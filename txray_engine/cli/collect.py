@@ -72,7 +72,7 @@ from .base import main, output_file, parse_k
               help="Skip positions with NaN/inf activations (counted) instead of failing.")
 @click.option("--flush-every", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds between atomic flushes to the store (at least 10 times the last "
-                   "flush's own time, which grows with the state).")
+                   "flush's own time, which grows with the state; 0: after every batch).")
 @click.option("--examples", default=0, show_default=True, type=click.IntRange(min=0),
               help="Keep each neuron's M strongest activations with their contexts.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")

@@ -42,7 +42,8 @@ def info(store, as_json):
         click.echo(f"    streams: {streams}")
         for layer, n in st["layers"].items():
             skipped = st["skipped_nonfinite"].get(layer)
-            click.echo(f"    layer {layer}: {n} neurons" + (
+            layout = st.get("layouts", {}).get(layer)
+            click.echo(f"    layer {layer}: {n} neurons" + (f", {layout}" if layout else "") + (
                 f", {skipped} positions skipped (non-finite activations)" if skipped else ""))
 
 

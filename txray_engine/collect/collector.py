@@ -273,7 +273,7 @@ class Collector:
                                           ("channels_first", (raw[0], raw[2])))
                     if lead == shape and lay != taken]
             what = f"its output has shape {raw}"
-            if taken != "batch_first" and name not in self.capture.given:
+            if name in self.capture.recognised:
                 # the module's own flag or type: its layout is not in doubt, the inputs are
                 if taken == "time_first" and not self.time_first and "batch_first" in fits:
                     raise InputError(
@@ -282,6 +282,24 @@ class Collector:
                         f"time-first: the model gives it [batch, time] inputs unturned, so it "
                         f"takes [time, batch] inputs itself; say so with time_first=True "
                         f"(txray collect --time-first)")
+                if taken == "batch_first" and self.time_first and "time_first" in fits:
+                    raise InputError(
+                        f"layer {name!r}: {what}, [time, batch, neurons] for this batch of "
+                        f"{shape[0]} sequences of {shape[1]} positions, while the module is "
+                        f"batch-first: the model was given its inputs turned to [time, batch] "
+                        f"(time_first=True, --time-first) but takes [batch, time]; leave "
+                        f"time_first out")
+                continue
+            if taken != "batch_first" and name not in self.capture.given:
+                # time-first as the whole model was declared (time_first=True)
+                if "batch_first" in fits:
+                    raise InputError(
+                        f"layer {name!r}: {what}, [batch, time, neurons] for this batch of "
+                        f"{shape[0]} sequences of {shape[1]} positions, in a model declared "
+                        f"time-first (time_first=True, --time-first): if the model takes "
+                        f"[batch, time] inputs, leave time_first out; if only this layer is "
+                        f"batch-first, give layouts={{{name!r}: 'batch_first'}} (txray collect "
+                        f"--layout {name}=batch_first)")
                 continue
             if not fits:
                 continue  # the accumulator names the mismatch
@@ -317,7 +335,9 @@ class Collector:
         if self.writer is None:
             return
         start = time.monotonic()
-        self.writer.commit(self.accumulator, self.cursor, status, self.extra)
+        layouts = {n: lay for n, lay in self.capture.layouts.items() if lay != "batch_first"}
+        self.writer.commit(self.accumulator, self.cursor, status,
+                           {**self.extra, **({"layouts": layouts} if layouts else {})})
         self._last_flush = time.monotonic()
         self._flush_seconds = self._last_flush - start
         self._dirty = False

@@ -199,6 +199,8 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     counted = col.accumulator.tokens - counted_before  # without positions skipped for non-finite values
     return {"store": str(store), "stage": stage, "layers": col.layers,
             "layouts": {n: lay for n, lay in col.capture.layouts.items() if lay != "batch_first"},
+            "states": {n: {s: st.kind for s, st in layer.streams.items()}
+                       for n, layer in col.accumulator.layers.items()},
             "streams": list(streams),
             "k": k, "tokens_this_run": counted, "positions_read": tokens,
             "documents": cursor["documents"],

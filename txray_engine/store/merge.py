@@ -25,14 +25,20 @@ def _settings(meta: dict) -> dict:
 
 
 def _at(settings: dict, dotted: str) -> str:
-    """The value at a dotted name of ``settings`` as short JSON, or 'none' where it is absent."""
+    """The value at a dotted name of ``settings`` as JSON, or 'none' where it is absent."""
     value = settings
     for key in dotted.split("."):
         if not isinstance(value, dict) or key not in value:
             return "none"
         value = value[key]
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return json.dumps(value, default=str)
+
+
+def _both(name: str, a: str, b: str, where_a: str, where_b: str) -> str:
+    """``name: A in a, B in b``, or the name alone where the values are too long to read."""
+    if max(len(a), len(b)) > 60:
+        return name
+    return f"{name}: {a} in {where_a}, {b} in {where_b}"
 
 
 def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
@@ -49,14 +55,15 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
         mine, theirs = _settings(meta), _settings(first)
         named = differences(theirs, mine)
         if named:
-            values = "; ".join(f"{n}: {_at(theirs, n)} in {first_name}, {_at(mine, n)} in {name}"
+            values = "; ".join(_both(n, _at(theirs, n), _at(mine, n), first_name, name)
                                for n in named)
             hint = ""
-            if "options.context_overlap" in named:
+            if named == ["options.context_overlap"]:
                 want = _at(theirs, "options.context_overlap")
                 hint = (f"; collect {name} again with --context-overlap "
-                        f"{0 if want == 'none' else want} (txray collect sets one by default "
-                        f"since that option exists: 8, at most a quarter of --max-length)")
+                        f"{0 if want == 'none' else want} (none: 0; txray collect's default is "
+                        f"8, at most a quarter of --max-length, and stages collected before "
+                        f"that option have none)")
             raise InputError(f"{name} and {first_name} differ in {values}: only stages of one "
                              f"model collected the same way add up{hint}")
     shards = [(name, (meta.get("options") or {}).get("shard")) for name, _, meta in parts]

@@ -107,6 +107,7 @@ class Store:
                 "corpus_done": st.meta.get("corpus_done"),
                 "skipped_nonfinite": st.skipped_nonfinite(),
                 "layers": st.meta.get("layers", {}), "streams": st.meta.get("streams", {}),
+                "layouts": st.meta.get("layouts", {}),
                 "model": st.meta.get("model"), "corpus": st.meta.get("corpus")}
 
 
