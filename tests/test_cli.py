@@ -161,6 +161,19 @@ def test_time_first_model_counts_as_its_batch_first_twin(word_model, tmp_path):
          "--count", "2", "--out", tmp_path / "mask.json")
     mask = json.loads((tmp_path / "mask.json").read_text())
     assert mask["layouts"] == {"rnn": "time_first"} and len(mask["layers"]["rnn"]) == 2
+    # shards merged keep the layouts; a stage without the attribute (older, or edited here)
+    # falls back on what its collection settings name
+    for i in (0, 1):
+        _run("collect", "--model", ckpt, "--time-first", "--layers", "rnn", "--layers", "decoder",
+             "--stage", f"part{i}", "--shard", f"{i}/2", *common)
+    _run("merge", f"{store}::part0", f"{store}::part1", "--store", store, "--stage", "merged")
+    assert open_store(store).stage("merged").layouts == {"rnn": "time_first",
+                                                         "decoder": "time_first"}
+    meta_file = store / "merged" / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["attributes"]["txray_engine"]["layouts"]
+    meta_file.write_text(json.dumps(meta))
+    assert open_store(store).stage("merged").layouts == {"decoder": "time_first"}
     info = _run("info", store).output
     assert "layer rnn: 12 neurons, time_first" in info and "layer lstm: 12 neurons\n" in info
     s = open_store(store)

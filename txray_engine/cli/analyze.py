@@ -165,8 +165,7 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
            "shared_only": shared_only, "layers": selection, "layer_sizes": sizes,
            # how the collection read each layer (mask_units(model, layers, layouts=...)): a
            # channels-first layer's units are its axis 1
-           "layouts": {layer: lay for layer, lay in b.meta.get("layouts", {}).items()
-                       if layer in selection}}
+           "layouts": {layer: lay for layer, lay in b.layouts.items() if layer in selection}}
     shrunk = {}
     if model_spec:  # prune in memory first: a model that cannot be pruned leaves no file behind
         from ..collect.models import load_model

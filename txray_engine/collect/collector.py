@@ -305,13 +305,16 @@ class Collector:
                 continue  # the accumulator names the mismatch
             hint = fits[0]
             how = f"taken as {taken}" + (" (given)" if name in self.capture.given else "")
-            raise InputError(
-                f"layer {name!r}: {what}, {how}, which does not give this batch's {shape[0]} "
-                f"sequences of {shape[1]} positions; {hint} does: give its layout with "
-                f"Collector(..., layouts={{{name!r}: {hint!r}}}) (txray collect --layout "
-                f"{name}={hint})"
-                + (", or time_first=True (--time-first) for a model that takes [time, batch] "
-                   "inputs" if hint == "time_first" and not self.time_first else ""))
+            relayout = (f"give its layout with Collector(..., layouts={{{name!r}: {hint!r}}}) "
+                        f"(txray collect --layout {name}={hint})")
+            if hint == "time_first" and not self.time_first:
+                fix = (f"if the model takes [time, batch] inputs, declare it with "
+                       f"time_first=True (txray collect --time-first); if only this layer's "
+                       f"output is time-first (the model turns it), {relayout}")
+            else:
+                fix = relayout
+            raise InputError(f"layer {name!r}: {what}, {how}, which does not give this batch's "
+                             f"{shape[0]} sequences of {shape[1]} positions; {hint} does: {fix}")
 
     def _where(self, batch: Batch) -> dict:
         """Unit index in the stream, position and input-token context of every position."""

@@ -152,6 +152,8 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     identity["corpus"] = corpora[0] if all(c == corpora[0] for c in corpora) else \
         {"merged": corpora}
     extra = {"merged_from": [f"{path}::{name}" for path, name in sources]}
+    if "layouts" in first:  # one collection's: the same in every part
+        extra["layouts"] = first["layouts"]
     if ties == "place" and "max_documents" in first:  # shards of one limit: a higher one continues
         extra["max_documents"] = first.get("max_documents")
         extra["corpus_done"] = all(meta.get("corpus_done", True) for _, _, meta in parts)

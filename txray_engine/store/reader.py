@@ -107,7 +107,7 @@ class Store:
                 "corpus_done": st.meta.get("corpus_done"),
                 "skipped_nonfinite": st.skipped_nonfinite(),
                 "layers": st.meta.get("layers", {}), "streams": st.meta.get("streams", {}),
-                "layouts": st.meta.get("layouts", {}),
+                "layouts": st.layouts,
                 "model": st.meta.get("model"), "corpus": st.meta.get("corpus")}
 
 
@@ -176,6 +176,18 @@ class Stage:
     cursor = property(lambda self: dict(self.meta.get("cursor", {})))
     layers = property(lambda self: list(self.meta.get("layers", {})))
     streams = property(lambda self: list(self.meta.get("streams", {})))
+
+    @property
+    def layouts(self) -> dict:
+        """``{layer: "time_first" | "channels_first"}`` for the layers the collection read other
+        than batch-first: the stage's ``layouts``, or, for stages without it (merged ones, or
+        collected before it existed), what its ``collection`` settings name (the layers given as
+        time-first and those whose layout earlier versions did not take)."""
+        if "layouts" in self.meta:
+            return dict(self.meta["layouts"])
+        collection = self.meta.get("collection") or {}
+        return {**{n: "time_first" for n in collection.get("time_first", [])},
+                **collection.get("layouts", {})}
 
     def skipped_nonfinite(self) -> dict:
         """``{layer: positions skipped}`` for the layers where ``--skip-nonfinite`` skipped any."""
