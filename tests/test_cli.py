@@ -189,3 +189,15 @@ def test_time_first_model_counts_as_its_batch_first_twin(word_model, tmp_path):
         "collect", "--model", ckpt, "--layers", "decoder", "--layout", "decoder=sideways",
         "--stage", "x", *common])))
     assert res.exit_code != 0 and "layout must be one of" in res.output
+
+
+def test_the_command_line_starts_without_torch():
+    """`txray --help` (and every command's option parsing) imports neither torch nor the numba
+    kernels: they load with the first command that needs them (2.6-4 s before)."""
+    import subprocess
+    import sys
+    code = ("import sys, txray_engine.cli; "
+            "print(sorted(m for m in ('torch', 'numba', 'zarr', 'txray_kernels') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -10,15 +10,17 @@ Main entry points: :class:`Collector` (a model and batches), :class:`Accumulator
 
 import importlib
 
-from .accumulate import Accumulator, SparseStats, merge, same_sums
 from .errors import TxRayError
-from .features import Batch, Stream, Vocabulary
 from .version import FORMAT_VERSION, __version__
 
-# The store needs zarr and the collector needs the store: load them on first use, so the
-# accumulators and kernels import on machines without zarr (e.g. a GPU benchmark image).
-_LAZY = {"Collector": ".collect", "Corpus": ".collect", "collect_corpus": ".collect",
-         "load_model": ".collect", "StageWriter": ".store", "open_store": ".store"}
+# Loaded on first use: the store needs zarr and the collector the store, so the accumulators
+# and kernels import on machines without zarr (e.g. a GPU benchmark image); and the command
+# line starts without torch and the numba kernels (`txray --help` in a fraction of the time).
+_LAZY = {"Accumulator": ".accumulate", "SparseStats": ".accumulate", "merge": ".accumulate",
+         "same_sums": ".accumulate", "Batch": ".features", "Stream": ".features",
+         "Vocabulary": ".features", "Collector": ".collect", "Corpus": ".collect",
+         "collect_corpus": ".collect", "load_model": ".collect", "StageWriter": ".store",
+         "open_store": ".store"}
 
 __all__ = ["Accumulator", "Batch", "Collector", "Corpus", "FORMAT_VERSION", "SparseStats",
            "StageWriter", "Stream", "TxRayError", "Vocabulary", "__version__", "collect_corpus",
