@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, LayerNotFoundError
-from .layout import (check_layout, legacy_time_first, names_with, recognised_layout,
+from .layout import (check_layout, legacy_time_first, matches, names_with, recognised_layout,
                      resolve_layouts, to_batch_first)
 
 
@@ -124,8 +124,7 @@ class LayerCapture:
         given.update(layouts or {})
         check_layout(default_layout, "default_layout")
         self.layouts = resolve_layouts(modules, self.names, given, default_layout)
-        by_caller = [n for n in self.names
-                     if any(n == key or fnmatch.fnmatchcase(n, key) for key in given)]
+        by_caller = [n for n in self.names if any(matches(n, key) for key in given)]
         self.given = set(by_caller)  # layers whose layout the caller gave
         # layers whose module says its layout (its type or a torch module's batch_first flag)
         self.recognised = {n for n in self.names
@@ -140,6 +139,11 @@ class LayerCapture:
         self.versions: dict[str, list] = {n: [] for n in self.names}  # at capture, per call
         self.packed: set[str] = set()  # layers whose output was a PackedSequence
         self._handles: list = []
+
+    @property
+    def other_layouts(self) -> dict[str, str]:
+        """The layers read other than batch-first, with their layouts."""
+        return {n: lay for n, lay in self.layouts.items() if lay != "batch_first"}
 
     def identity(self) -> dict:
         """How outputs were laid out, for a stage's identity: layers given as time-first, and

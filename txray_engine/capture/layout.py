@@ -70,6 +70,11 @@ def _batch_first(module) -> bool | None:
     return None
 
 
+def matches(name: str, key: str) -> bool:
+    """Whether layer ``name`` is ``key`` or matches it as a glob pattern."""
+    return name == key or fnmatch.fnmatchcase(name, key)
+
+
 def resolve_layouts(modules: Mapping[str, nn.Module], names: list[str],
                     given: Mapping[str, str] | None = None,
                     default: str = "batch_first") -> dict[str, str]:
@@ -79,7 +84,7 @@ def resolve_layouts(modules: Mapping[str, nn.Module], names: list[str],
     chosen: dict[str, str] = {}
     for key, layout in given.items():
         check_layout(layout, f"layouts[{key!r}]")
-        hits = [n for n in names if n == key or fnmatch.fnmatchcase(n, key)]
+        hits = [n for n in names if matches(n, key)]
         if not hits:
             raise InputError(f"layouts names {key!r}, which matches none of the captured layers "
                              f"({', '.join(names)}): give a captured layer's name or pattern")

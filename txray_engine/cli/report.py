@@ -12,18 +12,6 @@ def _names(values) -> list[str]:
     return [x for v in values for x in v.replace(",", " ").split()]
 
 
-def _pairs(values) -> list[tuple[str, str]]:
-    """``--pairs a:b,a:c --pairs d:e`` → ``[(a, b), (a, c), (d, e)]``."""
-    out = []
-    for item in _names(values):
-        a, sep, b = item.partition(":")
-        if not sep or not a or not b or ":" in b:
-            raise click.BadParameter(f"{item!r}: give a pair as A:B (two stage names)",
-                                     param_hint="--pairs")
-        out.append((a, b))
-    return out
-
-
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--stages", "stages", multiple=True, metavar="A,B,...",
@@ -58,7 +46,7 @@ def report(store, stages, pairs, layers, stream, out, max_neurons, max_points, t
                        stream=stream, max_neurons=max_neurons, max_points=max_points,
                        top_features=top_features, by=by, min_count=min_count,
                        min_neuron_count=min_neuron_count, title=title,
-                       pairs=_pairs(pairs) or None)
+                       pairs=_names(pairs) or None)  # "A:B" each, read by build_report
     if quiet:
         return
     pairs = ", ".join(f"{a} → {b}" for a, b in rep.pairs) or "none"

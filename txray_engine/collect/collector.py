@@ -338,7 +338,7 @@ class Collector:
         if self.writer is None:
             return
         start = time.monotonic()
-        layouts = {n: lay for n, lay in self.capture.layouts.items() if lay != "batch_first"}
+        layouts = self.capture.other_layouts
         self.writer.commit(self.accumulator, self.cursor, status,
                            {**self.extra, **({"layouts": layouts} if layouts else {})})
         self._last_flush = time.monotonic()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CorpusError, InputError
+from ..errors import CorpusError, InputError, StoreError
 from ..features.pos import POS_VOCAB, pattern_tagger
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
+from ..store.format import group_attrs, open_root
 from .collector import Collector
 from .corpus import Corpus
 from .models import LoadedModel
@@ -64,10 +63,10 @@ def context_overlap_for(store, stage: str, mode: str, max_length: int,
         return given
     if mode == "resume" and store is not None:
         try:
-            meta = json.loads((Path(store) / stage / "zarr.json").read_text())
-            options = meta["attributes"]["txray_engine"]["options"]
-        except (OSError, ValueError, KeyError, TypeError):
-            options = None  # no such stage (a resume starts it), or not one to read here
+            options = group_attrs(open_root(store)[stage]).get("options")
+        except (StoreError, KeyError, ValueError):
+            options = None  # no store or stage yet (a resume starts it), or a name the writer
+            # refuses with its own message
         if isinstance(options, dict):  # (within another window length: the resume is refused
             # for that length, not for an overlap it cannot take)
             return min(int(options.get("context_overlap", 0)), max_length - 1)
@@ -198,7 +197,7 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     elapsed = time.monotonic() - start
     counted = col.accumulator.tokens - counted_before  # without positions skipped for non-finite values
     return {"store": str(store), "stage": stage, "layers": col.layers,
-            "layouts": {n: lay for n, lay in col.capture.layouts.items() if lay != "batch_first"},
+            "layouts": col.capture.other_layouts,
             "states": {n: {s: st.kind for s, st in layer.streams.items()}
                        for n, layer in col.accumulator.layers.items()},
             "streams": list(streams),

@@ -11,7 +11,6 @@ and BERT's ``intermediate``/``output``): the pruned model computes what the mask
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Iterable
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from ..capture.hooks import first_key, innermost, resolve_layers
-from ..capture.layout import resolve_layouts, unit_axis
+from ..capture.layout import matches, resolve_layouts, unit_axis
 from ..errors import InputError
 
 
@@ -92,7 +91,7 @@ class UnitMask:
                 # the layouts of these layers (those of a collection's other layers are left)
                 chosen = resolve_layouts(modules, names, {
                     k: v for k, v in (layouts or {}).items()
-                    if any(n == k or fnmatch.fnmatchcase(n, k) for n in names)})
+                    if any(matches(n, k) for n in names)})
                 for name in names:
                     self._handles.append(modules[name].register_forward_hook(
                         _mask_hook(name, idx, chosen[name] == "channels_first")))

@@ -76,8 +76,6 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
                       for v in (stages, layers))  # "a,b" as on the command line
     if isinstance(pairs, str):  # "a:b,a:c" as on the command line
         pairs = [p for p in pairs.replace(" ", ",").split(",") if p]
-    if pairs is not None:  # each pair ("a", "b") or "a:b"
-        pairs = [tuple(p.split(":")) if isinstance(p, str) else p for p in pairs]
     data = ReportData(open_store(store_path), stages, layers, stream, limits, by, int(min_count),
                       int(min_neuron_count), pairs)
     html, n_figures = render(data, title)

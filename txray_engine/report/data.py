@@ -86,9 +86,15 @@ class ReportData:
         self.min_count = min_count
         self.min_neuron_count = min_neuron_count
         self.notes: list[str] = []
-        pairs = [tuple(p) for p in pairs] if pairs else None
-        if pairs and any(len(p) != 2 or p[0] == p[1] for p in pairs):
-            raise InputError(f"pairs are (stage A, stage B) of two different stages, got {pairs}")
+        # each pair ("a", "b") or "a:b" (as on the command line)
+        pairs = [tuple(p.split(":")) if isinstance(p, str) else tuple(p)
+                 for p in pairs] if pairs else None
+        for p in pairs or ():
+            if len(p) != 2 or not all(p):
+                raise InputError(f"{':'.join(p)!r}: give a pair as A:B (two stage names)")
+            if p[0] == p[1]:
+                raise InputError(f"pairs are (stage A, stage B) of two different stages, got "
+                                 f"{':'.join(p)!r}")
         if pairs and stages:
             raise InputError("give stages (consecutive pairs compared) or pairs, not both")
         names = list(dict.fromkeys(s for p in pairs for s in p)) if pairs else \
