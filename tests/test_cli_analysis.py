@@ -122,3 +122,25 @@ def test_output_piped_into_head_ends_quietly(two_stages):
     proc.stdout.close()  # what head does after its lines (here before the first: no race)
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and err == "", err
+
+
+def test_store_commands_run_without_torch(two_stages, tmp_path):
+    """`txray info`, `neurons`, `compare` and `prune` without `--model` read the store only:
+    neither torch nor the kernels load (they took 3-4 s to start on a 2-core machine, 0.6 s now).
+    Their output is checked by the tests above; here only what they import."""
+    import subprocess
+    import sys
+    mask = tmp_path / "m.json"
+    commands = [["info", two_stages], ["neurons", two_stages, "--stage", "text", "--neuron", "0"],
+                ["compare", two_stages, "text", "reviews"],
+                ["prune", two_stages, "--stage", "reviews", "--against", "text", "--layer",
+                 "lstm", "--selector", "most_changed", "--count", "2", "--out", mask]]
+    code = ("import sys\nfrom txray_engine.cli import main\n"
+            "for args in {!r}:\n"
+            "    main(args, standalone_mode=False)\n"
+            "print(sorted(m for m in ('torch', 'txray_kernels') if m in sys.modules))"
+            ).format([[str(a) for a in c] for c in commands])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert json.loads(mask.read_text())["layers"]["lstm"]

@@ -8,9 +8,8 @@ Main entry points: :class:`Collector` (a model and batches), :class:`Accumulator
 :meth:`Accumulator.observe` (activations you already have), :func:`open_store` (read results).
 """
 
-import importlib
-
 from .errors import TxRayError
+from .lazy import lazy_exports
 from .version import FORMAT_VERSION, __version__
 
 # Loaded on first use: the store needs zarr and the collector the store, so the accumulators
@@ -27,13 +26,4 @@ __all__ = ["Accumulator", "Batch", "Collector", "Corpus", "FORMAT_VERSION", "Spa
            "load_model", "merge", "open_store", "same_sums"]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -1,12 +1,15 @@
-"""Accumulate: exact, mergeable sums per (layer, stream), dense or sparse behind one interface."""
+"""Accumulate: exact, mergeable sums per (layer, stream), dense or sparse behind one interface.
 
-from .accumulator import Accumulator, merge, same_sums
-from .dense import DenseState
-from .examples import context_windows
-from .layer import LayerState
-from .sparse import SparseState
-from .state import DEFAULT_DENSE_BUDGET, StreamState, dense_bytes, make_state
-from .stats import SparseStats
+Names load on first use: reading a store needs ``SparseStats`` only, without torch or the kernels.
+"""
 
-__all__ = ["Accumulator", "merge", "same_sums", "DEFAULT_DENSE_BUDGET", "DenseState", "LayerState", "SparseState", "SparseStats",
-           "StreamState", "context_windows", "dense_bytes", "make_state"]
+from ..lazy import lazy_exports
+
+_LAZY = {"Accumulator": ".accumulator", "merge": ".accumulator", "same_sums": ".accumulator",
+         "DenseState": ".dense", "context_windows": ".examples", "LayerState": ".layer",
+         "SparseState": ".sparse", "DEFAULT_DENSE_BUDGET": ".state", "StreamState": ".state",
+         "dense_bytes": ".state", "make_state": ".state", "SparseStats": ".stats"}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

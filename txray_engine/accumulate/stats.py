@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from ..errors import InputError
 
@@ -112,6 +111,8 @@ class SparseStats:
 
     def torch_csr(self, value: str = "count") -> torch.Tensor:
         """One value array as a ``torch.sparse_csr_tensor``."""
+        import torch  # (reading a store needs no torch elsewhere)
+
         data = getattr(self, _check_value(value))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")

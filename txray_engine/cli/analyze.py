@@ -136,7 +136,7 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
           by, min_count, out, model_spec, gguf_file, save_pruned):
     """Select neurons to prune from a store; write a mask file (and a pruned model copy)."""
     from ..measures import compare_streams, stage_table
-    from ..prune import prune_mlp, select_neurons
+    from ..prune import select_neurons
     from ..store import open_store
 
     if (fraction is None) == (count is None):
@@ -169,6 +169,7 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
     shrunk = {}
     if model_spec:  # prune in memory first: a model that cannot be pruned leaves no file behind
         from ..collect.models import load_model
+        from ..prune import prune_mlp
 
         model = load_model(model_spec, gguf_file, require_tokenizer=False).model
         shrunk = {layer: prune_mlp(model, layer, units, width=sizes[layer])

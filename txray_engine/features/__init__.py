@@ -1,8 +1,14 @@
-"""Feature streams and their vocabularies."""
+"""Feature streams and their vocabularies.
 
-from .streams import (Batch, Stream, label_stream, pos_stream, predicted_stream, stream_features,
-                      token_stream)
-from .vocab import Vocabulary
+Names load on first use: a store's reader needs ``Vocabulary`` only, without torch.
+"""
 
-__all__ = ["Batch", "Stream", "Vocabulary", "label_stream", "pos_stream", "predicted_stream",
-           "stream_features", "token_stream"]
+from ..lazy import lazy_exports
+
+_LAZY = {"Batch": ".streams", "Stream": ".streams", "label_stream": ".streams",
+         "pos_stream": ".streams", "predicted_stream": ".streams", "stream_features": ".streams",
+         "token_stream": ".streams", "Vocabulary": ".vocab"}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

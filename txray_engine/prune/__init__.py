@@ -1,8 +1,15 @@
-"""Prune: select neurons from measures, mask or remove them, evaluate configurations."""
+"""Prune: select neurons from measures, mask or remove them, evaluate configurations.
 
-from .apply import UnitMask, mask_units, mlp_linears, prune_mlp
-from .evaluate import evaluate_pruning, summarize
-from .select import SELECTORS, select_neurons
+Names load on first use: selecting neurons from a store (``txray prune`` without ``--model``)
+needs no torch.
+"""
 
-__all__ = ["SELECTORS", "UnitMask", "evaluate_pruning", "mask_units", "mlp_linears", "prune_mlp",
-           "select_neurons", "summarize"]
+from ..lazy import lazy_exports
+
+_LAZY = {"UnitMask": ".apply", "mask_units": ".apply", "mlp_linears": ".apply",
+         "prune_mlp": ".apply", "evaluate_pruning": ".evaluate", "summarize": ".evaluate",
+         "SELECTORS": ".select", "select_neurons": ".select"}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -132,9 +132,8 @@ class ReportData:
         for lay in layers:
             missing = [s for s, st in self.stage_objs.items() if lay not in st.layers]
             if missing:
-                known = sorted({x for st in self.stage_objs.values() for x in st.layers})
-                raise InputError(f"layer {lay!r} is not in stage(s) {missing}; layers: "
-                                 f"{', '.join(map(repr, known)) or 'none'}")
+                raise InputError(f"layer {lay!r} is not in stage(s) {missing}; layers common "
+                                 f"to the stages: {', '.join(map(repr, common)) or 'none'}")
         return list(dict.fromkeys(layers))
 
     def _stream(self, stream) -> str:

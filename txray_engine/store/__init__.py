@@ -1,8 +1,14 @@
-"""Store: the Zarr hierarchy of stages (format v1, see docs/FORMAT.md)."""
+"""Store: the Zarr hierarchy of stages (format v1, see docs/FORMAT.md).
 
-from .merge import merge_stages
-from .reader import LayerView, Stage, Store, StreamView, open_store
-from .writer import StageWriter
+Names load on first use: reading a store (``open_store``) needs neither torch nor the kernels;
+merging and writing do.
+"""
 
-__all__ = ["LayerView", "Stage", "StageWriter", "Store", "StreamView", "merge_stages",
-           "open_store"]
+from ..lazy import lazy_exports
+
+_LAZY = {"merge_stages": ".merge", "LayerView": ".reader", "Stage": ".reader", "Store": ".reader",
+         "StreamView": ".reader", "open_store": ".reader", "StageWriter": ".writer"}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -8,21 +8,21 @@ from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-import txray_kernels as kernels
-
-from ..accumulate.accumulator import Accumulator
-from ..accumulate.examples import TopExamples
-from ..accumulate.layer import LayerState
-from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..accumulate.stats import SparseStats
 from ..errors import InputError, StageChangedError, StageNotReadyError, StoreError
-from ..features.streams import Stream
 from ..features.vocab import Vocabulary
 from .format import ATTR, VOCAB_GROUP, damaged, group_attrs, open_root, read_arrays, read_stats
+
+if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they load where a
+    import torch  # stage becomes an Accumulator again (`txray info` starts in a fraction)
+
+    from ..accumulate.accumulator import Accumulator
+    from ..accumulate.layer import LayerState
 
 
 def open_store(path: str | os.PathLike) -> "Store":
@@ -41,8 +41,8 @@ def read_again(read, tries: int = 5):
                 raise
 
 
-def _unknown(kind: str, name: str, known) -> StoreError:
-    return StoreError(f"unknown {kind} {name!r}: this store has {', '.join(map(repr, known)) or 'none'}")
+def _unknown(kind: str, name: str, known, where: str = "this store") -> StoreError:
+    return StoreError(f"unknown {kind} {name!r}: {where} has {', '.join(map(repr, known)) or 'none'}")
 
 
 class Store:
@@ -206,14 +206,20 @@ class Stage:
     def vocab(self, stream: str) -> Vocabulary:
         """The stream's vocabulary (built once per ``Stage``: a layer's checks ask for it)."""
         if stream not in self._vocabularies:
-            raise _unknown("stream", stream, list(self._vocabularies))
+            raise _unknown("stream", stream, list(self._vocabularies), f"stage {self.name!r}")
         if stream not in self._vocab_objects:
             self._vocab_objects[stream] = Vocabulary(self._vocabularies[stream])
         return self._vocab_objects[stream]
 
-    def accumulator(self, kind: str = "auto", dense_budget: int = DEFAULT_DENSE_BUDGET,
+    def accumulator(self, kind: str = "auto", dense_budget: int | None = None,
                     device="cpu") -> Accumulator:
-        """The stage's sums as an ``Accumulator`` (to merge stages, or to keep collecting)."""
+        """The stage's sums as an ``Accumulator`` (to merge stages, or to keep collecting);
+        ``dense_budget`` None: the accumulator's default."""
+        from ..accumulate.accumulator import Accumulator
+        from ..accumulate.state import DEFAULT_DENSE_BUDGET
+        from ..features.streams import Stream
+
+        dense_budget = DEFAULT_DENSE_BUDGET if dense_budget is None else dense_budget
         sources = self.meta.get("streams", {})
         streams = [Stream(s, self.vocab(s), sources.get(s, {}).get("source", "feature"))
                    for s in self.streams]
@@ -225,6 +231,8 @@ class Stage:
 
     def load_into(self, acc: Accumulator) -> None:
         """Put every layer of the stage into ``acc`` (same streams; its layers are replaced)."""
+        import txray_kernels as kernels
+
         with kernels.on_device(acc.device):  # a GPU state's inserts run on its own GPU
             for name in self.layers:
                 acc.layers.pop(name, None)  # (what it held leaves the budget to the new one)
@@ -233,7 +241,7 @@ class Stage:
 
     def layer(self, name: str) -> "LayerView":
         if name not in self.layers:
-            raise _unknown("layer", name, self.layers)
+            raise _unknown("layer", name, self.layers, f"stage {self.name!r}")
         return LayerView(self, name)
 
     __getitem__ = layer
@@ -288,8 +296,16 @@ class LayerView:
                                             "examples_context"))
 
     def state(self, vocab_sizes: dict[str, int], kind="auto",
-              dense_budget: int = DEFAULT_DENSE_BUDGET, device="cpu") -> LayerState:
-        """The layer's sums as a ``LayerState`` of the given kind."""
+              dense_budget: int | None = None, device="cpu") -> LayerState:
+        """The layer's sums as a ``LayerState`` of the given kind (``dense_budget`` None: the
+        default)."""
+        import torch
+
+        from ..accumulate.examples import TopExamples
+        from ..accumulate.layer import LayerState
+        from ..accumulate.state import DEFAULT_DENSE_BUDGET
+
+        dense_budget = DEFAULT_DENSE_BUDGET if dense_budget is None else dense_budget
         if vocab_sizes != {s: len(self.stage.vocab(s)) for s in self.stage.streams}:
             raise StoreError(f"stage {self.stage.name!r} has streams "
                              f"{self.stage.meta.get('streams')}, not {vocab_sizes}")
@@ -307,7 +323,7 @@ class LayerView:
 
     def stream(self, name: str) -> "StreamView":
         if name not in self.stage.streams:
-            raise _unknown("stream", name, self.stage.streams)
+            raise _unknown("stream", name, self.stage.streams, f"stage {self.stage.name!r}")
         return StreamView(self, name)
 
     __getitem__ = stream
