@@ -133,7 +133,7 @@ def test_store_refusals_come_before_the_model_loads(word_model, tmp_path, monkey
     assert res.exit_code == 2 and "already complete" in res.output, res.output
     with StageWriter(tmp_path / "s.zarr", "t", "new", {}):
         res = CliRunner().invoke(main, list(map(str, args[:-2] + ["t", "-q"])))
-    assert res.exit_code == 2 and "being written by another process" in res.output, res.output
+    assert res.exit_code == 2 and "being written by another writer" in res.output, res.output
 
 
 def test_time_first_model_counts_as_its_batch_first_twin(word_model, tmp_path):

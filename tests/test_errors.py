@@ -422,3 +422,50 @@ def test_reading_and_measuring_mistakes_are_input_errors(two_stages):
                                       neuron_count_a=a.layer.neuron_count,
                                       neuron_count_b=b.layer.neuron_count).summary()
     assert repr(views).startswith("Comparison: 12 neurons, ")
+
+
+@pytest.mark.parametrize("pad", [float("-inf"), torch.finfo(torch.float32).min, 0.5, 2])
+def test_mask_values_other_than_0_and_1_are_refused(pad):
+    """An additive attention mask (0 = keep, -inf = pad) counted exactly the padding; a mask that
+    is not bool holds 0 and 1 only."""
+    acc = Accumulator(VOCAB)
+    keep = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    mask = torch.where(keep.bool(), torch.tensor(0.0), torch.tensor(float(pad))) \
+        if pad != 2 else keep * 2
+    with pytest.raises(InputError, match="True or 1 at real positions.*mask == 0"):
+        acc.observe("enc", torch.randn(2, 4, 3), {"tok": ids}, mask=mask)
+    assert not acc.layers
+    for good in (keep, keep.float(), keep.bool()):
+        acc.observe("enc", torch.randn(2, 4, 3), {"tok": ids}, mask=good)
+    assert acc.layers["enc"].tokens == 15
+
+
+def test_a_device_this_machine_lacks_is_refused_at_once():
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device.*device='cpu'"):
+            Accumulator(VOCAB, device="cuda")
+    with pytest.raises(InputError, match="not a torch device"):
+        Accumulator(VOCAB, device="gpu")
+    with pytest.raises(InputError, match="meta device"):
+        Accumulator(VOCAB).observe("enc", torch.empty(2, 3, device="meta"),
+                                   {"tok": torch.zeros(2, dtype=torch.long)})
+
+
+def test_batch_counts_by_the_attention_mask_its_inputs_hold():
+    """A Batch whose inputs hold the attention_mask the model is given counts by it (it counted
+    the padding when mask= was left out); mask= still decides where given."""
+    ids = torch.tensor([[0, 1, 2, 0], [1, 2, 0, 0]])
+    attention = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    model = torch.nn.Sequential(torch.nn.Embedding(3, 5), torch.nn.ReLU())
+
+    def run(batch):
+        with Collector(model, ["1"], [Stream("tok", Vocabulary(VOCAB["tok"]), "input")],
+                       forward=lambda m, b: m(b.input_ids)) as col:
+            col.step(batch)
+        return col.accumulator.layers["1"].tokens
+
+    assert run(Batch(input_ids=ids, inputs={"input_ids": ids, "attention_mask": attention})) == 5
+    assert run(Batch(input_ids=ids, inputs={"input_ids": ids, "attention_mask": attention},
+                     mask=torch.ones(2, 4, dtype=torch.bool))) == 8
+    assert run(Batch(input_ids=ids)) == 8

@@ -103,6 +103,33 @@ def test_mask_pattern_and_unit_checks():
     assert len(model[1]._forward_hooks) == len(model[3]._forward_hooks) == 1  # the test's own
 
 
+@pytest.mark.parametrize("units", [[0.5], [1.9], ["1"], [True], [float("nan")]])
+def test_unit_ids_are_integers(units):
+    """Ids that are not integers are refused, by masks and by structural pruning alike: 0.5 and
+    True were cut down to units 0 and 1 (from a float column, or a bool selection by mistake)."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3))
+    with pytest.raises(InputError, match="unit ids are integers"):
+        mask_units(model, {"1": units})
+    with pytest.raises(InputError, match="unit ids are integers"):
+        prune_mlp(model, "1", units)
+    assert model[0].weight.shape == (6, 4) and not model[1]._forward_hooks
+
+
+def test_unit_ids_of_any_integer_kind():
+    """Integral floats (a pandas column), numpy and torch integers name the same units."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3))
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        with mask_units(model, {"1": [2, 4]}):
+            want = model(x)
+        for units in ([2.0, 4.0], np.array([4, 2], dtype=np.int32), torch.tensor([2, 4]),
+                      (u for u in (2, 4))):
+            with mask_units(model, {"1": units}):
+                torch.testing.assert_close(model(x), want)
+        prune_mlp(model, "1", np.array([2.0, 4.0]))
+        torch.testing.assert_close(model(x), want)
+
+
 def test_mask_recurrent_tuple_output():
     lstm = nn.LSTM(3, 5, batch_first=True)
     model = nn.Sequential()

@@ -10,7 +10,7 @@ import zarr
 
 from naive import tree_digest
 from txray_engine import Accumulator, StageWriter, open_store, same_sums
-from txray_engine.errors import StageExistsError, StoreError, StoreLockedError
+from txray_engine.errors import InputError, StageExistsError, StoreError, StoreLockedError
 from txray_engine.store.format import ATTR
 
 VOCAB = {"token": [f"w{i}" for i in range(40)], "pos": ["NN", "VB", "DT"]}
@@ -132,9 +132,23 @@ def test_only_the_committed_snapshot_remains(tmp_path):
 def test_second_writer_is_refused(tmp_path):
     path = tmp_path / "s.zarr"
     with StageWriter(path, "s", "new", {}):
-        with pytest.raises(StoreLockedError, match="another process"):
+        with pytest.raises(StoreLockedError, match="another process .* still open"):
             StageWriter(path, "s", "new", {}).open()
     StageWriter(path, "s", "new", {}).open().close()  # lock released
+
+
+def test_a_writer_dropped_without_close_releases_the_store(tmp_path):
+    """A writer left open by a failed call (a notebook cell) gives the store back when it is
+    collected; before, every later writer of the process was refused until exit."""
+    import gc
+    path = tmp_path / "s.zarr"
+    w = StageWriter(path, "s", "new", {"model": "m"}).open()
+    with pytest.raises(InputError, match="status"):
+        w.commit(_acc(), {"units": 3}, status="done")
+    del w
+    gc.collect()
+    _write(path, _acc())
+    assert open_store(path).stage("s").status == "complete"
 
 
 def test_failed_open_on_new_path_leaves_nothing(tmp_path):
@@ -215,10 +229,12 @@ def test_reprs_summarise_without_reading_the_sums(tmp_path):
 def test_unknown_names_list_what_exists(tmp_path):
     _write(tmp_path / "s.zarr", _acc())
     st = open_store(tmp_path / "s.zarr")
-    with pytest.raises(StoreError, match="'s'"):
+    with pytest.raises(StoreError, match="this store has 's'"):
         st.stage("nope")
-    with pytest.raises(StoreError, match="enc.lstm"):
+    with pytest.raises(StoreError, match="stage 's' has 'enc.lstm'"):
         st.stage("s").layer("nope")
+    with pytest.raises(StoreError, match="stage 's' has 'token', 'pos'"):
+        st.stage("s").layer("enc.lstm").stream("nope")
     with pytest.raises(StoreError, match="invalid stage name"):
         StageWriter(tmp_path / "s.zarr", "a/b", "new", {})
 

@@ -41,6 +41,23 @@ class Prepared:
     counts: dict | None = None  # the features' position counts, shared by the layers of a batch
 
 
+def _available(device) -> torch.device:
+    """``device`` as a ``torch.device``, refused where this machine has no such device (a CUDA
+    state failed later, deep in its first batch, with an unrelated error)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device {device!r} is not a torch device ('cpu', 'cuda', 'cuda:1')") \
+            from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count or (device.index or 0) >= count:
+            raise InputError(f"device {str(device)!r}: this machine has "
+                             f"{count or 'no'} CUDA device(s) (torch {torch.__version__}); "
+                             f"use device='cpu'")
+    return device
+
+
 class Accumulator:
     """Top-k selection and exact accumulation for any number of layers and feature streams.
 
@@ -102,7 +119,7 @@ class Accumulator:
         self.kind = kind
         self.dense_budget = int(dense_budget)
         self.nonfinite = nonfinite
-        self.device = torch.device(device)
+        self.device = _available(device)
         if examples < 0 or context_radius < 0:
             raise InputError("examples and context_radius must be ≥ 0")
         self.examples = int(examples)
@@ -136,7 +153,9 @@ class Accumulator:
         """Add positions of ``activations`` ``[..., N]`` to ``layer``.
 
         ``features[name]`` holds one id per position (shape ``[...]``, ``-1`` = missing) for every
-        stream; ``mask`` (shape ``[...]``, True = real position) drops padding. With
+        stream; ``mask`` (shape ``[...]``, True or 1 = real position, as an ``attention_mask``;
+        other values are refused, and a ``key_padding_mask``, True = pad, is given as
+        ``~key_padding_mask``) drops padding. With
         ``examples > 0``, ``where`` gives each position's ``doc`` and ``pos`` (shape ``[...]``)
         and its ``context`` token ids (shape ``[..., 2 * context_radius + 1]``).
         """
@@ -216,6 +235,9 @@ class Accumulator:
         if not isinstance(activations, torch.Tensor) or not activations.is_floating_point():
             raise InputError(f"layer {layer!r}: activations must be a floating-point tensor, got "
                              f"{getattr(activations, 'dtype', type(activations).__name__)}")
+        if activations.device.type == "meta":
+            raise InputError(f"layer {layer!r}: activations on the meta device hold no values; "
+                             f"run the model with its weights loaded")
         if activations.dim() < 1 or activations.shape[-1] < 1:
             raise InputError(f"layer {layer!r}: activations need a last (neuron) dimension, got "
                              f"shape {tuple(activations.shape)}")

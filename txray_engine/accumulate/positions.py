@@ -71,7 +71,10 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
         mask = torch.as_tensor(mask, device=device)
         if tuple(mask.shape) != lead:
             raise _mismatch(layer, "mask", tuple(mask.shape), acts_shape, "")
-        keep = mask.reshape(-1).bool()
+        keep = mask.reshape(-1)
+        if keep.dtype != torch.bool:
+            _check_mask_values(keep)
+            keep = keep.bool()
         index = torch.nonzero(keep).squeeze(1)  # on a GPU: the batch's one wait for a size
         if index.shape[0] == keep.shape[0]:
             index = None
@@ -89,6 +92,16 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
                              f"for any vocabulary; give ids in 0..V-1 (as int64, -1 = missing)")
         flat[name] = _kept(ids, index)
     return Positions(lead, index, flat)
+
+
+def _check_mask_values(mask: torch.Tensor) -> None:
+    """A mask that is not bool holds 1 (real position) and 0 (padding) only: an additive attention
+    mask (0 = keep, -inf = pad) would otherwise count exactly the padding."""
+    if mask.is_complex() or bool(((mask != 0) & (mask != 1)).any()):
+        bad = mask[(mask != 0) & (mask != 1)][0].item() if not mask.is_complex() else "complex"
+        raise InputError(f"mask holds {bad!r}: a mask is True or 1 at real positions and False or "
+                         f"0 at padding (an attention_mask); an additive mask (0 = keep, -inf = "
+                         f"pad) becomes one with mask == 0")
 
 
 def _mismatch(layer: str, what: str, shape: tuple, acts_shape, fix: str) -> InputError:

@@ -66,7 +66,8 @@ class Batch:
     input_ids : Tensor ``[B, T]``
         Token ids (source of ``"input"`` streams and the position grid).
     mask : Tensor ``[B, T]`` or None
-        1/True for real positions; padded positions never count.
+        1/True for real positions; padded positions never count. When None and ``inputs`` is a
+        dict holding an ``attention_mask`` of the ids' shape (a tokenizer's output), that mask.
     labels : Tensor ``[B]`` or None
         One id per sequence for ``"label"`` streams.
     features : dict of Tensor ``[B, T]``
@@ -102,6 +103,12 @@ class Batch:
     def __post_init__(self):
         if self.inputs is None:
             self.inputs = self.input_ids
+        if self.mask is None and isinstance(self.inputs, dict):
+            # the mask the model is given is the one to count by (it counted padding when only
+            # the inputs held it)
+            given = self.inputs.get("attention_mask")
+            if isinstance(given, torch.Tensor) and given.shape == self.input_ids.shape:
+                self.mask = given
         if self.n_units is None:
             self.n_units = int(self.input_ids.shape[0])
 

@@ -52,6 +52,31 @@ def _first_tensor(output):
     return output.data if isinstance(output, nn.utils.rnn.PackedSequence) else output
 
 
+def unit_ids(units: Iterable[int], what: str) -> np.ndarray:
+    """``units`` as int64 ids ≥ 0; anything else (0.5, "1", True, -1) is an error naming ``what``,
+    not an id cut down to another unit."""
+    try:
+        ids = np.asarray(units.tolist() if hasattr(units, "tolist") else list(units))
+    except TypeError as exc:
+        raise InputError(f"{what}: units must be a list of integer ids, got "
+                         f"{type(units).__name__}") from exc
+    ids = ids.reshape(-1)
+    if not ids.size:
+        return ids.astype(np.int64)
+    if ids.dtype.kind == "f":  # 3.0 from a float column is unit 3; 0.5 is no unit
+        fractional = ~np.isfinite(ids) | (ids != np.round(ids))
+        bad = ids[fractional][0] if fractional.any() else None
+    else:
+        bad = None if ids.dtype.kind in "iu" else ids[0]
+    if bad is not None:
+        raise InputError(f"{what}: unit ids are integers, got {bad.item()!r} ({ids.dtype}); "
+                         f"give the neuron ids as int")
+    ids = ids.astype(np.int64)
+    if int(ids.min()) < 0:
+        raise InputError(f"{what}: unit ids are 0 or more, got {int(ids.min())}")
+    return ids
+
+
 def _mask_hook(layer: str, units: torch.Tensor, channels_first: bool):
     """A forward hook zeroing ``units`` of the output; ids past its width are a clear error (the
     largest id is taken once here, not read back from the device at every forward pass)."""
@@ -82,10 +107,7 @@ class UnitMask:
         self._handles = []
         try:
             for layer, units in selection.items():
-                idx = torch.as_tensor(np.asarray(list(units), dtype=np.int64).reshape(-1))
-                if idx.numel() and int(idx.min()) < 0:
-                    raise InputError(f"mask of layer {layer!r}: unit ids are 0 or more, got "
-                                     f"{int(idx.min())}")
+                idx = torch.as_tensor(unit_ids(units, f"mask of layer {layer!r}"))
                 # an exact path, or a pattern: the same units of every module it matches
                 names = [layer] if layer in modules else resolve_layers(model, [layer])
                 # the layouts of these layers (those of a collection's other layers are left)
@@ -306,8 +328,8 @@ def prune_mlp(model: nn.Module, layer: str, units: Iterable[int], width: int | N
     """
     ins, out = mlp_linears(model, layer, width)
     width = _width(ins[0])
-    drop = np.unique(np.asarray(list(units), dtype=np.int64))
-    if drop.size and (drop.min() < 0 or drop.max() >= width):
+    drop = np.unique(unit_ids(units, repr(layer)))
+    if drop.size and drop.max() >= width:
         raise InputError(f"units must be in [0, {width}) for {layer!r}")
     if drop.size >= width:
         raise InputError(f"cannot remove all {width} units of {layer!r}")

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 import zarr
@@ -139,8 +140,14 @@ class StageWriter:
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
-            raise StoreLockedError(f"store {str(self.path)!r} is being written by another process; "
-                                   f"wait for it to finish (one writer per store at a time)") from None
+            raise StoreLockedError(
+                f"store {str(self.path)!r} is being written by another writer: another process "
+                f"(wait for it to finish), or a StageWriter of this process that is still open "
+                f"(close() it, or use `with StageWriter(...)`); one writer per store at a time"
+            ) from None
+        # a writer dropped without close() (a notebook's cell that failed) closes its descriptor,
+        # and with it the lock, when it is collected, instead of holding the store until exit
+        self._release = weakref.finalize(self, os.close, self._fd)
 
     def _check(self) -> None:
         if not any(self.path.iterdir()):
@@ -268,6 +275,7 @@ class StageWriter:
         """Release the lock; remove the store directory if this writer created it and wrote
         nothing."""
         if self._fd is not None:
+            self._release.detach()
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
