@@ -13,7 +13,8 @@ specialization, so the code is the code a GPU would run with this Triton version
 has triton 3.6; a ``pip install triton==3.6.0`` in a second environment compiles what it runs).
 
 Columns: the candidates' chunk width, the launch (rows per row group x groups per program,
-warps), registers per thread, local memory per thread (spills), shared memory (the cubin's
+warps), registers per thread, its stack frame in local memory (cuobjdump's STACK: register
+spills and arrays indexed at run time; its LOCAL reads 0 either way), shared memory (the cubin's
 static and the dynamic that Triton asks for at launch), resident warps per SM (the least of the
 architecture's warp, block, register and shared-memory limits, counted as CUDA's occupancy
 calculator does), the count of machine instructions (padding NOPs left out), of which global
@@ -60,7 +61,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 class Resources:
     """What one compiled launch uses."""
     registers: int
-    local_bytes: int
+    stack_bytes: int  # local memory per thread: spills, local arrays
     static_shared: int  # in the cubin
     dynamic_shared: int  # asked for at launch (Triton's scratch)
     warps: int
@@ -120,8 +121,8 @@ def compile_launch(grid, args, meta, arch: int):
 
 
 def resources(compiled) -> Resources:
-    """Registers, spills, shared memory and instruction counts of a compiled kernel (read from
-    its cubin with ``cuobjdump``)."""
+    """Registers, stack (spills), shared memory and instruction counts of a compiled kernel (read
+    from its cubin with ``cuobjdump``)."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
         Path(cubin).write_bytes(compiled.asm["cubin"])
@@ -140,7 +141,7 @@ def resources(compiled) -> Resources:
     counts["loops"] = sum(int(target, 16) < int(at, 16) for at, target in re.findall(
         r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]\s+)?BRA(?:\.[A-Z.]+)?\s+0x([0-9a-f]+)",
         sass, re.M))
-    return Resources(field("REG"), field("LOCAL"), field("SHARED"), compiled.metadata.shared,
+    return Resources(field("REG"), field("STACK"), field("SHARED"), compiled.metadata.shared,
                      compiled.metadata.num_warps, len(ops), counts)
 
 
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
           f"{args.streams} dense stream(s){', flags' if args.flags else ''}"
           f"{', rows by index' if args.rows else ''}\n")
     print("| N | k | dtype | method | chunk | launch shape | rows x groups, warps | registers "
-          "| spills (B) | shared (B), static + dynamic | warps/SM | instructions | "
+          "| stack (B) | shared (B), static + dynamic | warps/SM | instructions | "
           + " | ".join([c for c, _ in OPCODES] + list(EXTRA)) + " |")
     print("|" + "---|" * (12 + len(OPCODES) + len(EXTRA)))
     saved = dict(triton_dense.LAUNCH_SHAPES), triton_dense.CANDIDATE_WIDTH
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
                         warps = resident_warps(r.registers, shared, r.warps, args.arch)
                         print(f"| {n} | {k} | {str(dtype)[6:]} | {name} | {meta['CM'] or '-'} | "
                               f"{' / '.join(map(str, shape))} | {meta['ROWS']} x "
-                              f"{meta['GROUPS']}, {r.warps} | {r.registers} | {r.local_bytes} | "
+                              f"{meta['GROUPS']}, {r.warps} | {r.registers} | {r.stack_bytes} | "
                               f"{r.static_shared} + {r.dynamic_shared} | {warps} | "
                               f"{r.instructions} | "
                               + " | ".join(str(r.opcodes[c]) for c in

@@ -13,6 +13,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import kernel_resources  # noqa: E402
 
 
+def _compile(*args: str) -> str:
+    """The script's table for ``args``, compiled for sm_90 (not under the interpreter)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
+                          *args], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
 @pytest.mark.parametrize("registers, shared, warps, arch, expected", [
     (146, 1024, 1, 90, 12),  # 152 per thread, 4,864 per warp: 3 in each 16,384-register quarter
     (62, 1024, 1, 90, 32),  # the 32 blocks of an SM
@@ -32,13 +41,9 @@ def test_compiles_the_launch_for_sm90():
     """One launch compiled for sm_90 as the launcher makes it (N = 256, k = 8, bf16: the
     candidates in one warp with 16-bit keys), its cubin read back: sane figures, and the
     scatter's atomics and the warp reductions of the rounds are there."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
-                          "--n", "256", "--k", "8", "--dtype", "bfloat16"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| 256 ")]
-    assert len(rows) == 1, out.stdout
+    out = _compile("--n", "256", "--k", "8", "--dtype", "bfloat16")
+    rows = [line for line in out.splitlines() if line.startswith("| 256 ")]
+    assert len(rows) == 1, out
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     (n, k, dtype, method, chunk, shape, launch, regs, spills, shared, resident, instructions,
      loads, redux, shfl, atomics, loops) = cells
@@ -56,15 +61,11 @@ def test_compiles_the_launch_for_sm90():
 
 def test_compiles_the_engines_selection():
     """The engine's selecting launch: no stream, NaN/inf flags, rows read by index."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
-                          "--n", "256", "--k", "1,256", "--dtype", "float16", "--streams", "0",
-                          "--flags", "--rows"], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "0 dense stream(s), flags, rows by index" in out.stdout
-    assert "(N=256, k=256: no selection to compile)" in out.stdout
-    row = [line for line in out.stdout.splitlines() if line.startswith("| 256 | 1 ")]
+    out = _compile("--n", "256", "--k", "1,256", "--dtype", "float16", "--streams", "0",
+                   "--flags", "--rows")
+    assert "0 dense stream(s), flags, rows by index" in out
+    assert "(N=256, k=256: no selection to compile)" in out
+    row = [line for line in out.splitlines() if line.startswith("| 256 | 1 ")]
     assert len(row) == 1 and row[0].split("|")[-2].strip().isdigit()
     atomics = row[0].split("|")[-3].strip()
     assert atomics == "0"  # no stream: nothing scattered
@@ -91,3 +92,15 @@ def test_refuses_the_interpreter():
                          env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True,
                          text=True, timeout=300)
     assert out.returncode != 0 and "unset TRITON_INTERPRET" in out.stderr
+
+
+def test_reports_the_stack_of_a_launch_that_spills():
+    """The stack column is cuobjdump's STACK (spills, arrays indexed at run time); its LOCAL, read
+    before, is 0 for every launch, so the column never showed one. Sixteen rows of N = 100 with
+    their candidates, flags and four streams in one warp keep 4,360 bytes per thread there
+    (168 registers, triton 3.9)."""
+    out = _compile("--n", "100", "--k", "2", "--dtype", "float16", "--streams", "4", "--flags",
+                   "--rows")
+    row = [line for line in out.splitlines() if line.startswith("| 100 | 2 ")]
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert int(cells[8]) > 0, row

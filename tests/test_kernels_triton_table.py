@@ -89,3 +89,19 @@ def test_table_chunks_give_the_whole_call(chunk, monkeypatch):
     for a, b in zip(whole[:2] + whole[3:], parts[:2] + parts[3:]):
         assert torch.equal(a, b)
     assert torch.allclose(whole[2], parts[2], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("p,k", [(5, 0), (0, 3), (0, 0)])
+def test_an_empty_selection_adds_nothing(p, k):
+    """A selection of no neurons (k = 0) or of no rows adds nothing, as the dense scatter takes it
+    (k = 0 divided by zero when the call was cut into chunks)."""
+    n, v = 7, 4
+    table = triton_sparse.TritonSparseTable(n, v, device="cpu", capacity=16)
+    values = torch.randn(p, k)
+    indices = torch.zeros(p, k, dtype=torch.int64)
+    features = torch.zeros(p, dtype=torch.int64)
+    table.add_selection(values, indices, features)
+    assert table.nnz == 0
+    state = SparseState(n, v)
+    triton_sparse.sparse_accumulate(values, indices, [(features, state)])
+    assert state.to_stats().nnz == 0

@@ -52,10 +52,11 @@ def _order32(v):
 def _best_rows_kernel(x_ptr, s_xp, s_xn, rows_ptr, floor_ptr, out_ptr, P, N, CHUNK, R,
                       M: tl.constexpr, MP: tl.constexpr, BLOCK_N: tl.constexpr,
                       TILE: tl.constexpr, GATHER: tl.constexpr):
-    """Program ``(r, c)``: the ``M`` largest keys of columns block ``c`` over rows
-    ``[r * CHUNK, (r + 1) * CHUNK)``, written to ``out[cols, r, :M]`` (unordered)."""
-    r = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """Program ``(c, r)``: the ``M`` largest keys of columns block ``c`` over rows
+    ``[r * CHUNK, (r + 1) * CHUNK)``, written to ``out[cols, r, :M]`` (unordered). Column blocks
+    are axis 0 (up to 2**31 - 1 of them; axis 1 stops at 65,535, reached at N > 1,048,560)."""
+    r = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     cols64 = cols.to(tl.int64)
     floor = tl.load(floor_ptr + cols, mask=col_ok, other=float("-inf"))
@@ -164,7 +165,7 @@ def best_rows_above(acts: torch.Tensor, floor: torch.Tensor, m: int,
     block_n, tile, chunk, chunks, warps = _shape(p, n, m)
     keys = torch.empty((n, chunks, m), dtype=torch.int64, device=acts.device)
     src = rows.contiguous() if rows is not None else floor  # a dummy pointer without rows
-    _best_rows_kernel[(chunks, _cdiv(n, block_n))](
+    _best_rows_kernel[(_cdiv(n, block_n), chunks)](
         acts, acts.stride(0), acts.stride(1), src, floor.contiguous(), keys, p, n, chunk, chunks,
         M=m, MP=_next_pow2(m), BLOCK_N=block_n, TILE=tile, GATHER=rows is not None,
         num_warps=warps)

@@ -238,6 +238,8 @@ class TritonSparseTable:
             raise ValueError(f"indices=None means all {self.n_neurons} neurons, got {k} values per row")
         if features.shape[0] != p:
             raise ValueError(f"features must hold {p} ids, got {features.shape[0]}")
+        if p == 0 or k == 0:  # nothing selected (as the dense scatter takes it)
+            return
         rows = max(1, CHUNK_EVENTS // k)
         for i in range(0, p, rows):
             j = min(p, i + rows)
