@@ -95,10 +95,11 @@ def test_report_structure(pos_store, tmp_path):
     assert rest.count("Plotly.newPlot(") == rep.figures
     assert rest.count('class="plotly-graph-div"') == rep.figures
     assert "no top activating contexts" in rest and '"examples":null' in rest
-    # most/least changed tables: 10 + 10 rows per layer, with clickable neuron ids
-    assert rest.count("<h4>10 most changed</h4>") == 2
-    assert rest.count("<h4>10 least changed</h4>") == 2
-    assert rest.count('class="nlink"') == 2 * 20
+    # most/least changed tables: 15 neurons with a distance, split 8 + 7 (never the same neuron
+    # in both), with clickable neuron ids
+    assert rest.count("<h4>8 most changed</h4>") == 2
+    assert rest.count("<h4>7 least changed</h4>") == 2
+    assert rest.count('class="nlink"') == 2 * 15
     # the nasty feature string is escaped everywhere (tables, hover text, JSON)
     assert NASTY not in rest and "&lt;/script&gt;&lt;b&gt;&amp;" in rest
     data = _explorer(page)
@@ -345,3 +346,54 @@ def test_pairs_compare_one_stage_against_several(tmp_path):
                           (["--pairs", "zs:nope"], "unknown stage 'nope'")):
         err = run_cli("report", store, *args, "--out", out, code=2)
         assert message in err and len(err.strip().splitlines()) <= 2, err
+
+
+def test_neurons_without_a_distance_and_long_or_quoted_features(tmp_path):
+    """A stage whose layer never activated above 0 has selected neurons but no mass, hence no
+    distance: the report says so (it listed them as both most and least changed, drew an empty
+    plot captioned with every neuron, and called them never selected). Features are cut at
+    FEATURE_CHARS (a 3,000-character token made the page 22,000 px wide), and plotly's texts keep
+    quotes as quotes (it showed &quot;)."""
+    from txray_engine.report.data import FEATURE_CHARS, feature_label
+    long = "x" * 3000
+    words = ["a", 'say "hi"', "it's", long, NASTY]
+    path = tmp_path / "s.zarr"
+    for stage, shift in (("before", 0.0), ("after", -10.0)):
+        g = torch.Generator().manual_seed(0)
+        acc = Accumulator({"token": words}, k=2)
+        for layer in ("live", "flat"):
+            tok = torch.randint(0, len(words), (400,), generator=g)
+            acts = torch.randn(400, 12, generator=g) + (shift if layer == "flat" else 0.0)
+            acc.observe(layer, acts, {"token": tok})
+        with StageWriter(path, stage, "new", {"model": "m"}) as w:
+            w.commit(acc, {"units": 1}, "complete")
+    out = tmp_path / "r.html"
+    build_report(path, out=out)
+    page = out.read_text()
+    rest = _without_plotlyjs(page)
+    assert "none of the 12 shared neurons has a distance" in rest
+    assert "12 of the shared neurons have no distance and are not drawn" in rest
+    assert "Shared neurons without a distance" in rest and "before → after: 12" in rest
+    assert "selected only where their activation was 0 or below" in rest
+    # the live layer: 12 neurons with a distance, 6 + 6, none in both tables
+    assert "<h4>6 most changed</h4>" in rest and "<h4>6 least changed</h4>" in rest
+    cut = feature_label(long)
+    assert cut == repr("x" * (FEATURE_CHARS - 1)) + "…"
+    # whole only in the explorer's data (it cuts when it shows) and in the chips' tooltips
+    shown = re.sub(r'<script type="application/json".*?</script>', "", rest, flags=re.S)
+    assert long not in shown.replace(f'title="{long}"', "") and html.escape(cut) in shown
+    figures = rest.split("Plotly.newPlot(")[1:]
+    assert figures and not any("&quot;" in f.split("</script>")[0] for f in figures)
+    assert any('say \\"hi\\"' in f for f in figures)  # (JSON's own escape of the quote)
+    dom, console, errors = (None, [], [])
+    if Path(CHROMIUM).exists():
+        script = """
+          window.txrayShowNeuron("live", 0);
+          var feats = Array.from(document.querySelectorAll("#ex-out .feat")).map(
+            function (e) { return e.firstChild.textContent.trim(); });
+          document.body.setAttribute("data-log", JSON.stringify(feats));
+        """
+        dom, console, errors = render_in_chromium(out, tmp_path, script=script)
+        assert errors == [] and console == []
+        shown = set(json.loads(html.unescape(re.search(r'data-log="([^"]*)"', dom).group(1))))
+        assert shown <= {feature_label(w) for w in words} and len(shown) >= 3, shown

@@ -240,10 +240,30 @@ class ReportData:
 
 def changed(cmp, n: int, most: bool = True) -> np.ndarray:
     """Ids of the ``n`` most (or least) changed shared neurons by Hellinger distance; ties (e.g.
-    many neurons at distance 1) go to the neuron with more activation mass in both stages."""
-    return cmp.ranked(most)[:n]
+    many neurons at distance 1) go to the neuron with more activation mass in both stages.
+    Neurons without a distance are in neither list, and the two lists never share a neuron:
+    with fewer than ``2 n`` distances, the most changed take the first half (the larger)."""
+    ranked = cmp.ranked(most)
+    ranked = ranked[~np.isnan(cmp["hellinger"][ranked])]
+    half = ranked.size // 2 if not most else ranked.size - ranked.size // 2
+    return ranked[:min(n, half)]
+
+
+def without_distance(cmp) -> int:
+    """Shared neurons without a Hellinger distance (no feature counted in a stage)."""
+    return int(cmp.summary()["shared_without_distribution"])
+
+
+#: Characters of a feature string the page shows (a longer one is cut, ending in "…"): one token
+#: of thousands of characters made the page 22,000 px wide. The explorer cuts at the same length.
+FEATURE_CHARS = 48
+
+
+def feature_label(f: str) -> str:
+    """``repr`` of a feature string, cut to :data:`FEATURE_CHARS` characters."""
+    return repr(f) if len(f) <= FEATURE_CHARS else repr(f[:FEATURE_CHARS - 1]) + "…"
 
 
 def feature_text(items: list[tuple[str, float]]) -> str:
     """``'the' 20%, 'a' 9%`` (plain text; escape before putting it into HTML)."""
-    return ", ".join(f"{f!r} {s:.0%}" for f, s in items) or "(none)"
+    return ", ".join(f"{feature_label(f)} {s:.0%}" for f, s in items) or "(none)"

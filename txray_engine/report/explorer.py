@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from .data import ReportData
+from .data import FEATURE_CHARS, ReportData
 from .tables import esc
 
 
@@ -138,7 +138,8 @@ def explorer_payload(data: ReportData) -> dict:
                        "streams": [_stream_payload(data, layer, st, keep)
                                    for st in data.all_streams],
                        "examples": _examples_payload(data, layer, keep)})
-    return {"stages": data.stages, "features": data.limits.explorer_features, "layers": layers}
+    return {"stages": data.stages, "features": data.limits.explorer_features,
+            "label_chars": FEATURE_CHARS, "layers": layers}
 
 
 def explorer_html(payload: dict) -> str:
@@ -201,9 +202,23 @@ EXPLORER_JS = r"""
     th.appendChild(row(head, true)); rows.forEach(function (r) { tb.appendChild(row(r)); });
     t.appendChild(th); t.appendChild(tb); return t;
   }
+  function pyRepr(t) {  // Python's repr of a string, as the tables show features
+    var q = t.indexOf("'") >= 0 && t.indexOf('"') < 0 ? '"' : "'";
+    var body = t.replace(/[\\\n\r\t\x00-\x1f\x7f]/g, function (c) {
+      return {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}[c] ||
+        "\\x" + ("0" + c.charCodeAt(0).toString(16)).slice(-2);
+    });
+    if (q === "'") body = body.replace(/'/g, "\\'");
+    return q + body + q;
+  }
+  function label(t) {  // cut as the tables cut (data.FEATURE_CHARS)
+    var n = D.label_chars, chars = Array.from(t);
+    return chars.length <= n ? pyRepr(t) : pyRepr(chars.slice(0, n - 1).join("")) + "\u2026";
+  }
   function feat(strings, id, pm) {
     var s = el("span", null, "feat");
-    s.appendChild(document.createTextNode("'" + JSON.stringify(strings[id]).slice(1, -1) + "' "));
+    if (Array.from(strings[id]).length > D.label_chars) s.title = strings[id];
+    s.appendChild(document.createTextNode(label(strings[id]) + " "));
     s.appendChild(el("small", (pm / 10).toFixed(1) + "%"));
     return s;
   }
@@ -233,7 +248,7 @@ EXPLORER_JS = r"""
     if (L.hellinger.length) {
       out.appendChild(table(["pair", "Hellinger (" + L.stream + ")"], L.hellinger.map(function (h) {
         var v = h.values[p];
-        return [h.a + " \u2192 " + h.b, v === null ? "not alive in both" : v.toFixed(3)];
+        return [h.a + " \u2192 " + h.b, v === null ? "none (not alive in both, or no feature counted in one)" : v.toFixed(3)];
       }), "narrow"));
     }
     var box = el("div", null, "streams");
@@ -245,7 +260,8 @@ EXPLORER_JS = r"""
       var k = 0;
       stages.forEach(function (s) { k = Math.max(k, S.top[s][p].length / 2); });
       col.appendChild(el("h5", "stream " + S.name));
-      if (!k) { col.appendChild(el("p", "no features in any stage (neuron never selected)", "muted")); return; }
+      if (!k) { col.appendChild(el("p", "no features in any stage (never selected, or none counted: " +
+        "activations of 0 or below weigh nothing by mass)", "muted")); return; }
       var rs = [];
       for (var r = 0; r < k; r++) {
         rs.push([String(r + 1)].concat(stages.map(function (s) {

@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 
 from ..measures import feature_group_mass
 from .data import (LENGTH_STREAMS, POS_STREAM, ReportData, changed, even_ranks, feature_text,
-                   sample)
+                   sample, without_distance)
 
 #: Plotly config of every figure: no logo link, no cloud buttons, responsive width.
 CONFIG = {"displaylogo": False, "responsive": True,
@@ -50,8 +50,15 @@ class Plot:
                            config=CONFIG, default_height=f"{height}px", default_width="100%")
 
 
+def _text(s) -> str:
+    """A string for plotly's text (titles, names, hover): plotly reads ``<b>``-like tags and
+    decodes ``&amp; &lt; &gt;``, not ``&quot;`` (shown as such in a quoted token), so only those
+    three are escaped."""
+    return html.escape(str(s), quote=False)
+
+
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(template=TEMPLATE, title=dict(text=html.escape(title), x=0.01),
+    fig.update_layout(template=TEMPLATE, title=dict(text=_text(title), x=0.01),
                       height=height)
     return fig
 
@@ -102,18 +109,18 @@ def mass_figure(data: ReportData, layer: str) -> Plot:
             capped.append(f"{stage}: {pos.size:,} of {order.size:,}")
         nid = order[pos]
         fig.add_trace(go.Scatter(
-            x=pos + 1, y=mass[nid], name=stage,
+            x=pos + 1, y=mass[nid], name=_text(stage),
             mode="lines+markers" if nid.size <= 200 else "lines",
             marker=dict(size=4), line=dict(width=2, color=COLORS[i % len(COLORS)]),
             customdata=np.stack([nid, count[nid]], axis=1),
             hovertemplate=("neuron %{customdata[0]}<br>rank %{x}<br>mass %{y:.4g}<br>selected "
-                           "%{customdata[1]} times<extra>" + html.escape(stage) + "</extra>")))
+                           "%{customdata[1]} times<extra>" + _text(stage) + "</extra>")))
     fig.update_yaxes(type="log", title_text="activation mass (log)", **_log_ticks(fig))
     fig.update_xaxes(title_text="neurons, sorted by mass (rank)")
     caption = ("Sum of the clamped activations of each neuron at the positions where it was among "
-               "the top-k, per stage, sorted from most to least mass. Neurons with no mass (never "
-               "selected) cannot be drawn on a log scale and are left out: " + "; ".join(dead)
-               + ".")
+               "the top-k, per stage, sorted from most to least mass. Neurons with no mass "
+               "(never selected, or selected only where their activation was 0 or below) cannot "
+               "be drawn on a log scale and are left out: " + "; ".join(dead) + ".")
     caption += _budget_note(data, data.stages, "sums of activations")
     if capped:
         caption += (" Curves are drawn through evenly spaced ranks: " + "; ".join(capped) +
@@ -129,19 +136,20 @@ def hellinger_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | Non
         return None
     lim, stream = data.limits, data.stream
     shared = np.flatnonzero(cmp["shared"])
+    drawn = shared[~np.isnan(cmp["hellinger"][shared])]  # (no distance: nothing to draw)
     most, least = changed(cmp, lim.changed, True), changed(cmp, lim.changed, False)
-    shown = sample(shared, lim.max_points, keep=np.concatenate([most, least]))
+    shown = sample(drawn, lim.max_points, keep=np.concatenate([most, least]))
     fig = go.Figure()
     groups = [("other shared neurons", np.setdiff1d(shown, np.concatenate([most, least])),
                "#8795a8", 5),
-              (f"{lim.changed} least changed", np.intersect1d(shown, least), "#4a9d5b", 8),
-              (f"{lim.changed} most changed", np.intersect1d(shown, most), "#d1453b", 8)]
+              (f"{least.size} least changed", np.intersect1d(shown, least), "#4a9d5b", 8),
+              (f"{most.size} most changed", np.intersect1d(shown, most), "#d1453b", 8)]
     n = lim.hover_features
     for name, ids, color, size in groups:
         if not ids.size:
             continue
-        fa = [html.escape(feature_text(data.features(a, layer, stream, int(i), n))) for i in ids]
-        fb = [html.escape(feature_text(data.features(b, layer, stream, int(i), n))) for i in ids]
+        fa = [_text(feature_text(data.features(a, layer, stream, int(i), n))) for i in ids]
+        fb = [_text(feature_text(data.features(b, layer, stream, int(i), n))) for i in ids]
         custom = np.empty((ids.size, 5), dtype=object)
         custom[:, 0], custom[:, 1], custom[:, 2] = ids, fa, fb
         custom[:, 3], custom[:, 4] = cmp["length_a"][ids], cmp["length_b"][ids]
@@ -151,17 +159,22 @@ def hellinger_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | Non
             customdata=custom,
             hovertemplate=("<b>neuron %{customdata[0]}</b><br>Hellinger %{y:.3f}, union support "
                            "%{x}<br>length %{customdata[3]} → %{customdata[4]}<br>"
-                           + html.escape(a) + ": %{customdata[1]}<br>" + html.escape(b)
+                           + _text(a) + ": %{customdata[1]}<br>" + _text(b)
                            + ": %{customdata[2]}<extra></extra>")))
     fig.update_xaxes(type="log", title_text="Hellinger length (features in either stage, log)")
     fig.update_yaxes(title_text="Hellinger distance", range=[-0.02, 1.02])
+    missing = without_distance(cmp)
     caption = (f"{stream} stream, {a} → {b}: one point per neuron alive in both stages "
                f"({shared.size:,} of {cmp.n_neurons:,}). Distance 0: same distribution over "
                f"features; 1: no feature in common. Hover shows the top {n} features per stage; "
                f"click a point to open the neuron in the explorer.")
-    caption += _capped(shown.size, shared.size, "shared neurons",
-                       f"a seeded random sample that keeps the {lim.changed} most and least "
-                       f"changed")
+    if missing:
+        caption += (f" {missing:,} of the shared neurons have no distance and are not drawn: "
+                    f"no {stream} feature with {data.by} in one of the stages (all their "
+                    f"activations 0 or below, or cells under --min-count).")
+    caption += _capped(shown.size, drawn.size, "shared neurons with a distance",
+                       f"a seeded random sample that keeps the {most.size} most and "
+                       f"{least.size} least changed")
     return Plot(_layout(fig, f"{layer}: {a} → {b}, Hellinger distance vs length ({stream})", 460),
                 layer, caption)
 
@@ -174,7 +187,7 @@ def length_shift_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | 
         return None
     cap = data.limits.max_points
     fig = make_subplots(rows=1, cols=len(streams), horizontal_spacing=0.08,
-                        subplot_titles=[html.escape(s) for s in streams])
+                        subplot_titles=[_text(s) for s in streams])
     capped = []
     for col, s in enumerate(streams, start=1):
         cmp = data.comparison(a, b, layer, s)
@@ -186,18 +199,18 @@ def length_shift_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | 
             capped.append(f"{s}: {pos.size:,} of {order.size:,}")
         ids = order[pos]
         mean = float(shift.mean()) if shift.size else 0.0
-        fig.layout.annotations[col - 1].text = (f"{html.escape(s)}: mean shift {mean:+.2f} over "
+        fig.layout.annotations[col - 1].text = (f"{_text(s)}: mean shift {mean:+.2f} over "
                                                 f"{shared.size:,} shared neurons")
         fig.add_trace(go.Scatter(
             x=pos + 1, y=cmp["length_shift"][ids], mode="lines+markers", name=s, showlegend=False,
             marker=dict(size=4, color=COLORS[(col - 1) % len(COLORS)]), line=dict(width=1),
             customdata=np.stack([ids, cmp["length_a"][ids], cmp["length_b"][ids]], axis=1),
             hovertemplate=("neuron %{customdata[0]}<br>length %{customdata[1]} → "
-                           "%{customdata[2]} (%{y:+d})<extra>" + html.escape(s) + "</extra>")),
+                           "%{customdata[2]} (%{y:+d})<extra>" + _text(s) + "</extra>")),
             row=1, col=col)
         fig.add_hline(y=0, line=dict(color="#888", width=1, dash="dot"), row=1, col=col)
         fig.update_xaxes(title_text="shared neurons, sorted by shift", row=1, col=col)
-    fig.update_yaxes(title_text=f"length in {b} − length in {a}", row=1, col=1)
+    fig.update_yaxes(title_text=_text(f"length in {b} − length in {a}"), row=1, col=1)
     missing = [s for s in LENGTH_STREAMS if s not in streams]
     caption = (f"{a} → {b}: change in the number of features each neuron fired for (TX-Ray's "
                f"length), per neuron alive in both stages. Below 0: it fired for fewer "
@@ -237,7 +250,7 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
     used = used[np.argsort(-freq[stages[0]][used], kind="stable")]
     tags = [vocab[i] for i in used]
     fig = make_subplots(rows=len(stages), cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=[html.escape(s) for s in stages])
+                        subplot_titles=[_text(s) for s in stages])
     for row, s in enumerate(stages, start=1):
         f, m = freq[s][used], mass[s][used]
         ratio = np.divide(m, f, out=np.full_like(m, np.nan), where=f > 0)
@@ -249,7 +262,7 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
                 x=tags, y=y, name=name, marker_color=color, showlegend=row == 1,
                 legendgroup=name, customdata=custom,
                 hovertemplate=("%{x}: " + name + " %{y:.2%}<br>mass / frequency "
-                               "%{customdata[0]:.2f}<extra>" + html.escape(s) + "</extra>")),
+                               "%{customdata[0]:.2f}<extra>" + _text(s) + "</extra>")),
                 row=row, col=1)
         fig.update_yaxes(title_text="share", tickformat=".0%", row=row, col=1)
         fig.update_xaxes(categoryorder="array", categoryarray=tags, showticklabels=True,
@@ -261,7 +274,8 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
                "whose POS distribution puts most weight on the tag ("
                + ", ".join(f"{s}: {n:,} neurons" for s, n in led.items()) + "). Mass share above "
                "frequency share: the selected activations are larger at that tag than on "
-               "average; with k = 1 each position adds one event, so the two stay close. A "
+               "average" + ("; with k = 1 each position adds one event, so the two stay close"
+                            if all(data.stage_objs[s].k == 1 for s in stages) else "") + ". A "
                "neuron's strongest tag favours frequent tags (a neuron without preference is led "
                "by the most frequent one): read the neurons' share against the frequency share, "
                "and how it moves between stages.")

@@ -41,7 +41,7 @@ td.num { text-align:right; white-space:nowrap; font-variant-numeric:tabular-nums
 .feat { display:inline-block; background:#eef2f8; border-radius:4px; padding:0 5px; margin:1px 2px;
         font-family:ui-monospace,SFMono-Regular,Menlo,monospace; font-size:12px; white-space:pre; }
 .feat small { color:var(--muted); font-family:system-ui,sans-serif; }
-table.changed td:nth-child(5), table.changed td:nth-child(6) { max-width:520px; }
+table.changed td:nth-child(6), table.changed td:nth-child(7) { max-width:520px; }
 .explorer .controls { display:flex; gap:10px; align-items:center; flex-wrap:wrap; margin:6px 0; }
 .explorer .streams { display:flex; flex-wrap:wrap; gap:4px 28px; align-items:flex-start; }
 .explorer input { width:110px; font-size:14px; padding:2px 4px; }

@@ -7,7 +7,7 @@ import html
 
 import numpy as np
 
-from .data import ReportData, changed
+from .data import FEATURE_CHARS, ReportData, changed, feature_label, without_distance
 
 
 def esc(x) -> str:
@@ -18,8 +18,13 @@ def feature_chips(items: list[tuple[str, float]]) -> str:
     """Features as inline chips, ``repr`` of the string and its share."""
     if not items:
         return '<span class="muted">none</span>'
-    return " ".join(f'<span class="feat">{esc(repr(f))} <small>{s:.0%}</small></span>'
-                    for f, s in items)
+    return " ".join(f'<span class="feat"{_whole(f)}>{esc(feature_label(f))} <small>{s:.0%}'
+                    f'</small></span>' for f, s in items)
+
+
+def _whole(f: str) -> str:
+    """A cut feature's whole string as the chip's tooltip."""
+    return f' title="{esc(f)}"' if len(f) > FEATURE_CHARS else ""
 
 
 def neuron_link(layer: str, neuron: int) -> str:
@@ -67,6 +72,13 @@ def summary_table(data: ReportData, layer: str) -> str:
                     f"<td class=num>{_num(s['length_shift_mean'], '{:+.2f}')}</td></tr>")
     if not rows:
         return ""
+    no_distance = [f"{esc(a)} → {esc(b)}: {without_distance(cmp):,}" for a, b in data.pairs
+                   if (cmp := data.comparison(a, b, layer)) is not None and without_distance(cmp)]
+    if no_distance:
+        rows.append(f"<tr><td colspan=8 class=muted>Shared neurons without a distance (no "
+                    f"{esc(data.stream)} feature with {esc(data.by)} in a stage: activations 0 or "
+                    f"below, or cells under --min-count), left out of the Hellinger mean: "
+                    f"{'; '.join(no_distance)}.</td></tr>")
     alive = (f"<p class=muted>A neuron counts as alive where it was selected at least "
              f"{data.min_neuron_count:,} times (--min-neuron-count): one selected fewer times in "
              f"one stage is only in the other, not new or lost.</p>"
@@ -88,10 +100,15 @@ def changed_table(data: ReportData, layer: str, a: str, b: str) -> str:
     table = cmp.table()
     for title, most in ((f"{lim.changed} most changed", True),
                         (f"{lim.changed} least changed", False)):
-        part = table.take(changed(cmp, lim.changed, most))
+        ids = changed(cmp, lim.changed, most)
+        part = table.take(ids)
         if not len(part):
-            parts.append(f"<p class=muted>{esc(title)}: no neuron is alive in both stages.</p>")
+            shared = int(cmp["shared"].sum())
+            why = ("no neuron is alive in both stages" if not shared else
+                   f"none of the {shared:,} shared neurons has a distance")
+            parts.append(f"<p class=muted>{esc(title)}: {why}.</p>")
             continue
+        title = f"{ids.size} {'most' if most else 'least'} changed"
         rows = []
         for r in part.records():
             n = int(r["neuron"])
@@ -106,7 +123,9 @@ def changed_table(data: ReportData, layer: str, a: str, b: str) -> str:
                 "</tr>")
         parts.append(
             f"<h4>{esc(title)}</h4><table class='grid changed'><thead><tr><th>neuron</th>"
-            f"<th>Hellinger</th><th>selected</th><th>length</th><th>mass</th><th>top {esc(stream)} features in "
+            f"<th>Hellinger</th><th>selected</th><th>length</th><th title='activation mass of the "
+            f"{esc(stream)} cells the comparison kept (--min-count); the explorer shows the "
+            f"layer&#39;s'>mass ({esc(stream)})</th><th>top {esc(stream)} features in "
             f"{esc(a)}</th><th>top {esc(stream)} features in {esc(b)}</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
     return "".join(parts)
