@@ -469,3 +469,11 @@ def test_batch_counts_by_the_attention_mask_its_inputs_hold():
     assert run(Batch(input_ids=ids, inputs={"input_ids": ids, "attention_mask": attention},
                      mask=torch.ones(2, 4, dtype=torch.bool))) == 8
     assert run(Batch(input_ids=ids)) == 8
+    # other ids than the inputs' (an encoder-decoder's decoder ids): not the encoder's mask
+    assert run(Batch(input_ids=ids, inputs={"input_ids": ids.clone(),
+                                            "attention_mask": attention})) == 8
+    # a mask that is not 0/1 is refused also where leading context positions are left out
+    additive = torch.where(attention.bool(), 0.0, float("-inf"))
+    with pytest.raises(InputError, match="mask holds -inf"):
+        run(Batch(input_ids=ids, mask=additive, context=torch.tensor([1, 0])))
+    assert run(Batch(input_ids=ids, mask=attention, context=torch.tensor([1, 0]))) == 4

@@ -137,6 +137,24 @@ def test_second_writer_is_refused(tmp_path):
     StageWriter(path, "s", "new", {}).open().close()  # lock released
 
 
+def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
+    """flock failing otherwise than on a held lock (ENOLCK on some network file systems): one
+    message, the new store's directory removed, and close() still works."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    path = tmp_path / "s.zarr"
+    w = StageWriter(path, "s", "new", {"model": "m"})
+    with pytest.raises(StoreError, match="cannot lock store .*file system with flock"):
+        w.open()
+    w.close()
+    assert not path.exists()
+
+
 def test_a_writer_dropped_without_close_releases_the_store(tmp_path):
     """A writer left open by a failed call (a notebook cell) gives the store back when it is
     collected; before, every later writer of the process was refused until exit."""

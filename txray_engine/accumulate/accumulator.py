@@ -217,8 +217,13 @@ class Accumulator:
         # one read-back per device: the id bounds of the first device's positions, and how many
         # rows of each layer may hold NaN/inf
         bounds = id_bounds_parts(next(iter(kept.values())))
-        numbers = read_back([b for _, b in bounds] + [s.suspects for s in selections])
+        masks = [pos for pos in kept.values() if pos.unchecked_mask is not None]
+        numbers = read_back([b for _, b in bounds] + [pos.unchecked_mask[0] for pos in masks]
+                            + [s.suspects for s in selections])
+        for pos, bad in zip(masks, numbers[len(bounds):]):
+            pos.check_mask(bad)
         self._check_ids([name for name, _ in bounds], numbers[:len(bounds)])
+        numbers = numbers[:len(bounds)] + numbers[len(bounds) + len(masks):]
         if self.examples:
             for device, pos in kept.items():
                 keep_where(first, where, pos, device, 2 * self.context_radius + 1)

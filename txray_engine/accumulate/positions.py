@@ -36,6 +36,14 @@ class Positions:
     features: dict[str, torch.Tensor]
     where: tuple | None = None
     counts: dict = field(default_factory=dict)  # (stream, vocabulary size) -> position counts
+    #: a mask that is not bool: whether it holds values other than 0 and 1 (a 0-d tensor read
+    #: back with the batch's id bounds, then :meth:`check_mask`), and the mask
+    unchecked_mask: tuple | None = None
+
+    def check_mask(self, bad: bool) -> None:
+        """Raise the mask's error where ``bad`` (the read-back of ``unchecked_mask``)."""
+        if bad:
+            check_mask_values(self.unchecked_mask[1])
 
     def position_counts(self, name: str, n_features: int) -> torch.Tensor:
         """How many of stream ``name``'s kept ids fall in each count bin
@@ -66,15 +74,15 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
     extra = set(features) - set(names)
     if extra:
         raise InputError(f"unknown stream(s) {sorted(extra)}: the accumulator has {names}")
-    index = None
+    index, unchecked = None, None
     if mask is not None:
         mask = torch.as_tensor(mask, device=device)
         if tuple(mask.shape) != lead:
             raise _mismatch(layer, "mask", tuple(mask.shape), acts_shape, "")
         keep = mask.reshape(-1)
-        if keep.dtype != torch.bool:
-            _check_mask_values(keep)
-            keep = keep.bool()
+        if keep.dtype != torch.bool:  # checked when read back with the id bounds (on a GPU:
+            unchecked = (((keep != 0) & (keep != 1)).any(), keep)  # no second wait)
+            keep = keep != 0
         index = torch.nonzero(keep).squeeze(1)  # on a GPU: the batch's one wait for a size
         if index.shape[0] == keep.shape[0]:
             index = None
@@ -91,10 +99,10 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
             raise InputError(f"stream {name!r}: uint64 ids of 2**63 or more are out of range "
                              f"for any vocabulary; give ids in 0..V-1 (as int64, -1 = missing)")
         flat[name] = _kept(ids, index)
-    return Positions(lead, index, flat)
+    return Positions(lead, index, flat, unchecked_mask=unchecked)
 
 
-def _check_mask_values(mask: torch.Tensor) -> None:
+def check_mask_values(mask: torch.Tensor) -> None:
     """A mask that is not bool holds 1 (real position) and 0 (padding) only: an additive attention
     mask (0 = keep, -inf = pad) would otherwise count exactly the padding."""
     if mask.is_complex() or bool(((mask != 0) & (mask != 1)).any()):

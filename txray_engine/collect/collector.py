@@ -56,7 +56,8 @@ def _counted(batch: Batch) -> torch.Tensor | None:
         raise InputError(f"Batch.context needs input_ids [B, T], got shape {tuple(ids.shape)}")
     context = _per_sequence(batch.context, ids.shape[0], "context", "integer counts", ids.device)
     after = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) >= context.unsqueeze(1)
-    return after if batch.mask is None else batch.mask.bool() & after
+    # (the mask keeps its values: one that is not 0/1 is refused with the positions, not cast)
+    return after if batch.mask is None else torch.as_tensor(batch.mask).masked_fill(~after, 0)
 
 
 def output_logits(output, shape: tuple | None = None, time_first: bool = False

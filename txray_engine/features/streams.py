@@ -67,7 +67,9 @@ class Batch:
         Token ids (source of ``"input"`` streams and the position grid).
     mask : Tensor ``[B, T]`` or None
         1/True for real positions; padded positions never count. When None and ``inputs`` is a
-        dict holding an ``attention_mask`` of the ids' shape (a tokenizer's output), that mask.
+        dict whose ``input_ids`` are ``input_ids`` (a tokenizer's output), its
+        ``attention_mask``; give it where ``input_ids`` are other ids (an encoder-decoder's
+        decoder ids: their mask is not the encoder's ``attention_mask``).
     labels : Tensor ``[B]`` or None
         One id per sequence for ``"label"`` streams.
     features : dict of Tensor ``[B, T]``
@@ -107,7 +109,8 @@ class Batch:
             # the mask the model is given is the one to count by (it counted padding when only
             # the inputs held it)
             given = self.inputs.get("attention_mask")
-            if isinstance(given, torch.Tensor) and given.shape == self.input_ids.shape:
+            if self.inputs.get("input_ids") is self.input_ids and \
+                    isinstance(given, torch.Tensor) and given.shape == self.input_ids.shape:
                 self.mask = given
         if self.n_units is None:
             self.n_units = int(self.input_ids.shape[0])

@@ -66,6 +66,8 @@ def unit_ids(units: Iterable[int], what: str) -> np.ndarray:
     if ids.dtype.kind == "f":  # 3.0 from a float column is unit 3; 0.5 is no unit
         fractional = ~np.isfinite(ids) | (ids != np.round(ids))
         bad = ids[fractional][0] if fractional.any() else None
+    elif ids.dtype.kind == "u" and int(ids.max()) > np.iinfo(np.int64).max:
+        raise InputError(f"{what}: unit id {int(ids.max())} is past any layer's width")
     else:
         bad = None if ids.dtype.kind in "iu" else ids[0]
     if bad is not None:

@@ -94,6 +94,7 @@ class StageWriter:
         self.fingerprint = fingerprint(self.identity)
         self.reopen = reopen
         self._fd: int | None = None
+        self._release = None  # closes the descriptor when a writer is dropped unclosed
         self._created_dir = False
         self._seq = 0
         self._snapshot: str | None = None
@@ -110,8 +111,8 @@ class StageWriter:
         if not self.path.exists():
             self.path.mkdir(parents=True)
             self._created_dir = True
-        self._lock()
         try:
+            self._lock()
             self._remove_partial_files()
             self._check()
         except BaseException:
@@ -137,9 +138,12 @@ class StageWriter:
         self._fd = os.open(self.path, os.O_RDONLY)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
             os.close(self._fd)
             self._fd = None
+            if not isinstance(exc, BlockingIOError):
+                raise StoreError(f"cannot lock store {str(self.path)!r} ({exc}): a store needs a "
+                                 f"file system with flock (a local disk)") from None
             raise StoreLockedError(
                 f"store {str(self.path)!r} is being written by another writer: another process "
                 f"(wait for it to finish), or a StageWriter of this process that is still open "
@@ -275,7 +279,8 @@ class StageWriter:
         """Release the lock; remove the store directory if this writer created it and wrote
         nothing."""
         if self._fd is not None:
-            self._release.detach()
+            if self._release is not None:
+                self._release.detach()
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
