@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -166,8 +167,60 @@ def test_resume_with_other_weights_of_the_same_model_is_refused(word_model, tmp_
     before = (store / "s" / "zarr.json").read_text()
     res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume",
                                          "--max-documents", "20"))
-    assert res.exit_code == 2 and "other settings (model.weights)" in res.output, res.output
+    assert res.exit_code == 2 and "other settings (model.weights, model.content)" in \
+        res.output, res.output
     assert (store / "s" / "zarr.json").read_text() == before
+
+
+def test_resume_notices_one_changed_weight_and_a_reordered_vocabulary(word_model, tmp_path):
+    """The sampled weights missed one changed value between samples (a retrained word vector),
+    and the word tokenizer's identity held only its size (two words exchanged in the file change
+    their ids): both resumed and mixed two collections in one stage."""
+    import torch
+    store = tmp_path / "s.zarr"
+    base = _args(word_model, word_model["jsonl"], store, "--max-documents", "10")
+    assert CliRunner().invoke(main, base).exit_code == 0
+    before = (store / "s" / "zarr.json").read_text()
+    original = Path(word_model["ckpt"]).read_bytes()
+    model = torch.load(word_model["ckpt"], weights_only=False)
+    with torch.no_grad():
+        largest = max(model.parameters(), key=lambda p: p.numel())
+        assert largest.numel() > 512  # so that element 1 lies between the sampled values
+        largest.view(-1)[1] += 5
+    torch.save(model, word_model["ckpt"])
+    more = _args(word_model, word_model["jsonl"], store, "--resume", "--max-documents", "20")
+    res = CliRunner().invoke(main, more)
+    assert res.exit_code == 2 and "other settings (model.content)" in res.output, res.output
+    Path(word_model["ckpt"]).write_bytes(original)
+    vocab = Path(word_model["vocab"])
+    words = vocab.read_text().splitlines()
+    vocab.write_text("\n".join([words[1], words[0], *words[2:]]) + "\n")
+    res = CliRunner().invoke(main, more)
+    assert res.exit_code == 2 and "model.tokenizer.vocabulary" in res.output, res.output
+    assert (store / "s" / "zarr.json").read_text() == before
+
+
+def test_a_stage_written_before_the_content_hash_resumes(word_model, tmp_path):
+    """Stages whose identity has no model.content or tokenizer vocabulary (written before they
+    were added) resume with the same model and settings, and hold them from then on."""
+    import json
+    from txray_engine.store.format import ATTR, fingerprint
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store,
+                                         "--max-documents", "10"))
+    assert res.exit_code == 0, res.output
+    path = store / "s" / "zarr.json"
+    doc = json.loads(path.read_text())
+    meta = doc["attributes"][ATTR]
+    del meta["model"]["content"], meta["model"]["tokenizer"]["vocabulary"]
+    identity = {key: meta[key] for key in ("model", "corpus", "options", "collection")}
+    meta["fingerprint"] = fingerprint(identity)
+    path.write_text(json.dumps(doc))
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume",
+                                         "--max-documents", "20"))
+    assert res.exit_code == 0, res.output
+    meta = json.loads(path.read_text())["attributes"][ATTR]
+    assert "content" in meta["model"] and "vocabulary" in meta["model"]["tokenizer"]
 
 
 def test_overlapping_windows_count_every_token_once_and_resume_exactly(word_model, tmp_path,

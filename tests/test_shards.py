@@ -86,6 +86,14 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
     _clean_error(_collect(word_model, "--store", tmp_path / "x-{shard}.zarr"),
                  "'{shard}' but no --shard")
     assert not out.exists() and not (tmp_path / "x.zarr").exists()
+    # an existing target (e.g. a merge stopped part-way): fails before reading the parts, and
+    # says to run the merge again, which has no --resume
+    _ok(_collect(word_model, "--store", tmp_path / "e.zarr", "--shard", "1/2"))
+    _ok(merge("a.zarr", "e.zarr"))
+    _clean_error(merge("a.zarr", "e.zarr"), "already exists", "merge ... --overwrite")
+    res = CliRunner().invoke(main, ["merge", str(tmp_path / "a.zarr"), str(tmp_path / "e.zarr"),
+                                    "--store", str(out), "--stage", "s", "--overwrite"])
+    assert res.exit_code == 0, res.output
 
 
 @pytest.mark.parametrize("env", [{}, {"RANK": "0"}])

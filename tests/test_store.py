@@ -103,6 +103,49 @@ def test_overwrite_keeps_old_stage_until_first_commit(tmp_path):
     assert same_sums(_load(path), new)
 
 
+def test_a_kill_during_an_overwrite_leaves_a_stage_resume_continues(tmp_path, monkeypatch):
+    """The first flush of --overwrite deleted the old stage recursively in listing order: a kill
+    part-way left the old stage's attributes (complete, its tokens) over a half-deleted snapshot.
+    Now the stage is first made an empty stage of the new collection."""
+    from txray_engine.store import writer as writer_module
+    path = tmp_path / "s.zarr"
+    _write(path, _acc())
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed  # as a kill while the old snapshot is deleted
+
+    w = StageWriter(path, "s", "overwrite", {"model": "m2"}).open()
+    monkeypatch.setattr(writer_module.shutil, "rmtree", killed)
+    with pytest.raises(Killed):
+        w.commit(_acc(seed=5), {"units": 1})
+    w.close()
+    monkeypatch.undo()
+    assert open_store(path).info()["stages"]["s"]["status"] == "no snapshot yet"
+    with pytest.raises(StageExistsError, match="was started with"):  # not the old collection's
+        StageWriter(path, "s", "resume", {"model": "m"}).open()
+    with StageWriter(path, "s", "resume", {"model": "m2"}) as w:
+        assert w.resumed and w.cursor == {}
+        w.commit(_acc(seed=5), {"units": 3}, "complete")
+    assert same_sums(_load(path), _acc(seed=5))
+
+
+def test_a_stage_missing_from_the_order_is_listed_again(tmp_path):
+    """A kill between creating a stage and listing it in the root's stage_order left it out for
+    good (listed after the others ever after); its next flush lists it."""
+    from txray_engine.store.format import ATTR, open_root
+    path = tmp_path / "s.zarr"
+    for name in ("first", "second"):
+        _write(path, _acc(), stage=name, status="in_progress")
+    root = open_root(path, "r+")
+    meta = dict(root.attrs)[ATTR]
+    root.attrs.put({ATTR: {**meta, "stage_order": ["first"]}})
+    _write(path, _acc(), stage="second", mode="resume")
+    assert dict(open_root(path, "r").attrs)[ATTR]["stage_order"] == ["first", "second"]
+
+
 def test_resume_checks_status_and_fingerprint(tmp_path):
     path = tmp_path / "s.zarr"
     _write(path, _acc(), status="in_progress")

@@ -28,7 +28,8 @@ def info(store, as_json):
     for name, st in data["stages"].items():
         if st["status"] == "no snapshot yet":
             click.echo(f"  stage {name}: no snapshot yet (a collection is writing its first, or "
-                       f"stopped before it: --resume continues it)")
+                       f"stopped before it: --resume continues it; a stopped merge is run "
+                       f"again with --overwrite)")
             continue
         # a stage collected from Python without document counts shows its units instead
         docs = (f"{st['documents']} documents" if st["documents"] else

@@ -162,10 +162,11 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
 
 def model_identity(model: nn.Module, samples: int = 256) -> dict:
     """What tells a model's weights apart, for a stage's identity (a resume must match it):
-    class, parameter count, and a hash of up to ``samples`` evenly spaced values of every
-    parameter and buffer (exact values, so the same on any device; another checkpoint of the
-    same architecture differs in practically every tensor)."""
-    h = hashlib.sha256()
+    class, parameter count, a hash of up to ``samples`` evenly spaced values of every parameter
+    and buffer (``weights``: another checkpoint of the same architecture differs in practically
+    every tensor), and one of every value (``content``, :func:`content_sums`); exact, so the
+    same on any device."""
+    h, every = hashlib.sha256(), hashlib.sha256()
     with torch.no_grad():
         for name, value in model.state_dict().items():
             parts = list(_tensors(value))
@@ -183,11 +184,35 @@ def model_identity(model: nn.Module, samples: int = 256) -> dict:
                     h.update(sampled(t.detach(), samples).cpu().to(
                         torch.float64 if t.is_floating_point() else torch.int64
                     ).numpy().tobytes())
+                    every.update(b"%d:%d;" % content_sums(t.detach()))
                 except (RuntimeError, TypeError):  # meta and other data-less tensors: shape only
                     pass
     return {"class": type(model).__name__,
             "parameters": sum(p.numel() for p in model.parameters()),
-            "weights": h.hexdigest()[:16]}
+            "weights": h.hexdigest()[:16], "content": every.hexdigest()[:16]}
+
+
+#: Elements per step of :func:`content_sums` (int64 temporaries of 32 MiB).
+_CONTENT_CHUNK = 1 << 22
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def content_sums(t: torch.Tensor) -> tuple[int, int]:
+    """Two sums over every value of ``t``, of its bits as integers: plain, and weighted by the
+    position (mod 65,521). Integer sums wrap the same in any order, so they are equal on any
+    device; a changed value changes both, two exchanged values the second. (The sampled values
+    of :func:`model_identity` missed a changed weight between samples: a resume took a
+    checkpoint with retrained word vectors for the same model.)"""
+    flat = t.reshape(-1)
+    if flat.is_floating_point():
+        flat = flat.view(_INT_OF_SIZE[flat.element_size()])
+    plain = weighted = 0
+    for start in range(0, flat.numel(), _CONTENT_CHUNK):
+        x = flat[start:start + _CONTENT_CHUNK].to(torch.int64)
+        place = torch.arange(start, start + x.numel(), device=x.device) % 65521 + 1
+        plain += int(x.sum())
+        weighted += int((x * place).sum())
+    return plain % 2**64, weighted % 2**64
 
 
 def _tensors(value):

@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..features.pos import POS_VOCAB, Tagger, align_tags
 from ..features.streams import Batch
 from ..features.vocab import Vocabulary
+from ..store.format import fingerprint
 from .corpus import Document
 
 
@@ -38,7 +39,8 @@ class HFTokenizer:
         return enc["input_ids"], (enc["offset_mapping"] if offsets else None)
 
     def identity(self) -> dict:
-        return {"kind": "hf", "name": getattr(self.tok, "name_or_path", ""), "size": len(self.vocab)}
+        return {"kind": "hf", "name": getattr(self.tok, "name_or_path", ""), "size": len(self.vocab),
+                "vocabulary": fingerprint(list(self.vocab))}
 
 
 class WordTokenizer:
@@ -75,7 +77,9 @@ class WordTokenizer:
         return ids, (offs if offsets else None)
 
     def identity(self) -> dict:
-        return {"kind": "word", "size": len(self.vocab), "lower": self.lower}
+        # the words, not only their count: two words exchanged in the file change every id
+        return {"kind": "word", "size": len(self.vocab), "lower": self.lower,
+                "vocabulary": fingerprint(list(self.vocab))}
 
 
 @dataclass

@@ -10,7 +10,7 @@ import json
 import os
 
 from ..accumulate.accumulator import Accumulator
-from ..errors import InputError, StoreError
+from ..errors import InputError, StageExistsError, StoreError
 from .reader import open_store
 from .writer import StageWriter, differences
 
@@ -118,6 +118,14 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
         raise InputError(f"stage {stage!r} of {os.fspath(store)!r} is one of the sources: write "
                          f"the merge under another name (replacing a source while reading it "
                          f"could lose it)")
+    try:  # the target first: a merge that cannot be written fails before reading any part
+        StageWriter(store, stage, mode).precheck()
+    except StageExistsError:
+        raise StageExistsError(
+            f"stage {stage!r} already exists in {os.fspath(store)!r} (a merge stopped part-way "
+            f"leaves one with no sums): replace it (txray merge ... --overwrite, "
+            f"mode='overwrite'; a merge is run again, not resumed), or choose another stage "
+            f"name") from None
     parts = []
     for path, name in sources:
         source = open_store(path)

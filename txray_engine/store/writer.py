@@ -11,6 +11,7 @@ which the kernel releases when the process dies.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import fcntl
 import json
@@ -53,6 +54,24 @@ def differences(stored: dict, identity: dict, prefix: str = "") -> list[str]:
             out += [f"{prefix}{key}.{k}" for k in new if k not in old]
         elif old != new:
             out.append(f"{prefix}{key}")
+    return out
+
+
+#: Identity entries added after stages were first written, as paths: a stage written before
+#: one was added is compared without it (and holds it from its next commit on).
+ADDED_LATER = (("model", "content"), ("model", "tokenizer", "vocabulary"))
+
+
+def _as_written_before(identity: dict, stored: dict) -> dict:
+    """``identity`` without the :data:`ADDED_LATER` entries the ``stored`` stage lacks."""
+    out = copy.deepcopy(identity)
+    for path in ADDED_LATER:
+        new, old = out, stored
+        for key in path[:-1]:
+            new = new.get(key) if isinstance(new, dict) else None
+            old = old.get(key) if isinstance(old, dict) else None
+        if isinstance(new, dict) and isinstance(old, dict) and path[-1] not in old:
+            new.pop(path[-1], None)
     return out
 
 
@@ -181,7 +200,8 @@ class StageWriter:
             raise StageExistsError(f"stage {self.stage!r} is already complete: nothing to resume"
                                    f"{more}; collect it again with --overwrite "
                                    f"(mode='overwrite')")
-        if self.fingerprint is not None and meta.get("fingerprint") != self.fingerprint:
+        if self.fingerprint is not None and meta.get("fingerprint") != self.fingerprint and \
+                meta.get("fingerprint") != fingerprint(_as_written_before(self.identity, meta)):
             changed = differences(meta, self.identity)
             what = (f"with other settings ({', '.join(changed)})" if changed else
                     "with a different model, corpus or options")
@@ -211,24 +231,31 @@ class StageWriter:
         if status not in ("in_progress", "complete"):
             raise InputError(f"status must be 'in_progress' or 'complete', got {status!r}")
         root = self._root_for_write()
+        empty = {ATTR: {"kind": "stage", "status": "in_progress", "snapshot": None, "cursor": {},
+                        "fingerprint": self.fingerprint}}
         if self._replace_pending:
             if self.stage in set(root.group_keys()):
-                del root[self.stage]
+                # the old stage becomes an empty one of this collection (one atomic rename of
+                # its zarr.json) before its snapshots are deleted: a kill in between leaves a
+                # stage --resume continues, never the old attributes over a half-deleted
+                # snapshot (a recursive delete went in listing order)
+                root[self.stage].attrs.put(empty)
             self._replace_pending = False
         if self.stage in set(root.group_keys()):
             sg = root[self.stage]
         else:  # born with attributes: a kill right after leaves a resumable, empty stage
-            sg = root.create_group(self.stage, attributes={ATTR: {
-                "kind": "stage", "status": "in_progress", "snapshot": None, "cursor": {},
-                "fingerprint": self.fingerprint}})
-            meta = dict(root.attrs)[ATTR]
-            order = list(meta.get("stage_order", []))
-            if self.stage not in order:  # an overwritten stage keeps its place
-                root.attrs.put({ATTR: {**meta, "stage_order": order + [self.stage]}})
+            sg = root.create_group(self.stage, attributes=empty)
+        meta = dict(root.attrs)[ATTR]
+        order = list(meta.get("stage_order", []))
+        if self.stage not in order:  # (an overwritten stage keeps its place; a kill between
+            # creating the stage and listing it left it out for good)
+            root.attrs.put({ATTR: {**meta, "stage_order": order + [self.stage]}})
+        vocab = {ATTR: {"kind": "vocabularies",
+                        "vocabularies": {s.name: list(s.vocab) for s in acc.streams}}}
         if VOCAB_GROUP not in set(sg.group_keys()):
-            sg.create_group(VOCAB_GROUP, attributes={ATTR: {
-                "kind": "vocabularies",
-                "vocabularies": {s.name: list(s.vocab) for s in acc.streams}}})
+            sg.create_group(VOCAB_GROUP, attributes=vocab)
+        elif self._snapshot is None:  # the first snapshot: a replaced stage's are the old ones
+            sg[VOCAB_GROUP].attrs.put(vocab)
         self._seq += 1
         name = f"{SNAPSHOT_PREFIX}{self._seq:06d}"
         self._remove_stale_snapshots(also=name)
