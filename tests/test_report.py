@@ -316,9 +316,16 @@ def test_explorer_shows_top_examples(tmp_path):
                        context_radius=2) as col:
             for _ in range(3):
                 col.step(Batch(input_ids=torch.randint(0, 12, (4, 8))))
+    with Collector(model, ["lstm"], [Stream("token", vocab, "input")],
+                   store=tmp_path / "s.zarr", stage="plain") as col:  # no examples
+        col.step(Batch(input_ids=torch.randint(0, 12, (4, 8))))
     rep = build_report(tmp_path / "s.zarr", out=tmp_path / "r.html")
     page = rep.path.read_text()
-    assert "the position itself in bold" in page
+    assert "the position itself in bold); not for plain (collected without examples" in page
+    rep = build_report(tmp_path / "s.zarr", stages=["a", "b"], out=tmp_path / "r.html")
+    assert any("other stages, not in this report: plain" in n for n in rep.notes)
+    page = rep.path.read_text()
+    assert "the position itself in bold)." in page
     payload = page.split('id="txray-explorer-data">', 1)[1].split("</script>", 1)[0]
     import json
     ex = json.loads(payload)["layers"][0]["examples"]
@@ -326,6 +333,16 @@ def test_explorer_shows_top_examples(tmp_path):
     first = ex["stages"]["a"][0]
     assert 1 <= len(first) <= 3 and len(first[0][1]) == 5
     assert all(ex["strings"][i].startswith("w") for i in first[0][1] if i >= 0)
+
+
+def test_layers_given_by_pattern(pos_store, tmp_path):
+    """--layer takes patterns, as collect does (they were refused as unknown layers)."""
+    rep = build_report(pos_store, layers=["enc.*"], out=tmp_path / "a.html")
+    assert rep.layers == ["enc.0", "enc.1"]
+    rep = build_report(pos_store, layers=["enc.1", "enc.?"], out=tmp_path / "b.html")
+    assert rep.layers == ["enc.1", "enc.0"]
+    with pytest.raises(InputError, match="pattern 'dec.*' matches no layer common"):
+        build_report(pos_store, layers=["dec.*"], out=tmp_path / "c.html")
 
 
 def test_pairs_compare_one_stage_against_several(tmp_path):

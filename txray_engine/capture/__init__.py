@@ -1,5 +1,12 @@
-"""Capture activations from named modules through forward hooks."""
+"""Capture activations from named modules through forward hooks.
 
-from .hooks import LayerCapture, output_tensor, resolve_layers
+Names load on first use: matching layer names (``capture.names``) needs no torch.
+"""
 
-__all__ = ["LayerCapture", "output_tensor", "resolve_layers"]
+from ..lazy import lazy_exports
+
+_LAZY = {"LayerCapture": ".hooks", "output_tensor": ".hooks", "resolve_layers": ".hooks"}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

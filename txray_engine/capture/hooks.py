@@ -17,19 +17,15 @@ Hooks are removed when the context exits, also when the forward raised.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from ..errors import InputError, LayerNotFoundError
-from .layout import (check_layout, legacy_time_first, matches, names_with, recognised_layout,
+from .layout import (check_layout, legacy_time_first, names_with, recognised_layout,
                      resolve_layouts, to_batch_first)
-
-
-def is_pattern(name: str) -> bool:
-    return any(c in name for c in "*?[")
+from .names import is_pattern, matches
 
 
 def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
@@ -43,7 +39,7 @@ def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
     modules = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
     for name in names:
-        hits = [m for m in modules if fnmatch.fnmatchcase(m, name)] if is_pattern(name) else \
+        hits = [m for m in modules if matches(m, name)] if is_pattern(name) else \
             [m for m in modules if m == name]
         if not hits:
             close = difflib.get_close_matches(name, modules, n=5, cutoff=0.5)

@@ -21,13 +21,13 @@ or a default for the whole model).
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
 from ..errors import InputError
+from .names import matches
 
 LAYOUTS = ("batch_first", "time_first", "channels_first")
 
@@ -70,11 +70,6 @@ def _batch_first(module) -> bool | None:
     return None
 
 
-def matches(name: str, key: str) -> bool:
-    """Whether layer ``name`` is ``key`` or matches it as a glob pattern."""
-    return name == key or fnmatch.fnmatchcase(name, key)
-
-
 def resolve_layouts(modules: Mapping[str, nn.Module], names: list[str],
                     given: Mapping[str, str] | None = None,
                     default: str = "batch_first") -> dict[str, str]:
@@ -90,8 +85,7 @@ def resolve_layouts(modules: Mapping[str, nn.Module], names: list[str],
                              f"({', '.join(names)}): give a captured layer's name or pattern")
     for name in names:
         exact = given.get(name)
-        patterns = [lay for key, lay in given.items() if key != name and
-                    fnmatch.fnmatchcase(name, key)]
+        patterns = [lay for key, lay in given.items() if key != name and matches(name, key)]
         chosen[name] = exact or (patterns[-1] if patterns else None) or \
             recognised_layout(modules, name) or default
     return chosen

@@ -21,7 +21,8 @@ def _names(values) -> list[str]:
               help="Stage pairs to compare instead of consecutive stages (comma-separated or "
                    "repeated), e.g. zero-shot:seed0,zero-shot:seed1. Not with --stages.")
 @click.option("--layer", "layers", multiple=True,
-              help="Layer(s) to show (repeat the option). Default: all the stages share.")
+              help="Layer(s) to show, names or patterns such as 'model.layers.1*.mlp.act_fn' "
+                   "(repeat the option). Default: all the stages share.")
 @click.option("--stream", help="Stream of the Hellinger comparisons (default: token).")
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
               help="HTML file to write.")

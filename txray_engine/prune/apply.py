@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..capture.hooks import first_key, innermost, resolve_layers
-from ..capture.layout import matches, resolve_layouts, unit_axis
+from ..capture.layout import resolve_layouts, unit_axis
+from ..capture.names import matches
 from ..errors import InputError
 
 

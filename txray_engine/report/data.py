@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..capture.names import is_pattern, matches
 from ..errors import InputError, StoreError
 from ..measures import compare_streams, top_features
 
@@ -110,6 +111,10 @@ class ReportData:
                 self.notes.append(f"Stage {s!r} is {st.status or 'of unknown status'}: its "
                                   f"numbers cover the {st.tokens:,} tokens collected so far.")
         self.stages = names
+        left = [s for s in store.stages if s not in names]
+        if left:
+            self.notes.append(f"The store has other stages, not in this report: "
+                              f"{', '.join(left)} (txray report --stages to choose).")
         self.pairs = list(dict.fromkeys(pairs)) if pairs else list(zip(names, names[1:]))
         if not self.pairs:
             self.notes.append(f"Only one stage ({names[0]!r}): the comparisons (Hellinger, length "
@@ -129,12 +134,22 @@ class ReportData:
                 raise InputError(f"stages {self.stages} share no layer: choose stages collected "
                                  f"on the same layers")
             return common
-        for lay in layers:
-            missing = [s for s, st in self.stage_objs.items() if lay not in st.layers]
+        listed = ', '.join(map(repr, common)) or 'none'
+        chosen = []
+        for key in layers:  # a layer's name, or a pattern: the common layers it matches
+            if is_pattern(key):
+                hits = [lay for lay in common if matches(lay, key)]
+                if not hits:
+                    raise InputError(f"pattern {key!r} matches no layer common to the stages "
+                                     f"{self.stages}; layers common to them: {listed}")
+                chosen += hits
+                continue
+            missing = [s for s, st in self.stage_objs.items() if key not in st.layers]
             if missing:
-                raise InputError(f"layer {lay!r} is not in stage(s) {missing}; layers common "
-                                 f"to the stages: {', '.join(map(repr, common)) or 'none'}")
-        return list(dict.fromkeys(layers))
+                raise InputError(f"layer {key!r} is not in stage(s) {missing}; layers common "
+                                 f"to the stages: {listed}")
+            chosen.append(key)
+        return list(dict.fromkeys(chosen))
 
     def _stream(self, stream) -> str:
         all_streams = [s for s in self.stage_objs[self.stages[0]].streams]

@@ -159,12 +159,17 @@ def explorer_html(payload: dict) -> str:
 
 
 def explorer_intro(data: ReportData) -> str:
+    # stages whose contexts cannot be shown (no examples kept, or no token stream to show)
+    without = [s for s in data.stages if "token" not in data.stage_objs[s].streams or
+               all(data.layer(s, lay).examples is None for lay in data.layers)]
     return ("<p>Pick a layer and a neuron id (or click a neuron in a table or a point of a plot) "
             "to see its strongest features in every stage, share of its activation mass per "
             f"feature. Stages: {esc(', '.join(data.stages))}.</p>"
             + ("<p>Where the stage was collected with <code>--examples M</code>, the explorer also "
                "shows the neuron's strongest activations with the tokens around them (the "
-               "position itself in bold).</p>" if data.has_examples() else
+               "position itself in bold)" + (
+                   f"; not for {esc(', '.join(without))} (collected without examples or without "
+                   f"a token stream)" if without else "") + ".</p>" if data.has_examples() else
                "<p class=note>No stage here was collected with <code>--examples M</code>, so "
                "the explorer shows features only (no top activating contexts).</p>"))
 
