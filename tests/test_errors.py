@@ -469,6 +469,9 @@ def test_batch_counts_by_the_attention_mask_its_inputs_hold():
     assert run(Batch(input_ids=ids, inputs={"input_ids": ids, "attention_mask": attention},
                      mask=torch.ones(2, 4, dtype=torch.bool))) == 8
     assert run(Batch(input_ids=ids)) == 8
+    # a tokenizer's BatchEncoding is a UserDict, not a dict
+    from collections import UserDict
+    assert run(Batch(input_ids=ids, inputs=UserDict(input_ids=ids, attention_mask=attention))) == 5
     # other ids than the inputs' (an encoder-decoder's decoder ids): not the encoder's mask
     assert run(Batch(input_ids=ids, inputs={"input_ids": ids.clone(),
                                             "attention_mask": attention})) == 8

@@ -335,6 +335,23 @@ def test_explorer_shows_top_examples(tmp_path):
     assert all(ex["strings"][i].startswith("w") for i in first[0][1] if i >= 0)
 
 
+def test_most_and_least_changed_never_share_a_neuron():
+    """Ties (here every neuron at distance 0: a stage against itself) rank alike both ways, so
+    the least changed were the most changed again."""
+    from txray_engine.measures import compare
+    from txray_engine.report.data import changed
+    acc = Accumulator({"token": [f"w{i}" for i in range(8)]}, k=2)
+    g = torch.Generator().manual_seed(0)
+    acc.observe("enc", torch.rand(300, 10, generator=g),
+                {"token": torch.randint(0, 8, (300,), generator=g)})
+    stats = acc.layers["enc"].stream_stats()["token"]
+    cmp = compare(stats, stats)
+    assert cmp["shared"].all() and np.all(cmp["hellinger"] == 0.0)
+    for n in (3, 10):
+        most, least = changed(cmp, n, True), changed(cmp, n, False)
+        assert not set(most) & set(least) and len(most) + len(least) == min(2 * n, 10)
+
+
 def test_layers_given_by_pattern(pos_store, tmp_path):
     """--layer takes patterns, as collect does (they were refused as unknown layers)."""
     rep = build_report(pos_store, layers=["enc.*"], out=tmp_path / "a.html")

@@ -221,6 +221,17 @@ def test_a_stage_written_before_the_content_hash_resumes(word_model, tmp_path):
     assert res.exit_code == 0, res.output
     meta = json.loads(path.read_text())["attributes"][ATTR]
     assert "content" in meta["model"] and "vocabulary" in meta["model"]["tokenizer"]
+    # such a stage resumed with another corpus names the corpus, not the entries it lacked
+    del meta["model"]["content"]
+    meta["fingerprint"] = fingerprint({key: meta[key] for key in identity})
+    doc = json.loads(path.read_text())
+    doc["attributes"][ATTR] = {**meta, "status": "in_progress"}
+    path.write_text(json.dumps(doc))
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(Path(word_model["jsonl"]).read_text().splitlines(True)[1:]))
+    res = CliRunner().invoke(main, _args(word_model, other, store, "--resume"))
+    assert res.exit_code == 2 and "other settings (corpus" in res.output, res.output
+    assert "model.content" not in res.output
 
 
 def test_overlapping_windows_count_every_token_once_and_resume_exactly(word_model, tmp_path,

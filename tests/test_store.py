@@ -130,6 +130,8 @@ def test_a_kill_during_an_overwrite_leaves_a_stage_resume_continues(tmp_path, mo
         assert w.resumed and w.cursor == {}
         w.commit(_acc(seed=5), {"units": 3}, "complete")
     assert same_sums(_load(path), _acc(seed=5))
+    # numbered on from the replaced stage's snapshot (a name is never used twice)
+    assert open_store(path).stage("s").meta["snapshot"] == "snap-000002"
 
 
 def test_a_stage_missing_from_the_order_is_listed_again(tmp_path):

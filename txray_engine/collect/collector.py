@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Mapping
 from typing import Callable, Iterable
 
 import torch
@@ -20,7 +21,7 @@ from ..store.writer import StageWriter
 
 
 def default_forward(model: nn.Module, batch: Batch, time_first: bool = False):
-    """Call ``model(**inputs)`` for a dict of inputs, else ``model(inputs)``; inputs the model's
+    """Call ``model(**inputs)`` for a dict (any mapping) of inputs, else ``model(inputs)``; inputs the model's
     ``forward`` cannot take are refused with what to give instead. ``time_first``: the model
     takes ``[time, batch]`` inputs, so each input tensor of the batch's ``[batch, time]`` is
     given transposed."""
@@ -29,9 +30,10 @@ def default_forward(model: nn.Module, batch: Batch, time_first: bool = False):
         shape = tuple(batch.input_ids.shape)
         turn = (lambda x: x.transpose(0, 1) if isinstance(x, torch.Tensor) and x.dim() >= 2
                 and tuple(x.shape[:2]) == shape else x)
-        inputs = {k: turn(v) for k, v in inputs.items()} if isinstance(inputs, dict) \
+        inputs = {k: turn(v) for k, v in inputs.items()} if isinstance(inputs, Mapping) \
             else turn(inputs)
-    args, kwargs = ((), inputs) if isinstance(inputs, dict) else ((inputs,), {})
+    # (a tokenizer's BatchEncoding is a Mapping, not a dict)
+    args, kwargs = ((), dict(inputs)) if isinstance(inputs, Mapping) else ((inputs,), {})
     try:
         return model(*args, **kwargs)
     except TypeError:  # the signature is checked only then: nothing per batch on the way

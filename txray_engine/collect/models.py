@@ -164,8 +164,8 @@ def model_identity(model: nn.Module, samples: int = 256) -> dict:
     """What tells a model's weights apart, for a stage's identity (a resume must match it):
     class, parameter count, a hash of up to ``samples`` evenly spaced values of every parameter
     and buffer (``weights``: another checkpoint of the same architecture differs in practically
-    every tensor), and one of every value (``content``, :func:`content_sums`); exact, so the
-    same on any device."""
+    every tensor), and one of every byte (``content``, :func:`hash_bytes`); exact, so the same
+    on any device."""
     h, every = hashlib.sha256(), hashlib.sha256()
     with torch.no_grad():
         for name, value in model.state_dict().items():
@@ -177,14 +177,21 @@ def model_identity(model: nn.Module, samples: int = 256) -> dict:
                 try:
                     if t.is_quantized:
                         t = t.int_repr()
-                    elif t.layout != torch.strided:
-                        t = t.coalesce().values() if t.layout == torch.sparse_coo else t.values()
+                    elif t.layout != torch.strided:  # (where the values sit counts too)
+                        if t.layout == torch.sparse_coo:
+                            t = t.coalesce()
+                            hash_bytes(every, t.indices())
+                            t = t.values()
+                        else:
+                            t = t.to_sparse_coo().coalesce()
+                            hash_bytes(every, t.indices())
+                            t = t.values()
                     if t.is_complex():
                         t = torch.view_as_real(t)
                     h.update(sampled(t.detach(), samples).cpu().to(
                         torch.float64 if t.is_floating_point() else torch.int64
                     ).numpy().tobytes())
-                    every.update(b"%d:%d;" % content_sums(t.detach()))
+                    hash_bytes(every, t.detach())
                 except (RuntimeError, TypeError):  # meta and other data-less tensors: shape only
                     pass
     return {"class": type(model).__name__,
@@ -192,27 +199,20 @@ def model_identity(model: nn.Module, samples: int = 256) -> dict:
             "weights": h.hexdigest()[:16], "content": every.hexdigest()[:16]}
 
 
-#: Elements per step of :func:`content_sums` (int64 temporaries of 32 MiB).
-_CONTENT_CHUNK = 1 << 22
-_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+#: Bytes per step of :func:`hash_bytes` (a device tensor is copied to the host a step at a time).
+_HASH_CHUNK = 1 << 26
 
 
-def content_sums(t: torch.Tensor) -> tuple[int, int]:
-    """Two sums over every value of ``t``, of its bits as integers: plain, and weighted by the
-    position (mod 65,521). Integer sums wrap the same in any order, so they are equal on any
-    device; a changed value changes both, two exchanged values the second. (The sampled values
-    of :func:`model_identity` missed a changed weight between samples: a resume took a
-    checkpoint with retrained word vectors for the same model.)"""
+def hash_bytes(h, t: torch.Tensor) -> None:
+    """Feed every byte of ``t`` to the hash ``h`` (the same on any device). The sampled values of
+    :func:`model_identity` missed a changed weight between samples: a resume took a checkpoint
+    with retrained word vectors for the same model."""
     flat = t.reshape(-1)
-    if flat.is_floating_point():
-        flat = flat.view(_INT_OF_SIZE[flat.element_size()])
-    plain = weighted = 0
-    for start in range(0, flat.numel(), _CONTENT_CHUNK):
-        x = flat[start:start + _CONTENT_CHUNK].to(torch.int64)
-        place = torch.arange(start, start + x.numel(), device=x.device) % 65521 + 1
-        plain += int(x.sum())
-        weighted += int((x * place).sum())
-    return plain % 2**64, weighted % 2**64
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    raw = flat.view(torch.uint8) if flat.numel() else flat
+    for start in range(0, raw.numel(), _HASH_CHUNK):
+        h.update(raw[start:start + _HASH_CHUNK].cpu().numpy().tobytes())
 
 
 def _tensors(value):

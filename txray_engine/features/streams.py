@@ -13,6 +13,7 @@ Id ``-1`` marks a position without a feature in that stream: it adds to no cell 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -105,7 +106,7 @@ class Batch:
     def __post_init__(self):
         if self.inputs is None:
             self.inputs = self.input_ids
-        if self.mask is None and isinstance(self.inputs, dict):
+        if self.mask is None and isinstance(self.inputs, Mapping):  # (a BatchEncoding too)
             # the mask the model is given is the one to count by (it counted padding when only
             # the inputs held it)
             given = self.inputs.get("attention_mask")

@@ -258,10 +258,15 @@ def changed(cmp, n: int, most: bool = True) -> np.ndarray:
     many neurons at distance 1) go to the neuron with more activation mass in both stages.
     Neurons without a distance are in neither list, and the two lists never share a neuron:
     with fewer than ``2 n`` distances, the most changed take the first half (the larger)."""
-    ranked = cmp.ranked(most)
-    ranked = ranked[~np.isnan(cmp["hellinger"][ranked])]
-    half = ranked.size // 2 if not most else ranked.size - ranked.size // 2
-    return ranked[:min(n, half)]
+    valid = ~np.isnan(cmp["hellinger"])
+    first = cmp.ranked(True)
+    first = first[valid[first]][:min(n, valid.sum() - valid.sum() // 2)]
+    if most:
+        return first
+    # (ties, e.g. all at distance 1, rank alike both ways: the most changed are left out here)
+    least = cmp.ranked(False)
+    least = least[valid[least] & ~np.isin(least, first)]
+    return least[:min(n, valid.sum() // 2)]
 
 
 def without_distance(cmp) -> int:

@@ -207,11 +207,16 @@ EXPLORER_JS = r"""
     th.appendChild(row(head, true)); rows.forEach(function (r) { tb.appendChild(row(r)); });
     t.appendChild(th); t.appendChild(tb); return t;
   }
-  function pyRepr(t) {  // Python's repr of a string, as the tables show features
+  function pyRepr(t) {  // Python's repr of a string, as the tables show features: what is not
+    // printable (controls, formats, separators but the space, unassigned) escaped as Python does
     var q = t.indexOf("'") >= 0 && t.indexOf('"') < 0 ? '"' : "'";
-    var body = t.replace(/[\\\n\r\t\x00-\x1f\x7f]/g, function (c) {
-      return {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}[c] ||
-        "\\x" + ("0" + c.charCodeAt(0).toString(16)).slice(-2);
+    var body = t.replace(/[\\\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/gu, function (c) {
+      if (c === " ") return c;
+      var named = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}[c];
+      if (named) return named;
+      var cp = c.codePointAt(0), hex = cp.toString(16);
+      return cp < 0x100 ? "\\x" + ("0" + hex).slice(-2) : cp < 0x10000 ?
+        "\\u" + ("000" + hex).slice(-4) : "\\U" + ("0000000" + hex).slice(-8);
     });
     if (q === "'") body = body.replace(/'/g, "\\'");
     return q + body + q;

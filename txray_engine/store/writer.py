@@ -190,7 +190,7 @@ class StageWriter:
             self._replace_pending = True
             # number on from the replaced stage: a reader of its last snapshot must not take the
             # new stage's first one for it
-            self._seq = _number(meta.get("snapshot"))
+            self._seq = _numbered(meta)
             return
         if meta.get("status") == "complete" and not (self.reopen and self.reopen(meta)):
             limit = meta.get("max_documents")
@@ -202,7 +202,7 @@ class StageWriter:
                                    f"(mode='overwrite')")
         if self.fingerprint is not None and meta.get("fingerprint") != self.fingerprint and \
                 meta.get("fingerprint") != fingerprint(_as_written_before(self.identity, meta)):
-            changed = differences(meta, self.identity)
+            changed = differences(meta, _as_written_before(self.identity, meta))
             what = (f"with other settings ({', '.join(changed)})" if changed else
                     "with a different model, corpus or options")
             raise StageExistsError(f"stage {self.stage!r} was started {what}; resume with the "
@@ -210,7 +210,7 @@ class StageWriter:
         if self.fingerprint is None:  # a precheck: nothing more to know, nothing to remove
             return
         self._snapshot = meta.get("snapshot")
-        self._seq = _number(self._snapshot)
+        self._seq = _numbered(meta)
         self.cursor = dict(meta.get("cursor") or {})
         self.resumed = True
         self._remove_stale_snapshots()
@@ -231,8 +231,9 @@ class StageWriter:
         if status not in ("in_progress", "complete"):
             raise InputError(f"status must be 'in_progress' or 'complete', got {status!r}")
         root = self._root_for_write()
+        # (a replaced stage's numbers go on: no snapshot name is used twice)
         empty = {ATTR: {"kind": "stage", "status": "in_progress", "snapshot": None, "cursor": {},
-                        "fingerprint": self.fingerprint}}
+                        "fingerprint": self.fingerprint, "numbered_to": self._seq}}
         if self._replace_pending:
             if self.stage in set(root.group_keys()):
                 # the old stage becomes an empty one of this collection (one atomic rename of
@@ -324,6 +325,12 @@ class StageWriter:
 def _number(snapshot: str | None) -> int:
     """A snapshot's number (``snap-000012`` → 12; none yet → 0)."""
     return int(snapshot[len(SNAPSHOT_PREFIX):]) if snapshot else 0
+
+
+def _numbered(meta: dict) -> int:
+    """The last snapshot number a stage used: its snapshot's, or where a replaced stage's went
+    (``numbered_to`` of a stage with no snapshot yet)."""
+    return max(_number(meta.get("snapshot")), int(meta.get("numbered_to") or 0))
 
 
 def snapshot_nodes(acc: Accumulator, base: str):
