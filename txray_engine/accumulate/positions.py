@@ -81,8 +81,9 @@ def batch_positions(layer: str, acts_shape: tuple, device: torch.device, streams
             raise _mismatch(layer, "mask", tuple(mask.shape), acts_shape, "")
         keep = mask.reshape(-1)
         if keep.dtype != torch.bool:  # checked when read back with the id bounds (on a GPU:
-            unchecked = (((keep != 0) & (keep != 1)).any(), keep)  # no second wait)
-            keep = keep != 0
+            nonzero = keep != 0  # no second wait)
+            unchecked = ((nonzero & (keep != 1)).any(), keep)
+            keep = nonzero
         index = torch.nonzero(keep).squeeze(1)  # on a GPU: the batch's one wait for a size
         if index.shape[0] == keep.shape[0]:
             index = None

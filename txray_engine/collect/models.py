@@ -178,14 +178,9 @@ def model_identity(model: nn.Module, samples: int = 256) -> dict:
                     if t.is_quantized:
                         t = t.int_repr()
                     elif t.layout != torch.strided:  # (where the values sit counts too)
-                        if t.layout == torch.sparse_coo:
-                            t = t.coalesce()
-                            hash_bytes(every, t.indices())
-                            t = t.values()
-                        else:
-                            t = t.to_sparse_coo().coalesce()
-                            hash_bytes(every, t.indices())
-                            t = t.values()
+                        t = (t if t.layout == torch.sparse_coo else t.to_sparse_coo()).coalesce()
+                        hash_bytes(every, t.indices())
+                        t = t.values()
                     if t.is_complex():
                         t = torch.view_as_real(t)
                     h.update(sampled(t.detach(), samples).cpu().to(

@@ -259,19 +259,14 @@ def changed(cmp, n: int, most: bool = True) -> np.ndarray:
     Neurons without a distance are in neither list, and the two lists never share a neuron:
     with fewer than ``2 n`` distances, the most changed take the first half (the larger)."""
     valid = ~np.isnan(cmp["hellinger"])
+    m = int(valid.sum())
     first = cmp.ranked(True)
-    first = first[valid[first]][:min(n, valid.sum() - valid.sum() // 2)]
+    first = first[valid[first]][:min(n, m - m // 2)]
     if most:
         return first
     # (ties, e.g. all at distance 1, rank alike both ways: the most changed are left out here)
     least = cmp.ranked(False)
-    least = least[valid[least] & ~np.isin(least, first)]
-    return least[:min(n, valid.sum() // 2)]
-
-
-def without_distance(cmp) -> int:
-    """Shared neurons without a Hellinger distance (no feature counted in a stage)."""
-    return int(cmp.summary()["shared_without_distribution"])
+    return least[valid[least] & ~np.isin(least, first)][:min(n, m // 2)]
 
 
 #: Characters of a feature string the page shows (a longer one is cut, ending in "…"): one token

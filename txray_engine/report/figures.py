@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 
 from ..measures import feature_group_mass
 from .data import (LENGTH_STREAMS, POS_STREAM, ReportData, changed, even_ranks, feature_text,
-                   sample, without_distance)
+                   sample)
 
 #: Plotly config of every figure: no logo link, no cloud buttons, responsive width.
 CONFIG = {"displaylogo": False, "responsive": True,
@@ -163,7 +163,7 @@ def hellinger_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | Non
                            + ": %{customdata[2]}<extra></extra>")))
     fig.update_xaxes(type="log", title_text="Hellinger length (features in either stage, log)")
     fig.update_yaxes(title_text="Hellinger distance", range=[-0.02, 1.02])
-    missing = without_distance(cmp)
+    missing = int(cmp.summary()["shared_without_distribution"])
     caption = (f"{stream} stream, {a} → {b}: one point per neuron alive in both stages "
                f"({shared.size:,} of {cmp.n_neurons:,}). Distance 0: same distribution over "
                f"features; 1: no feature in common. Hover shows the top {n} features per stage; "

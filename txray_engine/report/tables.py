@@ -7,7 +7,7 @@ import html
 
 import numpy as np
 
-from .data import FEATURE_CHARS, ReportData, changed, feature_label, without_distance
+from .data import FEATURE_CHARS, ReportData, changed, feature_label
 
 
 def esc(x) -> str:
@@ -58,12 +58,14 @@ def stages_table(data: ReportData) -> str:
 
 def summary_table(data: ReportData, layer: str) -> str:
     """Per consecutive pair: shared and dead neurons, Hellinger mean/median, mean length shift."""
-    rows = []
+    rows, no_distance = [], []
     for a, b in data.pairs:
         cmp = data.comparison(a, b, layer)
         if cmp is None:
             continue
         s = cmp.summary()
+        if s["shared_without_distribution"]:
+            no_distance.append(f"{esc(a)} → {esc(b)}: {s['shared_without_distribution']:,}")
         rows.append(f"<tr><td>{esc(a)} → {esc(b)}</td><td class=num>{s['shared']:,}</td>"
                     f"<td class=num>{s['only_a']:,}</td><td class=num>{s['only_b']:,}</td>"
                     f"<td class=num>{s['dead_both']:,}</td>"
@@ -72,8 +74,6 @@ def summary_table(data: ReportData, layer: str) -> str:
                     f"<td class=num>{_num(s['length_shift_mean'], '{:+.2f}')}</td></tr>")
     if not rows:
         return ""
-    no_distance = [f"{esc(a)} → {esc(b)}: {without_distance(cmp):,}" for a, b in data.pairs
-                   if (cmp := data.comparison(a, b, layer)) is not None and without_distance(cmp)]
     if no_distance:
         rows.append(f"<tr><td colspan=8 class=muted>Shared neurons without a distance (no "
                     f"{esc(data.stream)} feature with {esc(data.by)} in a stage: activations 0 or "

@@ -200,9 +200,10 @@ class StageWriter:
             raise StageExistsError(f"stage {self.stage!r} is already complete: nothing to resume"
                                    f"{more}; collect it again with --overwrite "
                                    f"(mode='overwrite')")
-        if self.fingerprint is not None and meta.get("fingerprint") != self.fingerprint and \
-                meta.get("fingerprint") != fingerprint(_as_written_before(self.identity, meta)):
-            changed = differences(meta, _as_written_before(self.identity, meta))
+        before = _as_written_before(self.identity, meta) if self.fingerprint is not None else None
+        if before is not None and meta.get("fingerprint") not in (self.fingerprint,
+                                                                  fingerprint(before)):
+            changed = differences(meta, before)
             what = (f"with other settings ({', '.join(changed)})" if changed else
                     "with a different model, corpus or options")
             raise StageExistsError(f"stage {self.stage!r} was started {what}; resume with the "
