@@ -127,23 +127,47 @@ def tree_digest(path):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def make_hf_model_dir(path, arch="gpt2"):
-    """A tiny Hugging Face model directory with a word-level fast tokenizer (no download)."""
+BYTE_LEVEL_TEXT = ["the café sat on the mat .", "naïve dogs ran, and a red house was small .",
+                   "Größe: 漢字 😀 — the end\nof a line"]
+
+
+def byte_level_tokenizer():
+    """A byte-level BPE fast tokenizer trained here on :data:`BYTE_LEVEL_TEXT` (as GPT-2's)."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(BYTE_LEVEL_TEXT, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<pad>", "<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
+                                                eos_token="<|endoftext|>")
+
+
+def make_hf_model_dir(path, arch="gpt2", tokenizer="word"):
+    """A tiny Hugging Face model directory with a word-level fast tokenizer, or with
+    ``tokenizer="byte_level"`` a byte-level BPE one (no download)."""
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {w: i for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
-                                                pad_token="<pad>")
+    if tokenizer == "word":
+        vocab = {w: i for i, w in enumerate(WORDS)}
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
+                                                    pad_token="<pad>")
+    else:
+        fast = byte_level_tokenizer()
+    size = len(fast)
     torch.manual_seed(0)
     if arch == "gpt2":
-        cfg = transformers.GPT2Config(vocab_size=len(WORDS), n_positions=64, n_embd=16, n_layer=2,
+        cfg = transformers.GPT2Config(vocab_size=size, n_positions=64, n_embd=16, n_layer=2,
                                       n_head=2)
         model = transformers.GPT2LMHeadModel(cfg)
     else:
-        cfg = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=24,
+        cfg = transformers.LlamaConfig(vocab_size=size, hidden_size=16, intermediate_size=24,
                                        num_hidden_layers=2, num_attention_heads=2,
                                        num_key_value_heads=1, max_position_embeddings=64)
         model = transformers.LlamaForCausalLM(cfg)

@@ -331,8 +331,11 @@ def test_explorer_shows_top_examples(tmp_path):
     ex = json.loads(payload)["layers"][0]["examples"]
     assert set(ex["stages"]) == {"a", "b"} and len(ex["stages"]["a"]) == 5
     first = ex["stages"]["a"][0]
-    assert 1 <= len(first) <= 3 and len(first[0][1]) == 5
-    assert all(ex["strings"][i].startswith("w") for i in first[0][1] if i >= 0)
+    assert 1 <= len(first) <= 3 and all(len(item) == 4 for item in first)
+    value, before, word, after = first[0]
+    assert word in vocab and len((before + after).split()) <= 4
+    assert before == "" or before.endswith(" ")
+    assert after == "" or after.startswith(" ")
 
 
 def test_most_and_least_changed_never_share_a_neuron():

@@ -103,4 +103,6 @@ def parse_k(value: str):
 
 def format_features(view, neuron: int, n: int, by: str = "mass") -> str:
     """``'feature' share%, …`` of a neuron's ``n`` strongest features in a stream view."""
-    return ", ".join(f"{f!r} {v:.0%}" for f, v in view.top_features(neuron, n, by, share=True))
+    shown = view.vocab.shown
+    return ", ".join(f"{shown(f)!r} {v:.0%}"
+                     for f, v in view.top_features(neuron, n, by, share=True))

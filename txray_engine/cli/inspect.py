@@ -99,9 +99,11 @@ def _neuron_lines(store, stage, layer_names, streams, neurons, top, features, by
                         break
                     ctx = ex["examples_context"][n, j]
                     mid = len(ctx) // 2
-                    words = [("[" + vocab[int(t)] + "]") if i == mid else vocab[int(t)]
-                             for i, t in enumerate(ctx) if t >= 0]
+                    before, after = ([vocab[int(t)] for t in part if t >= 0]
+                                     for part in (ctx[:mid], ctx[mid + 1:]))
+                    head, word, tail = vocab.context(before, vocab[int(ctx[mid])], after)
+                    text = f"{head}[{word}]{tail}".replace("\n", "↵")  # one line each
                     out.append(f"    example {ex['examples_value'][n, j]:.3f} (document "
                                f"{ex['examples_doc'][n, j]}, token {ex['examples_pos'][n, j]}):"
-                               f" {' '.join(words)}")
+                               f" {text}")
     return out

@@ -5,15 +5,21 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from ..errors import InputError
+from .text import TEXT_KINDS, context, shown, tokenizer_text
 
 
 class Vocabulary:
     """Feature strings indexed by id ``0 .. len - 1``.
 
     Strings must be unique so that stages with different vocabularies can be aligned by string.
+    ``text`` says how they read (:mod:`.text`): ``None``, or ``"byte_level"`` for a byte-level
+    BPE tokenizer's tokens (``'Ġthe'`` reads ``' the'``); it changes only how they are shown.
     """
 
-    def __init__(self, items: Iterable[str]):
+    def __init__(self, items: Iterable[str], text: str | None = None):
+        if text not in TEXT_KINDS:
+            raise InputError(f"unknown vocabulary text {text!r}; use one of {TEXT_KINDS}")
+        self.text = text
         self.items: list[str] = [str(s) for s in items]
         self._index = {s: i for i, s in enumerate(self.items)}
         if len(self._index) != len(self.items):
@@ -28,10 +34,11 @@ class Vocabulary:
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "Vocabulary":
-        """Vocabulary of a Hugging Face tokenizer (ids without a string get ``<id:N>``)."""
+        """Vocabulary of a Hugging Face tokenizer (ids without a string get ``<id:N>``), with the
+        tokenizer's spelling (``text="byte_level"`` for byte-level BPE)."""
         size = len(tokenizer)
         inv = {i: t for t, i in tokenizer.get_vocab().items()}
-        return cls(inv.get(i, f"<id:{i}>") for i in range(size))
+        return cls((inv.get(i, f"<id:{i}>") for i in range(size)), tokenizer_text(tokenizer))
 
     @classmethod
     def of_size(cls, n: int, prefix: str = "") -> "Vocabulary":
@@ -49,6 +56,14 @@ class Vocabulary:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Vocabulary) and self.items == other.items
+
+    def shown(self, s: str) -> str:
+        """A feature string as it reads (``'Ġthe'`` → ``' the'`` for byte-level tokens)."""
+        return shown(s, self.text)
+
+    def context(self, before, mid: str, after) -> tuple[str, str, str]:
+        """A token between its neighbours as three texts (before, token, after)."""
+        return context(before, mid, after, self.text)
 
     def id(self, s: str) -> int:
         """Id of a string (``KeyError`` if absent)."""
@@ -69,4 +84,5 @@ class Vocabulary:
 
     def __repr__(self) -> str:
         head = ", ".join(repr(s) for s in self.items[:4])
-        return f"Vocabulary({len(self)}: {head}{', …' if len(self) > 4 else ''})"
+        text = f", text={self.text!r}" if self.text else ""
+        return f"Vocabulary({len(self)}: {head}{', …' if len(self) > 4 else ''}{text})"

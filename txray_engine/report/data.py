@@ -227,13 +227,13 @@ class ReportData:
 
     def features(self, stage: str, layer: str, stream: str, neuron: int, n: int
                  ) -> list[tuple[str, float]]:
-        """The neuron's ``n`` strongest features in a stage as ``(string, share)``."""
+        """The neuron's ``n`` strongest features in a stage as ``(string as it reads, share)``."""
         if self.view(stage, layer, stream) is None:
             return []
         ids, shares = self.top(stage, layer, stream)
         vocab = self.view(stage, layer, stream).vocab
-        return [(vocab[int(i)], float(s)) for i, s in zip(ids[neuron, :n], shares[neuron, :n])
-                if i >= 0]
+        return [(vocab.shown(vocab[int(i)]), float(s))
+                for i, s in zip(ids[neuron, :n], shares[neuron, :n]) if i >= 0]
 
     def comparison(self, a: str, b: str, layer: str, stream: str | None = None):
         """The comparison of stages ``a`` and ``b`` (None, with a note, when it cannot be made)."""

@@ -46,7 +46,7 @@ def _stream_payload(data: ReportData, layer: str, stream: str, keep: np.ndarray)
         vocab = view.vocab
         glob = np.full(int(used.max()) + 1 if used.size else 1, -1, dtype=np.int64)
         for f in used:
-            word = vocab[int(f)]
+            word = vocab.shown(vocab[int(f)])
             if word not in index:
                 index[word] = len(strings)
                 strings.append(word)
@@ -67,10 +67,8 @@ EXAMPLES_SHOWN = 3
 
 
 def _examples_payload(data: ReportData, layer: str, keep: np.ndarray) -> dict | None:
-    """Per stage and kept neuron up to three ``[value, [token index, ...]]`` (the middle token is
-    the position itself; ``-1`` outside the text), with one string table; None without examples."""
-    strings: list[str] = []
-    index: dict[str, int] = {}
+    """Per stage and kept neuron up to three ``[value, before, token, after]``: the position's
+    token between the text around it (byte-level tokens decoded); None without examples."""
     per_stage = {}
     for s in data.stages:
         lv = data.layer(s, layer)
@@ -86,20 +84,15 @@ def _examples_payload(data: ReportData, layer: str, keep: np.ndarray) -> dict | 
                     v = float(ex["examples_value"][n, j])
                     if not np.isfinite(v):
                         break
-                    ids = []
-                    for t in ex["examples_context"][n, j]:
-                        if t < 0:
-                            ids.append(-1)
-                            continue
-                        w = vocab[int(t)]
-                        if w not in index:
-                            index[w] = len(strings)
-                            strings.append(w)
-                        ids.append(index[w])
-                    items.append([float(f"{v:.4g}"), ids])
+                    ctx = ex["examples_context"][n, j]
+                    mid = len(ctx) // 2
+                    before, after = ([vocab[int(t)] for t in part if t >= 0]
+                                     for part in (ctx[:mid], ctx[mid + 1:]))
+                    items.append([float(f"{v:.4g}"),
+                                  *vocab.context(before, vocab[int(ctx[mid])], after)])
             rows.append(items)
         per_stage[s] = rows
-    return {"strings": strings, "stages": per_stage} if per_stage else None
+    return {"stages": per_stage} if per_stage else None
 
 
 def explorer_payload(data: ReportData) -> dict:
@@ -293,12 +286,11 @@ EXPLORER_JS = r"""
       if (!items || !items.length) return;
       box.appendChild(el("div", s, "muted"));
       items.forEach(function (it) {
-        var line = el("div", null, "ctx"), mid = (it[1].length - 1) / 2;
+        var line = el("div", null, "ctx");
         line.appendChild(el("small", it[0].toFixed(3) + "  "));
-        it[1].forEach(function (w, i) {
-          if (w < 0) return;
-          line.appendChild(el(i === mid ? "b" : "span", E.strings[w] + " "));
-        });
+        line.appendChild(el("span", it[1]));
+        line.appendChild(el("b", it[2]));
+        line.appendChild(el("span", it[3]));
         box.appendChild(line);
       });
     });

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 
 from ..accumulate.stats import SparseStats
 from ..errors import InputError, StageChangedError, StageNotReadyError, StoreError
+from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
 from .format import ATTR, VOCAB_GROUP, damaged, group_attrs, open_root, read_arrays, read_stats
 
@@ -208,7 +209,9 @@ class Stage:
         if stream not in self._vocabularies:
             raise _unknown("stream", stream, list(self._vocabularies), f"stage {self.name!r}")
         if stream not in self._vocab_objects:
-            self._vocab_objects[stream] = Vocabulary(self._vocabularies[stream])
+            text = self.meta.get("streams", {}).get(stream, {}).get("text")
+            self._vocab_objects[stream] = Vocabulary(self._vocabularies[stream],
+                                                     text if text in TEXT_KINDS else None)
         return self._vocab_objects[stream]
 
     def accumulator(self, kind: str = "auto", dense_budget: int | None = None,

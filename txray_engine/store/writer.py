@@ -268,7 +268,7 @@ class StageWriter:
                 "fingerprint": self.fingerprint, "k": acc.k,
                 "examples": {"m": acc.examples, "radius": acc.context_radius},
                 "layers": {n: s.n_neurons for n, s in acc.layers.items()},
-                "streams": {s.name: {"source": s.source, "size": len(s.vocab)} for s in acc.streams},
+                "streams": {s.name: _stream_meta(s) for s in acc.streams},
                 "documents": int(cursor.get("documents", 0)),
                 "tokens": acc.tokens,
                 "updated": _now(), **self.identity, **(extra or {})}
@@ -321,6 +321,14 @@ class StageWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stream_meta(stream) -> dict:
+    """A stream's entry in the stage attributes (``text`` only where its strings are spelled)."""
+    meta = {"source": stream.source, "size": len(stream.vocab)}
+    if stream.vocab.text is not None:
+        meta["text"] = stream.vocab.text
+    return meta
 
 
 def _number(snapshot: str | None) -> int:

@@ -1,0 +1,110 @@
+"""How feature strings read: byte-level BPE tokens decoded for display, stored as spelled."""
+
+import json
+
+import pytest
+
+from naive import BYTE_LEVEL_TEXT, byte_level_tokenizer, make_hf_model_dir, run_cli
+from txray_engine import Vocabulary, open_store
+from txray_engine.errors import InputError
+from txray_engine.features.text import BYTE_OF_CHAR, context, joined, shown, tokenizer_text
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_level_tokenizer()
+
+
+def test_alphabet_is_a_bijection_onto_bytes():
+    assert sorted(BYTE_OF_CHAR.values()) == list(range(256))
+    assert BYTE_OF_CHAR["Ġ"] == ord(" ") and BYTE_OF_CHAR["Ċ"] == ord("\n")
+    assert BYTE_OF_CHAR["A"] == ord("A") and BYTE_OF_CHAR["é"] == 0xE9
+
+
+@pytest.mark.parametrize("spelled, reads", [
+    ("Ġmovement", " movement"), ("Ã©", "é"), ("Ċ", "\n"), ("<|endoftext|>", "<|endoftext|>"),
+    ("Ġ", " "), ("âĢ", "\\xe2\\x80"),  # two bytes of a three-byte character: shown as bytes
+    ("日本", "日本"),  # not in the alphabet (an added token spelled otherwise): as it is
+])
+def test_shown(spelled, reads):
+    assert shown(spelled, "byte_level") == reads
+    assert shown(spelled, None) == spelled
+
+
+def test_joined_reads_a_character_split_over_tokens_whole():
+    assert joined(["the", "Ġcaf", "Ã", "©"], "byte_level") == "the café"
+    assert joined(["ĠâĢ", "Ķ", "<|endoftext|>", "Ġend"], "byte_level") == " —<|endoftext|> end"
+    assert joined(["the", "cat"], None) == "the cat"
+
+
+def test_context_marks_the_word_not_its_space():
+    assert context(["The"], "Ġmovie", ["Ġwas", "Ġgood"], "byte_level") == \
+        ("The ", "movie", " was good")
+    assert context([], "Ċ", ["Ġnext"], "byte_level") == ("", "\n", " next")
+    assert context(["the", "big"], "cat", [], None) == ("the big ", "cat", "")
+
+
+def test_hugging_face_decodes_each_token_as_shown(tok):
+    """Against the tokenizer's own ByteLevel decoder, token by token, and for whole texts."""
+    vocab = Vocabulary.from_tokenizer(tok)
+    assert vocab.text == "byte_level" and "text='byte_level'" in repr(vocab)
+    checked = 0
+    for s in vocab:
+        if "\\x" not in vocab.shown(s):  # a whole character or more
+            assert vocab.shown(s) == tok.convert_tokens_to_string([s]), s
+            checked += 1
+    assert checked >= 175  # all but the bytes of split characters (0x80-0xff alone and pieces)
+    for text in BYTE_LEVEL_TEXT:
+        assert joined(tok.tokenize(text), "byte_level") == text
+
+
+def test_which_tokenizers_are_byte_level(tok):
+    import transformers
+    from tokenizers import Tokenizer, decoders, models
+
+    assert tokenizer_text(tok) == "byte_level"
+
+    class SlowGPT2:  # transformers 4's Python GPT2Tokenizer: no backend, a byte table
+        byte_decoder = BYTE_OF_CHAR
+
+    assert tokenizer_text(SlowGPT2()) == "byte_level"
+    seq = Tokenizer(models.BPE())
+    seq.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
+    assert tokenizer_text(transformers.PreTrainedTokenizerFast(tokenizer_object=seq)) == \
+        "byte_level"
+    word = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "a": 1}, unk_token="<unk>"))
+    assert tokenizer_text(transformers.PreTrainedTokenizerFast(tokenizer_object=word)) is None
+    with pytest.raises(InputError, match="unknown vocabulary text"):
+        Vocabulary(["a"], text="bytes")
+
+
+def test_store_keeps_spelling_and_commands_show_text(tmp_path):
+    model_dir = make_hf_model_dir(tmp_path / "m", tokenizer="byte_level")
+    store = tmp_path / "s.zarr"
+    for stage in ("a", "b"):  # two corpora: a merge refuses to count one corpus twice
+        corpus = tmp_path / f"{stage}.txt"
+        corpus.write_text("\n".join(BYTE_LEVEL_TEXT * (2 if stage == "a" else 3)) + "\n")
+        run_cli("collect", "--model", model_dir, "--corpus", corpus, "--layers",
+                "transformer.h.1.mlp.act", "--streams", "token,predicted", "--examples", 2,
+                "-k", 4, "--store", store, "--stage", stage, "-q")
+    st = open_store(store).stage("a")
+    assert st.meta["streams"]["token"] == {"source": "input", "size": 320, "text": "byte_level"}
+    assert st.vocab("predicted").text == "byte_level"
+    assert "Ġcaf" in list(st.vocab("token"))  # stored as spelled
+    attrs = json.loads((store / "a" / "vocab" / "zarr.json").read_text())
+    assert "Ġcaf" in attrs["attributes"]["txray_engine"]["vocabularies"]["token"]
+
+    out = run_cli("neurons", store, "--stage", "a", "--top", 16, "--features", 20)
+    assert "Ġ" not in out and "' the'" in out
+    ex = [line for line in out.splitlines() if line.lstrip().startswith("example")]
+    assert ex and all(line.count("[") == 1 for line in ex) and "Ġ" not in "".join(ex)
+    run_cli("merge", f"{store}::a", f"{store}::b", "--store", store, "--stage", "ab")
+    assert open_store(store).stage("ab").vocab("token").text == "byte_level"  # (via the sums)
+
+    run_cli("report", store, "--stages", "a,b", "--out", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    payload = json.loads(page.split('id="txray-explorer-data">', 1)[1].split("</script>", 1)[0])
+    strings = payload["layers"][0]["streams"][0]["strings"]
+    assert strings and not any("Ġ" in s for s in strings)
+    contexts = [item for rows in payload["layers"][0]["examples"]["stages"]["a"] for item in rows]
+    assert contexts and all(len(item) == 4 and "Ġ" not in "".join(item[1:]) for item in contexts)
