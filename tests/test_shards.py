@@ -123,6 +123,28 @@ def test_a_shard_without_documents_still_merges(word_model, tmp_path):
     assert same_sums(a.accumulator(), b.accumulator()) and a.cursor == b.cursor
 
 
+def test_parts_of_a_split_corpus_merge_to_one_collection_over_the_files(word_model, tmp_path):
+    """Documents of the second file number on from the first's, as in one collection over both
+    files (they shared indices 0, 1, … before: the examples could not say which file)."""
+    lines = word_model["text"].read_text().splitlines(keepends=True)
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    files[0].write_text("".join(lines[:13]) + "\n")  # (an empty line is no document)
+    files[1].write_text("".join(lines[13:]))
+    wm = {**word_model, "text": files[0]}
+    for i, f in enumerate(files):
+        _ok(_collect({**wm, "text": f}, "--store", tmp_path / f"p{i}.zarr"))
+    _ok(_collect(wm, "--corpus", files[1], "--store", tmp_path / "whole.zarr"))
+    _ok(CliRunner().invoke(main, ["merge", str(tmp_path / "p0.zarr"), str(tmp_path / "p1.zarr"),
+                                  "--store", str(tmp_path / "m.zarr"), "--stage", "s"]))
+    a, b = open_store(tmp_path / "whole.zarr").stage("s"), open_store(tmp_path / "m.zarr").stage("s")
+    assert same_sums(a.accumulator(), b.accumulator())
+    assert a.cursor["documents"] == b.cursor["documents"] == len(lines)
+    ea, eb = a.layer("lstm").examples, b.layer("lstm").examples
+    for key in ("examples_value", "examples_doc", "examples_pos", "examples_context"):
+        np.testing.assert_array_equal(ea[key], eb[key], err_msg=key)
+    assert eb["examples_doc"].max() >= 13  # some from the second file
+
+
 def test_merge_refuses_parts_that_overlap_or_a_source_as_target(word_model, tmp_path):
     from txray_engine.errors import InputError
     from txray_engine.store import merge_stages

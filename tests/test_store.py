@@ -174,6 +174,23 @@ def test_only_the_committed_snapshot_remains(tmp_path):
     assert snaps == [stage.attrs[ATTR]["snapshot"]] == ["snap-000003"]
 
 
+def test_identity_cannot_replace_the_format_attributes(tmp_path):
+    """An identity (or extra) naming ``streams``, ``snapshot``, … wrote over what readers read:
+    ``streams`` became a list, a ``snapshot`` named nothing and the stage no longer opened."""
+    path = tmp_path / "s.zarr"
+    for identity in ({"model": "m", "k": 2, "streams": ["token"]}, {"snapshot": "snap-999999"}):
+        with pytest.raises(InputError, match=r"stage attributes the store writes itself"):
+            StageWriter(path, "s", "new", identity)
+    with StageWriter(path, "s", "new", {"model": "m", "options": {"k": 2}}) as w:
+        with pytest.raises(InputError, match=r"extra keys \['tokens'\]"):
+            w.commit(_acc(), {"units": 1}, "complete", extra={"tokens": -5})
+        w.commit(_acc(), {"units": 1}, "complete", extra={"note": "first"})
+    st = open_store(path).stage("s")
+    assert st.meta["options"] == {"k": 2} and st.meta["note"] == "first"
+    assert st.meta["streams"]["token"] == {"source": "feature", "size": 40}
+    assert same_sums(st.accumulator(), _acc())
+
+
 def test_second_writer_is_refused(tmp_path):
     path = tmp_path / "s.zarr"
     with StageWriter(path, "s", "new", {}):

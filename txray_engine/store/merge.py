@@ -93,6 +93,15 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
                              f"`collect --shard`, or stages over different files)")
 
 
+def _number_documents_from(acc: Accumulator, first: int) -> None:
+    """Add ``first`` to the document of every top example of ``acc`` (empty slots stay -1)."""
+    if first:
+        for layer in acc.layers.values():
+            if layer.examples is not None:
+                doc = layer.examples.doc
+                doc[doc >= 0] += first
+
+
 def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None = None) -> dict:
     """Write the sums of ``sources`` (``[(store path, stage name), ...]``) as ``stage`` of
     ``store``; returns the new stage's summary.
@@ -101,8 +110,10 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     streams and vocabularies, options); their corpora may differ (a corpus split by file). Shards
     of one ``txray collect --shard I/N`` must all be there, each once. The merged stage holds
     their summed sums and cursors (tokens, documents, units) and names its sources in
-    ``merged_from``; its top examples are the best of all (the documents keep their indices in
-    the corpus). ``mode`` as for :class:`StageWriter`. ``ties``: how equal top examples are
+    ``merged_from``; its top examples are the best of all. Their documents keep their indices in
+    the corpus for shards; parts collected by ``txray collect`` over different files number
+    theirs on from the documents of the parts before them (as ``collect --corpus A --corpus B``
+    numbers them); parts written from Python keep the ids they were given. ``mode`` as for :class:`StageWriter`. ``ties``: how equal top examples are
     settled (see ``Accumulator.merge_``); by default ``"place"`` for ``txray collect --shard``
     stages, else ``"first"``: shards collected from Python with ``Batch(unit_ids=...)`` pass
     ``ties="place"``.
@@ -142,10 +153,16 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
         ties = "place" if (parts[0][2].get("options") or {}).get("shard") else "first"
     elif ties not in ("first", "place"):
         raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
+    # parts of a corpus split by file (txray collect's, which record their corpus) number their
+    # documents on, as one collection over the files in the order given: documents of two files
+    # would otherwise share indices
+    renumber = ties == "first" and all("corpus" in meta for _, _, meta in parts)
     acc: Accumulator | None = None
     cursor = {"units": 0, "documents": 0}
     for _, st, meta in parts:
         part = st.accumulator()
+        if renumber:
+            _number_documents_from(part, cursor["documents"])
         acc = part if acc is None else acc.merge_(part, ties)
         for key in cursor:
             cursor[key] += int((meta.get("cursor") or {}).get(key, 0))

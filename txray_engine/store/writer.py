@@ -88,8 +88,10 @@ class StageWriter:
         ``new`` refuses an existing stage; ``resume`` continues an unfinished one (or starts it when
         absent); ``overwrite`` replaces it at the first commit (until then the old one stays).
     identity : dict
-        JSON-able description of what is collected (model, corpus, k, layers, streams, options).
-        Its fingerprint must match when resuming.
+        JSON-able description of what is collected (e.g. ``model``, ``corpus``, ``options``),
+        written into the stage's attributes; its fingerprint must match when resuming. Its keys
+        must not be :data:`WRITER_KEYS`, the attributes the writer itself sets (``k``, ``layers``,
+        ``streams``, … come from the accumulator).
     reopen : callable, optional
         Given a complete stage's attributes, whether ``resume`` may continue it (e.g. a
         collection that stopped at a document limit, resumed with a higher one); by default a
@@ -104,6 +106,7 @@ class StageWriter:
         self.stage = check_name("stage", stage)
         self.mode = mode
         self.identity = identity or {}
+        _check_keys("identity", self.identity)
         try:
             json.dumps(self.identity)
         except (TypeError, ValueError) as e:
@@ -231,6 +234,7 @@ class StageWriter:
             raise StoreError("the writer is not open")
         if status not in ("in_progress", "complete"):
             raise InputError(f"status must be 'in_progress' or 'complete', got {status!r}")
+        _check_keys("extra", extra or {})
         root = self._root_for_write()
         # (a replaced stage's numbers go on: no snapshot name is used twice)
         empty = {ATTR: {"kind": "stage", "status": "in_progress", "snapshot": None, "cursor": {},
@@ -321,6 +325,21 @@ class StageWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+WRITER_KEYS = frozenset({"kind", "format_version", "engine_version", "status", "snapshot",
+                         "numbered_to", "cursor", "fingerprint", "k", "examples", "layers",
+                         "streams", "documents", "tokens", "updated", "created"})
+
+
+def _check_keys(what: str, attrs: dict) -> None:
+    """Refuse stage attributes that would replace the ones the writer sets (readers rely on them:
+    ``snapshot`` names the data, ``streams`` its vocabularies)."""
+    clash = sorted(WRITER_KEYS.intersection(attrs))
+    if clash:
+        raise InputError(f"{what} keys {clash} are stage attributes the store writes itself "
+                         f"(docs/FORMAT.md): nest them under another key, e.g. "
+                         f"{{'options': {{{clash[0]!r}: ...}}}}")
 
 
 def _stream_meta(stream) -> dict:
