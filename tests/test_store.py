@@ -3,10 +3,14 @@
 import json
 import shutil
 
+import tempfile
+
 import numpy as np
 import pytest
 import torch
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from naive import tree_digest
 from txray_engine import Accumulator, StageWriter, open_store, same_sums
@@ -64,6 +68,54 @@ def test_round_trip(tmp_path, kind):
     info = store.info()
     assert info["stages"]["s"]["layers"] == {"enc.lstm": 12, "enc.mlp": 5}
     assert info["size_bytes"] > 0
+
+
+@st.composite
+def _states(draw):
+    """An accumulator of 1-2 layers and 1-3 streams after 0-3 batches: odd widths, k from 1 to
+    "all", dense or sparse, ids with -1, activations with ties, negatives and zeros, examples."""
+    n_streams = draw(st.integers(1, 3))
+    sizes = [draw(st.integers(1, 30)) for _ in range(n_streams)]
+    vocab = {f"s{i}": [f"f{j}" for j in range(v)] for i, v in enumerate(sizes)}
+    widths = {f"l{i}": draw(st.integers(1, 20)) for i in range(draw(st.integers(1, 2)))}
+    k = draw(st.one_of(st.integers(1, min(widths.values())), st.just("all")))
+    m, radius = draw(st.integers(0, 3)), draw(st.integers(0, 2))
+    acc = Accumulator(vocab, k=k, kind=draw(st.sampled_from(["dense", "sparse"])),
+                      examples=m, context_radius=radius)
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    doc = 0
+    for _ in range(draw(st.integers(0, 3))):
+        t = draw(st.integers(0, 12))
+        feats = {s: torch.randint(-1, v, (t,), generator=g) for s, v in zip(vocab, sizes)}
+        where = {"doc": torch.arange(doc, doc + t), "pos": torch.arange(t),
+                 "context": torch.randint(-1, 5, (t, 2 * radius + 1), generator=g)} if m else None
+        doc += t
+        for layer, n in widths.items():
+            acts = torch.randint(-2, 3, (t, n), generator=g).float() / 2  # ties, 0, negatives
+            acc.observe(layer, acts, feats, where=where)
+    return acc
+
+
+@settings(max_examples=30, deadline=None)
+@given(acc=_states())
+def test_any_state_round_trips(acc):
+    """What a store holds reads back as the same sums, examples and vocabularies, whichever kind
+    of state wrote it and reads it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with StageWriter(f"{tmp}/s.zarr", "s", "new", {"model": "m"}) as w:
+            w.commit(acc, {"units": 1}, "complete")
+        st_ = open_store(f"{tmp}/s.zarr").stage("s")
+        assert st_.k == acc.k and st_.tokens == acc.tokens
+        assert [list(st_.vocab(s.name)) for s in acc.streams] == [list(s.vocab) for s in acc.streams]
+        for kind in ("dense", "sparse"):
+            back = st_.accumulator(kind=kind)
+            assert same_sums(back, acc)
+            for name, layer in acc.layers.items():
+                got, want = back.layers[name].examples, layer.examples
+                assert (got is None) == (want is None)
+                if want is not None:
+                    for key, arr in want.arrays().items():
+                        np.testing.assert_array_equal(got.arrays()[key], arr, err_msg=key)
 
 
 def test_format_is_readable_with_plain_zarr(tmp_path):

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from naive import BYTE_LEVEL_TEXT, byte_level_tokenizer, make_hf_model_dir, run_cli
 from txray_engine import Vocabulary, open_store
@@ -35,6 +37,24 @@ def test_joined_reads_a_character_split_over_tokens_whole():
     assert joined(["the", "Ġcaf", "Ã", "©"], "byte_level") == "the café"
     assert joined(["ĠâĢ", "Ķ", "<|endoftext|>", "Ġend"], "byte_level") == " —<|endoftext|> end"
     assert joined(["the", "cat"], None) == "the cat"
+
+
+CHAR_OF_BYTE = {b: c for c, b in BYTE_OF_CHAR.items()}
+
+
+@given(text=st.text(), cuts=st.lists(st.integers(0, 200)))
+def test_any_text_cut_anywhere_into_byte_tokens_reads_whole(text, cuts):
+    """Spelled byte by byte and cut at any bytes (inside characters too), tokens join to the text."""
+    data = text.encode("utf-8")
+    edges = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    tokens = ["".join(CHAR_OF_BYTE[b] for b in data[a:z]) for a, z in zip(edges, edges[1:])]
+    assert joined(tokens, "byte_level") == text
+    for tok in tokens:  # each alone: its text, or a piece of a character shown as \xNN
+        raw = bytes(BYTE_OF_CHAR[c] for c in tok)
+        try:
+            assert shown(tok, "byte_level") == raw.decode("utf-8")
+        except UnicodeDecodeError:
+            assert "\\x" in shown(tok, "byte_level")
 
 
 def test_context_marks_the_word_not_its_space():
