@@ -185,7 +185,7 @@ def test_cli_errors_leave_store_unchanged(word_model, tmp_path):
         (("--overwrite", "--layers", "lstmm"), None, ["no module", "did you mean: lstm"]),
         (("--overwrite", "-k", "13"), None, ["12 neurons but k=13"]),
         (("--overwrite", "-k", "0"), None, ["positive integer"]),
-        (("--overwrite",), empty, ["corpus is empty"]),
+        (("--overwrite",), empty, ["corpus has no text"]),
         ((), None, ["already exists", "--resume"]),
         (("--overwrite", "--streams", "token,label"), None, ["labels"]),
         (("--overwrite", "--streams", "tokn"), None, ["unknown stream"]),
@@ -234,7 +234,7 @@ def test_cli_empty_corpus_creates_no_store(word_model, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     store = tmp_path / "new.zarr"
-    _assert_clean_error(_collect(word_model, store, corpus=empty), "corpus is empty")
+    _assert_clean_error(_collect(word_model, store, corpus=empty), "corpus has no text")
     assert not store.exists()
 
 

@@ -342,7 +342,6 @@ def test_most_and_least_changed_never_share_a_neuron():
     """Ties (here every neuron at distance 0: a stage against itself) rank alike both ways, so
     the least changed were the most changed again."""
     from txray_engine.measures import compare
-    from txray_engine.report.data import changed
     acc = Accumulator({"token": [f"w{i}" for i in range(8)]}, k=2)
     g = torch.Generator().manual_seed(0)
     acc.observe("enc", torch.rand(300, 10, generator=g),
@@ -351,7 +350,7 @@ def test_most_and_least_changed_never_share_a_neuron():
     cmp = compare(stats, stats)
     assert cmp["shared"].all() and np.all(cmp["hellinger"] == 0.0)
     for n in (3, 10):
-        most, least = changed(cmp, n, True), changed(cmp, n, False)
+        most, least = cmp.extremes(n)
         assert not set(most) & set(least) and len(most) + len(least) == min(2 * n, 10)
 
 

@@ -120,8 +120,8 @@ def _mismatch(layer: str, what: str, shape: tuple, acts_shape, fix: str) -> Inpu
         fix = ("; activations need a position axis: [positions, neurons] or "
                "[batch, positions, neurons]")
     elif len(shape) > len(lead) and shape[:len(lead)] == lead:  # e.g. (B, T) against (B,)
-        fix = (f"; the layer gives one vector per sequence, not one per position: choose a "
-               f"layer with a position axis (list them with `txray layers`)")
+        fix = ("; the layer gives one vector per sequence, not one per position: choose a "
+               "layer with a position axis (list them with `txray layers`)")
     return InputError(f"layer {layer!r}: {what} has shape {shape} but the activations have "
                       f"{lead} positions (shape {tuple(acts_shape)}){fix}")
 

@@ -8,8 +8,9 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from .base import (by_option, format_features, main, min_count_option, min_neuron_count_option,
-                   output_file)
+from ..store.outputs import output_path
+from .base import (by_option, format_features, gguf_option, main, min_count_option,
+                   min_neuron_count_option)
 
 TABLE_COLUMNS = ["neuron", "hellinger", "selected_a", "selected_b", "hellinger_length", "length_a",
                  "length_b", "length_shift", "mass_shift", "compat_hellinger"]
@@ -24,7 +25,8 @@ def _pairs(stage_a, stage_b, layers, streams):
         if missing:
             raise InputError(f"{name}(s) {missing} are not in both stages; common: {common}")
         if not common:
-            raise InputError(f"the two stages share no {name}")
+            raise InputError(f"the two stages share no {name}: compare stages of one model "
+                             f"(`txray info STORE` lists each stage's layers and streams)")
     return [(lay, s) for lay in (layers or common_layers) for s in (streams or common_streams)]
 
 
@@ -36,15 +38,20 @@ def _compare_lines(s: dict, cmp, va, vb, stage_a: str, stage_b: str, min_neuron_
     lines = [f"{s['layer']} / {s['stream']}: {s['neurons']} neurons, {s['shared']} shared, "
              f"{s['only_a']} only in {stage_a}, {s['only_b']} only in {stage_b}, "
              f"{s['dead_both']} dead in both{alive}"]
-    if s["shared"]:
+    if s["hellinger_mean"] is not None:
         lines.append(f"  Hellinger mean {s['hellinger_mean']:.4f}, median "
                      f"{s['hellinger_median']:.4f}; mean length shift "
                      f"{s['length_shift_mean']:+.2f}")
+    if s["shared_without_distribution"]:
+        lines.append(f"  {s['shared_without_distribution']} shared neuron(s) without a distance: "
+                     f"no cell with mass in one stage"
+                     + (f" (cells seen fewer than --min-count {s['min_count']} times are left out)"
+                        if s.get("min_count", 1) > 1 else ""))
     if s["unaligned_a"] or s["unaligned_b"]:
         lines.append(f"  vocabularies differ: {s['unaligned_a']} features of {stage_a} and "
                      f"{s['unaligned_b']} of {stage_b} have no counterpart")
-    for title, part in (("most changed", cmp.most_changed(top)),
-                        ("least changed", cmp.least_changed(top))):
+    table = cmp.table()
+    for title, part in zip(("most changed", "least changed"), map(table.take, cmp.extremes(top))):
         if not len(part):
             continue
         lines.append(f"  {title}:")
@@ -68,7 +75,8 @@ def _compare_lines(s: dict, cmp, va, vb, stage_a: str, stage_b: str, min_neuron_
 @min_neuron_count_option
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=0),
               help="Most and least changed neurons shown per layer and stream.")
-@click.option("--features", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--features", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Top features shown per listed neuron and stage.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="Write the full neuron table (all layers and streams) to this CSV file.")
 @click.option("--json", "as_json", is_flag=True, help="Print summaries and the neuron table as JSON.")
@@ -78,6 +86,9 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
     from ..measures import NeuronTable, compare_streams
     from ..store import open_store
     from ..store.reader import read_again
+
+    if csv_path:  # before the work: a path that cannot be written fails at once
+        output_path(csv_path, "table")
 
     def read():  # everything read before anything is printed: a live collection may replace
         # the stage's snapshot under a reader, who then opens it again (read_again)
@@ -103,7 +114,7 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
         click.echo(line)
     full = NeuronTable({k: np.concatenate([t[k] for t in tables]) for k in tables[0].names})
     if csv_path:
-        full.to_csv(output_file(csv_path))
+        full.to_csv(output_path(csv_path, "table", create=True))
         if not as_json:
             click.echo(f"wrote {len(full)} rows to {csv_path}")
     if as_json:
@@ -129,7 +140,7 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Mask file (JSON: layer → neuron ids) to write.")
 @click.option("--model", "model_spec", help="Model to prune structurally (as for collect).")
-@click.option("--gguf-file")
+@gguf_option
 @click.option("--save-pruned", type=click.Path(dir_okay=False),
               help="Write the structurally pruned model here (torch.save of the whole module).")
 def prune(store, stage, against, layers, stream, selector, fraction, count, shared_only, seed,
@@ -145,6 +156,12 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
         raise click.UsageError("--model and --save-pruned go together")
     if selector in ("most_changed", "least_changed") and not against:
         raise click.UsageError(f"--selector {selector} compares two stages: add --against STAGE")
+    if against is not None and against == stage:
+        raise click.UsageError(f"--against names --stage itself ({stage!r}): rank by the change "
+                               f"from another stage")
+    output_path(out, "mask file")  # before the work: paths that cannot be written fail at once
+    if save_pruned:
+        output_path(save_pruned, "pruned model")
     st = open_store(store)
     b = st.stage(stage)
     a = st.stage(against) if against else None
@@ -174,15 +191,33 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
         model = load_model(model_spec, gguf_file, require_tokenizer=False).model
         shrunk = {layer: prune_mlp(model, layer, units, width=sizes[layer])
                   for layer, units in selection.items()}
-    with open(output_file(out), "w") as fh:
+    if model_spec:  # the model first: a model that cannot be written leaves no mask behind
+        _save_model(model, output_path(save_pruned, "pruned model", create=True))
+    with open(output_path(out, "mask file", create=True), "w") as fh:
         json.dump(doc, fh, indent=1)
     for layer, units in selection.items():
-        click.echo(f"{layer}: {len(units)} of {sizes[layer]} neurons selected ({selector})")
+        more = (f"; --count {count} is more than the layer has"
+                if count is not None and count > sizes[layer] else "")
+        click.echo(f"{layer}: {len(units)} of {sizes[layer]} neurons selected ({selector}{more})")
     click.echo(f"wrote mask to {out}")
+    for layer, info in shrunk.items():
+        click.echo(f"{layer}: MLP width {info['before']} → {info['after']}")
     if model_spec:
-        import torch
-
-        for layer, info in shrunk.items():
-            click.echo(f"{layer}: MLP width {info['before']} → {info['after']}")
-        torch.save(model, output_file(save_pruned))
         click.echo(f"wrote pruned model to {save_pruned}")
+
+
+def _save_model(model, path) -> None:
+    """``torch.save`` of the whole module through a temporary file (torch reports a path it
+    cannot write as a RuntimeError)."""
+    import os
+
+    import torch
+
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        torch.save(model, tmp)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write the pruned model to {str(path)!r}: "
+                         f"{' '.join(str(e).split())}; choose another path") from None
+    os.replace(tmp, path)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 
 import click
 
-from ..errors import InputError, TxRayError
+from ..errors import TxRayError
 
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -22,6 +21,9 @@ def human_size(n: int) -> str:
         f /= 1024
     return str(n)
 
+
+#: ``--gguf-file``: a model directory's GGUF weights (collect, layers, prune).
+gguf_option = click.option("--gguf-file", help="GGUF weights file inside the model directory.")
 
 #: ``--by``: the neuron distributions come from activation mass or from selection counts.
 by_option = click.option("--by", type=click.Choice(["mass", "count"]), default="mass",
@@ -40,6 +42,14 @@ min_neuron_count_option = click.option(
          "is mostly noise).")
 
 
+#: What a command interrupted by Ctrl-C leaves, said after "interrupted".
+INTERRUPTED = {
+    "collect": ": the stage keeps its last flush; run the same command with --resume to go on",
+    "merge": ": run the merge again, with --overwrite where it had created the stage",
+    "demo": ": run it again with the same --out (it starts over)",
+}
+
+
 class TxRayGroup(click.Group):
     """Turns engine errors, unusable files and a command's usage errors into one line on stderr
     and exit code 2 (``--debug`` shows tracebacks)."""
@@ -52,6 +62,12 @@ class TxRayGroup(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C: what is left, and how to go on
+            if ctx.params.get("debug"):
+                raise
+            sub = ctx.invoked_subcommand
+            click.echo(f"\ninterrupted{INTERRUPTED.get(sub, '')}", err=True)
+            ctx.exit(128 + signal.SIGINT)
         except BrokenPipeError:  # `txray ... | head`: the reader has all it wanted
             # stdout is gone: point it at /dev/null so the interpreter's final flush is quiet,
             # and end as a Unix tool killed by SIGPIPE does
@@ -77,16 +93,6 @@ class TxRayGroup(click.Group):
 @click.version_option(package_name="txray_engine")
 def main(debug: bool) -> None:
     """Neuron × feature statistics of PyTorch models (TX-Ray), streamed into a Zarr store."""
-
-
-def output_file(path) -> Path:
-    """``path`` of a file a command writes, its folder created (like the report's)."""
-    out = Path(path)
-    folder = next((p for p in out.parents if p.exists()), None)
-    if folder is not None and not folder.is_dir():
-        raise InputError(f"cannot write {str(out)!r}: {str(folder)!r} is a file, not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def parse_k(value: str):

@@ -8,13 +8,14 @@ import json
 import click
 
 from ..errors import InputError
-from .base import main, output_file, parse_k
+from ..store.outputs import output_path
+from .base import gguf_option, main, parse_k
 
 
 @main.command()
 @click.option("--model", "model_spec", required=True,
               help="Hugging Face directory, torch checkpoint file (whole module), or 'smollm2'.")
-@click.option("--gguf-file", help="GGUF weights file inside the model directory.")
+@gguf_option
 @click.option("--tokenizer", help="Hugging Face tokenizer directory (for torch checkpoints).")
 @click.option("--vocab", type=click.Path(dir_okay=False),
               help="Word vocabulary file, one token per line, with '<unk>' (word-level models).")
@@ -223,7 +224,7 @@ def corpus_reviews(cache, jsonl, which):
     rows = read_reviews(folder, which)
     click.echo(f"{len(rows)} {which} with polarity labels in {folder}")
     if jsonl:
-        with open(output_file(jsonl), "w", encoding="utf-8") as fh:
+        with open(output_path(jsonl, "corpus", create=True), "w", encoding="utf-8") as fh:
             for label, text in rows:
                 fh.write(json.dumps({"text": text, "label": label}) + "\n")
         click.echo(f"wrote {jsonl}")
@@ -231,7 +232,7 @@ def corpus_reviews(cache, jsonl, which):
 
 @main.command()
 @click.option("--model", "model_spec", required=True, help="As for `txray collect`.")
-@click.option("--gguf-file")
+@gguf_option
 @click.option("--pattern", default="*", show_default=True, help="Glob over module paths.")
 def layers(model_spec, gguf_file, pattern):
     """List a model's module paths (the names `--layers` takes), their types, and the layout of

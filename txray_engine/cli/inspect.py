@@ -55,7 +55,8 @@ def info(store, as_json):
 @click.option("--stream", "streams", multiple=True, help="Stream(s); default: all.")
 @click.option("--neuron", "neurons", multiple=True, type=int,
               help="Neuron ids; default: the --top most often selected.")
-@click.option("--top", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--top", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Neurons shown per layer (the most selected), unless --neuron names them.")
 @click.option("--features", default=6, show_default=True, type=click.IntRange(min=1),
               help="Features shown per neuron.")
 @by_option

@@ -351,8 +351,9 @@ class Collector:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None and not self.accumulator.layers and not self.allow_empty:
-                raise CorpusError("no positions were collected: the corpus is empty (or every "
-                                  "position was masked); check the corpus and the mask")
+                raise CorpusError("no positions were collected: the corpus has no text (or, "
+                                  "from Python, every position was masked); check the corpus "
+                                  "(and the batches' masks)")
             if exc_type is None and self.writer is not None:
                 self.flush(status="complete")
         finally:

@@ -125,6 +125,15 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
         if not path.exists():
             raise InputError(f"model {spec!r} not found: give a Hugging Face directory, a torch "
                              f"checkpoint file, or 'smollm2'")
+    if tokenizer and vocab:
+        raise InputError("give one tokenizer: --tokenizer DIR (Hugging Face) or --vocab FILE "
+                         "(word level), not both")
+    if lower and not vocab:
+        raise InputError("--lower lower-cases words for a --vocab word tokenizer; a Hugging Face "
+                         "tokenizer does its own normalising: leave --lower out")
+    if gguf_file and not path.is_dir():
+        raise InputError(f"--gguf-file names a GGUF file inside a Hugging Face model directory; "
+                         f"{spec!r} is a torch checkpoint file: leave --gguf-file out")
     tok = None
     if path.is_dir():
         model, hf_tok = _hf_load(path, gguf_file, device, quiet)
@@ -134,7 +143,9 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
         try:
             model = torch.load(str(path), map_location=device, weights_only=False)
         except Exception as e:
-            raise InputError(f"cannot load torch checkpoint {str(path)!r}: {e}") from None
+            raise InputError(f"cannot load torch checkpoint {str(path)!r}: {e}; --model takes a "
+                             f"file of torch.save(model, path), a Hugging Face directory, or "
+                             f"'smollm2'") from None
         if not isinstance(model, nn.Module):
             raise InputError(f"{str(path)!r} holds a {type(model).__name__}, not a module: save the "
                              f"whole model with torch.save(model, path), or use a Hugging Face "
@@ -146,9 +157,9 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
         try:
             hf_tok = transformers.AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"cannot load a tokenizer from {tokenizer!r} (a Hugging Face "
-                             f"tokenizer directory with tokenizer.json): {first}") from None
+            why = " ".join(str(e).split()) or type(e).__name__
+            raise InputError(f"cannot load a tokenizer from {tokenizer!r}: give a Hugging Face "
+                             f"tokenizer directory with tokenizer.json ({why})") from None
         tok = HFTokenizer(hf_tok)
     elif vocab:
         tok = WordTokenizer.from_file(vocab, lower=lower)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..collect.collector import Collector
+from ..errors import InputError
 from ..features.pos import POS_VOCAB
 from ..features.streams import Batch, Stream
 from ..measures import compare_streams, feature_group_mass, stage_table
@@ -68,13 +69,28 @@ def _pos_mass(store, stage: str) -> dict:
             for i, tag in enumerate(POS_VOCAB) if g["frequency"][i] > 0}
 
 
+def _check_earlier_run(store: Path, stages: list[str]) -> None:
+    """Refuse a store of an earlier run that holds stages this one does not write (other seeds
+    or epochs): they would stay beside this run's, of other models, and be compared with them."""
+    if not store.exists():
+        return
+    stale = [s for s in open_store(store).stages if s not in stages]
+    if stale:
+        raise InputError(f"{str(store.parent)!r} holds a demo run with stages this run does not "
+                         f"write ({', '.join(stale)}): choose another --out, or remove that "
+                         f"folder first")
+
+
 def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
              log: Callable = print, quiet: bool = False) -> dict:
     """Run everything; writes ``store.zarr``, ``results.json`` and checkpoints into ``out_dir``."""
     t0 = time.monotonic()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     store = out / "store.zarr"
+    epochs = sorted({1, (cfg.lm_epochs + 1) // 2, cfg.lm_epochs})
+    _check_earlier_run(store, [f"wiki-epoch{e}" for e in epochs] + ["reviews-zero-shot"]
+                       + [f"reviews-supervised-s{seed}" for seed in cfg.seeds])
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seeds[0])
     log(f"[data] Wikipedia and reviews ({cfg.name} configuration)")
     data: DemoData = load_data(cfg, reviews_dir, out / "cache", seed=cfg.seeds[0])
@@ -89,7 +105,6 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     log("[RQ1] training the LSTM language model on Wikipedia")
     lm, history = train_lm(cfg, len(data.vocab), data.wiki_train, data.wiki_valid, eos,
                            out / "checkpoints", device, log, quiet)
-    epochs = sorted({1, (cfg.lm_epochs + 1) // 2, cfg.lm_epochs})
     heldout = windows(data.wiki_heldout, 128)
     # with this file the checkpoints are ready for `txray collect --vocab ... --lower`
     (out / "checkpoints" / "vocab.txt").write_text("".join(w + "\n" for w in data.vocab))

@@ -185,12 +185,26 @@ class Comparison:
         return shared[np.lexsort((shared, -mass, -value if most else value))]
 
     def most_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
-        """The ``n`` first of :meth:`ranked`, as a table."""
-        return self.table().take(self.ranked(True, column)[:n])
+        """The ``n`` first of :meth:`ranked` with a value, as a table."""
+        return self.table().take(self._valid(self.ranked(True, column), column)[:n])
 
     def least_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
-        """The ``n`` last changed (see :meth:`ranked`), as a table."""
-        return self.table().take(self.ranked(False, column)[:n])
+        """The ``n`` least changed (see :meth:`ranked`) with a value, as a table."""
+        return self.table().take(self._valid(self.ranked(False, column), column)[:n])
+
+    def extremes(self, n: int = 10, column: str = "hellinger") -> tuple[np.ndarray, np.ndarray]:
+        """Ids of the ``n`` most and the ``n`` least changed neurons, to show side by side: never
+        the same neuron in both (ties, e.g. a stage against itself with every neuron at 0, rank
+        alike both ways), and with fewer than ``2 n`` values the most changed take the first
+        half (the larger). Neurons without a value are in neither."""
+        most = self._valid(self.ranked(True, column), column)
+        m = most.size
+        most = most[:min(n, m - m // 2)]
+        least = self._valid(self.ranked(False, column), column)
+        return most, least[~np.isin(least, most)][:min(n, m // 2)]
+
+    def _valid(self, ids: np.ndarray, column: str) -> np.ndarray:
+        return ids[~np.isnan(self[column][ids].astype(np.float64))]
 
     def summary(self) -> dict:
         shared = self["shared"]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..store.outputs import output_path
 from .data import Limits, ReportData
 
 
@@ -68,10 +69,7 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
             raise InputError(f"{name} must be at least 1, got {value}")
     limits = Limits(max_points=int(max_points), max_neurons=int(max_neurons),
                     explorer_features=int(top_features), changed=int(changed))
-    out = Path(out)
-    if out.is_dir():
-        raise InputError(f"{str(out)!r} is a folder: give a file name for the report, e.g. "
-                         f"{str(out / 'report.html')!r}")
+    out = output_path(out, "report")  # before the work: a path that cannot be written fails now
     stages, layers = ([s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
                       for v in (stages, layers))  # "a,b" as on the command line
     if isinstance(pairs, str):  # "a:b,a:c" as on the command line
@@ -79,7 +77,7 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
     data = ReportData(open_store(store_path), stages, layers, stream, limits, by, int(min_count),
                       int(min_neuron_count), pairs)
     html, n_figures = render(data, title)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_path(out, "report", create=True)
     tmp = out.with_name(out.name + ".partial")
     tmp.write_text(html, encoding="utf-8")
     os.replace(tmp, out)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..capture.names import is_pattern, matches
-from ..errors import InputError, StoreError
+from ..errors import InputError, StageNotReadyError, StoreError
 from ..measures import compare_streams, top_features
 
 #: The stream shown in the POS section.
@@ -98,20 +98,33 @@ class ReportData:
                                  f"{':'.join(p)!r}")
         if pairs and stages:
             raise InputError("give stages (consecutive pairs compared) or pairs, not both")
+        chosen = bool(pairs or stages)
         names = list(dict.fromkeys(s for p in pairs for s in p)) if pairs else \
             list(stages) if stages else list(store.stages)
-        if not names:
-            raise StoreError(f"store {str(store.path)!r} has no stages: collect one first")
         dup = sorted({s for s in names if names.count(s) > 1})
         if dup:
             raise InputError(f"stage(s) {dup} given twice: name each stage once")
-        self.stage_objs = {s: store.stage(s) for s in names}  # unknown stage -> StoreError
+        self.stage_objs, empty = {}, []
+        for s in names:  # unknown stage -> StoreError
+            try:
+                self.stage_objs[s] = store.stage(s)
+            except StageNotReadyError:
+                if chosen:
+                    raise
+                empty.append(s)
+        if empty:
+            self.notes.append(f"Left out: {', '.join(map(repr, empty))}, with no sums yet (a "
+                              f"collection writing its first flush, or stopped before it).")
+        names = list(self.stage_objs)
+        if not names:
+            raise StoreError(f"store {str(store.path)!r} has no stages with sums: collect one "
+                             f"first")
         for s, st in self.stage_objs.items():
             if st.status != "complete":
                 self.notes.append(f"Stage {s!r} is {st.status or 'of unknown status'}: its "
                                   f"numbers cover the {st.tokens:,} tokens collected so far.")
         self.stages = names
-        left = [s for s in store.stages if s not in names]
+        left = [s for s in store.stages if s not in names and s not in empty]
         if left:
             self.notes.append(f"The store has other stages, not in this report: "
                               f"{', '.join(left)} (txray report --stages to choose).")
@@ -251,22 +264,6 @@ class ReportData:
                     self.notes.append(f"{layer} / {stream}, {a} → {b}: not compared ({e}).")
                     self._cmp[key] = None
         return self._cmp[key]
-
-
-def changed(cmp, n: int, most: bool = True) -> np.ndarray:
-    """Ids of the ``n`` most (or least) changed shared neurons by Hellinger distance; ties (e.g.
-    many neurons at distance 1) go to the neuron with more activation mass in both stages.
-    Neurons without a distance are in neither list, and the two lists never share a neuron:
-    with fewer than ``2 n`` distances, the most changed take the first half (the larger)."""
-    valid = ~np.isnan(cmp["hellinger"])
-    m = int(valid.sum())
-    first = cmp.ranked(True)
-    first = first[valid[first]][:min(n, m - m // 2)]
-    if most:
-        return first
-    # (ties, e.g. all at distance 1, rank alike both ways: the most changed are left out here)
-    least = cmp.ranked(False)
-    return least[valid[least] & ~np.isin(least, first)][:min(n, m // 2)]
 
 
 #: Characters of a feature string the page shows (a longer one is cut, ending in "…"): one token

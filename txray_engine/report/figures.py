@@ -16,7 +16,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from ..measures import feature_group_mass
-from .data import (LENGTH_STREAMS, POS_STREAM, ReportData, changed, even_ranks, feature_text,
+from .data import (LENGTH_STREAMS, POS_STREAM, ReportData, even_ranks, feature_text,
                    sample)
 
 #: Plotly config of every figure: no logo link, no cloud buttons, responsive width.
@@ -137,7 +137,7 @@ def hellinger_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | Non
     lim, stream = data.limits, data.stream
     shared = np.flatnonzero(cmp["shared"])
     drawn = shared[~np.isnan(cmp["hellinger"][shared])]  # (no distance: nothing to draw)
-    most, least = changed(cmp, lim.changed, True), changed(cmp, lim.changed, False)
+    most, least = cmp.extremes(lim.changed)
     shown = sample(drawn, lim.max_points, keep=np.concatenate([most, least]))
     fig = go.Figure()
     groups = [("other shared neurons", np.setdiff1d(shown, np.concatenate([most, least])),

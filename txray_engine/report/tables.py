@@ -7,7 +7,7 @@ import html
 
 import numpy as np
 
-from .data import FEATURE_CHARS, ReportData, changed, feature_label
+from .data import FEATURE_CHARS, ReportData, feature_label
 
 
 def esc(x) -> str:
@@ -98,9 +98,8 @@ def changed_table(data: ReportData, layer: str, a: str, b: str) -> str:
     lim, stream = data.limits, data.stream
     parts = []
     table = cmp.table()
-    for title, most in ((f"{lim.changed} most changed", True),
-                        (f"{lim.changed} least changed", False)):
-        ids = changed(cmp, lim.changed, most)
+    for which, ids in zip(("most", "least"), cmp.extremes(lim.changed)):
+        title = f"{lim.changed} {which} changed"
         part = table.take(ids)
         if not len(part):
             shared = int(cmp["shared"].sum())
@@ -108,7 +107,7 @@ def changed_table(data: ReportData, layer: str, a: str, b: str) -> str:
                    f"none of the {shared:,} shared neurons has a distance")
             parts.append(f"<p class=muted>{esc(title)}: {why}.</p>")
             continue
-        title = f"{ids.size} {'most' if most else 'least'} changed"
+        title = f"{ids.size} {which} changed"
         rows = []
         for r in part.records():
             n = int(r["neuron"])

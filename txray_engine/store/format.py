@@ -45,6 +45,10 @@ LAYER_ARRAYS = ("neuron_count", "neuron_mass", "examples_value", "examples_doc",
                 "examples_context")
 
 
+#: what lists and pairs of stage names are split at (``--stages a,b``, ``a:b``, ``STORE::STAGE``)
+STAGE_SEPARATORS = (",", ":")
+
+
 def check_name(kind: str, name: str) -> str:
     """Stage, layer and stream names become group names: reject what Zarr cannot hold (Zarr
     reads a backslash as '/'), and a stream named as one of a layer's arrays."""
@@ -54,6 +58,10 @@ def check_name(kind: str, name: str) -> str:
         raise StoreError(f"invalid {kind} name {name!r}: use a non-empty name without '/' or "
                          f"'\\', not starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not "
                          f"'{VOCAB_GROUP}' or 'zarr.json'")
+    if kind == "stage" and (name != name.strip() or any(c in name for c in STAGE_SEPARATORS)):
+        raise StoreError(f"invalid stage name {name!r}: commands name stages in lists and pairs "
+                         f"(--stages a,b, --pairs a:b, STORE::STAGE), so a stage name has no "
+                         f"{', '.join(map(repr, STAGE_SEPARATORS))} and no space at either end")
     if kind == "stream" and name in LAYER_ARRAYS:
         raise StoreError(f"invalid stream name {name!r}: a layer's group holds an array of that "
                          f"name; choose another")
@@ -86,16 +94,21 @@ def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
         root = zarr.open_group(str(path), mode=mode)
         meta = dict(root.attrs).get(ATTR)
     except Exception as e:  # zarr raises many kinds on damaged metadata
-        raise StoreError(f"store {str(path)!r} is damaged or unreadable ({type(e).__name__}: {e})") \
-            from None
+        raise StoreError(f"store {str(path)!r} is damaged or unreadable ({type(e).__name__}: {e}): "
+                         f"restore it from a copy, or collect into a new store") from None
     if not isinstance(meta, dict) or meta.get("format") != "txray-store":
         raise StoreError(f"{str(path)!r} is a Zarr hierarchy but not a txray store: choose another "
                          f"path")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"store {str(path)!r} has format version {meta.get('format_version')}; "
-                         f"this engine ({__version__}) reads version {FORMAT_VERSION}: use a "
-                         f"matching txray_engine")
+    check_version(meta, f"store {str(path)!r}")
     return root
+
+
+def check_version(meta: dict, what: str) -> None:
+    """Refuse a store or stage of another format version (a stage still without sums has none)."""
+    version = meta.get("format_version", FORMAT_VERSION if meta.get("kind") == "stage" else None)
+    if version != FORMAT_VERSION or type(version) is not int:
+        raise StoreError(f"{what} has format version {version!r}; this engine ({__version__}) "
+                         f"reads version {FORMAT_VERSION}: use a matching txray_engine")
 
 
 @contextlib.contextmanager

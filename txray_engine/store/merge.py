@@ -120,7 +120,8 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     """
     sources = [(os.fspath(p), s) for p, s in sources]
     if len(sources) < 2:
-        raise InputError("merge needs at least two stages")
+        raise InputError("merge needs at least two stages: name two or more sources (STORE or "
+                         "STORE::STAGE)")
     if mode not in ("new", "overwrite"):
         raise InputError(f"merge writes a new stage or replaces one (mode 'new' or 'overwrite'), "
                          f"not {mode!r}")

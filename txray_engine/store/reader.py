@@ -17,7 +17,8 @@ from ..accumulate.stats import SparseStats
 from ..errors import InputError, StageChangedError, StageNotReadyError, StoreError
 from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
-from .format import ATTR, VOCAB_GROUP, damaged, group_attrs, open_root, read_arrays, read_stats
+from .format import (ATTR, VOCAB_GROUP, check_version, damaged, group_attrs, open_root, read_arrays,
+                     read_stats)
 
 if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they load where a
     import torch  # stage becomes an Accumulator again (`txray info` starts in a fraction)
@@ -121,6 +122,7 @@ class Stage:
         with damaged(f"stage {name!r}"):
             self.group = store.root[name]
             self.meta = group_attrs(self.group)
+        check_version(self.meta, f"stage {name!r}")
         snap = self.meta.get("snapshot")
         with damaged(f"stage {name!r}"):
             try:  # opened by name: a half-written snapshot a killed flush left is not listed

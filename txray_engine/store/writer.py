@@ -25,8 +25,8 @@ import zarr
 from ..accumulate.accumulator import Accumulator
 from ..errors import InputError, StageExistsError, StoreError, StoreLockedError
 from ..version import FORMAT_VERSION, __version__
-from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, damaged,
-                     fingerprint, group_attrs, open_root, root_attrs, stream_nodes,
+from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, check_version,
+                     damaged, fingerprint, group_attrs, open_root, root_attrs, stream_nodes,
                      write_hierarchy)
 
 MODES = ("new", "resume", "overwrite")
@@ -168,8 +168,9 @@ class StageWriter:
                                  f"file system with flock (a local disk)") from None
             raise StoreLockedError(
                 f"store {str(self.path)!r} is being written by another writer: another process "
-                f"(wait for it to finish), or a StageWriter of this process that is still open "
-                f"(close() it, or use `with StageWriter(...)`); one writer per store at a time"
+                f"(wait for it to finish), or, from Python, a StageWriter of this process that "
+                f"is still open (close() it, or use `with StageWriter(...)`); one writer per "
+                f"store at a time"
             ) from None
         # a writer dropped without close() (a notebook's cell that failed) closes its descriptor,
         # and with it the lock, when it is collected, instead of holding the store until exit
@@ -195,6 +196,8 @@ class StageWriter:
             # new stage's first one for it
             self._seq = _numbered(meta)
             return
+        check_version(meta, f"stage {self.stage!r}")  # (a stage of another version is replaced,
+        # never continued)
         if meta.get("status") == "complete" and not (self.reopen and self.reopen(meta)):
             limit = meta.get("max_documents")
             more = (f" (it stopped at its limit of {limit} documents: resume with a higher "
