@@ -134,6 +134,11 @@ def test_prune_against_itself_and_counts_beyond_the_layer(two_stages, tmp_path):
     out = run_cli("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
                   "lowest_mass", "--count", 100, "--out", tmp_path / "m.json")
     assert "12 of 12 neurons selected (lowest_mass; --count 100 is more than the layer has)" in out
+    out = run_cli("prune", two_stages, "--stage", "reviews", "--against", "text", "--layer",
+                  "lstm", "--selector", "most_changed", "--count", 3, "--min-count", 100000,
+                  "--out", tmp_path / "m.json")  # (it said "0 of 12" and no more)
+    assert "0 of 12 neurons selected (most_changed; 3 asked, but only these are shared with a " \
+           "distance" in out
 
 
 def test_a_pruned_model_that_cannot_be_written_leaves_no_mask(tmp_path):

@@ -122,6 +122,15 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
                                "neurons": full.records()}))
 
 
+#: The neurons a selector can choose from, as ``txray prune`` names them when it finds fewer than
+#: asked.
+POOLS = {"most_changed": "shared with a distance (cells seen --min-count times, with mass)",
+         "least_changed": "shared with a distance (cells seen --min-count times, with mass)",
+         "dead": "dead", "random": "in the pool", "lowest_mass": "alive with a mass",
+         "highest_mass": "alive with a mass", "shortest": "alive with a length",
+         "longest": "alive with a length"}
+
+
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--stage", required=True, help="Stage whose neurons are ranked (B of a comparison).")
@@ -148,6 +157,7 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
     """Select neurons to prune from a store; write a mask file (and a pruned model copy)."""
     from ..measures import compare_streams, stage_table
     from ..prune import select_neurons
+    from ..prune.select import how_many
     from ..store import open_store
 
     if (fraction is None) == (count is None):
@@ -196,8 +206,10 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
     with open(output_path(out, "mask file", create=True), "w") as fh:
         json.dump(doc, fh, indent=1)
     for layer, units in selection.items():
-        more = (f"; --count {count} is more than the layer has"
-                if count is not None and count > sizes[layer] else "")
+        asked = how_many(sizes[layer], count, fraction)
+        more = (f"; --count {count} is more than the layer has" if asked > sizes[layer] else
+                f"; {asked} asked, but only these are {POOLS.get(selector, 'alive')}"
+                if len(units) < asked else "")
         click.echo(f"{layer}: {len(units)} of {sizes[layer]} neurons selected ({selector}{more})")
     click.echo(f"wrote mask to {out}")
     for layer, info in shrunk.items():
