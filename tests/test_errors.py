@@ -472,9 +472,14 @@ def test_batch_counts_by_the_attention_mask_its_inputs_hold():
     # a tokenizer's BatchEncoding is a UserDict, not a dict
     from collections import UserDict
     assert run(Batch(input_ids=ids, inputs=UserDict(input_ids=ids, attention_mask=attention))) == 5
-    # other ids than the inputs' (an encoder-decoder's decoder ids): not the encoder's mask
+    # an equal copy (e.g. moved to the model's device) is the same ids: it counted padding
     assert run(Batch(input_ids=ids, inputs={"input_ids": ids.clone(),
+                                            "attention_mask": attention})) == 5
+    # other ids than the inputs' (an encoder-decoder's decoder ids): not the encoder's mask
+    assert run(Batch(input_ids=ids, inputs={"input_ids": ids.flip(1),
                                             "attention_mask": attention})) == 8
+    with pytest.raises(InputError, match=r"Batch.input_ids must be a torch.Tensor, got ndarray"):
+        Batch(input_ids=ids.numpy())
     # a mask that is not 0/1 is refused also where leading context positions are left out
     additive = torch.where(attention.bool(), 0.0, float("-inf"))
     with pytest.raises(InputError, match="mask holds -inf"):

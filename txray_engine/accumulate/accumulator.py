@@ -17,6 +17,7 @@ import txray_kernels as kernels
 from ..errors import InputError, NonFiniteError
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
+from ..store.names import check_name
 from .examples import TopExamples
 from .layer import LayerState
 from .positions import Positions, batch_positions, id_bounds_parts, keep_where, read_back
@@ -234,6 +235,8 @@ class Accumulator:
                 for (layer, a), sel, suspects in zip(items, selections, numbers[len(bounds):])]
 
     def _check_activations(self, layer, activations) -> None:
+        if layer not in self.layers:  # a name a store cannot hold fails now, not at a flush
+            check_name("layer", layer)
         if isinstance(activations, np.ndarray):
             raise InputError(f"layer {layer!r}: activations must be a torch tensor, got a numpy "
                              f"array; pass torch.from_numpy(a)")

@@ -15,8 +15,9 @@ from ..accumulate.examples import context_windows
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
 from ..errors import CorpusError, InputError
-from ..features.streams import Batch, Stream, stream_features
-from ..store.format import check_name, fingerprint
+from ..features.streams import SOURCE_OF_NAME, Batch, Stream, stream_features
+from ..store.format import fingerprint
+from ..store.names import check_name
 from ..store.writer import StageWriter
 
 
@@ -105,8 +106,11 @@ class Collector:
         every module gets its own mode back on exit; ``eval_mode=False`` leaves the modes alone.
     layers : list of str
         Module paths or glob patterns (``model.layers.*.mlp.act_fn``).
-    streams : list of Stream
-        Feature streams (token, POS, predicted token, label, …).
+    streams : list of Stream, or dict
+        Feature streams (token, POS, predicted token, label, …). A dict ``{name: vocabulary}``
+        takes each stream's source from its name as ``txray collect`` does: ``token`` the input
+        ids, ``predicted`` the logits' argmax, ``label`` the batch's labels, any other name
+        ``Batch.features``.
     k : int or "all"
         Neurons kept per position.
     store, stage : path and name, optional
@@ -162,6 +166,9 @@ class Collector:
         if device is None:
             p = next(model.parameters(), None)
             device = p.device if p is not None else "cpu"
+        if isinstance(streams, Mapping):
+            streams = [v if isinstance(v, Stream) else Stream(name, v, SOURCE_OF_NAME.get(
+                name, "feature")) for name, v in streams.items()]
         self.accumulator = Accumulator(streams, k=k, kind=kind, dense_budget=dense_budget,
                                        nonfinite=nonfinite, device=device, examples=examples,
                                        context_radius=context_radius)
@@ -350,7 +357,7 @@ class Collector:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is None and not self.accumulator.layers and not self.allow_empty:
+            if exc_type is None and not self.accumulator.tokens and not self.allow_empty:
                 raise CorpusError("no positions were collected: the corpus has no text (or, "
                                   "from Python, every position was masked); check the corpus "
                                   "(and the batches' masks)")

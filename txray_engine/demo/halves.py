@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import CorpusError
-from ..measures import compare
+from ..measures import compare_layers
 from .data import Docs
 
 STREAMS = ("token", "pos")
@@ -38,9 +38,7 @@ def distance(x, y, streams) -> dict:
     for s in streams:
         if s.name not in STREAMS:
             continue
-        summary = compare(x.stream_stats()[s.name], y.stream_stats()[s.name], list(s.vocab),
-                          list(s.vocab), neuron_count_a=x.neuron_count.cpu().numpy(),
-                          neuron_count_b=y.neuron_count.cpu().numpy()).summary()
+        summary = compare_layers(x, y, s.name).summary()
         out[s.name] = {"hellinger_mean": summary["hellinger_mean"], "shared": summary["shared"]}
     return out
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from .vocab import Vocabulary
 
 SOURCES = ("input", "predicted", "label", "feature")
+#: A stream's source by its name, where a dict ``{name: vocabulary}`` names streams (as ``txray
+#: collect --streams`` does); any other name is a ``"feature"`` stream.
+SOURCE_OF_NAME = {"token": "input", "predicted": "predicted", "label": "label"}
 
 
 @dataclass
@@ -68,9 +72,10 @@ class Batch:
         Token ids (source of ``"input"`` streams and the position grid).
     mask : Tensor ``[B, T]`` or None
         1/True for real positions; padded positions never count. When None and ``inputs`` is a
-        dict whose ``input_ids`` are ``input_ids`` (a tokenizer's output), its
-        ``attention_mask``; give it where ``input_ids`` are other ids (an encoder-decoder's
-        decoder ids: their mask is not the encoder's ``attention_mask``).
+        dict whose ``input_ids`` are ``input_ids`` (a tokenizer's output; the same tensor or an
+        equal copy, e.g. on another device), its ``attention_mask``; give it where
+        ``input_ids`` are other ids (an encoder-decoder's decoder ids: their mask is not the
+        encoder's ``attention_mask``).
     labels : Tensor ``[B]`` or None
         One id per sequence for ``"label"`` streams.
     features : dict of Tensor ``[B, T]``
@@ -104,17 +109,32 @@ class Batch:
     context: torch.Tensor | None = None
 
     def __post_init__(self):
+        for name in ("input_ids", "mask", "labels", "unit_ids", "offsets", "context"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise InputError(f"Batch.{name} must be a torch.Tensor, got "
+                                 f"{type(value).__name__}: convert it with torch.as_tensor(...)")
         if self.inputs is None:
             self.inputs = self.input_ids
         if self.mask is None and isinstance(self.inputs, Mapping):  # (a BatchEncoding too)
             # the mask the model is given is the one to count by (it counted padding when only
             # the inputs held it)
             given = self.inputs.get("attention_mask")
-            if self.inputs.get("input_ids") is self.input_ids and \
-                    isinstance(given, torch.Tensor) and given.shape == self.input_ids.shape:
+            if isinstance(given, torch.Tensor) and given.shape == self.input_ids.shape and \
+                    _same_ids(self.inputs.get("input_ids"), self.input_ids):
                 self.mask = given
         if self.n_units is None:
             self.n_units = int(self.input_ids.shape[0])
+
+
+def _same_ids(given, ids: torch.Tensor) -> bool:
+    """Whether the model's ``input_ids`` are the batch's ids: the same tensor, or equal values (a
+    copy, or the ids moved to another device; the decoder ids of an encoder-decoder are not)."""
+    if given is ids:
+        return True
+    if not isinstance(given, torch.Tensor) or given.shape != ids.shape:
+        return False
+    return bool(torch.equal(given, ids.to(given.device)))
 
 
 def stream_features(streams: list[Stream], batch: Batch, logits=None) -> dict[str, torch.Tensor]:
@@ -128,7 +148,7 @@ def stream_features(streams: list[Stream], batch: Batch, logits=None) -> dict[st
             if logits is None:
                 raise _missing(s, "the model output has no logits (a tensor of shape "
                                   "[batch, time, vocab] or an output with .logits)")
-            ids = logits.argmax(dim=-1)
+            ids = predicted_ids(logits)
         elif s.source == "label":
             if batch.labels is None:
                 raise _missing(s, "Batch.labels is None; give one label id per sequence")
@@ -145,6 +165,18 @@ def stream_features(streams: list[Stream], batch: Batch, logits=None) -> dict[st
             ids = batch.features[s.name]
         out[s.name] = ids
     return out
+
+
+def predicted_ids(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=-1)``. Contiguous float32/float64 logits on the CPU take numpy's
+    argmax, which gives the same ids (the first maximum; the first NaN where a row holds one)
+    and is faster on the 2-core development machine: [8, 128, 49,152] logits in 10 ms against
+    torch's 40 ms (random values), and 11 against 69 ms on SmolLM2's own."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64) and \
+            logits.dim() >= 1 and logits.shape[-1] > 0 and logits.is_contiguous() and \
+            not logits.requires_grad:
+        return torch.from_numpy(logits.numpy().argmax(axis=-1).astype(np.int64, copy=False))
+    return logits.argmax(dim=-1)
 
 
 def _missing(stream: Stream, why: str):

@@ -19,6 +19,9 @@ class Vocabulary:
     def __init__(self, items: Iterable[str], text: str | None = None):
         if text not in TEXT_KINDS:
             raise InputError(f"unknown vocabulary text {text!r}; use one of {TEXT_KINDS}")
+        if isinstance(items, (str, bytes)):  # (its characters would become the features)
+            raise InputError(f"a vocabulary is a list of feature strings, got the string "
+                             f"{items[:20]!r}: pass [{items[:20]!r}, ...]")
         self.text = text
         self.items: list[str] = [str(s) for s in items]
         self._index = {s: i for i, s in enumerate(self.items)}

@@ -23,7 +23,7 @@ from ..errors import InputError
 from . import join
 from .stage import _check_by
 from .stage import alive as _alive
-from .table import NeuronTable
+from .table import NeuronTable, column_of, row_count
 
 
 def align_vocabularies(a: SparseStats, b: SparseStats, vocab_a, vocab_b
@@ -159,7 +159,7 @@ class Comparison:
     options: dict = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.columns[name]
+        return column_of(self.columns, name)
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -186,17 +186,18 @@ class Comparison:
 
     def most_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
         """The ``n`` first of :meth:`ranked` with a value, as a table."""
-        return self.table().take(self._valid(self.ranked(True, column), column)[:n])
+        return self.table().take(self._valid(self.ranked(True, column), column)[:row_count(n)])
 
     def least_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
         """The ``n`` least changed (see :meth:`ranked`) with a value, as a table."""
-        return self.table().take(self._valid(self.ranked(False, column), column)[:n])
+        return self.table().take(self._valid(self.ranked(False, column), column)[:row_count(n)])
 
     def extremes(self, n: int = 10, column: str = "hellinger") -> tuple[np.ndarray, np.ndarray]:
         """Ids of the ``n`` most and the ``n`` least changed neurons, to show side by side: never
         the same neuron in both (ties, e.g. a stage against itself with every neuron at 0, rank
         alike both ways), and with fewer than ``2 n`` values the most changed take the first
         half (the larger). Neurons without a value are in neither."""
+        n = row_count(n)
         most = self._valid(self.ranked(True, column), column)
         m = most.size
         most = most[:min(n, m - m // 2)]
@@ -298,11 +299,36 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
                                         "min_neuron_count": min_neuron_count})
 
 
-def compare_streams(view_a, view_b, *, other_streams: bool = False, **options) -> Comparison:
+def compare_layers(layer_a, layer_b, stream: str, vocab_a=None, vocab_b=None,
+                   **options) -> Comparison:
+    """Compare one stream of two in-memory layers (``Accumulator.layers[name]``, e.g. two
+    checkpoints of a training loop): as :func:`compare_streams` does for a store's, alive
+    neurons come from each layer's selection counts (the stream's own rows leave out the
+    positions without a feature, such as a POS stream's sub-words). ``vocab_a``/``vocab_b``:
+    the stream's vocabularies, where they differ (aligned by string). ``options`` as for
+    :func:`compare`."""
+    for name, layer in (("layer_a", layer_a), ("layer_b", layer_b)):
+        if not hasattr(layer, "stream_stats") or not hasattr(layer, "neuron_count"):
+            raise InputError(f"compare_layers takes layers of an Accumulator (acc.layers[name]), "
+                             f"got {type(layer).__name__} as {name}; for a store's stages use "
+                             f"compare_streams")
+        if stream not in layer.streams:
+            raise InputError(f"{name} has no stream {stream!r}; it has "
+                             f"{', '.join(layer.streams)}")
+    return compare(layer_a.stream_stats()[stream], layer_b.stream_stats()[stream],
+                   None if vocab_a is None else list(vocab_a),
+                   None if vocab_b is None else list(vocab_b),
+                   neuron_count_a=layer_a.neuron_count.cpu().numpy(),
+                   neuron_count_b=layer_b.neuron_count.cpu().numpy(), **options)
+
+
+def compare_streams(view_a, view_b, *, other_streams: bool = False, other_layers: bool = False,
+                    **options) -> Comparison:
     """Compare two ``StreamView``s (same layer and stream of two stages); alive neurons come from
     each layer's selection counts. ``options`` as for :func:`compare`. Views of two different
     streams (token against pos) are refused unless ``other_streams=True`` (e.g. what neurons
-    read, token, against what the model predicts, predicted: one vocabulary)."""
+    read, token, against what the model predicts, predicted: one vocabulary), and views of two
+    different layers unless ``other_layers=True``."""
     for v in (view_a, view_b):
         if not all(hasattr(v, a) for a in ("name", "stats", "vocab", "layer")):
             raise InputError(f"compare_streams takes StreamViews (store.stage(s).layer(l)."
@@ -312,6 +338,10 @@ def compare_streams(view_a, view_b, *, other_streams: bool = False, **options) -
         raise InputError(f"stream {view_a.name!r} against stream {view_b.name!r}: a comparison "
                          f"is of one stream in two stages; pass other_streams=True to compare "
                          f"two streams (their features are aligned by string)")
+    if view_a.layer.name != view_b.layer.name and not other_layers:
+        raise InputError(f"layer {view_a.layer.name!r} against layer {view_b.layer.name!r}: a "
+                         f"comparison is of one layer in two stages; pass other_layers=True to "
+                         f"compare two layers (neuron n of one against neuron n of the other)")
     return compare(view_a.stats, view_b.stats, list(view_a.vocab), list(view_b.vocab),
                    neuron_count_a=view_a.layer.neuron_count,
                    neuron_count_b=view_b.layer.neuron_count, **options)

@@ -12,6 +12,21 @@ import numpy as np
 from ..errors import InputError
 
 
+def column_of(columns: dict, name: str) -> np.ndarray:
+    """``columns[name]``, or an error that lists the columns."""
+    try:
+        return columns[name]
+    except (KeyError, TypeError):
+        raise InputError(f"no column {name!r}; the columns are {', '.join(columns)}") from None
+
+
+def row_count(n, what: str = "n") -> int:
+    """``n`` rows to take: a whole number ≥ 0 (a negative one sliced from the end)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise InputError(f"{what} must be a whole number ≥ 0, got {n!r}")
+    return int(n)
+
+
 class NeuronTable:
     """Columns of equal length, ``neuron`` first."""
 
@@ -26,7 +41,7 @@ class NeuronTable:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.columns[name]
+        return column_of(self.columns, name)
 
     def __repr__(self) -> str:
         """The first rows as :meth:`format` renders them (what a REPL shows)."""
@@ -46,12 +61,12 @@ class NeuronTable:
 
     def sort(self, column: str, descending: bool = True) -> "NeuronTable":
         """Rows by ``column`` (NaN last; ties by neuron id)."""
-        v = self.columns[column].astype(np.float64)
+        v = self[column].astype(np.float64)
         key = np.where(np.isnan(v), np.inf, -v if descending else v)
         return self.take(np.lexsort((self.columns.get("neuron", np.arange(len(self))), key)))
 
     def head(self, n: int) -> "NeuronTable":
-        return self.take(np.arange(min(n, len(self))))
+        return self.take(np.arange(min(row_count(n), len(self))))
 
     def records(self) -> list[dict]:
         def py(x):

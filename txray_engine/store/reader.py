@@ -17,8 +17,8 @@ from ..accumulate.stats import SparseStats
 from ..errors import InputError, StageChangedError, StageNotReadyError, StoreError
 from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
-from .format import (ATTR, VOCAB_GROUP, check_version, damaged, group_attrs, open_root, read_arrays,
-                     read_stats)
+from .format import ATTR, check_version, damaged, group_attrs, open_root, read_arrays, read_stats
+from .names import VOCAB_GROUP
 
 if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they load where a
     import torch  # stage becomes an Accumulator again (`txray info` starts in a fraction)
@@ -47,7 +47,18 @@ def _unknown(kind: str, name: str, known, where: str = "this store") -> StoreErr
     return StoreError(f"unknown {kind} {name!r}: {where} has {', '.join(map(repr, known)) or 'none'}")
 
 
-class Store:
+class _Listing:
+    """``name in x`` and ``for name in x`` over the names ``x`` lists (``_names``): with
+    ``__getitem__`` alone, Python tried ``x[0]``, ``x[1]``, … and the store refused ``0``."""
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+
+class Store(_Listing):
     """A txray store: a Zarr hierarchy with one group per stage."""
 
     def __init__(self, path):
@@ -73,11 +84,14 @@ class Store:
         return order + sorted(present - set(order))
 
     def stage(self, name: str) -> "Stage":
+        """The stage ``name`` (``store[name]`` too; ``name in store`` and ``for name in store``
+        go over :attr:`stages`)."""
         if name not in self.stages:
             raise _unknown("stage", name, self.stages)
         return Stage(self, name)
 
     __getitem__ = stage
+    _names = property(lambda self: self.stages)
 
     def size_on_disk(self) -> int:
         total = 0
@@ -113,7 +127,7 @@ class Store:
                 "model": st.meta.get("model"), "corpus": st.meta.get("corpus")}
 
 
-class Stage:
+class Stage(_Listing):
     """One stage: metadata, vocabularies and layers of its committed snapshot."""
 
     def __init__(self, store: Store, name: str):
@@ -245,14 +259,17 @@ class Stage:
                                                           acc.dense_left, acc.device)
 
     def layer(self, name: str) -> "LayerView":
+        """The layer ``name`` (``stage[name]`` too; ``in`` and ``for`` go over
+        :attr:`layers`)."""
         if name not in self.layers:
             raise _unknown("layer", name, self.layers, f"stage {self.name!r}")
         return LayerView(self, name)
 
     __getitem__ = layer
+    _names = property(lambda self: self.layers)
 
 
-class LayerView:
+class LayerView(_Listing):
     """One layer of a stage: per-neuron totals and its streams."""
 
     def __init__(self, stage: Stage, name: str):
@@ -327,11 +344,14 @@ class LayerView:
         return state
 
     def stream(self, name: str) -> "StreamView":
+        """The stream ``name`` of this layer (``layer[name]`` too; ``in`` and ``for`` go
+        over the stage's streams)."""
         if name not in self.stage.streams:
             raise _unknown("stream", name, self.stage.streams, f"stage {self.stage.name!r}")
         return StreamView(self, name)
 
     __getitem__ = stream
+    _names = property(lambda self: self.stage.streams)
 
 
 class StreamView:

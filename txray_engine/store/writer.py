@@ -25,9 +25,9 @@ import zarr
 from ..accumulate.accumulator import Accumulator
 from ..errors import InputError, StageExistsError, StoreError, StoreLockedError
 from ..version import FORMAT_VERSION, __version__
-from .format import (ATTR, SNAPSHOT_PREFIX, VECTOR_CHUNK, VOCAB_GROUP, check_name, check_version,
-                     damaged, fingerprint, group_attrs, open_root, root_attrs, stream_nodes,
-                     write_hierarchy)
+from .format import (ATTR, VECTOR_CHUNK, check_version, damaged, fingerprint, group_attrs,
+                     open_root, root_attrs, stream_nodes, write_hierarchy)
+from .names import SNAPSHOT_PREFIX, VOCAB_GROUP, check_name
 
 MODES = ("new", "resume", "overwrite")
 

@@ -1,0 +1,122 @@
+"""The Python API as a notebook uses it: membership and iteration, in-memory comparisons that
+agree with the store's, and mistakes that get the project's own errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from txray_engine import Accumulator, Batch, Collector, Stream, StageWriter, Vocabulary, open_store
+from txray_engine.errors import CorpusError, InputError, StoreError
+from txray_engine.measures import compare_layers, compare_streams
+
+VOCAB = {"token": [f"w{i}" for i in range(6)], "pos": ["NN", "VB"]}
+
+
+def _acc(seed):
+    g = torch.Generator().manual_seed(seed)
+    acc = Accumulator(VOCAB, k=2)
+    for layer in ("enc.0", "enc.1"):
+        pos = torch.randint(-1, 2, (2, 30), generator=g)  # -1: sub-words without a tag
+        acc.observe(layer, torch.randn(2, 30, 8, generator=g),
+                    {"token": torch.randint(0, 6, (2, 30), generator=g), "pos": pos})
+    return acc
+
+
+@pytest.fixture
+def store(tmp_path):
+    for stage, seed in (("a", 0), ("b", 1)):
+        with StageWriter(tmp_path / "s.zarr", stage, "new", {"model": "m"}) as w:
+            w.commit(_acc(seed), {"units": 2}, "complete")
+    return open_store(tmp_path / "s.zarr")
+
+
+def test_names_in_and_for(store):
+    """`in` and `for` tried store[0], store[1], ... and the store refused stage 0."""
+    assert "a" in store and "zz" not in store and list(store) == ["a", "b"]
+    stage = store["a"]
+    assert "enc.1" in stage and list(stage) == ["enc.0", "enc.1"]
+    assert "pos" in stage["enc.0"] and list(stage["enc.0"]) == ["token", "pos"]
+
+
+def test_in_memory_comparison_agrees_with_the_store(store):
+    """Alive neurons by the layers' selection counts: the stream's own rows leave out positions
+    without a feature (here the POS stream's -1), and made neurons 'only in' one stage."""
+    a, b = _acc(0), _acc(1)
+    for stream in ("token", "pos"):
+        mem = compare_layers(a.layers["enc.0"], b.layers["enc.0"], stream)
+        stored = compare_streams(store["a"]["enc.0"][stream], store["b"]["enc.0"][stream])
+        assert mem.summary() == stored.summary()
+        np.testing.assert_array_equal(mem["hellinger"], stored["hellinger"])
+    with pytest.raises(InputError, match="has no stream 'label'"):
+        compare_layers(a.layers["enc.0"], b.layers["enc.0"], "label")
+    with pytest.raises(InputError, match="takes layers of an Accumulator"):
+        compare_layers(store["a"]["enc.0"], b.layers["enc.0"], "token")
+
+
+def test_two_layers_are_compared_only_when_asked(store):
+    one, other = store["a"]["enc.0"]["token"], store["b"]["enc.1"]["token"]
+    with pytest.raises(InputError, match="a comparison is of one layer in two stages"):
+        compare_streams(one, other)
+    assert compare_streams(one, other, other_layers=True).n_neurons == 8
+
+
+def test_comparison_counts_and_columns_are_checked(store):
+    cmp = compare_streams(store["a"]["enc.0"]["token"], store["b"]["enc.0"]["token"])
+    for n in (-1, 2.5, "3", True):  # -1 sliced [:-1]; 2.5 was a bare TypeError
+        for call in (cmp.most_changed, cmp.least_changed, cmp.extremes, cmp.table().head):
+            with pytest.raises(InputError, match="whole number ≥ 0"):
+                call(n)
+    with pytest.raises(InputError, match="no column 'nope'; the columns are neuron, alive_a"):
+        cmp["nope"]
+    with pytest.raises(InputError, match="no column 'nope'"):
+        cmp.most_changed(3, column="nope")
+    with pytest.raises(InputError, match="no column 'nope'"):
+        cmp.table().sort("nope")
+
+
+def test_mistakes_get_the_projects_errors():
+    with pytest.raises(InputError, match="a vocabulary is a list of feature strings"):
+        Accumulator({"token": "abcd"})  # (four one-character features)
+    acc = Accumulator(VOCAB)
+    for bad in ("a/b", "", "snap-1"):  # (refused by the store only at the first flush)
+        with pytest.raises(StoreError, match="invalid layer name"):
+            acc.observe(bad, torch.randn(3, 4), {"token": torch.tensor([0, 1, 2])})
+    assert not acc.layers
+
+
+def test_a_collection_with_every_position_masked_is_refused(tmp_path):
+    """It was written as a complete stage of 0 tokens."""
+    model = torch.nn.Sequential(torch.nn.Embedding(6, 4), torch.nn.ReLU())
+    ids = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    with pytest.raises(CorpusError, match="no positions were collected"):
+        with Collector(model, ["1"], [Stream("token", Vocabulary(VOCAB["token"]), "input")],
+                       store=tmp_path / "s.zarr", stage="s",
+                       forward=lambda m, b: m(b.input_ids)) as col:
+            col.step(Batch(ids, mask=torch.zeros(2, 3)))
+    assert not (tmp_path / "s.zarr").exists()  # no store, and no stage of 0 tokens in it
+
+
+def test_collector_takes_streams_by_name():
+    """A dict names streams as `txray collect --streams` does (every stream was a "feature"
+    stream, and `token` then wanted Batch.features)."""
+    model = torch.nn.Sequential(torch.nn.Embedding(6, 4), torch.nn.ReLU())
+    ids = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    with Collector(model, ["1"], {"token": VOCAB["token"], "pos": VOCAB["pos"]},
+                   forward=lambda m, b: m(b.input_ids)) as col:
+        col.step(Batch(ids, features={"pos": torch.tensor([[0, 1, -1], [1, 1, 0]])}))
+    assert [(s.name, s.source) for s in col.streams] == [("token", "input"), ("pos", "feature")]
+    layer = col.accumulator.layers["1"]
+    assert layer.tokens == 6 and layer.streams["pos"].tokens == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_predicted_ids_are_torchs_argmax(dtype):
+    """The CPU path's numpy argmax: the first maximum among ties, the first NaN, ±inf rows."""
+    from txray_engine.features.streams import predicted_ids
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (3, 5, 17), generator=g).to(dtype)  # many ties
+    x[0, 0] = float("-inf")
+    x[0, 1, 4], x[0, 1, 9] = float("nan"), float("nan")
+    x[1, 2, 3] = float("inf")
+    assert torch.equal(predicted_ids(x), x.argmax(dim=-1))
+    assert torch.equal(predicted_ids(x[:, :, ::2]), x[:, :, ::2].argmax(dim=-1))  # strided

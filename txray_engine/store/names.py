@@ -1,0 +1,37 @@
+"""Names of a store's groups: what a stage, layer or stream may be called (no zarr needed, so
+that an ``Accumulator`` checks a layer's name when it first sees it, not at its first flush)."""
+
+from __future__ import annotations
+
+from ..errors import StoreError
+
+#: Prefix of snapshot groups inside a stage.
+SNAPSHOT_PREFIX = "snap-"
+#: Group inside a stage holding the vocabularies.
+VOCAB_GROUP = "vocab"
+#: Arrays of a layer group: a stream group may not take their names
+LAYER_ARRAYS = ("neuron_count", "neuron_mass", "examples_value", "examples_doc", "examples_pos",
+                "examples_context")
+
+
+#: what lists and pairs of stage names are split at (``--stages a,b``, ``a:b``, ``STORE::STAGE``)
+STAGE_SEPARATORS = (",", ":")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Stage, layer and stream names become group names: reject what Zarr cannot hold (Zarr
+    reads a backslash as '/'), and a stream named as one of a layer's arrays."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name \
+            or name.startswith((".", "__")) or name == "zarr.json" \
+            or name.startswith(SNAPSHOT_PREFIX) or name == VOCAB_GROUP:
+        raise StoreError(f"invalid {kind} name {name!r}: use a non-empty name without '/' or "
+                         f"'\\', not starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not "
+                         f"'{VOCAB_GROUP}' or 'zarr.json'")
+    if kind == "stage" and (name != name.strip() or any(c in name for c in STAGE_SEPARATORS)):
+        raise StoreError(f"invalid stage name {name!r}: commands name stages in lists and pairs "
+                         f"(--stages a,b, --pairs a:b, STORE::STAGE), so a stage name has no "
+                         f"{', '.join(map(repr, STAGE_SEPARATORS))} and no space at either end")
+    if kind == "stream" and name in LAYER_ARRAYS:
+        raise StoreError(f"invalid stream name {name!r}: a layer's group holds an array of that "
+                         f"name; choose another")
+    return name
