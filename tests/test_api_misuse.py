@@ -120,3 +120,61 @@ def test_predicted_ids_are_torchs_argmax(dtype):
     x[1, 2, 3] = float("inf")
     assert torch.equal(predicted_ids(x), x.argmax(dim=-1))
     assert torch.equal(predicted_ids(x[:, :, ::2]), x[:, :, ::2].argmax(dim=-1))  # strided
+
+
+def test_entry_points_name_what_they_take(store):
+    """Wrong types at the public entry points: the project's errors, not AttributeError or
+    TypeError from deep inside."""
+    from txray_engine import merge
+    from txray_engine.measures import compare, distributions, stage_table, top_features
+    from txray_engine.prune import mask_units
+
+    acc = Accumulator(VOCAB)
+    ids = {"token": torch.tensor([0, 1, 2]), "pos": torch.tensor([0, 1, 0])}
+    cases = [
+        (lambda: acc.prepare_batch([("L", torch.randn(3, 4))], ids), "must be a dict {layer"),
+        (lambda: acc.commit(torch.randn(3, 4)), "commit takes one Prepared batch"),
+        (lambda: merge(acc, "x"), "merge_ takes an Accumulator"),
+        (lambda: mask_units(torch.nn.Linear(2, 2), ["enc"]), "a selection is a dict"),
+        (lambda: Accumulator(VOCAB, examples="3"), "examples must be a whole number"),
+        (lambda: Accumulator(VOCAB, examples=2.5), "examples must be a whole number"),
+        (lambda: Accumulator(VOCAB, dense_budget=-1), "dense_budget"),
+        (lambda: store["a"]["enc.0"]["token"].top_features(1, 2.5), "n must be a whole number"),
+        (lambda: open_store(None), "open_store takes the store's path"),
+        (lambda: stage_table(object()), "the measures read SparseStats"),
+        (lambda: compare(store["a"]["enc.0"]["token"], store["b"]["enc.0"]["token"].stats,
+                         min_count=1.5), "min_count must be a whole number ≥ 1"),
+        (lambda: compare(store["a"]["enc.0"]["token"].stats, store["b"]["enc.0"]["token"].stats,
+                         neuron_count_a=np.ones(3)), "neuron_count_a has shape"),
+    ]
+    for call, words in cases:
+        with pytest.raises((InputError, StoreError), match=words):
+            call()
+    view = store["a"]["enc.0"]["token"]  # a StreamView reads as its stats in every measure
+    assert np.array_equal(top_features(view, 3)[0], top_features(view.stats, 3)[0])
+    assert (distributions(view) != distributions(view.stats)).nnz == 0
+    with StageWriter(store.path, "c", "new", {"model": "m"}) as w:
+        with pytest.raises(InputError, match="commit takes an Accumulator and a cursor dict"):
+            w.commit(_acc(0), 5)
+
+
+def test_notebook_reprs(store, tmp_path):
+    from txray_engine.prune import mask_units
+    acc = _acc(0)
+    assert repr(acc.layers["enc.0"].stream_stats()["token"]).startswith("SparseStats([8, 6], ")
+    ex = Accumulator(VOCAB, examples=2)
+    ex.observe("e", torch.randn(5, 4), {"token": torch.zeros(5, dtype=torch.long),
+                                        "pos": torch.zeros(5, dtype=torch.long)},
+               where={"doc": torch.arange(5), "pos": torch.arange(5),
+                      "context": torch.zeros(5, 11, dtype=torch.long)})
+    assert repr(ex.layers["e"].examples) == ("TopExamples(4 neurons, top 2, context 11; 8 kept; "
+                                             ".arrays() for numpy)")
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3))
+    with mask_units(model, {"0": [1]}) as m:
+        assert repr(m) == "UnitMask(1 hook(s))"
+    assert repr(m) == "UnitMask(0 hook(s), removed)"
+    w = StageWriter(tmp_path / "w.zarr", "s", "new", {})
+    assert repr(w) == (f"StageWriter({str(tmp_path / 'w.zarr')!r}, stage 's', mode 'new', "
+                       f"closed; last snapshot None)")
+    col = Collector(model, ["0"], {"token": VOCAB["token"]})
+    assert repr(col) == "Collector(Sequential: 0; in memory; 0 units so far)"

@@ -8,7 +8,7 @@ Main entry points: :class:`Collector` (a model and batches), :class:`Accumulator
 :meth:`Accumulator.observe` (activations you already have), :func:`open_store` (read results).
 """
 
-from .errors import TxRayError
+from .errors import CorpusError, InputError, NonFiniteError, StoreError, TxRayError
 from .lazy import lazy_exports
 from .version import FORMAT_VERSION, __version__
 
@@ -21,9 +21,10 @@ _LAZY = {"Accumulator": ".accumulate", "SparseStats": ".accumulate", "merge": ".
          "collect_corpus": ".collect", "load_model": ".collect", "StageWriter": ".store",
          "open_store": ".store"}
 
-__all__ = ["Accumulator", "Batch", "Collector", "Corpus", "FORMAT_VERSION", "SparseStats",
-           "StageWriter", "Stream", "TxRayError", "Vocabulary", "__version__", "collect_corpus",
-           "load_model", "merge", "open_store", "same_sums"]
+__all__ = ["Accumulator", "Batch", "Collector", "Corpus", "CorpusError", "FORMAT_VERSION",
+           "InputError", "NonFiniteError", "SparseStats", "StageWriter", "StoreError", "Stream",
+           "TxRayError", "Vocabulary", "__version__", "collect_corpus", "load_model", "merge",
+           "open_store", "same_sums"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

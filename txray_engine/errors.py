@@ -50,3 +50,17 @@ class CorpusError(TxRayError):
 
 class StageChangedError(StoreError):
     """A writer committed a newer snapshot of a stage since it was opened: open it again."""
+
+
+def whole_number(value, what: str, least: int = 0) -> int:
+    """``value`` as an ``int`` when it is a whole number ≥ ``least`` (``3.0`` from a column
+    too), else an :class:`InputError` naming ``what``: ``2.5`` was cut to 2, ``-1`` sliced from
+    the end, ``"3"`` failed deep inside."""
+    ok = not isinstance(value, (bool, str, bytes)) and value is not None
+    try:
+        number = int(value) if ok else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or number != value or number < least:
+        raise InputError(f"{what} must be a whole number ≥ {least}, got {value!r}")
+    return number

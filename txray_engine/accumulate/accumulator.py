@@ -7,6 +7,7 @@ Each call is validated completely before any sum changes, so a bad input changes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 import txray_kernels as kernels
 
-from ..errors import InputError, NonFiniteError
+from ..errors import InputError, NonFiniteError, whole_number
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
 from ..store.names import check_name
@@ -112,19 +113,15 @@ class Accumulator:
             raise InputError(f"k must be a positive integer or 'all', got {k!r}")
         if kind not in STATE_KINDS:
             raise InputError(f"kind must be one of {', '.join(STATE_KINDS)}, got {kind!r}")
-        if dense_budget < 0:
-            raise InputError(f"dense_budget is bytes for all dense states, 0 or more, got "
-                             f"{dense_budget}")
+        dense_budget = whole_number(dense_budget, "dense_budget (bytes for all dense states)")
         self.streams: list[Stream] = list(streams)
         self.k = k
         self.kind = kind
         self.dense_budget = int(dense_budget)
         self.nonfinite = nonfinite
         self.device = _available(device)
-        if examples < 0 or context_radius < 0:
-            raise InputError("examples and context_radius must be ≥ 0")
-        self.examples = int(examples)
-        self.context_radius = int(context_radius)
+        self.examples = whole_number(examples, "examples")
+        self.context_radius = whole_number(context_radius, "context_radius")
         self.layers: dict[str, LayerState] = {}
 
     def __repr__(self) -> str:
@@ -145,6 +142,7 @@ class Accumulator:
         return {s.name: len(s.vocab) for s in self.streams}
 
     def k_for(self, n_neurons: int) -> int:
+        """Neurons kept per position in a layer of ``n_neurons`` (all of them for ``k="all"``)."""
         return n_neurons if self.k == "all" else int(self.k)
 
     # -- the public entry point ------------------------------------------------------------------
@@ -189,6 +187,9 @@ class Accumulator:
         if not isinstance(features, dict):
             raise InputError(f"features must be a dict {{stream name: ids}} for the streams "
                              f"{[s.name for s in self.streams]}, got {type(features).__name__}")
+        if not isinstance(activations, Mapping):
+            raise InputError(f"activations must be a dict {{layer name: tensor}}, got "
+                             f"{type(activations).__name__}; one layer: prepare(layer, tensor, ...)")
         items = list(activations.items())
         if not items:
             return []
@@ -309,6 +310,9 @@ class Accumulator:
     @kernels.on_own_device
     def commit(self, p: Prepared) -> None:
         """Add a prepared batch of one layer to its sums (:meth:`prepare`)."""
+        if not isinstance(p, Prepared):
+            raise InputError(f"commit takes one Prepared batch (from prepare(), or each item of "
+                             f"prepare_batch()), got {type(p).__name__}")
         if p.vocab_sizes != self.vocab_sizes:  # checked against another accumulator's streams
             raise InputError(f"this batch was prepared for streams {p.vocab_sizes}, this "
                              f"accumulator has {self.vocab_sizes}: commit it where it was prepared")
@@ -348,6 +352,8 @@ class Accumulator:
         of equal top examples stay, this accumulator's (``"first"``, as if ``other``'s input came
         after this one's) or the lower document and position (``"place"``, for shards whose
         examples name documents by their index in one corpus)."""
+        if not isinstance(other, Accumulator):
+            raise InputError(f"merge_ takes an Accumulator, got {type(other).__name__}")
         if other.k != self.k:
             raise InputError(f"cannot merge accumulators of k={self.k} and k={other.k}: their "
                              f"counts mean different things; collect both with one k")
@@ -369,12 +375,15 @@ class Accumulator:
         return self.dense_budget - sum(layer.dense_memory for layer in self.layers.values())
 
     def empty_like(self) -> "Accumulator":
+        """A new, empty accumulator with this one's streams and settings."""
         return Accumulator(self.streams, self.k, self.kind, self.dense_budget, self.nonfinite,
                            self.device, self.examples, self.context_radius)
 
 
 def merge(a: Accumulator, b: Accumulator) -> Accumulator:
     """A new accumulator holding the sums of ``a`` and ``b`` (neither is changed)."""
+    if not isinstance(a, Accumulator):
+        raise InputError(f"merge takes two Accumulators, got {type(a).__name__}")
     return a.empty_like().merge_(a).merge_(b)
 
 

@@ -47,6 +47,11 @@ class TopExamples:
     empty slot), ``doc``, ``pos`` ``[N, m]`` and ``context [N, m, W]`` (token ids, ``-1`` outside
     the text). ``-inf`` activations are never kept."""
 
+    def __repr__(self) -> str:
+        kept = int(torch.isfinite(self.value).sum())
+        return (f"TopExamples({self.value.shape[0]} neurons, top {self.m}, context "
+                f"{self.width}; {kept} kept; .arrays() for numpy)")
+
     def __init__(self, n_neurons: int, m: int, width: int, device="cpu"):
         self.m, self.width = int(m), int(width)
         with torch.inference_mode(False):  # the lists are updated in place, also outside it

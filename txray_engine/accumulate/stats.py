@@ -56,6 +56,10 @@ class SparseStats:
     tokens: int = 0
     missing: int = 0
 
+    def __repr__(self) -> str:  # (not the arrays: a notebook printed all of them)
+        return (f"SparseStats([{self.n_neurons}, {self.n_features}], {self.nnz} cells, "
+                f"{self.tokens} tokens, {self.missing} missing)")
+
     @property
     def nnz(self) -> int:
         return int(self.indices.shape[0])

@@ -109,6 +109,9 @@ class LayerCapture:
     ``default_layout``.
     """
 
+    def __repr__(self) -> str:
+        return f"LayerCapture({', '.join(self.names)})"
+
     def __init__(self, model: nn.Module, layers: Iterable[str],
                  time_first: Iterable[str] = (), layouts: dict | None = None,
                  default_layout: str = "batch_first"):

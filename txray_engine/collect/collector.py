@@ -14,7 +14,7 @@ from ..accumulate.accumulator import Accumulator
 from ..accumulate.examples import context_windows
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
-from ..errors import CorpusError, InputError
+from ..errors import CorpusError, InputError, whole_number
 from ..features.streams import SOURCE_OF_NAME, Batch, Stream, stream_features
 from ..store.format import fingerprint
 from ..store.names import check_name
@@ -210,6 +210,12 @@ class Collector:
     def layers(self) -> list[str]:
         return self.capture.names
 
+    def __repr__(self) -> str:
+        where = (f"stage {self.writer.stage!r} of {str(self.writer.path)!r}"
+                 if self.writer is not None else "in memory")
+        return (f"Collector({type(self.model).__name__}: {', '.join(self.capture.names)}; "
+                f"{where}; {self.cursor['units']} units so far)")
+
     def __enter__(self) -> "Collector":
         if self.writer is not None:
             self.writer.open()
@@ -257,7 +263,7 @@ class Collector:
         for p in prepared:
             self.accumulator.commit(p)
         self.cursor["units"] += int(batch.n_units)
-        self.cursor["documents"] += int(documents)
+        self.cursor["documents"] += whole_number(documents, "documents")
         self._dirty = True
         due = self.flush_every and max(self.flush_every, 10 * self._flush_seconds)
         if self.writer is not None and time.monotonic() - self._last_flush >= due:

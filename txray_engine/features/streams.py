@@ -45,18 +45,22 @@ class Stream:
 
 
 def token_stream(vocab: Vocabulary, name: str = "token") -> Stream:
+    """The model's input ids (source ``"input"``)."""
     return Stream(name, vocab, "input")
 
 
 def predicted_stream(vocab: Vocabulary, name: str = "predicted") -> Stream:
+    """The argmax of the model's logits at each position (source ``"predicted"``)."""
     return Stream(name, vocab, "predicted")
 
 
 def label_stream(labels, name: str = "label") -> Stream:
+    """One label per sequence, at each of its positions (source ``"label"``)."""
     return Stream(name, Vocabulary(labels), "label")
 
 
 def pos_stream(tags, name: str = "pos") -> Stream:
+    """Ids the caller gives per position in ``Batch.features[name]`` (source ``"feature"``)."""
     return Stream(name, Vocabulary(tags), "feature")
 
 

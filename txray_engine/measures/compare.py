@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..accumulate.stats import SparseStats
-from ..errors import InputError
+from ..errors import InputError, whole_number
 from . import join
-from .stage import _check_by
+from .stage import _check_by, as_stats
 from .stage import alive as _alive
-from .table import NeuronTable, column_of, row_count
+from .table import NeuronTable, column_of
 
 
 def align_vocabularies(a: SparseStats, b: SparseStats, vocab_a, vocab_b
@@ -173,6 +173,7 @@ class Comparison:
         return len(self.columns["neuron"])
 
     def table(self) -> NeuronTable:
+        """All columns as a :class:`NeuronTable` (one row per neuron; CSV and JSON output)."""
         return NeuronTable(self.columns)
 
     def ranked(self, most: bool = True, column: str = "hellinger") -> np.ndarray:
@@ -186,18 +187,18 @@ class Comparison:
 
     def most_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
         """The ``n`` first of :meth:`ranked` with a value, as a table."""
-        return self.table().take(self._valid(self.ranked(True, column), column)[:row_count(n)])
+        return self.table().take(self._valid(self.ranked(True, column), column)[:whole_number(n, "n")])
 
     def least_changed(self, n: int = 10, column: str = "hellinger") -> NeuronTable:
         """The ``n`` least changed (see :meth:`ranked`) with a value, as a table."""
-        return self.table().take(self._valid(self.ranked(False, column), column)[:row_count(n)])
+        return self.table().take(self._valid(self.ranked(False, column), column)[:whole_number(n, "n")])
 
     def extremes(self, n: int = 10, column: str = "hellinger") -> tuple[np.ndarray, np.ndarray]:
         """Ids of the ``n`` most and the ``n`` least changed neurons, to show side by side: never
         the same neuron in both (ties, e.g. a stage against itself with every neuron at 0, rank
         alike both ways), and with fewer than ``2 n`` values the most changed take the first
         half (the larger). Neurons without a value are in neither."""
-        n = row_count(n)
+        n = whole_number(n, "n")
         most = self._valid(self.ranked(True, column), column)
         m = most.size
         most = most[:min(n, m - m // 2)]
@@ -208,6 +209,9 @@ class Comparison:
         return ids[~np.isnan(self[column][ids].astype(np.float64))]
 
     def summary(self) -> dict:
+        """Counts (neurons, shared, only in A or B, dead in both, shared without a distance),
+        the Hellinger mean and median over shared neurons with a distance (None without any),
+        the mean length shift, each stage's total mass, vocabulary alignment and the options."""
         shared = self["shared"]
         h = self["hellinger"][shared]
         h = h[~np.isnan(h)]  # shared neurons without a distribution in a stage have no distance
@@ -239,9 +243,13 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
         return compare_streams(a, b, by=by, min_count=min_count,
                                min_neuron_count=min_neuron_count, engine=engine)
     _check_by(by)
-    if int(min_count) < 1 or int(min_neuron_count) < 1:
-        raise InputError(f"min_count and min_neuron_count must be at least 1, got {min_count} "
-                         f"and {min_neuron_count}")
+    a, b = as_stats(a), as_stats(b)
+    min_count = whole_number(min_count, "min_count", 1)
+    min_neuron_count = whole_number(min_neuron_count, "min_neuron_count", 1)
+    for name, counts in (("neuron_count_a", neuron_count_a), ("neuron_count_b", neuron_count_b)):
+        if counts is not None and np.shape(counts) != (a.n_neurons,):
+            raise InputError(f"{name} has shape {np.shape(counts)}, not one count per neuron "
+                             f"({a.n_neurons},)")
     if a.n_neurons != b.n_neurons:
         raise InputError(f"the stages have {a.n_neurons} and {b.n_neurons} neurons: compare the "
                          f"same layer of the same architecture")

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..accumulate.stats import SparseStats
-from ..errors import InputError
+from ..errors import InputError, whole_number
 from .rows import filter_cells, row_normalize, row_sums, row_top
 
 BY = ("mass", "count")
@@ -25,8 +25,21 @@ def _check_by(by: str) -> str:
     return by
 
 
+def as_stats(stats) -> SparseStats:
+    """``stats``, or a ``StreamView``'s (what the measures read); anything else is refused."""
+    if not isinstance(stats, SparseStats) and isinstance(getattr(stats, "stats", None),
+                                                         SparseStats):
+        stats = stats.stats
+    if not isinstance(stats, SparseStats):
+        raise InputError(f"the measures read SparseStats (LayerState.stream_stats()[name], or a "
+                         f"store's StreamView), got {type(stats).__name__}")
+    return stats
+
+
 def cells(stats: SparseStats, by: str = "mass", min_count: int = 1) -> sp.csr_matrix:
     """The ``by`` matrix with cells of count < ``min_count`` dropped (explicit zeros removed)."""
+    stats = as_stats(stats)
+    whole_number(min_count, "min_count", 1)
     m = stats.csr(_check_by(by)).astype(np.float64)
     # a cell whose activations were all ≤ 0 has count > 0 but mass 0: it leaves the mass matrix
     return filter_cells(m, stats.count >= max(1, min_count))
@@ -39,6 +52,7 @@ def distributions(stats: SparseStats, by: str = "mass", min_count: int = 1) -> s
 
 def length(stats: SparseStats, min_count: int = 1) -> np.ndarray:
     """Features each neuron fired for at least ``min_count`` times (TX-Ray's length)."""
+    stats = as_stats(stats)
     return np.diff(filter_cells(stats.csr("count"), stats.count >= max(1, min_count)).indptr)
 
 
@@ -46,7 +60,7 @@ def activation_mass(stats: SparseStats) -> tuple[np.ndarray, np.ndarray]:
     """``(mass, share)`` per neuron: its summed clamped activation over the stream's cells and
     its share of the stream's total. Positions without a feature in this stream are not in its
     cells: the layer's whole mass per neuron is ``LayerView.neuron_mass``."""
-    mass = row_sums(stats.csr("mass"))
+    mass = row_sums(as_stats(stats).csr("mass"))
     total = mass.sum()
     return mass, (mass / total if total > 0 else np.zeros_like(mass))
 
@@ -75,12 +89,13 @@ def top_features(stats: SparseStats, n: int = 10, by: str = "mass", min_count: i
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Each neuron's ``n`` strongest features: ``(feature ids, shares)``, ``[N, n]``, padded with
     ``-1`` / ``0``."""
-    return row_top(distributions(stats, by, min_count), n)
+    return row_top(distributions(stats, by, min_count), whole_number(n, "n"))
 
 
 def feature_group_mass(stats: SparseStats, min_count: int = 1) -> dict[str, np.ndarray]:
     """Per feature (e.g. per POS tag): share of the layer's activation mass against the feature's
     share of corpus positions. ``ratio > 1``: the layer's neurons favour that feature."""
+    stats = as_stats(stats)
     m = cells(stats, "mass", min_count)
     mass = np.asarray(m.sum(axis=0), dtype=np.float64).ravel()
     total = mass.sum()
@@ -97,7 +112,11 @@ def stage_table(stats: SparseStats, neuron_count=None, min_count: int = 1, by: s
     """One row per neuron: alive, selection count, mass and share, length, entropy."""
     from .table import NeuronTable
 
+    stats = as_stats(stats)
     count = stats.neuron_count() if neuron_count is None else np.asarray(neuron_count)
+    if count.shape != (stats.n_neurons,):
+        raise InputError(f"neuron_count has shape {count.shape}, not one count per neuron "
+                         f"({stats.n_neurons},)")
     mass, share = activation_mass(stats)
     return NeuronTable({"neuron": np.arange(stats.n_neurons), "alive": alive(count, min_count),
                         "selected": count, "mass": mass, "mass_share": share,

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, whole_number
 
 
 def column_of(columns: dict, name: str) -> np.ndarray:
@@ -18,13 +18,6 @@ def column_of(columns: dict, name: str) -> np.ndarray:
         return columns[name]
     except (KeyError, TypeError):
         raise InputError(f"no column {name!r}; the columns are {', '.join(columns)}") from None
-
-
-def row_count(n, what: str = "n") -> int:
-    """``n`` rows to take: a whole number ≥ 0 (a negative one sliced from the end)."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise InputError(f"{what} must be a whole number ≥ 0, got {n!r}")
-    return int(n)
 
 
 class NeuronTable:
@@ -51,12 +44,15 @@ class NeuronTable:
 
     @property
     def names(self) -> list[str]:
+        """Column names, in order."""
         return list(self.columns)
 
     def take(self, idx) -> "NeuronTable":
+        """The rows at positions ``idx`` (in that order)."""
         return NeuronTable({k: v[idx] for k, v in self.columns.items()})
 
     def where(self, mask) -> "NeuronTable":
+        """The rows where ``mask`` (a bool column, e.g. ``table["shared"]``) is true."""
         return self.take(np.flatnonzero(mask))
 
     def sort(self, column: str, descending: bool = True) -> "NeuronTable":
@@ -66,15 +62,18 @@ class NeuronTable:
         return self.take(np.lexsort((self.columns.get("neuron", np.arange(len(self))), key)))
 
     def head(self, n: int) -> "NeuronTable":
-        return self.take(np.arange(min(row_count(n), len(self))))
+        """The first ``n`` rows."""
+        return self.take(np.arange(min(whole_number(n, "n"), len(self))))
 
     def records(self) -> list[dict]:
+        """One dict per row, Python values (NaN as None): ``pandas.DataFrame(t.records())``."""
         def py(x):
             x = x.item() if hasattr(x, "item") else x
             return None if isinstance(x, float) and math.isnan(x) else x
         return [{k: py(v[i]) for k, v in self.columns.items()} for i in range(len(self))]
 
     def to_csv(self, path=None) -> str | None:
+        """The table as CSV (NaN as an empty field), written to ``path`` or returned."""
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(self.names)
@@ -87,6 +86,7 @@ class NeuronTable:
         return None
 
     def to_json(self) -> str:
+        """The :meth:`records` as a JSON list."""
         return json.dumps(self.records())
 
     def format(self, columns: list[str] | None = None, digits: int = 4) -> str:

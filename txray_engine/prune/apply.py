@@ -11,6 +11,7 @@ and BERT's ``intermediate``/``output``): the pruned model computes what the mask
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Iterable
 
 import numpy as np
@@ -108,6 +109,9 @@ class UnitMask:
                  layouts: dict | None = None):
         modules = dict(model.named_modules())
         self._handles = []
+        if not isinstance(selection, Mapping):
+            raise InputError(f"a selection is a dict {{layer: unit ids}} (a mask file's "
+                             f"'layers'), got {type(selection).__name__}")
         try:
             for layer, units in selection.items():
                 idx = torch.as_tensor(unit_ids(units, f"mask of layer {layer!r}"))
@@ -123,6 +127,9 @@ class UnitMask:
         except BaseException:
             self.remove()
             raise
+
+    def __repr__(self) -> str:
+        return f"UnitMask({len(self._handles)} hook(s){'' if self._handles else ', removed'})"
 
     def remove(self) -> None:
         for h in self._handles:

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, whole_number
 from ..measures.table import NeuronTable
 
 SELECTORS = ("most_changed", "least_changed", "lowest_mass", "highest_mass", "dead", "shortest",
@@ -37,9 +37,7 @@ def how_many(n_neurons: int, count: int | None, fraction: float | None) -> int:
         if not 0.0 <= fraction <= 1.0:
             raise InputError(f"fraction must be in [0, 1], got {fraction}")
         return min(n_neurons, math.floor(fraction * n_neurons + 0.5))
-    if isinstance(count, bool) or int(count) != count or count < 0:
-        raise InputError(f"count must be a whole number ≥ 0, got {count}")
-    return int(count)
+    return whole_number(count, "count")
 
 
 def select_neurons(table: NeuronTable, selector: str, *, count: int | None = None,
@@ -47,7 +45,8 @@ def select_neurons(table: NeuronTable, selector: str, *, count: int | None = Non
                    seed: int = 0) -> np.ndarray:
     """Neuron ids chosen by ``selector`` (sorted ascending).
 
-    ``count`` or ``fraction`` (of all the layer's neurons) says how many; fewer come back when the
+    ``count`` or ``fraction`` (of the table's rows: all the layer's neurons for a comparison's or
+    a stage's table, fewer for a table cut with ``where``) says how many; fewer come back when the
     pool is smaller (e.g. only shared neurons have a Hellinger distance, only dead ones are dead).
     Ties are broken by neuron id, for ``most_changed``/``least_changed`` first by more mass in
     both stages (the order ``Comparison.ranked``, ``txray compare`` and the report show);

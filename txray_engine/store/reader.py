@@ -14,7 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..accumulate.stats import SparseStats
-from ..errors import InputError, StageChangedError, StageNotReadyError, StoreError
+from ..errors import (InputError, StageChangedError, StageNotReadyError, StoreError,
+                      whole_number)
 from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
 from .format import ATTR, check_version, damaged, group_attrs, open_root, read_arrays, read_stats
@@ -29,6 +30,8 @@ if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they l
 
 def open_store(path: str | os.PathLike) -> "Store":
     """Open a txray store for reading."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"open_store takes the store's path, got {type(path).__name__}")
     return Store(path)
 
 
@@ -421,8 +424,7 @@ class StreamView:
         with ``share`` the value is the fraction of the neuron's total."""
         if by not in ("mass", "count"):
             raise InputError(f"by must be 'mass' or 'count', got {by!r}")
-        if n < 0:
-            raise InputError(f"n must be 0 or more, got {n}")
+        n = whole_number(n, "n")
         r = self.row(neuron)
         order = np.argsort(-r[by], kind="stable")[:n]
         total = (float(r[by].sum()) or 1.0) if share else 1.0

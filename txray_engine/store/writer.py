@@ -124,6 +124,11 @@ class StageWriter:
         self.cursor: dict = {}
         self.resumed = False
 
+    def __repr__(self) -> str:
+        state = "open" if self._fd is not None else "closed"
+        return (f"StageWriter({str(self.path)!r}, stage {self.stage!r}, mode {self.mode!r}, "
+                f"{state}; last snapshot {self._snapshot})")
+
     # -- opening --------------------------------------------------------------------------------
     def open(self) -> "StageWriter":
         """Lock the store and check the stage against the mode; nothing is written yet."""
@@ -237,6 +242,10 @@ class StageWriter:
             raise StoreError("the writer is not open")
         if status not in ("in_progress", "complete"):
             raise InputError(f"status must be 'in_progress' or 'complete', got {status!r}")
+        if not isinstance(acc, Accumulator) or not isinstance(cursor, dict):
+            raise InputError(f"commit takes an Accumulator and a cursor dict (e.g. {{'units': "
+                             f"batches seen}}), got {type(acc).__name__} and "
+                             f"{type(cursor).__name__}")
         _check_keys("extra", extra or {})
         root = self._root_for_write()
         # (a replaced stage's numbers go on: no snapshot name is used twice)
