@@ -25,7 +25,7 @@ def test_alphabet_is_a_bijection_onto_bytes():
 
 @pytest.mark.parametrize("spelled, reads", [
     ("Ġmovement", " movement"), ("Ã©", "é"), ("Ċ", "\n"), ("<|endoftext|>", "<|endoftext|>"),
-    ("Ġ", " "), ("âĢ", "\\xe2\\x80"),  # two bytes of a three-byte character: shown as bytes
+    ("Ġ", " "), ("âĢ", "<0xE2><0x80>"),  # two bytes of a three-byte character: shown as bytes
     ("日本", "日本"),  # not in the alphabet (an added token spelled otherwise): as it is
 ])
 def test_shown(spelled, reads):
@@ -54,7 +54,21 @@ def test_any_text_cut_anywhere_into_byte_tokens_reads_whole(text, cuts):
         try:
             assert shown(tok, "byte_level") == raw.decode("utf-8")
         except UnicodeDecodeError:
-            assert "\\x" in shown(tok, "byte_level")
+            assert "<0x" in shown(tok, "byte_level")
+
+
+@given(text=st.text(min_size=1), cut=st.data())
+def test_a_marked_token_reads_as_whole_characters(text, cut):
+    """Any token of a text cut anywhere: the three parts read the text back, and the mark holds
+    whole characters (a character the token shares with a neighbour, whole)."""
+    data = text.encode("utf-8")
+    a = cut.draw(st.integers(0, len(data) - 1))
+    z = cut.draw(st.integers(a + 1, len(data)))
+    spell = lambda b: "".join(CHAR_OF_BYTE[x] for x in b)  # noqa: E731
+    head, word, tail = context([spell(data[:a])], spell(data[a:z]), [spell(data[z:])],
+                               "byte_level")
+    assert head + word + tail == text and "<0x" not in head + word + tail
+    assert word.strip() == word or not word.strip()
 
 
 def test_context_marks_the_word_not_its_space():
@@ -70,7 +84,7 @@ def test_hugging_face_decodes_each_token_as_shown(tok):
     assert vocab.text == "byte_level" and "text='byte_level'" in repr(vocab)
     checked = 0
     for s in vocab:
-        if "\\x" not in vocab.shown(s):  # a whole character or more
+        if "<0x" not in vocab.shown(s):  # a whole character or more
             assert vocab.shown(s) == tok.convert_tokens_to_string([s]), s
             checked += 1
     assert checked >= 175  # all but the bytes of split characters (0x80-0xff alone and pieces)

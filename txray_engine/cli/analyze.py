@@ -147,7 +147,8 @@ POOLS = {"most_changed": "shared with a distance (cells seen --min-count times, 
 @by_option
 @min_count_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Mask file (JSON: layer → neuron ids) to write.")
+              help="Mask file to write (JSON; 'layers': layer → neuron ids, and how they were "
+                   "selected).")
 @click.option("--model", "model_spec", help="Model to prune structurally (as for collect).")
 @gguf_option
 @click.option("--save-pruned", type=click.Path(dir_okay=False),

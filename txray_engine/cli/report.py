@@ -23,7 +23,8 @@ def _names(values) -> list[str]:
 @click.option("--layer", "layers", multiple=True,
               help="Layer(s) to show, names or patterns such as 'model.layers.1*.mlp.act_fn' "
                    "(repeat the option). Default: all the stages share.")
-@click.option("--stream", help="Stream of the Hellinger comparisons (default: token).")
+@click.option("--stream", help="Stream of the Hellinger comparisons (default: token where every "
+                                "stage has it, else the first stream they share).")
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
               help="HTML file to write.")
 @click.option("--max-neurons", default=4096, show_default=True, type=click.IntRange(min=1),

@@ -3,7 +3,7 @@
 ``polarity-en-pang&lee1.csv``: 1,500 full reviews (750 positive, 750 negative, ~1.1M tokens);
 ``polarity-en-pang&lee2.csv``: 4,000 sentences (2,000/2,000). Rows are ``label,text`` with labels
 ``1``/``-1``; text is lower-cased and tokenised. The archive's README marks the corpora "for
-personal use": they are fetched at set-up into a git-ignored cache and never redistributed.
+personal use": they are fetched at first use into a git-ignored cache and never redistributed.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ spells them (they are what aligns stages and fingerprints a vocabulary); reports
 
 from __future__ import annotations
 
+import codecs
 from typing import Iterable
 
 TEXT_KINDS = (None, "byte_level")
@@ -38,9 +39,19 @@ def _bytes(s: str) -> bytes | None:
         return None
 
 
+def _byte_marks(error: UnicodeDecodeError) -> tuple[str, int]:
+    """Bytes that are no whole character as ``<0xNN>``, as byte-fallback vocabularies spell
+    them (a backslash escape read as a backslash once quoted)."""
+    return "".join(f"<0x{b:02X}>" for b in error.object[error.start:error.end]), error.end
+
+
+codecs.register_error("txray-byte-marks", _byte_marks)
+
+
 def _decode(b: bytes) -> str:
-    """UTF-8 text; bytes that are not (a character split over tokens) show as ``\\xNN``."""
-    return b.decode("utf-8", errors="backslashreplace")
+    """UTF-8 text; bytes that are no whole character (one split over tokens) show as
+    ``<0xNN>``."""
+    return b.decode("utf-8", errors="txray-byte-marks")
 
 
 def shown(s: str, text: str | None) -> str:
@@ -70,17 +81,44 @@ def joined(strings: Iterable[str], text: str | None) -> str:
 
 def context(before: Iterable[str], mid: str, after: Iterable[str], text: str | None
             ) -> tuple[str, str, str]:
-    """A token in its context as three texts: before, the token, after (a byte-level token's
-    leading and trailing spaces move outside it, so that ``[movie]`` marks the word)."""
-    head, tail = joined(before, text), joined(after, text)
+    """A token in its context as three texts: before, the token, after. A byte-level token's
+    leading and trailing spaces move outside it (``[movie]`` marks the word), and a character it
+    shares with a neighbour is marked whole (``Grö[ße]``, where the token holds half of ß)."""
+    before, after = list(before), list(after)
     if text != "byte_level":
+        head, tail = joined(before, text), joined(after, text)
         return head + " " * bool(head), mid, " " * bool(tail) + tail
-    word = shown(mid, text)
+    parts = [_bytes("".join(before)), _bytes(mid), _bytes("".join(after))]
+    if None in parts:  # an added token spelled otherwise: each part as it reads
+        head, word, tail = joined(before, text), shown(mid, text), joined(after, text)
+    else:
+        head, word, tail = map(_decode, _whole_characters(*parts))
     core = word.strip()
     if not core:
         return head, word, tail
     start = word.index(core)
     return head + word[:start], core, word[start + len(core):] + tail
+
+
+def _continuation(byte: int) -> bool:
+    return 0x80 <= byte < 0xC0
+
+
+def _whole_characters(head: bytes, mid: bytes, tail: bytes) -> tuple[bytes, bytes, bytes]:
+    """Move the bytes of characters ``mid`` shares with ``head`` or ``tail`` into ``mid``."""
+    for _ in range(3):  # (a character has at most 3 bytes after its first)
+        if not (mid and _continuation(mid[0]) and head and head[-1] >= 0x80):
+            break
+        head, mid = head[:-1], head[-1:] + mid
+    for back in range(1, min(4, len(mid)) + 1):  # the last character's lead byte
+        lead = mid[-back]
+        if not _continuation(lead):
+            size = 4 if lead >= 0xF0 else 3 if lead >= 0xE0 else 2 if lead >= 0xC0 else 1
+            take = 0
+            while take < size - back and take < len(tail) and _continuation(tail[take]):
+                take += 1
+            return head, mid + tail[:take], tail[take:]
+    return head, mid, tail
 
 
 def tokenizer_text(tokenizer) -> str | None:

@@ -2,13 +2,11 @@
 
 Sections: activation mass per neuron (stages overlaid); Hellinger distance against Hellinger
 length, length shift (token and POS streams) and the most / least changed neurons for each
-consecutive pair of stages; POS corpus share against activation-mass share; a neuron explorer.
+compared pair (consecutive stages, or ``pairs=``); POS corpus share against activation-mass share; a neuron explorer.
 Plots are capped (``Limits``) so that 4096-neuron layers and 50k-feature vocabularies stay small.
 
     from txray_engine.report import build_report
     build_report("runs.zarr", stages=["pretrained", "finetuned"], out="report.html")
-
-Needs ``plotly`` (``pip install plotly``).
 """
 
 from .build import Report, build_report
