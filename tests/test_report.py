@@ -332,10 +332,8 @@ def test_explorer_shows_top_examples(tmp_path):
     assert set(ex["stages"]) == {"a", "b"} and len(ex["stages"]["a"]) == 5
     first = ex["stages"]["a"][0]
     assert 1 <= len(first) <= 3 and all(len(item) == 4 for item in first)
-    value, before, word, after = first[0]
+    value, before, word, after = first[0]  # (what they hold: test_what_users_see)
     assert word in vocab and len((before + after).split()) <= 4
-    assert before == "" or before.endswith(" ")
-    assert after == "" or after.startswith(" ")
 
 
 def test_most_and_least_changed_never_share_a_neuron():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -66,6 +67,9 @@ class TxRayGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             sub = ctx.invoked_subcommand
+            # a flush stopped inside Zarr's event loop leaves tasks pending, which asyncio's
+            # logger lists at exit ("Task was destroyed but it is pending!"): not news here
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             click.echo(f"\ninterrupted{INTERRUPTED.get(sub, '')}", err=True)
             ctx.exit(128 + signal.SIGINT)
         except BrokenPipeError:  # `txray ... | head`: the reader has all it wanted
