@@ -206,6 +206,8 @@ SCENARIOS = {
     "tiny-f16": ("random", torch.float16, "contiguous", 2, 3, 5, 2),
     # N a power of two: the selecting kernels drop their column masks (13 rows: a padded group)
     "ties-bf16-even": ("ties", torch.bfloat16, "contiguous", 2, 13, 64, 11),
+    # wide enough for candidate chunks at k = 3 and 8 (narrower rows skip that method)
+    "ties-f32-wide": ("ties", torch.float32, "contiguous", 2, 6, 130, 11),
 }
 
 

@@ -126,3 +126,18 @@ def test_merged_parts_keep_empty_example_slots_empty():
     _number_documents_from(acc, 10)
     doc = acc.layers["l"].examples.doc
     assert doc[:, 0].tolist() == [14, 14] and (doc[:, 1:] == -1).all()
+
+
+def test_collect_reports_the_positions_it_counted_once(word_model, tmp_path):
+    """With overlapping windows the repeated context positions are read again but not counted:
+    the summary's positions are the stage's (context counted in them was not caught)."""
+    def collect(stage, *window):
+        out = run_cli("collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"],
+                      "--corpus", word_model["text"], "--layers", "lstm", *window, "--store",
+                      tmp_path / "s.zarr", "--stage", stage, "--json", "-q")
+        return json.loads(out), open_store(tmp_path / "s.zarr").stage(stage)
+
+    whole, one = collect("whole", "--max-length", 256)  # every document in one window
+    summary, stage = collect("cut", "--max-length", 4, "--context-overlap", 2)
+    assert stage.meta["options"]["context_overlap"] == 2 and summary["units"] > whole["units"]
+    assert summary["positions_read"] == summary["tokens_this_run"] == stage.tokens == one.tokens
