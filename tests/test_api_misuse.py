@@ -79,7 +79,7 @@ def test_mistakes_get_the_projects_errors():
         Accumulator({"token": "abcd"})  # (four one-character features)
     acc = Accumulator(VOCAB)
     for bad in ("a/b", "", "snap-1"):  # (refused by the store only at the first flush)
-        with pytest.raises(StoreError, match="invalid layer name"):
+        with pytest.raises(InputError, match="invalid layer name"):
             acc.observe(bad, torch.randn(3, 4), {"token": torch.tensor([0, 1, 2])})
     assert not acc.layers
 
@@ -178,3 +178,57 @@ def test_notebook_reprs(store, tmp_path):
                        f"closed; last snapshot None)")
     col = Collector(model, ["0"], {"token": VOCAB["token"]})
     assert repr(col) == "Collector(Sequential: 0; in memory; 0 units so far)"
+
+
+def test_review_of_the_days_changes():
+    """What a review of the change found: lists where tensors were taken, an all-NaN run with
+    skipping, 1-D logits, a Vocabulary pickled before `text`, the spelling through a merge, the
+    new stage-name rule kept off stages that exist, paths through '..'."""
+    import pickle
+
+    from txray_engine.features.streams import predicted_ids
+    from txray_engine.store.names import check_name, check_new_stage_name
+
+    model = torch.nn.Sequential(torch.nn.Embedding(6, 4), torch.nn.ReLU())
+    ids = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    with Collector(model, ["1"], {"token": VOCAB["token"], "label": ["n", "p"]},
+                   forward=lambda m, b: m(b.input_ids)) as col:
+        col.step(Batch(ids, labels=[0, 1], unit_ids=np.array([7, 8]), offsets=[0, 0]))
+    assert col.accumulator.tokens == 6
+    nan = torch.nn.Sequential(torch.nn.Embedding(6, 4), torch.nn.Hardtanh(float("nan"), 0))
+    with Collector(nan, ["1"], {"token": VOCAB["token"]}, nonfinite="skip",
+                   forward=lambda m, b: m(b.input_ids)) as col:  # (it was "no positions")
+        col.step(Batch(ids))
+    assert col.accumulator.layers["1"].skipped_nonfinite == 6
+    x = torch.tensor([0.5, 2.0, 2.0, -1.0])
+    assert torch.equal(predicted_ids(x), x.argmax(-1))
+    old = pickle.loads(pickle.dumps(Vocabulary(["Ġa", "b"])))
+    del old.__dict__["text"]  # (as unpickled from before the attribute)
+    assert old.shown("Ġa") == "Ġa" and "text" not in repr(old)
+    plain, spelled = (Accumulator({"t": Vocabulary(["Ġa", "b"], text)}) for text in
+                      (None, "byte_level"))
+    for acc in (plain, spelled):
+        acc.observe("l", torch.ones(2, 3), {"t": torch.tensor([0, 1])})
+    assert plain.merge_(spelled).streams[0].vocab.text == "byte_level"
+    assert check_name("stage", "step:1000") == "step:1000"  # an existing stage: still writable
+    with pytest.raises(StoreError, match="invalid stage name"):
+        check_new_stage_name("step:1000")
+
+
+def test_outputs_beside_a_store_through_dots(store, tmp_path):
+    from txray_engine.store.outputs import output_path
+    path = store.path / ".." / "report.html"  # beside the store, not in it
+    assert output_path(path, "report") == path
+    with pytest.raises(InputError, match="inside the txray store"):
+        output_path(store.path / "a" / ".." / "r.html", "report")
+
+
+def test_the_explorer_payload_stays_json_whatever_the_text():
+    """'<!--' was written as '<\\!--', which no JSON parser reads: the explorer was dead."""
+    import json
+
+    from txray_engine.report.explorer import explorer_html
+    strings = ["<!--", "</script>", "<b>", "a<!--b", "\u2028"]
+    html = explorer_html({"features": 3, "strings": strings})
+    payload = html.split('id="txray-explorer-data">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in payload and json.loads(payload) == {"features": 3, "strings": strings}

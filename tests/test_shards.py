@@ -145,6 +145,27 @@ def test_parts_of_a_split_corpus_merge_to_one_collection_over_the_files(word_mod
     assert eb["examples_doc"].max() >= 13  # some from the second file
 
 
+def test_a_document_without_tokens_keeps_its_index_through_a_merge(word_model, tmp_path):
+    """A JSONL document with empty text has an index but completes no window: the second file's
+    documents number on after it, as in one collection over both files."""
+    import json
+    lines = word_model["jsonl"].read_text().splitlines(keepends=True)
+    files = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    empty = json.dumps({"text": "", "label": "pos"}) + "\n"
+    files[0].write_text("".join(lines[:5]) + empty + "".join(lines[5:10]) + empty)
+    files[1].write_text("".join(lines[10:20]))
+    for i, f in enumerate(files):
+        _ok(_collect({**word_model, "text": f}, "--store", tmp_path / f"p{i}.zarr"))
+    _ok(_collect({**word_model, "text": files[0]}, "--corpus", files[1], "--store",
+                 tmp_path / "whole.zarr"))
+    _ok(CliRunner().invoke(main, ["merge", str(tmp_path / "p0.zarr"), str(tmp_path / "p1.zarr"),
+                                  "--store", str(tmp_path / "m.zarr"), "--stage", "s"]))
+    a, b = (open_store(tmp_path / f).stage("s").layer("lstm").examples
+            for f in ("whole.zarr", "m.zarr"))
+    np.testing.assert_array_equal(a["examples_doc"], b["examples_doc"])
+    assert b["examples_doc"].max() >= 12  # from the second file, after both empty documents
+
+
 def test_merge_refuses_parts_that_overlap_or_a_source_as_target(word_model, tmp_path):
     from txray_engine.errors import InputError
     from txray_engine.store import merge_stages

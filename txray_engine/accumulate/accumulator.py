@@ -15,7 +15,7 @@ import torch
 
 import txray_kernels as kernels
 
-from ..errors import InputError, NonFiniteError, whole_number
+from ..errors import InputError, NonFiniteError, StoreError, whole_number
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
 from ..store.names import check_name
@@ -237,7 +237,10 @@ class Accumulator:
 
     def _check_activations(self, layer, activations) -> None:
         if layer not in self.layers:  # a name a store cannot hold fails now, not at a flush
-            check_name("layer", layer)
+            try:
+                check_name("layer", layer)
+            except StoreError as e:
+                raise InputError(str(e)) from None
         if isinstance(activations, np.ndarray):
             raise InputError(f"layer {layer!r}: activations must be a torch tensor, got a numpy "
                              f"array; pass torch.from_numpy(a)")
@@ -360,6 +363,8 @@ class Accumulator:
         if [(s.name, s.vocab) for s in other.streams] != [(s.name, s.vocab) for s in self.streams]:
             raise InputError("cannot merge accumulators with different streams or vocabularies "
                              "(the same ids must mean the same features)")
+        for mine, theirs in zip(self.streams, other.streams):  # (how the strings read: a part
+            mine.vocab.text = mine.vocab.text or theirs.vocab.text  # written before it was kept)
         for name, layer in other.layers.items():
             if name in self.layers:
                 self.layers[name].merge_(layer, ties)

@@ -98,11 +98,7 @@ def _neuron_lines(store, stage, layer_names, streams, neurons, top, features, by
                 for j in range(min(3, ex["examples_value"].shape[1])):
                     if not np.isfinite(ex["examples_value"][n, j]):
                         break
-                    ctx = ex["examples_context"][n, j]
-                    mid = len(ctx) // 2
-                    before, after = ([vocab[int(t)] for t in part if t >= 0]
-                                     for part in (ctx[:mid], ctx[mid + 1:]))
-                    head, word, tail = vocab.context(before, vocab[int(ctx[mid])], after)
+                    head, word, tail = vocab.window(ex["examples_context"][n, j])
                     text = f"{head}[{word}]{tail}".replace("\n", "↵")  # one line each
                     out.append(f"    example {ex['examples_value'][n, j]:.3f} (document "
                                f"{ex['examples_doc'][n, j]}, token {ex['examples_pos'][n, j]}):"

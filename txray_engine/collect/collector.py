@@ -363,7 +363,8 @@ class Collector:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is None and not self.accumulator.tokens and not self.allow_empty:
+            if exc_type is None and not self.allow_empty and not self.accumulator.tokens and \
+                    not any(s.skipped_nonfinite for s in self.accumulator.layers.values()):
                 raise CorpusError("no positions were collected: the corpus has no text (or, "
                                   "from Python, every position was masked); check the corpus "
                                   "(and the batches' masks)")

@@ -193,6 +193,8 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
                              f"none; nothing was written")
         # stopped by the corpus, not by the limit: nothing more to continue with a higher one
         col.extra["corpus_done"] = not more[0]
+        if not more[0]:  # its documents, those without a token too (what a merge numbers on from)
+            col.extra["corpus_documents"] = corpus.count_documents()
         cursor = dict(col.cursor)
     elapsed = time.monotonic() - start
     counted = col.accumulator.tokens - counted_before  # without positions skipped for non-finite values

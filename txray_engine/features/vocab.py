@@ -16,6 +16,8 @@ class Vocabulary:
     BPE tokenizer's tokens (``'Ġthe'`` reads ``' the'``); it changes only how they are shown.
     """
 
+    text: str | None = None  # (a Vocabulary pickled before it existed reads as None)
+
     def __init__(self, items: Iterable[str], text: str | None = None):
         if text not in TEXT_KINDS:
             raise InputError(f"unknown vocabulary text {text!r}; use one of {TEXT_KINDS}")
@@ -67,6 +69,16 @@ class Vocabulary:
     def context(self, before, mid: str, after) -> tuple[str, str, str]:
         """A token between its neighbours as three texts (before, token, after)."""
         return context(before, mid, after, self.text)
+
+    def window(self, ids) -> tuple[str, str, str]:
+        """A top example's context window (token ids, ``-1`` outside the text; the position in
+        the middle) as three texts: before, the token, after."""
+        ids = [int(t) for t in ids]
+        mid = len(ids) // 2
+        before, after = ([self.items[t] for t in part if t >= 0]
+                         for part in (ids[:mid], ids[mid + 1:]))
+        word = self.items[ids[mid]] if ids[mid] >= 0 else ""
+        return self.context(before, word, after)
 
     def id(self, s: str) -> int:
         """Id of a string (``KeyError`` if absent)."""

@@ -84,12 +84,8 @@ def _examples_payload(data: ReportData, layer: str, keep: np.ndarray) -> dict | 
                     v = float(ex["examples_value"][n, j])
                     if not np.isfinite(v):
                         break
-                    ctx = ex["examples_context"][n, j]
-                    mid = len(ctx) // 2
-                    before, after = ([vocab[int(t)] for t in part if t >= 0]
-                                     for part in (ctx[:mid], ctx[mid + 1:]))
                     items.append([float(f"{v:.4g}"),
-                                  *vocab.context(before, vocab[int(ctx[mid])], after)])
+                                  *vocab.window(ex["examples_context"][n, j])])
             rows.append(items)
         per_stage[s] = rows
     return {"stages": per_stage} if per_stage else None
@@ -138,7 +134,7 @@ def explorer_payload(data: ReportData) -> dict:
 def explorer_html(payload: dict) -> str:
     """Controls, the output area, the JSON payload and the script."""
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    data = data.replace("</", "<\\/").replace("<!--", "<\\!--")
+    data = data.replace("<", "\\u003c")  # (valid JSON that no "</script>" or "<!--" can end)
     return (
         '<div class="explorer"><div class="controls">'
         '<label>layer <select id="ex-layer"></select></label> '

@@ -93,6 +93,26 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
                              f"`collect --shard`, or stages over different files)")
 
 
+def _collected(corpus) -> bool:
+    """Whether a part's ``corpus`` is one ``txray collect`` read (files it hashed), or a merge of
+    such parts: their documents are numbered by their index in the files."""
+    if not isinstance(corpus, dict):
+        return False
+    if "merged" in corpus:
+        return all(_collected(c) for c in corpus["merged"])
+    return "files" in corpus
+
+
+def _documents(meta: dict) -> int:
+    """The documents a part's corpus holds: ``corpus_documents`` of a corpus read to its end
+    (a document without tokens has an index but completes no window), else as far as its cursor
+    shows."""
+    if meta.get("corpus_documents") is not None:
+        return int(meta["corpus_documents"])
+    cursor = meta.get("cursor") or {}
+    return max(int(cursor.get("documents", 0)), int((cursor.get("at") or {}).get("doc", -1)) + 1)
+
+
 def _number_documents_from(acc: Accumulator, first: int) -> None:
     """Add ``first`` to the document of every top example of ``acc`` (empty slots stay -1)."""
     if first:
@@ -157,13 +177,15 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     # parts of a corpus split by file (txray collect's, which record their corpus) number their
     # documents on, as one collection over the files in the order given: documents of two files
     # would otherwise share indices
-    renumber = ties == "first" and all("corpus" in meta for _, _, meta in parts)
+    renumber = ties == "first" and all(_collected(meta.get("corpus")) for _, _, meta in parts)
     acc: Accumulator | None = None
     cursor = {"units": 0, "documents": 0}
+    first_doc = 0
     for _, st, meta in parts:
         part = st.accumulator()
         if renumber:
-            _number_documents_from(part, cursor["documents"])
+            _number_documents_from(part, first_doc)
+            first_doc += _documents(meta)
         acc = part if acc is None else acc.merge_(part, ties)
         for key in cursor:
             cursor[key] += int((meta.get("cursor") or {}).get(key, 0))
@@ -175,14 +197,19 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     first = parts[0][2]
     corpora = [meta.get("corpus") for _, _, meta in parts]
     identity = {key: value for key, value in _settings(first).items() if value is not None}
-    identity["corpus"] = corpora[0] if all(c == corpora[0] for c in corpora) else \
-        {"merged": corpora}
+    if any(c is not None for c in corpora):  # (parts from Python may have none)
+        identity["corpus"] = corpora[0] if all(c == corpora[0] for c in corpora) else \
+            {"merged": corpora}
     extra = {"merged_from": [f"{path}::{name}" for path, name in sources]}
     if "layouts" in first:  # one collection's: the same in every part
         extra["layouts"] = first["layouts"]
     if ties == "place" and "max_documents" in first:  # shards of one limit: a higher one continues
         extra["max_documents"] = first.get("max_documents")
         extra["corpus_done"] = all(meta.get("corpus_done", True) for _, _, meta in parts)
+        if first.get("corpus_documents") is not None:  # (one corpus)
+            extra["corpus_documents"] = first["corpus_documents"]
+    elif renumber:  # the parts' files one after another
+        extra["corpus_documents"] = first_doc
     with StageWriter(store, stage, mode, identity) as writer:
         writer.commit(acc, cursor, "complete", extra)
     return {"store": os.fspath(store), "stage": stage, "sources": len(sources),

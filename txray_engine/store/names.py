@@ -27,11 +27,17 @@ def check_name(kind: str, name: str) -> str:
         raise StoreError(f"invalid {kind} name {name!r}: use a non-empty name without '/' or "
                          f"'\\', not starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not "
                          f"'{VOCAB_GROUP}' or 'zarr.json'")
-    if kind == "stage" and (name != name.strip() or any(c in name for c in STAGE_SEPARATORS)):
-        raise StoreError(f"invalid stage name {name!r}: commands name stages in lists and pairs "
-                         f"(--stages a,b, --pairs a:b, STORE::STAGE), so a stage name has no "
-                         f"{', '.join(map(repr, STAGE_SEPARATORS))} and no space at either end")
     if kind == "stream" and name in LAYER_ARRAYS:
         raise StoreError(f"invalid stream name {name!r}: a layer's group holds an array of that "
                          f"name; choose another")
+    return name
+
+
+def check_new_stage_name(name: str) -> str:
+    """What a new stage may be called beyond :func:`check_name` (stages written before this rule
+    stay readable, resumable and replaceable)."""
+    if name != name.strip() or any(c in name for c in STAGE_SEPARATORS):
+        raise StoreError(f"invalid stage name {name!r}: commands name stages in lists and pairs "
+                         f"(--stages a,b, --pairs a:b, STORE::STAGE), so a stage name has no "
+                         f"{', '.join(map(repr, STAGE_SEPARATORS))} and no space at either end")
     return name

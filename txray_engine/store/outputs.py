@@ -33,7 +33,7 @@ def output_path(path, what: str = "file", create: bool = False) -> Path:
     out = Path(path)
     if out.is_dir():
         raise InputError(f"{str(out)!r} is a folder: give a file name for the {what}")
-    store = store_holding(out.absolute().parent)
+    store = store_holding(out.resolve().parent)  # ('..' and links resolved)
     if store is not None:
         raise InputError(f"{str(out)!r} is inside the txray store {str(store)!r}: write the "
                          f"{what} outside the store")

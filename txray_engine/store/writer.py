@@ -27,7 +27,7 @@ from ..errors import InputError, StageExistsError, StoreError, StoreLockedError
 from ..version import FORMAT_VERSION, __version__
 from .format import (ATTR, VECTOR_CHUNK, check_version, damaged, fingerprint, group_attrs,
                      open_root, root_attrs, stream_nodes, write_hierarchy)
-from .names import SNAPSHOT_PREFIX, VOCAB_GROUP, check_name
+from .names import SNAPSHOT_PREFIX, VOCAB_GROUP, check_name, check_new_stage_name
 
 MODES = ("new", "resume", "overwrite")
 
@@ -183,12 +183,14 @@ class StageWriter:
 
     def _check(self) -> None:
         if not any(self.path.iterdir()):
+            check_new_stage_name(self.stage)
             return  # a new, empty store
         root = open_root(self.path, "r")
         with damaged(f"store {str(self.path)!r}"):
             stages = set(root.group_keys())
             meta = group_attrs(root[self.stage]) if self.stage in stages else None
         if meta is None:
+            check_new_stage_name(self.stage)
             return
         if self.mode == "new":
             raise StageExistsError(f"stage {self.stage!r} already exists in {str(self.path)!r}: "
