@@ -62,7 +62,7 @@ def test_two_layers_are_compared_only_when_asked(store):
 
 def test_comparison_counts_and_columns_are_checked(store):
     cmp = compare_streams(store["a"]["enc.0"]["token"], store["b"]["enc.0"]["token"])
-    for n in (-1, 2.5, "3", True):  # -1 sliced [:-1]; 2.5 was a bare TypeError
+    for n in (-1, 2.5, "3", True, np.True_):  # -1 sliced [:-1]; 2.5 was a bare TypeError
         for call in (cmp.most_changed, cmp.least_changed, cmp.extremes, cmp.table().head):
             with pytest.raises(InputError, match="whole number ≥ 0"):
                 call(n)

@@ -56,7 +56,8 @@ def whole_number(value, what: str, least: int = 0) -> int:
     """``value`` as an ``int`` when it is a whole number ≥ ``least`` (``3.0`` from a column
     too), else an :class:`InputError` naming ``what``: ``2.5`` was cut to 2, ``-1`` sliced from
     the end, ``"3"`` failed deep inside."""
-    ok = not isinstance(value, (bool, str, bytes)) and value is not None
+    ok = not isinstance(value, (bool, str, bytes)) and value is not None and \
+        getattr(getattr(value, "dtype", None), "kind", "") != "b"  # (numpy's bools too)
     try:
         number = int(value) if ok else None
     except (TypeError, ValueError, OverflowError):

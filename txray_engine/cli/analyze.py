@@ -229,8 +229,10 @@ def _save_model(model, path) -> None:
     tmp = path.with_name(path.name + ".partial")
     try:
         torch.save(model, tmp)
-    except (OSError, RuntimeError) as e:
+        os.replace(tmp, path)
+    except BaseException as e:  # (Ctrl-C too: no half-written file left)
         tmp.unlink(missing_ok=True)
+        if not isinstance(e, (OSError, RuntimeError)):
+            raise
         raise InputError(f"cannot write the pruned model to {str(path)!r}: "
                          f"{' '.join(str(e).split())}; choose another path") from None
-    os.replace(tmp, path)

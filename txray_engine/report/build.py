@@ -79,8 +79,12 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
     html, n_figures = render(data, title)
     output_path(out, "report", create=True)
     tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, out)
+    except BaseException:  # (Ctrl-C too: no half-written file left beside the report)
+        tmp.unlink(missing_ok=True)
+        raise
     return Report(path=out, size=out.stat().st_size, stages=data.stages, layers=data.layers,
                   pairs=data.pairs, stream=data.stream, figures=n_figures,
                   notes=list(dict.fromkeys(data.notes)))
