@@ -117,7 +117,7 @@ class Accumulator:
         self.streams: list[Stream] = list(streams)
         self.k = k
         self.kind = kind
-        self.dense_budget = int(dense_budget)
+        self.dense_budget = dense_budget
         self.nonfinite = nonfinite
         self.device = _available(device)
         self.examples = whole_number(examples, "examples")

@@ -69,6 +69,11 @@ def _pos_mass(store, stage: str) -> dict:
             for i, tag in enumerate(POS_VOCAB) if g["frequency"][i] > 0}
 
 
+#: The stages a run writes: the language model at an epoch, zero-shot on the reviews, and a
+#: fine-tuned classifier of a seed.
+WIKI, ZERO_SHOT, SUPERVISED = "wiki-epoch{}", "reviews-zero-shot", "reviews-supervised-s{}"
+
+
 def _check_earlier_run(store: Path, stages: list[str]) -> None:
     """Refuse a store of an earlier run that holds stages this one does not write (other seeds
     or epochs): they would stay beside this run's, of other models, and be compared with them."""
@@ -88,8 +93,8 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     out = Path(out_dir)
     store = out / "store.zarr"
     epochs = sorted({1, (cfg.lm_epochs + 1) // 2, cfg.lm_epochs})
-    _check_earlier_run(store, [f"wiki-epoch{e}" for e in epochs] + ["reviews-zero-shot"]
-                       + [f"reviews-supervised-s{seed}" for seed in cfg.seeds])
+    _check_earlier_run(store, [*map(WIKI.format, epochs), ZERO_SHOT,
+                               *map(SUPERVISED.format, cfg.seeds)])
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seeds[0])
     log(f"[data] Wikipedia and reviews ({cfg.name} configuration)")
@@ -116,7 +121,7 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
     for e in epochs:
         probe = torch.load(out / "checkpoints" / f"lm-epoch{e}.pt", map_location=device,
                            weights_only=False)
-        collect_stage(probe.eval(), heldout, [tok, pos], store, f"wiki-epoch{e}", cfg, pad,
+        collect_stage(probe.eval(), heldout, [tok, pos], store, WIKI.format(e), cfg, pad,
                       device, {**ident, "model": f"lm-epoch{e}", "corpus": "wikipedia-heldout"})
         half_states[e] = halves(half, probe.eval(), heldout, split_seed)
     ppl = {h["epoch"]: h["valid_ppl"] for h in history}
@@ -125,7 +130,7 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
         row = {"from_epoch": a, "to_epoch": b, "ppl_from": ppl[a], "ppl_to": ppl[b],
                "ppl_change": ppl[b] - ppl[a]}
         for stream in ("token", "pos"):
-            row[stream] = _summary(_compare(store, f"wiki-epoch{a}", f"wiki-epoch{b}", stream))
+            row[stream] = _summary(_compare(store, WIKI.format(a), WIKI.format(b), stream))
         steps.append(row)
     floors = {e: floor(h, [tok, pos]) for e, h in half_states.items()}
     results["rq1"] = {"perplexity": history, "epochs_collected": epochs, "steps": steps,
@@ -133,18 +138,18 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
                           "floors": floors,
                           "across": [across(half_states[a], half_states[b], [tok, pos])
                                      for a, b in zip(epochs, epochs[1:])]},
-                      "pos_first": _pos_mass(store, f"wiki-epoch{epochs[0]}"),
-                      "pos_last": _pos_mass(store, f"wiki-epoch{epochs[-1]}")}
+                      "pos_first": _pos_mass(store, WIKI.format(epochs[0])),
+                      "pos_last": _pos_mass(store, WIKI.format(epochs[-1]))}
 
     # RQ2: zero-shot transfer of the final language model to the reviews
     log("[RQ2] zero-shot: the final language model on the reviews")
-    collect_stage(lm.eval(), data.reviews_train, [tok, pos, label], store, "reviews-zero-shot",
+    collect_stage(lm.eval(), data.reviews_train, [tok, pos, label], store, ZERO_SHOT,
                   cfg, pad, device, {**ident, "model": "lm-final", "corpus": "reviews-train"})
-    last = f"wiki-epoch{epochs[-1]}"
-    results["rq2"] = {s: _summary(_compare(store, last, "reviews-zero-shot", s))
+    last = WIKI.format(epochs[-1])
+    results["rq2"] = {s: _summary(_compare(store, last, ZERO_SHOT, s))
                       for s in ("token", "pos")}
     results["rq2"]["tokens"] = [open_store(store).stage(s).tokens
-                                for s in (last, "reviews-zero-shot")]
+                                for s in (last, ZERO_SHOT)]
     lm_reviews = halves(half, lm.eval(), data.reviews_train, split_seed)
     lm_reviews_floor = floor(lm_reviews, [tok, pos])
     results["rq2"]["half_budget"] = {
@@ -159,10 +164,10 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
                              pad, seed, device)
         info["test_accuracy"] = accuracy(clf, data.reviews_test, 64, pad, device)
         torch.save(clf, out / "checkpoints" / f"classifier-s{seed}.pt")  # whole module
-        stage = f"reviews-supervised-s{seed}"
+        stage = SUPERVISED.format(seed)
         collect_stage(clf, data.reviews_train, [tok, pos, label], store, stage, cfg, pad,
                       device, {**ident, "model": f"classifier-s{seed}", "corpus": "reviews-train"})
-        cmp = _compare(store, "reviews-zero-shot", stage, "token")
+        cmp = _compare(store, ZERO_SHOT, stage, "token")
         if seed == cfg.seeds[0]:
             clf_reviews = halves(half, clf.eval(), data.reviews_train, split_seed)
             rq3_half = {"across": across(lm_reviews, clf_reviews, [tok, pos]),
@@ -175,8 +180,8 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
                                   cfg.prune_fractions, seeds=[seed], side="b"):
             prune_rows.append({**r, "finetune_seed": seed})
         log(f"  seed {seed}: test accuracy {info['test_accuracy']:.3f}")
-    s0 = f"reviews-supervised-s{cfg.seeds[0]}"
-    results["rq3"] = {"runs": runs, **{s: _summary(_compare(store, "reviews-zero-shot", s0, s))
+    s0 = SUPERVISED.format(cfg.seeds[0])
+    results["rq3"] = {"runs": runs, **{s: _summary(_compare(store, ZERO_SHOT, s0, s))
                                        for s in ("token", "pos", "label")},
                       "half_budget": rq3_half}
     table = stage_table(open_store(store).stage(s0).layer(LAYER).stream("token").stats)
@@ -185,7 +190,7 @@ def run_demo(cfg: DemoConfig, out_dir, reviews_dir, device: str = "cpu",
         [{**r, "seed": r["finetune_seed"]} for r in prune_rows])}
     log("[report] writing report.html")
     from ..report import build_report
-    stages = [f"wiki-epoch{e}" for e in epochs] + ["reviews-zero-shot", s0]
+    stages = [WIKI.format(e) for e in epochs] + [ZERO_SHOT, s0]
     build_report(store, stages=stages, layers=[LAYER], out=out / "report.html",
                  title=f"TX-Ray pipeline ({cfg.name})")
     results["seconds"] = round(time.monotonic() - t0, 1)

@@ -39,10 +39,10 @@ def as_stats(stats) -> SparseStats:
 def cells(stats: SparseStats, by: str = "mass", min_count: int = 1) -> sp.csr_matrix:
     """The ``by`` matrix with cells of count < ``min_count`` dropped (explicit zeros removed)."""
     stats = as_stats(stats)
-    whole_number(min_count, "min_count", 1)
+    min_count = whole_number(min_count, "min_count", 1)
     m = stats.csr(_check_by(by)).astype(np.float64)
     # a cell whose activations were all ≤ 0 has count > 0 but mass 0: it leaves the mass matrix
-    return filter_cells(m, stats.count >= max(1, min_count))
+    return filter_cells(m, stats.count >= min_count)
 
 
 def distributions(stats: SparseStats, by: str = "mass", min_count: int = 1) -> sp.csr_matrix:

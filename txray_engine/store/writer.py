@@ -182,13 +182,12 @@ class StageWriter:
         self._release = weakref.finalize(self, os.close, self._fd)
 
     def _check(self) -> None:
-        if not any(self.path.iterdir()):
-            check_new_stage_name(self.stage)
-            return  # a new, empty store
-        root = open_root(self.path, "r")
-        with damaged(f"store {str(self.path)!r}"):
-            stages = set(root.group_keys())
-            meta = group_attrs(root[self.stage]) if self.stage in stages else None
+        meta = None
+        if any(self.path.iterdir()):  # (else a new, empty store)
+            root = open_root(self.path, "r")
+            with damaged(f"store {str(self.path)!r}"):
+                if self.stage in set(root.group_keys()):
+                    meta = group_attrs(root[self.stage])
         if meta is None:
             check_new_stage_name(self.stage)
             return
