@@ -248,7 +248,8 @@ def test_sparse_table_must_suit_the_device(monkeypatch):
     with pytest.raises(ValueError, match="table must be"):
         SparseState(3, 4, table="gpu")
     if cpu_table.AVAILABLE:
-        assert SparseState(3, 4, table="cpu").nbytes >= 0
+        state = SparseState(3, 4, table="cpu")
+        assert state._table.nbytes > 0 and state.nbytes == 4 * 8 + state._table.nbytes
 
 
 def test_kernels_accumulate_checks_ids_on_every_device_path(monkeypatch):

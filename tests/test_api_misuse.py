@@ -74,6 +74,18 @@ def test_comparison_counts_and_columns_are_checked(store):
         cmp.table().sort("nope")
 
 
+def test_streams_by_name_take_the_same_sources_everywhere():
+    """A dict of streams means the same to the Accumulator as to the Collector and the CLI."""
+    from txray_engine.features.streams import SOURCE_OF_NAME
+
+    acc = Accumulator({"token": ["a"], "predicted": ["a"], "label": ["neg"], "pos": ["NN"]})
+    assert [(s.name, s.source) for s in acc.streams] == [
+        ("token", "input"), ("predicted", "predicted"), ("label", "label"), ("pos", "feature")]
+    assert all(SOURCE_OF_NAME.get(s.name, "feature") == s.source for s in acc.streams)
+    with pytest.raises(InputError, match="streams are Stream objects"):
+        Accumulator("token")
+
+
 def test_mistakes_get_the_projects_errors():
     with pytest.raises(InputError, match="a vocabulary is a list of feature strings"):
         Accumulator({"token": "abcd"})  # (four one-character features)

@@ -111,7 +111,6 @@ def test_pos_alignment_to_subword_tokens():
     ids = align_tags(text, offsets, tagged)
     names = [POS_VOCAB[i] if i >= 0 else None for i in ids]
     assert names == ["DT", "NNS", "NNS", "VBD", ".", None]
-    assert np.all(np.array(ids[:5]) >= 0)
 
 
 def test_store_refusals_come_before_the_model_loads(word_model, tmp_path, monkeypatch):

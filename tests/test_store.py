@@ -239,7 +239,7 @@ def test_identity_cannot_replace_the_format_attributes(tmp_path):
         w.commit(_acc(), {"units": 1}, "complete", extra={"note": "first"})
     st = open_store(path).stage("s")
     assert st.meta["options"] == {"k": 2} and st.meta["note"] == "first"
-    assert st.meta["streams"]["token"] == {"source": "feature", "size": 40}
+    assert st.meta["streams"]["token"] == {"source": "input", "size": 40}
     assert same_sums(st.accumulator(), _acc())
 
 

@@ -16,8 +16,7 @@ import torch
 import txray_kernels as kernels
 
 from ..errors import InputError, NonFiniteError, StoreError, whole_number
-from ..features.streams import Stream
-from ..features.vocab import Vocabulary
+from ..features.streams import Stream, streams_of
 from ..store.names import check_name
 from .examples import TopExamples
 from .layer import LayerState
@@ -66,7 +65,9 @@ class Accumulator:
     Parameters
     ----------
     streams : list of Stream, or dict name -> Vocabulary / list of str
-        The feature streams; each ``observe`` call gives ids for all of them.
+        The feature streams; each ``observe`` call gives ids for all of them. A dict takes each
+        stream's source from its name, as ``Collector`` and ``txray collect`` do (``token``:
+        input, ``predicted``, ``label``; any other name: feature); the store records it.
     k : int or "all"
         Neurons kept per position (``1`` is the paper's max-1).
     kind : "auto", "dense" or "sparse"
@@ -94,9 +95,7 @@ class Accumulator:
                  dense_budget: int = DEFAULT_DENSE_BUDGET, nonfinite: str = "error",
                  device: str | torch.device = "cpu", examples: int = 0,
                  context_radius: int = 5):
-        if isinstance(streams, dict):
-            streams = [Stream(n, v if isinstance(v, Vocabulary) else Vocabulary(v))
-                       for n, v in streams.items()]
+        streams = streams_of(streams)
         if not streams:
             raise InputError("no feature streams given: name at least one (e.g. token)")
         if not all(isinstance(s, Stream) for s in streams):

@@ -15,7 +15,7 @@ from ..accumulate.examples import context_windows
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
 from ..errors import CorpusError, InputError, whole_number
-from ..features.streams import SOURCE_OF_NAME, Batch, Stream, stream_features
+from ..features.streams import Batch, Stream, stream_features
 from ..store.format import fingerprint
 from ..store.names import check_name
 from ..store.writer import StageWriter
@@ -166,9 +166,6 @@ class Collector:
         if device is None:
             p = next(model.parameters(), None)
             device = p.device if p is not None else "cpu"
-        if isinstance(streams, Mapping):
-            streams = [v if isinstance(v, Stream) else Stream(name, v, SOURCE_OF_NAME.get(
-                name, "feature")) for name, v in streams.items()]
         self.accumulator = Accumulator(streams, k=k, kind=kind, dense_budget=dense_budget,
                                        nonfinite=nonfinite, device=device, examples=examples,
                                        context_radius=context_radius)

@@ -44,6 +44,16 @@ class Stream:
             self.vocab = Vocabulary(self.vocab)
 
 
+def streams_of(streams) -> list:
+    """Streams given as a dict ``{name: vocabulary or Stream}`` as a list of ``Stream``: each
+    vocabulary's source by its name (``SOURCE_OF_NAME``), as ``txray collect --streams`` names
+    them; anything else is returned as a list, for the caller to check."""
+    if isinstance(streams, Mapping):
+        return [v if isinstance(v, Stream) else Stream(name, v, SOURCE_OF_NAME.get(name, "feature"))
+                for name, v in streams.items()]
+    return list(streams)
+
+
 def token_stream(vocab: Vocabulary, name: str = "token") -> Stream:
     """The model's input ids (source ``"input"``)."""
     return Stream(name, vocab, "input")
