@@ -1,4 +1,5 @@
 import os
+import shutil
 
 # Triton kernels run under the interpreter on CPU; this must precede any kernel import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -18,14 +19,23 @@ def word_model(tmp_path):
     return make_word_model(tmp_path)
 
 
-@pytest.fixture
-def two_stages(word_model, tmp_path):
-    """A store collected through the CLI: stages ``text`` and ``reviews``, streams token and
-    predicted (no pos)."""
-    from naive import run_cli
-    store = tmp_path / "s.zarr"
+@pytest.fixture(scope="session")
+def two_stages_once(tmp_path_factory):
+    """``two_stages``' store, collected once per session (about 2 s a collection)."""
+    from naive import make_word_model, run_cli
+    word_model = make_word_model(tmp_path_factory.mktemp("two_stages"))
+    store = word_model["dir"] / "s.zarr"
     base = ["collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"],
             "--layers", "lstm", "--streams", "token,predicted", "--store", store, "-q"]
     run_cli(*base, "--corpus", word_model["text"], "--stage", "text")
     run_cli(*base, "--corpus", word_model["jsonl"], "--stage", "reviews")
+    return store
+
+
+@pytest.fixture
+def two_stages(two_stages_once, tmp_path):
+    """A store collected through the CLI from ``word_model``'s files: stages ``text`` and
+    ``reviews``, streams token and predicted (no pos); each test has its own copy."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(two_stages_once, store)
     return store
