@@ -244,3 +244,59 @@ def test_the_explorer_payload_stays_json_whatever_the_text():
     html = explorer_html({"features": 3, "strings": strings})
     payload = html.split('id="txray-explorer-data">', 1)[1].split("</script>", 1)[0]
     assert "<" not in payload and json.loads(payload) == {"features": 3, "strings": strings}
+
+
+@pytest.mark.parametrize("other", [
+    dict(streams={"token": VOCAB["token"][::-1], "pos": VOCAB["pos"]}, why="another vocabulary"),
+    dict(k=3, why="k 2, not 3"),
+    dict(examples=2, why="top examples 0, not 2"),
+    dict(streams={"token": VOCAB["token"]}, why=r"streams \['token', 'pos'\], not \['token'\]"),
+    dict(streams=[Stream("token", VOCAB["token"], "feature"), Stream("pos", VOCAB["pos"])],
+         why="source 'input', not 'feature'")])
+def test_a_resume_with_other_settings_is_refused(tmp_path, other):
+    """StageWriter.load_into took any accumulator of the same vocabulary sizes: a stage started
+    at k=2 and resumed at k=3, or with its vocabulary reordered, mixed two collections."""
+    from naive import tree_digest
+
+    path = tmp_path / "s.zarr"
+    with StageWriter(path, "a", "new", {"model": "m"}) as w:
+        w.commit(_acc(0), {"units": 2})
+    before = tree_digest(path)
+    why = other.pop("why")
+    acc = Accumulator(other.pop("streams", VOCAB), **{"k": 2, **other})
+    with StageWriter(path, "a", "resume", {"model": "m"}) as w:
+        with pytest.raises(InputError, match=f"other settings than this accumulator's .*{why}"):
+            w.load_into(acc)
+    with pytest.raises(InputError, match=why):
+        open_store(path).stage("a").load_into(acc)
+    assert not acc.layers and tree_digest(path) == before
+    same = Accumulator(VOCAB, k=2)
+    open_store(path).stage("a").load_into(same)
+    assert set(same.layers) == {"enc.0", "enc.1"}
+
+
+def test_a_refused_merge_changes_nothing():
+    """merge_ added the layers it reached before the one it refused (tokens 3 -> 6), and top
+    examples of other sizes were refused after the counts were added."""
+    def acc(widths, **kw):
+        a = Accumulator(VOCAB, k=1, **kw)
+        for layer, n in widths.items():
+            a.observe(layer, torch.randn(3, n), {"token": torch.tensor([0, 1, 2]),
+                                                 "pos": torch.tensor([0, 1, -1])})
+        return a
+
+    def counts(a):
+        return {n: (s.tokens, s.neuron_count.tolist()) for n, s in a.layers.items()}
+
+    target = acc({"L1": 4, "L2": 4})
+    before = counts(target)
+    with pytest.raises(InputError, match="cannot merge layer 'L2': 4 neurons against 5; nothing"):
+        target.merge_(acc({"L1": 4, "L2": 5}))
+    with pytest.raises(InputError, match="keeping 0 top examples .* and 2"):
+        target.merge_(acc({}, examples=2))
+    with pytest.raises(InputError, match="ties must be"):
+        target.merge_(acc({"L1": 4}), ties="last")
+    with pytest.raises(InputError, match=r"radius 5\) and 2 \(radius 1\)"):
+        acc({}, examples=2).merge_(acc({}, examples=2, context_radius=1))
+    assert counts(target) == before
+    assert counts(target.merge_(acc({"L1": 4})))["L1"][0] == 6

@@ -362,6 +362,18 @@ class Accumulator:
         if [(s.name, s.vocab) for s in other.streams] != [(s.name, s.vocab) for s in self.streams]:
             raise InputError("cannot merge accumulators with different streams or vocabularies "
                              "(the same ids must mean the same features)")
+        if ties not in ("first", "place"):
+            raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
+        mine, theirs = ((a.examples, a.context_radius if a.examples else None)
+                        for a in (self, other))
+        if mine != theirs:  # (the examples of one part only would pass for the whole's)
+            raise InputError(f"cannot merge accumulators keeping {self.examples} top examples "
+                             f"(context radius {mine[1]}) and {other.examples} (radius "
+                             f"{theirs[1]}): collect both with the same settings")
+        for name, layer in other.layers.items():  # every layer checked before any changes
+            problem = self.layers[name].merge_problem(layer) if name in self.layers else None
+            if problem:
+                raise InputError(f"cannot merge layer {name!r}: {problem}; nothing was merged")
         for mine, theirs in zip(self.streams, other.streams):  # (how the strings read: a part
             mine.vocab.text = mine.vocab.text or theirs.vocab.text  # written before it was kept)
         for name, layer in other.layers.items():

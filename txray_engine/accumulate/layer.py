@@ -80,10 +80,25 @@ class LayerState:
                            [counts.get(name) for name in self.streams])
         self.tokens += int(indices.shape[0])
 
+    def merge_problem(self, other: "LayerState") -> str | None:
+        """Why ``other`` cannot be added to this state, or None (checked before any change)."""
+        if other.n_neurons != self.n_neurons:
+            return f"{self.n_neurons} neurons against {other.n_neurons}"
+        if set(other.streams) != set(self.streams):
+            return f"streams {sorted(self.streams)} against {sorted(other.streams)}"
+        if self.examples is not None and other.examples is not None and \
+                (other.examples.m, other.examples.width) != (self.examples.m, self.examples.width):
+            return (f"top examples of {self.examples.m} (context width {self.examples.width}) "
+                    f"against {other.examples.m} (width {other.examples.width})")
+        return None
+
     def merge_(self, other: "LayerState", ties: str = "first") -> "LayerState":
         """Add ``other``'s sums (``ties``: of the top examples, see ``TopExamples.merge_``)."""
-        if other.n_neurons != self.n_neurons or set(other.streams) != set(self.streams):
-            raise InputError("cannot merge layer states of different widths or streams")
+        problem = self.merge_problem(other)
+        if problem:
+            raise InputError(f"cannot merge layer states of {problem}")
+        if ties not in ("first", "place"):
+            raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
         for name, state in self.streams.items():
             state.merge_(other.streams[name])
         self.neuron_count += other.neuron_count.to(self.neuron_count.device)

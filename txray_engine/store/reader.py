@@ -252,14 +252,45 @@ class Stage(_Listing):
         return acc
 
     def load_into(self, acc: Accumulator) -> None:
-        """Put every layer of the stage into ``acc`` (same streams; its layers are replaced)."""
+        """Put every layer of the stage into ``acc``, whose settings must be the stage's (k,
+        streams by name, source and vocabulary, top examples); its layers are replaced."""
         import txray_kernels as kernels
 
+        differ = self.differences(acc)
+        if differ:
+            raise InputError(f"stage {self.name!r} was collected with other settings than this "
+                             f"accumulator's ({'; '.join(differ)}): their sums would mix two "
+                             f"collections; make the accumulator with the stage's settings "
+                             f"(Stage.accumulator() does)")
         with kernels.on_device(acc.device):  # a GPU state's inserts run on its own GPU
             for name in self.layers:
                 acc.layers.pop(name, None)  # (what it held leaves the budget to the new one)
                 acc.layers[name] = self.layer(name).state(acc.vocab_sizes, acc.kind,
                                                           acc.dense_left, acc.device)
+
+    def differences(self, acc: Accumulator) -> list[str]:
+        """What of ``acc``'s settings differ from the stage's: k, the streams (names, sources,
+        vocabularies) and the top examples (number and context radius)."""
+        out = [f"k {self.k!r}, not {acc.k!r}"] if acc.k != self.k else []
+        names = [s.name for s in acc.streams]
+        if names != self.streams:
+            return out + [f"streams {self.streams}, not {names}"]
+        sources = self.meta.get("streams", {})
+        for s in acc.streams:
+            source = sources.get(s.name, {}).get("source", "feature")
+            if s.source != source:
+                out.append(f"stream {s.name!r} has source {source!r}, not {s.source!r}")
+            if list(s.vocab) != list(self.vocab(s.name)):
+                out.append(f"stream {s.name!r} has another vocabulary ({len(self.vocab(s.name))}"
+                           f" features, not the same {len(s.vocab)} in the same order)")
+        ex = self.meta.get("examples") or {}
+        stored = (int(ex.get("m", 0)), int(ex.get("radius", 5)) if ex.get("m") else None)
+        given = (acc.examples, acc.context_radius if acc.examples else None)
+        if stored != given:
+            out.append(f"top examples {stored[0]} (context radius {stored[1]}), not {given[0]} "
+                       f"(context radius {given[1]})" if stored[0] and given[0] else
+                       f"top examples {stored[0]}, not {given[0]}")
+        return out
 
     def layer(self, name: str) -> "LayerView":
         """The layer ``name`` (``stage[name]`` too; ``in`` and ``for`` go over
