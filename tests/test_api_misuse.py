@@ -223,7 +223,7 @@ def test_review_of_the_days_changes():
         acc.observe("l", torch.ones(2, 3), {"t": torch.tensor([0, 1])})
     assert plain.merge_(spelled).streams[0].vocab.text == "byte_level"
     assert check_name("stage", "step:1000") == "step:1000"  # an existing stage: still writable
-    with pytest.raises(StoreError, match="invalid stage name"):
+    with pytest.raises(InputError, match="invalid stage name"):
         check_new_stage_name("step:1000")
 
 
@@ -300,3 +300,64 @@ def test_a_refused_merge_changes_nothing():
         acc({}, examples=2).merge_(acc({}, examples=2, context_radius=1))
     assert counts(target) == before
     assert counts(target.merge_(acc({"L1": 4})))["L1"][0] == 6
+
+
+class _TwoOutputs(torch.nn.Module):
+    """A GRU LM returning (hidden, logits) or {"logits": ...}: hidden 6 wide, 30 logits."""
+
+    def __init__(self, as_dict=False):
+        super().__init__()
+        self.emb, self.rnn = torch.nn.Embedding(30, 6), torch.nn.GRU(6, 6, batch_first=True)
+        self.out, self.as_dict = torch.nn.Linear(6, 30), as_dict
+
+    def forward(self, ids):
+        h = self.rnn(self.emb(ids))[0]
+        return {"logits": self.out(h)} if self.as_dict else (h, self.out(h))
+
+
+def test_predicted_ids_come_from_logits_over_the_vocabulary():
+    """A model returning (hidden, logits): the argmax over its 6 hidden units fitted the
+    30-word vocabulary and was stored as predictions, without a word."""
+    from txray_engine.features.streams import predicted_stream
+
+    torch.manual_seed(0)
+    words = Vocabulary([f"w{i}" for i in range(30)])
+    ids = torch.randint(0, 30, (2, 5))
+    with pytest.raises(InputError, match="6 values per position, fewer than the stream's 30"):
+        with Collector(_TwoOutputs(), ["rnn"], [predicted_stream(words)]) as collector:
+            collector.step(Batch(ids))
+    model = _TwoOutputs(as_dict=True)
+    with Collector(model, ["rnn"], [predicted_stream(words)], k=1) as collector:
+        collector.step(Batch(ids))
+    want = model(ids)["logits"].argmax(-1).flatten()
+    got = collector.accumulator.layers["rnn"].streams["predicted"].to_stats()
+    assert int(got.feature_freq.sum()) == 10
+    assert np.array_equal(np.bincount(want.numpy(), minlength=30), got.feature_freq)
+
+
+def test_time_first_false_means_none():
+    model = _TwoOutputs()
+    ids = torch.randint(0, 30, (2, 5))
+    counts = []
+    for flag in (False, (), None):  # (False was iterated: a bare TypeError)
+        with Collector(model, ["out"], {"token": [f"w{i}" for i in range(30)]},
+                       time_first=flag) as collector:
+            collector.step(Batch(ids))
+        counts.append(collector.accumulator.layers["out"].neuron_count.tolist())
+    assert counts[0] == counts[1] == counts[2] and sum(counts[0]) == 10
+
+
+def test_names_a_store_cannot_hold_leave_nothing_behind(tmp_path):
+    """A stream named 'a/b' was taken, then the commit failed after making the stage: a retry
+    with mode='new' was refused as 'already exists'."""
+    for bad in ("a/b", "neuron_count", "vocab"):
+        with pytest.raises(InputError, match=f"invalid stream name '{bad}'"):
+            Accumulator({bad: ["x"]})
+    acc = _acc(0)
+    acc.layers["a/b"] = acc.layers.pop("enc.1")  # (a name set past the checks)
+    with StageWriter(tmp_path / "s.zarr", "s", "new", {"model": "m"}) as w:
+        with pytest.raises(InputError, match="invalid layer name 'a/b'"):
+            w.commit(acc, {"units": 1})
+    assert not (tmp_path / "s.zarr" / "s").exists()
+    with StageWriter(tmp_path / "s.zarr", "s", "new", {"model": "m"}) as w:
+        w.commit(_acc(0), {"units": 1})

@@ -1,5 +1,7 @@
 """Selectors, masks, structural MLP pruning (same outputs as masking) and the evaluation helper."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 import torch
@@ -82,6 +84,27 @@ def test_mask_zeroes_units_and_is_removable():
     assert not torch.allclose(masked, base)
     assert torch.equal(model(x), base)
     assert not model[1]._forward_hooks
+
+
+def test_a_collection_sees_the_mask_wherever_it_was_entered():
+    """The mask's hook came after a Collector's entered first: the collection saw the output
+    before masking, and which it saw depended on the order of the two `with`s."""
+    from txray_engine import Batch, Collector
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 6), nn.ReLU())
+    ids = torch.randint(0, 5, (3, 7))
+    vocab = {"token": [f"w{i}" for i in range(5)]}
+
+    def counts(mask_first):
+        with mask_units(model, {"2": [0, 1, 2]}) if mask_first else nullcontext():
+            with Collector(model, ["2"], vocab, k=1) as col:
+                with nullcontext() if mask_first else mask_units(model, {"2": [0, 1, 2]}):
+                    col.step(Batch(ids))
+        return col.accumulator.layers["2"].neuron_count.tolist()
+
+    outside, inside = counts(True), counts(False)
+    assert outside == inside and outside[:3] == [0, 0, 0] and sum(outside) == 21
 
 
 def test_mask_pattern_and_unit_checks():
@@ -289,6 +312,10 @@ def test_evaluate_pruning_table():
     assert rnd["runs"] == 3 and len(set(random_metrics)) > 1  # three seeds, three masks
     assert rnd["std"] == pytest.approx(np.std(random_metrics, ddof=1))
     assert (rnd["pruned_min"], rnd["pruned_max"]) == (3, 3)
+    once = evaluate_pruning(model, {"1": t}, metric, (s for s in ["most_changed", "random"]),
+                            (f for f in [0.0, 0.5]), seeds=(s for s in [0, 1, 2]))
+    assert once == rows  # generators, gone over once per selector before
+    assert len(evaluate_pruning(model, {"1": t}, metric, "random", [0.5], seeds=[0, 1])) == 2
 
 
 def test_mask_model_output_of_a_whole_encoder():

@@ -367,7 +367,7 @@ def test_unknown_names_list_what_exists(tmp_path):
         st.stage("s").layer("nope")
     with pytest.raises(StoreError, match="stage 's' has 'token', 'pos'"):
         st.stage("s").layer("enc.lstm").stream("nope")
-    with pytest.raises(StoreError, match="invalid stage name"):
+    with pytest.raises(InputError, match="invalid stage name"):
         StageWriter(tmp_path / "s.zarr", "a/b", "new", {})
 
 
@@ -465,7 +465,7 @@ def test_names_zarr_cannot_hold_are_refused_before_writing(tmp_path, stage, stre
     a stream named as a layer's array collided with it at the first flush."""
     from txray_engine import Batch, Collector, Stream, Vocabulary
     model = torch.nn.Sequential(torch.nn.Linear(3, 4))
-    with pytest.raises(StoreError, match="invalid (stage|stream) name"):
+    with pytest.raises(InputError, match="invalid (stage|stream) name"):
         with Collector(model, ["0"], [Stream(stream, Vocabulary.of_size(3), "input")],
                        store=tmp_path / "s.zarr", stage=stage) as col:
             col.step(Batch(input_ids=torch.zeros(2, 2, dtype=torch.long),

@@ -15,7 +15,7 @@ import torch
 
 import txray_kernels as kernels
 
-from ..errors import InputError, NonFiniteError, StoreError, whole_number
+from ..errors import InputError, NonFiniteError, whole_number
 from ..features.streams import Stream, streams_of
 from ..store.names import check_name
 from .examples import TopExamples
@@ -104,6 +104,8 @@ class Accumulator:
         names = [s.name for s in streams]
         if len(set(names)) != len(names):
             raise InputError(f"stream names must be unique, got {names}")
+        for name in names:  # a name a store cannot hold fails now, not at the first flush
+            check_name("stream", name)
         if nonfinite not in NONFINITE_POLICIES:
             raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if isinstance(k, np.integer):
@@ -236,10 +238,7 @@ class Accumulator:
 
     def _check_activations(self, layer, activations) -> None:
         if layer not in self.layers:  # a name a store cannot hold fails now, not at a flush
-            try:
-                check_name("layer", layer)
-            except StoreError as e:
-                raise InputError(str(e)) from None
+            check_name("layer", layer)
         if isinstance(activations, np.ndarray):
             raise InputError(f"layer {layer!r}: activations must be a torch tensor, got a numpy "
                              f"array; pass torch.from_numpy(a)")

@@ -65,7 +65,8 @@ def _counted(batch: Batch) -> torch.Tensor | None:
 
 def output_logits(output, shape: tuple | None = None, time_first: bool = False
                   ) -> torch.Tensor | None:
-    """Logits ``[B, T, V]`` of a model output: ``.logits``, a 3-D tensor, or a tuple's first.
+    """Logits ``[B, T, V]`` of a model output: ``.logits`` (or a dict's ``"logits"``), a 3-D
+    tensor, or a tuple's first.
 
     ``shape``: the batch's ``(B, T)``; with it, logits flattened to ``[B·T, V]`` (as PyTorch's
     word-language-model example returns them) are unflattened, and logits ``[T, B, V]`` of a
@@ -73,6 +74,8 @@ def output_logits(output, shape: tuple | None = None, time_first: bool = False
     are ``[T, B, V]`` (or ``[T·B, V]``)."""
     if hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
         x = output.logits
+    elif isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        x = output["logits"]
     elif isinstance(output, torch.Tensor):
         x = output
     elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
@@ -139,7 +142,7 @@ class Collector:
         Layers whose outputs are ``[time, batch, neurons]`` (as ``layouts``); ``True``: the
         whole model works time-first: it is given its inputs ``[time, batch]`` (the batch
         stays ``[batch, time]``), its logits are ``[time, batch, vocab]``, and layers not
-        recognised otherwise are time-first.
+        recognised otherwise are time-first; ``False`` (or none given): no layer is.
     reopen : callable, optional
         Given a complete stage's attributes, whether ``mode="resume"`` may continue it (see
         :class:`StageWriter`); :attr:`extra` holds attributes added to every commit.
@@ -171,7 +174,8 @@ class Collector:
                                        context_radius=context_radius)
         self.streams = self.accumulator.streams
         self.time_first = time_first is True
-        self.capture = LayerCapture(model, layers, () if time_first is True else time_first,
+        self.capture = LayerCapture(model, layers, () if isinstance(time_first, bool) or
+                                    time_first is None else time_first,
                                     layouts, "time_first" if self.time_first else "batch_first")
         # what shapes the statistics is part of the identity a resume must match: resuming with
         # another k or another layer list would mix statistics of two different collections
@@ -183,10 +187,8 @@ class Collector:
                       **self.capture.identity(),
                       **({"model_time_first": True} if self.time_first else {})}
         if store is not None:  # names a flush would refuse, refused before any forward pass
-            for kind, names in (("layer", self.capture.names),
-                                ("stream", [s.name for s in self.streams])):
-                for name in names:
-                    check_name(kind, name)
+            for name in self.capture.names:  # (the accumulator checked the streams')
+                check_name("layer", name)
         self.writer = (StageWriter(store, stage, mode, {**(identity or {}), "collection": collection},
                                    reopen=reopen) if store is not None else None)
         self.extra: dict = {}  # more stage attributes for every commit (e.g. a run's limits)

@@ -160,7 +160,14 @@ def stream_features(streams: list[Stream], batch: Batch, logits=None) -> dict[st
         elif s.source == "predicted":
             if logits is None:
                 raise _missing(s, "the model output has no logits (a tensor of shape "
-                                  "[batch, time, vocab] or an output with .logits)")
+                                  "[batch, time, vocab], an output with .logits or a dict "
+                                  "with 'logits')")
+            if logits.shape[-1] < len(s.vocab):
+                raise _missing(s, f"the model's logits have {logits.shape[-1]} values per "
+                                  f"position, fewer than the stream's {len(s.vocab)} features: "
+                                  f"they are not logits over its vocabulary (of a tuple, the "
+                                  f"first tensor is taken: return the logits first, or give a "
+                                  f"forward function that returns them)")
             ids = predicted_ids(logits)
         elif s.source == "label":
             if batch.labels is None:

@@ -121,9 +121,10 @@ class UnitMask:
                 chosen = resolve_layouts(modules, names, {
                     k: v for k, v in (layouts or {}).items()
                     if any(matches(n, k) for n in names)})
-                for name in names:
+                for name in names:  # first among the module's hooks: a Collector's, or any
+                    # other, sees the masked output whether it came before the mask or after
                     self._handles.append(modules[name].register_forward_hook(
-                        _mask_hook(name, idx, chosen[name] == "channels_first")))
+                        _mask_hook(name, idx, chosen[name] == "channels_first"), prepend=True))
         except BaseException:
             self.remove()
             raise
@@ -148,7 +149,11 @@ def mask_units(model: nn.Module, selection: dict[str, Iterable[int]],
     """Zero ``selection[layer]`` units of each layer's output until the mask is removed; a glob
     pattern as ``layer`` masks those units in every module it matches. Units are the last axis,
     or axis 1 of channels-first layers (``nn.Conv1d`` and the like are recognised; ``layouts``
-    as for :class:`~txray_engine.collect.Collector`)."""
+    as for :class:`~txray_engine.collect.Collector`: give the stage's, ``stage.layouts``, for a
+    layer collected as channels-first whose module does not say so, e.g. an activation after a
+    convolution, else its time steps are masked). The mask runs first among each module's
+    forward hooks: a :class:`~txray_engine.collect.Collector` collects the masked model whether
+    it was entered before the mask or after."""
     return UnitMask(model, selection, layouts)
 
 

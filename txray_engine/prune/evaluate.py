@@ -25,6 +25,9 @@ def evaluate_pruning(model: nn.Module, tables: dict[str, NeuronTable],
     Deterministic selectors are evaluated once per fraction (their rows carry ``seed=None``);
     ``random`` once per seed. The model is left unmasked.
     """
+    # (each is gone over more than once: a generator gave its configurations to the first only)
+    selectors = [selectors] if isinstance(selectors, str) else list(selectors)
+    fractions, seeds = list(fractions), list(seeds)
     rows = []
     for selector in selectors:
         for fraction in fractions:

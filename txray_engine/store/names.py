@@ -3,7 +3,7 @@ that an ``Accumulator`` checks a layer's name when it first sees it, not at its 
 
 from __future__ import annotations
 
-from ..errors import StoreError
+from ..errors import InputError
 
 #: Prefix of snapshot groups inside a stage.
 SNAPSHOT_PREFIX = "snap-"
@@ -24,11 +24,11 @@ def check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not name or "/" in name or "\\" in name \
             or name.startswith((".", "__")) or name == "zarr.json" \
             or name.startswith(SNAPSHOT_PREFIX) or name == VOCAB_GROUP:
-        raise StoreError(f"invalid {kind} name {name!r}: use a non-empty name without '/' or "
+        raise InputError(f"invalid {kind} name {name!r}: use a non-empty name without '/' or "
                          f"'\\', not starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not "
                          f"'{VOCAB_GROUP}' or 'zarr.json'")
     if kind == "stream" and name in LAYER_ARRAYS:
-        raise StoreError(f"invalid stream name {name!r}: a layer's group holds an array of that "
+        raise InputError(f"invalid stream name {name!r}: a layer's group holds an array of that "
                          f"name; choose another")
     return name
 
@@ -37,7 +37,7 @@ def check_new_stage_name(name: str) -> str:
     """What a new stage may be called beyond :func:`check_name` (stages written before this rule
     stay readable, resumable and replaceable)."""
     if name != name.strip() or any(c in name for c in STAGE_SEPARATORS):
-        raise StoreError(f"invalid stage name {name!r}: commands name stages in lists and pairs "
+        raise InputError(f"invalid stage name {name!r}: commands name stages in lists and pairs "
                          f"(--stages a,b, --pairs a:b, STORE::STAGE), so a stage name has no "
                          f"{', '.join(map(repr, STAGE_SEPARATORS))} and no space at either end")
     return name

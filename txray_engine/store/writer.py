@@ -248,6 +248,9 @@ class StageWriter:
                              f"batches seen}}), got {type(acc).__name__} and "
                              f"{type(cursor).__name__}")
         _check_keys("extra", extra or {})
+        for kind, names in (("layer", acc.layers), ("stream", [s.name for s in acc.streams])):
+            for name in names:  # (before the stage is made: a refused name leaves nothing)
+                check_name(kind, name)
         root = self._root_for_write()
         # (a replaced stage's numbers go on: no snapshot name is used twice)
         empty = {ATTR: {"kind": "stage", "status": "in_progress", "snapshot": None, "cursor": {},
