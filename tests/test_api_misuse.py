@@ -361,3 +361,46 @@ def test_names_a_store_cannot_hold_leave_nothing_behind(tmp_path):
     assert not (tmp_path / "s.zarr" / "s").exists()
     with StageWriter(tmp_path / "s.zarr", "s", "new", {"model": "m"}) as w:
         w.commit(_acc(0), {"units": 1})
+
+
+def test_more_mistakes_get_the_projects_errors(store):
+    """Each was a bare TypeError, AttributeError or ValueError, or passed silently (length with
+    min_count=0.5, entropy with base 1 gave inf/NaN, n_units=2.5 was cut to 2)."""
+    from txray_engine import same_sums
+    from txray_engine.measures import entropy, length
+    from txray_engine.prune import select_neurons
+
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    stats = store["a"]["enc.0"]["token"]
+    cmp = compare_streams(stats, store["b"]["enc.0"]["token"])
+    for call, message in [
+            (lambda: Batch(ids, labels=["neg", "pos"]), r"Batch.labels must hold integer ids .*"
+                                                        r"vocab.encode\(labels\)"),
+            (lambda: Batch(ids, features={"pos": [["NN"] * 3] * 2}),
+             r"Batch.features\['pos'\] must hold integer ids"),
+            (lambda: Batch(ids, mask=[["x"] * 3] * 2), "Batch.mask must hold 0/1 or bool"),
+            (lambda: Batch(ids, features=[1]), "Batch.features is a dict"),
+            (lambda: Batch(ids, n_units=2.5), "n_units .* whole number"),
+            (lambda: Vocabulary(None), "a vocabulary is a list of feature strings"),
+            (lambda: same_sums(_acc(0), 3), "same_sums takes two Accumulators"),
+            (lambda: select_neurons([1, 2], "random", count=1), "takes a Comparison or a Neuron"),
+            (lambda: select_neurons(cmp, "random", fraction="0.1"), "fraction must be in"),
+            (lambda: entropy(stats, base=1), "base must be a positive number other than 1"),
+            (lambda: entropy(stats, base=0), "base must be"),
+            (lambda: length(stats, min_count=0.5), "min_count must be a whole number")]:
+        with pytest.raises(InputError, match=message):
+            call()
+    batch = Batch(ids, labels=[0, 1], mask=[[1, 1, 0], [1, 0, 0]], features={"pos": [[0] * 3] * 2},
+                  n_units=2.0)
+    assert batch.labels.tolist() == [0, 1] and batch.n_units == 2 and batch.mask.sum() == 3
+
+
+def test_report_arguments_are_checked(store, tmp_path):
+    from txray_engine.report import build_report
+
+    for kwargs, message in [({"out": None}, "path must be a file name, got None"),
+                            ({"min_count": 1.5}, "min_count must be a whole number"),
+                            ({"max_neurons": "10"}, "max_neurons must be a whole number")]:
+        with pytest.raises(InputError, match=message):
+            build_report(store.path, **{"out": tmp_path / "r.html", **kwargs})
+    assert not (tmp_path / "r.html").exists()

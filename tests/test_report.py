@@ -147,7 +147,7 @@ def test_rarely_selected_neurons_can_count_as_dead(pos_store, tmp_path):
     shared = int((np.minimum(*counts) >= cut).sum())
     assert shared < 16 and f"{shared} shared" in pages[cut]
     assert f"selected at least {cut} times" in pages[cut] and "selected at least" not in pages[1]
-    with pytest.raises(InputError, match="min_neuron_count must be at least 1"):
+    with pytest.raises(InputError, match="min_neuron_count must be a whole number ≥ 1"):
         build_report(pos_store, out=tmp_path / "x.html", min_neuron_count=0)
     assert "neurons whose POS distribution puts most weight on the tag" in pages[1]
 

@@ -8,7 +8,9 @@ Main entry points: :class:`Collector` (a model and batches), :class:`Accumulator
 :meth:`Accumulator.observe` (activations you already have), :func:`open_store` (read results).
 """
 
-from .errors import CorpusError, InputError, NonFiniteError, StoreError, TxRayError
+from .errors import (CorpusError, InputError, LayerNotFoundError, NonFiniteError, StageChangedError,
+                     StageExistsError, StageNotReadyError, StoreError, StoreLockedError,
+                     TxRayError)
 from .lazy import lazy_exports
 from .version import FORMAT_VERSION, __version__
 
@@ -19,12 +21,13 @@ _LAZY = {"Accumulator": ".accumulate", "SparseStats": ".accumulate", "merge": ".
          "same_sums": ".accumulate", "Batch": ".features", "Stream": ".features",
          "Vocabulary": ".features", "Collector": ".collect", "Corpus": ".collect",
          "collect_corpus": ".collect", "load_model": ".collect", "StageWriter": ".store",
-         "open_store": ".store"}
+         "open_store": ".store", "read_again": ".store"}
 
 __all__ = ["Accumulator", "Batch", "Collector", "Corpus", "CorpusError", "FORMAT_VERSION",
-           "InputError", "NonFiniteError", "SparseStats", "StageWriter", "StoreError", "Stream",
-           "TxRayError", "Vocabulary", "__version__", "collect_corpus", "load_model", "merge",
-           "open_store", "same_sums"]
+           "InputError", "LayerNotFoundError", "NonFiniteError", "SparseStats", "StageChangedError",
+           "StageExistsError", "StageNotReadyError", "StageWriter", "StoreError", "StoreLockedError",
+           "Stream", "TxRayError", "Vocabulary", "__version__", "collect_corpus", "load_model",
+           "merge", "open_store", "read_again", "same_sums"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

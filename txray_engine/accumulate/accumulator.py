@@ -405,6 +405,9 @@ def merge(a: Accumulator, b: Accumulator) -> Accumulator:
 def same_sums(a: Accumulator, b: Accumulator, mass_rtol: float = 1e-12) -> bool:
     """Whether two accumulators hold the same sums: counts, peaks and totals exactly, mass within
     ``mass_rtol`` (float64 rounding of a different summation order)."""
+    if not isinstance(a, Accumulator) or not isinstance(b, Accumulator):
+        raise InputError(f"same_sums takes two Accumulators (Stage.accumulator() reads a "
+                         f"stage's), got {type(a).__name__} and {type(b).__name__}")
     if set(a.layers) != set(b.layers):
         return False
     for name, la in a.layers.items():

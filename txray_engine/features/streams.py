@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, whole_number
 from .vocab import Vocabulary
 
 SOURCES = ("input", "predicted", "label", "feature")
@@ -136,8 +136,32 @@ class Batch:
             if isinstance(given, torch.Tensor) and given.shape == self.input_ids.shape and \
                     _same_ids(self.inputs.get("input_ids"), self.input_ids):
                 self.mask = given.to(self.input_ids.device)  # (inputs moved to the model's)
-        if self.n_units is None:
-            self.n_units = int(self.input_ids.shape[0])
+        for what in ("mask", "labels", "unit_ids", "offsets", "context"):
+            setattr(self, what, _ids_of(getattr(self, what), what))
+        if not isinstance(self.features, Mapping):
+            raise InputError(f"Batch.features is a dict {{stream name: ids [batch, time]}}, got "
+                             f"{type(self.features).__name__}")
+        self.features = {n: _ids_of(v, f"features[{n!r}]") for n, v in self.features.items()}
+        self.n_units = int(self.input_ids.shape[0]) if self.n_units is None else \
+            whole_number(self.n_units, "Batch.n_units (corpus units the batch consumes)")
+
+
+def _ids_of(value, what: str):
+    """A Batch field given as a list or an array, as a tensor; strings (labels or tags not yet
+    encoded) and other values get one message."""
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind in "USO":
+            raise TypeError
+        return torch.as_tensor(array)
+    except (TypeError, ValueError, RuntimeError):
+        hint = ("0/1 or bool values" if what == "mask" else "integer ids", "" if what in (
+            "mask", "unit_ids", "offsets", "context") else ": encode strings with the stream's "
+            "vocabulary, e.g. vocab.encode(labels)")
+        raise InputError(f"Batch.{what} must hold {hint[0]} (a tensor, a list or an array), got "
+                         f"{type(value).__name__} {str(value)[:40]}{hint[1]}") from None
 
 
 def _same_ids(given, ids: torch.Tensor) -> bool:

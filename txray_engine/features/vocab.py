@@ -24,6 +24,9 @@ class Vocabulary:
         if isinstance(items, (str, bytes)):  # (its characters would become the features)
             raise InputError(f"a vocabulary is a list of feature strings, got the string "
                              f"{items[:20]!r}: pass [{items[:20]!r}, ...]")
+        if not isinstance(items, Iterable):
+            raise InputError(f"a vocabulary is a list of feature strings, got "
+                             f"{type(items).__name__}")
         self.text = text
         self.items: list[str] = [str(s) for s in items]
         self._index = {s: i for i, s in enumerate(self.items)}

@@ -9,6 +9,8 @@ accumulator). Options shared by every function:
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -53,7 +55,8 @@ def distributions(stats: SparseStats, by: str = "mass", min_count: int = 1) -> s
 def length(stats: SparseStats, min_count: int = 1) -> np.ndarray:
     """Features each neuron fired for at least ``min_count`` times (TX-Ray's length)."""
     stats = as_stats(stats)
-    return np.diff(filter_cells(stats.csr("count"), stats.count >= max(1, min_count)).indptr)
+    min_count = whole_number(min_count, "min_count", 1)
+    return np.diff(filter_cells(stats.csr("count"), stats.count >= min_count).indptr)
 
 
 def activation_mass(stats: SparseStats) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +80,10 @@ def entropy(stats: SparseStats, by: str = "mass", min_count: int = 1, base: floa
     NaN for a neuron without a distribution (never selected, every cell under ``min_count``, or,
     by mass, only activations ≤ 0): 0 would read as "fires for one feature only".
     """
+    if isinstance(base, bool) or not isinstance(base, numbers.Real) or not base > 0 or \
+            base == 1 or not np.isfinite(base):
+        raise InputError(f"base must be a positive number other than 1 (2: bits, e: nats), "
+                         f"got {base!r}")
     p = distributions(stats, by, min_count)
     terms = p.copy()
     terms.data = -p.data * np.log(p.data) / np.log(base)

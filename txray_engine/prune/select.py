@@ -10,6 +10,7 @@ or liveness is used.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -34,7 +35,8 @@ def how_many(n_neurons: int, count: int | None, fraction: float | None) -> int:
     if (count is None) == (fraction is None):
         raise InputError("give exactly one of count or fraction")
     if fraction is not None:
-        if not 0.0 <= fraction <= 1.0:
+        if isinstance(fraction, (str, bytes, bool)) or not isinstance(fraction, numbers.Real) \
+                or not 0.0 <= fraction <= 1.0:
             raise InputError(f"fraction must be in [0, 1], got {fraction}")
         return min(n_neurons, math.floor(fraction * n_neurons + 0.5))
     return whole_number(count, "count")
@@ -54,6 +56,9 @@ def select_neurons(table: NeuronTable, selector: str, *, count: int | None = Non
     """
     if hasattr(table, "table") and not isinstance(table, NeuronTable):  # a Comparison
         table = table.table()
+    if not isinstance(table, NeuronTable):
+        raise InputError(f"select_neurons takes a Comparison or a NeuronTable (compare_streams' "
+                         f"result, or stage_table's), got {type(table).__name__}")
     if selector not in SELECTORS:
         raise InputError(f"unknown selector {selector!r}: choose from {', '.join(SELECTORS)}")
     if side not in ("a", "b"):

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, whole_number
 from ..store.outputs import output_path
 from .data import Limits, ReportData
 
@@ -64,18 +64,19 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
 
     if by not in ("mass", "count"):
         raise InputError(f"by must be 'mass' or 'count', got {by!r}")
-    for name, value in (("min_count", min_count), ("min_neuron_count", min_neuron_count)):
-        if int(value) < 1:
-            raise InputError(f"{name} must be at least 1, got {value}")
-    limits = Limits(max_points=int(max_points), max_neurons=int(max_neurons),
-                    explorer_features=int(top_features), changed=int(changed))
+    min_count, min_neuron_count = (whole_number(v, n, 1) for n, v in (
+        ("min_count", min_count), ("min_neuron_count", min_neuron_count)))
+    limits = Limits(max_points=whole_number(max_points, "max_points"),
+                    max_neurons=whole_number(max_neurons, "max_neurons"),
+                    explorer_features=whole_number(top_features, "top_features"),
+                    changed=whole_number(changed, "changed"))
     out = output_path(out, "report")  # before the work: a path that cannot be written fails now
     stages, layers = ([s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
                       for v in (stages, layers))  # "a,b" as on the command line
     if isinstance(pairs, str):  # "a:b,a:c" as on the command line
         pairs = [p for p in pairs.replace(" ", ",").split(",") if p]
-    data = ReportData(open_store(store_path), stages, layers, stream, limits, by, int(min_count),
-                      int(min_neuron_count), pairs)
+    data = ReportData(open_store(store_path), stages, layers, stream, limits, by, min_count,
+                      min_neuron_count, pairs)
     html, n_figures = render(data, title)
     output_path(out, "report", create=True)
     tmp = out.with_name(out.name + ".partial")

@@ -7,7 +7,8 @@ merging and writing do.
 from ..lazy import lazy_exports
 
 _LAZY = {"merge_stages": ".merge", "LayerView": ".reader", "Stage": ".reader", "Store": ".reader",
-         "StreamView": ".reader", "open_store": ".reader", "StageWriter": ".writer"}
+         "StreamView": ".reader", "open_store": ".reader", "read_again": ".reader",
+         "StageWriter": ".writer"}
 
 __all__ = sorted(_LAZY)
 

@@ -30,6 +30,8 @@ def output_path(path, what: str = "file", create: bool = False) -> Path:
     """``path`` of a ``what`` to write, checked: not a folder, not inside a txray store (its every
     file belongs to the format: readers warn about others), in a folder that is (or can be)
     made and written. ``create``: make the missing folders."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InputError(f"the {what}'s path must be a file name, got {path!r}")
     out = Path(path)
     if out.is_dir():
         raise InputError(f"{str(out)!r} is a folder: give a file name for the {what}")
