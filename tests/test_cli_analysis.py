@@ -64,6 +64,58 @@ def test_prune_structural_copy_of_hf_model(tmp_path, word_model):
     pruned = torch.load(out_model, weights_only=False)
     assert pruned.model.layers[0].mlp.up_proj.weight.shape == (19, 16)
     assert pruned(input_ids=torch.tensor([[2, 3, 4]])).logits.shape == (1, 3, 20)
+    assert "note:" not in out
+    # another model's weights: pruned as asked, with a note that the ranking is not its own
+    import shutil
+
+    import transformers
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    model = transformers.AutoModelForCausalLM.from_pretrained(other)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    model.save_pretrained(other)
+    out = run_cli("prune", store, "--stage", "s", "--layer", layer, "--selector", "lowest_mass",
+                  "--count", "5", "--out", tmp_path / "m2.json", "--model", other,
+                  "--save-pruned", tmp_path / "p2.pt")
+    assert "note: --model's weights" in out and "not those stage 's' was collected with" in out
+
+
+def test_prune_ranks_as_compare_shows(two_stages, tmp_path):
+    """prune had no --min-neuron-count: the neurons it pruned were not those compare listed
+    with it; the mask file says how they were ranked, and a stage still collected is noted."""
+    from txray_engine import open_store
+    from txray_engine.measures import compare_streams
+    from txray_engine.prune import select_neurons
+
+    st = open_store(two_stages)
+    counts = st.stage("reviews").layer("lstm").neuron_count
+    cut = int(sorted(counts)[len(counts) // 2])
+    want = select_neurons(compare_streams(st.stage("text")["lstm"]["token"],
+                                          st.stage("reviews")["lstm"]["token"],
+                                          min_neuron_count=cut), "most_changed", count=3)
+    assert want.tolist() != select_neurons(compare_streams(
+        st.stage("text")["lstm"]["token"], st.stage("reviews")["lstm"]["token"]),
+        "most_changed", count=3).tolist()  # (the option changes the choice here)
+    mask = tmp_path / "m.json"
+    out = run_cli("prune", two_stages, "--stage", "reviews", "--against", "text", "--layer", "lstm",
+                  "--selector", "most_changed", "--count", "3", "--min-neuron-count", cut,
+                  "--out", mask)
+    doc = json.loads(mask.read_text())
+    assert doc["layers"]["lstm"] == want.tolist() and "note:" not in out
+    assert (doc["by"], doc["min_count"], doc["min_neuron_count"]) == ("mass", 1, cut)
+    assert doc["stage_status"] == {"text": "complete", "reviews": "complete"}
+    err = run_cli("prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
+                  "random", "--count", "3", "--seed", "-1", "--out", mask, code=2)
+    assert "-1 is not in the range x>=0" in err
+    meta_path = two_stages / "reviews" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["txray_engine"]["status"] = "in_progress"
+    meta_path.write_text(json.dumps(meta))
+    for args in (["compare", two_stages, "text", "reviews"],
+                 ["prune", two_stages, "--stage", "reviews", "--layer", "lstm", "--selector",
+                  "dead", "--count", "1", "--out", mask]):
+        assert "note: stage 'reviews' is in_progress" in run_cli(*args)
 
 
 def test_neurons_shows_features_and_refuses_bad_ids(two_stages):

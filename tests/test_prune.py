@@ -35,7 +35,7 @@ def test_selectors():
     assert select_neurons(t, "highest_mass", fraction=1 / 6).tolist() == [5]
     assert select_neurons(t, "dead", fraction=1.0).tolist() == [4]
     assert select_neurons(t, "dead", fraction=1.0, side="a").tolist() == [5]
-    assert select_neurons(t, "shortest", count=3).tolist() == [1, 4, 5]
+    assert select_neurons(t, "shortest", count=3).tolist() == [1, 3, 5]  # (4 is dead in b)
     assert select_neurons(t, "longest", count=1).tolist() == [2]
     r1 = select_neurons(t, "random", count=3, seed=7)
     assert r1.tolist() == select_neurons(t, "random", count=3, seed=7).tolist() and len(r1) == 3
@@ -58,6 +58,22 @@ def test_fractions_round_half_up():
     assert [how_many(10, None, f) for f in (0.05, 0.15, 0.25, 0.35, 0.0, 1.0)] == \
         [1, 2, 3, 4, 0, 10]
     assert how_many(7, None, 0.5) == 4 and how_many(6, None, 1 / 6) == 1
+    # 0.29 * 50 is 14.499999999999998 in floating point: it was 14
+    assert how_many(50, None, 0.29) == 15 and how_many(100, None, 0.145) == 15
+
+
+def test_random_draws_each_layer_its_own_ids():
+    """One integer seed gave every layer of one width the same ids: a random baseline over
+    several layers was correlated. One generator over the layers draws each its own; the first
+    layer's ids are those of the integer seed."""
+    t = NeuronTable({"neuron": np.arange(40), "mass": np.ones(40)})
+    rng = np.random.default_rng(3)
+    first, second = (select_neurons(t, "random", count=10, seed=rng) for _ in range(2))
+    assert first.tolist() == select_neurons(t, "random", count=10, seed=3).tolist()
+    assert first.tolist() != second.tolist()
+    for bad in (-1, 1.5, True, None):
+        with pytest.raises(InputError, match="seed must be a whole number"):
+            select_neurons(t, "random", count=1, seed=bad)
 
 
 def test_select_neurons_takes_a_comparison(two_stages):
@@ -332,3 +348,38 @@ def test_mask_model_output_of_a_whole_encoder():
     assert torch.all(out.last_hidden_state[..., [0, 3]] == 0)
     assert torch.equal(captured, out.last_hidden_state)
     torch.testing.assert_close(out.last_hidden_state[..., 1], plain[..., 1])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_masking_a_recurrent_layer_masks_its_final_state(bidirectional):
+    """A classifier reading h_n[-1] was not pruned at all: its logits were bit-identical with
+    every unit of the LSTM masked."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    x = torch.randn(3, 6, 4)
+    out, (h, c) = lstm(x)
+    units = [1, 3] + ([7] if bidirectional else [])
+    with mask_units(nn.ModuleDict({"lstm": lstm}), {"lstm": units}):
+        masked, (hm, cm) = lstm(x)
+    assert torch.all(masked[..., units] == 0) and torch.equal(cm, c)
+    want = h.clone()
+    d = 2 if bidirectional else 1
+    for u in units:
+        want[h.shape[0] - d + u // 5, :, u % 5] = 0
+    assert torch.equal(hm, want) and not torch.equal(hm, h)
+    # a classifier head on h_n[-1] now sees the mask
+    head = nn.Linear(5, 2)
+    assert not torch.equal(head(hm[-1]), head(h[-1]))
+
+
+def test_a_mask_file_applies_whole_and_checks_its_sizes():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    x = torch.randn(5, 4)
+    doc = {"layers": {"1": [0, 2]}, "layer_sizes": {"1": 6}, "layouts": {}}
+    with mask_units(model, doc):
+        seen = model[:2](x)
+    assert torch.all(seen[:, [0, 2]] == 0) and seen.abs().sum() > 0
+    with pytest.raises(InputError, match="made for 8 units, and this layer has 6"):
+        with mask_units(model, {**doc, "layer_sizes": {"1": 8}}):
+            model(x)
+    assert not model[1]._forward_hooks

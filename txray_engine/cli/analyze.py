@@ -107,11 +107,12 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
             if not as_json:
                 lines += _compare_lines(summaries[-1], cmp, va, vb, stage_a, stage_b,
                                         min_neuron_count, top, features, by)
-        return summaries, tables, lines
+        return summaries, tables, lines, (a, b)
 
-    summaries, tables, lines = read_again(read)
+    summaries, tables, lines, stages = read_again(read)
     for line in lines:
         click.echo(line)
+    _note_unfinished(*stages)
     full = NeuronTable({k: np.concatenate([t[k] for t in tables]) for k in tables[0].names})
     if csv_path:
         full.to_csv(output_path(csv_path, "table", create=True))
@@ -122,13 +123,20 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
                                "neurons": full.records()}))
 
 
+def _note_unfinished(*stages) -> None:
+    """A note on stderr for each stage a collection has not completed."""
+    for s in stages:
+        if s is not None and s.status != "complete":
+            click.echo(f"note: stage {s.name!r} is {s.status} ({s.tokens} tokens so far): its "
+                       f"numbers may change when it is complete", err=True)
+
+
 #: The neurons a selector can choose from, as ``txray prune`` names them when it finds fewer than
 #: asked.
 POOLS = {"most_changed": "shared with a distance (cells seen --min-count times, with mass)",
          "least_changed": "shared with a distance (cells seen --min-count times, with mass)",
-         "dead": "dead", "random": "in the pool", "lowest_mass": "alive with a mass",
-         "highest_mass": "alive with a mass", "shortest": "alive with a length",
-         "longest": "alive with a length"}
+         "dead": "dead", "random": "in the pool", "lowest_mass": "in the layer",
+         "highest_mass": "in the layer", "shortest": "alive", "longest": "alive"}
 
 
 @main.command()
@@ -143,9 +151,12 @@ POOLS = {"most_changed": "shared with a distance (cells seen --min-count times, 
 @click.option("--fraction", type=click.FloatRange(0, 1), help="Fraction of each layer's neurons.")
 @click.option("--count", type=click.IntRange(min=0), help="Neurons per layer.")
 @click.option("--shared-only", is_flag=True, help="Only neurons alive in both stages.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random selector.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the random selector (one stream over the layers, in the order "
+                   "given: each layer its own ids).")
 @by_option
 @min_count_option
+@min_neuron_count_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Mask file to write (JSON; 'layers': layer → neuron ids, and how they were "
                    "selected).")
@@ -154,8 +165,13 @@ POOLS = {"most_changed": "shared with a distance (cells seen --min-count times, 
 @click.option("--save-pruned", type=click.Path(dir_okay=False),
               help="Write the structurally pruned model here (torch.save of the whole module).")
 def prune(store, stage, against, layers, stream, selector, fraction, count, shared_only, seed,
-          by, min_count, out, model_spec, gguf_file, save_pruned):
-    """Select neurons to prune from a store; write a mask file (and a pruned model copy)."""
+          by, min_count, min_neuron_count, out, model_spec, gguf_file, save_pruned):
+    """Select neurons to prune from a store; write a mask file (and a pruned model copy).
+
+    The ranking is what `txray compare` shows with the same --by, --min-count and
+    --min-neuron-count (or, without --against, of the stage alone)."""
+    import numpy as np
+
     from ..measures import compare_streams, stage_table
     from ..prune import select_neurons
     from ..prune.select import how_many
@@ -177,20 +193,25 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
     b = st.stage(stage)
     a = st.stage(against) if against else None
     selection, sizes = {}, {}
+    rng = np.random.default_rng(seed)  # (the first layer's ids as select_neurons(seed=seed))
     for layer in layers:
         vb = b.layer(layer).stream(stream)
         if a is not None:
-            table = compare_streams(a.layer(layer).stream(stream), vb, by=by,
-                                    min_count=min_count).table()
+            table = compare_streams(a.layer(layer).stream(stream), vb, by=by, min_count=min_count,
+                                    min_neuron_count=min_neuron_count).table()
         else:
-            table = stage_table(vb.stats, b.layer(layer).neuron_count, min_count, by)
+            table = stage_table(vb.stats, b.layer(layer).neuron_count, min_count, by,
+                                min_neuron_count)
         units = select_neurons(table, selector, count=count, fraction=fraction,
-                               shared_only=shared_only, seed=seed)
+                               shared_only=shared_only, seed=rng)
         selection[layer] = [int(u) for u in units]
         sizes[layer] = b.layer(layer).n_neurons
     doc = {"store": str(store), "stage": stage, "against": against, "stream": stream,
            "selector": selector, "fraction": fraction, "count": count, "seed": seed,
-           "shared_only": shared_only, "layers": selection, "layer_sizes": sizes,
+           "shared_only": shared_only, "by": by, "min_count": min_count,
+           "min_neuron_count": min_neuron_count,
+           "stage_status": {s.name: s.status for s in (a, b) if s is not None},
+           "layers": selection, "layer_sizes": sizes,
            # how the collection read each layer (mask_units(model, layers, layouts=...)): a
            # channels-first layer's units are its axis 1
            "layouts": {layer: lay for layer, lay in b.layouts.items() if layer in selection}}
@@ -199,7 +220,13 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
         from ..collect.models import load_model
         from ..prune import prune_mlp
 
-        model = load_model(model_spec, gguf_file, require_tokenizer=False).model
+        loaded = load_model(model_spec, gguf_file, require_tokenizer=False)
+        model = loaded.model
+        stored = (b.meta.get("model") or {}) if isinstance(b.meta.get("model"), dict) else {}
+        if stored.get("weights") not in (None, loaded.identity["weights"]):
+            click.echo(f"note: --model's weights ({loaded.identity['weights']}) are not those "
+                       f"stage {stage!r} was collected with ({stored['weights']}): its neurons "
+                       f"are ranked from another model", err=True)
         shrunk = {layer: prune_mlp(model, layer, units, width=sizes[layer])
                   for layer, units in selection.items()}
     if model_spec:  # the model first: a model that cannot be written leaves no mask behind
@@ -212,6 +239,7 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
                 f"; {asked} asked, but only these are {POOLS.get(selector, 'alive')}"
                 if len(units) < asked else "")
         click.echo(f"{layer}: {len(units)} of {sizes[layer]} neurons selected ({selector}{more})")
+    _note_unfinished(a, b)
     click.echo(f"wrote mask to {out}")
     for layer, info in shrunk.items():
         click.echo(f"{layer}: MLP width {info['before']} → {info['after']}")

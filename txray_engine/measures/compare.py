@@ -246,13 +246,13 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
     a, b = as_stats(a), as_stats(b)
     min_count = whole_number(min_count, "min_count", 1)
     min_neuron_count = whole_number(min_neuron_count, "min_neuron_count", 1)
+    if a.n_neurons != b.n_neurons:
+        raise InputError(f"the stages have {a.n_neurons} and {b.n_neurons} neurons: compare the "
+                         f"same layer of the same architecture")
     for name, counts in (("neuron_count_a", neuron_count_a), ("neuron_count_b", neuron_count_b)):
         if counts is not None and np.shape(counts) != (a.n_neurons,):
             raise InputError(f"{name} has shape {np.shape(counts)}, not one count per neuron "
                              f"({a.n_neurons},)")
-    if a.n_neurons != b.n_neurons:
-        raise InputError(f"the stages have {a.n_neurons} and {b.n_neurons} neurons: compare the "
-                         f"same layer of the same architecture")
     if vocab_a is not None and vocab_b is not None:
         a, b, _, unaligned = align_vocabularies(a, b, vocab_a, vocab_b)
     elif a.n_features != b.n_features:

@@ -115,8 +115,11 @@ def feature_group_mass(stats: SparseStats, min_count: int = 1) -> dict[str, np.n
             "frequency_share": freq_share, "ratio": ratio}
 
 
-def stage_table(stats: SparseStats, neuron_count=None, min_count: int = 1, by: str = "mass"):
-    """One row per neuron: alive, selection count, mass and share, length, entropy."""
+def stage_table(stats: SparseStats, neuron_count=None, min_count: int = 1, by: str = "mass",
+                min_neuron_count: int = 1):
+    """One row per neuron: alive (selected at least ``min_neuron_count`` times), selection
+    count, mass and its share, length and entropy on the cells seen at least ``min_count``
+    times (as a comparison's columns)."""
     from .table import NeuronTable
 
     stats = as_stats(stats)
@@ -124,8 +127,11 @@ def stage_table(stats: SparseStats, neuron_count=None, min_count: int = 1, by: s
     if count.shape != (stats.n_neurons,):
         raise InputError(f"neuron_count has shape {count.shape}, not one count per neuron "
                          f"({stats.n_neurons},)")
-    mass, share = activation_mass(stats)
-    return NeuronTable({"neuron": np.arange(stats.n_neurons), "alive": alive(count, min_count),
+    min_neuron_count = whole_number(min_neuron_count, "min_neuron_count", 1)
+    mass = row_sums(cells(stats, "mass", min_count))
+    share = mass / mass.sum() if mass.sum() > 0 else np.zeros_like(mass)
+    return NeuronTable({"neuron": np.arange(stats.n_neurons),
+                        "alive": alive(count, min_neuron_count),
                         "selected": count, "mass": mass, "mass_share": share,
                         "length": length(stats, min_count),
                         "entropy": entropy(stats, by, min_count)})

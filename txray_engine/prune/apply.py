@@ -3,7 +3,9 @@ removal of MLP intermediate neurons that shrinks the weights.
 
 Masking zeroes the selected units of a module's output (its last dimension; axis 1 of a channels-first
 layer such as ``nn.Conv1d``) with a forward hook;
-for a recurrent layer this masks what later layers see, not the recurrent state itself.
+for a recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) this masks what later layers see,
+its outputs and the same units of its top layer's final hidden state ``h_n``, not the
+recurrence itself or an LSTM's cell state.
 Structural removal deletes the units from ``Linear → activation → Linear`` blocks (also gated MLPs
 such as Llama's ``gate_proj``/``up_proj``/``down_proj``, GPT-2's ``Conv1D`` ``c_fc``/``c_proj``
 and BERT's ``intermediate``/``output``): the pruned model computes what the masked model computes.
@@ -81,9 +83,10 @@ def unit_ids(units: Iterable[int], what: str) -> np.ndarray:
     return ids
 
 
-def _mask_hook(layer: str, units: torch.Tensor, channels_first: bool):
-    """A forward hook zeroing ``units`` of the output; ids past its width are a clear error (the
-    largest id is taken once here, not read back from the device at every forward pass)."""
+def _mask_hook(layer: str, units: torch.Tensor, channels_first: bool, size: int | None = None):
+    """A forward hook zeroing ``units`` of the output; ids past its width, or a width other than
+    the ``size`` the mask was made for, are a clear error (the largest id is taken once here,
+    not read back from the device at every forward pass)."""
     top = int(units.max()) if units.numel() else -1
 
     def hook(module, inputs, output):
@@ -97,18 +100,51 @@ def _mask_hook(layer: str, units: torch.Tensor, channels_first: bool):
             raise InputError(f"mask of layer {layer!r}: unit {top} is outside its "
                              f"{width} units (0 to {width - 1}); was the mask "
                              f"made for this model?")
-        return _zero_units(output, units.to(first.device), channels_first and not packed)
+        if first.dim() and size is not None and width != size:
+            raise InputError(f"mask of layer {layer!r} was made for {size} units, and this "
+                             f"layer has {width} (on the axis masked: give the mask's "
+                             f"layouts too); was the mask made for this model?")
+        zeroed = _zero_units(output, units.to(first.device), channels_first and not packed)
+        if isinstance(module, nn.RNNBase) and isinstance(zeroed, tuple) and len(zeroed) == 2:
+            zeroed = (zeroed[0], _zero_final_state(module, zeroed[1], units))
+        return zeroed
     return hook
+
+
+def _zero_final_state(rnn: nn.RNNBase, hidden, units: torch.Tensor):
+    """A recurrent module's final hidden state (``h_n``, an LSTM's ``(h_n, c_n)``) with the
+    masked output units zeroed in its top layer: output unit ``u`` is unit ``u % H`` of direction
+    ``u // H`` (a classifier reading ``h_n[-1]`` reads what the output's masked units were). The
+    cell state ``c_n`` and the recurrence itself are left."""
+    h = hidden[0] if isinstance(hidden, tuple) else hidden
+    if not isinstance(h, torch.Tensor) or h.dim() < 2:
+        return hidden
+    width, directions = h.shape[-1], 2 if rnn.bidirectional else 1
+    units = units.to(h.device)
+    h = h.clone()
+    for d in range(directions):
+        mine = units[(units // width) == d] % width
+        if mine.numel():
+            row = h.shape[0] - directions + d  # the top layer's state of direction d
+            h[row] = h[row].index_fill(-1, mine, 0)
+    return (h, *hidden[1:]) if isinstance(hidden, tuple) else h
 
 
 class UnitMask:
     """Forward hooks that zero selected units; a context manager, or call :meth:`remove`.
-    ``layouts`` as for capture: a channels-first layer's units are its axis 1."""
+    ``layouts`` as for capture: a channels-first layer's units are its axis 1. ``selection``
+    may be a whole mask file (``txray prune``'s JSON, read): its ``layers``, with its
+    ``layouts`` and its ``layer_sizes`` checked against each layer's width."""
 
     def __init__(self, model: nn.Module, selection: dict[str, Iterable[int]],
                  layouts: dict | None = None):
         modules = dict(model.named_modules())
         self._handles = []
+        sizes = {}
+        if isinstance(selection, Mapping) and isinstance(selection.get("layers"), Mapping):
+            sizes = dict(selection.get("layer_sizes") or {})  # a mask file
+            layouts = selection.get("layouts") if layouts is None else layouts
+            selection = selection["layers"]
         if not isinstance(selection, Mapping):
             raise InputError(f"a selection is a dict {{layer: unit ids}} (a mask file's "
                              f"'layers'), got {type(selection).__name__}")
@@ -124,7 +160,8 @@ class UnitMask:
                 for name in names:  # first among the module's hooks: a Collector's, or any
                     # other, sees the masked output whether it came before the mask or after
                     self._handles.append(modules[name].register_forward_hook(
-                        _mask_hook(name, idx, chosen[name] == "channels_first"), prepend=True))
+                        _mask_hook(name, idx, chosen[name] == "channels_first",
+                                   sizes.get(layer)), prepend=True))
         except BaseException:
             self.remove()
             raise
@@ -147,7 +184,8 @@ class UnitMask:
 def mask_units(model: nn.Module, selection: dict[str, Iterable[int]],
                layouts: dict | None = None) -> UnitMask:
     """Zero ``selection[layer]`` units of each layer's output until the mask is removed; a glob
-    pattern as ``layer`` masks those units in every module it matches. Units are the last axis,
+    pattern as ``layer`` masks those units in every module it matches. ``selection`` may be a
+    mask file as read (``json.load``): its layouts and layer sizes come with it. Units are the last axis,
     or axis 1 of channels-first layers (``nn.Conv1d`` and the like are recognised; ``layouts``
     as for :class:`~txray_engine.collect.Collector`: give the stage's, ``stage.layouts``, for a
     layer collected as channels-first whose module does not say so, e.g. an activation after a

@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 import numpy as np
 from torch import nn
 
+from ..errors import whole_number
 from ..measures.table import NeuronTable
 from .apply import mask_units
 from .select import select_neurons
@@ -27,14 +28,15 @@ def evaluate_pruning(model: nn.Module, tables: dict[str, NeuronTable],
     """
     # (each is gone over more than once: a generator gave its configurations to the first only)
     selectors = [selectors] if isinstance(selectors, str) else list(selectors)
-    fractions, seeds = list(fractions), list(seeds)
+    fractions, seeds = list(fractions), [whole_number(s, "seed") for s in seeds]
     rows = []
     for selector in selectors:
         for fraction in fractions:
             for seed in (seeds if selector == "random" else (None,)):
+                rng = np.random.default_rng(seed or 0)  # one stream over the layers: each
+                # layer its own ids (the first layer's as select_neurons(seed=seed) draws them)
                 selection = {layer: select_neurons(t, selector, fraction=fraction,
-                                                   shared_only=shared_only, side=side,
-                                                   seed=seed or 0)
+                                                   shared_only=shared_only, side=side, seed=rng)
                              for layer, t in tables.items()}
                 with mask_units(model, selection, layouts):
                     value = float(metric(model))

@@ -38,21 +38,25 @@ def how_many(n_neurons: int, count: int | None, fraction: float | None) -> int:
         if isinstance(fraction, (str, bytes, bool)) or not isinstance(fraction, numbers.Real) \
                 or not 0.0 <= fraction <= 1.0:
             raise InputError(f"fraction must be in [0, 1], got {fraction}")
-        return min(n_neurons, math.floor(fraction * n_neurons + 0.5))
+        # (rounded to 9 places first: 0.29 * 50 is 14.499999999999998 in floating point)
+        return min(n_neurons, math.floor(round(fraction * n_neurons, 9) + 0.5))
     return whole_number(count, "count")
 
 
 def select_neurons(table: NeuronTable, selector: str, *, count: int | None = None,
                    fraction: float | None = None, shared_only: bool = False, side: str = "b",
-                   seed: int = 0) -> np.ndarray:
+                   seed: int | np.random.Generator = 0) -> np.ndarray:
     """Neuron ids chosen by ``selector`` (sorted ascending).
 
     ``count`` or ``fraction`` (of the table's rows: all the layer's neurons for a comparison's or
     a stage's table, fewer for a table cut with ``where``) says how many; fewer come back when the
-    pool is smaller (e.g. only shared neurons have a Hellinger distance, only dead ones are dead).
-    Ties are broken by neuron id, for ``most_changed``/``least_changed`` first by more mass in
-    both stages (the order ``Comparison.ranked``, ``txray compare`` and the report show);
-    ``random`` is seeded.
+    pool is smaller (e.g. only shared neurons have a Hellinger distance, only dead ones are dead,
+    ``shortest`` and ``longest`` rank alive neurons; ``lowest_mass`` and ``highest_mass`` rank
+    every neuron, the dead with mass 0). Ties are broken by neuron id, for
+    ``most_changed``/``least_changed`` first by more mass in both stages (the order
+    ``Comparison.ranked``, ``txray compare`` and the report show). ``random`` is seeded: ``seed``
+    an integer, or a ``numpy.random.Generator`` to draw from (one generator over several layers
+    gives each its own ids; one integer seed, the same ids in layers of one width).
     """
     if hasattr(table, "table") and not isinstance(table, NeuronTable):  # a Comparison
         table = table.table()
@@ -63,18 +67,23 @@ def select_neurons(table: NeuronTable, selector: str, *, count: int | None = Non
         raise InputError(f"unknown selector {selector!r}: choose from {', '.join(SELECTORS)}")
     if side not in ("a", "b"):
         raise InputError(f"side must be 'a' or 'b', got {side!r}")
+    if not isinstance(seed, np.random.Generator):
+        seed = whole_number(seed, "seed")
     neuron = table["neuron"] if "neuron" in table.columns else np.arange(len(table))
     k = how_many(len(table), count, fraction)
     pool = np.ones(len(table), bool)
     if selector in ("most_changed", "least_changed"):
         _column(table, "hellinger", side)  # a clear error before anything else
+    if selector in ("shortest", "longest"):  # (a dead neuron's length 0 is no length)
+        pool &= _column(table, "alive", side).astype(bool)
     if shared_only or selector in ("most_changed", "least_changed"):
         pool &= table["shared"] if "shared" in table.columns else _column(table, "alive", side)
     if selector == "dead":
         pool &= ~_column(table, "alive", side).astype(bool)
         score = np.zeros(len(table))
     elif selector == "random":
-        score = np.random.default_rng(seed).random(len(table))
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        score = rng.random(len(table))
     else:
         name, descending = {"most_changed": ("hellinger", True),
                             "least_changed": ("hellinger", False),
