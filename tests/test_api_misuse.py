@@ -404,3 +404,14 @@ def test_report_arguments_are_checked(store, tmp_path):
         with pytest.raises(InputError, match=message):
             build_report(store.path, **{"out": tmp_path / "r.html", **kwargs})
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_resume_without_the_identity_says_what_is_missing(tmp_path):
+    from txray_engine.errors import StageExistsError
+
+    with StageWriter(tmp_path / "s.zarr", "a", "new", {"model": "m", "corpus": "c"}) as w:
+        w.commit(_acc(0), {"units": 2})
+    with pytest.raises(StageExistsError, match="also hold corpus, model, which this identity"):
+        StageWriter(tmp_path / "s.zarr", "a", "resume").open()
+    with pytest.raises(StageExistsError, match=r"with other settings \(model\)"):
+        StageWriter(tmp_path / "s.zarr", "a", "resume", {"model": "n", "corpus": "c"}).open()

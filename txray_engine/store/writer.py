@@ -216,7 +216,11 @@ class StageWriter:
         if before is not None and meta.get("fingerprint") not in (self.fingerprint,
                                                                   fingerprint(before)):
             changed = differences(meta, before)
+            untold = sorted(k for k in meta if k not in WRITER_KEYS and k not in before and
+                            k not in ("created", "merged_from"))
             what = (f"with other settings ({', '.join(changed)})" if changed else
+                    f"with a different model, corpus or options (its attributes also hold "
+                    f"{', '.join(untold)}, which this identity does not give)" if untold else
                     "with a different model, corpus or options")
             raise StageExistsError(f"stage {self.stage!r} was started {what}; resume with the "
                                    f"same ones, or overwrite it (--overwrite, mode='overwrite')")
