@@ -181,7 +181,8 @@ def test_cli_errors_leave_store_unchanged(word_model, tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("the cat sat on the mat\nthe caf\u00e9 was big\n".encode("latin-1"))
     cases = [
-        (("--overwrite",), latin1, ["not UTF-8 text", "byte 0xe9", "convert the file"]),
+        (("--overwrite",), latin1, ["latin1.txt:2: not UTF-8 text", "byte 0xe9 at column 8",
+                                    "convert the file"]),
         (("--overwrite", "--layers", "lstmm"), None, ["no module", "did you mean: lstm"]),
         (("--overwrite", "-k", "13"), None, ["12 neurons but k=13"]),
         (("--overwrite", "-k", "0"), None, ["positive integer"]),
@@ -498,3 +499,24 @@ def test_corpus_commands_name_a_missing_extra(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["corpus", "wikipedia", "--out", str(out)])
     assert res.exit_code == 2 and "pip install 'txray_engine[data]'" in res.output, res.output
     assert not out.exists()
+
+
+def test_a_corpus_is_checked_and_counted_as_it_is_read(tmp_path):
+    """The document count (the stages' corpus_documents, which merges number on from) split
+    lines at '\\n' only and stripped ASCII spaces only: a lone '\\r' or a line of no-break
+    spaces made it differ from the documents read; a byte that is not UTF-8 stopped a run only
+    when it was reached, hours in, with no line named."""
+    from txray_engine.collect.corpus import Corpus
+    from txray_engine.errors import CorpusError
+
+    a, c = tmp_path / "a.txt", tmp_path / "c.txt"
+    a.write_bytes(b"one doc.\n\xc2\xa0\nsecond\r\nthird\n")
+    c.write_bytes(b"\xef\xbb\xbfalpha\rbeta gamma\n\n  \nlast")
+    for files, n in (([a], 3), ([c], 3), ([a, c], 6)):
+        corpus = Corpus(files)
+        assert corpus.count_documents() == len(list(corpus)) == n
+    assert Corpus([c], unit="file").count_documents() == 1
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n" * 3000 + b"caf\xe9\nmore\n")
+    with pytest.raises(CorpusError, match=r"bad.txt:3001: not UTF-8 text \(byte 0xe9 at column 4"):
+        Corpus([bad]).identity()

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -60,9 +62,8 @@ class Corpus:
         for path in self.paths:
             try:
                 yield from self._read(path)
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{path}: not UTF-8 text (it holds byte "
-                                  f"{e.object[e.start]:#04x}); convert the file to UTF-8") from None
+            except UnicodeDecodeError:
+                raise _not_utf8(path) from None
 
     def _read(self, path: Path) -> Iterator[Document]:
         fmt = self._format(path)
@@ -114,18 +115,55 @@ class Corpus:
 
     def identity(self) -> dict:
         """Names, sizes and content hashes of the files, plus how they are read. The same pass
-        counts the documents (:meth:`count_documents`)."""
+        decodes them as the documents are read, so that a byte that is not UTF-8 stops the run
+        before it starts (with its line), and counts the documents as they will be read
+        (:meth:`count_documents`; a lone '\\r' ends a line, a line of Unicode spaces is empty)."""
         files, documents = [], 0
         for p in self.paths:
             h = hashlib.sha256()
             whole_file = self._format(p) == "text" and self.unit == "file"
             nonempty = 0
-            with open(p, "rb") as fh:
-                for line in fh:
-                    h.update(line)
-                    nonempty += bool(line.strip())
+            with open(p, "rb", buffering=0) as raw, io.TextIOWrapper(
+                    io.BufferedReader(_Hashing(raw, h)), encoding="utf-8-sig") as fh:
+                try:
+                    for line in fh:  # (text mode, as _read: the same lines, the same spaces)
+                        nonempty += bool(line.strip())
+                except UnicodeDecodeError:
+                    raise _not_utf8(p) from None
             documents += min(nonempty, 1) if whole_file else nonempty
             files.append({"name": p.name, "bytes": p.stat().st_size, "sha256": h.hexdigest()})
         self._documents = documents
         return {"files": files, "format": self.format, "unit": self.unit,
                 "text_field": self.text_field, "label_field": self.label_field}
+
+
+class _Hashing(io.RawIOBase):
+    """A binary file that adds every byte read from it to a hash."""
+
+    def __init__(self, raw, digest):
+        self.raw, self.digest = raw, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+        return n
+
+
+def _not_utf8(path: Path) -> CorpusError:
+    """The error for a file that is not UTF-8, naming its first line that is not (text is
+    decoded ahead of the line being read, so the decoder's own place is not the line's)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as e:
+                return CorpusError(f"{path}:{lineno}: not UTF-8 text (byte {line[e.start]:#04x} "
+                                   f"at column {e.start + 1}); convert the file to UTF-8, e.g. "
+                                   f"iconv -f latin1 -t utf-8")
+    return CorpusError(f"{path}: not UTF-8 text (it ends inside a character); convert the file "
+                       f"to UTF-8")
