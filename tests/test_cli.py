@@ -200,3 +200,23 @@ def test_the_command_line_starts_without_torch():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_windows_fit_the_models_context(tmp_path):
+    """A GPT-2 of 64 positions over a 128-token window failed with a 28-frame IndexError: the
+    default window is now the model's context where it is shorter, and a longer one is refused
+    before the run."""
+    pytest.importorskip("transformers")
+    model_dir = make_hf_model_dir(tmp_path / "gpt2")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(" ".join(["the cat sat on the mat ."] * 30) + "\n")  # 210 words
+    store = tmp_path / "s.zarr"
+    args = ["collect", "--model", model_dir, "--corpus", corpus, "--layers",
+            "transformer.h.0.mlp.act", "--store", store, "--stage", "s", "-q"]
+    res = CliRunner().invoke(main, list(map(str, [*args, "--max-length", "100"])))
+    assert res.exit_code == 2 and "windows of 100 tokens are longer than the model takes (64 " \
+        "positions" in res.output and "--max-length 64 or less" in res.output
+    assert not (store / "s").exists()
+    _run(*args)
+    st = open_store(store).stage("s")
+    assert st.meta["options"]["max_length"] == 64 and st.tokens == 210

@@ -42,8 +42,9 @@ from .base import gguf_option, main, parse_k
                    "--max-documents with a higher limit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing stage.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=1),
-              help="Tokens per window; longer documents are split.")
+@click.option("--max-length", type=click.IntRange(min=1),
+              help="Tokens per window; longer documents are split. Default: 128, or the "
+                   "model's context where it is shorter (a longer one is refused).")
 @click.option("--context-overlap", type=click.IntRange(min=0),
               help="Tokens each window after a document's first repeats from the one before, "
                    "as context only (not counted): without it, a window cut inside a document "
@@ -90,14 +91,15 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
             as_json):
     """Run a model over a corpus and store the stage's statistics."""
     from ..collect import Corpus, collect_corpus, load_model
-    from ..collect.run import check_shard, more_documents
+    from ..collect.run import DEFAULT_MAX_LENGTH, check_shard, more_documents
     from ..collect.sequences import check_windows
     from ..store import StageWriter
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other: pick one")
     if context_overlap is not None:
-        check_windows(max_length, context_overlap)  # before the model loads
+        check_windows(max_length or DEFAULT_MAX_LENGTH, context_overlap)  # before the model
+        # loads (the model's context, once loaded, may shorten the default window)
     layouts = _layouts(layouts)
     if shard == "env":
         if "{shard}" not in store:

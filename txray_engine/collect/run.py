@@ -49,6 +49,34 @@ def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stre
 DEFAULT_CONTEXT_OVERLAP = 8
 
 
+#: Tokens per window unless given (or the model's context, where it is shorter).
+DEFAULT_MAX_LENGTH = 128
+
+
+def model_context(model) -> int | None:
+    """The positions a Hugging Face model takes at most (its config's ``n_positions`` or
+    ``max_position_embeddings``), or None where it does not say."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def window_length(model, given: int | None) -> int:
+    """``given`` tokens per window, refused past the model's context (a model of learned
+    positions fails deep inside with an IndexError); None: :data:`DEFAULT_MAX_LENGTH`, or the
+    model's context where it is shorter."""
+    context = model_context(model)
+    if given is None:
+        return min(DEFAULT_MAX_LENGTH, context or DEFAULT_MAX_LENGTH)
+    if context is not None and given > context:
+        raise InputError(f"windows of {given} tokens are longer than the model takes ({context} "
+                         f"positions, its config says): give --max-length {context} or less")
+    return given
+
+
 def context_overlap_for(store, stage: str, mode: str, max_length: int,
                         given: int | None = None) -> int:
     """The context overlap a collection uses: ``given``; else, resuming a stage that exists,
@@ -103,7 +131,7 @@ def check_shard(shard) -> tuple[int, int] | None:
 
 
 def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token",), k=1, *,
-                   store, stage, mode="new", batch_size=8, max_length=128,
+                   store, stage, mode="new", batch_size=8, max_length: int | None = None,
                    max_documents: int | None = None, kind="auto", dense_budget=512 * 2**20,
                    nonfinite="error", flush_every=60.0, device="cpu", quiet=False,
                    examples: int = 0, shard: tuple[int, int] | None = None,
@@ -117,7 +145,9 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     ``shard=(i, n)``: only the documents whose index in the corpus is ``i`` modulo ``n`` (of the
     first ``max_documents``), so that ``n`` processes (one per GPU, node or job) each collect one
     shard into their own store, and :func:`~txray_engine.store.merge_stages` adds them up.
+    ``max_length``: tokens per window (see :func:`window_length`).
     """
+    max_length = window_length(loaded.model, max_length)
     context_overlap = context_overlap_for(store, stage, mode, max_length, context_overlap)
     check_windows(max_length, context_overlap)
     stream_objs, needs = build_streams(streams, loaded, corpus)
