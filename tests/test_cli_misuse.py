@@ -175,3 +175,51 @@ def test_demo_refuses_an_earlier_run_with_other_stages(tmp_path):
         _check_earlier_run(tmp_path / "store.zarr", ["reviews-zero-shot", "reviews-supervised-s3"])
     assert open_store(tmp_path / "store.zarr").stages == ["reviews-zero-shot",
                                                           "reviews-supervised-s0"]
+
+
+def test_sigterm_flushes_the_last_whole_batch(word_model, tmp_path, monkeypatch):
+    """A batch scheduler's SIGTERM ended a collection with no word and no flush (all since the
+    last one lost; a new store left as an empty folder): the batch in hand is finished and
+    flushed, the run says how to go on, and the resumed stage equals one uninterrupted run."""
+    import os
+    import signal
+
+    from txray_engine import open_store, same_sums
+    from txray_engine.collect import Collector
+
+    real_step, steps = Collector.step, []
+
+    def step(self, *a, **k):
+        steps.append(1)
+        if len(steps) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives inside the batch
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(Collector, "step", step)
+    base = ["collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"], "--layers",
+            "lstm", "--corpus", word_model["text"], "--batch-size", "4", "-q", "--stage", "s"]
+    out = run_cli(*base, "--store", tmp_path / "s.zarr", code=128 + signal.SIGTERM)
+    assert out.strip() == ("terminated: the stage was flushed after its last whole batch; run "
+                           "the same command with --resume to go on")
+    stage = open_store(tmp_path / "s.zarr").stage("s")
+    assert stage.status == "in_progress" and stage.cursor["units"] == 16
+    monkeypatch.setattr(Collector, "step", real_step)
+    run_cli(*base, "--store", tmp_path / "s.zarr", "--resume")
+    run_cli(*base, "--store", tmp_path / "whole.zarr")
+    a, b = (open_store(tmp_path / p).stage("s") for p in ("s.zarr", "whole.zarr"))
+    assert a.status == "complete" and same_sums(a.accumulator(), b.accumulator())
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # (given back)
+
+
+def test_sigterm_ends_other_commands_through_their_clean_up(two_stages, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import txray_engine.report.page as page
+
+    real = page.render
+    monkeypatch.setattr(page, "render", lambda *a, **k: (os.kill(os.getpid(), signal.SIGTERM),
+                                                          real(*a, **k))[1])
+    out = run_cli("report", two_stages, "--out", tmp_path / "r.html", code=128 + signal.SIGTERM)
+    assert out.strip() == "terminated"
+    assert not list(tmp_path.glob("r.html*"))

@@ -52,6 +52,16 @@ class StageChangedError(StoreError):
     """A writer committed a newer snapshot of a stage since it was opened: open it again."""
 
 
+class Terminated(KeyboardInterrupt):
+    """A stop asked by a signal (SIGTERM: what a batch scheduler sends before it kills a job),
+    raised where the work can stop, as Ctrl-C raises ``KeyboardInterrupt``. ``flushed``: a
+    collection committed its sums up to its last whole batch first."""
+
+    def __init__(self, signum: int, flushed: bool = False):
+        super().__init__(signum, flushed)
+        self.signum, self.flushed = signum, flushed
+
+
 def whole_number(value, what: str, least: int = 0) -> int:
     """``value`` as an ``int`` when it is a whole number ≥ ``least`` (``3.0`` from a column
     too), else an :class:`InputError` naming ``what``: ``2.5`` was cut to 2, ``-1`` sliced from

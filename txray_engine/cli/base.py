@@ -6,10 +6,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import click
 
-from ..errors import TxRayError
+from ..errors import Terminated, TxRayError
 
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -56,6 +57,19 @@ class TxRayGroup(click.Group):
     and exit code 2 (``--debug`` shows tracebacks)."""
 
     def invoke(self, ctx):
+        # SIGTERM (a batch scheduler's stop) ends a command as Ctrl-C does, through its clean-up
+        # (no .partial file left); a collection takes it between batches and flushes first
+        def terminate(signum, frame):
+            raise Terminated(signum)
+        main_thread = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+        try:
+            return self._invoke(ctx)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, before)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TxRayError as e:
@@ -63,15 +77,20 @@ class TxRayGroup(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:  # Ctrl-C: what is left, and how to go on
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what is left, and how to go on
             if ctx.params.get("debug"):
                 raise
             sub = ctx.invoked_subcommand
             # a flush stopped inside Zarr's event loop leaves tasks pending, which asyncio's
             # logger lists at exit ("Task was destroyed but it is pending!"): not news here
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-            click.echo(f"\ninterrupted{INTERRUPTED.get(sub, '')}", err=True)
-            ctx.exit(128 + signal.SIGINT)
+            signum = getattr(e, "signum", signal.SIGINT)
+            what = "terminated" if signum == signal.SIGTERM else "interrupted"
+            left = (": the stage was flushed after its last whole batch; run the same command "
+                    "with --resume to go on" if getattr(e, "flushed", False) else
+                    INTERRUPTED.get(sub, ""))
+            click.echo(f"\n{what}{left}", err=True)
+            ctx.exit(128 + signum)
         except BrokenPipeError:  # `txray ... | head`: the reader has all it wanted
             # stdout is gone: point it at /dev/null so the interpreter's final flush is quiet,
             # and end as a Unix tool killed by SIGPIPE does

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CorpusError, InputError, StoreError
+from ..errors import CorpusError, InputError, StoreError, Terminated
 from ..features.pos import POS_VOCAB, pattern_tagger
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
@@ -47,6 +50,22 @@ def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stre
 
 
 DEFAULT_CONTEXT_OVERLAP = 8
+
+
+@contextmanager
+def stop_between_batches():
+    """While inside, SIGTERM (a batch scheduler's stop before its kill) is taken between
+    batches: the list yielded gets the signal's number, for the loop to flush what it has and
+    stop. Outside the main thread (where Python takes signals) it does nothing."""
+    asked: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: asked.append(signum))
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 #: Tokens per window unless given (or the model's context, where it is shorter).
@@ -204,16 +223,20 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
         bar = tqdm(desc=f"collect {stage}", total=total, unit="doc", disable=quiet,
                    dynamic_ncols=True, initial=int(col.cursor.get("documents", 0)))
         try:
-            for batch, docs_done, n_tok, last in batches(units, batch_size,
-                                                         loaded.tokenizer.pad_id, loaded.hf,
-                                                         device):
-                # set before the step: a flush inside it commits the cursor with the batch
-                col.cursor["at"] = {"doc": last.doc, "start": last.start, "last": last.last}
-                col.step(batch, documents=docs_done)
-                tokens += n_tok
-                bar.update(docs_done)
-                bar.set_postfix_str(f"{tokens / max(time.monotonic() - start, 1e-9):,.0f} tok/s",
-                                    refresh=False)
+            with stop_between_batches() as asked:
+                for batch, docs_done, n_tok, last in batches(units, batch_size,
+                                                             loaded.tokenizer.pad_id, loaded.hf,
+                                                             device):
+                    # set before the step: a flush inside it commits the cursor with the batch
+                    col.cursor["at"] = {"doc": last.doc, "start": last.start, "last": last.last}
+                    col.step(batch, documents=docs_done)
+                    tokens += n_tok
+                    bar.update(docs_done)
+                    bar.set_postfix_str(f"{tokens / max(time.monotonic() - start, 1e-9):,.0f} "
+                                        f"tok/s", refresh=False)
+                    if asked:  # SIGTERM: the batch is whole; keep it, then stop
+                        col.flush()
+                        raise Terminated(asked[0], flushed=col.writer is not None)
         finally:
             bar.close()
         if skip and not reached[0]:  # raises: the with-block commits nothing
