@@ -217,6 +217,10 @@ def test_windows_fit_the_models_context(tmp_path):
     assert res.exit_code == 2 and "windows of 100 tokens are longer than the model takes (64 " \
         "positions" in res.output and "--max-length 64 or less" in res.output
     assert not (store / "s").exists()
-    _run(*args)
+    out = _run(*args, "--json").output
     st = open_store(store).stage("s")
     assert st.meta["options"]["max_length"] == 64 and st.tokens == 210
+    summary = json.loads(out)
+    dense = st.layer("transformer.h.0.mlp.act").n_neurons * len(st.vocab("token")) * 20
+    assert summary["states"] == {"transformer.h.0.mlp.act": {"token": "dense"}}
+    assert summary["state_bytes"] == dense  # (count int64, mass float64, peak float32)

@@ -506,3 +506,49 @@ def test_neurons_reads_again_when_a_flush_lands_meanwhile(tmp_path, monkeypatch)
     res = CliRunner().invoke(main, ["neurons", str(tmp_path / "s.zarr"), "--stage", "s"])
     assert res.exit_code == 0 and len(calls) == 2, res.output
     assert res.output.count("enc.lstm:") == 1 and "updated" not in res.output
+
+
+def test_a_full_disk_keeps_the_last_snapshot_and_says_so(tmp_path, monkeypatch):
+    """A full disk gave 'cannot use: No space left on device' without a path, and its
+    half-written snapshot kept the space until the next resume."""
+    import errno
+
+    import txray_engine.store.writer as writer
+
+    path = tmp_path / "s.zarr"
+    real, calls = writer.write_hierarchy, []
+
+    def full(*args):
+        calls.append(1)
+        if len(calls) == 3:  # the second snapshot's second layer
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(writer, "write_hierarchy", full)
+    acc = _acc()
+    with StageWriter(path, "s", "new", {"model": "m"}) as w:
+        w.commit(acc, {"units": 1})
+        first = open_store(path).stage("s").meta["snapshot"]
+        with pytest.raises(StoreError, match=r"cannot write stage 's' of .*s.zarr'.*No space left "
+                                             r"on device; the stage keeps its last flush "
+                                             r"\(snap-000001\).*--resume"):
+            w.commit(acc, {"units": 2})
+    assert sorted(p.name for p in (path / "s").glob("snap-*")) == [first]
+    stage = open_store(path).stage("s")
+    assert stage.cursor == {"units": 1} and same_sums(stage.accumulator(), acc)
+
+
+def test_a_store_that_cannot_be_written_fails_when_opened(tmp_path, monkeypatch):
+    import errno
+
+    import txray_engine.store.writer as writer
+
+    path = tmp_path / "s.zarr"
+    _write(path, _acc())
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(writer.tempfile, "mkstemp", read_only)
+    with pytest.raises(StoreError, match="cannot write in store .*Read-only file system"):
+        StageWriter(path, "t", "new", {"model": "m"}).open()

@@ -9,7 +9,7 @@ import click
 
 from ..errors import InputError
 from ..store.outputs import output_path
-from .base import gguf_option, main, parse_k
+from .base import gguf_option, human_size, main, parse_k
 
 
 @main.command()
@@ -131,7 +131,8 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
     else:
         click.echo(f"stage {stage!r} complete in {store}: {summary['documents']} documents, "
                    f"{summary['tokens_this_run']} tokens this run "
-                   f"({summary['tokens_per_second']} tokens/s), layers: "
+                   f"({summary['tokens_per_second']} tokens/s), state in memory "
+                   f"{human_size(summary['state_bytes'])}, layers: "
                    f"{', '.join(summary['layers'])}"
                    + "".join(f"; {n} taken as {lay}" for n, lay in summary["layouts"].items()))
         for layer, n in summary["skipped_nonfinite"].items():

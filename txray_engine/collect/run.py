@@ -255,6 +255,9 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
             "layouts": col.capture.other_layouts,
             "states": {n: {s: st.kind for s, st in layer.streams.items()}
                        for n, layer in col.accumulator.layers.items()},
+            # what the sums hold in memory (a sparse state grows with the cells it has seen)
+            "state_bytes": sum(st.nbytes for layer in col.accumulator.layers.values()
+                               for st in layer.streams.values()),
             "streams": list(streams),
             "k": k, "tokens_this_run": counted, "positions_read": tokens,
             "documents": cursor["documents"],

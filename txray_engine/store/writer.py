@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import weakref
 from pathlib import Path
 
@@ -141,6 +142,7 @@ class StageWriter:
         try:
             self._lock()
             self._remove_partial_files()
+            self._check_writable()
             self._check()
         except BaseException:
             self.close()
@@ -180,6 +182,17 @@ class StageWriter:
         # a writer dropped without close() (a notebook's cell that failed) closes its descriptor,
         # and with it the lock, when it is collected, instead of holding the store until exit
         self._release = weakref.finalize(self, os.close, self._fd)
+
+    def _check_writable(self) -> None:
+        """A store that cannot be written (a read-only disk or folder) fails now, not at the
+        first flush, a minute of collection later."""
+        try:
+            fd, probe = tempfile.mkstemp(dir=self.path, suffix=".partial")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise StoreError(f"cannot write in store {str(self.path)!r}: {e.strerror or e}; "
+                             f"choose a writable place, or make it writable") from None
 
     def _check(self) -> None:
         meta = None
@@ -285,8 +298,18 @@ class StageWriter:
         self._seq += 1
         name = f"{SNAPSHOT_PREFIX}{self._seq:06d}"
         self._remove_stale_snapshots(also=name)
-        for groups, arrays in snapshot_nodes(acc, f"{sg.path}/{name}"):  # a layer at a time
-            write_hierarchy(root.store, groups, arrays)
+        try:
+            for groups, arrays in snapshot_nodes(acc, f"{sg.path}/{name}"):  # a layer at a time
+                write_hierarchy(root.store, groups, arrays)
+        except OSError as e:  # a full disk, a folder made read-only: the last snapshot stands
+            try:
+                self._remove_stale_snapshots()  # (this one's part: its space back)
+            except OSError:
+                pass
+            raise StoreError(f"cannot write stage {self.stage!r} of {str(self.path)!r}: "
+                             f"{e.strerror or e}; the stage keeps its last flush "
+                             f"({self._snapshot or 'none yet'}): free space, or make the folder "
+                             f"writable, and go on with --resume (mode='resume')") from None
         meta = {"kind": "stage", "format_version": FORMAT_VERSION, "engine_version": __version__,
                 "status": status, "snapshot": name, "cursor": dict(cursor),
                 "fingerprint": self.fingerprint, "k": acc.k,
