@@ -166,11 +166,22 @@ def make_hf_model_dir(path, arch="gpt2", tokenizer="word"):
         cfg = transformers.GPT2Config(vocab_size=size, n_positions=64, n_embd=16, n_layer=2,
                                       n_head=2)
         model = transformers.GPT2LMHeadModel(cfg)
-    else:
+    elif arch == "bert":  # an encoder without a head (a sentence encoder)
+        cfg = transformers.BertConfig(vocab_size=size, hidden_size=16, intermediate_size=24,
+                                      num_hidden_layers=2, num_attention_heads=2,
+                                      max_position_embeddings=64)
+        model = transformers.BertModel(cfg)
+    elif arch == "t5":
+        cfg = transformers.T5Config(vocab_size=size, d_model=16, d_ff=24, d_kv=8, num_layers=2,
+                                    num_heads=2, decoder_start_token_id=0, pad_token_id=1)
+        model = transformers.T5ForConditionalGeneration(cfg)
+    else:  # "llama", or "llama_cls": a fine-tuned classifier's checkpoint
         cfg = transformers.LlamaConfig(vocab_size=size, hidden_size=16, intermediate_size=24,
                                        num_hidden_layers=2, num_attention_heads=2,
-                                       num_key_value_heads=1, max_position_embeddings=64)
-        model = transformers.LlamaForCausalLM(cfg)
+                                       num_key_value_heads=1, max_position_embeddings=64,
+                                       pad_token_id=1)
+        model = (transformers.LlamaForSequenceClassification if arch == "llama_cls" else
+                 transformers.LlamaForCausalLM)(cfg)
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path

@@ -300,3 +300,40 @@ def test_collector_runs_the_model_in_eval_mode_and_restores_every_module():
     col = Collector(model, ["1"], streams)
     with pytest.raises(InputError, match="context manager"):
         col.step(Batch(input_ids=ids, inputs=x))
+
+
+def test_outputs_flattened_to_rows_of_positions_are_counted_as_positions():
+    """OPT's MLP and a mixture of experts' router take [B·T, N]: refused with a message that
+    named no fix; one row per position is the batch's grid, whatever else is refused."""
+    from txray_engine import Batch, Collector
+    from txray_engine.errors import InputError
+
+    class Flat(torch.nn.Module):
+        def __init__(self, flat):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.fc, self.flat = torch.nn.Embedding(9, 4), torch.nn.Linear(4, 6), flat
+
+        def forward(self, ids):
+            x = self.emb(ids)
+            return self.fc(x.reshape(-1, 4) if self.flat else x)
+
+    ids = torch.randint(0, 9, (3, 5))
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    counts = []
+    for flat in (True, False):
+        with Collector(Flat(flat), ["fc"], {"token": [f"w{i}" for i in range(9)]}, k=2) as col:
+            col.step(Batch(ids, mask=mask))
+        layer = col.accumulator.layers["fc"]
+        counts.append((layer.neuron_count.tolist(), layer.neuron_mass.tolist(), layer.tokens))
+    assert counts[0] == counts[1] and counts[0][2] == 13
+
+    class Routed(Flat):
+        def forward(self, ids):
+            return self.fc(self.emb(ids).reshape(-1, 4)[:7])  # the rows routed to one expert
+
+    with pytest.raises(InputError, match=r"shape \(7, 6\), not one row for each of the batch's "
+                                         r"3 × 5 positions"):
+        with Collector(Routed(True), ["fc"], {"token": [f"w{i}" for i in range(9)]}) as col:
+            col.step(Batch(ids))

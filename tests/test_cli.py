@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from naive import make_hf_model_dir
@@ -224,3 +225,79 @@ def test_windows_fit_the_models_context(tmp_path):
     dense = st.layer("transformer.h.0.mlp.act").n_neurons * len(st.vocab("token")) * 20
     assert summary["states"] == {"transformer.h.0.mlp.act": {"token": "dense"}}
     assert summary["state_bytes"] == dense  # (count int64, mass float64, peak float32)
+
+
+@pytest.mark.parametrize("arch,cls", [("bert", "BertModel"),
+                                      ("llama_cls", "LlamaForSequenceClassification"),
+                                      ("t5", "T5ForConditionalGeneration")])
+def test_a_checkpoint_loads_as_its_own_class(tmp_path, arch, cls):
+    """A headless encoder or a classifier loaded as a causal LM got a random head (its
+    'predicted' stream random, its weights hash new at every load: no resume, no merge), and a
+    BART checkpoint lost its encoder; T5 could not be called without decoder inputs."""
+    pytest.importorskip("transformers")
+    from txray_engine.collect import load_model
+
+    model_dir = make_hf_model_dir(tmp_path / arch, arch=arch)
+    a, b = (load_model(str(model_dir), quiet=True) for _ in range(2))
+    assert type(a.model).__name__ == cls and a.identity == b.identity
+    if arch != "t5":
+        return
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat .\nthe big dog ran .\n")
+    store = tmp_path / "s.zarr"
+    layers = ["encoder.block.0.layer.1.DenseReluDense.act",
+              "decoder.block.1.layer.2.DenseReluDense.act"]
+    _run("collect", "--model", model_dir, "--corpus", corpus, *sum((["--layers", x] for x in
+                                                                     layers), []),
+         "--streams", "token,predicted", "--store", store, "--stage", "s", "-q")
+    st = open_store(store).stage("s")
+    assert st.layers == layers and st.tokens == 12
+
+
+def test_a_whole_hf_model_saved_with_torch_is_called_with_its_mask(tmp_path, word_model):
+    """torch.save of a BERT was called as model(ids): the encoder attended to the padding, and
+    its sums depended on which documents shared a batch."""
+    pytest.importorskip("transformers")
+    import transformers
+
+    model_dir = make_hf_model_dir(tmp_path / "bert", arch="bert")
+    ckpt = tmp_path / "bert.pt"
+    torch.save(transformers.AutoModel.from_pretrained(model_dir), ckpt)
+    sums = []
+    for batch in ("8", "1"):  # padded batches, and one document at a time
+        store = tmp_path / f"b{batch}.zarr"
+        _run("collect", "--model", ckpt, "--tokenizer", model_dir, "--corpus", word_model["text"],
+             "--layers", "encoder.layer.1.intermediate.intermediate_act_fn", "--batch-size",
+             batch, "--store", store, "--stage", "s", "-q")
+        layer = open_store(store).stage("s").layer("encoder.layer.1.intermediate."
+                                                   "intermediate_act_fn")
+        sums.append((layer.neuron_count, layer.neuron_mass))
+    assert np.array_equal(sums[0][0], sums[1][0])
+    np.testing.assert_allclose(sums[0][1], sums[1][1], rtol=1e-5)
+
+
+def test_a_model_head_wider_than_the_tokenizer_predicts_extra_ids(tmp_path, word_model):
+    """An output layer padded past the tokenizer (Qwen2, Llama 3): an argmax past it stopped the
+    run, 'feature id ... is outside its vocabulary', which no option could extend."""
+    pytest.importorskip("transformers")
+    import transformers
+
+    model_dir = make_hf_model_dir(tmp_path / "llama", arch="llama")
+    cfg = transformers.AutoConfig.from_pretrained(model_dir)
+    words = cfg.vocab_size
+    cfg.vocab_size = words + 7
+    torch.manual_seed(1)
+    model = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight[words:] += 3.0  # (the extra ids win often)
+    model.save_pretrained(model_dir)
+    store = tmp_path / "s.zarr"
+    _run("collect", "--model", model_dir, "--corpus", word_model["text"], "--layers",
+         "model.layers.0.mlp.act_fn", "--streams", "token,predicted", "--store", store,
+         "--stage", "s", "-q")
+    st = open_store(store).stage("s")
+    vocab = st.vocab("predicted")
+    assert len(vocab) == words + 7 and len(st.vocab("token")) == words
+    assert list(vocab)[:words] == list(st.vocab("token")) and vocab[words] == f"<extra id {words}>"
+    freq = st.layer("model.layers.0.mlp.act_fn").stream("predicted").feature_freq
+    assert freq[words:].sum() > 0 and freq.sum() == st.tokens

@@ -21,6 +21,15 @@ from ..store.names import check_name
 from ..store.writer import StageWriter
 
 
+def _needs_decoder_ids(model: nn.Module, kwargs: dict) -> bool:
+    """Whether an encoder-decoder (T5) is called with its encoder's ids only: it then reads the
+    same ids, shifted right, in its decoder (teacher-forced, as BART makes its own decoder
+    inputs): each decoder position t has read the tokens before t."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)) and \
+        hasattr(model, "_shift_right") and "input_ids" in kwargs and \
+        not {"decoder_input_ids", "decoder_inputs_embeds", "labels"} & set(kwargs)
+
+
 def default_forward(model: nn.Module, batch: Batch, time_first: bool = False):
     """Call ``model(**inputs)`` for a dict (any mapping) of inputs, else ``model(inputs)``; inputs the model's
     ``forward`` cannot take are refused with what to give instead. ``time_first``: the model
@@ -35,6 +44,8 @@ def default_forward(model: nn.Module, batch: Batch, time_first: bool = False):
             else turn(inputs)
     # (a tokenizer's BatchEncoding is a Mapping, not a dict)
     args, kwargs = ((), dict(inputs)) if isinstance(inputs, Mapping) else ((inputs,), {})
+    if _needs_decoder_ids(model, kwargs):  # T5: the input, shifted right, as BART does itself
+        kwargs["decoder_input_ids"] = model._shift_right(kwargs["input_ids"])
     try:
         return model(*args, **kwargs)
     except TypeError:  # the signature is checked only then: nothing per batch on the way
@@ -251,6 +262,7 @@ class Collector:
             self.capture.clear()
         acts = _pad_packed(acts, batch, self.capture.packed)
         shape = tuple(batch.input_ids.shape)
+        acts = _unflattened(acts, shape, self.capture.layouts)
         self._check_layouts(acts, shape)
         logits = (output_logits(output, shape, self.time_first)
                   if any(s.source == "predicted" for s in self.streams) else None)
@@ -377,6 +389,26 @@ class Collector:
             self.capture.remove()
             if self.writer is not None:
                 self.writer.close()
+
+
+def _unflattened(acts: dict, shape: tuple, layouts: dict) -> dict:
+    """Outputs of one row per position flattened to ``[B·T, N]`` (OPT's MLP, a mixture of
+    experts' router) as ``[B, T, N]`` (``[T·B, N]`` of a time-first layer as its ``[T, B, N]``
+    turned); other 2-D outputs are refused: they are not one row per position."""
+    if len(shape) != 2:
+        return acts
+    out = dict(acts)
+    for name, a in acts.items():
+        if a.dim() != 2:
+            continue
+        if a.shape[0] != shape[0] * shape[1]:
+            raise InputError(f"layer {name!r}: its output has shape {tuple(a.shape)}, not one "
+                             f"row for each of the batch's {shape[0]} × {shape[1]} positions "
+                             f"(a per-sequence output, or an expert that sees only the tokens "
+                             f"routed to it); capture a module with a row per position")
+        out[name] = a.reshape(shape[1], shape[0], -1).transpose(0, 1) \
+            if layouts.get(name) == "time_first" else a.reshape(*shape, -1)
+    return out
 
 
 def _pad_packed(acts: dict, batch: Batch, packed: set) -> dict:

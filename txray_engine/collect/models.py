@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,16 +95,26 @@ def _hf_load(path: Path, gguf_file: str | None, device, quiet: bool = False):
             raise InputError(f"no GGUF file {gguf_file!r} in {str(path)!r}; it has: "
                              f"{', '.join(found) or 'none'}")
         kw["gguf_file"] = gguf_file
-    model = None
-    for cls in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+    model, missing = None, None
+    for cls in _model_classes(transformers, path, kw):
         try:
             with _silenced(quiet):
-                model = cls.from_pretrained(str(path), dtype=torch.float32, **kw)
-            break
-        except (ValueError, KeyError):
+                loaded, info = cls.from_pretrained(str(path), dtype=torch.float32,
+                                                   output_loading_info=True, **kw)
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
         except OSError as e:  # missing or unreadable weight files
             raise InputError(f"cannot load the model in {str(path)!r}: {e}") from None
+        lacking = sorted(info.get("missing_keys") or [])
+        if not lacking:
+            model, missing = loaded, None
+            break
+        if missing is None:  # (a class whose weights the checkpoint lacks: another may fit)
+            missing = (cls.__name__, lacking)
+    if model is None and missing is not None:
+        raise InputError(f"{str(path)!r} does not hold every weight of any model class tried (as "
+                         f"{missing[0]} it lacks {len(missing[1])}, e.g. {missing[1][0]}): "
+                         f"they would be random, and the statistics with them")
     if model is None:
         raise InputError(f"{str(path)!r} holds no model transformers can load")
     try:
@@ -111,6 +122,20 @@ def _hf_load(path: Path, gguf_file: str | None, device, quiet: bool = False):
     except (OSError, ValueError):
         tok = None
     return model.to(device).eval(), tok
+
+
+def _model_classes(transformers, path: Path, kw: dict) -> list:
+    """The classes to load a checkpoint as: its own (``config.architectures``: a fine-tuned
+    classifier, an encoder-decoder), then a causal LM, then the bare model; the first that finds
+    every weight in the checkpoint is taken (a class with a head the checkpoint lacks, or
+    without the encoder it has, would run partly random)."""
+    try:
+        with _silenced(True):
+            names = transformers.AutoConfig.from_pretrained(str(path), **kw).architectures or []
+    except (OSError, ValueError, KeyError, TypeError):
+        names = []
+    own = [getattr(transformers, n) for n in names if hasattr(transformers, n)]
+    return own + [transformers.AutoModelForCausalLM, transformers.AutoModel]
 
 
 def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = None,
@@ -151,7 +176,11 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
                              f"whole model with torch.save(model, path), or use a Hugging Face "
                              f"directory")
         model = model.to(device).eval()
-        hf = False
+        # a whole Hugging Face model saved with torch.save is called as one (input_ids= and
+        # attention_mask=: an encoder called with the ids alone attends to the padding);
+        # unpickling it imported transformers, which is not imported otherwise
+        hf_module = sys.modules.get("transformers")
+        hf = hf_module is not None and isinstance(model, hf_module.PreTrainedModel)
     if tokenizer:
         import transformers
         try:

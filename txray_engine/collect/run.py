@@ -36,7 +36,7 @@ def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stre
         if n == "token":
             streams.append(Stream("token", loaded.tokenizer.vocab, "input"))
         elif n == "predicted":
-            streams.append(Stream("predicted", loaded.tokenizer.vocab, "predicted"))
+            streams.append(Stream("predicted", predicted_vocab(loaded), "predicted"))
         elif n == "pos":
             needs["tagger"] = pattern_tagger()
             streams.append(Stream("pos", POS_VOCAB, "feature"))
@@ -47,6 +47,20 @@ def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stre
             needs["labels"] = Vocabulary(labels)
             streams.append(Stream("label", needs["labels"], "label"))
     return streams, needs
+
+
+def predicted_vocab(loaded: LoadedModel) -> Vocabulary:
+    """The tokenizer's vocabulary, and where the model's output layer is wider (a vocabulary
+    padded to a multiple of 64 or 128, as Qwen2's and Llama 3's, or resized embeddings) a name
+    for each id past it, ``<extra id N>``: an argmax there is a prediction too, of no string."""
+    vocab = loaded.tokenizer.vocab
+    head = loaded.model.get_output_embeddings() if loaded.hf and hasattr(
+        loaded.model, "get_output_embeddings") else None
+    width = getattr(head, "out_features", None) or (
+        head.weight.shape[0] if isinstance(getattr(head, "weight", None), torch.Tensor) else 0)
+    if width <= len(vocab):
+        return vocab
+    return Vocabulary([*vocab, *(f"<extra id {i}>" for i in range(len(vocab), width))], vocab.text)
 
 
 DEFAULT_CONTEXT_OVERLAP = 8
