@@ -301,3 +301,32 @@ def test_a_model_head_wider_than_the_tokenizer_predicts_extra_ids(tmp_path, word
     assert list(vocab)[:words] == list(st.vocab("token")) and vocab[words] == f"<extra id {words}>"
     freq = st.layer("model.layers.0.mlp.act_fn").stream("predicted").feature_freq
     assert freq[words:].sum() > 0 and freq.sum() == st.tokens
+
+
+def test_special_tokens_are_added_on_request(tmp_path, word_model):
+    """Documents went in without BOS (or [CLS]), which Llama-style models and BERT expect, and
+    nothing could add it."""
+    pytest.importorskip("transformers")
+    import transformers
+    from tokenizers import processors
+
+    model_dir = make_hf_model_dir(tmp_path / "llama", arch="llama")
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<pad> $A", special_tokens=[("<pad>", 1)])  # (<pad> as this test's BOS)
+    tok.save_pretrained(model_dir)
+    docs = len([t for t in word_model["text"].read_text().splitlines() if t.strip()])
+    base = ["collect", "--model", model_dir, "--corpus", word_model["text"], "--layers",
+            "model.layers.0.mlp.act_fn", "--streams", "token", "-q", "--max-length", "8"]
+    for flag, store in (([], "plain.zarr"), (["--special-tokens"], "bos.zarr")):
+        _run(*base, *flag, "--store", tmp_path / store, "--stage", "s")
+    plain, bos = (open_store(tmp_path / s).stage("s") for s in ("plain.zarr", "bos.zarr"))
+    freq = bos.layer("model.layers.0.mlp.act_fn").stream("token").feature_freq
+    assert bos.tokens == plain.tokens + docs and freq[1] == docs
+    assert bos.meta["model"]["tokenizer"]["special_tokens"] is True
+    assert "special_tokens" not in plain.meta["model"]["tokenizer"]  # (older stages resume)
+    res = CliRunner().invoke(main, [str(a) for a in [
+        "collect", "--model", word_model["ckpt"], "--vocab", word_model["vocab"], "--layers",
+        "lstm", "--corpus", word_model["text"], "--special-tokens", "--store", tmp_path / "w.zarr",
+        "--stage", "s", "-q"]])
+    assert res.exit_code == 2 and "word vocabulary" in res.output

@@ -20,6 +20,9 @@ from .base import gguf_option, human_size, main, parse_k
 @click.option("--vocab", type=click.Path(dir_okay=False),
               help="Word vocabulary file, one token per line, with '<unk>' (word-level models).")
 @click.option("--lower", is_flag=True, help="Lower-case words before the --vocab lookup.")
+@click.option("--special-tokens", is_flag=True,
+              help="Add the tokenizer's special tokens to each document (BOS for Llama-style "
+                   "models, [CLS] ... [SEP] for BERT): counted as tokens, with no POS tag.")
 @click.option("--corpus", "corpus_paths", required=True, multiple=True,
               type=click.Path(dir_okay=False), help="Text or JSONL file; repeat for several.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "text", "jsonl"]), default="auto",
@@ -84,7 +87,7 @@ from .base import gguf_option, human_size, main, parse_k
                               "cuda from LOCAL_RANK. `txray merge` adds the shards up.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, unit, text_field,
+def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corpus_paths, fmt, unit, text_field,
             label_field, streams, layers, k, store, stage, resume, overwrite, batch_size,
             max_length, context_overlap, layouts, time_first, max_documents, kind,
             dense_budget_mb, skip_nonfinite, flush_every, examples, device, shard, quiet,
@@ -118,7 +121,8 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, corpus_paths, fmt, u
     # a locked store or a stage that exists fails now, not after the model has loaded
     StageWriter(store, stage, mode,
                 reopen=lambda meta: more_documents(meta, max_documents)).precheck()
-    loaded = load_model(model_spec, gguf_file, tokenizer, vocab, lower, device, quiet=quiet)
+    loaded = load_model(model_spec, gguf_file, tokenizer, vocab, lower, device, quiet=quiet,
+                        special_tokens=special_tokens)
     summary = collect_corpus(
         loaded, corpus, layers, names, k, store=store, stage=stage,
         mode=mode, batch_size=batch_size,

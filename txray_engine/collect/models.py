@@ -140,8 +140,11 @@ def _model_classes(transformers, path: Path, kw: dict) -> list:
 
 def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = None,
                vocab: str | None = None, lower: bool = False, device="cpu",
-               require_tokenizer: bool = True, quiet: bool = False) -> LoadedModel:
-    """Load ``spec`` (see the module docstring) and its tokenizer; ``quiet``: no progress bars."""
+               require_tokenizer: bool = True, quiet: bool = False,
+               special_tokens: bool = False) -> LoadedModel:
+    """Load ``spec`` (see the module docstring) and its tokenizer; ``quiet``: no progress bars;
+    ``special_tokens``: a Hugging Face tokenizer adds its special tokens to each document (BOS,
+    or BERT's [CLS] and [SEP]; the first window of a document starts with them)."""
     device = check_device(device)
     if spec == "smollm2":
         path, gguf_file = smollm2_dir(), gguf_file or SMOLLM2_GGUF
@@ -162,7 +165,7 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
     tok = None
     if path.is_dir():
         model, hf_tok = _hf_load(path, gguf_file, device, quiet)
-        tok = HFTokenizer(hf_tok) if hf_tok is not None else None
+        tok = HFTokenizer(hf_tok, special_tokens) if hf_tok is not None else None
         hf = True
     else:
         try:
@@ -189,9 +192,12 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
             why = " ".join(str(e).split()) or type(e).__name__
             raise InputError(f"cannot load a tokenizer from {tokenizer!r}: give a Hugging Face "
                              f"tokenizer directory with tokenizer.json ({why})") from None
-        tok = HFTokenizer(hf_tok)
+        tok = HFTokenizer(hf_tok, special_tokens)
     elif vocab:
         tok = WordTokenizer.from_file(vocab, lower=lower)
+    if special_tokens and not isinstance(tok, HFTokenizer):
+        raise InputError("--special-tokens adds a Hugging Face tokenizer's special tokens; this "
+                         "model has a word vocabulary (or none): leave it out")
     if tok is None and require_tokenizer:
         raise InputError(f"no tokenizer for {spec!r}: pass --tokenizer DIR (Hugging Face) or "
                          f"--vocab FILE (one word per line)")

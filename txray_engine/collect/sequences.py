@@ -25,8 +25,9 @@ from .corpus import Document
 class HFTokenizer:
     """A Hugging Face tokenizer (fast tokenizers give offsets for POS alignment)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, special_tokens: bool = False):
         self.tok = tokenizer
+        self.special_tokens = bool(special_tokens)  # BOS, [CLS] ... [SEP] around each document
         self.vocab = Vocabulary.from_tokenizer(tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
@@ -35,12 +36,14 @@ class HFTokenizer:
         if offsets and not getattr(self.tok, "is_fast", False):
             raise InputError("the pos stream needs a fast tokenizer (character offsets); this one "
                              "is slow: use a tokenizer.json model or drop the pos stream")
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=offsets)
+        enc = self.tok(text, add_special_tokens=self.special_tokens,
+                       return_offsets_mapping=offsets)
         return enc["input_ids"], (enc["offset_mapping"] if offsets else None)
 
     def identity(self) -> dict:
         return {"kind": "hf", "name": getattr(self.tok, "name_or_path", ""), "size": len(self.vocab),
-                "vocabulary": fingerprint(list(self.vocab))}
+                "vocabulary": fingerprint(list(self.vocab)),
+                **({"special_tokens": True} if self.special_tokens else {})}
 
 
 class WordTokenizer:
