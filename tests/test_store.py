@@ -552,3 +552,25 @@ def test_a_store_that_cannot_be_written_fails_when_opened(tmp_path, monkeypatch)
     monkeypatch.setattr(writer.tempfile, "mkstemp", read_only)
     with pytest.raises(StoreError, match="cannot write in store .*Read-only file system"):
         StageWriter(path, "t", "new", {"model": "m"}).open()
+
+
+def test_info_names_a_snapshot_left_beside_the_committed_one(tmp_path):
+    """A writer stopped between its commit and its clean-up left the old snapshot: counted in
+    the store's size with no word."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from txray_engine.cli import main
+
+    path = tmp_path / "s.zarr"
+    _write(path, _acc())
+    stage = open_store(path).stage("s")
+    assert stage.store.info()["stages"]["s"]["other_snapshot_bytes"] == 0
+    shutil.copytree(path / "s" / stage.meta["snapshot"], path / "s" / "snap-000000")
+    info = open_store(path).info()["stages"]["s"]
+    assert info["other_snapshot_bytes"] > 0
+    out = CliRunner().invoke(main, ["info", str(path)]).output
+    assert "in a snapshot besides the committed one" in out
+    _write(path, _acc(seed=1), mode="overwrite")  # the next writer removes it
+    assert open_store(path).info()["stages"]["s"]["other_snapshot_bytes"] == 0

@@ -39,6 +39,10 @@ def info(store, as_json):
                  st.get("corpus_done") is False else "")
         click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, {docs}, "
                    f"k={st['k']}{limit}")
+        if st.get("other_snapshot_bytes"):
+            click.echo(f"    {human_size(st['other_snapshot_bytes'])} in a snapshot besides the "
+                       f"committed one: a flush being written, or one a stopped writer left "
+                       f"(the stage's next writer, --resume or --overwrite, removes it)")
         streams = ", ".join(f"{s} ({v['size']})" for s, v in st["streams"].items())
         click.echo(f"    streams: {streams}")
         for layer, n in st["layers"].items():

@@ -53,9 +53,11 @@ def default_forward(model: nn.Module, batch: Batch, time_first: bool = False):
             inspect.signature(model.forward).bind(*args, **kwargs)
         except TypeError as e:
             raise InputError(f"{type(model).__name__}.forward cannot take the batch's inputs "
-                             f"({e}): give Batch(inputs={{argument: tensor, ...}}) with its "
-                             f"arguments, or Collector(..., forward=lambda model, batch: "
-                             f"model(...))") from None
+                             f"({e}): from Python, give Batch(inputs={{argument: tensor, ...}}) "
+                             f"with its arguments, or Collector(..., forward=lambda model, "
+                             f"batch: model(...)); the command line calls model(ids), or a "
+                             f"Hugging Face model with input_ids= and attention_mask=, so a "
+                             f"model that needs more is collected from Python") from None
         except ValueError:  # no signature to check (a builtin)
             pass
         raise  # a TypeError from inside the model

@@ -19,7 +19,7 @@ from ..errors import (InputError, StageChangedError, StageNotReadyError, StoreEr
 from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
 from .format import ATTR, check_version, damaged, group_attrs, open_root, read_arrays, read_stats
-from .names import VOCAB_GROUP
+from .names import SNAPSHOT_PREFIX, VOCAB_GROUP
 
 if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they load where a
     import torch  # stage becomes an Accumulator again (`txray info` starts in a fraction)
@@ -96,9 +96,11 @@ class Store(_Listing):
     __getitem__ = stage
     _names = property(lambda self: self.stages)
 
-    def size_on_disk(self) -> int:
+    def size_on_disk(self, path=None) -> int:
+        """Bytes of the store's files (or of those under ``path``)."""
         total = 0
-        for root, _, files in os.walk(self.path):  # a writer may delete files meanwhile
+        for root, _, files in os.walk(self.path if path is None else path):  # a writer may
+            # delete files meanwhile
             for f in files:
                 try:
                     total += os.stat(os.path.join(root, f)).st_size
@@ -127,7 +129,12 @@ class Store(_Listing):
                 "skipped_nonfinite": st.skipped_nonfinite(),
                 "layers": st.meta.get("layers", {}), "streams": st.meta.get("streams", {}),
                 "layouts": st.layouts,
-                "model": st.meta.get("model"), "corpus": st.meta.get("corpus")}
+                "model": st.meta.get("model"), "corpus": st.meta.get("corpus"),
+                # a flush being written, or one a writer stopped between its commit and its
+                # clean-up left (the stage's next writer removes it)
+                "other_snapshot_bytes": sum(
+                    self.size_on_disk(p) for p in (self.path / name).glob(f"{SNAPSHOT_PREFIX}*")
+                    if p.is_dir() and p.name != st.meta.get("snapshot"))}
 
 
 class Stage(_Listing):
