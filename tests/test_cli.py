@@ -330,3 +330,26 @@ def test_special_tokens_are_added_on_request(tmp_path, word_model):
         "lstm", "--corpus", word_model["text"], "--special-tokens", "--store", tmp_path / "w.zarr",
         "--stage", "s", "-q"]])
     assert res.exit_code == 2 and "word vocabulary" in res.output
+
+
+def test_a_model_loads_in_the_type_asked(tmp_path, word_model):
+    """Every model was loaded in float32: a bfloat16 checkpoint took twice its GPU memory."""
+    pytest.importorskip("transformers")
+    model_dir = make_hf_model_dir(tmp_path / "llama", arch="llama")
+    layer = "model.layers.0.mlp.act_fn"
+    stages = {}
+    for dtype in ("float32", "bfloat16"):
+        store = tmp_path / f"{dtype}.zarr"
+        _run("collect", "--model", model_dir, "--corpus", word_model["text"], "--layers", layer,
+             "--dtype", dtype, "--store", store, "--stage", "s", "-q")
+        stages[dtype] = open_store(store).stage("s")
+    a, b = stages["float32"], stages["bfloat16"]
+    assert a.tokens == b.tokens and a.meta["model"]["weights"] != b.meta["model"]["weights"]
+    # the same model, rounded: most positions select the same neuron
+    same = np.minimum(a.layer(layer).neuron_count, b.layer(layer).neuron_count).sum()
+    assert same > 0.8 * a.tokens
+    ckpt = tmp_path / "lm.pt"
+    from txray_engine.collect import load_model
+    torch.save(load_model(str(model_dir), quiet=True).model, ckpt)
+    assert load_model(str(ckpt), dtype="float16", require_tokenizer=False).model.dtype == \
+        torch.float16

@@ -81,17 +81,20 @@ from .base import gguf_option, human_size, main, parse_k
 @click.option("--examples", default=0, show_default=True, type=click.IntRange(min=0),
               help="Keep each neuron's M strongest activations with their contexts.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Type of the model's weights (bfloat16: half the GPU memory; "
+                                      "the sums are float64 whatever the activations' type).")
 @click.option("--shard", help="I/N: collect only the documents whose index is I modulo N, into "
                               "this process's own --store (a '{shard}' in it becomes I); 'env' "
                               "takes I and N from RANK and WORLD_SIZE (torchrun), and --device "
                               "cuda from LOCAL_RANK. `txray merge` adds the shards up.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corpus_paths, fmt, unit, text_field,
-            label_field, streams, layers, k, store, stage, resume, overwrite, batch_size,
-            max_length, context_overlap, layouts, time_first, max_documents, kind,
-            dense_budget_mb, skip_nonfinite, flush_every, examples, device, shard, quiet,
-            as_json):
+def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corpus_paths, fmt,
+            unit, text_field, label_field, streams, layers, k, store, stage, resume, overwrite,
+            batch_size, max_length, context_overlap, layouts, time_first, max_documents, kind,
+            dense_budget_mb, skip_nonfinite, flush_every, examples, device, dtype, shard,
+            quiet, as_json):
     """Run a model over a corpus and store the stage's statistics."""
     from ..collect import Corpus, collect_corpus, load_model
     from ..collect.run import DEFAULT_MAX_LENGTH, check_shard, more_documents
@@ -122,7 +125,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corp
     StageWriter(store, stage, mode,
                 reopen=lambda meta: more_documents(meta, max_documents)).precheck()
     loaded = load_model(model_spec, gguf_file, tokenizer, vocab, lower, device, quiet=quiet,
-                        special_tokens=special_tokens)
+                        special_tokens=special_tokens, dtype=dtype)
     summary = collect_corpus(
         loaded, corpus, layers, names, k, store=store, stage=stage,
         mode=mode, batch_size=batch_size,

@@ -81,7 +81,12 @@ def _silenced(quiet: bool):
             hf_logging.enable_progress_bar()
 
 
-def _hf_load(path: Path, gguf_file: str | None, device, quiet: bool = False):
+#: What ``load_model(dtype=...)`` and ``txray collect --dtype`` take.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _hf_load(path: Path, gguf_file: str | None, device, quiet: bool = False,
+             dtype: torch.dtype = torch.float32):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import transformers
@@ -99,7 +104,7 @@ def _hf_load(path: Path, gguf_file: str | None, device, quiet: bool = False):
     for cls in _model_classes(transformers, path, kw):
         try:
             with _silenced(quiet):
-                loaded, info = cls.from_pretrained(str(path), dtype=torch.float32,
+                loaded, info = cls.from_pretrained(str(path), dtype=dtype,
                                                    output_loading_info=True, **kw)
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
@@ -141,11 +146,15 @@ def _model_classes(transformers, path: Path, kw: dict) -> list:
 def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = None,
                vocab: str | None = None, lower: bool = False, device="cpu",
                require_tokenizer: bool = True, quiet: bool = False,
-               special_tokens: bool = False) -> LoadedModel:
+               special_tokens: bool = False, dtype: str = "float32") -> LoadedModel:
     """Load ``spec`` (see the module docstring) and its tokenizer; ``quiet``: no progress bars;
     ``special_tokens``: a Hugging Face tokenizer adds its special tokens to each document (BOS,
-    or BERT's [CLS] and [SEP]; the first window of a document starts with them)."""
+    or BERT's [CLS] and [SEP]; the first window of a document starts with them); ``dtype``:
+    the weights' (``float32``, ``bfloat16`` or ``float16``: half the memory on a GPU; the sums
+    are float64 whatever the activations' type)."""
     device = check_device(device)
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if spec == "smollm2":
         path, gguf_file = smollm2_dir(), gguf_file or SMOLLM2_GGUF
     else:
@@ -164,7 +173,7 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
                          f"{spec!r} is a torch checkpoint file: leave --gguf-file out")
     tok = None
     if path.is_dir():
-        model, hf_tok = _hf_load(path, gguf_file, device, quiet)
+        model, hf_tok = _hf_load(path, gguf_file, device, quiet, DTYPES[dtype])
         tok = HFTokenizer(hf_tok, special_tokens) if hf_tok is not None else None
         hf = True
     else:
@@ -179,6 +188,8 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
                              f"whole model with torch.save(model, path), or use a Hugging Face "
                              f"directory")
         model = model.to(device).eval()
+        if dtype != "float32":  # (a checkpoint's own type is kept under the default)
+            model = model.to(DTYPES[dtype])
         # a whole Hugging Face model saved with torch.save is called as one (input_ids= and
         # attention_mask=: an encoder called with the ids alone attends to the padding);
         # unpickling it imported transformers, which is not imported otherwise
