@@ -401,13 +401,13 @@ def _unflattened(acts: dict, shape: tuple, layouts: dict) -> dict:
         return acts
     out = dict(acts)
     for name, a in acts.items():
-        if a.dim() != 2:
-            continue
+        if a.dim() != 2 or a.shape[0] == shape[0] != shape[0] * shape[1]:
+            continue  # (one row per sequence: the accumulator says so, with what to pick)
         if a.shape[0] != shape[0] * shape[1]:
             raise InputError(f"layer {name!r}: its output has shape {tuple(a.shape)}, not one "
                              f"row for each of the batch's {shape[0]} × {shape[1]} positions "
-                             f"(a per-sequence output, or an expert that sees only the tokens "
-                             f"routed to it); capture a module with a row per position")
+                             f"(e.g. an expert that sees only the tokens routed to it); choose a "
+                             f"module with a row per position (list them with `txray layers`)")
         out[name] = a.reshape(shape[1], shape[0], -1).transpose(0, 1) \
             if layouts.get(name) == "time_first" else a.reshape(*shape, -1)
     return out
