@@ -254,6 +254,23 @@ def test_a_checkpoint_loads_as_its_own_class(tmp_path, arch, cls):
     assert st.layers == layers and st.tokens == 12
 
 
+def test_a_checkpoint_without_an_unused_weight_loads_with_a_warning(tmp_path):
+    """A BERT saved without its pooler was refused as lacking weights; it loads as the class
+    that lacks fewest, with a warning naming them."""
+    pytest.importorskip("transformers")
+    import transformers
+
+    from txray_engine.collect import load_model
+
+    model_dir = make_hf_model_dir(tmp_path / "bert", arch="bert")
+    cfg = transformers.AutoConfig.from_pretrained(model_dir)
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(model_dir)
+    with pytest.warns(UserWarning, match="holds no weights for pooler.dense.bias, "
+                                         "pooler.dense.weight of BertModel"):
+        loaded = load_model(str(model_dir), quiet=True)
+    assert type(loaded.model).__name__ == "BertModel"
+
+
 def test_a_whole_hf_model_saved_with_torch_is_called_with_its_mask(tmp_path, word_model):
     """torch.save of a BERT was called as model(ids): the encoder attended to the padding, and
     its sums depended on which documents shared a batch."""
@@ -353,3 +370,34 @@ def test_a_model_loads_in_the_type_asked(tmp_path, word_model):
     torch.save(load_model(str(model_dir), quiet=True).model, ckpt)
     assert load_model(str(ckpt), dtype="float16", require_tokenizer=False).model.dtype == \
         torch.float16
+
+
+def test_a_stage_begun_before_the_extra_ids_resumes(tmp_path, word_model, monkeypatch):
+    """The predicted vocabulary of a head wider than its tokenizer grew by the extra ids: a
+    stage begun with the tokenizer's vocabulary was refused as 'other settings'."""
+    pytest.importorskip("transformers")
+    import transformers
+
+    import txray_engine.collect.run as run
+
+    model_dir = make_hf_model_dir(tmp_path / "llama", arch="llama")
+    cfg = transformers.AutoConfig.from_pretrained(model_dir)
+    cfg.vocab_size += 7
+    transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    args = ["collect", "--model", model_dir, "--corpus", word_model["text"], "--layers",
+            "model.layers.0.mlp.act_fn", "--streams", "token,predicted", "--store",
+            tmp_path / "s.zarr", "--stage", "s", "-q"]
+    import txray_engine.features.streams as streams
+
+    real, ids = run.predicted_vocab, streams.predicted_ids
+    words = cfg.vocab_size - 7
+    # (a trained model: no extra id wins, as none did where such a stage ran before)
+    monkeypatch.setattr(streams, "predicted_ids", lambda logits: ids(logits[..., :words]))
+    with monkeypatch.context() as m:  # as the stage was begun before
+        m.setattr(run, "predicted_vocab", lambda loaded: loaded.tokenizer.vocab)
+        _run(*args, "--max-documents", "5")
+    assert run.predicted_vocab is real
+    stage = open_store(tmp_path / "s.zarr").stage("s")
+    assert len(stage.vocab("predicted")) == words and stage.meta["corpus_done"] is False
+    _run(*args, "--resume")
+    assert open_store(tmp_path / "s.zarr").stage("s").status == "complete"

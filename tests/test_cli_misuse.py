@@ -109,7 +109,7 @@ def test_ctrl_c_says_how_to_go_on(word_model, tmp_path, monkeypatch):
                   "--layers", "lstm", "--corpus", word_model["text"], "--store",
                   tmp_path / "s.zarr", "--stage", "s", "-q", code=130)
     assert out.strip() == ("interrupted: the stage keeps its last flush; run the same command "
-                           "with --resume to go on")
+                           "with --resume (in place of any --overwrite) to go on")
 
 
 def test_conflicting_model_options(word_model, tmp_path):
@@ -200,7 +200,8 @@ def test_sigterm_flushes_the_last_whole_batch(word_model, tmp_path, monkeypatch)
             "lstm", "--corpus", word_model["text"], "--batch-size", "4", "-q", "--stage", "s"]
     out = run_cli(*base, "--store", tmp_path / "s.zarr", code=128 + signal.SIGTERM)
     assert out.strip() == ("terminated: the stage was flushed after its last whole batch; run "
-                           "the same command with --resume to go on")
+                           "the same command with --resume (in place of any --overwrite) to go "
+                           "on")
     stage = open_store(tmp_path / "s.zarr").stage("s")
     assert stage.status == "in_progress" and stage.cursor["units"] == 16
     monkeypatch.setattr(Collector, "step", real_step)

@@ -520,3 +520,9 @@ def test_a_corpus_is_checked_and_counted_as_it_is_read(tmp_path):
     bad.write_bytes(b"fine\n" * 3000 + b"caf\xe9\nmore\n")
     with pytest.raises(CorpusError, match=r"bad.txt:3001: not UTF-8 text \(byte 0xe9 at column 4"):
         Corpus([bad]).identity()
+    for data, where in ((b"\xef\xbb\xbfabc\xe9def\n", ":1: .* 0xe9 at column 4"),  # (a BOM)
+                        (b"one\rtwo\rthree \xe9\r", ":3: .* 0xe9 at column 7"),  # (lone CRs)
+                        (b"caf\xc3\xa9 na\xefve\n", ":1: .* 0xef at column 8")):  # (characters)
+        bad.write_bytes(data)
+        with pytest.raises(CorpusError, match=where):
+            Corpus([bad]).identity()

@@ -538,6 +538,29 @@ def test_a_full_disk_keeps_the_last_snapshot_and_says_so(tmp_path, monkeypatch):
     assert stage.cursor == {"units": 1} and same_sums(stage.accumulator(), acc)
 
 
+def test_a_full_disk_at_the_switch_keeps_the_last_snapshot(tmp_path, monkeypatch):
+    import errno
+
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    acc = _acc()
+    with StageWriter(path, "s", "new", {"model": "m"}) as w:
+        w.commit(acc, {"units": 1})
+        real = zarr.core.attributes.Attributes.put
+
+        def full(self, d):
+            if d.get("txray_engine", {}).get("cursor") == {"units": 2}:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, d)
+
+        monkeypatch.setattr(zarr.core.attributes.Attributes, "put", full)
+        with pytest.raises(StoreError, match="keeps its last flush \\(snap-000001\\)"):
+            w.commit(acc, {"units": 2})
+    assert [p.name for p in (path / "s").glob("snap-*")] == ["snap-000001"]
+    assert open_store(path).stage("s").cursor == {"units": 1}
+
+
 def test_a_store_that_cannot_be_written_fails_when_opened(tmp_path, monkeypatch):
     import errno
 

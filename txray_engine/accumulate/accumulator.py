@@ -18,7 +18,7 @@ import txray_kernels as kernels
 from ..errors import InputError, NonFiniteError, whole_number
 from ..features.streams import Stream, streams_of
 from ..store.names import check_name
-from .examples import TopExamples
+from .examples import TopExamples, check_ties
 from .layer import LayerState
 from .positions import Positions, batch_positions, id_bounds_parts, keep_where, read_back
 from .state import DEFAULT_DENSE_BUDGET, STATE_KINDS
@@ -361,8 +361,7 @@ class Accumulator:
         if [(s.name, s.vocab) for s in other.streams] != [(s.name, s.vocab) for s in self.streams]:
             raise InputError("cannot merge accumulators with different streams or vocabularies "
                              "(the same ids must mean the same features)")
-        if ties not in ("first", "place"):
-            raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
+        check_ties(ties)
         mine, theirs = ((a.examples, a.context_radius if a.examples else None)
                         for a in (self, other))
         if mine != theirs:  # (the examples of one part only would pass for the whole's)

@@ -42,6 +42,14 @@ def _rows_of(acts: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return acts if rows is None else acts.index_select(0, rows)
 
 
+def check_ties(ties: str) -> str:
+    """Which of equal top examples a merge keeps: ``"first"`` or ``"place"`` (see
+    :meth:`TopExamples.merge_`)."""
+    if ties not in ("first", "place"):
+        raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
+    return ties
+
+
 class TopExamples:
     """Running top-``m`` per neuron: ``value [N, m]`` (raw activation as float32, ``-inf`` =
     empty slot), ``doc``, ``pos`` ``[N, m]`` and ``context [N, m, W]`` (token ids, ``-1`` outside
@@ -168,8 +176,7 @@ class TopExamples:
         whose docs are ids in one corpus (shards)."""
         if (other.m, other.width) != (self.m, self.width):
             raise InputError("cannot merge top examples of different sizes")
-        if ties not in ("first", "place"):
-            raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
+        check_ties(ties)
         value, doc, pos, context = (torch.cat([getattr(self, k), getattr(other, k)], 1)
                                     for k in ("value", "doc", "pos", "context"))
         if ties == "place":  # (doc, pos) ascending, so that the stable sort by value keeps it

@@ -10,7 +10,7 @@ import torch
 import txray_kernels as kernels
 
 from ..errors import InputError
-from .examples import TopExamples
+from .examples import TopExamples, check_ties
 from .state import DEFAULT_DENSE_BUDGET, StreamState, dense_bytes, make_state
 from .stats import SparseStats
 
@@ -97,8 +97,7 @@ class LayerState:
         problem = self.merge_problem(other)
         if problem:
             raise InputError(f"cannot merge layer states of {problem}")
-        if ties not in ("first", "place"):
-            raise InputError(f"ties must be 'first' or 'place', got {ties!r}")
+        check_ties(ties)
         for name, state in self.streams.items():
             state.merge_(other.streams[name])
         self.neuron_count += other.neuron_count.to(self.neuron_count.device)

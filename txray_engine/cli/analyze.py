@@ -135,8 +135,8 @@ def _note_unfinished(*stages) -> None:
 #: asked.
 POOLS = {"most_changed": "shared with a distance (cells seen --min-count times, with mass)",
          "least_changed": "shared with a distance (cells seen --min-count times, with mass)",
-         "dead": "dead", "random": "in the pool", "lowest_mass": "in the layer",
-         "highest_mass": "in the layer", "shortest": "alive", "longest": "alive"}
+         "dead": "dead", "random": "in the pool", "lowest_mass": "in the pool",
+         "highest_mass": "in the pool", "shortest": "alive", "longest": "alive"}
 
 
 @main.command()

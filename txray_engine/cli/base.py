@@ -46,7 +46,8 @@ min_neuron_count_option = click.option(
 
 #: What a command interrupted by Ctrl-C leaves, said after "interrupted".
 INTERRUPTED = {
-    "collect": ": the stage keeps its last flush; run the same command with --resume to go on",
+    "collect": ": the stage keeps its last flush; run the same command with --resume (in place "
+               "of any --overwrite) to go on",
     "merge": ": run the merge again, with --overwrite where it had created the stage",
     "demo": ": run it again with the same --out (it starts over)",
 }
@@ -67,7 +68,7 @@ class TxRayGroup(click.Group):
             return self._invoke(ctx)
         finally:
             if main_thread:
-                signal.signal(signal.SIGTERM, before)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
     def _invoke(self, ctx):
         try:
@@ -87,7 +88,8 @@ class TxRayGroup(click.Group):
             signum = getattr(e, "signum", signal.SIGINT)
             what = "terminated" if signum == signal.SIGTERM else "interrupted"
             left = (": the stage was flushed after its last whole batch; run the same command "
-                    "with --resume to go on" if getattr(e, "flushed", False) else
+                    "with --resume (in place of any --overwrite) to go on"
+                    if getattr(e, "flushed", False) else
                     INTERRUPTED.get(sub, ""))
             click.echo(f"\n{what}{left}", err=True)
             ctx.exit(128 + signum)

@@ -266,8 +266,15 @@ class Collector:
         shape = tuple(batch.input_ids.shape)
         acts = _unflattened(acts, shape, self.capture.layouts)
         self._check_layouts(acts, shape)
-        logits = (output_logits(output, shape, self.time_first)
-                  if any(s.source == "predicted" for s in self.streams) else None)
+        predicted = [s for s in self.streams if s.source == "predicted"]
+        logits = output_logits(output, shape, self.time_first) if predicted else None
+        if logits is not None and isinstance(output, (tuple, list)) and \
+                logits.shape[-1] < max(len(s.vocab) for s in predicted):
+            raise InputError(f"the predicted stream reads the first tensor of the model's "
+                             f"output tuple as logits: it has {logits.shape[-1]} values per "
+                             f"position, fewer than the stream's {len(predicted[0].vocab)} "
+                             f"features, so it is not them; return the logits first, or give "
+                             f"Collector(..., forward=...) that returns them")
         features = stream_features(self.streams, batch, logits)
         where = self._where(batch) if self.accumulator.examples else None
         # validate every layer before adding any, so a bad batch changes nothing (the layers

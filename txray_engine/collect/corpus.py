@@ -154,16 +154,22 @@ class _Hashing(io.RawIOBase):
 
 
 def _not_utf8(path: Path) -> CorpusError:
-    """The error for a file that is not UTF-8, naming its first line that is not (text is
-    decoded ahead of the line being read, so the decoder's own place is not the line's)."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    """The error for a file that is not UTF-8, naming its first line that is not, counted as the
+    documents are (a lone CR ends a line), and the character column (text is decoded ahead of the
+    line being read, so the decoder's own place is not the line's)."""
+    lineno = 0
     with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            try:
-                decoder.decode(line)
-            except UnicodeDecodeError as e:
-                return CorpusError(f"{path}:{lineno}: not UTF-8 text (byte {line[e.start]:#04x} "
-                                   f"at column {e.start + 1}); convert the file to UTF-8, e.g. "
-                                   f"iconv -f latin1 -t utf-8")
+        for chunk in fh:
+            for line in chunk.splitlines(keepends=True):  # (\n, \r\n and a lone \r)
+                lineno += 1
+                if lineno == 1 and line.startswith(codecs.BOM_UTF8):
+                    line = line[len(codecs.BOM_UTF8):]
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    column = len(line[:e.start].decode("utf-8")) + 1
+                    return CorpusError(f"{path}:{lineno}: not UTF-8 text (byte "
+                                       f"{line[e.start]:#04x} at column {column}); convert the "
+                                       f"file to UTF-8, e.g. iconv -f latin1 -t utf-8")
     return CorpusError(f"{path}: not UTF-8 text (it ends inside a character); convert the file "
                        f"to UTF-8")

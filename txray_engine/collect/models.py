@@ -14,6 +14,7 @@ import importlib.util
 import io
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,26 +101,31 @@ def _hf_load(path: Path, gguf_file: str | None, device, quiet: bool = False,
             raise InputError(f"no GGUF file {gguf_file!r} in {str(path)!r}; it has: "
                              f"{', '.join(found) or 'none'}")
         kw["gguf_file"] = gguf_file
-    model, missing = None, None
+    def load(cls):
+        with _silenced(quiet):
+            return cls.from_pretrained(str(path), dtype=dtype, output_loading_info=True, **kw)
+
+    model, fewest = None, None
     for cls in _model_classes(transformers, path, kw):
         try:
-            with _silenced(quiet):
-                loaded, info = cls.from_pretrained(str(path), dtype=dtype,
-                                                   output_loading_info=True, **kw)
-        except (ValueError, KeyError, TypeError, AttributeError):
+            loaded, info = load(cls)
+        except (ValueError, KeyError):  # a class this checkpoint is not
             continue
         except OSError as e:  # missing or unreadable weight files
             raise InputError(f"cannot load the model in {str(path)!r}: {e}") from None
         lacking = sorted(info.get("missing_keys") or [])
         if not lacking:
-            model, missing = loaded, None
+            model = loaded
             break
-        if missing is None:  # (a class whose weights the checkpoint lacks: another may fit)
-            missing = (cls.__name__, lacking)
-    if model is None and missing is not None:
-        raise InputError(f"{str(path)!r} does not hold every weight of any model class tried (as "
-                         f"{missing[0]} it lacks {len(missing[1])}, e.g. {missing[1][0]}): "
-                         f"they would be random, and the statistics with them")
+        if fewest is None or len(lacking) < len(fewest[1]):
+            fewest = (cls, lacking)
+        del loaded  # (one model in memory at a time)
+    if model is None and fewest is not None:  # every class tried lacks weights: the one that
+        # lacks fewest, said (a pooler the checkpoint was saved without changes no layer)
+        model = load(fewest[0])[0]
+        warnings.warn(f"{str(path)!r} holds no weights for {', '.join(fewest[1][:4])}"
+                      f"{', …' if len(fewest[1]) > 4 else ''} of {fewest[0].__name__}: they are "
+                      f"random, and so is what is computed from them", stacklevel=3)
     if model is None:
         raise InputError(f"{str(path)!r} holds no model transformers can load")
     try:

@@ -78,8 +78,8 @@ def stop_between_batches():
     before = signal.signal(signal.SIGTERM, lambda signum, frame: asked.append(signum))
     try:
         yield asked
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    finally:  # (None: a handler set outside Python, which cannot be given back)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
 
 
 #: Tokens per window unless given (or the model's context, where it is shorter).
@@ -93,6 +93,9 @@ def model_context(model) -> int | None:
     for key in ("n_positions", "max_position_embeddings"):
         value = getattr(config, key, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            kind = str(getattr(config, "model_type", ""))
+            if "roberta" in kind or kind == "camembert":  # positions count from the padding
+                value -= int(getattr(config, "pad_token_id", None) or 1) + 1  # id on: 514 → 512
             return value
     return None
 
@@ -122,16 +125,23 @@ def context_overlap_for(store, stage: str, mode: str, max_length: int,
     tokens of context take that away, for 1/15 more forward compute on long documents."""
     if given is not None:
         return given
-    if mode == "resume" and store is not None:
-        try:
-            options = group_attrs(open_root(store)[stage]).get("options")
-        except (StoreError, KeyError, ValueError):
-            options = None  # no store or stage yet (a resume starts it), or a name the writer
-            # refuses with its own message
-        if isinstance(options, dict):  # (within another window length: the resume is refused
-            # for that length, not for an overlap it cannot take)
-            return min(int(options.get("context_overlap", 0)), max_length - 1)
+    options = _resumed(store, stage, mode).get("options")
+    if isinstance(options, dict):  # (within another window length: the resume is refused for
+        # that length, not for an overlap it cannot take)
+        return min(int(options.get("context_overlap", 0)), max_length - 1)
     return min(DEFAULT_CONTEXT_OVERLAP, max_length // 4)
+
+
+def _resumed(store, stage: str, mode: str) -> dict:
+    """The attributes of the stage a resume continues, or {} (none yet, or not a resume)."""
+    if mode != "resume" or store is None:
+        return {}
+    try:
+        meta = group_attrs(open_root(store)[stage])
+    except (StoreError, KeyError, ValueError):
+        return {}  # no store or stage yet (a resume starts it), or a name the writer refuses
+        # with its own message
+    return meta if isinstance(meta, dict) else {}
 
 
 def more_documents(meta: dict, max_documents: int | None) -> bool:
@@ -184,6 +194,10 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     context_overlap = context_overlap_for(store, stage, mode, max_length, context_overlap)
     check_windows(max_length, context_overlap)
     stream_objs, needs = build_streams(streams, loaded, corpus)
+    sizes = _resumed(store, stage, mode).get("streams") or {}
+    stream_objs = [Stream(s.name, loaded.tokenizer.vocab, s.source) if s.source == "predicted" and
+                   (sizes.get(s.name) or {}).get("size") == len(loaded.tokenizer.vocab) else s
+                   for s in stream_objs]  # (a stage begun before the extra ids goes on without)
     streams = [s.name for s in stream_objs]
     shard = check_shard(shard)
     if torch.device(device).type == "cuda" and torch.device(device).index is not None:

@@ -13,7 +13,7 @@ Id ``-1`` marks a position without a feature in that stream: it adds to no cell 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,7 +51,8 @@ def streams_of(streams) -> list:
     if isinstance(streams, Mapping):
         return [v if isinstance(v, Stream) else Stream(name, v, SOURCE_OF_NAME.get(name, "feature"))
                 for name, v in streams.items()]
-    return list(streams)
+    return [] if streams is None else list(streams) if isinstance(streams, Iterable) else \
+        [streams]  # (for the caller's check to name what it got)
 
 
 def token_stream(vocab: Vocabulary, name: str = "token") -> Stream:
@@ -157,11 +158,12 @@ def _ids_of(value, what: str):
             raise TypeError
         return torch.as_tensor(array)
     except (TypeError, ValueError, RuntimeError):
-        hint = ("0/1 or bool values" if what == "mask" else "integer ids", "" if what in (
-            "mask", "unit_ids", "offsets", "context") else ": encode strings with the stream's "
-            "vocabulary, e.g. vocab.encode(labels)")
-        raise InputError(f"Batch.{what} must hold {hint[0]} (a tensor, a list or an array), got "
-                         f"{type(value).__name__} {str(value)[:40]}{hint[1]}") from None
+        strings = any(isinstance(v, str) for v in np.ravel(np.asarray(value, dtype=object)))
+        kind = "0/1 or bool values" if what == "mask" else "integer ids"
+        fix = (": encode strings with the stream's vocabulary, e.g. vocab.encode(labels)"
+               if strings and what not in ("mask", "unit_ids", "offsets", "context") else "")
+        raise InputError(f"Batch.{what} must hold {kind} (a tensor, or a list or an array of one "
+                         f"shape), got {type(value).__name__} {str(value)[:40]}{fix}") from None
 
 
 def _same_ids(given, ids: torch.Tensor) -> bool:
@@ -186,12 +188,6 @@ def stream_features(streams: list[Stream], batch: Batch, logits=None) -> dict[st
                 raise _missing(s, "the model output has no logits (a tensor of shape "
                                   "[batch, time, vocab], an output with .logits or a dict "
                                   "with 'logits')")
-            if logits.shape[-1] < len(s.vocab):
-                raise _missing(s, f"the model's logits have {logits.shape[-1]} values per "
-                                  f"position, fewer than the stream's {len(s.vocab)} features: "
-                                  f"they are not logits over its vocabulary (of a tuple, the "
-                                  f"first tensor is taken: return the logits first, or give a "
-                                  f"forward function that returns them)")
             ids = predicted_ids(logits)
         elif s.source == "label":
             if batch.labels is None:

@@ -74,8 +74,9 @@ def select_neurons(table: NeuronTable, selector: str, *, count: int | None = Non
     pool = np.ones(len(table), bool)
     if selector in ("most_changed", "least_changed"):
         _column(table, "hellinger", side)  # a clear error before anything else
-    if selector in ("shortest", "longest"):  # (a dead neuron's length 0 is no length)
-        pool &= _column(table, "alive", side).astype(bool)
+    if selector in ("shortest", "longest") and \
+            {"alive", f"alive_{side}"} & set(table.columns):  # (a dead neuron's length 0 is no
+        pool &= _column(table, "alive", side).astype(bool)  # length)
     if shared_only or selector in ("most_changed", "least_changed"):
         pool &= table["shared"] if "shared" in table.columns else _column(table, "alive", side)
     if selector == "dead":

@@ -260,7 +260,7 @@ class Stage(_Listing):
 
     def load_into(self, acc: Accumulator) -> None:
         """Put every layer of the stage into ``acc``, whose settings must be the stage's (k,
-        streams by name, source and vocabulary, top examples); its layers are replaced."""
+        streams by name and vocabulary, top examples); its layers are replaced."""
         import txray_kernels as kernels
 
         differ = self.differences(acc)
@@ -276,17 +276,14 @@ class Stage(_Listing):
                                                           acc.dense_left, acc.device)
 
     def differences(self, acc: Accumulator) -> list[str]:
-        """What of ``acc``'s settings differ from the stage's: k, the streams (names, sources,
+        """What of ``acc``'s settings differ from the stage's: k, the streams (names and
         vocabularies) and the top examples (number and context radius)."""
         out = [f"k {self.k!r}, not {acc.k!r}"] if acc.k != self.k else []
         names = [s.name for s in acc.streams]
         if names != self.streams:
             return out + [f"streams {self.streams}, not {names}"]
-        sources = self.meta.get("streams", {})
-        for s in acc.streams:
-            source = sources.get(s.name, {}).get("source", "feature")
-            if s.source != source:
-                out.append(f"stream {s.name!r} has source {source!r}, not {s.source!r}")
+        for s in acc.streams:  # (not their sources: a hand-fed accumulator's ids are the
+            # caller's whatever its streams say, and a dict of streams said 'feature' before)
             if list(s.vocab) != list(self.vocab(s.name)):
                 out.append(f"stream {s.name!r} has another vocabulary ({len(self.vocab(s.name))}"
                            f" features, not the same {len(s.vocab)} in the same order)")

@@ -229,11 +229,14 @@ class StageWriter:
         if before is not None and meta.get("fingerprint") not in (self.fingerprint,
                                                                   fingerprint(before)):
             changed = differences(meta, before)
+            added = sorted(k for k in before if k not in meta)
             untold = sorted(k for k in meta if k not in WRITER_KEYS and k not in before and
                             k not in ("created", "merged_from"))
             what = (f"with other settings ({', '.join(changed)})" if changed else
+                    f"without {', '.join(added)}, which this identity gives" if added else
                     f"with a different model, corpus or options (its attributes also hold "
-                    f"{', '.join(untold)}, which this identity does not give)" if untold else
+                    f"{', '.join(untold)}: settings this identity leaves out, or what its "
+                    f"commits added)" if untold else
                     "with a different model, corpus or options")
             raise StageExistsError(f"stage {self.stage!r} was started {what}; resume with the "
                                    f"same ones, or overwrite it (--overwrite, mode='overwrite')")
@@ -268,6 +271,19 @@ class StageWriter:
         for kind, names in (("layer", acc.layers), ("stream", [s.name for s in acc.streams])):
             for name in names:  # (before the stage is made: a refused name leaves nothing)
                 check_name(kind, name)
+        try:
+            self._commit(acc, cursor, status, extra)
+        except OSError as e:  # a full disk, a folder made read-only: the last snapshot stands
+            try:
+                self._remove_stale_snapshots()  # (this one's part: its space back)
+            except OSError:
+                pass
+            raise StoreError(f"cannot write stage {self.stage!r} of {str(self.path)!r}: "
+                             f"{e.strerror or e}; the stage keeps its last flush "
+                             f"({self._snapshot or 'none yet'}): free space, or make the folder "
+                             f"writable, and go on with --resume (mode='resume')") from None
+
+    def _commit(self, acc: Accumulator, cursor: dict, status: str, extra: dict | None) -> None:
         root = self._root_for_write()
         # (a replaced stage's numbers go on: no snapshot name is used twice)
         empty = {ATTR: {"kind": "stage", "status": "in_progress", "snapshot": None, "cursor": {},
@@ -298,18 +314,8 @@ class StageWriter:
         self._seq += 1
         name = f"{SNAPSHOT_PREFIX}{self._seq:06d}"
         self._remove_stale_snapshots(also=name)
-        try:
-            for groups, arrays in snapshot_nodes(acc, f"{sg.path}/{name}"):  # a layer at a time
-                write_hierarchy(root.store, groups, arrays)
-        except OSError as e:  # a full disk, a folder made read-only: the last snapshot stands
-            try:
-                self._remove_stale_snapshots()  # (this one's part: its space back)
-            except OSError:
-                pass
-            raise StoreError(f"cannot write stage {self.stage!r} of {str(self.path)!r}: "
-                             f"{e.strerror or e}; the stage keeps its last flush "
-                             f"({self._snapshot or 'none yet'}): free space, or make the folder "
-                             f"writable, and go on with --resume (mode='resume')") from None
+        for groups, arrays in snapshot_nodes(acc, f"{sg.path}/{name}"):  # a layer at a time
+            write_hierarchy(root.store, groups, arrays)
         meta = {"kind": "stage", "format_version": FORMAT_VERSION, "engine_version": __version__,
                 "status": status, "snapshot": name, "cursor": dict(cursor),
                 "fingerprint": self.fingerprint, "k": acc.k,
