@@ -225,6 +225,14 @@ def test_windows_fit_the_models_context(tmp_path):
     dense = st.layer("transformer.h.0.mlp.act").n_neurons * len(st.vocab("token")) * 20
     assert summary["states"] == {"transformer.h.0.mlp.act": {"token": "dense"}}
     assert summary["state_bytes"] == dense  # (count int64, mass float64, peak float32)
+    # a resume without --max-length keeps the stage's windows
+    corpus.write_text(corpus.read_text() * 3)
+    args[args.index(store)] = store2 = tmp_path / "t.zarr"
+    _run(*args, "--max-length", "32", "--max-documents", "1")
+    _run(*args, "--resume")
+    st = open_store(store2).stage("s")
+    assert st.meta["options"]["max_length"] == 32 and st.status == "complete"
+    assert st.tokens == 3 * 210
 
 
 @pytest.mark.parametrize("arch,cls", [("bert", "BertModel"),

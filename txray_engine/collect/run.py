@@ -188,9 +188,14 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     ``shard=(i, n)``: only the documents whose index in the corpus is ``i`` modulo ``n`` (of the
     first ``max_documents``), so that ``n`` processes (one per GPU, node or job) each collect one
     shard into their own store, and :func:`~txray_engine.store.merge_stages` adds them up.
-    ``max_length``: tokens per window (see :func:`window_length`).
+    ``max_length``: tokens per window (see :func:`window_length`; a resumed stage's own unless
+    given).
     """
-    max_length = window_length(loaded.model, max_length)
+    stored = _resumed(store, stage, mode).get("options")
+    stored = stored.get("max_length") if isinstance(stored, dict) else None
+    # a resumed stage keeps its windows unless told (as it keeps its overlap)
+    max_length = stored if max_length is None and isinstance(stored, int) else \
+        window_length(loaded.model, max_length)
     context_overlap = context_overlap_for(store, stage, mode, max_length, context_overlap)
     check_windows(max_length, context_overlap)
     stream_objs, needs = build_streams(streams, loaded, corpus)
