@@ -260,6 +260,21 @@ def test_a_checkpoint_loads_as_its_own_class(tmp_path, arch, cls):
          "--streams", "token,predicted", "--store", store, "--stage", "s", "-q")
     st = open_store(store).stage("s")
     assert st.layers == layers and st.tokens == 12
+    # the decoder read the input shifted right: its top-1 counts are those of that forward pass
+    model, tok = a.model, a.tokenizer
+    counts = np.zeros(st.layer(layers[1]).n_neurons, np.int64)
+    for line in corpus.read_text().splitlines():
+        ids = torch.tensor([tok.encode(line)[0]])
+        seen = []
+        module = dict(model.named_modules())[layers[1]]
+        hook = module.register_forward_hook(lambda m, i, o: seen.append(o))
+        try:
+            with torch.no_grad():
+                model(input_ids=ids, decoder_input_ids=model._shift_right(ids))
+        finally:
+            hook.remove()
+        counts += np.bincount(seen[0][0].argmax(-1).numpy(), minlength=len(counts))
+    assert np.array_equal(st.layer(layers[1]).neuron_count, counts)
 
 
 def test_a_checkpoint_without_an_unused_weight_loads_with_a_warning(tmp_path):
