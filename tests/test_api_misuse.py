@@ -290,11 +290,12 @@ def test_a_refused_merge_changes_nothing():
     before = counts(target)
     with pytest.raises(InputError, match="cannot merge layer 'L2': 4 neurons against 5; nothing"):
         target.merge_(acc({"L1": 4, "L2": 5}))
-    with pytest.raises(InputError, match="keeping 0 top examples .* and 2"):
+    with pytest.raises(InputError, match="other settings \\(top examples 0, not 2\\)"):
         target.merge_(acc({}, examples=2))
     with pytest.raises(InputError, match="ties must be"):
         target.merge_(acc({"L1": 4}), ties="last")
-    with pytest.raises(InputError, match=r"radius 5\) and 2 \(radius 1\)"):
+    with pytest.raises(InputError, match=r"top examples 2 \(context radius 5\), not 2 \(context "
+                                         r"radius 1\)"):
         acc({}, examples=2).merge_(acc({}, examples=2, context_radius=1))
     assert counts(target) == before
     assert counts(target.merge_(acc({"L1": 4})))["L1"][0] == 6

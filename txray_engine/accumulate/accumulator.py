@@ -355,19 +355,12 @@ class Accumulator:
         examples name documents by their index in one corpus)."""
         if not isinstance(other, Accumulator):
             raise InputError(f"merge_ takes an Accumulator, got {type(other).__name__}")
-        if other.k != self.k:
-            raise InputError(f"cannot merge accumulators of k={self.k} and k={other.k}: their "
-                             f"counts mean different things; collect both with one k")
-        if [(s.name, s.vocab) for s in other.streams] != [(s.name, s.vocab) for s in self.streams]:
-            raise InputError("cannot merge accumulators with different streams or vocabularies "
-                             "(the same ids must mean the same features)")
+        differ = self.differences(other)
+        if differ:
+            raise InputError(f"cannot merge accumulators of other settings ({'; '.join(differ)}): "
+                             f"their counts would mean different things (the same ids must "
+                             f"mean the same features); collect both with the same settings")
         check_ties(ties)
-        mine, theirs = ((a.examples, a.context_radius if a.examples else None)
-                        for a in (self, other))
-        if mine != theirs:  # (the examples of one part only would pass for the whole's)
-            raise InputError(f"cannot merge accumulators keeping {self.examples} top examples "
-                             f"(context radius {mine[1]}) and {other.examples} (radius "
-                             f"{theirs[1]}): collect both with the same settings")
         for name, layer in other.layers.items():  # every layer checked before any changes
             problem = self.layers[name].merge_problem(layer) if name in self.layers else None
             if problem:
@@ -382,6 +375,26 @@ class Accumulator:
                                          self.dense_left, self.device)
                 self.layers[name] = mine.merge_(layer, ties)
         return self
+
+    def differences(self, other: "Accumulator") -> list[str]:
+        """What of ``other``'s settings differ from this accumulator's, as merging the one into
+        the other or loading a stage checks them: k, the streams (names, and vocabularies in
+        order; not their sources: a hand-fed accumulator's ids are the caller's whatever its
+        streams say) and the top examples (number, and context radius where kept)."""
+        out = [f"k {self.k!r}, not {other.k!r}"] if other.k != self.k else []
+        mine, theirs = [s.name for s in self.streams], [s.name for s in other.streams]
+        if mine != theirs:
+            return out + [f"streams {mine}, not {theirs}"]
+        for a, b in zip(self.streams, other.streams):
+            if list(a.vocab) != list(b.vocab):
+                out.append(f"stream {a.name!r} has another vocabulary ({len(a.vocab)} features, "
+                           f"not the same {len(b.vocab)} in the same order)")
+        ex = [(x.examples, x.context_radius if x.examples else None) for x in (self, other)]
+        if ex[0] != ex[1]:  # (the examples of one part only would pass for the whole's)
+            out.append(f"top examples {ex[0][0]} (context radius {ex[0][1]}), not {ex[1][0]} "
+                       f"(context radius {ex[1][1]})" if ex[0][0] and ex[1][0] else
+                       f"top examples {ex[0][0]}, not {ex[1][0]}")
+        return out
 
     @property
     def dense_left(self) -> int:

@@ -244,6 +244,13 @@ class Stage(_Listing):
                     device="cpu") -> Accumulator:
         """The stage's sums as an ``Accumulator`` (to merge stages, or to keep collecting);
         ``dense_budget`` None: the accumulator's default."""
+        acc = self._settings(kind, dense_budget, device)
+        self.load_into(acc)
+        return acc
+
+    def _settings(self, kind: str = "auto", dense_budget: int | None = None,
+                  device="cpu") -> Accumulator:
+        """An empty ``Accumulator`` with the stage's settings (k, streams, top examples)."""
         from ..accumulate.accumulator import Accumulator
         from ..accumulate.state import DEFAULT_DENSE_BUDGET
         from ..features.streams import Stream
@@ -253,17 +260,17 @@ class Stage(_Listing):
         streams = [Stream(s, self.vocab(s), sources.get(s, {}).get("source", "feature"))
                    for s in self.streams]
         ex = self.meta.get("examples") or {}
-        acc = Accumulator(streams, k=self.k, kind=kind, dense_budget=dense_budget, device=device,
-                          examples=int(ex.get("m", 0)), context_radius=int(ex.get("radius", 5)))
-        self.load_into(acc)
-        return acc
+        return Accumulator(streams, k=self.k, kind=kind, dense_budget=dense_budget,
+                           device=device, examples=int(ex.get("m", 0)),
+                           context_radius=int(ex.get("radius", 5)))
 
     def load_into(self, acc: Accumulator) -> None:
         """Put every layer of the stage into ``acc``, whose settings must be the stage's (k,
-        streams by name and vocabulary, top examples); its layers are replaced."""
+        streams by name and vocabulary, top examples: :meth:`Accumulator.differences`); its
+        layers are replaced."""
         import txray_kernels as kernels
 
-        differ = self.differences(acc)
+        differ = self._settings().differences(acc)
         if differ:
             raise InputError(f"stage {self.name!r} was collected with other settings than this "
                              f"accumulator's ({'; '.join(differ)}): their sums would mix two "
@@ -274,27 +281,6 @@ class Stage(_Listing):
                 acc.layers.pop(name, None)  # (what it held leaves the budget to the new one)
                 acc.layers[name] = self.layer(name).state(acc.vocab_sizes, acc.kind,
                                                           acc.dense_left, acc.device)
-
-    def differences(self, acc: Accumulator) -> list[str]:
-        """What of ``acc``'s settings differ from the stage's: k, the streams (names and
-        vocabularies) and the top examples (number and context radius)."""
-        out = [f"k {self.k!r}, not {acc.k!r}"] if acc.k != self.k else []
-        names = [s.name for s in acc.streams]
-        if names != self.streams:
-            return out + [f"streams {self.streams}, not {names}"]
-        for s in acc.streams:  # (not their sources: a hand-fed accumulator's ids are the
-            # caller's whatever its streams say, and a dict of streams said 'feature' before)
-            if list(s.vocab) != list(self.vocab(s.name)):
-                out.append(f"stream {s.name!r} has another vocabulary ({len(self.vocab(s.name))}"
-                           f" features, not the same {len(s.vocab)} in the same order)")
-        ex = self.meta.get("examples") or {}
-        stored = (int(ex.get("m", 0)), int(ex.get("radius", 5)) if ex.get("m") else None)
-        given = (acc.examples, acc.context_radius if acc.examples else None)
-        if stored != given:
-            out.append(f"top examples {stored[0]} (context radius {stored[1]}), not {given[0]} "
-                       f"(context radius {given[1]})" if stored[0] and given[0] else
-                       f"top examples {stored[0]}, not {given[0]}")
-        return out
 
     def layer(self, name: str) -> "LayerView":
         """The layer ``name`` (``stage[name]`` too; ``in`` and ``for`` go over
