@@ -15,11 +15,12 @@ from typing import Iterable, Iterator, NamedTuple
 import torch
 
 from ..errors import InputError
-from ..features.pos import POS_VOCAB, Tagger, align_tags
+from ..features.pos import Tagger
 from ..features.streams import Batch
 from ..features.vocab import Vocabulary
 from ..store.format import fingerprint
 from .corpus import Document
+from .pieces import encoded
 
 
 class HFTokenizer:
@@ -32,13 +33,30 @@ class HFTokenizer:
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
 
-    def encode(self, text: str, offsets: bool = False):
+    def encode(self, text: str, offsets: bool = False, special: bool | None = None):
+        """Ids (and character offsets) of ``text``, with the special tokens unless ``special``
+        is False."""
         if offsets and not getattr(self.tok, "is_fast", False):
             raise InputError("the pos stream needs a fast tokenizer (character offsets); this one "
                              "is slow: use a tokenizer.json model or drop the pos stream")
-        enc = self.tok(text, add_special_tokens=self.special_tokens,
+        enc = self.tok(text, add_special_tokens=self.special_tokens if special is None else special,
                        return_offsets_mapping=offsets)
         return enc["input_ids"], (enc["offset_mapping"] if offsets else None)
+
+    def around(self) -> tuple[list[int], list[int]] | None:
+        """The special tokens put before and after a document's own (none without
+        ``special_tokens``), or None where a long document cannot be read in pieces: a slow
+        tokenizer (no offsets), or special tokens that are not only around the text."""
+        if not getattr(self.tok, "is_fast", False):
+            return None
+        if not self.special_tokens:
+            return [], []
+        probe = "a b"
+        plain, full = self.encode(probe, special=False)[0], self.encode(probe)[0]
+        for i in range(len(full) - len(plain) + 1):
+            if full[i:i + len(plain)] == plain:
+                return full[:i], full[i + len(plain):]
+        return None
 
     def identity(self) -> dict:
         return {"kind": "hf", "name": getattr(self.tok, "name_or_path", ""), "size": len(self.vocab),
@@ -71,13 +89,17 @@ class WordTokenizer:
         words = [w for w in p.read_text(encoding="utf-8").splitlines() if w]
         return cls(Vocabulary(words), lower)
 
-    def encode(self, text: str, offsets: bool = False):
+    def encode(self, text: str, offsets: bool = False, special: bool | None = None):
         ids, offs = [], []
         for m in self.PATTERN.finditer(text):
             w = m.group().lower() if self.lower else m.group()
             ids.append(self.vocab.get(w, self.unk))
             offs.append(m.span())
         return ids, (offs if offsets else None)
+
+    def around(self) -> tuple[list[int], list[int]]:
+        """No special tokens; a long document is read in pieces (see :mod:`.pieces`)."""
+        return [], []
 
     def identity(self) -> dict:
         # the words, not only their count: two words exchanged in the file change every id
@@ -118,18 +140,36 @@ def windows(docs: Iterable[Document | tuple[int, Document]], tokenizer, max_leng
     check_windows(max_length, overlap)
     for n, doc in enumerate(docs):
         index, doc = doc if isinstance(doc, tuple) else (n, doc)
-        ids, offs = tokenizer.encode(doc.text, offsets=tagger is not None)
-        if not ids:
-            continue
-        pos = align_tags(doc.text, offs, tagger(doc.text), POS_VOCAB) if tagger else None
         label = labels.id(doc.label) if labels is not None else None
-        counted = 0  # the first token not counted yet
-        while counted < len(ids):
-            w = max(0, counted - overlap)  # the window's first token
-            end = min(w + max_length, len(ids))
-            yield Unit(ids[w:end], pos[w:end] if pos else None, label, end >= len(ids), index,
-                       w, counted - w)
-            counted = end
+        ids: list[int] = []  # the tokens read and not yet left behind, from position `base` on
+        pos: list[int] | None = [] if tagger else None
+        base = counted = 0  # (counted: the first token not counted yet)
+
+        def cut(final: bool) -> Iterator[Unit]:
+            """The windows the tokens read so far hold (with ``final``, all the rest)."""
+            nonlocal counted
+            total = base + len(ids)
+            while counted < total:
+                w = max(0, counted - overlap)  # the window's first token
+                end = min(w + max_length, total)
+                if end == total and not final:  # (more tokens may follow: last or not?)
+                    return
+                yield Unit(ids[w - base:end - base],
+                           pos[w - base:end - base] if pos is not None else None, label,
+                           end == total, index, w, counted - w)
+                counted = end
+
+        for run_ids, run_pos in encoded(doc.text, tokenizer, tagger):
+            ids += run_ids
+            if pos is not None:
+                pos += run_pos
+            yield from cut(final=False)
+            drop = max(0, counted - overlap) - base  # tokens no window will hold again
+            del ids[:drop]
+            if pos is not None:
+                del pos[:drop]
+            base += drop
+        yield from cut(final=True)
 
 
 class Collated(NamedTuple):

@@ -3,8 +3,8 @@ alignment of word tags to the model's (sub)word tokens by character offsets."""
 
 from __future__ import annotations
 
-import bisect
-from typing import Callable, Sequence
+import re
+from typing import Callable, Iterable, Sequence
 
 from ..errors import InputError
 from .vocab import Vocabulary
@@ -29,13 +29,22 @@ def pattern_tagger() -> Tagger:
     return lambda text: tagger.tag(text)
 
 
+#: Characters, besides spaces, a tagged word may be found past the end of the word before it.
+SLACK = 8
+_SPACES = re.compile(r"\s*")
+
+
 def word_spans(text: str, tagged: Sequence[tuple[str, str]]) -> tuple[list[int], list[int], list[str]]:
-    """Character spans of the tagged words in ``text`` (words not found in order are dropped)."""
+    """Character spans of the tagged words in ``text``, each found right after the one before (past
+    spaces and at most :data:`SLACK` other characters). A word the tagger spelled otherwise than
+    the text (pattern reads ``': 3'`` as the emoticon ``':3'``) is dropped, and the search goes
+    on where it was: found further on, it would leave every word in between untagged."""
     starts, ends, tags = [], [], []
     pos = 0
     for word, tag in tagged:
-        i = text.find(word, pos)
-        if i < 0:
+        at = _SPACES.match(text, pos).end()
+        i = text.find(word, at, at + len(word) + SLACK)
+        if i < 0 or not word:
             continue
         starts.append(i)
         ends.append(i + len(word))
@@ -48,15 +57,30 @@ def align_tags(text: str, offsets: Sequence[tuple[int, int]], tagged: Sequence[t
                vocab: Vocabulary = POS_VOCAB) -> list[int]:
     """One tag id per token: the tag of the word containing the token's first non-space
     character; ``-1`` (missing) for tokens outside every tagged word (special tokens, spaces)."""
-    starts, ends, tags = word_spans(text, tagged)
-    other = vocab.id("X")
-    ids = []
-    for s, e in offsets:
-        while s < e and text[s].isspace():
-            s += 1
-        j = bisect.bisect_right(starts, s) - 1
-        if s < e and j >= 0 and s < ends[j]:
-            ids.append(vocab.get(tags[j], other))
-        else:
-            ids.append(-1)
-    return ids
+    return TagAligner(text, zip(*word_spans(text, tagged)), vocab)(offsets)
+
+
+class TagAligner:
+    """:func:`align_tags` over a stream: ``words`` are the tagged words' ``(start, end, tag)``
+    in text order, read only as far as the tokens given so far reach, so that a long document's
+    tags and tokens can come a piece at a time. Calls give the tokens' offsets in text order."""
+
+    def __init__(self, text: str, words: Iterable[tuple[int, int, str]],
+                 vocab: Vocabulary = POS_VOCAB):
+        self.text, self.words, self.vocab = text, iter(words), vocab
+        self.other = vocab.id("X")
+        self.word = None  # the last word read that starts at or before the last token
+        self.ahead = next(self.words, None)  # the first word read that starts after it
+
+    def __call__(self, offsets: Iterable[tuple[int, int]]) -> list[int]:
+        ids = []
+        for s, e in offsets:
+            while s < e and self.text[s].isspace():
+                s += 1
+            while self.ahead is not None and self.ahead[0] <= s:
+                self.word, self.ahead = self.ahead, next(self.words, None)
+            if s < e and self.word is not None and self.word[0] <= s < self.word[1]:
+                ids.append(self.vocab.get(self.word[2], self.other))
+            else:
+                ids.append(-1)
+        return ids
