@@ -36,7 +36,9 @@ def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
     names = [names] if isinstance(names, str) else list(names)  # one name, or several
     if not names:
         raise InputError("no layers given: name at least one module path (see `txray layers`)")
-    modules = [n for n, _ in model.named_modules() if n]
+    # (every name of a module that serves in several places, as one activation shared by all
+    # layers: each name is found, and capture says that they are one module)
+    modules = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
     chosen: list[str] = []
     for name in names:
         hits = [m for m in modules if matches(m, name)] if is_pattern(name) else \
@@ -60,16 +62,17 @@ def first_key(output) -> object:
 
 
 def first_part(output):
-    """What capture and masks look into next: a tuple's or list's first element, a dict's or
-    ``ModelOutput``'s first field; None when the output holds nothing of that kind."""
+    """What capture and masks look into next: a tuple's or list's first element that is not None,
+    a dict's or ``ModelOutput``'s first field; None when the output holds nothing of that
+    kind."""
     if isinstance(output, dict):
         key = first_key(output)
         return None if key is None else output[key]
     if hasattr(output, "to_tuple"):
         parts = output.to_tuple()
         return parts[0] if parts else None
-    if isinstance(output, (tuple, list)) and output:
-        return output[0]
+    if isinstance(output, (tuple, list)):
+        return next((x for x in output if x is not None), None)
     return None
 
 
@@ -86,10 +89,11 @@ def output_tensor(output, module: nn.Module, layout: str | None = None) -> torch
     """The activation tensor of a module output, batch-first (see the module docstring);
     ``layout`` None: recognised from the module alone (else batch-first)."""
     x = innermost(output)
-    packed = isinstance(x, nn.utils.rnn.PackedSequence)
-    if packed:
+    if isinstance(x, nn.utils.rnn.PackedSequence):
         x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True)
         return x
+    if isinstance(x, torch.Tensor) and x.is_nested:  # (torch's encoder skipping the padding)
+        x = x.to_padded_tensor(0.0)
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{type(module).__name__} returned {type(output).__name__}, which "
                          f"holds no tensor to capture: pick another module, or observe what "
@@ -103,7 +107,7 @@ class LayerCapture:
     """Context manager that records the outputs of the named modules of ``model``.
 
     After each forward, ``captured[name]`` holds the list of batch-first tensors the module produced
-    (one per call). Use :meth:`take` to fetch and clear them. ``layouts`` maps layer names or
+    (one per call) while :attr:`recording` is true. Use :meth:`take` to fetch and clear them. ``layouts`` maps layer names or
     patterns to ``batch_first``/``time_first``/``channels_first``; ``time_first`` lists layers
     too (the older spelling); layers given neither are recognised from their modules, else take
     ``default_layout``.
@@ -136,7 +140,10 @@ class LayerCapture:
                                    else "batch_first")}
         self.captured: dict[str, list[torch.Tensor]] = {n: [] for n in self.names}
         self.versions: dict[str, list] = {n: [] for n in self.names}  # at capture, per call
-        self.packed: set[str] = set()  # layers whose output was a PackedSequence
+        # layers whose output came padded to its own longest sequence, which may be shorter than
+        # the batch (a PackedSequence, a nested tensor)
+        self.padded: set[str] = set()
+        self.recording = True  # (a Collector records only while it runs a step)
         self._handles: list = []
 
     @property
@@ -151,7 +158,13 @@ class LayerCapture:
                 **({"layouts": dict(sorted(self.changed.items()))} if self.changed else {})}
 
     def __enter__(self) -> "LayerCapture":
-        modules = dict(self.model.named_modules())
+        modules = dict(self.model.named_modules(remove_duplicate=False))
+        script = [n for n in self.names if isinstance(modules[n], torch.jit.ScriptModule)]
+        if script:
+            raise InputError(f"{', '.join(repr(n) for n in script[:3])}: a TorchScript module "
+                             f"takes no forward hooks, so it cannot be captured; collect the "
+                             f"Python model it was made from (saved with torch.save(model, path) "
+                             f"for the command line)")
         try:
             for name in self.names:
                 module = modules[name]
@@ -164,15 +177,34 @@ class LayerCapture:
 
     def _hook(self, name: str, module: nn.Module, layout: str):
         def hook(_mod, _inputs, output):
+            if not self.recording:
+                return
             x = output_tensor(output, module, layout).detach()
+            if torch.compiler.is_compiling():
+                # a compiled graph may run a later in-place op (a ReLU(inplace=True)) on the
+                # very buffer, where eager mode would have told by the version counter
+                x = x.clone()
             self.captured[name].append(x)
             self.versions[name].append(_stamp(x))
-            (self.packed.add if isinstance(innermost(output), nn.utils.rnn.PackedSequence)
-             else self.packed.discard)(name)
+            inner = innermost(output)
+            (self.padded.add if isinstance(inner, nn.utils.rnn.PackedSequence) or
+             (isinstance(inner, torch.Tensor) and inner.is_nested) else self.padded.discard)(name)
         return hook
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+    def _alias(self, name: str) -> str:
+        """For a module that serves under several names (one activation object in every layer),
+        what says so."""
+        modules = list(self.model.named_modules(remove_duplicate=False))
+        module = dict(modules)[name]
+        others = [n for n, m in modules if m is module and n and n != name]
+        if not others:
+            return ""
+        return (f" (it is one {type(module).__name__} object that also serves as "
+                f"{', '.join(repr(n) for n in others[:3])}{', …' if len(others) > 3 else ''}: "
+                f"capture a module each layer has its own of, e.g. the one before it)")
 
     def remove(self) -> None:
         for h in self._handles:
@@ -195,7 +227,7 @@ class LayerCapture:
             for name, got in self.captured.items():
                 if len(got) != 1:
                     raise InputError(
-                        f"module {name!r} ran {len(got)} times in one forward pass; capture needs a "
+                        f"module {name!r} ran {len(got)} times in one forward pass{self._alias(name)}; capture needs a "
                         f"module that runs exactly once per forward (pick a per-layer module" +
                         ("; for a module applied several times, or a cell stepped in a loop, add "
                          "each call's output from a hook of your own with Accumulator.observe)"

@@ -229,6 +229,9 @@ class Collector:
                 f"{where}; {self.cursor['units']} units so far)")
 
     def __enter__(self) -> "Collector":
+        if self._entered:
+            raise InputError("this Collector is already entered: step it inside its one `with` "
+                             "block (a second would hook every layer twice)")
         if self.writer is not None:
             self.writer.open()
             try:
@@ -240,6 +243,7 @@ class Collector:
                 raise
         try:
             self.capture.__enter__()
+            self.capture.recording = False  # (only a step's forward pass is counted)
         except BaseException:
             if self.writer is not None:
                 self.writer.close()
@@ -256,13 +260,17 @@ class Collector:
             raise InputError("use the Collector as a context manager: `with Collector(...) as "
                              "col: col.step(batch)` (entering it installs the hooks and opens "
                              "the store)")
+        self.capture.clear()  # (what a hook of its own may have left)
         try:
+            self.capture.recording = True
             with torch.no_grad():
                 output = self.forward(self.model, batch)
+            self.capture.recording = False
             acts = self.capture.take()
         finally:
+            self.capture.recording = False
             self.capture.clear()
-        acts = _pad_packed(acts, batch, self.capture.packed)
+        acts = _pad_short(acts, batch, self.capture.padded)
         shape = tuple(batch.input_ids.shape)
         acts = _unflattened(acts, shape, self.capture.layouts)
         self._check_layouts(acts, shape)
@@ -353,7 +361,9 @@ class Collector:
                              f"{shape[0]} sequences of {shape[1]} positions; {hint} does: {fix}")
 
     def _where(self, batch: Batch) -> dict:
-        """Unit index in the stream, position and input-token context of every position."""
+        """Unit index in the stream, position (from the sequence's first token: the pads of a
+        left-padded one, by its inputs' attention_mask, are not counted) and input-token context
+        of every position."""
         ids = batch.input_ids
         b, t = ids.shape[0], ids.shape[1] if ids.dim() > 1 else 1
         unit = (self.cursor["units"] + torch.arange(b, device=ids.device)
@@ -361,6 +371,11 @@ class Collector:
                                                              "integer ids", ids.device))
         doc = unit.unsqueeze(1).expand(b, t)
         pos = torch.arange(t, device=ids.device).unsqueeze(0).expand(b, t)
+        attention = batch.inputs.get("attention_mask") if isinstance(batch.inputs, Mapping) \
+            else None
+        if isinstance(attention, torch.Tensor) and tuple(attention.shape) == (b, t):
+            # left padding: a sequence's positions count from its first token, not the pads
+            pos = pos - (attention == 0).int().cumprod(dim=1).sum(dim=1, keepdim=True).to(pos)
         if batch.offsets is not None:
             pos = pos + _per_sequence(batch.offsets, b, "offsets", "integer positions",
                                       ids.device).unsqueeze(1)
@@ -420,15 +435,16 @@ def _unflattened(acts: dict, shape: tuple, layouts: dict) -> dict:
     return out
 
 
-def _pad_packed(acts: dict, batch: Batch, packed: set) -> dict:
-    """A packed sequence's output (layers ``packed``) comes padded to the batch's longest
-    sequence, which may be shorter than the batch (padded to a fixed length): zero-pad it to the
-    batch's positions when the mask leaves the missing ones out, as it does for padding."""
+def _pad_short(acts: dict, batch: Batch, padded: set) -> dict:
+    """A packed sequence's or a nested tensor's output (layers ``padded``) comes padded to the
+    batch's longest sequence, which may be shorter than the batch (padded to a fixed length):
+    zero-pad it to the batch's positions when the mask leaves the missing ones out, as it does
+    for padding."""
     ids = batch.input_ids
-    if ids.dim() < 2 or batch.mask is None or not packed:
+    if ids.dim() < 2 or batch.mask is None or not padded:
         return acts
     t = ids.shape[1]
-    short = {name: a for name, a in acts.items() if name in packed and a.dim() == 3
+    short = {name: a for name, a in acts.items() if name in padded and a.dim() == 3
              and a.shape[0] == ids.shape[0] and a.shape[1] < t}
     if not short:
         return acts
