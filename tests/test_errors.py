@@ -65,6 +65,14 @@ def test_bad_observations(features, mask, match):
     assert not acc.layers
 
 
+def test_an_output_with_more_axes_than_positions_names_the_layer_choice():
+    """A feature map [B, C, H, W] or attention [B, heads, T, T]: the message pointed at the ids."""
+    with pytest.raises(InputError, match=r"4 axes, more than \[batch, time, neurons\].*choose a "
+                                         r"layer with one vector per position"):
+        Accumulator(VOCAB).observe("conv", torch.randn(2, 4, 5, 8),
+                                   {"tok": torch.zeros(2, 5, dtype=torch.long)})
+
+
 def test_bad_k_and_width():
     with pytest.raises(InputError, match="positive integer"):
         Accumulator(VOCAB, k=0)

@@ -122,6 +122,11 @@ def _mismatch(layer: str, what: str, shape: tuple, acts_shape, fix: str) -> Inpu
     elif len(shape) > len(lead) and shape[:len(lead)] == lead:  # e.g. (B, T) against (B,)
         fix = ("; the layer gives one vector per sequence, not one per position: choose a "
                "layer with a position axis (list them with `txray layers`)")
+    elif len(lead) > len(shape) and shape and lead[:1] == shape[:1]:  # e.g. (B, H, T) vs (B, T)
+        fix = (f"; the layer's output has {len(acts_shape)} axes, more than [batch, time, "
+               f"neurons] (attention heads, a 2-D feature map): choose a layer with one vector "
+               f"per position, or give reshaped activations from a hook of your own "
+               f"(Accumulator.observe)")
     return InputError(f"layer {layer!r}: {what} has shape {shape} but the activations have "
                       f"{lead} positions (shape {tuple(acts_shape)}){fix}")
 
