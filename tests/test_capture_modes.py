@@ -26,6 +26,17 @@ class LM(nn.Module):
         return self.head(self.act(self.lin(self.emb(x))))
 
 
+class NoneFirst(nn.Module):
+    """A module returning (None, its output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return None, self.lin(x)
+
+
 IDS = torch.randint(0, V, (4, 16), generator=torch.Generator().manual_seed(1))
 
 
@@ -146,14 +157,6 @@ def test_one_activation_object_in_every_layer_is_named_as_such():
 
 
 def test_a_tuple_starting_with_none_gives_its_first_tensor():
-    class NoneFirst(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(8, 8)
-
-        def forward(self, x):
-            return None, self.lin(x)
-
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
@@ -163,3 +166,13 @@ def test_a_tuple_starting_with_none_gives_its_first_tensor():
             return self.part(self.emb(x))[1]
 
     assert counts(Model(), "part").tokens == IDS.numel()
+
+
+def test_a_mask_zeroes_the_part_capture_reads():
+    from txray_engine.prune import mask_units
+
+    part = NoneFirst()
+    x = torch.randn(2, 3, 8)
+    with mask_units(part, {"": [1, 4]}):
+        _, y = part(x)
+    assert not y[..., [1, 4]].any() and y[..., 0].ne(0).all()

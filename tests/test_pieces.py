@@ -146,7 +146,6 @@ def test_a_long_document_is_tokenised_a_piece_at_a_time(monkeypatch):
 
 def test_tokenizers_that_cannot_be_read_in_pieces_read_whole():
     pytest.importorskip("transformers")
-    import transformers
     from tokenizers import processors
 
     class Slow:  # no offsets

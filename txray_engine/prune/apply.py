@@ -38,11 +38,12 @@ def _zero_units(output, units: torch.Tensor, channels_first: bool = False):
         # the module's own, fresh container
         output[key] = _zero_units(output[key], units, channels_first)
         return output
-    if isinstance(output, tuple) and output:
-        zeroed = (_zero_units(output[0], units, channels_first), *output[1:])
-        return type(output)(*zeroed) if hasattr(output, "_fields") else zeroed  # namedtuples
-    if isinstance(output, list) and output:
-        return [_zero_units(output[0], units, channels_first), *output[1:]]
+    if isinstance(output, (tuple, list)) and any(x is not None for x in output):
+        i = next(i for i, x in enumerate(output) if x is not None)  # (the part capture reads)
+        zeroed = [*output[:i], _zero_units(output[i], units, channels_first), *output[i + 1:]]
+        if isinstance(output, list):
+            return zeroed
+        return type(output)(*zeroed) if hasattr(output, "_fields") else tuple(zeroed)  # namedtuples
     raise InputError(f"cannot mask a module output of type {type(output).__name__}")
 
 
