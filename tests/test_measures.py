@@ -211,6 +211,22 @@ def test_mismatched_shapes_are_clear_errors():
         compare(s, from_dense(np.ones((2, 4)), np.ones((2, 4))))
 
 
+@pytest.mark.parametrize("vocab_a,vocab_b,match", [
+    (["x", "y"], ["x", "z", "x"], "vocab_b holds 'x' more than once"),
+    (["x", "x"], ["x", "z", "y"], "vocab_a holds 'x' more than once"),
+    (["x"], ["x", "z", "y"], "vocab_a has 1 features, its stage 2"),
+    (["x", "y"], ["x", "y"], "vocab_b has 2 features, its stage 3"),
+    (["x", "y"], None, "give both vocabularies"),
+])
+def test_vocabularies_that_cannot_align_are_refused(vocab_a, vocab_b, match):
+    """Duplicates sent two features to one union column (numba and numpy then disagreed, with a
+    union of 4 for 3 strings); a vocabulary of the wrong length was used as it was."""
+    a = from_dense(np.ones((1, 2)), np.ones((1, 2)))
+    b = from_dense(np.ones((1, 3)), np.ones((1, 3)))
+    with pytest.raises(ValueError, match=match):
+        compare(a, b, vocab_a, vocab_b)
+
+
 stages = st.integers(0, 10_000).map(lambda seed: random_stage(np.random.default_rng(seed)))
 
 

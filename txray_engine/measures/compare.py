@@ -14,6 +14,7 @@ Definitions (TX-Ray, see docs/MEASURES.md):
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,15 @@ def align_vocabularies(a: SparseStats, b: SparseStats, vocab_a, vocab_b
     counterpart in the other stage's vocabulary.
     """
     vocab_a, vocab_b = list(vocab_a), list(vocab_b)
+    for name, vocab, stats in (("vocab_a", vocab_a, a), ("vocab_b", vocab_b, b)):
+        if len(vocab) != stats.n_features:
+            raise InputError(f"{name} has {len(vocab)} features, its stage {stats.n_features}: "
+                             f"give the vocabulary the stage was collected with")
+        if len(set(vocab)) != len(vocab):
+            twice = next(s for s, c in Counter(vocab).items() if c > 1)
+            raise InputError(f"{name} holds {twice!r} more than once: features are aligned by "
+                             f"string, so each must be one feature (a Vocabulary refuses "
+                             f"duplicates)")
     if vocab_a == vocab_b:
         return a, b, vocab_a, {"unaligned_a": 0, "unaligned_b": 0}
     index = {s: i for i, s in enumerate(vocab_a)}
@@ -253,7 +263,10 @@ def compare(a: SparseStats, b: SparseStats, vocab_a=None, vocab_b=None, *, by: s
         if counts is not None and np.shape(counts) != (a.n_neurons,):
             raise InputError(f"{name} has shape {np.shape(counts)}, not one count per neuron "
                              f"({a.n_neurons},)")
-    if vocab_a is not None and vocab_b is not None:
+    if (vocab_a is None) != (vocab_b is None):
+        raise InputError("give both vocabularies (vocab_a and vocab_b) to align the stages by "
+                         "feature string, or neither")
+    if vocab_a is not None:
         a, b, _, unaligned = align_vocabularies(a, b, vocab_a, vocab_b)
     elif a.n_features != b.n_features:
         raise InputError(f"vocabularies of {a.n_features} and {b.n_features} features: give both "
