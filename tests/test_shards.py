@@ -78,7 +78,6 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
     _clean_error(merge("d.zarr", "a.zarr"), "differ in options.context_overlap: none in",
                  "a.zarr' again with --context-overlap 0")
     _clean_error(merge("a.zarr", "c.zarr"), "shard(s) [0] given twice", "shard(s) [1] missing")
-    _clean_error(merge("a.zarr"), "at least two stages")
     _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "2/2"),
                  "shard 2/2: N must be 1 or more and I in 0..N-1")
     _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "two"),
@@ -94,6 +93,31 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
     res = CliRunner().invoke(main, ["merge", str(tmp_path / "a.zarr"), str(tmp_path / "e.zarr"),
                                     "--store", str(out), "--stage", "s", "--overwrite"])
     assert res.exit_code == 0, res.output
+
+
+def test_one_source_is_copied_and_copied_shards_still_merge(word_model, tmp_path):
+    """Parallel jobs write a store each (one writer per store); their stages could not be
+    brought into one store to compare or report: merge refused a single source."""
+    for i in range(2):
+        _ok(_collect(word_model, "--store", tmp_path / f"part-{i}.zarr", "--shard", f"{i}/2"))
+    one = tmp_path / "one.zarr"
+
+    def merge(*sources, stage):
+        return _ok(CliRunner().invoke(main, ["merge", *map(str, sources), "--store", str(one),
+                                             "--stage", stage]))
+    assert "copied" in merge(f"{tmp_path / 'part-0.zarr'}::s", stage="half0").output
+    merge(f"{tmp_path / 'part-1.zarr'}::s", stage="half1")
+    st = open_store(one)
+    for i in range(2):
+        copy, source = st.stage(f"half{i}"), open_store(tmp_path / f"part-{i}.zarr").stage("s")
+        assert same_sums(copy.accumulator(), source.accumulator())
+        assert copy.meta["options"]["shard"] == source.meta["options"]["shard"]
+        assert copy.cursor == source.cursor
+    _ok(CliRunner().invoke(main, ["compare", str(one), "half0", "half1", "--top", "0"]))
+    # the copies are still the two shards: they merge as the shards themselves do
+    merge(f"{one}::half0", f"{one}::half1", stage="all")
+    merge(*(f"{tmp_path / f'part-{i}.zarr'}::s" for i in range(2)), stage="direct")
+    assert same_sums(st.stage("all").accumulator(), st.stage("direct").accumulator())
 
 
 @pytest.mark.parametrize("env", [{}, {"RANK": "0"}])

@@ -172,7 +172,8 @@ def _layouts(values) -> dict:
 def merge(sources, store, stage, from_stage, overwrite, as_json):
     """Add up complete stages (shards of `collect --shard`, or parts of a split corpus) into one.
 
-    Each SOURCE is a store directory, or STORE::STAGE for another stage name.
+    Each SOURCE is a store directory, or STORE::STAGE for another stage name. One SOURCE is
+    copied: stages of parallel jobs (one store each) go into one store to compare or report.
     """
     from ..store import merge_stages
 
@@ -181,7 +182,8 @@ def merge(sources, store, stage, from_stage, overwrite, as_json):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo(f"stage {stage!r} in {store}: {summary['sources']} stages merged, "
+        what = "copied" if summary["sources"] == 1 else f"{summary['sources']} stages merged"
+        click.echo(f"stage {stage!r} in {store}: {what}, "
                    f"{summary['documents']} documents, {summary['tokens']} tokens")
 
 

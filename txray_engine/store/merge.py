@@ -67,6 +67,8 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
             raise InputError(f"{name} and {first_name} differ in {values}: only stages of one "
                              f"model collected the same way add up{hint}")
     shards = [(name, (meta.get("options") or {}).get("shard")) for name, _, meta in parts]
+    if len(parts) == 1:  # a copy (of a shard too: it stays one, and merges with the others)
+        return
     if any(s is not None for _, s in shards):
         if any(s is None for _, s in shards) or len({s[1] for _, s in shards}) != 1:
             raise InputError("merge all shards of one collection (--shard I/N with one N), and "
@@ -139,9 +141,9 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     ``ties="place"``.
     """
     sources = [(os.fspath(p), s) for p, s in sources]
-    if len(sources) < 2:
-        raise InputError("merge needs at least two stages: name two or more sources (STORE or "
-                         "STORE::STAGE)")
+    if not sources:
+        raise InputError("merge needs a stage to read: name one or more sources (STORE or "
+                         "STORE::STAGE; one is copied)")
     if mode not in ("new", "overwrite"):
         raise InputError(f"merge writes a new stage or replaces one (mode 'new' or 'overwrite'), "
                          f"not {mode!r}")
@@ -197,6 +199,8 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     first = parts[0][2]
     corpora = [meta.get("corpus") for _, _, meta in parts]
     identity = {key: value for key, value in _settings(first).items() if value is not None}
+    if len(parts) == 1 and first.get("options"):  # a copy keeps what it is, a shard too
+        identity["options"] = first["options"]
     if any(c is not None for c in corpora):  # (parts from Python may have none)
         identity["corpus"] = corpora[0] if all(c == corpora[0] for c in corpora) else \
             {"merged": corpora}
