@@ -267,3 +267,17 @@ def test_merged_shards_continue_with_a_higher_limit(word_model, tmp_path):
     for name in ("token", "predicted"):
         assert (a.layer("lstm").stream(name).csr("count") !=
                 b.layer("lstm").stream(name).csr("count")).nnz == 0
+
+
+def test_a_shard_into_a_store_holding_another_is_refused_before_advice_to_replace_it(
+        word_model, tmp_path):
+    """Without '{shard}' in --store, shard 0/2 met shard 1/2's stage and was told to --resume,
+    then to --overwrite it."""
+    same = tmp_path / "same.zarr"
+    _ok(_collect(word_model, "--store", same, "--shard", "1/2"))
+    for extra in ([], ["--resume"]):
+        _clean_error(_collect(word_model, "--store", same, "--shard", "0/2", *extra),
+                     "holds shard 1/2, and this run is shard 0/2", "'part-{shard}.zarr'")
+    _clean_error(_collect(word_model, "--store", same), "holds shard 1/2, and this run is a "
+                 "whole collection")
+    assert open_store(same).stage("s").meta["options"]["shard"] == [1, 2]

@@ -97,8 +97,9 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corp
             quiet, as_json):
     """Run a model over a corpus and store the stage's statistics."""
     from ..collect import Corpus, collect_corpus, load_model
-    from ..collect.run import DEFAULT_MAX_LENGTH, check_shard, more_documents
+    from ..collect.run import DEFAULT_MAX_LENGTH, check_shard, check_shard_place, more_documents
     from ..collect.sequences import check_windows
+    from ..errors import StoreLockedError
     from ..store import StageWriter
 
     if resume and overwrite:
@@ -113,6 +114,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corp
                              "own: put '{shard}' in --store (e.g. 'part-{shard}.zarr')")
         shard, device = _shard_from_env(device)
     shard = check_shard(shard)
+    templated = "{shard}" in store
     if shard is not None:
         store = store.replace("{shard}", str(shard[0]))
     elif "{shard}" in store:
@@ -122,8 +124,16 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corp
                     label_field if "label" in names else None)
     mode = "resume" if resume else "overwrite" if overwrite else "new"
     # a locked store or a stage that exists fails now, not after the model has loaded
-    StageWriter(store, stage, mode,
-                reopen=lambda meta: more_documents(meta, max_documents)).precheck()
+    check_shard_place(store, stage, shard, mode)
+    try:
+        StageWriter(store, stage, mode,
+                    reopen=lambda meta: more_documents(meta, max_documents)).precheck()
+    except StoreLockedError as e:
+        if shard is None or templated:
+            raise
+        raise StoreLockedError(f"{e} (several shards: put '{{shard}}' in --store, e.g. "
+                               f"'part-{{shard}}.zarr', so that each writes a store of its "
+                               f"own)") from None
     loaded = load_model(model_spec, gguf_file, tokenizer, vocab, lower, device, quiet=quiet,
                         special_tokens=special_tokens, dtype=dtype)
     summary = collect_corpus(

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import CorpusError, InputError, StoreError, Terminated
+from ..errors import CorpusError, InputError, StageExistsError, StoreError, Terminated
 from ..features.pos import POS_VOCAB, pattern_tagger
 from ..features.streams import Stream
 from ..features.vocab import Vocabulary
@@ -134,7 +134,26 @@ def context_overlap_for(store, stage: str, mode: str, max_length: int,
 
 def _resumed(store, stage: str, mode: str) -> dict:
     """The attributes of the stage a resume continues, or {} (none yet, or not a resume)."""
-    if mode != "resume" or store is None:
+    return stored_stage(store, stage) if mode == "resume" else {}
+
+
+def check_shard_place(store, stage: str, shard: tuple[int, int] | None, mode: str) -> None:
+    """Refuse to continue, or to be told to replace, a stage that holds another shard (a
+    --store without '{shard}' for several shards): the stored shard's store is not this one's."""
+    meta = stored_stage(store, stage)
+    theirs = (meta.get("options") or {}).get("shard")
+    if not meta or mode == "overwrite" or theirs == (list(shard) if shard else None):
+        return
+    held = f"shard {theirs[0]}/{theirs[1]}" if theirs else "a whole collection (no --shard)"
+    this = f"shard {shard[0]}/{shard[1]}" if shard else "a whole collection"
+    raise StageExistsError(f"stage {stage!r} of {str(store)!r} holds {held}, and this run is "
+                           f"{this}: each shard writes a store of its own; put '{{shard}}' in "
+                           f"--store (e.g. 'part-{{shard}}.zarr'), or choose another stage")
+
+
+def stored_stage(store, stage: str) -> dict:
+    """The attributes of ``stage`` in ``store``, or {} (no store or stage yet)."""
+    if store is None:
         return {}
     try:
         meta = group_attrs(open_root(store)[stage])
