@@ -178,6 +178,36 @@ def test_resume_with_other_weights_of_the_same_model_is_refused(word_model, tmp_
     assert (store / "s" / "zarr.json").read_text() == before
 
 
+def test_the_same_files_under_other_names_resume_and_merge(word_model, tmp_path):
+    """A job that copies its inputs under names of its own (model-copy.pt, a corpus per task)
+    was refused as another model or corpus, though every byte is the same."""
+    import shutil
+    store, whole = tmp_path / "s.zarr", tmp_path / "whole.zarr"
+    copy = dict(word_model, ckpt=tmp_path / "model-copy.pt", vocab=tmp_path / "vocab-copy.txt")
+    shutil.copy(word_model["ckpt"], copy["ckpt"])
+    shutil.copy(word_model["vocab"], copy["vocab"])
+    corpus = tmp_path / "task-7.jsonl"
+    shutil.copy(word_model["jsonl"], corpus)
+    for args in (_args(word_model, word_model["jsonl"], store, "--max-documents", "10"),
+                 _args(copy, corpus, store, "--resume"),
+                 _args(word_model, word_model["jsonl"], whole)):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+    a, b = open_store(store).stage("s"), open_store(whole).stage("s")
+    assert same_sums(a.accumulator(), b.accumulator()) and a.cursor == b.cursor
+    assert a.meta["model"]["source"] == "model-copy.pt"  # (the stage names the last files)
+    for i, (files, name) in enumerate(((word_model, word_model["jsonl"]), (copy, corpus))):
+        res = CliRunner().invoke(main, _args(files, name, tmp_path / f"p{i}.zarr", "--shard",
+                                             f"{i}/2"))
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["merge", str(tmp_path / "p0.zarr"), str(tmp_path / "p1.zarr"),
+                                    "--store", str(tmp_path / "m.zarr"), "--stage", "s"])
+    assert res.exit_code == 0, res.output
+    merged = open_store(tmp_path / "m.zarr").stage("s")
+    assert same_sums(merged.accumulator(), b.accumulator())
+    assert merged.meta["corpus"] == b.meta["corpus"]  # (one corpus: its first name)
+
+
 def test_resume_notices_one_changed_weight_and_a_reordered_vocabulary(word_model, tmp_path):
     """The sampled weights missed one changed value between samples (a retrained word vector),
     and the word tokenizer's identity held only its size (two words exchanged in the file change

@@ -12,16 +12,18 @@ import os
 from ..accumulate.accumulator import Accumulator
 from ..errors import InputError, StageExistsError, StoreError
 from .reader import open_store
-from .writer import StageWriter, differences
+from .writer import StageWriter, differences, without_names
 
 # what every part must share (the corpus may differ: a corpus split by file)
 SHARED = ("model", "collection")
 
 
-def _settings(meta: dict) -> dict:
-    """What every part must share: model, collection and options (but the shard)."""
+def _settings(meta: dict, names: bool = False) -> dict:
+    """What every part must share: model (but, unless ``names``, its files' names), collection
+    and options (but the shard)."""
     options = {k: v for k, v in (meta.get("options") or {}).items() if k != "shard"}
-    return {**{key: meta.get(key) for key in SHARED}, "options": options}
+    shared = {key: meta.get(key) for key in SHARED}
+    return {**(shared if names else without_names(shared)), "options": options}
 
 
 def _at(settings: dict, dotted: str) -> str:
@@ -83,11 +85,14 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
                 ([f"shard(s) {missing} missing"] if missing else [])))
         for name, _, meta in parts:
             for key in ("corpus", "max_documents"):
-                if meta.get(key) != first.get(key):
+                if without_names(meta).get(key) != without_names(first).get(key):
+                    values = "" if key == "corpus" else \
+                        f": {meta.get(key)} in {name}, {first.get(key)} in {first_name}"
                     raise InputError(f"{name} and {first_name} are shards of different "
-                                     f"collections ({key} differs)")
+                                     f"collections ({key} differs{values}; merge the shards of "
+                                     f"each collection on its own)")
         return
-    corpora = [meta.get("corpus") for _, _, meta in parts]
+    corpora = [without_names(meta).get("corpus") for _, _, meta in parts]
     for i, c in enumerate(corpora):
         if c is not None and c in corpora[:i]:
             raise InputError(f"{names[i]} and {names[corpora.index(c)]} were collected over the "
@@ -198,12 +203,14 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
         cursor["at"] = max(ats, key=lambda at: (at["doc"], at["start"]))
     first = parts[0][2]
     corpora = [meta.get("corpus") for _, _, meta in parts]
-    identity = {key: value for key, value in _settings(first).items() if value is not None}
+    identity = {key: value for key, value in _settings(first, names=True).items()
+                if value is not None}
     if len(parts) == 1 and first.get("options"):  # a copy keeps what it is, a shard too
         identity["options"] = first["options"]
     if any(c is not None for c in corpora):  # (parts from Python may have none)
-        identity["corpus"] = corpora[0] if all(c == corpora[0] for c in corpora) else \
-            {"merged": corpora}
+        one = all(without_names({"corpus": c}) == without_names({"corpus": corpora[0]})
+                  for c in corpora)  # (a shard's copy of the corpus under another name too)
+        identity["corpus"] = corpora[0] if one else {"merged": corpora}
     extra = {"merged_from": [f"{path}::{name}" for path, name in sources]}
     if "layouts" in first:  # one collection's: the same in every part
         extra["layouts"] = first["layouts"]

@@ -63,6 +63,36 @@ def differences(stored: dict, identity: dict, prefix: str = "") -> list[str]:
 ADDED_LATER = (("model", "content"), ("model", "tokenizer", "vocabulary"))
 
 
+def without_names(identity: dict) -> dict:
+    """``identity`` without the names of its files (``model.source``, the tokenizer's
+    ``name``, each corpus file's ``name``): the same bytes under another name, as a job copies
+    its inputs, are the same input; their hashes tell them apart."""
+    def strip(value, drop):
+        if isinstance(value, dict):
+            return {k: strip(v, ("name",) if k in ("tokenizer", "files", "merged") else ())
+                    for k, v in value.items() if k not in drop}
+        if isinstance(value, list):
+            return [strip(v, drop) for v in value]
+        return value
+    out = dict(identity)
+    if isinstance(out.get("model"), dict):
+        out["model"] = strip(out["model"], ("source",))
+    if isinstance(out.get("corpus"), dict):
+        out["corpus"] = strip(out["corpus"], ())
+    return out
+
+
+def _renamed_only(stored: dict, identity: dict) -> bool:
+    """Whether ``stored`` (a stage's attributes) holds ``identity`` but for file names: the
+    stored fingerprint is that of its entries named by ``identity``, and they agree without
+    names."""
+    if any(key not in stored for key in identity):
+        return False
+    written = {key: stored[key] for key in identity}
+    return stored.get("fingerprint") == fingerprint(written) and \
+        fingerprint(without_names(written)) == fingerprint(without_names(identity))
+
+
 def _as_written_before(identity: dict, stored: dict) -> dict:
     """``identity`` without the :data:`ADDED_LATER` entries the ``stored`` stage lacks."""
     out = copy.deepcopy(identity)
@@ -227,7 +257,8 @@ class StageWriter:
                                    f"(mode='overwrite')")
         before = _as_written_before(self.identity, meta) if self.fingerprint is not None else None
         if before is not None and meta.get("fingerprint") not in (self.fingerprint,
-                                                                  fingerprint(before)):
+                                                                  fingerprint(before)) and \
+                not _renamed_only(meta, before):
             changed = differences(meta, before)
             added = sorted(k for k in before if k not in meta)
             untold = sorted(k for k in meta if k not in WRITER_KEYS and k not in before and
