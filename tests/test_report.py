@@ -116,6 +116,26 @@ def test_report_structure(pos_store, tmp_path):
     assert lay["hellinger"][0]["values"][15] is None
 
 
+def test_the_report_reads_again_a_stage_a_collection_replaced(pos_store, tmp_path,
+                                                              monkeypatch):
+    """`txray report` failed with StageChangedError where `neurons` and `compare` read again."""
+    from click.testing import CliRunner
+
+    import txray_engine.report as report_module
+    from txray_engine.cli import main
+    from txray_engine.errors import StageChangedError
+    calls = []
+
+    def changed_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StageChangedError("stage 'pretrained' was updated by a writer")
+        return build_report(*args, **kwargs)
+    monkeypatch.setattr(report_module, "build_report", changed_once)
+    res = CliRunner().invoke(main, ["report", str(pos_store), "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 0 and len(calls) == 2 and (tmp_path / "r.html").is_file(), res.output
+
+
 def test_caps_and_choices(pos_store, tmp_path):
     out = tmp_path / "r.html"
     rep = build_report(pos_store, stages=["pretrained", "finetuned"], layers=["enc.1"], out=out,

@@ -290,6 +290,20 @@ def test_failed_open_on_new_path_leaves_nothing(tmp_path):
     assert not path.exists()
 
 
+def test_a_store_before_its_first_snapshot_says_it_is_being_written(tmp_path):
+    """A running collection's store stays empty until its first flush: readers said it was not
+    a txray store."""
+    from txray_engine.errors import StageNotReadyError
+    path = tmp_path / "s.zarr"
+    with StageWriter(path, "s", "new", {}):
+        with pytest.raises(StageNotReadyError, match="being written by a collection that has "
+                                                     "not committed its first snapshot"):
+            open_store(path)
+    path.mkdir()
+    with pytest.raises(StoreError, match="not a txray store"):  # (no writer holds it)
+        open_store(path)
+
+
 def test_foreign_and_damaged_stores(tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x.txt").write_text("hi")

@@ -43,12 +43,14 @@ def report(store, stages, pairs, layers, stream, out, max_neurons, max_points, t
     """Write an offline HTML report: mass, Hellinger, length shift, POS, changed neurons and a
     neuron explorer, in one self-contained file."""
     from ..report import build_report
+    from ..store.reader import read_again
 
-    rep = build_report(store, stages=_names(stages) or None, layers=list(layers) or None, out=out,
-                       stream=stream, max_neurons=max_neurons, max_points=max_points,
-                       top_features=top_features, by=by, min_count=min_count,
-                       min_neuron_count=min_neuron_count, title=title,
-                       pairs=_names(pairs) or None)  # "A:B" each, read by build_report
+    # (read again, from the store's opening, while a running collection replaces a snapshot)
+    rep = read_again(lambda: build_report(
+        store, stages=_names(stages) or None, layers=list(layers) or None, out=out,
+        stream=stream, max_neurons=max_neurons, max_points=max_points, top_features=top_features,
+        by=by, min_count=min_count, min_neuron_count=min_neuron_count, title=title,
+        pairs=_names(pairs) or None))  # "A:B" each, read by build_report
     if quiet:
         return
     pairs = ", ".join(f"{a} → {b}" for a, b in rep.pairs) or "none"

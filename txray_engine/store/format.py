@@ -23,7 +23,7 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore, StorePath
 
 from ..accumulate.stats import SparseStats
-from ..errors import StoreError, TxRayError
+from ..errors import StageNotReadyError, StoreError, TxRayError
 from ..version import FORMAT_VERSION, __version__
 
 #: Attribute key under which every txray group keeps its metadata.
@@ -46,16 +46,21 @@ def root_attrs() -> dict:
                    "engine_version": __version__}}
 
 
-def open_root(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+def open_root(path: str | os.PathLike, mode: str = "r", writer: bool = False) -> zarr.Group:
     """Open the root group of a store, checking that it is ours and of a format we read.
 
-    ``mode`` is ``"r"`` (read) or ``"r+"`` (write an existing store).
+    ``mode`` is ``"r"`` (read) or ``"r+"`` (write an existing store); ``writer``: the caller
+    holds the store's lock.
     """
     path = Path(path)
     if not path.exists():
         raise StoreError(f"no store at {str(path)!r}: check the path, or create one with "
                          f"`txray collect`")
     if not (path / "zarr.json").is_file():
+        if not writer and path.is_dir() and _being_written(path):
+            raise StageNotReadyError(f"store {str(path)!r} is being written by a collection that "
+                                     f"has not committed its first snapshot yet (it flushes "
+                                     f"every --flush-every seconds, 60 by default): wait for it")
         raise StoreError(f"{str(path)!r} is not a txray store (no zarr.json): point to a store "
                          f"made by txray, or choose a new path")
     try:
@@ -89,6 +94,24 @@ def damaged(what: str):
     except Exception as e:
         raise StoreError(f"{what} is damaged or unreadable ({type(e).__name__}: {e}); restore it or "
                          f"collect the stage again with --overwrite") from None
+
+
+def _being_written(path: Path) -> bool:
+    """Whether a writer holds the store's lock (see :class:`~.writer.StageWriter`)."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (and with it a shared lock taken)
 
 
 def group_attrs(group: zarr.Group) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -167,17 +168,22 @@ class Stage(_Listing):
     def reading(self, what: str):
         """Read part of the committed snapshot: a failure is the store's damage, unless a writer
         has committed a newer snapshot since this stage was opened (removing the old one); that is
-        said as such, since the store is fine."""
-        try:
-            with damaged(what):
-                yield
-        except StoreError:
+        said as such, since the store is fine (and zarr's warnings about the nodes it found
+        gone are not shown)."""
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                with damaged(what):
+                    yield
+            except StoreError:
+                self._check_current()
+                raise
+            # a writer switches the pointer before it deletes the old snapshot: while the
+            # pointer still names ours, nothing we read can have been half-deleted (missing
+            # chunks read as zeros, without an error)
             self._check_current()
-            raise
-        # a writer switches the pointer before it deletes the old snapshot: while the pointer
-        # still names ours, nothing we read can have been half-deleted (missing chunks read as
-        # zeros, without an error)
-        self._check_current()
+        for w in seen:  # (the read stands: what it warned of stands too)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def _check_current(self) -> None:
         try:  # the stage's own zarr.json, read directly: a cheap check after every read

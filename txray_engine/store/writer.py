@@ -227,7 +227,7 @@ class StageWriter:
     def _check(self) -> None:
         meta = None
         if any(self.path.iterdir()):  # (else a new, empty store)
-            root = open_root(self.path, "r")
+            root = open_root(self.path, "r", writer=True)
             with damaged(f"store {str(self.path)!r}"):
                 if self.stage in set(root.group_keys()):
                     meta = group_attrs(root[self.stage])
@@ -383,7 +383,7 @@ class StageWriter:
 
     def _root_for_write(self) -> zarr.Group:
         if (self.path / "zarr.json").is_file():
-            return open_root(self.path, "r+")
+            return open_root(self.path, "r+", writer=True)
         # created with its attributes: a reader never sees a root without them
         return zarr.open_group(str(self.path), mode="w-", attributes=root_attrs())
 
