@@ -78,6 +78,10 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
     _clean_error(merge("d.zarr", "a.zarr"), "differ in options.context_overlap: none in",
                  "a.zarr' again with --context-overlap 0")
     _clean_error(merge("a.zarr", "c.zarr"), "shard(s) [0] given twice", "shard(s) [1] missing")
+    _ok(_collect(word_model, "--store", tmp_path / "j.zarr", "--corpus", word_model["jsonl"],
+                 "--shard", "1/2"))  # (a second --corpus: these shards read both files)
+    _clean_error(merge("a.zarr", "c.zarr", "j.zarr"), "are shards of different collections "
+                 "(corpus differs; merge the shards of each collection on its own)")
     _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "2/2"),
                  "shard 2/2: N must be 1 or more and I in 0..N-1")
     _clean_error(_collect(word_model, "--store", tmp_path / "x.zarr", "--shard", "two"),
@@ -114,6 +118,8 @@ def test_one_source_is_copied_and_copied_shards_still_merge(word_model, tmp_path
         assert copy.meta["options"]["shard"] == source.meta["options"]["shard"]
         assert copy.cursor == source.cursor
     _ok(CliRunner().invoke(main, ["compare", str(one), "half0", "half1", "--top", "0"]))
+    shown = _ok(CliRunner().invoke(main, ["info", str(one)])).output
+    assert "shard 1/2 of a corpus, merged from 1 stage(s)" in shown, shown
     # the copies are still the two shards: they merge as the shards themselves do
     merge(f"{one}::half0", f"{one}::half1", stage="all")
     merge(*(f"{tmp_path / f'part-{i}.zarr'}::s" for i in range(2)), stage="direct")

@@ -37,8 +37,11 @@ def info(store, as_json):
         limit = (f" (stopped at --max-documents {st['max_documents']}: --resume with a higher "
                  f"limit continues it)" if st["status"] == "complete" and
                  st.get("corpus_done") is False else "")
+        part = (f", shard {st['shard'][0]}/{st['shard'][1]} of a corpus" if st.get("shard")
+                else "") + (f", merged from {len(st['merged_from'])} stage(s)"
+                            if st.get("merged_from") else "")
         click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, {docs}, "
-                   f"k={st['k']}{limit}")
+                   f"k={st['k']}{part}{limit}")
         if st.get("other_snapshot_bytes"):
             click.echo(f"    {human_size(st['other_snapshot_bytes'])} in a snapshot besides the "
                        f"committed one: a flush being written, or one a stopped writer left "

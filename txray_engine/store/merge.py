@@ -50,10 +50,13 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise InputError(f"{', '.join(twice)} given twice: each part counts once")
+    unfinished = [f"{name} is {meta.get('status')}" for name, _, meta in parts
+                  if meta.get("status") != "complete"]
+    if unfinished:
+        them = "it" if len(unfinished) == 1 else "them"
+        raise StoreError(f"{'; '.join(unfinished)}: finish {them} first (txray collect ... "
+                         f"--resume), then merge")
     for name, _, meta in parts:
-        if meta.get("status") != "complete":
-            raise StoreError(f"{name} is {meta.get('status')}: finish it first (txray collect "
-                             f"... --resume), then merge")
         mine, theirs = _settings(meta), _settings(first)
         named = differences(theirs, mine)
         if named:
@@ -73,8 +76,18 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
         return
     if any(s is not None for _, s in shards):
         if any(s is None for _, s in shards) or len({s[1] for _, s in shards}) != 1:
-            raise InputError("merge all shards of one collection (--shard I/N with one N), and "
-                             "nothing else with them")
+            held = "; ".join(f"{name}: " + (f"shard {s[0]}/{s[1]}" if s else "no shard")
+                             for name, s in shards)
+            raise InputError(f"merge all shards of one collection (--shard I/N with one N), and "
+                             f"nothing else with them ({held})")
+        for name, _, meta in parts:  # (before counting shards: two collections' shards would
+            for key in ("corpus", "max_documents"):  # read as shards given twice)
+                if without_names(meta).get(key) != without_names(first).get(key):
+                    values = "" if key == "corpus" else \
+                        f": {meta.get(key)} in {name}, {first.get(key)} in {first_name}"
+                    raise InputError(f"{name} and {first_name} are shards of different "
+                                     f"collections ({key} differs{values}; merge the shards of "
+                                     f"each collection on its own)")
         n = shards[0][1][1]
         seen = [s[0] for _, s in shards]
         twice = sorted({i for i in seen if seen.count(i) > 1})
@@ -83,14 +96,6 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
             raise InputError(f"shards of {n}: " + "; ".join(
                 ([f"shard(s) {twice} given twice"] if twice else []) +
                 ([f"shard(s) {missing} missing"] if missing else [])))
-        for name, _, meta in parts:
-            for key in ("corpus", "max_documents"):
-                if without_names(meta).get(key) != without_names(first).get(key):
-                    values = "" if key == "corpus" else \
-                        f": {meta.get(key)} in {name}, {first.get(key)} in {first_name}"
-                    raise InputError(f"{name} and {first_name} are shards of different "
-                                     f"collections ({key} differs{values}; merge the shards of "
-                                     f"each collection on its own)")
         return
     corpora = [without_names(meta).get("corpus") for _, _, meta in parts]
     for i, c in enumerate(corpora):

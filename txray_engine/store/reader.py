@@ -131,6 +131,8 @@ class Store(_Listing):
                 "layers": st.meta.get("layers", {}), "streams": st.meta.get("streams", {}),
                 "layouts": st.layouts,
                 "model": st.meta.get("model"), "corpus": st.meta.get("corpus"),
+                "shard": (st.meta.get("options") or {}).get("shard"),
+                "merged_from": st.meta.get("merged_from"),
                 # a flush being written, or one a writer stopped between its commit and its
                 # clean-up left (the stage's next writer removes it)
                 "other_snapshot_bytes": sum(
