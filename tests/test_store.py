@@ -304,6 +304,51 @@ def test_a_store_before_its_first_snapshot_says_it_is_being_written(tmp_path):
         open_store(path)
 
 
+def _stream_dir(path, stage="s"):
+    snap = open_store(path).stage(stage).meta["snapshot"]
+    return path / stage / snap / "enc.lstm" / "token"
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda g: g["indptr"].__setitem__(slice(2, 4), [40, 1]), "offsets .indptr. do not grow"),
+    (lambda g: g["indices"].__setitem__(0, -3), "feature id outside its vocabulary of 40"),
+    (lambda g: g["indices"].__setitem__(1, 0), "features out of order"),
+    (lambda g: g["count"].__setitem__(3, 0), "count below 1"),
+    (lambda g: g["mass"].__setitem__(3, float("nan")), "not finite"),
+    (lambda g: g["feature_freq"].__setitem__(3, -1), "negative frequency"),
+])
+def test_stream_arrays_no_writer_makes_are_damage(tmp_path, damage, match):
+    """A non-increasing indptr (last value still the cell count) made scipy overrun memory in
+    `txray report` (malloc abort, segfault); compare gave wrong numbers with exit 0."""
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(kind="sparse"))
+    damage(zarr.open_group(str(_stream_dir(path)), mode="r+"))
+    view = open_store(path).stage("s").layer("enc.lstm").stream("token")
+    with pytest.raises(StoreError, match="damaged: .*" + match):
+        view.stats
+
+
+def test_a_missing_chunk_file_is_damage_not_zeros(tmp_path):
+    """An interrupted copy that left a chunk out read as zero counts, with no error."""
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(kind="sparse"))
+    (_stream_dir(path) / "count" / "c" / "0").unlink()
+    with pytest.raises(StoreError, match="count below 1"):
+        open_store(path).stage("s").accumulator()
+
+
+def test_a_vocabulary_shorter_than_its_stream_is_damage(tmp_path):
+    from txray_engine.store.names import VOCAB_GROUP
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(kind="sparse"))
+    group = zarr.open_group(str(path / "s" / VOCAB_GROUP), mode="r+")
+    attrs = dict(group.attrs)
+    attrs[ATTR]["vocabularies"]["token"] = attrs[ATTR]["vocabularies"]["token"][:30]
+    group.attrs.put(attrs)
+    with pytest.raises(StoreError, match="40 features, and its vocabulary has 30"):
+        open_store(path).stage("s").layer("enc.lstm").stream("token").vocab
+
+
 def test_foreign_and_damaged_stores(tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x.txt").write_text("hi")

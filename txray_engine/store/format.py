@@ -193,6 +193,28 @@ def read_arrays(group: zarr.Group, names) -> dict[str, np.ndarray]:
     return dict(zip(names, sync(every())))
 
 
+def _inconsistent(arrays: dict, n: int, v: int, meta: dict) -> str | None:
+    """What in one stream's arrays no writer makes (what scipy, reading them, would overrun
+    memory on): rows that do not follow each other, features outside the vocabulary or out of
+    order in a row, cells never counted, sums that are not finite, negative frequencies."""
+    indptr, indices = arrays["indptr"].astype(np.int64), arrays["indices"].astype(np.int64)
+    if n and (indptr[0] != 0 or (np.diff(indptr) < 0).any()):
+        return "its rows' offsets (indptr) do not grow from 0"
+    if indices.size and (indices.min() < 0 or indices.max() >= v):
+        return f"a feature id outside its vocabulary of {v}"
+    later = np.ones(indices.size, bool)  # a cell that follows another in its row
+    later[indptr[:-1][indptr[:-1] < indices.size]] = False
+    if (np.diff(indices) <= 0)[later[1:]].any():
+        return "a row's features out of order"
+    if (arrays["count"] < 1).any():
+        return "a cell with a count below 1"
+    if not (np.isfinite(arrays["mass"]).all() and np.isfinite(arrays["peak"]).all()):
+        return "a mass or peak that is not finite"
+    if (arrays["feature_freq"] < 0).any() or int(meta["tokens"]) < 0 or int(meta["missing"]) < 0:
+        return "a negative frequency or token count"
+    return None
+
+
 def read_stats(group: zarr.Group) -> SparseStats:
     """Read one (layer, stream) written from :func:`stream_nodes`, checking its consistency."""
     meta = group_attrs(group)
@@ -208,6 +230,10 @@ def read_stats(group: zarr.Group) -> SparseStats:
     if not ok:
         raise StoreError(f"stream group {group.path!r} is damaged: array shapes disagree with its "
                          f"attributes")
+    wrong = _inconsistent(arrays, n, v, meta)
+    if wrong:
+        raise StoreError(f"stream group {group.path!r} is damaged: {wrong}; restore it or collect "
+                         f"the stage again with --overwrite")
     return SparseStats(n, v, arrays["indptr"], arrays["indices"], arrays["count"], arrays["mass"],
                        arrays["peak"], arrays["feature_freq"], int(meta["tokens"]),
                        int(meta["missing"]))

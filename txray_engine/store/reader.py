@@ -404,7 +404,13 @@ class StreamView:
 
     @cached_property
     def vocab(self) -> Vocabulary:
-        return self.layer.stage.vocab(self.name)
+        vocab = self.layer.stage.vocab(self.name)
+        if len(vocab) != self.meta.get("n_features"):
+            raise StoreError(f"{self.what} of stage {self.layer.stage.name!r} is damaged: "
+                             f"{self.meta.get('n_features')} features, and its vocabulary has "
+                             f"{len(vocab)}; restore it or collect the stage again with "
+                             f"--overwrite")
+        return vocab
 
     @cached_property
     def stats(self) -> SparseStats:
