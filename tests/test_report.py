@@ -30,10 +30,10 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def make_pos_store(path, stages=("pretrained", "finetuned"), layers=("enc.0", "enc.1"), n=16,
-                   vocab_size=40, tokens=1500):
+                   vocab_size=40, tokens=1500, pos_vocab=tuple(POS_VOCAB)):
     """Two stages with token, predicted and pos streams, built directly (no tagger needed)."""
     words = [f"w{i}" for i in range(vocab_size - 1)] + [NASTY]
-    vocab = {"token": words, "predicted": words, "pos": list(POS_VOCAB)}
+    vocab = {"token": words, "predicted": words, "pos": list(pos_vocab)}
     for si, stage in enumerate(stages):
         g = torch.Generator().manual_seed(si)
         acc = Accumulator(vocab, k=2)
@@ -134,6 +134,15 @@ def test_the_report_reads_again_a_stage_a_collection_replaced(pos_store, tmp_pat
     monkeypatch.setattr(report_module, "build_report", changed_once)
     res = CliRunner().invoke(main, ["report", str(pos_store), "--out", str(tmp_path / "r.html")])
     assert res.exit_code == 0 and len(calls) == 2 and (tmp_path / "r.html").is_file(), res.output
+
+
+def test_a_tag_written_as_markup_stays_text(tmp_path):
+    """A POS vocabulary entry '<a href=...>' became a live link in the figure's tick labels."""
+    link = '<a href="https://evil.example/">click</a>'
+    store = make_pos_store(tmp_path / "s.zarr", pos_vocab=[link, *list(POS_VOCAB)[1:]])
+    page = (build_report(store, out=tmp_path / "r.html").path).read_text()
+    # (the explorer's data keeps the string: it is shown as text, never parsed as markup)
+    assert '"x":["&lt;a href=' in page and '"x":["\\u003ca href' not in page
 
 
 def test_caps_and_choices(pos_store, tmp_path):

@@ -88,6 +88,8 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
                  "a shard is I/N")
     _clean_error(_collect(word_model, "--store", tmp_path / "x-{shard}.zarr"),
                  "'{shard}' but no --shard")
+    _clean_error(_collect(word_model, "--store", tmp_path / "x-{shard:02d}.zarr", "--shard", "0/2"),
+                 "without a format such as '{shard:02d}'")  # (was taken literally, one store)
     assert not out.exists() and not (tmp_path / "x.zarr").exists()
     # an existing target (e.g. a merge stopped part-way): fails before reading the parts, and
     # says to run the merge again, which has no --resume

@@ -349,6 +349,19 @@ def test_a_vocabulary_shorter_than_its_stream_is_damage(tmp_path):
         open_store(path).stage("s").layer("enc.lstm").stream("token").vocab
 
 
+def test_a_stage_that_links_outside_the_store_is_not_written(tmp_path):
+    """--overwrite of a stage that was a symbolic link removed the snapshots where it pointed."""
+    path, outside = tmp_path / "s.zarr", tmp_path / "outside"
+    _write(path, _acc(), stage="a")
+    (outside / "snap-000777").mkdir(parents=True)
+    (outside / "snap-000777" / "precious.txt").write_text("keep")
+    (path / "text").symlink_to(outside, target_is_directory=True)
+    for mode in ("overwrite", "resume", "new"):
+        with pytest.raises(StoreError, match="is a symbolic link"):
+            StageWriter(path, "text", mode, {"model": "m"}).open()
+    assert (outside / "snap-000777" / "precious.txt").read_text() == "keep"
+
+
 def test_foreign_and_damaged_stores(tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x.txt").write_text("hi")
@@ -518,7 +531,9 @@ def test_a_stage_before_its_first_snapshot_is_not_damaged(tmp_path):
 
 
 @pytest.mark.parametrize("stage,stream", [("run\\1", "token"), ("zarr.json", "token"),
-                                          ("s", "neuron_mass"), ("s", "examples_doc")])
+                                          ("s", "neuron_mass"), ("s", "examples_doc"),
+                                          ("s\x1b[2J\x1b[Hfake\nline", "token"),
+                                          ("a\x00b", "token"), ("x" * 300, "token")])
 def test_names_zarr_cannot_hold_are_refused_before_writing(tmp_path, stage, stream):
     """Zarr reads a backslash as '/' (the stage became groups run/1, and the store unreadable);
     a stream named as a layer's array collided with it at the first flush."""

@@ -142,3 +142,12 @@ def test_store_keeps_spelling_and_commands_show_text(tmp_path):
     assert strings and not any("Ġ" in s for s in strings)
     contexts = [item for rows in payload["layers"][0]["examples"]["stages"]["a"] for item in rows]
     assert contexts and all(len(item) == 4 and "Ġ" not in "".join(item[1:]) for item in contexts)
+
+
+def test_printable_keeps_escapes_from_the_terminal():
+    """A corpus line holding an escape sequence (setting the terminal's title) printed raw in a
+    top example's context."""
+    from txray_engine.features.text import printable
+    assert printable("cat\x1b]0;PWNED\x07 sat\non é 漢\u200b") == \
+        "cat\\x1b]0;PWNED\\x07 sat↵on é 漢\u200b"
+    assert printable("a\ud800b") == "a\\ud800b"

@@ -14,7 +14,8 @@ from .base import gguf_option, human_size, main, parse_k
 
 @main.command()
 @click.option("--model", "model_spec", required=True,
-              help="Hugging Face directory, torch checkpoint file (whole module), or 'smollm2'.")
+              help="Hugging Face directory, torch checkpoint file (whole module: unpickling it "
+                   "runs code, so load only files you trust), or 'smollm2'.")
 @gguf_option
 @click.option("--tokenizer", help="Hugging Face tokenizer directory (for torch checkpoints).")
 @click.option("--vocab", type=click.Path(dir_okay=False),
@@ -115,6 +116,9 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corp
         shard, device = _shard_from_env(device)
     shard = check_shard(shard)
     templated = "{shard}" in store
+    if "{shard" in store.replace("{shard}", ""):
+        raise InputError("--store takes '{shard}' as it is (e.g. 'part-{shard}.zarr'), without a "
+                         "format such as '{shard:02d}'")
     if shard is not None:
         store = store.replace("{shard}", str(shard[0]))
     elif "{shard}" in store:

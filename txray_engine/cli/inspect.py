@@ -7,6 +7,7 @@ import json
 import click
 
 from ..errors import InputError
+from ..features.text import printable
 from .base import by_option, format_features, human_size, main
 
 
@@ -26,6 +27,7 @@ def info(store, as_json):
     if not data["stages"]:
         click.echo("  no stages")
     for name, st in data["stages"].items():
+        name = printable(name)  # (a store made elsewhere: its names as they would print)
         if st["status"] == "no snapshot yet":
             click.echo(f"  stage {name}: no snapshot yet (a collection is writing its first, or "
                        f"stopped before it: --resume continues it; a stopped merge is run "
@@ -51,8 +53,9 @@ def info(store, as_json):
         for layer, n in st["layers"].items():
             skipped = st["skipped_nonfinite"].get(layer)
             layout = st.get("layouts", {}).get(layer)
-            click.echo(f"    layer {layer}: {n} neurons" + (f", {layout}" if layout else "") + (
-                f", {skipped} positions skipped (non-finite activations)" if skipped else ""))
+            more = (f", {layout}" if layout else "") + (
+                f", {skipped} positions skipped (non-finite activations)" if skipped else "")
+            click.echo(f"    layer {printable(layer)}: {n} neurons{more}")
 
 
 @main.command()
@@ -106,7 +109,7 @@ def _neuron_lines(store, stage, layer_names, streams, neurons, top, features, by
                     if not np.isfinite(ex["examples_value"][n, j]):
                         break
                     head, word, tail = vocab.window(ex["examples_context"][n, j])
-                    text = f"{head}[{word}]{tail}".replace("\n", "↵")  # one line each
+                    text = printable(f"{head}[{word}]{tail}")  # one line each, no escapes
                     out.append(f"    example {ex['examples_value'][n, j]:.3f} (document "
                                f"{ex['examples_doc'][n, j]}, token {ex['examples_pos'][n, j]}):"
                                f" {text}")

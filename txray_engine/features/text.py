@@ -10,6 +10,7 @@ spells them (they are what aligns stages and fingerprints a vocabulary); reports
 from __future__ import annotations
 
 import codecs
+import unicodedata
 from typing import Iterable
 
 TEXT_KINDS = (None, "byte_level")
@@ -131,3 +132,12 @@ def tokenizer_text(tokenizer) -> str | None:
     if decoder is not None and "ByteLevel(" in repr(decoder):  # alone or inside a Sequence
         return "byte_level"
     return None
+
+
+def printable(s: str) -> str:
+    """``s`` for a terminal: a newline as ``↵``, other control characters (an escape that
+    would set a terminal's title or colours) and lone surrogates as ``\\x1b``-style escapes."""
+    return "".join("↵" if c == "\n" else c if c.isprintable() or c == " " or
+                   unicodedata.category(c) not in ("Cc", "Cs") else
+                   c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in s)

@@ -202,7 +202,8 @@ def length_shift_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | 
         fig.layout.annotations[col - 1].text = (f"{_text(s)}: mean shift {mean:+.2f} over "
                                                 f"{shared.size:,} shared neurons")
         fig.add_trace(go.Scatter(
-            x=pos + 1, y=cmp["length_shift"][ids], mode="lines+markers", name=s, showlegend=False,
+            x=pos + 1, y=cmp["length_shift"][ids], mode="lines+markers", name=_text(s),
+            showlegend=False,
             marker=dict(size=4, color=COLORS[(col - 1) % len(COLORS)]), line=dict(width=1),
             customdata=np.stack([ids, cmp["length_a"][ids], cmp["length_b"][ids]], axis=1),
             hovertemplate=("neuron %{customdata[0]}<br>length %{customdata[1]} → "
@@ -248,7 +249,7 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
         lead[s] = np.where(sel >= 0, share[sel], 0.0)
     used = np.flatnonzero(np.any([freq[s] + mass[s] + lead[s] > 0 for s in stages], axis=0))
     used = used[np.argsort(-freq[stages[0]][used], kind="stable")]
-    tags = [vocab[i] for i in used]
+    tags = [_text(vocab[i]) for i in used]  # (plotly reads <a href> in a label as a link)
     fig = make_subplots(rows=len(stages), cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=[_text(s) for s in stages])
     for row, s in enumerate(stages, start=1):

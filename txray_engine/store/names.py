@@ -3,6 +3,8 @@ that an ``Accumulator`` checks a layer's name when it first sees it, not at its 
 
 from __future__ import annotations
 
+import unicodedata
+
 from ..errors import InputError
 
 #: Prefix of snapshot groups inside a stage.
@@ -13,6 +15,9 @@ VOCAB_GROUP = "vocab"
 LAYER_ARRAYS = ("neuron_count", "neuron_mass", "examples_value", "examples_doc", "examples_pos",
                 "examples_context")
 
+
+#: The longest name a group's directory may have (a file name's limit on common file systems).
+MAX_NAME_BYTES = 255
 
 #: what lists and pairs of stage names are split at (``--stages a,b``, ``a:b``, ``STORE::STAGE``)
 STAGE_SEPARATORS = (",", ":")
@@ -27,6 +32,13 @@ def check_name(kind: str, name: str) -> str:
         raise InputError(f"invalid {kind} name {name!r}: use a non-empty name without '/' or "
                          f"'\\', not starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not "
                          f"'{VOCAB_GROUP}' or 'zarr.json'")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise InputError(f"invalid {kind} name {name!r}: a control character (a newline, an "
+                         f"escape, NUL) or a lone surrogate in it would reach terminals and "
+                         f"file names as it is; leave it out")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InputError(f"invalid {kind} name {name[:40]!r}…: {len(name.encode('utf-8'))} bytes "
+                         f"of UTF-8, and a file name holds at most {MAX_NAME_BYTES}; shorten it")
     if kind == "stream" and name in LAYER_ARRAYS:
         raise InputError(f"invalid stream name {name!r}: a layer's group holds an array of that "
                          f"name; choose another")

@@ -225,6 +225,11 @@ class StageWriter:
                              f"choose a writable place, or make it writable") from None
 
     def _check(self) -> None:
+        if (self.path / self.stage).is_symlink():  # (its snapshots would be replaced and
+            # removed wherever the link points)
+            raise StoreError(f"stage {self.stage!r} of {str(self.path)!r} is a symbolic link: a "
+                             f"writer replaces and removes what a stage holds, so it writes only "
+                             f"inside the store; copy the stage in, or write another stage")
         meta = None
         if any(self.path.iterdir()):  # (else a new, empty store)
             root = open_root(self.path, "r", writer=True)
