@@ -337,6 +337,19 @@ def test_a_missing_chunk_file_is_damage_not_zeros(tmp_path):
         open_store(path).stage("s").accumulator()
 
 
+def test_a_declared_size_is_checked_before_memory_is_taken_for_it(tmp_path):
+    """A layer claiming 3·10⁸ neurons in a 36 KB store made merge take 5 GB before refusing."""
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(kind="sparse"))
+    snap = open_store(path).stage("s").meta["snapshot"]
+    group = zarr.open_group(str(path / "s" / snap / "enc.lstm"), mode="r+")
+    attrs = dict(group.attrs)
+    attrs[ATTR]["n_neurons"] = 300_000_000
+    group.attrs.put(attrs)
+    with pytest.raises(StoreError, match="300000000 neurons, and neuron_count holds"):
+        open_store(path).stage("s").accumulator()
+
+
 def test_a_vocabulary_shorter_than_its_stream_is_damage(tmp_path):
     from txray_engine.store.names import VOCAB_GROUP
     path = tmp_path / "s.zarr"

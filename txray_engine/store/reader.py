@@ -324,14 +324,26 @@ class LayerView(_Listing):
     @cached_property
     def neuron_count(self) -> np.ndarray:
         """Positions where each neuron was in the top-k."""
-        with self.stage.reading(self.what):
-            return self.group["neuron_count"][:]
+        return self._per_neuron("neuron_count")
 
     @cached_property
     def neuron_mass(self) -> np.ndarray:
         """Sum of each neuron's clamped activations where it was selected."""
+        return self._per_neuron("neuron_mass")
+
+    def _per_neuron(self, name: str) -> np.ndarray:
         with self.stage.reading(self.what):
-            return self.group["neuron_mass"][:]
+            array = self.group[name]
+            if array.shape != (self.n_neurons,):  # (before reading: a declared size is checked
+                # against the data, never allocated on its word)
+                raise StoreError(f"{self.what} is damaged: {self.n_neurons} neurons, and {name} "
+                                 f"holds {array.shape}; restore it or collect the stage again "
+                                 f"with --overwrite")
+            values = array[:]
+        if (values < 0).any() or not np.isfinite(values).all():
+            raise StoreError(f"{self.what} is damaged: a negative or non-finite {name}; restore "
+                             f"it or collect the stage again with --overwrite")
+        return values
 
     @property
     def alive(self) -> np.ndarray:
@@ -363,10 +375,17 @@ class LayerView(_Listing):
         if vocab_sizes != {s: len(self.stage.vocab(s)) for s in self.stage.streams}:
             raise StoreError(f"stage {self.stage.name!r} has streams "
                              f"{self.stage.meta.get('streams')}, not {vocab_sizes}")
+        stats = {name: self.stream(name).stats for name in vocab_sizes}
+        counts = self.neuron_count  # (both checked against the layer's size before its state
+        # takes memory for it)
+        if any(st.n_neurons != self.n_neurons for st in stats.values()):
+            raise StoreError(f"{self.what} is damaged: its streams and its attributes give other "
+                             f"numbers of neurons; restore it or collect the stage again with "
+                             f"--overwrite")
         state = LayerState.create(self.n_neurons, vocab_sizes, kind, dense_budget, device)
         for name, s in state.streams.items():
-            s.merge_(self.stream(name).stats)
-        state.neuron_count += torch.from_numpy(self.neuron_count).to(state.neuron_count.device)
+            s.merge_(stats[name])
+        state.neuron_count += torch.from_numpy(counts).to(state.neuron_count.device)
         state.neuron_mass += torch.from_numpy(self.neuron_mass).to(state.neuron_mass.device)
         state.tokens = self.tokens
         state.skipped_nonfinite = self.skipped_nonfinite
