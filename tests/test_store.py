@@ -350,6 +350,20 @@ def test_a_declared_size_is_checked_before_memory_is_taken_for_it(tmp_path):
         open_store(path).stage("s").accumulator()
 
 
+@pytest.mark.parametrize("key,value,match", [("tokens", "many", "tokens is 'many'"),
+                                              ("k", -3, "k is -3"),
+                                              ("layers", ["enc.lstm"], "layers is a list")])
+def test_stage_attributes_no_writer_makes_are_damage(tmp_path, key, value, match):
+    """`txray info` and `report` stopped in a traceback on such a stage."""
+    path = tmp_path / "s.zarr"
+    _write(path, _acc())
+    doc = json.loads((path / "s" / "zarr.json").read_text())
+    doc["attributes"][ATTR][key] = value
+    (path / "s" / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match=f"stage 's' is damaged: {match}"):
+        open_store(path).stage("s")
+
+
 def test_a_vocabulary_shorter_than_its_stream_is_damage(tmp_path):
     from txray_engine.store.names import VOCAB_GROUP
     path = tmp_path / "s.zarr"

@@ -140,6 +140,19 @@ class Store(_Listing):
                     if p.is_dir() and p.name != st.meta.get("snapshot"))}
 
 
+def _attrs_wrong(meta: dict) -> str | None:
+    """What in a stage's attributes no writer makes (the commands would stop in a traceback)."""
+    k, tokens = meta.get("k"), meta.get("tokens", 0)
+    if not (k == "all" or (type(k) is int and k >= 1)):
+        return f"k is {k!r}"
+    if type(tokens) is not int or tokens < 0:
+        return f"tokens is {tokens!r}"
+    for key in ("layers", "streams", "cursor"):
+        if not isinstance(meta.get(key, {}), dict):
+            return f"{key} is a {type(meta[key]).__name__}, not a mapping"
+    return None
+
+
 class Stage(_Listing):
     """One stage: metadata, vocabularies and layers of its committed snapshot."""
 
@@ -165,6 +178,10 @@ class Stage(_Listing):
         if self.snapshot is None:
             raise StoreError(f"stage {name!r} has no committed snapshot ({snap!r}): the store is "
                              f"damaged; collect the stage again with --overwrite")
+        wrong = _attrs_wrong(self.meta)
+        if wrong:
+            raise StoreError(f"stage {name!r} is damaged: {wrong}; restore it or collect the "
+                             f"stage again with --overwrite")
 
     @contextmanager
     def reading(self, what: str):
@@ -311,9 +328,9 @@ class LayerView(_Listing):
         with stage.reading(self.what):
             self.group = stage.snapshot[name]
             self.meta = group_attrs(self.group)
-        self.n_neurons = int(self.meta["n_neurons"])
-        self.tokens = int(self.meta["tokens"])
-        self.skipped_nonfinite = int(self.meta.get("skipped_nonfinite", 0))
+            self.n_neurons = int(self.meta["n_neurons"])
+            self.tokens = int(self.meta["tokens"])
+            self.skipped_nonfinite = int(self.meta.get("skipped_nonfinite", 0))
 
     def __repr__(self) -> str:
         alive = self.meta.get("alive")
