@@ -142,17 +142,33 @@ def test_mask_pattern_and_unit_checks():
     assert len(model[1]._forward_hooks) == len(model[3]._forward_hooks) == 1  # the test's own
 
 
-@pytest.mark.parametrize("units", [[0.5], [1.9], ["1"], [True], [float("nan")], [2**63]])
+@pytest.mark.parametrize("units", [[0.5], [1.9], ["1"], [True], [float("nan")], [2**63],
+                                   [2**70], [1e300], [[1, 2], [3]], [[1, 2], [3, 4]]])
 def test_unit_ids_are_integers(units):
     """Ids that are not integers are refused, by masks and by structural pruning alike: 0.5 and
     True were cut down to units 0 and 1 (from a float column, or a bool selection by mistake)."""
     model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3))
-    message = "unit ids are integers|past any layer's width"
+    message = "unit ids are integers|past any layer's width|a flat list of integer ids"
     with pytest.raises(InputError, match=message):
         mask_units(model, {"1": units})
     with pytest.raises(InputError, match=message):
         prune_mlp(model, "1", units)
     assert model[0].weight.shape == (6, 4) and not model[1]._forward_hooks
+
+
+@pytest.mark.parametrize("mask,match", [
+    ({"store": "s", "layers": ["1"], "layer_sizes": {}}, "layers must be a dict"),
+    ({"layers": {"1": [0]}, "layer_sizes": {"1": "6"}}, "layer_sizes must map layers to their "
+                                                        "widths .integers."),
+    ({1: [0]}, "keys that are not names"),
+])
+def test_a_mask_file_edited_by_hand_is_read_as_written(mask, match):
+    """A mask file's 'layers' as a list masked a layer named 'store'; a width written as "6"
+    said 'made for 6 units, and this layer has 6'."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3))
+    with pytest.raises(InputError, match=match):
+        mask_units(model, mask)
+    assert not model[1]._forward_hooks
 
 
 def test_unit_ids_of_any_integer_kind():

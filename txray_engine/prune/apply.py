@@ -62,22 +62,33 @@ def unit_ids(units: Iterable[int], what: str) -> np.ndarray:
     not an id cut down to another unit."""
     try:
         ids = np.asarray(units.tolist() if hasattr(units, "tolist") else list(units))
-    except TypeError as exc:
-        raise InputError(f"{what}: units must be a list of integer ids, got "
-                         f"{type(units).__name__}") from exc
+    except (TypeError, ValueError) as exc:  # (not a sequence; lists of unequal lengths)
+        raise InputError(f"{what}: units must be a flat list of integer ids, got "
+                         f"{type(units).__name__}" +
+                         (" of lists" if isinstance(exc, ValueError) else "")) from exc
+    if ids.ndim > 1:
+        raise InputError(f"{what}: units must be a flat list of integer ids, got a nested one "
+                         f"of shape {ids.shape}")
     ids = ids.reshape(-1)
+    top = np.iinfo(np.int64).max
     if not ids.size:
         return ids.astype(np.int64)
+    if ids.dtype.kind == "O" and all(type(i) is int for i in ids):  # (past int64)
+        raise InputError(f"{what}: unit id {max(ids)} is past any layer's width")
     if ids.dtype.kind == "f":  # 3.0 from a float column is unit 3; 0.5 is no unit
         fractional = ~np.isfinite(ids) | (ids != np.round(ids))
         bad = ids[fractional][0] if fractional.any() else None
-    elif ids.dtype.kind == "u" and int(ids.max()) > np.iinfo(np.int64).max:
+        if bad is None and float(np.abs(ids).max()) > top:
+            raise InputError(f"{what}: unit id {float(np.abs(ids).max()):g} is past any layer's "
+                             f"width")
+    elif ids.dtype.kind == "u" and int(ids.max()) > top:
         raise InputError(f"{what}: unit id {int(ids.max())} is past any layer's width")
     else:
         bad = None if ids.dtype.kind in "iu" else ids[0]
     if bad is not None:
-        raise InputError(f"{what}: unit ids are integers, got {bad.item()!r} ({ids.dtype}); "
-                         f"give the neuron ids as int")
+        raise InputError(f"{what}: unit ids are integers, got "
+                         f"{bad.item() if hasattr(bad, 'item') else bad!r} ({ids.dtype}); give "
+                         f"the neuron ids as int")
     ids = ids.astype(np.int64)
     if int(ids.min()) < 0:
         raise InputError(f"{what}: unit ids are 0 or more, got {int(ids.min())}")
@@ -142,13 +153,24 @@ class UnitMask:
         modules = dict(model.named_modules())
         self._handles = []
         sizes = {}
-        if isinstance(selection, Mapping) and isinstance(selection.get("layers"), Mapping):
-            sizes = dict(selection.get("layer_sizes") or {})  # a mask file
+        if isinstance(selection, Mapping) and "layers" in selection and (
+                isinstance(selection["layers"], Mapping) or
+                {"layer_sizes", "selector", "store"} & set(selection)):  # a mask file
+            if not isinstance(selection["layers"], Mapping):
+                raise InputError(f"the mask file's layers must be a dict {{layer name: unit "
+                                 f"ids}}, got {type(selection['layers']).__name__}")
+            sizes = selection.get("layer_sizes") or {}
+            if not isinstance(sizes, Mapping) or not all(
+                    type(v) is int and v >= 0 for v in sizes.values()):
+                raise InputError(f"the mask file's layer_sizes must map layers to their widths "
+                                 f"(integers), got {sizes!r:.80}")
             layouts = selection.get("layouts") if layouts is None else layouts
             selection = selection["layers"]
-        if not isinstance(selection, Mapping):
-            raise InputError(f"a selection is a dict {{layer: unit ids}} (a mask file's "
-                             f"'layers'), got {type(selection).__name__}")
+        if not isinstance(selection, Mapping) or not all(isinstance(k, str) for k in selection):
+            raise InputError(f"a selection is a dict {{layer name: unit ids}} (a mask file's "
+                             f"'layers'), got {type(selection).__name__}" +
+                             ("" if not isinstance(selection, Mapping) else
+                              " with keys that are not names"))
         try:
             for layer, units in selection.items():
                 idx = torch.as_tensor(unit_ids(units, f"mask of layer {layer!r}"))
