@@ -2,6 +2,7 @@
 
 import fcntl
 import os
+import re
 
 import numpy as np
 import pytest
@@ -536,3 +537,15 @@ def test_a_corpus_is_checked_and_counted_as_it_is_read(tmp_path):
         bad.write_bytes(data)
         with pytest.raises(CorpusError, match=where):
             Corpus([bad]).identity()
+
+
+@pytest.mark.parametrize("value", ["null", "[1, 2]", '{"a": 1}'])
+def test_a_label_that_is_not_a_class_name_is_refused(tmp_path, value):
+    """A null label became a class 'None', a list its Python repr."""
+    from txray_engine.collect.corpus import Corpus
+    from txray_engine.errors import CorpusError
+
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "a b", "label": "pos"}\n{"text": "c", "label": %s}\n' % value)
+    with pytest.raises(CorpusError, match=f"c.jsonl:2: the label 'label' is {re.escape(value)}"):
+        Corpus([path], label_field="label").labels()

@@ -95,7 +95,13 @@ class Corpus:
             if self.label_field not in obj:
                 raise CorpusError(f"{path}:{lineno}: no field {self.label_field!r} for the label "
                                   f"stream; set --label-field or drop the label stream")
-            label = str(obj[self.label_field])
+            value = obj[self.label_field]
+            if value is None or isinstance(value, (list, dict)):
+                raise CorpusError(f"{path}:{lineno}: the label {self.label_field!r} is "
+                                  f"{json.dumps(value)}, not a class name: give each document a "
+                                  f"string or number (a document without one would have been "
+                                  f"counted as a class 'None')")
+            label = str(value)
         return Document(obj[self.text_field], label)
 
     def count_documents(self) -> int:
