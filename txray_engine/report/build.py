@@ -81,7 +81,8 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
     output_path(out, "report", create=True)
     tmp = out.with_name(out.name + ".partial")
     try:
-        tmp.write_text(html, encoding="utf-8")
+        # (a lone surrogate in a store made elsewhere is written as its escape, not refused)
+        tmp.write_text(html, encoding="utf-8", errors="backslashreplace")
         os.replace(tmp, out)
     except BaseException:  # (Ctrl-C too: no half-written file left beside the report)
         tmp.unlink(missing_ok=True)
