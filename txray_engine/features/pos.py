@@ -35,21 +35,30 @@ _SPACES = re.compile(r"\s*")
 
 
 def word_spans(text: str, tagged: Sequence[tuple[str, str]]) -> tuple[list[int], list[int], list[str]]:
-    """Character spans of the tagged words in ``text``, each found right after the one before (past
-    spaces and at most :data:`SLACK` other characters). A word the tagger spelled otherwise than
-    the text (pattern reads ``': 3'`` as the emoticon ``':3'``) is dropped, and the search goes
-    on where it was: found further on, it would leave every word in between untagged."""
+    """Character spans of the tagged words in ``text``, each found right after the one before
+    (past spaces and at most :data:`SLACK` other characters). A word the tagger spelled without
+    the spaces the text has inside it (pattern reads ``':    D'`` as the emoticon ``':D'``) is
+    found with them; one spelled otherwise is dropped, and the next word is looked for further
+    on, as far as the dropped one could have reached. Searched for anywhere further on, such a
+    word was found thousands of characters later, and every word in between went untagged."""
     starts, ends, tags = [], [], []
-    pos = 0
+    pos, reach = 0, SLACK
     for word, tag in tagged:
-        at = _SPACES.match(text, pos).end()
-        i = text.find(word, at, at + len(word) + SLACK)
-        if i < 0 or not word:
+        if not word:
             continue
+        at = _SPACES.match(text, pos).end()
+        i = text.find(word, at, at + len(word) + reach)
+        end = i + len(word)
+        if i < 0:
+            spaced = re.compile(r"\s*".join(map(re.escape, word))).match(text, at)
+            if spaced is None:
+                reach += len(word) + SLACK  # (what the dropped word may have spanned)
+                continue
+            i, end = spaced.span()
         starts.append(i)
-        ends.append(i + len(word))
+        ends.append(end)
         tags.append(tag)
-        pos = i + len(word)
+        pos, reach = end, SLACK
     return starts, ends, tags
 
 
