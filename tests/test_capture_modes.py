@@ -150,10 +150,37 @@ def test_one_activation_object_in_every_layer_is_named_as_such():
                 x = layer(x)
             return x
 
-    with pytest.raises(InputError, match=r"ran 2 times.*one GELU object that also serves as "
-                                         r"'layers.1.1'"):
-        counts(Shared(), "layers.0.1")
+    for layer, other in (("layers.0.1", "layers.1.1"), ("layers.1.1", "layers.0.1"),
+                         ("layers.*.1", "layers.1.1")):
+        with pytest.raises(InputError, match=r"ran 2 times.*one GELU object that also serves "
+                                             rf"as '{other}'"):
+            counts(Shared(), layer)
     assert counts(Shared(), "layers.0.0").tokens == IDS.numel()
+
+
+def test_a_module_list_under_two_names_is_captured_once():
+    """`self.layers = self.blocks`: a pattern took each module under both names (a KeyError,
+    or its outputs counted twice)."""
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(V, 8)
+            self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+            self.layers = self.blocks
+
+        def forward(self, x):
+            x = self.emb(x)
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    with Collector(Aliased(), ["*.1", "layers.0"], VOCAB, k=3) as col:
+        col.step(Batch(input_ids=IDS, inputs=IDS))
+    assert col.layers == ["blocks.1", "layers.0"]
+    from txray_engine.prune import mask_units
+    model = Aliased()
+    with mask_units(model, {"layers.*": [0]}):
+        assert not model(IDS)[..., 0].any()
 
 
 def test_a_tuple_starting_with_none_gives_its_first_tensor():

@@ -37,9 +37,13 @@ def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
     if not names:
         raise InputError("no layers given: name at least one module path (see `txray layers`)")
     # (every name of a module that serves in several places, as one activation shared by all
-    # layers: each name is found, and capture says that they are one module)
-    modules = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
+    # layers: each name is found, a pattern takes one name per module, and capture says when
+    # one module runs in several places)
+    named = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
+    modules = [n for n, _ in named]
+    objects = dict(named)
     chosen: list[str] = []
+    taken: set[int] = set()  # the modules chosen, by identity
     for name in names:
         hits = [m for m in modules if matches(m, name)] if is_pattern(name) else \
             [m for m in modules if m == name]
@@ -50,7 +54,10 @@ def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
                 (", …" if len(modules) > 8 else "")
             raise LayerNotFoundError(f"no module of {type(model).__name__} matches layer "
                                      f"{name!r}{hint} (list them with `txray layers`)")
-        chosen.extend(h for h in hits if h not in chosen)
+        for h in hits:  # (one name per module: a second would count its outputs twice)
+            if id(objects[h]) not in taken:
+                taken.add(id(objects[h]))
+                chosen.append(h)
     order = {m: i for i, m in enumerate(modules)}
     return sorted(chosen, key=order.__getitem__)
 
@@ -121,7 +128,7 @@ class LayerCapture:
                  default_layout: str = "batch_first"):
         self.model = model
         self.names = resolve_layers(model, layers)
-        modules = dict(model.named_modules())
+        modules = dict(model.named_modules(remove_duplicate=False))
         given = {n: "time_first" for n in ([time_first] if isinstance(time_first, str)
                                            else time_first)}
         given.update(layouts or {})

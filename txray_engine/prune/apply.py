@@ -150,7 +150,7 @@ class UnitMask:
 
     def __init__(self, model: nn.Module, selection: dict[str, Iterable[int]],
                  layouts: dict | None = None):
-        modules = dict(model.named_modules())
+        modules = dict(model.named_modules(remove_duplicate=False))
         self._handles = []
         sizes = {}
         if isinstance(selection, Mapping) and "layers" in selection and (
@@ -248,7 +248,7 @@ def _shrink_in(layer: nn.Module, keep: torch.Tensor) -> None:
 
 def _find_mlp(model: nn.Module, layer: str):
     """``(MLP module's name, input projections, output projection)`` for ``layer``, or None."""
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     path = layer.split(".")
     for depth in (len(path), len(path) - 1, len(path) - 2):
         if depth < 0:
@@ -306,7 +306,7 @@ def mlp_linears(model: nn.Module, layer: str, width: int | None = None
     units by their ids would remove other units. Another module inside the MLP (a dropout, a
     custom activation) is taken only when ``width``, the units it was collected with, is the
     MLP's intermediate width."""
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules(remove_duplicate=False))
     if layer not in modules:
         raise InputError(f"no module {layer!r} in {type(model).__name__}")
     found = _find_mlp(model, layer)
