@@ -15,7 +15,7 @@ from ..accumulate.examples import context_windows
 from ..accumulate.state import DEFAULT_DENSE_BUDGET
 from ..capture.hooks import LayerCapture
 from ..errors import CorpusError, InputError, whole_number
-from ..features.streams import Batch, Stream, stream_features
+from ..features.streams import Batch, Stream, same_ids, stream_features
 from ..store.format import fingerprint
 from ..store.names import check_name
 from ..store.writer import StageWriter
@@ -372,7 +372,8 @@ class Collector:
         doc = unit.unsqueeze(1).expand(b, t)
         pos = torch.arange(t, device=ids.device).unsqueeze(0).expand(b, t)
         attention = batch.inputs.get("attention_mask") if isinstance(batch.inputs, Mapping) \
-            else None
+            and same_ids(batch.inputs.get("input_ids"), ids) else None  # (the ids' own mask,
+        # not an encoder's beside a decoder's ids)
         if isinstance(attention, torch.Tensor) and tuple(attention.shape) == (b, t):
             # left padding: a sequence's positions count from its first token, not the pads
             pos = pos - (attention == 0).int().cumprod(dim=1).sum(dim=1, keepdim=True).to(pos)

@@ -135,7 +135,7 @@ class Batch:
             # the inputs held it)
             given = self.inputs.get("attention_mask")
             if isinstance(given, torch.Tensor) and given.shape == self.input_ids.shape and \
-                    _same_ids(self.inputs.get("input_ids"), self.input_ids):
+                    same_ids(self.inputs.get("input_ids"), self.input_ids):
                 self.mask = given.to(self.input_ids.device)  # (inputs moved to the model's)
         for what in ("mask", "labels", "unit_ids", "offsets", "context"):
             setattr(self, what, _ids_of(getattr(self, what), what))
@@ -166,7 +166,7 @@ def _ids_of(value, what: str):
                          f"shape), got {type(value).__name__} {str(value)[:40]}{fix}") from None
 
 
-def _same_ids(given, ids: torch.Tensor) -> bool:
+def same_ids(given, ids: torch.Tensor) -> bool:
     """Whether the model's ``input_ids`` are the batch's ids: the same tensor, or equal values (a
     copy, or the ids moved to another device; the decoder ids of an encoder-decoder are not)."""
     if given is ids:
