@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from click.testing import CliRunner
 
@@ -206,6 +207,34 @@ def test_the_same_files_under_other_names_resume_and_merge(word_model, tmp_path)
     merged = open_store(tmp_path / "m.zarr").stage("s")
     assert same_sums(merged.accumulator(), b.accumulator())
     assert merged.meta["corpus"] == b.meta["corpus"]  # (one corpus: its first name)
+
+
+def test_a_tokenizer_that_reads_text_otherwise_is_another_tokenizer(word_model, tmp_path):
+    """Its name (a path) no longer tells tokenizers apart, so how it reads text must: the same
+    vocabulary with a lower-casing normaliser splits text into other ids."""
+    import shutil
+    pytest.importorskip("transformers")
+    from naive import make_hf_model_dir
+    model_dir = make_hf_model_dir(tmp_path / "gpt2")
+    store = tmp_path / "s.zarr"
+
+    def collect(model, *extra):
+        return CliRunner().invoke(main, [
+            "collect", "--model", str(model), "--corpus", str(word_model["text"]), "--layers",
+            "transformer.h.0.mlp.act", "--streams", "token", "--store", str(store), "--stage",
+            "s", "-q", "--max-length", "8", *extra])
+    res = collect(model_dir, "--max-documents", "3")
+    assert res.exit_code == 0, res.output
+    copy = shutil.copytree(model_dir, tmp_path / "job-7" / "gpt2")  # (another path: the same)
+    tok = json.loads((copy / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Lowercase"}
+    (copy / "tokenizer.json").write_text(json.dumps(tok))
+    res = collect(copy, "--resume", "--max-documents", "6")
+    assert res.exit_code == 2 and "model.tokenizer.config" in res.output, res.output
+    shutil.copy(model_dir / "tokenizer.json", copy / "tokenizer.json")
+    res = collect(copy, "--resume", "--max-documents", "6")
+    assert res.exit_code == 0, res.output
+    assert open_store(store).stage("s").cursor["documents"] == 6
 
 
 def test_resume_notices_one_changed_weight_and_a_reordered_vocabulary(word_model, tmp_path):

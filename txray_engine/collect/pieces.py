@@ -80,12 +80,12 @@ def encoded(text: str, tokenizer, tagger: Tagger | None = None, piece: int | Non
     runs whose concatenation is the whole document's: one run for a document of at most
     ``piece`` characters or a tokenizer that cannot be read in pieces (no character offsets, or
     special tokens it does not only put around the text)."""
-    around = tokenizer.around() if hasattr(tokenizer, "around") else None
-    if len(text) <= (piece or PIECE) or around is None:
+    if len(text) <= (piece or PIECE) or not hasattr(tokenizer, "around") or \
+            tokenizer.around() is None:
         ids, offsets = tokenizer.encode(text, offsets=tagger is not None)
         yield ids, (align_tags(text, offsets, tagger(text), POS_VOCAB) if tagger else None)
         return
-    prefix, suffix = around
+    prefix, suffix = tokenizer.around()
 
     def tokens(a: int, b: int) -> list[Item]:
         ids, offsets = tokenizer.encode(text[a:b], offsets=True, special=False)

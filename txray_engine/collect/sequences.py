@@ -7,6 +7,7 @@ resume cursor counts windows ("units").
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ class HFTokenizer:
         """The special tokens put before and after a document's own (none without
         ``special_tokens``), or None where a long document cannot be read in pieces: a slow
         tokenizer (no offsets), or special tokens that are not only around the text."""
+        if "_around" not in self.__dict__:  # (asked once per document: probed once)
+            self._around = self._probe_around()
+        return self._around
+
+    def _probe_around(self) -> tuple[list[int], list[int]] | None:
         if not getattr(self.tok, "is_fast", False):
             return None
         if not self.special_tokens:
@@ -60,8 +66,20 @@ class HFTokenizer:
 
     def identity(self) -> dict:
         return {"kind": "hf", "name": getattr(self.tok, "name_or_path", ""), "size": len(self.vocab),
-                "vocabulary": fingerprint(list(self.vocab)),
+                "vocabulary": fingerprint(list(self.vocab)), **self._config(),
                 **({"special_tokens": True} if self.special_tokens else {})}
+
+    def _config(self) -> dict:
+        """A fast tokenizer's whole reading of text (normaliser, pre-tokenizer, merges, special
+        tokens), hashed: two tokenizers of one vocabulary can split text apart (cased and
+        uncased), and a stage's name for its tokenizer may be a copy's path."""
+        backend = getattr(self.tok, "backend_tokenizer", None)
+        if backend is None:
+            return {}
+        config = json.loads(backend.to_str())
+        for key in ("truncation", "padding"):  # (set per call, not how text is read)
+            config.pop(key, None)
+        return {"config": fingerprint(config)}
 
 
 class WordTokenizer:

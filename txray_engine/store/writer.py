@@ -60,7 +60,8 @@ def differences(stored: dict, identity: dict, prefix: str = "") -> list[str]:
 
 #: Identity entries added after stages were first written, as paths: a stage written before
 #: one was added is compared without it (and holds it from its next commit on).
-ADDED_LATER = (("model", "content"), ("model", "tokenizer", "vocabulary"))
+ADDED_LATER = (("model", "content"), ("model", "tokenizer", "vocabulary"),
+               ("model", "tokenizer", "config"))
 
 
 def without_names(identity: dict) -> dict:
