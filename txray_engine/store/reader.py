@@ -392,16 +392,17 @@ class LayerView(_Listing):
         if vocab_sizes != {s: len(self.stage.vocab(s)) for s in self.stage.streams}:
             raise StoreError(f"stage {self.stage.name!r} has streams "
                              f"{self.stage.meta.get('streams')}, not {vocab_sizes}")
-        stats = {name: self.stream(name).stats for name in vocab_sizes}
+        streams = {name: self.stream(name) for name in vocab_sizes}
         counts = self.neuron_count  # (both checked against the layer's size before its state
-        # takes memory for it)
-        if any(st.n_neurons != self.n_neurons for st in stats.values()):
+        # takes memory for it; each stream's arrays are checked against its own attributes)
+        if any(view.meta.get("n_neurons") != self.n_neurons for view in streams.values()):
             raise StoreError(f"{self.what} is damaged: its streams and its attributes give other "
                              f"numbers of neurons; restore it or collect the stage again with "
                              f"--overwrite")
         state = LayerState.create(self.n_neurons, vocab_sizes, kind, dense_budget, device)
         for name, s in state.streams.items():
-            s.merge_(stats[name])
+            s.merge_(streams[name].stats)
+            streams[name].__dict__.pop("stats", None)  # (one stream's arrays at a time)
         state.neuron_count += torch.from_numpy(counts).to(state.neuron_count.device)
         state.neuron_mass += torch.from_numpy(self.neuron_mass).to(state.neuron_mass.device)
         state.tokens = self.tokens
