@@ -151,3 +151,4 @@ def test_printable_keeps_escapes_from_the_terminal():
     assert printable("cat\x1b]0;PWNED\x07 sat\non é 漢\u200b") == \
         "cat\\x1b]0;PWNED\\x07 sat↵on é 漢\u200b"
     assert printable("a\ud800b") == "a\\ud800b"
+    assert printable("abc\u202edef\u2028") == "abc\\u202edef\\u2028"  # (reorders a line)

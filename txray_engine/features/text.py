@@ -134,10 +134,20 @@ def tokenizer_text(tokenizer) -> str | None:
     return None
 
 
+#: Characters that steer how a line prints: bidirectional overrides and isolates.
+_STEERING = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+
+
+def is_control(c: str) -> bool:
+    """Whether a character acts on a terminal or a line instead of printing: a control character
+    (a newline, an escape), a line or paragraph separator, a bidirectional override, a lone
+    surrogate."""
+    return c in _STEERING or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
+
+
 def printable(s: str) -> str:
-    """``s`` for a terminal: a newline as ``↵``, other control characters (an escape that
-    would set a terminal's title or colours) and lone surrogates as ``\\x1b``-style escapes."""
-    return "".join("↵" if c == "\n" else c if c.isprintable() or c == " " or
-                   unicodedata.category(c) not in ("Cc", "Cs") else
+    """``s`` for a terminal: a newline as ``↵``, other characters that act on it (an escape
+    that would set its title or colours, a right-to-left override) as ``\\x1b``-style escapes."""
+    return "".join("↵" if c == "\n" else
                    c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for c in s)
+                   if is_control(c) else c for c in s)

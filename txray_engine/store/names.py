@@ -3,9 +3,8 @@ that an ``Accumulator`` checks a layer's name when it first sees it, not at its 
 
 from __future__ import annotations
 
-import unicodedata
-
 from ..errors import InputError
+from ..features.text import is_control
 
 #: Prefix of snapshot groups inside a stage.
 SNAPSHOT_PREFIX = "snap-"
@@ -32,10 +31,10 @@ def check_name(kind: str, name: str) -> str:
         raise InputError(f"invalid {kind} name {name!r}: use a non-empty name without '/' or "
                          f"'\\', not starting with '.', '__' or '{SNAPSHOT_PREFIX}', and not "
                          f"'{VOCAB_GROUP}' or 'zarr.json'")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+    if any(is_control(c) for c in name):
         raise InputError(f"invalid {kind} name {name!r}: a control character (a newline, an "
-                         f"escape, NUL) or a lone surrogate in it would reach terminals and "
-                         f"file names as it is; leave it out")
+                         f"escape, NUL, a right-to-left override) or a lone surrogate in it "
+                         f"would reach terminals and file names as it is; leave it out")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise InputError(f"invalid {kind} name {name[:40]!r}…: {len(name.encode('utf-8'))} bytes "
                          f"of UTF-8, and a file name holds at most {MAX_NAME_BYTES}; shorten it")
