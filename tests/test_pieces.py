@@ -158,7 +158,7 @@ def test_tokenizers_that_cannot_be_read_in_pieces_read_whole():
 
     class Slow:  # no offsets
         tok = type("T", (), {"is_fast": False})()
-    assert HFTokenizer.around(Slow()) is None
+    assert HFTokenizer._probe_around(Slow()) is None
     inside = wordpiece_tokenizer()  # a special token between the text's words is not "around"
     inside._tokenizer.post_processor = processors.TemplateProcessing(
         single="$A:0 [SEP] $A:0", special_tokens=[("[SEP]", 3)])
