@@ -202,3 +202,24 @@ def test_a_word_the_tagger_respelled_does_not_untag_the_rest():
     for text in ("Khasian : 3 languages of India . " * 3, "Score:   \t  P . " + "a cat sat . " * 30):
         real = pattern_tagger()(text)
         assert len(word_spans(text, real)[0]) == len(real)
+
+
+def test_text_with_few_spaces_is_read_whole():
+    """A Unigram model breaks ties inside one long word by where it starts: joined at a newline
+    inside that word (Python's space, not the tokenizer's), pieces gave '\\n' '\\n\\n' where the
+    whole read '\\n' '\\n' '\\n'. Text with so few spaces is read whole (and was read whole
+    anyway, after longer and longer pieces, with more memory than whole)."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.Unigram([("<unk>", 0.0), ("▁", -1.0), ("a", -0.7), ("\n", -0.2),
+                                    ("\n\n", -0.4)], unk_id=0))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf = HFTokenizer(transformers.PreTrainedTokenizerFast(tokenizer_object=tok,
+                                                          unk_token="<unk>"))
+    text = "a" * 31744 + "\n" + "a" * 20000 + "\n\n\n" + "a" * 100
+    calls = []
+    real = hf.encode
+    hf.encode = lambda t, offsets=False, special=None: calls.append(len(t)) or real(t, offsets,
+                                                                                    special)
+    assert joined(encoded(text, hf)) == (real(text)[0], None) and calls == [len(text)]
