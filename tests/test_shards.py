@@ -121,7 +121,7 @@ def test_one_source_is_copied_and_copied_shards_still_merge(word_model, tmp_path
         assert copy.cursor == source.cursor
     _ok(CliRunner().invoke(main, ["compare", str(one), "half0", "half1", "--top", "0"]))
     shown = _ok(CliRunner().invoke(main, ["info", str(one)])).output
-    assert "shard 1/2 of a corpus, merged from 1 stage(s)" in shown, shown
+    assert "shard 1/2 of a corpus, copied from " in shown and "part-1.zarr::s" in shown, shown
     # the copies are still the two shards: they merge as the shards themselves do
     merge(f"{one}::half0", f"{one}::half1", stage="all")
     merge(*(f"{tmp_path / f'part-{i}.zarr'}::s" for i in range(2)), stage="direct")
@@ -289,3 +289,18 @@ def test_a_shard_into_a_store_holding_another_is_refused_before_advice_to_replac
     _clean_error(_collect(word_model, "--store", same), "holds shard 1/2, and this run is a "
                  "whole collection")
     assert open_store(same).stage("s").meta["options"]["shard"] == [1, 2]
+
+
+def test_a_copy_of_a_stage_stopped_at_a_limit_continues_as_the_stage_would(word_model, tmp_path):
+    """An unsharded copy dropped max_documents: `info` lost the note and --resume with a higher
+    limit said 'already complete'."""
+    src, one = tmp_path / "a.zarr", tmp_path / "one.zarr"
+    _ok(_collect(word_model, "--store", src, "--max-documents", "3"))
+    _ok(CliRunner().invoke(main, ["merge", f"{src}::s", "--store", str(one), "--stage", "s"]))
+    copy = open_store(one).stage("s")
+    assert copy.meta["max_documents"] == 3 and copy.meta["corpus_done"] is False
+    _ok(_collect(word_model, "--store", one, "--resume", "--max-documents", "6"))
+    _ok(_collect(word_model, "--store", tmp_path / "direct.zarr", "--max-documents", "6"))
+    a, b = open_store(one).stage("s"), open_store(tmp_path / "direct.zarr").stage("s")
+    assert a.cursor["documents"] == b.cursor["documents"] == 6
+    assert a.tokens == b.tokens

@@ -352,7 +352,8 @@ def test_a_declared_size_is_checked_before_memory_is_taken_for_it(tmp_path):
 
 @pytest.mark.parametrize("key,value,match", [("tokens", "many", "tokens is 'many'"),
                                               ("k", -3, "k is -3"),
-                                              ("layers", ["enc.lstm"], "layers is a list")])
+                                              ("layers", ["enc.lstm"], "layers is a list"),
+                                              ("cursor", {"units": "x"}, "the cursor's units is 'x'")])
 def test_stage_attributes_no_writer_makes_are_damage(tmp_path, key, value, match):
     """`txray info` and `report` stopped in a traceback on such a stage."""
     path = tmp_path / "s.zarr"

@@ -40,7 +40,8 @@ def info(store, as_json):
                  f"limit continues it)" if st["status"] == "complete" and
                  st.get("corpus_done") is False else "")
         part = (f", shard {st['shard'][0]}/{st['shard'][1]} of a corpus" if st.get("shard")
-                else "") + (f", merged from {len(st['merged_from'])} stage(s)"
+                else "") + ((f", copied from {st['merged_from'][0]}" if len(st["merged_from"]) == 1
+                             else f", merged from {len(st['merged_from'])} stages")
                             if st.get("merged_from") else "")
         click.echo(f"  stage {name}: {st['status']}, {st['tokens']} tokens, {docs}, "
                    f"k={st['k']}{part}{limit}")

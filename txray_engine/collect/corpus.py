@@ -99,8 +99,7 @@ class Corpus:
             if value is None or isinstance(value, (list, dict)):
                 raise CorpusError(f"{path}:{lineno}: the label {self.label_field!r} is "
                                   f"{json.dumps(value)}, not a class name: give each document a "
-                                  f"string or number (a document without one would have been "
-                                  f"counted as a class 'None')")
+                                  f"string or number as its label")
             label = str(value)
         return Document(obj[self.text_field], label)
 

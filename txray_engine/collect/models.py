@@ -184,7 +184,9 @@ def load_model(spec: str, gguf_file: str | None = None, tokenizer: str | None = 
         hf = True
     else:
         try:
-            model = torch.load(str(path), map_location=device, weights_only=False)
+            with warnings.catch_warnings():  # (a TorchScript file: refused when captured)
+                warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+                model = torch.load(str(path), map_location=device, weights_only=False)
         except Exception as e:
             raise InputError(f"cannot load torch checkpoint {str(path)!r}: {e}; --model takes a "
                              f"file of torch.save(model, path), a Hugging Face directory, or "

@@ -85,9 +85,10 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
                 if without_names(meta).get(key) != without_names(first).get(key):
                     values = "" if key == "corpus" else \
                         f": {meta.get(key)} in {name}, {first.get(key)} in {first_name}"
+                    fix = ("merge the shards of each collection on its own" if key == "corpus"
+                           else "collect (or --resume) every shard with one --max-documents")
                     raise InputError(f"{name} and {first_name} are shards of different "
-                                     f"collections ({key} differs{values}; merge the shards of "
-                                     f"each collection on its own)")
+                                     f"collections ({key} differs{values}; {fix})")
         n = shards[0][1][1]
         seen = [s[0] for _, s in shards]
         twice = sorted({i for i in seen if seen.count(i) > 1})
@@ -219,7 +220,10 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     extra = {"merged_from": [f"{path}::{name}" for path, name in sources]}
     if "layouts" in first:  # one collection's: the same in every part
         extra["layouts"] = first["layouts"]
-    if ties == "place" and "max_documents" in first:  # shards of one limit: a higher one continues
+    if len(parts) == 1:  # a copy: a stage stopped at a limit continues with a higher one
+        extra.update({k: first[k] for k in ("max_documents", "corpus_done", "corpus_documents")
+                      if k in first})
+    elif ties == "place" and "max_documents" in first:  # shards of one limit: a higher one continues
         extra["max_documents"] = first.get("max_documents")
         extra["corpus_done"] = all(meta.get("corpus_done", True) for _, _, meta in parts)
         if first.get("corpus_documents") is not None:  # (one corpus)

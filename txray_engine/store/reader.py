@@ -150,6 +150,10 @@ def _attrs_wrong(meta: dict) -> str | None:
     for key in ("layers", "streams", "cursor"):
         if not isinstance(meta.get(key, {}), dict):
             return f"{key} is a {type(meta[key]).__name__}, not a mapping"
+    for key in ("units", "documents"):
+        value = (meta.get("cursor") or {}).get(key, 0)
+        if type(value) is not int or value < 0:
+            return f"the cursor's {key} is {value!r}"
     return None
 
 
