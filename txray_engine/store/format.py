@@ -193,6 +193,23 @@ def read_arrays(group: zarr.Group, names) -> dict[str, np.ndarray]:
     return dict(zip(names, sync(every())))
 
 
+def stage_attrs_wrong(meta: dict) -> str | None:
+    """What in a stage's attributes no writer makes (the commands would stop in a traceback)."""
+    k, tokens = meta.get("k"), meta.get("tokens", 0)
+    if not (k == "all" or (type(k) is int and k >= 1)):
+        return f"k is {k!r}"
+    if type(tokens) is not int or tokens < 0:
+        return f"tokens is {tokens!r}"
+    for key in ("layers", "streams", "cursor"):
+        if not isinstance(meta.get(key, {}), dict):
+            return f"{key} is a {type(meta[key]).__name__}, not a mapping"
+    for key in ("units", "documents"):
+        value = (meta.get("cursor") or {}).get(key, 0)
+        if type(value) is not int or value < 0:
+            return f"the cursor's {key} is {value!r}"
+    return None
+
+
 def _inconsistent(arrays: dict, n: int, v: int, meta: dict) -> str | None:
     """What in one stream's arrays no writer makes (what scipy, reading them, would overrun
     memory on): rows that do not follow each other, features outside the vocabulary or out of

@@ -19,7 +19,8 @@ from ..errors import (InputError, StageChangedError, StageNotReadyError, StoreEr
                       whole_number)
 from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
-from .format import ATTR, check_version, damaged, group_attrs, open_root, read_arrays, read_stats
+from .format import (ATTR, check_version, damaged, group_attrs, open_root, read_arrays,
+                     read_stats, stage_attrs_wrong)
 from .names import SNAPSHOT_PREFIX, VOCAB_GROUP
 
 if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they load where a
@@ -140,23 +141,6 @@ class Store(_Listing):
                     if p.is_dir() and p.name != st.meta.get("snapshot"))}
 
 
-def _attrs_wrong(meta: dict) -> str | None:
-    """What in a stage's attributes no writer makes (the commands would stop in a traceback)."""
-    k, tokens = meta.get("k"), meta.get("tokens", 0)
-    if not (k == "all" or (type(k) is int and k >= 1)):
-        return f"k is {k!r}"
-    if type(tokens) is not int or tokens < 0:
-        return f"tokens is {tokens!r}"
-    for key in ("layers", "streams", "cursor"):
-        if not isinstance(meta.get(key, {}), dict):
-            return f"{key} is a {type(meta[key]).__name__}, not a mapping"
-    for key in ("units", "documents"):
-        value = (meta.get("cursor") or {}).get(key, 0)
-        if type(value) is not int or value < 0:
-            return f"the cursor's {key} is {value!r}"
-    return None
-
-
 class Stage(_Listing):
     """One stage: metadata, vocabularies and layers of its committed snapshot."""
 
@@ -182,7 +166,7 @@ class Stage(_Listing):
         if self.snapshot is None:
             raise StoreError(f"stage {name!r} has no committed snapshot ({snap!r}): the store is "
                              f"damaged; collect the stage again with --overwrite")
-        wrong = _attrs_wrong(self.meta)
+        wrong = stage_attrs_wrong(self.meta)
         if wrong:
             raise StoreError(f"stage {name!r} is damaged: {wrong}; restore it or collect the "
                              f"stage again with --overwrite")
