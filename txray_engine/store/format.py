@@ -96,6 +96,12 @@ def damaged(what: str):
                          f"collect the stage again with --overwrite") from None
 
 
+def damage(what: str, why: str) -> StoreError:
+    """The error for ``what`` of a store found damaged, ``why``, with what to do."""
+    return StoreError(f"{what} is damaged: {why}; restore it or collect the stage again with "
+                      f"--overwrite")
+
+
 def _being_written(path: Path) -> bool:
     """Whether a writer holds the store's lock (see :class:`~.writer.StageWriter`)."""
     import fcntl
@@ -253,8 +259,7 @@ def read_stats(group: zarr.Group) -> SparseStats:
                          f"attributes")
     wrong = _inconsistent(arrays, n, v, meta)
     if wrong:
-        raise StoreError(f"stream group {group.path!r} is damaged: {wrong}; restore it or collect "
-                         f"the stage again with --overwrite")
+        raise damage(f"stream group {group.path!r}", wrong)
     return SparseStats(n, v, arrays["indptr"], arrays["indices"], arrays["count"], arrays["mass"],
                        arrays["peak"], arrays["feature_freq"], int(meta["tokens"]),
                        int(meta["missing"]))

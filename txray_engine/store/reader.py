@@ -19,8 +19,8 @@ from ..errors import (InputError, StageChangedError, StageNotReadyError, StoreEr
                       whole_number)
 from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
-from .format import (ATTR, check_version, damaged, group_attrs, open_root, read_arrays,
-                     read_stats, stage_attrs_wrong)
+from .format import (ATTR, check_version, damage, damaged, group_attrs, open_root,
+                     read_arrays, read_stats, stage_attrs_wrong)
 from .names import SNAPSHOT_PREFIX, VOCAB_GROUP
 
 if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they load where a
@@ -168,8 +168,7 @@ class Stage(_Listing):
                              f"damaged; collect the stage again with --overwrite")
         wrong = stage_attrs_wrong(self.meta)
         if wrong:
-            raise StoreError(f"stage {name!r} is damaged: {wrong}; restore it or collect the "
-                             f"stage again with --overwrite")
+            raise damage(f"stage {name!r}", wrong)
 
     @contextmanager
     def reading(self, what: str):
@@ -341,13 +340,11 @@ class LayerView(_Listing):
             array = self.group[name]
             if array.shape != (self.n_neurons,):  # (before reading: a declared size is checked
                 # against the data, never allocated on its word)
-                raise StoreError(f"{self.what} is damaged: {self.n_neurons} neurons, and {name} "
-                                 f"holds {array.shape}; restore it or collect the stage again "
-                                 f"with --overwrite")
+                raise damage(self.what, f"{self.n_neurons} neurons, and {name} holds "
+                                        f"{array.shape}")
             values = array[:]
         if (values < 0).any() or not np.isfinite(values).all():
-            raise StoreError(f"{self.what} is damaged: a negative or non-finite {name}; restore "
-                             f"it or collect the stage again with --overwrite")
+            raise damage(self.what, f"a negative or non-finite {name}")
         return values
 
     @property
@@ -384,9 +381,8 @@ class LayerView(_Listing):
         counts = self.neuron_count  # (both checked against the layer's size before its state
         # takes memory for it; each stream's arrays are checked against its own attributes)
         if any(view.meta.get("n_neurons") != self.n_neurons for view in streams.values()):
-            raise StoreError(f"{self.what} is damaged: its streams and its attributes give other "
-                             f"numbers of neurons; restore it or collect the stage again with "
-                             f"--overwrite")
+            raise damage(self.what, "its streams and its attributes give other numbers of "
+                                    "neurons")
         state = LayerState.create(self.n_neurons, vocab_sizes, kind, dense_budget, device)
         for name, s in state.streams.items():
             s.merge_(streams[name].stats)
@@ -431,10 +427,9 @@ class StreamView:
     def vocab(self) -> Vocabulary:
         vocab = self.layer.stage.vocab(self.name)
         if len(vocab) != self.meta.get("n_features"):
-            raise StoreError(f"{self.what} of stage {self.layer.stage.name!r} is damaged: "
-                             f"{self.meta.get('n_features')} features, and its vocabulary has "
-                             f"{len(vocab)}; restore it or collect the stage again with "
-                             f"--overwrite")
+            raise damage(f"{self.what} of stage {self.layer.stage.name!r}",
+                         f"{self.meta.get('n_features')} features, and its vocabulary has "
+                         f"{len(vocab)}")
         return vocab
 
     @cached_property

@@ -265,9 +265,9 @@ class StageWriter:
         if before is not None and meta.get("fingerprint") not in (self.fingerprint,
                                                                   fingerprint(before)) and \
                 not _renamed_only(meta, before):
-            changed = differences(meta, before)  # (file names alone are no difference)
-            changed = [c for c in changed
-                       if c not in ("model.source", "model.tokenizer.name")] or changed
+            # (file names alone are no difference: listed only when nothing else differs)
+            changed = differences(without_names(meta), without_names(before)) or \
+                differences(meta, before)
             added = sorted(k for k in before if k not in meta)
             untold = sorted(k for k in meta if k not in WRITER_KEYS and k not in before and
                             k not in ("created", "merged_from"))
