@@ -114,8 +114,8 @@ class LayerCapture:
     """Context manager that records the outputs of the named modules of ``model``.
 
     After each forward, ``captured[name]`` holds the list of batch-first tensors the module produced
-    (one per call) while :attr:`recording` is true. Use :meth:`take` to fetch and clear them. ``layouts`` maps layer names or
-    patterns to ``batch_first``/``time_first``/``channels_first``; ``time_first`` lists layers
+    (one per call) while :attr:`recording` is true. Use :meth:`take` to fetch and clear them.
+    ``layouts`` maps layer names or patterns to ``batch_first``/``time_first``/``channels_first``; ``time_first`` lists layers
     too (the older spelling); layers given neither are recognised from their modules, else take
     ``default_layout``.
     """
@@ -234,8 +234,9 @@ class LayerCapture:
             for name, got in self.captured.items():
                 if len(got) != 1:
                     raise InputError(
-                        f"module {name!r} ran {len(got)} times in one forward pass{self._alias(name)}; capture needs a "
-                        f"module that runs exactly once per forward (pick a per-layer module" +
+                        f"module {name!r} ran {len(got)} times in one forward pass"
+                        f"{self._alias(name)}; capture needs a module that runs exactly once "
+                        f"per forward (pick a per-layer module" +
                         ("; for a module applied several times, or a cell stepped in a loop, add "
                          "each call's output from a hook of your own with Accumulator.observe)"
                          if got else "; a module the forward pass does not call, or calls "

@@ -265,7 +265,6 @@ class Collector:
             self.capture.recording = True
             with torch.no_grad():
                 output = self.forward(self.model, batch)
-            self.capture.recording = False
             acts = self.capture.take()
         finally:
             self.capture.recording = False

@@ -208,8 +208,8 @@ def mask_units(model: nn.Module, selection: dict[str, Iterable[int]],
                layouts: dict | None = None) -> UnitMask:
     """Zero ``selection[layer]`` units of each layer's output until the mask is removed; a glob
     pattern as ``layer`` masks those units in every module it matches. ``selection`` may be a
-    mask file as read (``json.load``): its layouts and layer sizes come with it. Units are the last axis,
-    or axis 1 of channels-first layers (``nn.Conv1d`` and the like are recognised; ``layouts``
+    mask file as read (``json.load``): its layouts and layer sizes come with it. Units are the
+    last axis, or axis 1 of channels-first layers (``nn.Conv1d`` and the like are recognised; ``layouts``
     as for :class:`~txray_engine.collect.Collector`: give the stage's, ``stage.layouts``, for a
     layer collected as channels-first whose module does not say so, e.g. an activation after a
     convolution, else its time steps are masked). The mask runs first among each module's
