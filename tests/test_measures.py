@@ -268,6 +268,19 @@ def test_neuron_table_shows_its_rows():
     assert repr(t.head(3)).splitlines()[-1].split() == ["2", "0.1818"]
 
 
+def test_csv_text_a_spreadsheet_would_run_is_quoted():
+    """A layer named '=HYPERLINK(...)' in someone else's store reached --csv as a formula."""
+    import csv
+    import io
+
+    from txray_engine.measures.table import NeuronTable
+    names = np.array(["=HYPERLINK(\"http://x\")", "+1", "-x", "@sum", "\tx", "enc.0"])
+    t = NeuronTable({"layer": names, "neuron": np.arange(6), "shift": np.array([-1.5] * 6)})
+    rows = list(csv.reader(io.StringIO(t.to_csv())))
+    assert [r[0] for r in rows[1:]] == ["'" + n for n in names[:5]] + ["enc.0"]
+    assert {r[2] for r in rows[1:]} == {"-1.5"}  # numbers stay numbers
+
+
 @pytest.mark.parametrize("engine", ["numba", "numpy"])
 def test_shared_neurons_without_a_distribution_get_no_distance(engine):
     """Neuron 0 fires once for 'a' in stage A and once for 'b' in stage B: with min_count=2 it

@@ -145,6 +145,18 @@ def test_a_tag_written_as_markup_stays_text(tmp_path):
     assert '"x":["&lt;a href=' in page and '"x":["\\u003ca href' not in page
 
 
+def test_a_stage_name_with_a_template_stays_text(tmp_path):
+    """plotly expanded '%{y}' in a stage name written into a hover template (it showed a value)."""
+    stages = ("a%{y}", "b%{customdata[0]}")
+    store = make_pos_store(tmp_path / "s.zarr", stages=stages, layers=("enc.0",))
+    page = build_report(store, out=tmp_path / "r.html").path.read_text()
+    templates = re.findall(r'"hovertemplate":("(?:[^"\\]|\\.)*")', page)
+    assert templates and not any(s in json.loads(t) for t in templates for s in stages)
+    dec = json.JSONDecoder()
+    metas = {tuple(dec.raw_decode(page, m.end())[0]) for m in re.finditer('"meta":', page)}
+    assert metas >= {stages[:1], stages[1:], stages}
+
+
 def test_caps_and_choices(pos_store, tmp_path):
     out = tmp_path / "r.html"
     rep = build_report(pos_store, stages=["pretrained", "finetuned"], layers=["enc.1"], out=out,

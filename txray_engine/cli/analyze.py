@@ -78,7 +78,9 @@ def _compare_lines(s: dict, cmp, va, vb, stage_a: str, stage_b: str, min_neuron_
 @click.option("--features", default=4, show_default=True, type=click.IntRange(min=1),
               help="Top features shown per listed neuron and stage.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
-              help="Write the full neuron table (all layers and streams) to this CSV file.")
+              help="Write the full neuron table (all layers and streams) to this CSV file "
+                   "(a name starting with = + - @ gets a leading ', so that spreadsheets "
+                   "show it as text).")
 @click.option("--json", "as_json", is_flag=True, help="Print summaries and the neuron table as JSON.")
 def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_count, top,
             features, csv_path, as_json):

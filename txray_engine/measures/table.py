@@ -73,12 +73,16 @@ class NeuronTable:
         return [{k: py(v[i]) for k, v in self.columns.items()} for i in range(len(self))]
 
     def to_csv(self, path=None) -> str | None:
-        """The table as CSV (NaN as an empty field), written to ``path`` or returned."""
+        """The table as CSV (NaN as an empty field), written to ``path`` or returned.
+
+        A text cell that a spreadsheet would run as a formula (one starting with ``= + - @``, a
+        tab or a carriage return: a layer or stream name from someone else's store) is written
+        with a leading ``'``, which spreadsheets read as "text" and do not show."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(self.names)
+        w.writerow([_cell(c) for c in self.names])
         for r in self.records():
-            w.writerow(["" if v is None else v for v in r.values()])
+            w.writerow(["" if v is None else _cell(v) for v in r.values()])
         if path is None:
             return buf.getvalue()
         with open(path, "w", newline="") as fh:
@@ -97,6 +101,10 @@ class NeuronTable:
         lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
         lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
         return "\n".join(lines)
+
+
+def _cell(v):
+    return "'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
 
 
 def _fmt(v, digits):

@@ -53,7 +53,8 @@ class Plot:
 def _text(s) -> str:
     """A string for plotly's text (titles, names, hover): plotly reads ``<b>``-like tags and
     decodes ``&amp; &lt; &gt;``, not ``&quot;`` (shown as such in a quoted token), so only those
-    three are escaped."""
+    three are escaped. In a hover template, names go in the trace's ``meta`` (``%{meta[0]}``):
+    plotly expands ``%{…}`` in the template itself, not in what it puts there."""
     return html.escape(str(s), quote=False)
 
 
@@ -114,7 +115,8 @@ def mass_figure(data: ReportData, layer: str) -> Plot:
             marker=dict(size=4), line=dict(width=2, color=COLORS[i % len(COLORS)]),
             customdata=np.stack([nid, count[nid]], axis=1),
             hovertemplate=("neuron %{customdata[0]}<br>rank %{x}<br>mass %{y:.4g}<br>selected "
-                           "%{customdata[1]} times<extra>" + _text(stage) + "</extra>")))
+                           "%{customdata[1]} times<extra>%{meta[0]}</extra>"),
+            meta=[_text(stage)]))
     fig.update_yaxes(type="log", title_text="activation mass (log)", **_log_ticks(fig))
     fig.update_xaxes(title_text="neurons, sorted by mass (rank)")
     caption = ("Sum of the clamped activations of each neuron at the positions where it was among "
@@ -159,8 +161,8 @@ def hellinger_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | Non
             customdata=custom,
             hovertemplate=("<b>neuron %{customdata[0]}</b><br>Hellinger %{y:.3f}, union support "
                            "%{x}<br>length %{customdata[3]} → %{customdata[4]}<br>"
-                           + _text(a) + ": %{customdata[1]}<br>" + _text(b)
-                           + ": %{customdata[2]}<extra></extra>")))
+                           "%{meta[0]}: %{customdata[1]}<br>%{meta[1]}: %{customdata[2]}"
+                           "<extra></extra>"), meta=[_text(a), _text(b)]))
     fig.update_xaxes(type="log", title_text="Hellinger length (features in either stage, log)")
     fig.update_yaxes(title_text="Hellinger distance", range=[-0.02, 1.02])
     missing = int(cmp.summary()["shared_without_distribution"])
@@ -207,7 +209,8 @@ def length_shift_figure(data: ReportData, layer: str, a: str, b: str) -> Plot | 
             marker=dict(size=4, color=COLORS[(col - 1) % len(COLORS)]), line=dict(width=1),
             customdata=np.stack([ids, cmp["length_a"][ids], cmp["length_b"][ids]], axis=1),
             hovertemplate=("neuron %{customdata[0]}<br>length %{customdata[1]} → "
-                           "%{customdata[2]} (%{y:+d})<extra>" + _text(s) + "</extra>")),
+                           "%{customdata[2]} (%{y:+d})<extra>%{meta[0]}</extra>"),
+            meta=[_text(s)]),
             row=1, col=col)
         fig.add_hline(y=0, line=dict(color="#888", width=1, dash="dot"), row=1, col=col)
         fig.update_xaxes(title_text="shared neurons, sorted by shift", row=1, col=col)
@@ -263,7 +266,8 @@ def pos_figure(data: ReportData, layer: str) -> Plot | None:
                 x=tags, y=y, name=name, marker_color=color, showlegend=row == 1,
                 legendgroup=name, customdata=custom,
                 hovertemplate=("%{x}: " + name + " %{y:.2%}<br>mass / frequency "
-                               "%{customdata[0]:.2f}<extra>" + _text(s) + "</extra>")),
+                               "%{customdata[0]:.2f}<extra>%{meta[0]}</extra>"),
+                meta=[_text(s)]),
                 row=row, col=1)
         fig.update_yaxes(title_text="share", tickformat=".0%", row=row, col=1)
         fig.update_xaxes(categoryorder="array", categoryarray=tags, showticklabels=True,
