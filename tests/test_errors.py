@@ -549,3 +549,13 @@ def test_a_label_that_is_not_a_class_name_is_refused(tmp_path, value):
     path.write_text('{"text": "a b", "label": "pos"}\n{"text": "c", "label": %s}\n' % value)
     with pytest.raises(CorpusError, match=f"c.jsonl:2: the label 'label' is {re.escape(value)}"):
         Corpus([path], label_field="label").labels()
+
+
+def test_labels_that_are_json_values_read_as_written(tmp_path):
+    """A JSON true became the class 'True' (Python's spelling), not 'true' as in the file."""
+    from txray_engine.collect.corpus import Corpus
+
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join('{"text": "a", "label": %s}\n' % v
+                            for v in ("true", "false", "1", "2.5", '"neg"')))
+    assert Corpus([path], label_field="label").labels() == ["1", "2.5", "false", "neg", "true"]

@@ -100,7 +100,7 @@ class Corpus:
                 raise CorpusError(f"{path}:{lineno}: the label {self.label_field!r} is "
                                   f"{json.dumps(value)}, not a class name: give each document a "
                                   f"string or number as its label")
-            label = str(value)
+            label = value if isinstance(value, str) else json.dumps(value)  # true, not 'True'
         return Document(obj[self.text_field], label)
 
     def count_documents(self) -> int:
