@@ -84,6 +84,11 @@ def check_version(meta: dict, what: str) -> None:
                          f"reads version {FORMAT_VERSION}: use a matching txray_engine")
 
 
+#: What to do about a damaged stage (a merged one is written by `txray merge`, not collected).
+REWRITE = ("restore it or write the stage again with --overwrite (`txray collect`, or `txray merge` "
+           "for a merged stage)")
+
+
 @contextlib.contextmanager
 def damaged(what: str):
     """Turn any failure while reading ``what`` into one ``StoreError`` saying it is damaged."""
@@ -92,14 +97,13 @@ def damaged(what: str):
     except TxRayError:
         raise
     except Exception as e:
-        raise StoreError(f"{what} is damaged or unreadable ({type(e).__name__}: {e}); restore it or "
-                         f"collect the stage again with --overwrite") from None
+        raise StoreError(f"{what} is damaged or unreadable ({type(e).__name__}: {e}); "
+                         f"{REWRITE}") from None
 
 
 def damage(what: str, why: str) -> StoreError:
     """The error for ``what`` of a store found damaged, ``why``, with what to do."""
-    return StoreError(f"{what} is damaged: {why}; restore it or collect the stage again with "
-                      f"--overwrite")
+    return StoreError(f"{what} is damaged: {why}; {REWRITE}")
 
 
 def _being_written(path: Path) -> bool:

@@ -19,8 +19,8 @@ from ..errors import (InputError, StageChangedError, StageNotReadyError, StoreEr
                       whole_number)
 from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
-from .format import (ATTR, check_version, damage, damaged, group_attrs, open_root,
-                     read_arrays, read_stats, stage_attrs_wrong)
+from .format import (ATTR, REWRITE, check_version, damage, damaged, group_attrs,
+                     open_root, read_arrays, read_stats, stage_attrs_wrong)
 from .names import SNAPSHOT_PREFIX, VOCAB_GROUP
 
 if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they load where a
@@ -165,7 +165,7 @@ class Stage(_Listing):
                                      f"for it, or continue it with `txray collect ... --resume`")
         if self.snapshot is None:
             raise StoreError(f"stage {name!r} has no committed snapshot ({snap!r}): the store is "
-                             f"damaged; collect the stage again with --overwrite")
+                             f"damaged; {REWRITE}")
         wrong = stage_attrs_wrong(self.meta)
         if wrong:
             raise damage(f"stage {name!r}", wrong)
