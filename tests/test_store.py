@@ -309,12 +309,16 @@ def _stream_dir(path, stage="s"):
     return path / stage / snap / "enc.lstm" / "token"
 
 
-@pytest.mark.parametrize("damage,match", [
+CELL_DAMAGE = [
     (lambda g: g["indptr"].__setitem__(slice(2, 4), [40, 1]), "offsets .indptr. do not grow"),
     (lambda g: g["indices"].__setitem__(0, -3), "feature id outside its vocabulary of 40"),
     (lambda g: g["indices"].__setitem__(1, 0), "features out of order"),
     (lambda g: g["count"].__setitem__(3, 0), "count below 1"),
     (lambda g: g["mass"].__setitem__(3, float("nan")), "not finite"),
+]
+
+
+@pytest.mark.parametrize("damage,match", CELL_DAMAGE + [
     (lambda g: g["feature_freq"].__setitem__(3, -1), "negative frequency"),
 ])
 def test_stream_arrays_no_writer_makes_are_damage(tmp_path, damage, match):
@@ -326,6 +330,25 @@ def test_stream_arrays_no_writer_makes_are_damage(tmp_path, damage, match):
     view = open_store(path).stage("s").layer("enc.lstm").stream("token")
     with pytest.raises(StoreError, match="damaged: .*" + match):
         view.stats
+
+
+@pytest.mark.parametrize("damage", [d for d, _ in CELL_DAMAGE] + [
+    lambda g: g["indptr"].__setitem__(-1, 10 ** 6),  # (the last row reaches past the cells)
+])
+def test_a_damaged_row_read_alone_is_damage(tmp_path, damage):
+    """`txray neurons` reads single rows, and printed what merge and report refuse as damage."""
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(kind="sparse"))
+    damage(zarr.open_group(str(_stream_dir(path)), mode="r+"))
+    view = open_store(path).stage("s").layer("enc.lstm").stream("token")
+    refused = 0
+    for neuron in range(view.layer.n_neurons):
+        try:
+            view.top_features(neuron)
+        except StoreError as e:
+            assert "damaged: a " in str(e) and "txray merge" in str(e)
+            refused += 1
+    assert refused >= 1
 
 
 def test_a_missing_chunk_file_is_damage_not_zeros(tmp_path):

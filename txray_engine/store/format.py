@@ -246,6 +246,17 @@ def _inconsistent(arrays: dict, n: int, v: int, meta: dict) -> str | None:
     return None
 
 
+def row_wrong(a: int, b: int, nnz: int, cells: dict, v: int) -> str | None:
+    """:func:`_inconsistent` for one row's offsets ``a:b`` into ``nnz`` cells and its ``cells``
+    (a reader of single rows meets the same damage as one of whole streams)."""
+    if not 0 <= a <= b <= nnz:
+        return f"a row's offsets ({a}, {b}) outside its {nnz} cells"
+    if any(c.shape != (b - a,) for c in cells.values()):
+        return "a row's cell arrays of different lengths"
+    row = {"indptr": np.array([0, b - a]), "feature_freq": np.zeros(0), **cells}
+    return _inconsistent(row, 1, v, {"tokens": 0, "missing": 0})
+
+
 def read_stats(group: zarr.Group) -> SparseStats:
     """Read one (layer, stream) written from :func:`stream_nodes`, checking its consistency."""
     meta = group_attrs(group)

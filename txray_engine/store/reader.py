@@ -20,7 +20,7 @@ from ..errors import (InputError, StageChangedError, StageNotReadyError, StoreEr
 from ..features.text import TEXT_KINDS
 from ..features.vocab import Vocabulary
 from .format import (ATTR, REWRITE, check_version, damage, damaged, group_attrs,
-                     open_root, read_arrays, read_stats, stage_attrs_wrong)
+                     open_root, read_arrays, read_stats, row_wrong, stage_attrs_wrong)
 from .names import SNAPSHOT_PREFIX, VOCAB_GROUP
 
 if TYPE_CHECKING:  # reading a store needs neither torch nor the kernels: they load where a
@@ -466,7 +466,11 @@ class StreamView:
         with self.layer.stage.reading(self.what):
             arrays = self._arrays
             a, b = (int(x) for x in arrays["indptr"][neuron:neuron + 2])
-            return {k: arrays[k][a:b] for k in cells}
+            row = {k: arrays[k][a:b] for k in cells}
+        wrong = row_wrong(a, b, arrays["indices"].shape[0], row, len(self.vocab))
+        if wrong:
+            raise damage(f"stream group {self.group.path!r}", wrong)
+        return row
 
     @cached_property
     def _arrays(self) -> dict:
