@@ -174,8 +174,8 @@ def test_resume_with_other_weights_of_the_same_model_is_refused(word_model, tmp_
     before = (store / "s" / "zarr.json").read_text()
     res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume",
                                          "--max-documents", "20"))
-    assert res.exit_code == 2 and "other settings (model.weights, model.content)" in \
-        res.output, res.output
+    assert res.exit_code == 2 and "other settings (model.weights (other weights, or the same " \
+        "ones loaded with another --dtype), model.content)" in res.output, res.output
     assert (store / "s" / "zarr.json").read_text() == before
 
 

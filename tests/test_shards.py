@@ -74,6 +74,10 @@ def test_merge_refusals_leave_no_stage(word_model, tmp_path):
         return CliRunner().invoke(main, ["merge", *[str(tmp_path / n) for n in names],
                                          "--store", str(out), "--stage", "s"])
     _clean_error(merge("a.zarr", "b.zarr"), "differ in collection.k: 2 in", ", 1 in")
+    _ok(_collect(word_model, "--store", tmp_path / "h.zarr", "--shard", "1/2", "--dtype",
+                 "bfloat16"))  # (the weights' hash reads their dtype: the message says so)
+    _clean_error(merge("a.zarr", "h.zarr"), "differ in model.weights (other weights, or the same "
+                 "ones loaded with another --dtype)")
     # a shard collected before overlaps existed against one collected after
     _clean_error(merge("d.zarr", "a.zarr"), "differ in options.context_overlap: none in",
                  "a.zarr' again with --context-overlap 0")

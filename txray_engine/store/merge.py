@@ -12,7 +12,7 @@ import os
 from ..accumulate.accumulator import Accumulator
 from ..errors import InputError, StageExistsError, StoreError
 from .reader import open_store
-from .writer import StageWriter, differences, without_names
+from .writer import StageWriter, differences, told, without_names
 
 # what every part must share (the corpus may differ: a corpus split by file)
 SHARED = ("model", "collection")
@@ -60,7 +60,7 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
         mine, theirs = _settings(meta), _settings(first)
         named = differences(theirs, mine)
         if named:
-            values = "; ".join(_both(n, _at(theirs, n), _at(mine, n), first_name, name)
+            values = "; ".join(_both(told(n), _at(theirs, n), _at(mine, n), first_name, name)
                                for n in named)
             hint = ""
             if named == ["options.context_overlap"]:

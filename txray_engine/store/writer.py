@@ -58,6 +58,13 @@ def differences(stored: dict, identity: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def told(name: str) -> str:
+    """A dotted setting name of :func:`differences`, with what it can mean where that is more
+    than its name says: the weights hash reads each tensor's dtype too."""
+    return name + (" (other weights, or the same ones loaded with another --dtype)"
+                   if name == "model.weights" else "")
+
+
 #: Identity entries added after stages were first written, as paths: a stage written before
 #: one was added is compared without it (and holds it from its next commit on).
 ADDED_LATER = (("model", "content"), ("model", "tokenizer", "vocabulary"),
@@ -271,7 +278,7 @@ class StageWriter:
             added = sorted(k for k in before if k not in meta)
             untold = sorted(k for k in meta if k not in WRITER_KEYS and k not in before and
                             k not in ("created", "merged_from"))
-            what = (f"with other settings ({', '.join(changed)})" if changed else
+            what = (f"with other settings ({', '.join(map(told, changed))})" if changed else
                     f"without {', '.join(added)}, which this identity gives" if added else
                     f"with a different model, corpus or options (its attributes also hold "
                     f"{', '.join(untold)}: settings this identity leaves out, or what its "
