@@ -203,3 +203,24 @@ def test_a_mask_zeroes_the_part_capture_reads():
     with mask_units(part, {"": [1, 4]}):
         _, y = part(x)
     assert not y[..., [1, 4]].any() and y[..., 0].ne(0).all()
+
+
+def test_txray_layers_names_aliases_and_torchscript(tmp_path):
+    """`txray layers` listed a module under one of its names, silently, and a TorchScript model
+    like any other (`collect` then refused it)."""
+    from click.testing import CliRunner
+
+    from txray_engine.cli import main
+    lin = nn.Linear(4, 4)
+    shared = nn.Sequential(lin, nn.ReLU(), lin, lin, lin)
+    torch.save(shared, tmp_path / "shared.pt")
+    res = CliRunner().invoke(main, ["layers", "--model", str(tmp_path / "shared.pt")])
+    assert res.exit_code == 0 and res.output.splitlines() == [
+        "0\tLinear\t(also 2, 3 and 1 more)", "1\tReLU"], res.output
+    res = CliRunner().invoke(main, ["layers", "--model", str(tmp_path / "shared.pt"),
+                                    "--pattern", "[3-4]"])
+    assert res.output.splitlines() == ["3\tLinear\t(also 4)"], res.output  # as --layers takes it
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Linear(4, 4))), tmp_path / "script.pt")
+    res = CliRunner().invoke(main, ["layers", "--model", str(tmp_path / "script.pt")])
+    assert res.exit_code == 0 and "0\tRecursiveScriptModule" in res.output
+    assert "note: the model, 0: a TorchScript module takes no forward hooks" in res.output

@@ -28,6 +28,12 @@ from .layout import (check_layout, legacy_time_first, names_with, recognised_lay
 from .names import is_pattern, matches
 
 
+#: Why a TorchScript module cannot be captured, and what to do.
+NO_HOOKS = ("a TorchScript module takes no forward hooks, so it cannot be captured; collect the "
+            "Python model it was made from (saved with torch.save(model, path) for the command "
+            "line)")
+
+
 def resolve_layers(model: nn.Module, names: Iterable[str]) -> list[str]:
     """Module paths matching ``names`` (exact paths or glob patterns), in model order.
 
@@ -168,10 +174,7 @@ class LayerCapture:
         modules = dict(self.model.named_modules(remove_duplicate=False))
         script = [n for n in self.names if isinstance(modules[n], torch.jit.ScriptModule)]
         if script:
-            raise InputError(f"{', '.join(repr(n) for n in script[:3])}: a TorchScript module "
-                             f"takes no forward hooks, so it cannot be captured; collect the "
-                             f"Python model it was made from (saved with torch.save(model, path) "
-                             f"for the command line)")
+            raise InputError(f"{', '.join(repr(n) for n in script[:3])}: {NO_HOOKS}")
         try:
             for name in self.names:
                 module = modules[name]

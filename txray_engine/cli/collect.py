@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 
 import click
@@ -262,18 +261,33 @@ def corpus_reviews(cache, jsonl, which):
 @click.option("--pattern", default="*", show_default=True, help="Glob over module paths.")
 def layers(model_spec, gguf_file, pattern):
     """List a model's module paths (the names `--layers` takes), their types, and the layout of
-    those recognised as time-first or channels-first."""
+    those recognised as time-first or channels-first; a module under several names is listed
+    once, with its other names."""
+    import torch
+
+    from ..capture.hooks import NO_HOOKS
     from ..capture.layout import recognised_layout
+    from ..capture.names import matches
     from ..collect.models import load_model
 
     model = load_model(model_spec, gguf_file, require_tokenizer=False).model
-    found = [(name, mod) for name, mod in model.named_modules()
-             if name and fnmatch.fnmatchcase(name, pattern)]
-    if not found:
+    names: dict[int, list[str]] = {}  # every name of each module (one may serve in several
+    for name, mod in model.named_modules(remove_duplicate=False):  # places, as a shared GELU)
+        if name and matches(name, pattern):
+            names.setdefault(id(mod), []).append(name)
+    if not names:
         raise InputError(f"no module path of {type(model).__name__} matches {pattern!r}: run "
                          f"`txray layers` without --pattern to see them all")
-    modules = dict(model.named_modules())
-    for name, mod in found:  # a third column where the module says its layout is not batch-first
-        layout = recognised_layout(modules, name)
-        click.echo(f"{name}\t{type(mod).__name__}"
-                   + (f"\t{layout}" if layout not in (None, "batch_first") else ""))
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for first, *others in names.values():  # a third column where the module says its layout
+        layout = recognised_layout(modules, first)  # is not batch-first; a last one its aliases
+        also = ""
+        if others:
+            more = f" and {len(others) - 2} more" if len(others) > 2 else ""
+            also = f"\t(also {', '.join(others[:2])}{more})"
+        click.echo(f"{first}\t{type(modules[first]).__name__}"
+                   + (f"\t{layout}" if layout not in (None, "batch_first") else "") + also)
+    script = [n or "the model" for n, m in modules.items()
+              if isinstance(m, torch.jit.ScriptModule)][:3]
+    if script:
+        click.echo(f"note: {', '.join(script)}: {NO_HOOKS}", err=True)
