@@ -663,6 +663,37 @@ def test_a_full_disk_keeps_the_last_snapshot_and_says_so(tmp_path, monkeypatch):
     assert stage.cursor == {"units": 1} and same_sums(stage.accumulator(), acc)
 
 
+def test_a_full_disk_inside_a_snapshot_is_one_error_and_no_write_goes_on(tmp_path, monkeypatch,
+                                                                        capfd):
+    """Writes failing beside the first printed 'Task exception was never retrieved' and a
+    traceback each (230 to 750 lines after the one-line error), and the writes still running
+    left a snapshot folder behind."""
+    import errno
+    import gc
+
+    import zarr.storage
+
+    path = tmp_path / "s.zarr"
+    acc = _acc()
+    real, calls = zarr.storage.LocalStore.set, []
+
+    async def full(self, key, value):
+        calls.append(key)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real(self, key, value)
+
+    with StageWriter(path, "s", "new", {"model": "m"}) as w:
+        w.commit(acc, {"units": 1})
+        monkeypatch.setattr(zarr.storage.LocalStore, "set", full)
+        with pytest.raises(StoreError, match="No space left on device; the stage keeps"):
+            w.commit(acc, {"units": 2})
+        monkeypatch.undo()
+    gc.collect()
+    assert len(calls) > 4 and "never retrieved" not in capfd.readouterr().err
+    assert sorted(p.name for p in (path / "s").glob("snap-*")) == ["snap-000001"]
+
+
 def test_a_full_disk_at_the_switch_keeps_the_last_snapshot(tmp_path, monkeypatch):
     import errno
 

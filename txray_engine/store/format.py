@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.api.asynchronous import create_hierarchy
 from zarr.core.array import AsyncArray
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import GroupMetadata
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
@@ -163,11 +163,17 @@ def write_hierarchy(store, groups: dict[str, dict], arrays: dict[str, tuple]) ->
     relative to ``store``'s root; existing parent groups are left as they are) and fill the
     arrays, all concurrently.
 
-    One call writes a whole snapshot: Zarr creates each node once, without the parent checks and
-    the per-array round trips of ``create_array``, which cost more than the data.
+    One call writes a whole snapshot: each node's metadata document and its chunks, at once,
+    without the existence checks and per-array round trips of ``create_array`` and
+    ``create_hierarchy``, which cost more than the data (a snapshot's paths are new, and every
+    parent is named). All writes are waited for, failed or not, before the first failure is
+    raised: none goes on writing into a snapshot being removed, and a full disk is one error,
+    not a traceback per write that failed beside it.
     """
     nodes = {path: GroupMetadata(attributes=attrs) for path, attrs in groups.items()}
     metas = {path: array_metadata(data, chunk) for path, (data, chunk) in arrays.items()}
+    documents = [(f"{path}/{key}", buffer) for path, node in {**nodes, **metas}.items()
+                 for key, buffer in node.to_buffer_dict(default_buffer_prototype()).items()]
 
     async def fill(path, data):
         if data.size:  # all chunks are written: checking each for the fill value costs more
@@ -176,11 +182,13 @@ def write_hierarchy(store, groups: dict[str, dict], arrays: dict[str, tuple]) ->
             await array.setitem(slice(None), np.ascontiguousarray(data))
 
     async def write():
-        async for _ in create_hierarchy(store=store, nodes={**nodes, **metas}):
-            pass
-        await asyncio.gather(*(fill(path, data) for path, (data, _) in arrays.items()))
+        return await asyncio.gather(*(store.set(key, buffer) for key, buffer in documents),
+                                    *(fill(path, data) for path, (data, _) in arrays.items()),
+                                    return_exceptions=True)
 
-    sync(write())
+    failed = [r for r in sync(write()) if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
 
 
 def stream_attrs(stats: SparseStats) -> dict:
