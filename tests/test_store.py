@@ -753,3 +753,28 @@ def test_info_names_a_snapshot_left_beside_the_committed_one(tmp_path):
     assert "in a snapshot besides the committed one" in out
     _write(path, _acc(seed=1), mode="overwrite")  # the next writer removes it
     assert open_store(path).info()["stages"]["s"]["other_snapshot_bytes"] == 0
+
+
+@pytest.mark.parametrize("how", ["replaced", "deleted"])
+def test_a_store_folder_swapped_under_a_writer_is_never_written(tmp_path, how):
+    """A store moved away and another put in its place lost its stage to the writer (its
+    snapshot deleted, another model's sums in its place); a deleted one was made again without
+    a lock."""
+    path, other = tmp_path / "s.zarr", tmp_path / "other.zarr"
+    _write(other, _acc())
+    before = tree_digest(other)
+    acc = _acc()
+    with StageWriter(path, "s", "new", {"model": "mine"}) as w:
+        w.commit(acc, {"units": 1})
+        path.rename(tmp_path / "moved.zarr")
+        if how == "replaced":
+            other.rename(path)
+        with pytest.raises(StoreError, match="was moved, replaced or deleted while this writer "
+                                             "held it: nothing was written there"):
+            w.commit(acc, {"units": 2})
+    if how == "replaced":
+        path.rename(other)
+        assert tree_digest(other) == before
+    else:
+        assert not path.exists()
+    assert open_store(tmp_path / "moved.zarr").stage("s").cursor == {"units": 1}

@@ -220,6 +220,24 @@ class StageWriter:
         # a writer dropped without close() (a notebook's cell that failed) closes its descriptor,
         # and with it the lock, when it is collected, instead of holding the store until exit
         self._release = weakref.finalize(self, os.close, self._fd)
+        st = os.fstat(self._fd)
+        self._locked = (st.st_dev, st.st_ino)
+
+    def _moved(self) -> bool:
+        """Whether the folder at the store's path is no longer the one this writer locked (moved,
+        replaced by another store, or deleted while it ran): writing there would change a store
+        no lock protects, or another store's stage."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._locked
+
+    def _check_in_place(self) -> None:
+        if self._moved():
+            raise StoreError(f"the store folder {str(self.path)!r} was moved, replaced or deleted "
+                             f"while this writer held it: nothing was written there; go on with "
+                             f"--resume on the store where it is now")
 
     def _check_writable(self) -> None:
         """A store that cannot be written (a read-only disk or folder) fails now, not at the
@@ -314,6 +332,7 @@ class StageWriter:
                              f"batches seen}}), got {type(acc).__name__} and "
                              f"{type(cursor).__name__}")
         _check_keys("extra", extra or {})
+        self._check_in_place()
         for kind, names in (("layer", acc.layers), ("stream", [s.name for s in acc.streams])):
             for name in names:  # (before the stage is made: a refused name leaves nothing)
                 check_name(kind, name)
@@ -389,7 +408,7 @@ class StageWriter:
         """Delete snapshot folders other than the committed one (leftovers of killed commits,
         complete or not: a half-written folder is not even a Zarr group)."""
         stage_dir = self.path / self.stage
-        if not stage_dir.is_dir():
+        if not stage_dir.is_dir() or self._moved():  # (another store's snapshots are not ours)
             return
         for child in stage_dir.iterdir():
             if child.name.startswith(SNAPSHOT_PREFIX) and child.is_dir() and \
@@ -406,13 +425,15 @@ class StageWriter:
     def close(self) -> None:
         """Release the lock; remove the store directory if this writer created it and wrote
         nothing."""
+        moved = self._fd is not None and self._moved()
         if self._fd is not None:
             if self._release is not None:
                 self._release.detach()
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-        if self._created_dir and self.path.is_dir() and not any(self.path.iterdir()):
+        if self._created_dir and not moved and self.path.is_dir() and \
+                not any(self.path.iterdir()):
             shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> "StageWriter":
