@@ -235,6 +235,12 @@ def test_a_tokenizer_that_reads_text_otherwise_is_another_tokenizer(word_model, 
     res = collect(copy, "--resume", "--max-documents", "6")
     assert res.exit_code == 0, res.output
     assert open_store(store).stage("s").cursor["documents"] == 6
+    # a stage written before the tokenizer's reading was hashed: its name (the copy's path,
+    # the last one it was given) is what tells it apart
+    _as_an_earlier_engine_wrote_it(store, ("model.tokenizer.config",), status="in_progress")
+    res = collect(model_dir, "--resume", "--max-documents", "9")
+    assert res.exit_code == 2 and "other settings (model.tokenizer.name)" in res.output, \
+        res.output
 
 
 def test_resume_notices_one_changed_weight_and_a_reordered_vocabulary(word_model, tmp_path):
@@ -297,6 +303,86 @@ def test_a_stage_written_before_the_content_hash_resumes(word_model, tmp_path):
     res = CliRunner().invoke(main, _args(word_model, other, store, "--resume"))
     assert res.exit_code == 2 and "other settings (corpus" in res.output, res.output
     assert "model.content" not in res.output
+
+
+def _as_an_earlier_engine_wrote_it(store, drop, options=None, status=None):
+    """Rewrite stage 's' as an engine before the identity entries ``drop`` (dotted paths) wrote
+    it, with ``options`` it had then, and its fingerprint over that identity."""
+    from txray_engine.store.format import ATTR, fingerprint
+    path = store / "s" / "zarr.json"
+    doc = json.loads(path.read_text())
+    meta = doc["attributes"][ATTR]
+    for dotted in drop:
+        *parents, last = dotted.split(".")
+        place = meta
+        for key in parents:
+            place = place[key]
+        del place[last]
+    meta["options"].update(options or {})
+    meta["status"] = status or meta["status"]
+    meta["fingerprint"] = fingerprint({key: meta[key] for key in
+                                       ("model", "corpus", "options", "collection")})
+    path.write_text(json.dumps(doc))
+
+
+def test_a_stage_without_hashes_is_told_apart_by_its_file_names(word_model, tmp_path):
+    """Stages written before the content and weights hashes: another model under another file
+    name resumed and merged with them (the name, left out of the comparison since the hashes,
+    was all that told the models apart); the same model under its name resumed only without the
+    weights hash, and a stage holding its document limit in its options not at all."""
+    import shutil
+    store = tmp_path / "s.zarr"
+    copy = dict(word_model, ckpt=tmp_path / "model-copy.pt")
+    shutil.copy(word_model["ckpt"], copy["ckpt"])
+    old = ("model.content", "model.weights", "model.tokenizer.vocabulary")
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store,
+                                         "--max-documents", "10"))
+    assert res.exit_code == 0, res.output
+    _as_an_earlier_engine_wrote_it(store, old, {"max_documents": 10}, status="in_progress")
+    res = CliRunner().invoke(main, _args(copy, word_model["jsonl"], store, "--resume"))
+    assert res.exit_code == 2 and "other settings (model.source)" in res.output, res.output
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume"))
+    assert res.exit_code == 0, res.output
+    whole = tmp_path / "whole.zarr"
+    assert CliRunner().invoke(main, _args(word_model, word_model["jsonl"], whole)).exit_code == 0
+    a, b = open_store(store).stage("s"), open_store(whole).stage("s")
+    assert same_sums(a.accumulator(), b.accumulator()) and a.cursor == b.cursor
+    # merged: an old shard with a new one of the same model, not of a model named otherwise
+    for i, files in enumerate((word_model, word_model, copy)):
+        res = CliRunner().invoke(main, _args(files, word_model["jsonl"], tmp_path / f"p{i}.zarr",
+                                             "--shard", f"{min(i, 1)}/2"))
+        assert res.exit_code == 0, res.output
+    _as_an_earlier_engine_wrote_it(tmp_path / "p0.zarr", old)
+
+    def merge(*parts):
+        return CliRunner().invoke(main, ["merge", *[str(tmp_path / p) for p in parts],
+                                         "--store", str(tmp_path / "m.zarr"), "--stage", "s"])
+    res = merge("p0.zarr", "p2.zarr")
+    assert res.exit_code == 2 and "differ in model.source" in res.output, res.output
+    res = merge("p0.zarr", "p1.zarr")
+    assert res.exit_code == 0, res.output
+    assert same_sums(open_store(tmp_path / "m.zarr").stage("s").accumulator(), b.accumulator())
+
+
+def test_a_stage_without_its_collection_settings_is_not_continued(word_model, tmp_path):
+    """A stage of an engine that did not record k, layers and streams in its identity: a resume
+    cannot check them (one layer fewer left that layer's sums behind), so it is refused as such,
+    not as 'other settings'."""
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store,
+                                         "--max-documents", "10"))
+    assert res.exit_code == 0, res.output
+    _as_an_earlier_engine_wrote_it(store, (), status="in_progress")
+    from txray_engine.store.format import ATTR, fingerprint
+    path = store / "s" / "zarr.json"
+    doc = json.loads(path.read_text())
+    meta = doc["attributes"][ATTR]
+    del meta["collection"]
+    meta["fingerprint"] = fingerprint({key: meta[key] for key in ("model", "corpus", "options")})
+    path.write_text(json.dumps(doc))
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume"))
+    assert res.exit_code == 2 and "was started by an earlier engine, without collection" in \
+        res.output and "--overwrite" in res.output, res.output
 
 
 def test_overlapping_windows_count_every_token_once_and_resume_exactly(word_model, tmp_path,

@@ -12,18 +12,16 @@ import os
 from ..accumulate.accumulator import Accumulator
 from ..errors import InputError, StageExistsError, StoreError
 from .reader import open_store
-from .writer import StageWriter, differences, told, without_names
+from .writer import StageWriter, as_written_before, differences, told, without_names
 
 # what every part must share (the corpus may differ: a corpus split by file)
 SHARED = ("model", "collection")
 
 
-def _settings(meta: dict, names: bool = False) -> dict:
-    """What every part must share: model (but, unless ``names``, its files' names), collection
-    and options (but the shard)."""
+def _settings(meta: dict) -> dict:
+    """What every part must share: model, collection and options (but the shard)."""
     options = {k: v for k, v in (meta.get("options") or {}).items() if k != "shard"}
-    shared = {key: meta.get(key) for key in SHARED}
-    return {**(shared if names else without_names(shared)), "options": options}
+    return {**{key: meta.get(key) for key in SHARED}, "options": options}
 
 
 def _at(settings: dict, dotted: str) -> str:
@@ -57,7 +55,10 @@ def _check_parts(parts: list[tuple[str, str, dict]]) -> None:
         raise StoreError(f"{'; '.join(unfinished)}: finish {them} first (txray collect ... "
                          f"--resume), then merge")
     for name, _, meta in parts:
+        # (a stage written before an entry existed is compared without it, as a resume does)
         mine, theirs = _settings(meta), _settings(first)
+        mine, theirs = (without_names(as_written_before(mine, theirs)),
+                        without_names(as_written_before(theirs, mine)))
         named = differences(theirs, mine)
         if named:
             values = "; ".join(_both(told(n), _at(theirs, n), _at(mine, n), first_name, name)
@@ -209,7 +210,7 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
         cursor["at"] = max(ats, key=lambda at: (at["doc"], at["start"]))
     first = parts[0][2]
     corpora = [meta.get("corpus") for _, _, meta in parts]
-    identity = {key: value for key, value in _settings(first, names=True).items()
+    identity = {key: value for key, value in _settings(first).items()
                 if value is not None}
     if len(parts) == 1 and first.get("options"):  # a copy keeps what it is, a shard too
         identity["options"] = first["options"]

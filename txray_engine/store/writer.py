@@ -67,27 +67,39 @@ def told(name: str) -> str:
 
 #: Identity entries added after stages were first written, as paths: a stage written before
 #: one was added is compared without it (and holds it from its next commit on).
-ADDED_LATER = (("model", "content"), ("model", "tokenizer", "vocabulary"),
+ADDED_LATER = (("model", "weights"), ("model", "content"), ("model", "tokenizer", "vocabulary"),
                ("model", "tokenizer", "config"))
+#: Identity entries taken out since (the document limit, kept beside the identity since it may
+#: grow): a stage written with one is compared with its own value.
+REMOVED_LATER = (("options", "max_documents"),)
+#: What tells an input apart where its name does not: a name is left out of a comparison only
+#: beside one of these (a stage written before its input's hash existed has its name alone).
+HASHES = {"source": "content", "name": ("sha256", "config")}
 
 
 def without_names(identity: dict) -> dict:
     """``identity`` without the names of its files (``model.source``, the tokenizer's
-    ``name``, each corpus file's ``name``): the same bytes under another name, as a job copies
-    its inputs, are the same input; their hashes tell them apart."""
+    ``name``, each corpus file's ``name``) where a hash of what they hold stands beside them:
+    the same bytes under another name, as a job copies its inputs, are the same input; their
+    hashes tell them apart."""
     def strip(value, drop):
         if isinstance(value, dict):
-            return {k: strip(v, ("name",) if k in ("tokenizer", "files", "merged") else ())
-                    for k, v in value.items() if k not in drop}
+            return {k: strip(v, "name" if k in ("tokenizer", "files", "merged") else None)
+                    for k, v in value.items()
+                    if not (k == drop and any(h in value for h in _as_tuple(HASHES[k])))}
         if isinstance(value, list):
             return [strip(v, drop) for v in value]
         return value
     out = dict(identity)
     if isinstance(out.get("model"), dict):
-        out["model"] = strip(out["model"], ("source",))
+        out["model"] = strip(out["model"], "source")
     if isinstance(out.get("corpus"), dict):
-        out["corpus"] = strip(out["corpus"], ())
+        out["corpus"] = strip(out["corpus"], None)
     return out
+
+
+def _as_tuple(x) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
 
 
 def _renamed_only(stored: dict, identity: dict) -> bool:
@@ -101,16 +113,22 @@ def _renamed_only(stored: dict, identity: dict) -> bool:
         fingerprint(without_names(written)) == fingerprint(without_names(identity))
 
 
-def _as_written_before(identity: dict, stored: dict) -> dict:
-    """``identity`` without the :data:`ADDED_LATER` entries the ``stored`` stage lacks."""
+def as_written_before(identity: dict, stored: dict) -> dict:
+    """``identity`` as the engine that wrote the ``stored`` stage would have given it: without
+    the :data:`ADDED_LATER` entries the stage lacks, with the :data:`REMOVED_LATER` ones it
+    holds."""
     out = copy.deepcopy(identity)
-    for path in ADDED_LATER:
+    for path in ADDED_LATER + REMOVED_LATER:
         new, old = out, stored
         for key in path[:-1]:
             new = new.get(key) if isinstance(new, dict) else None
             old = old.get(key) if isinstance(old, dict) else None
-        if isinstance(new, dict) and isinstance(old, dict) and path[-1] not in old:
+        if not (isinstance(new, dict) and isinstance(old, dict)):
+            continue
+        if path in ADDED_LATER and path[-1] not in old:
             new.pop(path[-1], None)
+        elif path in REMOVED_LATER and path[-1] in old:
+            new[path[-1]] = old[path[-1]]
     return out
 
 
@@ -286,7 +304,7 @@ class StageWriter:
             raise StageExistsError(f"stage {self.stage!r} is already complete: nothing to resume"
                                    f"{more}; collect it again with --overwrite "
                                    f"(mode='overwrite')")
-        before = _as_written_before(self.identity, meta) if self.fingerprint is not None else None
+        before = as_written_before(self.identity, meta) if self.fingerprint is not None else None
         if before is not None and meta.get("fingerprint") not in (self.fingerprint,
                                                                   fingerprint(before)) and \
                 not _renamed_only(meta, before):
@@ -294,10 +312,15 @@ class StageWriter:
             changed = differences(without_names(meta), without_names(before)) or \
                 differences(meta, before)
             added = sorted(k for k in before if k not in meta)
+            if added and not changed:
+                raise StageExistsError(
+                    f"stage {self.stage!r} was started by an earlier engine, without "
+                    f"{', '.join(added)}, which this identity gives: it cannot be checked, so "
+                    f"it is not continued; collect it again with --overwrite "
+                    f"(mode='overwrite')")
             untold = sorted(k for k in meta if k not in WRITER_KEYS and k not in before and
                             k not in ("created", "merged_from"))
             what = (f"with other settings ({', '.join(map(told, changed))})" if changed else
-                    f"without {', '.join(added)}, which this identity gives" if added else
                     f"with a different model, corpus or options (its attributes also hold "
                     f"{', '.join(untold)}: settings this identity leaves out, or what its "
                     f"commits added)" if untold else
