@@ -466,3 +466,17 @@ def test_flushes_wait_ten_times_their_own_time(tmp_path, monkeypatch):
             for _ in range(10):  # well under the 0.5 s that 10 x 0.05 s asks for
                 col.step(batch)
         assert len(commits) == want  # (with the final commit)
+
+
+def test_a_resume_takes_its_streams_in_any_order(word_model, tmp_path):
+    """`--streams label,token` on a stage begun with `token,label` was refused as other
+    settings, though the streams' sums do not depend on their order (as layers' do not)."""
+    store, whole = tmp_path / "s.zarr", tmp_path / "whole.zarr"
+    for args in (_args(word_model, word_model["jsonl"], store, "--max-documents", "10"),
+                 _args(word_model, word_model["jsonl"], store, "--resume", "--streams",
+                       "label,token"),
+                 _args(word_model, word_model["jsonl"], whole)):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+    a, b = open_store(store).stage("s"), open_store(whole).stage("s")
+    assert same_sums(a.accumulator(), b.accumulator()) and a.meta["options"] == b.meta["options"]

@@ -218,6 +218,9 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     context_overlap = context_overlap_for(store, stage, mode, max_length, context_overlap)
     check_windows(max_length, context_overlap)
     stream_objs, needs = build_streams(streams, loaded, corpus)
+    order = (_resumed(store, stage, mode).get("options") or {}).get("streams")
+    if isinstance(order, list) and sorted(map(str, order)) == sorted(s.name for s in stream_objs):
+        stream_objs.sort(key=lambda s: order.index(s.name))  # (a resume's streams are a set)
     sizes = _resumed(store, stage, mode).get("streams") or {}
     stream_objs = [Stream(s.name, loaded.tokenizer.vocab, s.source) if s.source == "predicted" and
                    (sizes.get(s.name) or {}).get("size") == len(loaded.tokenizer.vocab) else s
