@@ -54,6 +54,36 @@ def test_an_output_that_cannot_be_written_fails_before_the_work(two_stages, tmp_
     _clean(out, "is a file, not a folder")  # (it said "cannot use ...: File exists")
 
 
+@pytest.mark.parametrize("command,name", [
+    (["compare", "{store}", "text", "reviews", "--csv", "{out}"], "table"),
+    (["prune", "{store}", "--stage", "reviews", "--layer", "lstm", "--selector", "lowest_mass",
+      "--count", "2", "--out", "{out}"], "mask file"),
+    (["report", "{store}", "--out", "{out}"], "report"),
+])
+def test_a_full_disk_leaves_an_output_as_it_was_and_says_so(two_stages, tmp_path, monkeypatch,
+                                                           command, name):
+    """--csv and prune --out left an empty (or truncated) file, and the error named no file and
+    suggested checking permissions."""
+    import errno
+    import pathlib
+
+    (tmp_path / "outs").mkdir()
+    out = tmp_path / "outs" / "out.file"
+    out.write_text("the last one")
+    real = pathlib.Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.endswith(".partial"):
+            real(self, "half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    res = run_cli(*[a.format(store=two_stages, out=out) for a in command], code=2)
+    _clean(res[res.find("error: "):], f"cannot write the {name} '{out}': No space left on "
+                                      f"device; free space on its disk")  # (compare printed first)
+    assert out.read_text() == "the last one" and list(out.parent.iterdir()) == [out]
+
+
 def test_a_stage_without_sums_is_left_out_of_a_default_report(two_stages, tmp_path):
     """A collection writing its first flush (or killed before it) leaves such a stage."""
     meta_path = two_stages / "reviews" / "zarr.json"

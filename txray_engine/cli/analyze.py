@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from ..store.outputs import output_path
+from ..store.outputs import output_path, write_replacing
 from .base import (by_option, format_features, gguf_option, main, min_count_option,
                    min_neuron_count_option)
 
@@ -233,8 +233,8 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
                   for layer, units in selection.items()}
     if model_spec:  # the model first: a model that cannot be written leaves no mask behind
         _save_model(model, output_path(save_pruned, "pruned model", create=True))
-    with open(output_path(out, "mask file", create=True), "w") as fh:
-        json.dump(doc, fh, indent=1)
+    write_replacing(output_path(out, "mask file", create=True),
+                    lambda tmp: tmp.write_text(json.dumps(doc, indent=1)), "mask file")
     for layer, units in selection.items():
         asked = how_many(sizes[layer], count, fraction)
         more = (f"; --count {count} is more than the layer has" if asked > sizes[layer] else
@@ -250,19 +250,8 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
 
 
 def _save_model(model, path) -> None:
-    """``torch.save`` of the whole module through a temporary file (torch reports a path it
-    cannot write as a RuntimeError)."""
-    import os
-
+    """``torch.save`` of the whole module, never a half-written file."""
     import torch
 
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        torch.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:  # (Ctrl-C too: no half-written file left)
-        tmp.unlink(missing_ok=True)
-        if not isinstance(e, (OSError, RuntimeError)):
-            raise
-        raise InputError(f"cannot write the pruned model to {str(path)!r}: "
-                         f"{' '.join(str(e).split())}; choose another path") from None
+    write_replacing(path, lambda tmp: torch.save(model, tmp), "pruned model",
+                    (OSError, RuntimeError))

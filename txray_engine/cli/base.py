@@ -11,6 +11,7 @@ import threading
 import click
 
 from ..errors import Terminated, TxRayError
+from ..store.outputs import os_advice
 
 SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -102,8 +103,7 @@ class TxRayGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             where = f" {e.filename!r}" if e.filename else ""
-            click.echo(f"error: cannot use{where}: {e.strerror or e}; check the path and its "
-                       f"permissions", err=True)
+            click.echo(f"error: cannot use{where}: {e.strerror or e}; {os_advice(e)}", err=True)
             ctx.exit(2)
         except click.UsageError as e:  # a bad or missing option of a command
             if ctx.params.get("debug"):

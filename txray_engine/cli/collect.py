@@ -7,7 +7,7 @@ import json
 import click
 
 from ..errors import InputError
-from ..store.outputs import output_path
+from ..store.outputs import output_path, write_replacing
 from .base import gguf_option, human_size, main, parse_k
 
 
@@ -249,9 +249,9 @@ def corpus_reviews(cache, jsonl, which):
     rows = read_reviews(folder, which)
     click.echo(f"{len(rows)} {which} with polarity labels in {folder}")
     if jsonl:
-        with open(output_path(jsonl, "corpus", create=True), "w", encoding="utf-8") as fh:
-            for label, text in rows:
-                fh.write(json.dumps({"text": text, "label": label}) + "\n")
+        text = "".join(json.dumps({"text": text, "label": label}) + "\n" for label, text in rows)
+        write_replacing(output_path(jsonl, "corpus", create=True),
+                        lambda tmp: tmp.write_text(text, encoding="utf-8"), "corpus")
         click.echo(f"wrote {jsonl}")
 
 

@@ -85,8 +85,8 @@ class NeuronTable:
             w.writerow(["" if v is None else _cell(v) for v in r.values()])
         if path is None:
             return buf.getvalue()
-        with open(path, "w", newline="") as fh:
-            fh.write(buf.getvalue())
+        from ..store.outputs import write_replacing
+        write_replacing(path, lambda tmp: tmp.write_text(buf.getvalue(), newline=""), "table")
         return None
 
     def to_json(self) -> str:

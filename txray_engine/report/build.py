@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, whole_number
-from ..store.outputs import output_path
+from ..store.outputs import output_path, write_replacing
 from .data import Limits, ReportData
 
 
@@ -79,14 +78,9 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
                       min_neuron_count, pairs)
     html, n_figures = render(data, title)
     output_path(out, "report", create=True)
-    tmp = out.with_name(out.name + ".partial")
-    try:
-        # (a lone surrogate in a store made elsewhere is written as its escape, not refused)
-        tmp.write_text(html, encoding="utf-8", errors="backslashreplace")
-        os.replace(tmp, out)
-    except BaseException:  # (Ctrl-C too: no half-written file left beside the report)
-        tmp.unlink(missing_ok=True)
-        raise
+    # (a lone surrogate in a store made elsewhere is written as its escape, not refused)
+    write_replacing(out, lambda tmp: tmp.write_text(html, encoding="utf-8",
+                                                    errors="backslashreplace"), "report")
     return Report(path=out, size=out.stat().st_size, stages=data.stages, layers=data.layers,
                   pairs=data.pairs, stream=data.stream, figures=n_figures,
                   notes=list(dict.fromkeys(data.notes)))

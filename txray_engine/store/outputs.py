@@ -3,6 +3,7 @@ the work that fills them, and never inside a store."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -48,3 +49,31 @@ def output_path(path, what: str = "file", create: bool = False) -> Path:
     if create:
         out.parent.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def os_advice(e: OSError) -> str:
+    """What to do about ``e`` writing or reading a file the user named."""
+    if e.errno == errno.ENOSPC:
+        return "free space on its disk, or choose another place"
+    if e.errno == errno.EIO:
+        return "the disk reported an input/output error: check it, or choose another place"
+    return "check the path and its permissions"
+
+
+def write_replacing(path, write, what: str, errors: tuple = (OSError,)) -> None:
+    """Write the ``what`` at ``path`` by ``write(temporary path)`` beside it, then put it in
+    place in one step: a full disk, a failing disk or Ctrl-C leaves the file as it was (or
+    none), never a truncated one. ``errors`` (an ``OSError`` by default; torch reports a path
+    it cannot write as a ``RuntimeError``) become one message naming the file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(e, errors):
+            raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        advice = os_advice(e) if isinstance(e, OSError) else "choose another path"
+        raise InputError(f"cannot write the {what} {str(path)!r}: {why}; {advice}") from None
