@@ -694,6 +694,23 @@ def test_a_full_disk_inside_a_snapshot_is_one_error_and_no_write_goes_on(tmp_pat
     assert sorted(p.name for p in (path / "s").glob("snap-*")) == ["snap-000001"]
 
 
+def test_a_merge_on_a_full_disk_says_to_run_it_again(tmp_path, monkeypatch):
+    """It said to 'go on with --resume', which merge does not have."""
+    import errno
+
+    import txray_engine.store.writer as writer
+    from txray_engine.store import merge_stages
+
+    _write(tmp_path / "a.zarr", _acc())
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(writer, "write_hierarchy", full)
+    with pytest.raises(StoreError, match=r"free space, or make the folder writable, and run the "
+                                         r"merge again with --overwrite \(mode='overwrite'\)"):
+        merge_stages([(tmp_path / "a.zarr", "s")], tmp_path / "m.zarr", "m")
+
+
 def test_a_full_disk_at_the_switch_keeps_the_last_snapshot(tmp_path, monkeypatch):
     import errno
 
@@ -778,3 +795,17 @@ def test_a_store_folder_swapped_under_a_writer_is_never_written(tmp_path, how):
     else:
         assert not path.exists()
     assert open_store(tmp_path / "moved.zarr").stage("s").cursor == {"units": 1}
+
+
+def test_an_empty_stage_folder_a_failed_first_write_left_is_cleared(tmp_path):
+    """A first commit that failed just after making the stage's folder left it empty: every
+    later run printed Zarr's 'Object at s2 is not recognized' warnings."""
+    import warnings
+
+    path = tmp_path / "s.zarr"
+    _write(path, _acc())
+    (path / "s2").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _write(path, _acc(), stage="s2")
+        assert open_store(path).stages == ["s", "s2"]

@@ -232,6 +232,7 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
     elif renumber:  # the parts' files one after another
         extra["corpus_documents"] = first_doc
     with StageWriter(store, stage, mode, identity) as writer:
+        writer.go_on = "run the merge again with --overwrite (mode='overwrite')"
         writer.commit(acc, cursor, "complete", extra)
     return {"store": os.fspath(store), "stage": stage, "sources": len(sources),
             "layers": list(acc.layers),

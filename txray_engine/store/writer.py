@@ -155,6 +155,9 @@ class StageWriter:
         complete stage is refused.
     """
 
+    #: What to do once a failed write is fixed (a merge is run again instead).
+    go_on = "go on with --resume (mode='resume')"
+
     def __init__(self, path, stage: str, mode: str = "new", identity: dict | None = None,
                  reopen=None):
         if mode not in MODES:
@@ -369,7 +372,7 @@ class StageWriter:
             raise StoreError(f"cannot write stage {self.stage!r} of {str(self.path)!r}: "
                              f"{e.strerror or e}; the stage keeps its last flush "
                              f"({self._snapshot or 'none yet'}): free space, or make the folder "
-                             f"writable, and go on with --resume (mode='resume')") from None
+                             f"writable, and {self.go_on}") from None
 
     def _commit(self, acc: Accumulator, cursor: dict, status: str, extra: dict | None) -> None:
         root = self._root_for_write()
@@ -423,9 +426,14 @@ class StageWriter:
         self._remove_stale_snapshots()
 
     def _remove_partial_files(self) -> None:
-        """Delete temporary files of atomic writes a killed process left (``*.partial``)."""
+        """Delete temporary files of atomic writes a killed process left (``*.partial``), and
+        empty folders in the store's root: a stage whose first write failed (a full disk) after
+        its folder was made, which Zarr would warn about at every reading."""
         for p in self.path.rglob("*.partial"):
             p.unlink(missing_ok=True)
+        for child in self.path.iterdir():
+            if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
+                child.rmdir()
 
     def _remove_stale_snapshots(self, also: str | None = None) -> None:
         """Delete snapshot folders other than the committed one (leftovers of killed commits,
