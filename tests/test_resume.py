@@ -381,7 +381,7 @@ def test_a_stage_without_its_collection_settings_is_not_continued(word_model, tm
     meta["fingerprint"] = fingerprint({key: meta[key] for key in ("model", "corpus", "options")})
     path.write_text(json.dumps(doc))
     res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume"))
-    assert res.exit_code == 2 and "was started by an earlier engine, without collection" in \
+    assert res.exit_code == 2 and "was started without collection, which this identity gives (by an earlier engine" in \
         res.output and "--overwrite" in res.output, res.output
 
 

@@ -315,12 +315,12 @@ class StageWriter:
             changed = differences(without_names(meta), without_names(before)) or \
                 differences(meta, before)
             added = sorted(k for k in before if k not in meta)
-            if added and not changed:
+            if added and not changed and meta.get("snapshot") is not None:
                 raise StageExistsError(
-                    f"stage {self.stage!r} was started by an earlier engine, without "
-                    f"{', '.join(added)}, which this identity gives: it cannot be checked, so "
-                    f"it is not continued; collect it again with --overwrite "
-                    f"(mode='overwrite')")
+                    f"stage {self.stage!r} was started without {', '.join(added)}, which this "
+                    f"identity gives (by an earlier engine, or from Python with fewer entries): "
+                    f"it cannot be checked, so it is not continued; collect it again with "
+                    f"--overwrite (mode='overwrite')")
             untold = sorted(k for k in meta if k not in WRITER_KEYS and k not in before and
                             k not in ("created", "merged_from"))
             what = (f"with other settings ({', '.join(map(told, changed))})" if changed else
