@@ -472,3 +472,14 @@ def test_neurons_without_a_distance_and_long_or_quoted_features(tmp_path):
         assert errors == [] and console == []
         shown = set(json.loads(html.unescape(re.search(r'data-log="([^"]*)"', dom).group(1))))
         assert shown <= {feature_label(w) for w in words} and len(shown) >= 3, shown
+
+
+def test_stage_names_with_spaces_are_named_by_commas(tmp_path):
+    """`--stages 'epoch 1,epoch 2'` was split at the spaces into stages that do not exist."""
+    store = make_pos_store(tmp_path / "s.zarr", stages=("epoch 1", "epoch 2"), layers=("enc.0",))
+    for option in ("--stages", "--pairs"):
+        value = "epoch 1,epoch 2" if option == "--stages" else "epoch 1:epoch 2"
+        out = run_cli("report", store, option, value, "--out", tmp_path / "r.html")
+        assert "; pairs epoch 1 → epoch 2;" in out, out
+    assert build_report(store, pairs="epoch 1:epoch 2", out=tmp_path / "p.html").pairs == [
+        ("epoch 1", "epoch 2")]

@@ -8,8 +8,8 @@ from .base import by_option, human_size, main, min_count_option, min_neuron_coun
 
 
 def _names(values) -> list[str]:
-    """``--stages a,b --stages c`` and ``--stages 'a b'`` → ``[a, b, c]``."""
-    return [x for v in values for x in v.replace(",", " ").split()]
+    """``--stages a,b --stages c`` → ``[a, b, c]`` (commas only: a stage name may hold spaces)."""
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
 
 
 @main.command()

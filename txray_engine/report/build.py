@@ -73,7 +73,7 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
     stages, layers = ([s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
                       for v in (stages, layers))  # "a,b" as on the command line
     if isinstance(pairs, str):  # "a:b,a:c" as on the command line
-        pairs = [p for p in pairs.replace(" ", ",").split(",") if p]
+        pairs = [p.strip() for p in pairs.split(",") if p.strip()]  # (names may hold spaces)
     data = ReportData(open_store(store_path), stages, layers, stream, limits, by, min_count,
                       min_neuron_count, pairs)
     html, n_figures = render(data, title)
