@@ -537,6 +537,10 @@ def test_a_corpus_is_checked_and_counted_as_it_is_read(tmp_path):
         bad.write_bytes(data)
         with pytest.raises(CorpusError, match=where):
             Corpus([bad]).identity()
+    import gzip  # (a compressed corpus was told to convert from latin1)
+    bad.write_bytes(gzip.compress(b"one\ntwo\n"))
+    with pytest.raises(CorpusError, match=r"bad.txt: a gzip file, not text; unpack it first"):
+        Corpus([bad]).identity()
 
 
 @pytest.mark.parametrize("value", ["null", "[1, 2]", '{"a": 1}'])

@@ -158,12 +158,24 @@ class _Hashing(io.RawIOBase):
         return n
 
 
+#: Leading bytes of compressed files a corpus may be given as (read as text, they fail as
+#: "not UTF-8 at byte 0x8b").
+ARCHIVES = ((b"\x1f\x8b", "gzip file"), (b"PK\x03\x04", "zip archive"),
+            (b"\xfd7zXZ\x00", "xz file"), (b"\x28\xb5\x2f\xfd", "zstandard file"))
+
+
 def _not_utf8(path: Path) -> CorpusError:
     """The error for a file that is not UTF-8, naming its first line that is not, counted as the
     documents are (a lone CR ends a line), and the character column (text is decoded ahead of the
     line being read, so the decoder's own place is not the line's)."""
     lineno = 0
     with open(path, "rb") as fh:
+        head = fh.read(8)
+        kind = next((k for magic, k in ARCHIVES if head.startswith(magic)), None)
+        if kind is not None:
+            return CorpusError(f"{path}: a {kind}, not text; unpack it first (the corpus is "
+                               f"read as UTF-8 text or JSONL)")
+        fh.seek(0)
         for chunk in fh:
             for line in chunk.splitlines(keepends=True):  # (\n, \r\n and a lone \r)
                 lineno += 1
