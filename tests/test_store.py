@@ -809,3 +809,25 @@ def test_an_empty_stage_folder_a_failed_first_write_left_is_cleared(tmp_path):
         warnings.simplefilter("error")
         _write(path, _acc(), stage="s2")
         assert open_store(path).stages == ["s", "s2"]
+
+
+def test_a_chunk_the_system_will_not_read_is_not_called_damage(tmp_path, monkeypatch):
+    """A chunk without read permission was 'damaged: write the stage again with --overwrite',
+    which would not help and loses the stage."""
+    import errno
+
+    import zarr.storage
+
+    path = tmp_path / "s.zarr"
+    _write(path, _acc(kind="sparse"))
+    real = zarr.storage.LocalStore.get
+
+    async def denied(self, key, *args, **kwargs):
+        if key.endswith("/c/0"):
+            raise PermissionError(errno.EACCES, "Permission denied", key)
+        return await real(self, key, *args, **kwargs)
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", denied)
+    with pytest.raises(StoreError, match=r"cannot be read \(Permission denied: .*/c/0\); check "
+                                         r"the path and its permissions") as e:
+        open_store(path).stage("s").accumulator()
+    assert "--overwrite" not in str(e.value)

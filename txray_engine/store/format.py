@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -97,8 +98,18 @@ def damaged(what: str):
     except TxRayError:
         raise
     except Exception as e:
-        raise StoreError(f"{what} is damaged or unreadable ({type(e).__name__}: {e}); "
-                         f"{REWRITE}") from None
+        raise unreadable(what, e) from None
+
+
+def unreadable(what: str, e: Exception) -> StoreError:
+    """The error for ``what`` of a store that failed to read with ``e``: damage, or, where the
+    system refused the reading (permissions, a failing disk), that, with what to do (writing the
+    stage again would not help)."""
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EIO):
+        from .outputs import os_advice
+        where = f": {e.filename}" if e.filename else ""
+        return StoreError(f"{what} cannot be read ({e.strerror}{where}); {os_advice(e)}")
+    return StoreError(f"{what} is damaged or unreadable ({type(e).__name__}: {e}); {REWRITE}")
 
 
 def damage(what: str, why: str) -> StoreError:
@@ -272,8 +283,7 @@ def read_stats(group: zarr.Group) -> SparseStats:
         n, v, nnz = int(meta["n_neurons"]), int(meta["n_features"]), int(meta["nnz"])
         arrays = read_arrays(group, ("indptr", *CELL_ARRAYS, "feature_freq"))
     except Exception as e:
-        raise StoreError(f"stream group {group.path!r} is damaged ({type(e).__name__}: {e})") \
-            from None
+        raise unreadable(f"stream group {group.path!r}", e) from None
     ok = (arrays["indptr"].shape == (n + 1,) and arrays["feature_freq"].shape == (v,)
           and all(arrays[c].shape == (nnz,) for c in CELL_ARRAYS)
           and (n == 0 or int(arrays["indptr"][-1]) == nnz))
