@@ -831,3 +831,19 @@ def test_a_chunk_the_system_will_not_read_is_not_called_damage(tmp_path, monkeyp
                                          r"the path and its permissions") as e:
         open_store(path).stage("s").accumulator()
     assert "--overwrite" not in str(e.value)
+
+
+def test_a_snapshot_that_cannot_be_removed_is_named(tmp_path, monkeypatch):
+    """It said 'cannot use 'x'', the name of a file inside the snapshot folder alone."""
+    import errno
+
+    import txray_engine.store.writer as writer_module
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "x")
+    path, acc = tmp_path / "s.zarr", _acc()
+    with StageWriter(path, "s", "new", {"model": "m"}) as w:
+        w.commit(acc, {"units": 1})
+        monkeypatch.setattr(writer_module.shutil, "rmtree", refused)
+        with pytest.raises(StoreError, match=r"Permission denied \(.*s.zarr/s/snap-000001\)"):
+            w.commit(acc, {"units": 2})

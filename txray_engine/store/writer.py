@@ -369,8 +369,9 @@ class StageWriter:
                 self._remove_stale_snapshots()  # (this one's part: its space back)
             except OSError:
                 pass
+            where = f" ({e.filename})" if e.filename else ""
             raise StoreError(f"cannot write stage {self.stage!r} of {str(self.path)!r}: "
-                             f"{e.strerror or e}; the stage keeps its last flush "
+                             f"{e.strerror or e}{where}; the stage keeps its last flush "
                              f"({self._snapshot or 'none yet'}): free space, or make the folder "
                              f"writable, and {self.go_on}") from None
 
@@ -444,7 +445,10 @@ class StageWriter:
         for child in stage_dir.iterdir():
             if child.name.startswith(SNAPSHOT_PREFIX) and child.is_dir() and \
                     (child.name != self._snapshot or child.name == also):
-                shutil.rmtree(child)
+                try:
+                    shutil.rmtree(child)
+                except OSError as e:  # (rmtree names a file inside it alone)
+                    raise OSError(e.errno, e.strerror, str(child)) from None
 
     def _root_for_write(self) -> zarr.Group:
         if (self.path / "zarr.json").is_file():
