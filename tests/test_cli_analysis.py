@@ -196,3 +196,24 @@ def test_store_commands_run_without_torch(two_stages, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
     assert json.loads(mask.read_text())["layers"]["lstm"]
+
+
+def test_stages_of_other_settings_are_compared_with_a_note(two_stages, tmp_path):
+    """A stage collected again by a later engine (another default --context-overlap) or with
+    another -k was compared without a word about it: part of the distance is the settings'."""
+    from txray_engine.store.format import ATTR
+    path = two_stages / "reviews" / "zarr.json"
+    doc = json.loads(path.read_text())
+    meta = doc["attributes"][ATTR]
+    assert meta["options"]["context_overlap"] == 8 and meta["k"] == 1
+    meta["k"] = 3
+    del meta["options"]["context_overlap"]  # (as stages before the option were written)
+    path.write_text(json.dumps(doc))
+    out = run_cli("compare", two_stages, "text", "reviews", "--top", "0")
+    assert "note: stages 'text' and 'reviews' were collected with other settings (k 1 and 3; " \
+           "--context-overlap 8 and 0): part of their differences comes from those" in out
+    from txray_engine.report import build_report
+    page = build_report(two_stages, out=tmp_path / "r.html").notes
+    assert any(n.startswith("Stages 'text' and 'reviews' were collected with other settings")
+               for n in page)
+    assert "other settings" not in run_cli("compare", two_stages, "text", "text", "--top", "0")

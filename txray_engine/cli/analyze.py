@@ -88,6 +88,7 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
     from ..measures import NeuronTable, compare_streams
     from ..store import open_store
     from ..store.reader import read_again
+    from ..store.settings import settings_note
 
     if csv_path:  # before the work: a path that cannot be written fails at once
         output_path(csv_path, "table")
@@ -115,6 +116,9 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
     for line in lines:
         click.echo(line)
     _note_unfinished(*stages)
+    apart = settings_note(stage_a, stages[0].meta, stage_b, stages[1].meta)
+    if apart:
+        click.echo(f"note: {apart}", err=True)
     full = NeuronTable({k: np.concatenate([t[k] for t in tables]) for k in tables[0].names})
     if csv_path:
         full.to_csv(output_path(csv_path, "table", create=True))

@@ -10,6 +10,7 @@ import numpy as np
 from ..capture.names import is_pattern, matches
 from ..errors import InputError, StageNotReadyError, StoreError
 from ..measures import compare_streams, top_features
+from ..store.settings import settings_note
 
 #: The stream shown in the POS section.
 POS_STREAM = "pos"
@@ -129,6 +130,10 @@ class ReportData:
             self.notes.append(f"The store has other stages, not in this report: "
                               f"{', '.join(left)} (txray report --stages to choose).")
         self.pairs = list(dict.fromkeys(pairs)) if pairs else list(zip(names, names[1:]))
+        for a, b in self.pairs:
+            apart = settings_note(a, self.stage_objs[a].meta, b, self.stage_objs[b].meta)
+            if apart:
+                self.notes.append(apart[0].upper() + apart[1:] + ".")
         if not self.pairs:
             self.notes.append(f"Only one stage ({names[0]!r}): the comparisons (Hellinger, length "
                               f"shift, most and least changed neurons) need two stages and are "
