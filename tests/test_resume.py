@@ -480,3 +480,19 @@ def test_a_resume_takes_its_streams_in_any_order(word_model, tmp_path):
         assert res.exit_code == 0, res.output
     a, b = open_store(store).stage("s"), open_store(whole).stage("s")
     assert same_sums(a.accumulator(), b.accumulator()) and a.meta["options"] == b.meta["options"]
+
+
+def test_a_stage_an_earlier_engine_stopped_at_its_limit_continues(word_model, tmp_path):
+    """Engines that kept the document limit in the options (and no corpus_done) left such a
+    stage 'already complete: nothing to resume' for any higher limit."""
+    store, whole = tmp_path / "s.zarr", tmp_path / "whole.zarr"
+    for path, limit in ((store, "10"), (whole, "20")):
+        res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], path,
+                                             "--max-documents", limit))
+        assert res.exit_code == 0, res.output
+    _as_an_earlier_engine_wrote_it(store, ("max_documents", "corpus_done"), {"max_documents": 10})
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume",
+                                         "--max-documents", "20"))
+    assert res.exit_code == 0, res.output
+    a, b = open_store(store).stage("s"), open_store(whole).stage("s")
+    assert same_sums(a.accumulator(), b.accumulator()) and a.cursor == b.cursor

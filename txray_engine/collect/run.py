@@ -165,9 +165,13 @@ def stored_stage(store, stage: str) -> dict:
 
 def more_documents(meta: dict, max_documents: int | None) -> bool:
     """Whether a complete stage stopped at a document limit that ``max_documents`` raises."""
-    if meta.get("corpus_done", True):  # stages written before the limit was kept say nothing
+    limit, done = meta.get("max_documents"), meta.get("corpus_done")
+    old = (meta.get("options") or {}).get("max_documents")  # (engines before the limit was kept
+    if done is None and isinstance(old, int):  # beside the identity: it stopped there if it
+        limit, done = old, int(meta.get("documents") or 0) < old  # counted that many)
+    if done is not False:  # (stages written without a limit, or knowing nothing of one)
         return False
-    return max_documents is None or max_documents > int(meta.get("max_documents") or 0)
+    return max_documents is None or max_documents > int(limit or 0)
 
 
 def _skipping(units, skip: int, reached: list):
