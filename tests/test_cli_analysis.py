@@ -216,4 +216,20 @@ def test_stages_of_other_settings_are_compared_with_a_note(two_stages, tmp_path)
     page = build_report(two_stages, out=tmp_path / "r.html").notes
     assert any(n.startswith("Stages 'text' and 'reviews' were collected with other settings")
                for n in page)
-    assert "other settings" not in run_cli("compare", two_stages, "text", "text", "--top", "0")
+    assert "both stages are 'text'" in run_cli("compare", two_stages, "text", "text", code=2)
+
+
+def test_layers_and_streams_are_named_alike_in_every_command(two_stages, tmp_path):
+    """`report --layer 'ls*'` took a pattern, and `--stages a,b` a comma-separated list, where
+    compare, neurons and prune refused both ('unknown layer', stream(s) ['token,predicted'])."""
+    by_name = run_cli("compare", two_stages, "text", "reviews", "--layer", "lstm", "--top", "0")
+    assert run_cli("compare", two_stages, "text", "reviews", "--layer", "ls*", "--stream",
+                   "token,predicted", "--top", "0") == by_name
+    out = run_cli("neurons", two_stages, "--stage", "text", "--layer", "l?tm", "--stream",
+                  "token,predicted")
+    assert out == run_cli("neurons", two_stages, "--stage", "text", "--layer", "lstm")
+    run_cli("prune", two_stages, "--stage", "reviews", "--layer", "ls*", "--selector",
+            "lowest_mass", "--count", "2", "--out", tmp_path / "m.json")
+    assert list(json.loads((tmp_path / "m.json").read_text())["layers"]) == ["lstm"]
+    out = run_cli("compare", two_stages, "text", "reviews", "--layer", "nope*", code=2)
+    assert "layer(s) ['nope*'] are not in both stages; common: ['lstm']" in out

@@ -16,3 +16,13 @@ def is_pattern(name: str) -> bool:
 def matches(name: str, key: str) -> bool:
     """Whether layer ``name`` is ``key`` or matches it as a glob pattern."""
     return name == key or fnmatch.fnmatchcase(name, key)
+
+
+def expand(keys, names) -> list[str]:
+    """``keys`` with each glob pattern replaced by the ``names`` it matches, in their order, each
+    once (a pattern that matches none stays as it is: the caller names what it lacks)."""
+    out: list[str] = []
+    for key in keys:
+        hits = [n for n in names if matches(n, key)] if is_pattern(key) else []
+        out += hits or [key]
+    return list(dict.fromkeys(out))

@@ -7,9 +7,10 @@ import json
 import click
 import numpy as np
 
+from ..capture.names import expand
 from ..errors import InputError
 from ..store.outputs import output_path, write_replacing
-from .base import (by_option, format_features, gguf_option, main, min_count_option,
+from .base import (by_option, format_features, gguf_option, listed, main, min_count_option,
                    min_neuron_count_option)
 
 TABLE_COLUMNS = ["neuron", "hellinger", "selected_a", "selected_b", "hellinger_length", "length_a",
@@ -19,6 +20,7 @@ TABLE_COLUMNS = ["neuron", "hellinger", "selected_a", "selected_b", "hellinger_l
 def _pairs(stage_a, stage_b, layers, streams):
     common_layers = [layer for layer in stage_a.layers if layer in stage_b.layers]
     common_streams = [s for s in stage_a.streams if s in stage_b.streams]
+    layers, streams = expand(listed(layers), common_layers), listed(streams)
     for name, have, common in (("layer", layers, common_layers),
                                ("stream", streams, common_streams)):
         missing = [x for x in have if x not in common]
@@ -68,8 +70,11 @@ def _compare_lines(s: dict, cmp, va, vb, stage_a: str, stage_b: str, min_neuron_
 @click.argument("store", type=click.Path())
 @click.argument("stage_a")
 @click.argument("stage_b")
-@click.option("--layer", "layers", multiple=True, help="Layer(s); default: all common ones.")
-@click.option("--stream", "streams", multiple=True, help="Stream(s); default: all common ones.")
+@click.option("--layer", "layers", multiple=True,
+              help="Layer(s): names or patterns such as 'model.layers.1*.mlp.act_fn', repeated or "
+                   "comma-separated. Default: all common ones.")
+@click.option("--stream", "streams", multiple=True,
+              help="Stream(s), repeated or comma-separated. Default: all common ones.")
 @by_option
 @min_count_option
 @min_neuron_count_option
@@ -81,7 +86,8 @@ def _compare_lines(s: dict, cmp, va, vb, stage_a: str, stage_b: str, min_neuron_
               help="Write the full neuron table (all layers and streams) to this CSV file "
                    "(a name starting with = + - @ gets a leading ', so that spreadsheets "
                    "show it as text).")
-@click.option("--json", "as_json", is_flag=True, help="Print summaries and the neuron table as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print summaries and the neuron table as JSON.")
 def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_count, top,
             features, csv_path, as_json):
     """Compare two stages: shared/dead neurons, Hellinger distances, length and mass shifts."""
@@ -90,6 +96,8 @@ def compare(store, stage_a, stage_b, layers, streams, by, min_count, min_neuron_
     from ..store.reader import read_again
     from ..store.settings import settings_note
 
+    if stage_a == stage_b:
+        raise click.UsageError(f"both stages are {stage_a!r}: compare two different stages")
     if csv_path:  # before the work: a path that cannot be written fails at once
         output_path(csv_path, "table")
 
@@ -149,7 +157,8 @@ POOLS = {"most_changed": "shared with a distance (cells seen --min-count times, 
 @click.argument("store", type=click.Path())
 @click.option("--stage", required=True, help="Stage whose neurons are ranked (B of a comparison).")
 @click.option("--against", help="Stage A: rank by the change from A to --stage (Hellinger).")
-@click.option("--layer", "layers", required=True, multiple=True, help="Layer(s) to prune.")
+@click.option("--layer", "layers", required=True, multiple=True,
+              help="Layer(s) to prune: names or patterns, repeated or comma-separated.")
 @click.option("--stream", default="token", show_default=True, help="Stream of the measures.")
 @click.option("--selector", required=True,
               type=click.Choice(["most_changed", "least_changed", "lowest_mass", "highest_mass",
@@ -189,6 +198,9 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
         raise click.UsageError("--model and --save-pruned go together")
     if selector in ("most_changed", "least_changed") and not against:
         raise click.UsageError(f"--selector {selector} compares two stages: add --against STAGE")
+    if shared_only and not against:
+        raise click.UsageError("--shared-only keeps neurons alive in both stages: add --against "
+                               "STAGE")
     if against is not None and against == stage:
         raise click.UsageError(f"--against names --stage itself ({stage!r}): rank by the change "
                                f"from another stage")
@@ -200,6 +212,7 @@ def prune(store, stage, against, layers, stream, selector, fraction, count, shar
     a = st.stage(against) if against else None
     selection, sizes = {}, {}
     rng = np.random.default_rng(seed)  # (the first layer's ids as select_neurons(seed=seed))
+    layers = expand(listed(layers), b.layers)
     for layer in layers:
         vb = b.layer(layer).stream(stream)
         if a is not None:

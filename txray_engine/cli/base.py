@@ -108,16 +108,26 @@ class TxRayGroup(click.Group):
         except click.UsageError as e:  # a bad or missing option of a command
             if ctx.params.get("debug"):
                 raise
+            if type(e).__name__ == "NoArgsIsHelpError":  # (`txray corpus`: its help, as bare
+                click.echo(e.ctx.get_help(), err=True)  # `txray` gives; click >= 8.2)
+                ctx.exit(2)
             where = e.ctx.command_path if e.ctx is not None else ctx.command_path
             click.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
             ctx.exit(2)
 
 
-@click.group(cls=TxRayGroup)
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.group(cls=TxRayGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (before the "
+                                            "command: txray --debug collect ...).")
 @click.version_option(package_name="txray_engine")
 def main(debug: bool) -> None:
     """Neuron × feature statistics of PyTorch models (TX-Ray), streamed into a Zarr store."""
+
+
+def listed(values) -> list[str]:
+    """A repeated option's values, each also a comma-separated list, as one list:
+    ``--stages a,b --stages c`` → ``[a, b, c]`` (commas only: a stage name may hold spaces)."""
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
 
 
 def parse_k(value: str):

@@ -16,7 +16,7 @@ from .base import gguf_option, human_size, main, parse_k
               help="Hugging Face directory, torch checkpoint file (whole module: unpickling it "
                    "runs code, so load only files you trust), or 'smollm2'.")
 @gguf_option
-@click.option("--tokenizer", help="Hugging Face tokenizer directory (for torch checkpoints).")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), help="Hugging Face tokenizer directory (for torch checkpoints).")
 @click.option("--vocab", type=click.Path(dir_okay=False),
               help="Word vocabulary file, one token per line, with '<unk>' (word-level models).")
 @click.option("--lower", is_flag=True, help="Lower-case words before the --vocab lookup.")
@@ -37,14 +37,15 @@ from .base import gguf_option, human_size, main, parse_k
 @click.option("--layers", "-l", "layers", required=True, multiple=True,
               help="Module path or glob pattern; repeat for several (see `txray layers`).")
 @click.option("-k", "k", default="1", show_default=True, callback=lambda c, p, v: parse_k(v),
-              help="Neurons kept per token: an integer or 'all'.")
+              metavar="INTEGER|all", help="Neurons kept per token: an integer or 'all'.")
 @click.option("--store", required=True, type=click.Path(file_okay=False), help="Store directory.")
 @click.option("--stage", required=True, help="Stage name (checkpoint, corpus, …).")
 @click.option("--resume", is_flag=True,
               help="Continue an unfinished stage (or start it), or one that stopped at "
                    "--max-documents with a higher limit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing stage.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Windows (of --max-length tokens) per forward pass.")
 @click.option("--max-length", type=click.IntRange(min=1),
               help="Tokens per window; longer documents are split. Default: 128, or the "
                    "model's context where it is shorter (a longer one is refused).")
@@ -79,7 +80,7 @@ from .base import gguf_option, human_size, main, parse_k
               help="Seconds between atomic flushes to the store (at least 10 times the last "
                    "flush's own time, which grows with the state; 0: after every batch).")
 @click.option("--examples", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Keep each neuron's M strongest activations with their contexts.")
+              metavar="M", help="Keep each neuron's M strongest activations with their contexts.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, …")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Type of the model's weights (bfloat16: half the GPU memory; "

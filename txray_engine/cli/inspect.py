@@ -6,9 +6,10 @@ import json
 
 import click
 
+from ..capture.names import expand
 from ..errors import InputError
 from ..features.text import printable
-from .base import by_option, format_features, human_size, main
+from .base import by_option, format_features, human_size, listed, main
 
 
 @main.command()
@@ -62,10 +63,12 @@ def info(store, as_json):
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--stage", required=True, help="Stage to read.")
-@click.option("--layer", "layer_names", multiple=True, help="Layer(s); default: all.")
-@click.option("--stream", "streams", multiple=True, help="Stream(s); default: all.")
+@click.option("--layer", "layer_names", multiple=True,
+              help="Layer(s): names or patterns, repeated or comma-separated. Default: all.")
+@click.option("--stream", "streams", multiple=True,
+              help="Stream(s), repeated or comma-separated. Default: all.")
 @click.option("--neuron", "neurons", multiple=True, type=int,
-              help="Neuron ids; default: the --top most often selected.")
+              help="Neuron id (repeat the option); default: the --top most often selected.")
 @click.option("--top", default=3, show_default=True, type=click.IntRange(min=1),
               help="Neurons shown per layer (the most selected), unless --neuron names them.")
 @click.option("--features", default=6, show_default=True, type=click.IntRange(min=1),
@@ -87,6 +90,7 @@ def _neuron_lines(store, stage, layer_names, streams, neurons, top, features, by
 
     out = []
     st = open_store(store).stage(stage)
+    layer_names, streams = expand(listed(layer_names), st.layers), listed(streams)
     views = {lname: st.layer(lname) for lname in layer_names or st.layers}
     for sname in streams:  # check every request before printing anything
         st.vocab(sname)  # an unknown stream raises the store's message

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .base import by_option, human_size, main, min_count_option, min_neuron_count_option
-
-
-def _names(values) -> list[str]:
-    """``--stages a,b --stages c`` → ``[a, b, c]`` (commas only: a stage name may hold spaces)."""
-    return [x.strip() for v in values for x in v.split(",") if x.strip()]
+from .base import (by_option, human_size, listed, main, min_count_option,
+                   min_neuron_count_option)
 
 
 @main.command()
@@ -22,7 +18,7 @@ def _names(values) -> list[str]:
                    "repeated), e.g. zero-shot:seed0,zero-shot:seed1. Not with --stages.")
 @click.option("--layer", "layers", multiple=True,
               help="Layer(s) to show, names or patterns such as 'model.layers.1*.mlp.act_fn' "
-                   "(repeat the option). Default: all the stages share.")
+                   "(repeated or comma-separated). Default: all the stages share.")
 @click.option("--stream", help="Stream of the Hellinger comparisons (default: token where every "
                                 "stage has it, else the first stream they share).")
 @click.option("--out", default="report.html", show_default=True, type=click.Path(dir_okay=False),
@@ -37,7 +33,8 @@ def _names(values) -> list[str]:
 @min_count_option
 @min_neuron_count_option
 @click.option("--title", help="Page title.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print no summary on success (notes still go to stderr).")
 def report(store, stages, pairs, layers, stream, out, max_neurons, max_points, top_features, by,
            min_count, min_neuron_count, title, quiet):
     """Write an offline HTML report: mass, Hellinger, length shift, POS, changed neurons and a
@@ -47,14 +44,14 @@ def report(store, stages, pairs, layers, stream, out, max_neurons, max_points, t
 
     # (read again, from the store's opening, while a running collection replaces a snapshot)
     rep = read_again(lambda: build_report(
-        store, stages=_names(stages) or None, layers=list(layers) or None, out=out,
+        store, stages=listed(stages) or None, layers=listed(layers) or None, out=out,
         stream=stream, max_neurons=max_neurons, max_points=max_points, top_features=top_features,
         by=by, min_count=min_count, min_neuron_count=min_neuron_count, title=title,
-        pairs=_names(pairs) or None))  # "A:B" each, read by build_report
+        pairs=listed(pairs) or None))  # "A:B" each, read by build_report
+    for note in rep.notes:  # (on stderr, as compare's: -q silences the summary only)
+        click.echo(f"note: {note}", err=True)
     if quiet:
         return
     pairs = ", ".join(f"{a} → {b}" for a, b in rep.pairs) or "none"
     click.echo(f"wrote {rep.path} ({human_size(rep.size)}): {rep.figures} figures; stages "
                f"{', '.join(rep.stages)}; pairs {pairs}; {len(rep.layers)} layer(s)")
-    for note in rep.notes:
-        click.echo(f"  note: {note}")

@@ -128,7 +128,7 @@ class ReportData:
         left = [s for s in store.stages if s not in names and s not in empty]
         if left:
             self.notes.append(f"The store has other stages, not in this report: "
-                              f"{', '.join(left)} (txray report --stages to choose).")
+                              f"{', '.join(left)} (txray report --stages or --pairs to choose).")
         self.pairs = list(dict.fromkeys(pairs)) if pairs else list(zip(names, names[1:]))
         for a, b in self.pairs:
             apart = settings_note(a, self.stage_objs[a].meta, b, self.stage_objs[b].meta)

@@ -168,10 +168,9 @@ def merge_stages(sources, store, stage: str, mode: str = "new", ties: str | None
         StageWriter(store, stage, mode).precheck()
     except StageExistsError:
         raise StageExistsError(
-            f"stage {stage!r} already exists in {os.fspath(store)!r} (a merge stopped part-way "
-            f"leaves one with no sums): replace it (txray merge ... --overwrite, "
-            f"mode='overwrite'; a merge is run again, not resumed), or choose another stage "
-            f"name") from None
+            f"stage {stage!r} already exists in {os.fspath(store)!r}: replace it (txray merge "
+            f"... --overwrite, mode='overwrite': a merge is run again, not resumed, also after "
+            f"one stopped part-way), or choose another stage name") from None
     parts = []
     for path, name in sources:
         source = open_store(path)
