@@ -347,11 +347,14 @@ def test_explorer_shows_top_examples(tmp_path):
     import torch
 
     from txray_engine import Batch, Collector, Stream, Vocabulary
+    from txray_engine.features.text import is_control, printable
     from txray_engine.models import LSTMLanguageModel
 
     torch.manual_seed(0)
     model = LSTMLanguageModel(12, 6, 5)
-    vocab = Vocabulary([f"w{i}" for i in range(12)])
+    # (a token that turns text around or writes to a terminal: shown escaped, as txray neurons
+    # prints it; the explorer showed it raw)
+    vocab = Vocabulary([f"w{i}" for i in range(10)] + ["\u202eevil", "bell\x07"])
     for stage in ("a", "b"):
         with Collector(model, ["lstm"], [Stream("token", vocab, "input")],
                        store=tmp_path / "s.zarr", stage=stage, examples=4,
@@ -375,7 +378,11 @@ def test_explorer_shows_top_examples(tmp_path):
     first = ex["stages"]["a"][0]
     assert 1 <= len(first) <= 3 and all(len(item) == 4 for item in first)
     value, before, word, after = first[0]  # (what they hold: test_what_users_see)
-    assert word in vocab and len((before + after).split()) <= 4
+    assert word in map(printable, vocab) and len((before + after).split()) <= 4
+    texts = "".join(t for rows in ex["stages"].values() for items in rows for item in items
+                    for t in item[1:])
+    assert "\\u202eevil" in texts and "bell\\x07" in texts
+    assert not any(is_control(c) for c in texts)
 
 
 def test_most_and_least_changed_never_share_a_neuron():

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from ..features.text import printable
 from .data import FEATURE_CHARS, ReportData
 from .tables import esc
 
@@ -84,8 +85,9 @@ def _examples_payload(data: ReportData, layer: str, keep: np.ndarray) -> dict | 
                     v = float(ex["examples_value"][n, j])
                     if not np.isfinite(v):
                         break
-                    items.append([float(f"{v:.4g}"),
-                                  *vocab.window(ex["examples_context"][n, j])])
+                    items.append([float(f"{v:.4g}"),  # (a corpus's control characters and
+                                  *map(printable,  # right-to-left overrides shown escaped)
+                                       vocab.window(ex["examples_context"][n, j]))])
             rows.append(items)
         per_stage[s] = rows
     return {"stages": per_stage} if per_stage else None
@@ -217,7 +219,8 @@ EXPLORER_JS = r"""
   function feat(strings, id, pm) {
     var s = el("span", null, "feat");
     if (Array.from(strings[id]).length > D.label_chars) s.title = strings[id];
-    s.appendChild(document.createTextNode(label(strings[id]) + " "));
+    s.appendChild(el("bdi", label(strings[id])));  // (right-to-left text keeps its share after it)
+    s.appendChild(document.createTextNode(" "));
     s.appendChild(el("small", (pm / 10).toFixed(1) + "%"));
     return s;
   }

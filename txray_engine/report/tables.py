@@ -18,8 +18,9 @@ def feature_chips(items: list[tuple[str, float]]) -> str:
     """Features as inline chips, ``repr`` of the string and its share."""
     if not items:
         return '<span class="muted">none</span>'
-    return " ".join(f'<span class="feat"{_whole(f)}>{esc(feature_label(f))} <small>{s:.0%}'
-                    f'</small></span>' for f, s in items)
+    return " ".join(f'<span class="feat"{_whole(f)}><bdi>{esc(feature_label(f))}</bdi> '
+                    f'<small>{s:.0%}</small></span>' for f, s in items)  # (bdi: right-to-left
+    # text keeps its share after it)
 
 
 def _whole(f: str) -> str:
