@@ -1,6 +1,7 @@
 """Every bad input gets one clear message, a non-zero exit from the CLI, and leaves the store as it was."""
 
 import fcntl
+import json
 import os
 import re
 
@@ -541,6 +542,11 @@ def test_a_corpus_is_checked_and_counted_as_it_is_read(tmp_path):
     bad.write_bytes(gzip.compress(b"one\ntwo\n"))
     with pytest.raises(CorpusError, match=r"bad.txt: a gzip file, not text; unpack it first"):
         Corpus([bad]).identity()
+    for data, what in (("one\ntwo\n".encode("utf-16"), r"bad.txt: UTF-16 text; .*-f utf-16"),
+                       ("one\ntwo\n".encode("utf-16-le"), r"bad.txt:1: a NUL character")):
+        bad.write_bytes(data)  # (read as UTF-8 without its byte order mark: 'o\x00n\x00e')
+        with pytest.raises(CorpusError, match=what):
+            Corpus([bad]).identity()
 
 
 @pytest.mark.parametrize("value", ["null", "[1, 2]", '{"a": 1}'])
@@ -563,3 +569,30 @@ def test_labels_that_are_json_values_read_as_written(tmp_path):
     path.write_text("".join('{"text": "a", "label": %s}\n' % v
                             for v in ("true", "false", "1", "2.5", '"neg"')))
     assert Corpus([path], label_field="label").labels() == ["1", "2.5", "false", "neg", "true"]
+
+
+def test_unicode_forms_and_half_characters_in_a_jsonl_corpus(tmp_path):
+    """A lone surrogate (JSON's '\\ud83d', an emoji cut in half) stopped a collection in the
+    tokenizer with a traceback; a label composed or decomposed made two classes printed alike."""
+    import unicodedata
+
+    from txray_engine.collect.corpus import Corpus
+
+    path = tmp_path / "c.jsonl"
+    nfc, nfd = "négatif", unicodedata.normalize("NFD", "négatif")
+    path.write_text(json.dumps({"text": "cut \ud83d here", "label": nfc}) + "\n"
+                    + json.dumps({"text": "whole 😀", "label": nfd}) + "\n")
+    corpus = Corpus([path], label_field="label")
+    assert [d.text for d in corpus] == ["cut \ufffd here", "whole 😀"]
+    assert corpus.labels() == [nfc]
+
+
+def test_a_stage_name_in_another_unicode_form_of_an_existing_one_is_refused(tmp_path):
+    import unicodedata
+
+    from txray_engine import Accumulator, StageWriter
+    acc = Accumulator({"token": ["a", "b"]}, k=1)
+    with StageWriter(tmp_path / "s.zarr", "café", "new", {}) as w:
+        w.commit(acc, {"units": 0})
+    with pytest.raises(InputError, match=r"reads as the existing stage 'caf\\xe9'"):
+        StageWriter(tmp_path / "s.zarr", unicodedata.normalize("NFD", "café"), "new", {}).open()

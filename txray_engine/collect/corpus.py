@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -101,7 +103,11 @@ class Corpus:
                                   f"{json.dumps(value)}, not a class name: give each document a "
                                   f"string or number as its label")
             label = value if isinstance(value, str) else json.dumps(value)  # true, not 'True'
-        return Document(obj[self.text_field], label)
+            label = unicodedata.normalize("NFC", label)  # ('négatif' composed or not: one class)
+        text = obj[self.text_field]
+        if _SURROGATE.search(text):  # (JSON can write half of a character, as a cut emoji
+            text = _SURROGATE.sub("\ufffd", text)  # '\ud83d': no tokenizer reads it)
+        return Document(text, label)
 
     def count_documents(self) -> int:
         """Documents in the corpus (for progress and ETA); free after :meth:`identity`."""
@@ -131,8 +137,12 @@ class Corpus:
             with open(p, "rb", buffering=0) as raw, io.TextIOWrapper(
                     io.BufferedReader(_Hashing(raw, h)), encoding="utf-8-sig") as fh:
                 try:
-                    for line in fh:  # (text mode, as _read: the same lines, the same spaces)
-                        nonempty += bool(line.strip())
+                    for lineno, line in enumerate(fh, 1):  # (text mode, as _read: the same
+                        nonempty += bool(line.strip())  # lines, the same spaces)
+                        if "\x00" in line:  # (UTF-16 without a byte order mark reads as UTF-8)
+                            raise CorpusError(f"{p}:{lineno}: a NUL character, which text does "
+                                              f"not hold: the file is UTF-16 or binary; convert "
+                                              f"it to UTF-8 text, e.g. iconv -f utf-16 -t utf-8")
                 except UnicodeDecodeError:
                     raise _not_utf8(p) from None
             documents += min(nonempty, 1) if whole_file else nonempty
@@ -158,10 +168,15 @@ class _Hashing(io.RawIOBase):
         return n
 
 
+#: Half of a UTF-16 pair, alone (valid JSON, not text).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Leading bytes of compressed files a corpus may be given as (read as text, they fail as
 #: "not UTF-8 at byte 0x8b").
 ARCHIVES = ((b"\x1f\x8b", "gzip file"), (b"PK\x03\x04", "zip archive"),
             (b"\xfd7zXZ\x00", "xz file"), (b"\x28\xb5\x2f\xfd", "zstandard file"))
+#: Byte order marks of the Unicode encodings a corpus may come in instead of UTF-8.
+ENCODINGS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+             (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
 
 def _not_utf8(path: Path) -> CorpusError:
@@ -175,6 +190,10 @@ def _not_utf8(path: Path) -> CorpusError:
         if kind is not None:
             return CorpusError(f"{path}: a {kind}, not text; unpack it first (the corpus is "
                                f"read as UTF-8 text or JSONL)")
+        encoding = next((e for bom, e in ENCODINGS if head.startswith(bom)), None)
+        if encoding is not None:
+            return CorpusError(f"{path}: {encoding.upper()} text; convert it to UTF-8, e.g. "
+                               f"iconv -f {encoding} -t utf-8")
         fh.seek(0)
         for chunk in fh:
             for line in chunk.splitlines(keepends=True):  # (\n, \r\n and a lone \r)
@@ -187,6 +206,7 @@ def _not_utf8(path: Path) -> CorpusError:
                     column = len(line[:e.start].decode("utf-8")) + 1
                     return CorpusError(f"{path}:{lineno}: not UTF-8 text (byte "
                                        f"{line[e.start]:#04x} at column {column}); convert the "
-                                       f"file to UTF-8, e.g. iconv -f latin1 -t utf-8")
+                                       f"file to UTF-8, e.g. iconv -f cp1252 -t utf-8 (Windows "
+                                       f"text; -f latin1 for ISO 8859-1)")
     return CorpusError(f"{path}: not UTF-8 text (it ends inside a character); convert the file "
                        f"to UTF-8")

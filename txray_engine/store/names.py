@@ -3,6 +3,8 @@ that an ``Accumulator`` checks a layer's name when it first sees it, not at its 
 
 from __future__ import annotations
 
+import unicodedata
+
 from ..errors import InputError
 from ..features.text import is_control
 
@@ -44,11 +46,19 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
-def check_new_stage_name(name: str) -> str:
+def check_new_stage_name(name: str, existing=()) -> str:
     """What a new stage may be called beyond :func:`check_name` (stages written before this rule
-    stay readable, resumable and replaceable)."""
+    stay readable, resumable and replaceable): nor a name that reads as one of the ``existing``
+    (the same letters in another Unicode form, 'café' composed or decomposed: two stages a
+    reader cannot tell apart, one folder on file systems that normalise names)."""
     if name != name.strip() or any(c in name for c in STAGE_SEPARATORS):
         raise InputError(f"invalid stage name {name!r}: commands name stages in lists and pairs "
                          f"(--stages a,b, --pairs a:b, STORE::STAGE), so a stage name has no "
                          f"{', '.join(map(repr, STAGE_SEPARATORS))} and no space at either end")
+    form = unicodedata.normalize("NFC", name)
+    same = [s for s in existing if s != name and unicodedata.normalize("NFC", s) == form]
+    if same:
+        raise InputError(f"stage name {ascii(name)} reads as the existing stage {ascii(same[0])} "
+                         f"(the same letters in another Unicode form): use that name, or "
+                         f"another")
     return name

@@ -277,14 +277,15 @@ class StageWriter:
             raise StoreError(f"stage {self.stage!r} of {str(self.path)!r} is a symbolic link: a "
                              f"writer replaces and removes what a stage holds, so it writes only "
                              f"inside the store; copy the stage in, or write another stage")
-        meta = None
+        meta, stages = None, set()
         if any(self.path.iterdir()):  # (else a new, empty store)
             root = open_root(self.path, "r", writer=True)
             with damaged(f"store {str(self.path)!r}"):
-                if self.stage in set(root.group_keys()):
+                stages = set(root.group_keys())
+                if self.stage in stages:
                     meta = group_attrs(root[self.stage])
         if meta is None:
-            check_new_stage_name(self.stage)
+            check_new_stage_name(self.stage, stages)
             return
         if self.mode == "new":
             raise StageExistsError(f"stage {self.stage!r} already exists in {str(self.path)!r}: "
