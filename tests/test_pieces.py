@@ -223,3 +223,18 @@ def test_text_with_few_spaces_is_read_whole():
     hf.encode = lambda t, offsets=False, special=None: calls.append(len(t)) or real(t, offsets,
                                                                                     special)
     assert joined(encoded(text, hf)) == (real(text)[0], None) and calls == [len(text)]
+
+
+def test_word_tokenizer_keeps_words_with_their_marks_whole(tmp_path):
+    """Python's \\w leaves combining marks out: 'नमस्ते' was four pieces, a decomposed 'café'
+    two, "don’t" three, all <unk> though the vocabulary file held the words."""
+    import unicodedata
+
+    from txray_engine.collect.sequences import WordTokenizer
+    from txray_engine.features.vocab import Vocabulary
+    words = ["<unk>", "नमस्ते", "สวัสดีครับ", "café", "don’t", "it's", "!"]
+    tok = WordTokenizer(Vocabulary(words))
+    text = f"नमस्ते สวัสดีครับ {unicodedata.normalize('NFD', 'café')} don’t it's!"
+    ids, offsets = tok.encode(text, offsets=True)
+    assert ids == list(range(1, 7)) and [text[a:b] for a, b in offsets][-2:] == ["it's", "!"]
+    assert tok.identity()["words"] == "unicode"  # (a stage split the old way is not resumed)

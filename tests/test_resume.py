@@ -364,6 +364,19 @@ def test_a_stage_without_hashes_is_told_apart_by_its_file_names(word_model, tmp_
     assert same_sums(open_store(tmp_path / "m.zarr").stage("s").accumulator(), b.accumulator())
 
 
+def test_a_word_stage_of_the_earlier_word_split_is_not_continued(word_model, tmp_path):
+    """The word tokenizer keeps Unicode words whole now: a stage split the earlier way would
+    mix two tokenisations of any text with combining marks or ’."""
+    store = tmp_path / "s.zarr"
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store,
+                                         "--max-documents", "10"))
+    assert res.exit_code == 0, res.output
+    _as_an_earlier_engine_wrote_it(store, ("model.tokenizer.words",), status="in_progress")
+    res = CliRunner().invoke(main, _args(word_model, word_model["jsonl"], store, "--resume"))
+    assert res.exit_code == 2 and "model.tokenizer.words (a stage of an earlier engine, whose " \
+        "word tokenizer cut words at combining marks" in res.output, res.output
+
+
 def test_a_stage_without_its_collection_settings_is_not_continued(word_model, tmp_path):
     """A stage of an engine that did not record k, layers and streams in its identity: a resume
     cannot check them (one layer fewer left that layer's sums behind), so it is refused as such,

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..collect.sequences import WordTokenizer
+from ..collect.sequences import WordTokenizer, word_pattern
 from ..corpora import read_reviews, wikipedia_paragraphs
 from ..features.pos import POS_VOCAB, align_tags, pattern_tagger
 from ..features.vocab import Vocabulary
@@ -39,7 +40,8 @@ class Docs:
 
 
 def build_vocab(texts, size: int, min_freq: int) -> Vocabulary:
-    counts = Counter(m.group().lower() for t in texts for m in WordTokenizer.PATTERN.finditer(t))
+    counts = Counter(unicodedata.normalize("NFC", m.group().lower()) for t in texts
+                     for m in word_pattern().finditer(t))
     words = [w for w, c in counts.most_common() if c >= min_freq and w not in SPECIALS]
     return Vocabulary(SPECIALS + words[: max(0, size - len(SPECIALS))])
 

@@ -58,11 +58,15 @@ def differences(stored: dict, identity: dict, prefix: str = "") -> list[str]:
     return out
 
 
+#: What a setting differing can mean where that is more than its name says.
+TOLD = {"model.weights": "other weights, or the same ones loaded with another --dtype",
+        "model.tokenizer.words": "a stage of an earlier engine, whose word tokenizer cut words "
+                                 "at combining marks and at ’"}
+
+
 def told(name: str) -> str:
-    """A dotted setting name of :func:`differences`, with what it can mean where that is more
-    than its name says: the weights hash reads each tensor's dtype too."""
-    return name + (" (other weights, or the same ones loaded with another --dtype)"
-                   if name == "model.weights" else "")
+    """A dotted setting name of :func:`differences`, with :data:`TOLD` where it says more."""
+    return name + (f" ({TOLD[name]})" if name in TOLD else "")
 
 
 #: Identity entries added after stages were first written, as paths: a stage written before
