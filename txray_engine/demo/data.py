@@ -56,7 +56,8 @@ class PosCache:
         self._tagger = None
 
     def tags(self, text: str, offsets) -> list[int]:
-        key = hashlib.sha1(text.encode()).hexdigest()
+        # (by the tokens' spans too: a text split otherwise has other tags, in any number)
+        key = hashlib.sha1(text.encode() + json.dumps(list(offsets)).encode()).hexdigest()
         got = self.data.get(key)
         if got is not None and len(got) == len(offsets):
             self.hits += 1
