@@ -152,3 +152,53 @@ def test_printable_keeps_escapes_from_the_terminal():
         "cat\\x1b]0;PWNED\\x07 sat↵on é 漢\u200b"
     assert printable("a\ud800b") == "a\\ud800b"
     assert printable("abc\u202edef\u2028") == "abc\\u202edef\\u2028"  # (reorders a line)
+
+
+def _sentencepiece_like(byte_fallback: bool):
+    """A Unigram tokenizer spelling spaces as '▁' (T5, XLM-R), or, with ``byte_fallback``, a
+    Llama-2-style BPE whose unknown characters are '<0xNN>' bytes (no download)."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    pieces = ["<unk>", "<s>", "▁the", "▁cat", "▁sat", "▁on", "▁", "t", "h", "e", "c", "a", "s",
+              "o", "n", "at", "▁mat", ".", "é", "▁caf", "▁naïve"]
+    if byte_fallback:
+        vocab = {p: i for i, p in enumerate(pieces + [f"<0x{b:02X}>" for b in range(256)])}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                               normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    else:
+        tok = Tokenizer(models.Unigram([(p, -float(len(p) < 2)) for p in pieces], unk_id=0))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+@pytest.mark.parametrize("kind", ["metaspace", "byte_fallback", "wordpiece"])
+def test_sentencepiece_and_wordpiece_tokens_read_as_their_decoder_reads_them(kind):
+    """Llama 2, Mistral, T5, XLM-R and BERT streams showed '▁is ▁op en', '<0xF0> <0x9F> …'
+    and 'e ##v ##i ##l' where byte-level ones read as text."""
+    pytest.importorskip("transformers")
+    from test_pieces import wordpiece_tokenizer
+
+    from tokenizers import decoders
+
+    tok = wordpiece_tokenizer() if kind == "wordpiece" else \
+        _sentencepiece_like(kind == "byte_fallback")
+    if kind == "wordpiece":
+        tok.backend_tokenizer.decoder = decoders.WordPiece()  # (as BERT's tokenizer.json)
+    vocab = Vocabulary.from_tokenizer(tok)
+    assert vocab.text == ("wordpiece" if kind == "wordpiece" else "metaspace")
+    texts = (["the cat sat on a mat", "cats sat on a grx"] if kind == "wordpiece" else
+             ["the cat sat on the mat.", "the café naïve 😀 cat"])
+    for text in texts:
+        pieces = tok.tokenize(text)
+        if kind == "byte_fallback":
+            assert any(p.startswith("<0x") for p in pieces)
+        assert joined(pieces, vocab.text).strip() == tok.convert_tokens_to_string(pieces).strip()
+        before, word, after = context(pieces[:1], pieces[1], pieces[2:], vocab.text)
+        assert (before + word + after).strip() == tok.convert_tokens_to_string(pieces).strip()
+        assert word == word.strip() and word
+    assert vocab.shown("<unk>" if kind != "wordpiece" else "[CLS]") in ("<unk>", "[CLS]")

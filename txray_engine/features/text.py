@@ -1,19 +1,29 @@
 """How a vocabulary's strings read as text.
 
 Byte-level BPE tokenizers (GPT-2, Llama 3, SmolLM2, …) spell every byte of a token as one printable
-character: ``'Ġthe'`` is ``' the'``, ``'Ã©'`` is ``'é'``. Stores keep the strings as the tokenizer
-spells them (they are what aligns stages and fingerprints a vocabulary); reports and
-``txray neurons`` show them as the text they stand for. A vocabulary's ``text`` names its spelling:
-``None`` (the strings are the text) or ``"byte_level"``.
+character: ``'Ġthe'`` is ``' the'``, ``'Ã©'`` is ``'é'``. SentencePiece ones (Llama 2, Mistral,
+T5, XLM-R) write a space as ``'▁'`` and, with byte fallback, a byte as ``'<0xE2>'``; WordPiece ones
+(BERT) mark a piece that goes on a word as ``'##ing'``, every other token starting one. Stores
+keep the strings as the tokenizer spells them (they are what aligns stages and fingerprints a
+vocabulary); reports and ``txray neurons`` show them as the text they stand for, a word's first
+token with the space before it (``' the'``, against ``'the'`` inside a word). A vocabulary's
+``text`` names its spelling: ``None`` (the strings are the text), ``"byte_level"``,
+``"metaspace"`` or ``"wordpiece"``.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 import unicodedata
 from typing import Iterable
 
-TEXT_KINDS = (None, "byte_level")
+TEXT_KINDS = (None, "byte_level", "metaspace", "wordpiece")
+#: The kinds whose strings spell text otherwise than as written.
+SPELLED = TEXT_KINDS[1:]
+#: A byte-fallback token (``'<0xE2>'``) and a token no text spells (``'[CLS]'``, ``'<s>'``).
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_SPECIAL = re.compile(r"\[[A-Za-z_]+\]|<[^<>\s]+>")
 
 
 def _byte_of_char() -> dict[str, int]:
@@ -31,9 +41,20 @@ def _byte_of_char() -> dict[str, int]:
 BYTE_OF_CHAR = _byte_of_char()
 
 
-def _bytes(s: str) -> bytes | None:
-    """The bytes a byte-level string spells (None where a character is not in the alphabet: an
-    added token such as a chat marker spelled otherwise)."""
+def _bytes(s: str, text: str = "byte_level") -> bytes | None:
+    """The UTF-8 bytes a token of ``text`` spells (None for a token spelled otherwise: a
+    byte-level one with a character outside the alphabet, an added token such as a chat marker,
+    ``'[CLS]'`` of a WordPiece vocabulary, ``'<s>'`` of a SentencePiece one)."""
+    if text == "metaspace":
+        byte = _BYTE_TOKEN.fullmatch(s)
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        return None if _SPECIAL.fullmatch(s) else s.replace("▁", " ").encode("utf-8")
+    if text == "wordpiece":
+        if _SPECIAL.fullmatch(s):
+            return None
+        return s[2:].encode("utf-8") if s.startswith("##") and len(s) > 2 else \
+            (" " + s).encode("utf-8")
     try:
         return bytes(BYTE_OF_CHAR[c] for c in s)
     except KeyError:
@@ -56,10 +77,11 @@ def _decode(b: bytes) -> str:
 
 
 def shown(s: str, text: str | None) -> str:
-    """One feature string as it reads (a byte-level token decoded)."""
-    if text != "byte_level":
+    """One feature string as it reads (a byte-level, SentencePiece or WordPiece token
+    decoded)."""
+    if text not in SPELLED:
         return s
-    b = _bytes(s)
+    b = _bytes(s, text)
     return s if b is None else _decode(b)
 
 
@@ -67,11 +89,11 @@ def joined(strings: Iterable[str], text: str | None) -> str:
     """Consecutive tokens as one text: word-level ones separated by spaces, byte-level ones decoded
     together (a character split over two tokens reads whole)."""
     strings = list(strings)
-    if text != "byte_level":
+    if text not in SPELLED:
         return " ".join(strings)
     out, run = [], b""
     for s in strings:
-        b = _bytes(s)
+        b = _bytes(s, text)
         if b is None:
             out.append(_decode(run) + s)
             run = b""
@@ -86,10 +108,10 @@ def context(before: Iterable[str], mid: str, after: Iterable[str], text: str | N
     leading and trailing spaces move outside it (``[movie]`` marks the word), and a character it
     shares with a neighbour is marked whole (``Grö[ße]``, where the token holds half of ß)."""
     before, after = list(before), list(after)
-    if text != "byte_level":
+    if text not in SPELLED:
         head, tail = joined(before, text), joined(after, text)
         return head + " " * bool(head), mid, " " * bool(tail) + tail
-    parts = [_bytes("".join(before)), _bytes(mid), _bytes("".join(after))]
+    parts = [_spelled(before, text), _bytes(mid, text), _spelled(after, text)]
     if None in parts:  # an added token spelled otherwise: each part as it reads
         head, word, tail = joined(before, text), shown(mid, text), joined(after, text)
     else:
@@ -99,6 +121,12 @@ def context(before: Iterable[str], mid: str, after: Iterable[str], text: str | N
         return head, word, tail
     start = word.index(core)
     return head + word[:start], core, word[start + len(core):] + tail
+
+
+def _spelled(strings: list[str], text: str) -> bytes | None:
+    """The bytes ``strings`` spell one after another (None if one is spelled otherwise)."""
+    parts = [_bytes(s, text) for s in strings]
+    return None if None in parts else b"".join(parts)
 
 
 def _continuation(byte: int) -> bool:
@@ -123,14 +151,23 @@ def _whole_characters(head: bytes, mid: bytes, tail: bytes) -> tuple[bytes, byte
 
 
 def tokenizer_text(tokenizer) -> str | None:
-    """``"byte_level"`` for a byte-level Hugging Face tokenizer (its decoder, or a slow tokenizer's
-    byte table, says so), else None."""
+    """How a Hugging Face tokenizer spells text (:data:`TEXT_KINDS`), as its decoder says (alone
+    or inside a Sequence), or a slow tokenizer's own parts; None where neither tells."""
     if getattr(tokenizer, "byte_decoder", None) is not None:  # slow GPT-2 style tokenizers
         return "byte_level"
+    if getattr(tokenizer, "sp_model", None) is not None:  # slow SentencePiece ones
+        return "metaspace"
+    if getattr(tokenizer, "wordpiece_tokenizer", None) is not None:  # slow BERT
+        return "wordpiece"
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    decoder = getattr(backend, "decoder", None)
-    if decoder is not None and "ByteLevel(" in repr(decoder):  # alone or inside a Sequence
+    decoder = repr(getattr(backend, "decoder", None))
+    if "ByteLevel(" in decoder:
         return "byte_level"
+    if "Metaspace(" in decoder or "ByteFallback(" in decoder or \
+            ("Replace(" in decoder and "▁" in decoder):  # (Llama 2: '▁' replaced, bytes fused)
+        return "metaspace"
+    if "WordPiece(" in decoder:
+        return "wordpiece"
     return None
 
 

@@ -12,7 +12,8 @@ class Vocabulary:
     """Feature strings indexed by id ``0 .. len - 1``.
 
     Strings must be unique so that stages with different vocabularies can be aligned by string.
-    ``text`` says how they read (:mod:`.text`): ``None``, or ``"byte_level"`` for a byte-level
+    ``text`` says how they read (:mod:`.text`): ``None``, ``"metaspace"`` (SentencePiece),
+    ``"wordpiece"``, or ``"byte_level"`` for a byte-level
     BPE tokenizer's tokens (``'Ġthe'`` reads ``' the'``); it changes only how they are shown.
     """
 
@@ -43,7 +44,8 @@ class Vocabulary:
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "Vocabulary":
         """Vocabulary of a Hugging Face tokenizer (ids without a string get ``<id:N>``), with the
-        tokenizer's spelling (``text="byte_level"`` for byte-level BPE)."""
+        tokenizer's spelling (``text="byte_level"`` for byte-level BPE, see
+        :func:`~.text.tokenizer_text`)."""
         size = len(tokenizer)
         inv = {i: t for t, i in tokenizer.get_vocab().items()}
         return cls((inv.get(i, f"<id:{i}>") for i in range(size)), tokenizer_text(tokenizer))
