@@ -238,3 +238,19 @@ def test_word_tokenizer_keeps_words_with_their_marks_whole(tmp_path):
     ids, offsets = tok.encode(text, offsets=True)
     assert ids == list(range(1, 7)) and [text[a:b] for a, b in offsets][-2:] == ["it's", "!"]
     assert tok.identity()["words"] == "unicode"  # (a stage split the old way is not resumed)
+
+
+def test_words_of_other_scripts_get_no_english_tag():
+    """pattern tagged Chinese, Arabic and Thai words and emoji 'NN': the POS stream counted
+    them as nouns."""
+    pytest.importorskip("textblob")
+    from txray_engine.features.pos import english, pattern_tagger
+    assert [english(w) for w in ("cat", "café", "猫", "مات", "สวัสดี", "😀", "—", "€")] == \
+        [True, True, False, False, False, False, True, True]
+    text = "the cat 猫 sat on the مات mat 😀 ."
+    tagged = pattern_tagger()(text)
+    words = [(w, t) for w, t in tagged]
+    assert ("猫", None) in words and ("مات", None) in words and ("😀", None) in words
+    offsets = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    tags = [POS_VOCAB[i] if i >= 0 else None for i in align_tags(text, offsets, tagged)]
+    assert tags == ["DT", "NN", None, "VBD", "IN", "DT", None, "NN", None, "."]

@@ -4,6 +4,7 @@ alignment of word tags to the model's (sub)word tokens by character offsets."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Callable, Iterable, Sequence
 
 from ..errors import InputError
@@ -15,7 +16,7 @@ PTB_TAGS = ("CC CD DT EX FW IN JJ JJR JJS LS MD NN NNS NNP NNPS PDT POS PRP PRP$
 
 POS_VOCAB = Vocabulary(PTB_TAGS)
 
-Tagger = Callable[[str], Sequence[tuple[str, str]]]
+Tagger = Callable[[str], Sequence[tuple[str, str | None]]]  # (None: no tag for the word)
 
 
 def pattern_tagger() -> Tagger:
@@ -26,7 +27,19 @@ def pattern_tagger() -> Tagger:
         raise InputError("the pos stream needs textblob: pip install 'txray_engine[pos]' "
                          "(or pip install textblob)") from None
     tagger = PatternTagger()
-    return lambda text: tagger.tag(text)
+    return lambda text: [(w, t if english(w) else None) for w, t in tagger.tag(text)]
+
+
+def english(word: str) -> bool:
+    """Whether an English tagger's tag of ``word`` means something: not for words whose letters
+    are all of other scripts (pattern tags Chinese, Arabic or Thai words 'NN') nor for emoji
+    and other symbols; their tokens are left without a tag (missing)."""
+    if word.isascii():
+        return True
+    letters = [c for c in word if c.isalpha()]
+    if letters:
+        return any(unicodedata.name(c, "").startswith("LATIN") for c in letters)
+    return not any(unicodedata.category(c) == "So" for c in word)
 
 
 #: Characters, besides spaces, a tagged word may be found past the end of the word before it.
@@ -88,7 +101,8 @@ class TagAligner:
                 s += 1
             while self.ahead is not None and self.ahead[0] <= s:
                 self.word, self.ahead = self.ahead, next(self.words, None)
-            if s < e and self.word is not None and self.word[0] <= s < self.word[1]:
+            if s < e and self.word is not None and self.word[0] <= s < self.word[1] and \
+                    self.word[2] is not None:  # (None: a word without an English tag)
                 ids.append(self.vocab.get(self.word[2], self.other))
             else:
                 ids.append(-1)
