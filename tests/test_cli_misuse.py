@@ -254,3 +254,14 @@ def test_sigterm_ends_other_commands_through_their_clean_up(two_stages, tmp_path
     out = run_cli("report", two_stages, "--out", tmp_path / "r.html", code=128 + signal.SIGTERM)
     assert out.strip() == "terminated"
     assert not list(tmp_path.glob("r.html*"))
+
+
+def test_help_is_reached_every_way_a_user_tries():
+    """`txray help` was an unknown command, -h an unknown option, and `txray corpus` alone
+    printed its whole help as an error line."""
+    assert run_cli("help", "info").startswith("Usage: main info [OPTIONS] STORE")
+    assert "Commands:" in run_cli("help") and run_cli("info", "-h") == run_cli("info", "--help")
+    out = run_cli("corpus", code=2)
+    assert "Commands:" in out and "wikipedia" in out and "error:" not in out
+    _clean(run_cli("help", "nope", code=2), "no command 'nope'; the commands: collect")
+    assert "--features INTEGER RANGE" in run_cli("report", "--help")  # (as compare names it)

@@ -124,6 +124,22 @@ def main(debug: bool) -> None:
     """Neuron × feature statistics of PyTorch models (TX-Ray), streamed into a Zarr store."""
 
 
+@main.command("help")
+@click.argument("command", required=False)
+@click.pass_context
+def help_command(ctx, command):
+    """Show the help of txray, or of one command (as COMMAND --help does)."""
+    if command is None:
+        click.echo(main.get_help(ctx.parent))
+        return
+    cmd = main.get_command(ctx, command)
+    if cmd is None:
+        raise click.UsageError(f"no command {command!r}; the commands: "
+                               f"{', '.join(main.list_commands(ctx))}")
+    with click.Context(cmd, info_name=command, parent=ctx.parent) as sub:
+        click.echo(cmd.get_help(sub))
+
+
 def listed(values) -> list[str]:
     """A repeated option's values, each also a comma-separated list, as one list:
     ``--stages a,b --stages c`` → ``[a, b, c]`` (commas only: a stage name may hold spaces)."""

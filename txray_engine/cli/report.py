@@ -27,7 +27,7 @@ from .base import (by_option, human_size, listed, main, min_count_option,
               help="Neurons per layer embedded in the neuron explorer.")
 @click.option("--max-points", default=3000, show_default=True, type=click.IntRange(min=10),
               help="Points per curve or scatter trace.")
-@click.option("--top-features", default=6, show_default=True, type=click.IntRange(min=1),
+@click.option("--top-features", "--features", "top_features", default=6, show_default=True, type=click.IntRange(min=1),
               help="Top features per neuron, stage and stream in the explorer.")
 @by_option
 @min_count_option
