@@ -238,6 +238,8 @@ def test_word_tokenizer_keeps_words_with_their_marks_whole(tmp_path):
     ids, offsets = tok.encode(text, offsets=True)
     assert ids == list(range(1, 7)) and [text[a:b] for a, b in offsets][-2:] == ["it's", "!"]
     assert tok.identity()["words"] == "unicode"  # (a stage split the old way is not resumed)
+    ohm = WordTokenizer(Vocabulary(["<unk>", "\u2126"]))  # (an entry not in composed form is
+    assert ohm.encode("\u2126")[0] == [1]  # found as written)
 
 
 def test_words_of_other_scripts_get_no_english_tag():

@@ -130,9 +130,10 @@ class WordTokenizer:
         ids, offs = [], []
         for m in word_pattern().finditer(text):
             w = m.group().lower() if self.lower else m.group()
-            if not w.isascii():
-                w = unicodedata.normalize("NFC", w)
-            ids.append(self.vocab.get(w, self.unk))
+            i = self.vocab.get(w)  # as written, else composed
+            if i is None and not w.isascii():
+                i = self.vocab.get(unicodedata.normalize("NFC", w))
+            ids.append(self.unk if i is None else i)
             offs.append(m.span())
         return ids, (offs if offsets else None)
 

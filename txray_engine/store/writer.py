@@ -166,7 +166,7 @@ class StageWriter:
                  reopen=None):
         if mode not in MODES:
             raise StoreError(f"unknown write mode {mode!r}: use one of {', '.join(MODES)}")
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # (a chdir later writes the folder it locked)
         self.stage = check_name("stage", stage)
         self.mode = mode
         self.identity = identity or {}
@@ -433,13 +433,16 @@ class StageWriter:
 
     def _remove_partial_files(self) -> None:
         """Delete temporary files of atomic writes a killed process left (``*.partial``), and
-        empty folders in the store's root: a stage whose first write failed (a full disk) after
+        its stage's folder left empty: a first write that failed (a full disk) after
         its folder was made, which Zarr would warn about at every reading."""
         for p in self.path.rglob("*.partial"):
             p.unlink(missing_ok=True)
-        for child in self.path.iterdir():
-            if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
-                child.rmdir()
+        stage_dir = self.path / self.stage  # (its own stage's only: other folders are not ours)
+        try:
+            if stage_dir.is_dir() and not stage_dir.is_symlink() and not any(stage_dir.iterdir()):
+                stage_dir.rmdir()
+        except OSError:
+            pass
 
     def _remove_stale_snapshots(self, also: str | None = None) -> None:
         """Delete snapshot folders other than the committed one (leftovers of killed commits,
