@@ -18,6 +18,14 @@ def matches(name: str, key: str) -> bool:
     return name == key or fnmatch.fnmatchcase(name, key)
 
 
+def listed(values) -> list[str]:
+    """Names given as a repeated option's values, each also a comma-separated list, as one list:
+    ``["a,b", "c"]`` (or ``"a,b,c"``) → ``[a, b, c]`` (commas only: a stage name may hold
+    spaces)."""
+    values = [values] if isinstance(values, str) else values
+    return [x.strip() for v in values for x in v.split(",") if x.strip()]
+
+
 def expand(keys, names) -> list[str]:
     """``keys`` with each glob pattern replaced by the ``names`` it matches, in their order, each
     once (a pattern that matches none stays as it is: the caller names what it lacks)."""

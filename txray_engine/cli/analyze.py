@@ -7,10 +7,10 @@ import json
 import click
 import numpy as np
 
-from ..capture.names import expand
+from ..capture.names import expand, listed
 from ..errors import InputError
 from ..store.outputs import output_path, write_replacing
-from .base import (by_option, format_features, gguf_option, listed, main, min_count_option,
+from .base import (by_option, format_features, gguf_option, main, min_count_option,
                    min_neuron_count_option)
 
 TABLE_COLUMNS = ["neuron", "hellinger", "selected_a", "selected_b", "hellinger_length", "length_a",

@@ -140,12 +140,6 @@ def help_command(ctx, command):
         click.echo(cmd.get_help(sub))
 
 
-def listed(values) -> list[str]:
-    """A repeated option's values, each also a comma-separated list, as one list:
-    ``--stages a,b --stages c`` → ``[a, b, c]`` (commas only: a stage name may hold spaces)."""
-    return [x.strip() for v in values for x in v.split(",") if x.strip()]
-
-
 def parse_k(value: str):
     if value == "all":
         return "all"

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..capture.names import listed
 from ..errors import InputError
 from ..store.outputs import output_path, write_replacing
 from .base import gguf_option, human_size, main, parse_k
@@ -123,7 +124,7 @@ def collect(model_spec, gguf_file, tokenizer, vocab, lower, special_tokens, corp
         store = store.replace("{shard}", str(shard[0]))
     elif "{shard}" in store:
         raise InputError("--store names '{shard}' but no --shard is given")
-    names = [s.strip() for s in streams.split(",") if s.strip()]
+    names = listed(streams)
     corpus = Corpus(corpus_paths, fmt, unit, text_field,
                     label_field if "label" in names else None)
     mode = "resume" if resume else "overwrite" if overwrite else "new"

@@ -6,10 +6,10 @@ import json
 
 import click
 
-from ..capture.names import expand
+from ..capture.names import expand, listed
 from ..errors import InputError
 from ..features.text import printable
-from .base import by_option, format_features, human_size, listed, main
+from .base import by_option, format_features, human_size, main
 
 
 @main.command()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .base import (by_option, human_size, listed, main, min_count_option,
+from ..capture.names import listed
+from .base import (by_option, human_size, main, min_count_option,
                    min_neuron_count_option)
 
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from ..capture.names import listed
 from ..errors import CorpusError, InputError, StageExistsError, StoreError, Terminated
 from ..features.pos import POS_VOCAB, pattern_tagger
 from ..features.streams import Stream
@@ -25,9 +26,7 @@ STREAM_NAMES = ("token", "pos", "label", "predicted")
 
 def build_streams(names, loaded: LoadedModel, corpus: Corpus) -> tuple[list[Stream], dict]:
     """The streams named (token, pos, label, predicted) and what their ids need."""
-    if isinstance(names, str):  # "token,pos" as on the command line
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = list(dict.fromkeys(names))
+    names = list(dict.fromkeys(listed(names) if isinstance(names, str) else names))  # ("a,b")
     unknown = [n for n in names if n not in STREAM_NAMES]
     if unknown or not names:
         raise InputError(f"unknown stream(s) {unknown}: choose from {', '.join(STREAM_NAMES)}")
@@ -214,18 +213,19 @@ def collect_corpus(loaded: LoadedModel, corpus: Corpus, layers, streams=("token"
     ``max_length``: tokens per window (see :func:`window_length`; a resumed stage's own unless
     given).
     """
-    stored = _resumed(store, stage, mode).get("options")
-    stored = stored.get("max_length") if isinstance(stored, dict) else None
+    resumed = _resumed(store, stage, mode)  # (the stage a resume continues, read once)
+    options = resumed.get("options") if isinstance(resumed.get("options"), dict) else {}
+    stored = options.get("max_length")
     # a resumed stage keeps its windows unless told (as it keeps its overlap)
     max_length = stored if max_length is None and isinstance(stored, int) else \
         window_length(loaded.model, max_length)
     context_overlap = context_overlap_for(store, stage, mode, max_length, context_overlap)
     check_windows(max_length, context_overlap)
     stream_objs, needs = build_streams(streams, loaded, corpus)
-    order = (_resumed(store, stage, mode).get("options") or {}).get("streams")
+    order = options.get("streams")
     if isinstance(order, list) and sorted(map(str, order)) == sorted(s.name for s in stream_objs):
         stream_objs.sort(key=lambda s: order.index(s.name))  # (a resume's streams are a set)
-    sizes = _resumed(store, stage, mode).get("streams") or {}
+    sizes = resumed.get("streams") or {}
     stream_objs = [Stream(s.name, loaded.tokenizer.vocab, s.source) if s.source == "predicted" and
                    (sizes.get(s.name) or {}).get("size") == len(loaded.tokenizer.vocab) else s
                    for s in stream_objs]  # (a stage begun before the extra ids goes on without)

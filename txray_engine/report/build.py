@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..capture.names import listed
 from ..errors import InputError, whole_number
 from ..store.outputs import output_path, write_replacing
 from .data import Limits, ReportData
@@ -70,10 +71,9 @@ def build_report(store_path, stages=None, layers=None, out="report.html", *, str
                     explorer_features=whole_number(top_features, "top_features"),
                     changed=whole_number(changed, "changed"))
     out = output_path(out, "report")  # before the work: a path that cannot be written fails now
-    stages, layers = ([s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
-                      for v in (stages, layers))  # "a,b" as on the command line
-    if isinstance(pairs, str):  # "a:b,a:c" as on the command line
-        pairs = [p.strip() for p in pairs.split(",") if p.strip()]  # (names may hold spaces)
+    # "a,b" and "a:b,a:c" as on the command line
+    stages, layers, pairs = (listed(v) if isinstance(v, str) else v
+                             for v in (stages, layers, pairs))
     data = ReportData(open_store(store_path), stages, layers, stream, limits, by, min_count,
                       min_neuron_count, pairs)
     html, n_figures = render(data, title)
