@@ -78,7 +78,7 @@ ADDED_LATER = (("model", "weights"), ("model", "content"), ("model", "tokenizer"
 REMOVED_LATER = (("options", "max_documents"),)
 #: What tells an input apart where its name does not: a name is left out of a comparison only
 #: beside one of these (a stage written before its input's hash existed has its name alone).
-HASHES = {"source": "content", "name": ("sha256", "config")}
+HASHES = {"source": ("content",), "name": ("sha256", "config")}
 
 
 def without_names(identity: dict) -> dict:
@@ -90,7 +90,7 @@ def without_names(identity: dict) -> dict:
         if isinstance(value, dict):
             return {k: strip(v, "name" if k in ("tokenizer", "files", "merged") else None)
                     for k, v in value.items()
-                    if not (k == drop and any(h in value for h in _as_tuple(HASHES[k])))}
+                    if not (k == drop and any(h in value for h in HASHES[k]))}
         if isinstance(value, list):
             return [strip(v, drop) for v in value]
         return value
@@ -100,10 +100,6 @@ def without_names(identity: dict) -> dict:
     if isinstance(out.get("corpus"), dict):
         out["corpus"] = strip(out["corpus"], None)
     return out
-
-
-def _as_tuple(x) -> tuple:
-    return x if isinstance(x, tuple) else (x,)
 
 
 def _renamed_only(stored: dict, identity: dict) -> bool:
